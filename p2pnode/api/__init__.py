@@ -1,0 +1,1 @@
+"""Local HTTP API for the CLI and for people."""

@@ -1,0 +1,1 @@
+"""Content-addressed blob store and the verified peer-to-peer blob protocol."""

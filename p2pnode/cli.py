@@ -1,0 +1,149 @@
+"""`p2pnode`: start a node, hand out tickets, inspect it. Every user mistake is one line, never a traceback."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import trio
+
+import tickets
+from p2pnode.api.client import ApiClient, ApiError
+from p2pnode.config import DEFAULT_API, Settings
+
+EXIT_USAGE = 2
+
+
+class UserError(click.ClickException):
+    """One clear line on stderr and a non-zero exit: the way every expected failure ends."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    error = UserError(message)
+    error.exit_code = code
+    raise error
+
+
+def parse_join_ticket(text: str) -> tickets.JoinTicket:
+    try:
+        return tickets.parse_join(text)
+    except tickets.TicketError as exc:
+        fail(f"invalid join ticket: {exc}", EXIT_USAGE)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--api",
+    envvar="P2PNODE_API",
+    default=DEFAULT_API,
+    show_default=True,
+    help="Local API of the running node that commands talk to (env P2PNODE_API).",
+)
+@click.pass_context
+def cli(ctx: click.Context, api: str) -> None:
+    """A peer-to-peer compute node.
+
+    \b
+    Start a node:              p2pnode start
+    Join it from another one:  p2pnode start --data other --http-port 3021 --join <ticket>
+    Inspect the cluster:       p2pnode status
+    Print a fresh ticket:      p2pnode ticket
+    """
+    ctx.obj = ApiClient(api)
+
+
+@cli.command()
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), help="Data folder (env P2PNODE_DATA, default ./data).")
+@click.option("--http-port", type=click.IntRange(0, 65535), help="Port of the local API on 127.0.0.1 (env HTTP_PORT, default 3020; 0 picks a free one).")
+@click.option("--bind", help="UDP address for the iroh endpoint (env P2PNODE_BIND, default 0.0.0.0:0).")
+@click.option("--relay", help="Relay servers: default, disabled, or a relay URL (env P2PNODE_RELAY, default: default).")
+@click.option("--join", "join_ticket", metavar="TICKET", help="Join the cluster of the node that printed this ticket.")
+def start(data_dir: Path | None, http_port: int | None, bind: str | None, relay: str | None, join_ticket: str | None) -> None:
+    """Run a node in the foreground until Ctrl-C.
+
+    Prints the node id and a join ticket, and writes them with the API URL to
+    DATA/node.json. A node started with --join remembers its cluster: restart it
+    without the ticket and it rejoins.
+    """
+    from p2pnode.api.server import ApiBindError
+    from p2pnode.node import Node, StartupError
+
+    ticket = parse_join_ticket(join_ticket) if join_ticket else None
+    overrides = {"data_dir": data_dir, "http_port": http_port, "bind": bind, "relay": relay}
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        trio.run(_run_node, Node(settings), ticket)
+    except* (StartupError, ApiBindError) as group:
+        fail(str(group.exceptions[0]))
+
+
+async def _run_node(node: Any, ticket: tickets.JoinTicket | None) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            info = await nursery.start(lambda task_status: node.run(join_ticket=ticket, task_status=task_status))
+            click.echo(f"node id:     {info.id}")
+            click.echo(f"local API:   {info.api_url}")
+            click.echo(f"join ticket: {info.ticket}")
+            click.echo(f"(written to {node.settings.data_dir / 'node.json'}; Ctrl-C stops the node)", err=True)
+            sys.stdout.flush()
+            async for signum in signals:
+                logging.getLogger("p2pnode").info("%s received, shutting down", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+
+
+@cli.command()
+@click.pass_obj
+def ticket(api: ApiClient) -> None:
+    """Print a fresh join ticket of the running node."""
+    from p2pnode.api.app import JoinTicketReply
+
+    click.echo(api.post("/tickets/join", JoinTicketReply).ticket)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def status(api: ApiClient, as_json: bool) -> None:
+    """Show the node's id, addresses and cluster members with their connection state."""
+    from p2pnode.node import NodeStatus
+
+    st = api.get("/status", NodeStatus)
+    if as_json:
+        click.echo(st.model_dump_json(indent=2))
+        return
+    click.echo(f"node      {st.id}")
+    click.echo(f"cluster   {st.cluster_id}")
+    click.echo(f"addresses {', '.join(st.addresses) or '-'}   relay {st.relay_url or 'disabled'}")
+    click.echo(f"members   {len(st.members)}")
+    for m in st.members:
+        state = "connected" if m.connected else "not connected"
+        click.echo(f"  {m.id[:16]}  {state:14} {', '.join(m.addresses) or m.relay_url or '-'}")
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="p2pnode", standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ApiError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Node settings: environment variables, overridden by command-line flags, with zero-config defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything a node needs to start. Each field reads the environment variable in its alias."""
+
+    model_config = SettingsConfigDict(populate_by_name=True, extra="ignore")
+
+    data_dir: Path = Field(Path("data"), validation_alias=AliasChoices("data_dir", "P2PNODE_DATA"))
+    blobs_path: Path | None = Field(None, validation_alias=AliasChoices("blobs_path", "IROH_BLOBS_PATH"))
+    http_host: str = Field("127.0.0.1", validation_alias=AliasChoices("http_host", "HTTP_HOST"))
+    http_port: int = Field(3020, ge=0, le=65535, validation_alias=AliasChoices("http_port", "HTTP_PORT"))
+    bind: str = Field("0.0.0.0:0", validation_alias=AliasChoices("bind", "P2PNODE_BIND"))
+    relay: str = Field("default", validation_alias=AliasChoices("relay", "P2PNODE_RELAY"))
+    flawless_url: str = Field("http://localhost:27288", validation_alias=AliasChoices("flawless_url", "FLAWLESS_URL"))
+    flawless_token: str | None = Field(None, validation_alias=AliasChoices("flawless_token", "FLAWLESS_TOKEN"))
+    max_jobs: int = Field(2, ge=0, validation_alias=AliasChoices("max_jobs", "P2PNODE_MAX_JOBS"))
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.blobs_path if self.blobs_path is not None else self.data_dir / "iroh-blobs"
+
+
+DEFAULT_API = "http://127.0.0.1:3020"

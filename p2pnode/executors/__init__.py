@@ -1,0 +1,1 @@
+"""Executors: the local Flawless server over HTTP, and the embedded WASI runner."""

@@ -1,0 +1,1 @@
+"""Cluster gossip: partial views, signed envelopes, epidemic broadcast, catch-up."""

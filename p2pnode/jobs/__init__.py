@@ -1,0 +1,1 @@
+"""Jobs: records, durable queue, claims and leases, the worker loop."""

@@ -1,0 +1,1 @@
+"""Transport bridge: trio over the iroh bindings, endpoint, ALPN router, framing."""

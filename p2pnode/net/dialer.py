@@ -1,0 +1,69 @@
+"""Outgoing connections, one per (peer, protocol), reused while they stay open."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+
+import iroh
+import trio
+
+from p2pnode.membership import PeerAddr
+
+CONNECT_TIMEOUT_S = 10.0
+
+
+class PeerUnreachable(Exception):
+    """No connection could be made to a peer within the timeout."""
+
+
+class Dialer:
+    """Caches connections so protocols can open cheap streams instead of new QUIC handshakes.
+
+    `introduce` runs once per peer per process before the first connection on a members-only
+    protocol: it is the membership handshake that makes the peer accept us.
+    """
+
+    def __init__(self, endpoint: iroh.Endpoint, introduce: Callable[[PeerAddr], Awaitable[None]]) -> None:
+        self._endpoint = endpoint
+        self._introduce = introduce
+        self._connections: dict[tuple[str, bytes], iroh.Connection] = {}
+        self._introduced: set[str] = set()
+        self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
+
+    async def connect(self, addr: PeerAddr, alpn: bytes, *, introduce: bool = True) -> iroh.Connection:
+        key = (addr.node_id, alpn)
+        async with self._locks[addr.node_id]:
+            cached = self._connections.get(key)
+            if cached is not None and cached.close_reason() is None:
+                return cached
+            if introduce and addr.node_id not in self._introduced:
+                await self._introduce(addr)
+                self._introduced.add(addr.node_id)
+            connection = await self.dial(addr, alpn)
+            self._connections[key] = connection
+            return connection
+
+    async def dial(self, addr: PeerAddr, alpn: bytes) -> iroh.Connection:
+        """A fresh, uncached connection (the join handshake uses one of these)."""
+        with trio.move_on_after(CONNECT_TIMEOUT_S) as scope:
+            try:
+                return await self._endpoint.connect(addr.to_endpoint(), alpn)
+            except iroh.IrohError as exc:
+                raise PeerUnreachable(f"cannot reach node {addr.node_id[:10]}: {exc.message()}") from None
+        assert scope.cancelled_caught
+        raise PeerUnreachable(f"cannot reach node {addr.node_id[:10]}: no answer within {CONNECT_TIMEOUT_S:.0f} s")
+
+    def forget(self, node_id: str) -> None:
+        """Drop cached state for a peer whose connection failed, so the next use re-dials and re-introduces."""
+        self._introduced.discard(node_id)
+        for key in [k for k in self._connections if k[0] == node_id]:
+            self._connections.pop(key).close(0, b"forgotten")
+
+    def connected_peers(self) -> set[str]:
+        return {peer for (peer, _), conn in self._connections.items() if conn.close_reason() is None}
+
+    def close_all(self) -> None:
+        for connection in self._connections.values():
+            connection.close(0, b"shutting down")
+        self._connections.clear()

@@ -1,0 +1,144 @@
+"""One iroh endpoint per node, and the ALPN router that hands each connection to its protocol.
+
+Authorisation lives here, once, instead of in every protocol: the QUIC handshake authenticates
+`remote_id()`, so the router asks `authorize(peer, alpn)` before a handler ever sees the
+connection. Only ALPNs registered on the router are offered in the TLS handshake, so a peer
+asking for any other protocol is refused by QUIC itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import iroh
+import trio
+
+from p2pnode.net import bridge
+from p2pnode.net.framing import ERR_REFUSED, ERR_SHUTDOWN, FrameError, reset_quietly
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[iroh.Connection], Awaitable[None]]
+Authorizer = Callable[[str, bytes], bool]
+
+
+class RelaySetting:
+    """`--relay default|disabled|URL` turned into the bindings' relay mode."""
+
+    @staticmethod
+    def mode(setting: str) -> iroh.RelayMode | None:
+        if setting == "disabled":
+            return iroh.RelayMode.disabled()
+        if setting == "default":
+            return iroh.RelayMode.default_mode()
+        return iroh.RelayMode.custom_from_urls([setting])
+
+
+async def bind_endpoint(secret_key: iroh.SecretKey, bind_addr: str, relay: str, alpns: list[bytes]) -> iroh.Endpoint:
+    """Bind the node's endpoint. With relays disabled nothing is contacted (tests, offline LANs)."""
+    bridge.install()
+    preset = iroh.preset_minimal() if relay == "disabled" else iroh.preset_n0()
+    options = iroh.EndpointOptions(
+        preset=preset,
+        bind_addr=bind_addr,
+        secret_key=secret_key.to_bytes(),
+        alpns=alpns,
+        relay_mode=RelaySetting.mode(relay),
+    )
+    return await iroh.Endpoint.bind(options)
+
+
+def configured_relay_url(relay: str) -> str | None:
+    """The relay URL to advertise in tickets before the endpoint has picked a home relay."""
+    if relay == "disabled":
+        return None
+    urls = RelaySetting.mode(relay).relay_map().urls()  # type: ignore[union-attr]
+    return sorted(urls)[0] if urls else None
+
+
+@dataclass
+class Route:
+    handler: Handler
+    open_to_all: bool  # the join handshake and the ticket-checked blob protocol
+
+
+class Router:
+    """Accepts incoming connections and runs each ALPN's handler in the router's nursery."""
+
+    def __init__(self, endpoint: iroh.Endpoint, authorize: Authorizer) -> None:
+        self._endpoint = endpoint
+        self._authorize = authorize
+        self._routes: dict[bytes, Route] = {}
+        self._live: dict[str, int] = {}
+        self.refused = 0
+
+    def register(self, alpn: bytes, handler: Handler, *, open_to_all: bool = False) -> None:
+        self._routes[alpn] = Route(handler, open_to_all)
+        self._endpoint.set_alpns(list(self._routes))
+
+    async def serve(self) -> None:
+        async with trio.open_nursery() as nursery:
+            while True:
+                incoming = await self._endpoint.accept_next()
+                if incoming is None:
+                    return  # endpoint closed
+                nursery.start_soon(self._handle, incoming)
+
+    async def _handle(self, incoming: iroh.Incoming) -> None:
+        try:
+            connection = await (await incoming.accept()).connect()
+        except iroh.IrohError as exc:
+            log.info("incoming connection failed during handshake: %s", exc.message())
+            return
+        alpn = connection.alpn()
+        peer = connection.remote_id().to_bytes().hex()
+        route = self._routes.get(alpn)
+        if route is None or not (route.open_to_all or self._authorize(peer, alpn)):
+            self.refused += 1
+            log.info("refused %s on %s: not a cluster member", peer[:10], alpn.decode(errors="replace"))
+            connection.close(ERR_REFUSED, b"not a cluster member: join with a ticket first")
+            return
+        self._live[peer] = self._live.get(peer, 0) + 1
+        try:
+            await route.handler(connection)
+        except iroh.IrohError as exc:
+            log.info("connection from %s on %s ended: %s", peer[:10], alpn.decode(errors="replace"), exc.message())
+        finally:
+            self._live[peer] -= 1
+            if not self._live[peer]:
+                del self._live[peer]
+            connection.close(ERR_SHUTDOWN, b"done")
+
+    def connected_peers(self) -> set[str]:
+        return set(self._live)
+
+
+StreamHandler = Callable[[iroh.Connection, iroh.BiStream], Awaitable[None]]
+
+
+async def serve_streams(connection: iroh.Connection, handle_stream: StreamHandler) -> None:
+    """Run `handle_stream` for every bi stream the peer opens, until the connection closes.
+
+    A peer that breaks the framing gets that stream reset and one log line; the connection
+    and the node carry on.
+    """
+    async with trio.open_nursery() as nursery:
+        while True:
+            try:
+                bi = await connection.accept_bi()
+            except iroh.IrohError:
+                return
+            nursery.start_soon(_guarded_stream, connection, bi, handle_stream)
+
+
+async def _guarded_stream(connection: iroh.Connection, bi: iroh.BiStream, handle_stream: StreamHandler) -> None:
+    try:
+        await handle_stream(connection, bi)
+    except FrameError as exc:
+        peer = connection.remote_id().fmt_short()
+        log.warning("reset stream from %s on %s: %s", peer, connection.alpn().decode(errors="replace"), exc)
+        await reset_quietly(bi)
+    except iroh.IrohError as exc:
+        log.info("stream from %s ended: %s", connection.remote_id().fmt_short(), exc.message())

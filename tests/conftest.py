@@ -1,0 +1,51 @@
+"""Shared fixtures: real iroh endpoints on loopback with relays and discovery off."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import iroh
+import pytest
+
+from p2pnode.net import bridge
+
+TEST_ALPN = b"p2pnode/test/1"
+
+
+async def bind_loopback(alpns: list[bytes] | None = None) -> iroh.Endpoint:
+    bridge.install()
+    options = iroh.EndpointOptions(
+        preset=iroh.preset_minimal(), bind_addr="127.0.0.1:0", alpns=alpns or [TEST_ALPN]
+    )
+    return await iroh.Endpoint.bind(options)
+
+
+@pytest.fixture
+async def endpoint_pair() -> AsyncIterator[tuple[iroh.Endpoint, iroh.Endpoint]]:
+    server, client = await bind_loopback(), await bind_loopback()
+    try:
+        yield server, client
+    finally:
+        await client.close()
+        await server.close()
+
+
+async def accept_connection(endpoint: iroh.Endpoint) -> iroh.Connection:
+    incoming = await endpoint.accept_next()
+    assert incoming is not None
+    return await (await incoming.accept()).connect()
+
+
+async def connect_pair(server: iroh.Endpoint, client: iroh.Endpoint, alpn: bytes = TEST_ALPN) -> tuple[iroh.Connection, iroh.Connection]:
+    """Connect `client` to `server`; returns (server side, client side)."""
+    import trio
+
+    result: list[iroh.Connection] = []
+
+    async def dial() -> None:
+        result.append(await client.connect(server.addr(), alpn))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(dial)
+        server_side = await accept_connection(server)
+    return server_side, result[0]

@@ -1,0 +1,58 @@
+"""Real `p2pnode start` processes for scenario tests, each with its own data folder and free ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+NODE_START_TIMEOUT_S = 30
+
+
+class NodeProcess:
+    """A node in its own process. Reads the node id, API URL and ticket it prints on start."""
+
+    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        args = [sys.executable, "-m", "p2pnode", "start", "--data", str(data_dir), "--http-port", "0",
+                "--bind", "127.0.0.1:0", "--relay", "disabled", *extra]
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+        )
+        fields: dict[str, str] = {}
+        while len(fields) < 3:
+            line = self.proc.stdout.readline()  # type: ignore[union-attr]
+            if not line:
+                raise RuntimeError(f"node exited early ({self.proc.wait()}): {self.proc.stderr.read()}")  # type: ignore[union-attr]
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+        self.id = fields["node id"]
+        self.api = fields["local API"]
+        self.ticket = fields["join ticket"]
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run_cli("--api", self.api, *args, check=check)
+
+    def status(self) -> dict:
+        return json.loads(self.cli("status", "--json").stdout)
+
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
+        self.proc.send_signal(sig)
+        _, err = self.proc.communicate(timeout=NODE_START_TIMEOUT_S)
+        return self.proc.returncode, err
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+def run_cli(*args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, "-m", "p2pnode", *args], capture_output=True, text=True, input=input, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"p2pnode {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+    return result

@@ -1,0 +1,89 @@
+"""Scenario: real node processes joining by ticket, refusing strangers, restarting, and stopping cleanly."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import iroh
+import pytest
+
+import tickets
+from p2pnode.membership import JOIN_ALPN, JoinError, Membership, PeerAddr, join
+from tests.conftest import bind_loopback
+from tests.nodeproc import NodeProcess, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def node_a(tmp_path: Path):
+    node = NodeProcess(tmp_path / "a")
+    yield node
+    node.kill()
+
+
+def member_ids(node: NodeProcess) -> set[str]:
+    return {m["id"] for m in node.status()["members"]}
+
+
+def test_two_nodes_join_and_list_each_other(node_a: NodeProcess, tmp_path: Path) -> None:
+    node_b = NodeProcess(tmp_path / "b", "--join", node_a.ticket)
+    try:
+        assert member_ids(node_a) == {node_b.id}
+        assert member_ids(node_b) == {node_a.id}
+        assert node_a.status()["cluster_id"] == node_b.status()["cluster_id"]
+        info = json.loads((tmp_path / "b" / "node.json").read_text())
+        assert info["id"] == node_b.id and info["api_url"] == node_b.api
+        assert (tmp_path / "b" / "secret.key").stat().st_mode & 0o777 == 0o600
+
+        # A restarted member keeps its identity and rejoins without the ticket.
+        code, err = node_b.stop()
+        assert code == 0 and "Traceback" not in err
+        node_b = NodeProcess(tmp_path / "b")
+        assert member_ids(node_b) == {node_a.id}
+        assert member_ids(node_a) == {node_b.id}
+    finally:
+        node_b.kill()
+
+
+def test_fresh_ticket_from_running_node(node_a: NodeProcess) -> None:
+    ticket = tickets.parse_join(node_a.cli("ticket").stdout)
+    assert ticket.node.node_id.hex() == node_a.id
+    assert ticket.node.direct_addresses, "a relay-less ticket must carry direct addresses"
+
+
+@pytest.mark.parametrize("mangle", [lambda t: t[:-5], lambda t: t[:20] + ("a" if t[20] != "a" else "b") + t[21:], lambda t: "p2pblob" + t[7:], lambda t: "hello"])
+def test_mangled_ticket_is_one_clear_line_and_exit_2(node_a: NodeProcess, tmp_path: Path, mangle) -> None:
+    result = run_cli("start", "--data", str(tmp_path / "c"), "--join", mangle(node_a.ticket), check=False)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: invalid join ticket:"), result.stderr
+
+
+def test_sigint_stops_cleanly(node_a: NodeProcess) -> None:
+    code, err = node_a.stop(signal.SIGINT)
+    assert code == 0
+    assert "Traceback" not in err
+
+
+def test_cli_without_node_says_so() -> None:
+    result = run_cli("--api", "http://127.0.0.1:9", "status", check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: no p2pnode answering at http://127.0.0.1:9 (start one with `p2pnode start`, or pass --api)"
+
+
+async def test_stranger_with_wrong_secret_is_refused(node_a: NodeProcess, tmp_path: Path) -> None:
+    """A peer with the right address but a forged secret never becomes a member."""
+    real = tickets.parse_join(node_a.ticket)
+    stranger = await bind_loopback([JOIN_ALPN])
+    try:
+        forged = Membership(tmp_path / "stranger", stranger.id().to_bytes().hex())
+        forged.cluster = forged.cluster.model_copy(update={"cluster_id": real.cluster_id.hex()})
+        connection = await stranger.connect(PeerAddr.from_ticket(real.node).to_endpoint(), JOIN_ALPN)
+        with pytest.raises(JoinError, match="wrong join secret"):
+            await join(forged, connection, PeerAddr.from_endpoint(stranger.addr(), None))
+    finally:
+        await stranger.close()
+    assert node_a.status()["members"] == []
