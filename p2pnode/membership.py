@@ -59,7 +59,8 @@ class PeerAddr(BaseModel):
         return cls(
             node_id=addr.id().to_bytes().hex(),
             relay_url=addr.relay_url() or relay_url,
-            direct_addresses=addr.direct_addresses(),
+            # Link-local IPv6 addresses carry a zone id that only means something on this host.
+            direct_addresses=[a for a in addr.direct_addresses() if "%" not in a],
         )
 
     def to_ticket(self) -> tickets.NodeAddr:

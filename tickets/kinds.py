@@ -37,8 +37,8 @@ def _parse_socket_addr(addr: str) -> tuple[_IPAddress, int]:
     """Split "ip:port" / "[ipv6]:port"; hostnames and zone ids have no compact encoding."""
     host, _, port = addr.rpartition(":")
     try:
-        # The length check keeps int() away from absurdly long digit strings.
-        if not (port.isascii() and port.isdigit() and len(port) <= 5 and int(port) <= _MAX_U16):
+        # int() raises ValueError itself on digit strings too long to convert.
+        if not (port.isascii() and port.isdigit() and int(port) <= _MAX_U16):
             raise ValueError
         ip: _IPAddress
         if host.startswith("[") and host.endswith("]"):
