@@ -12,12 +12,15 @@ import trio
 from pydantic import BaseModel
 
 import tickets
+from p2pnode.blobs.protocol import BLOBS_ALPN
+from p2pnode.blobs.service import BlobService
+from p2pnode.blobs.store import BlobStore, StoreError
 from p2pnode.config import Settings
 from p2pnode.fsutil import save_model
 from p2pnode.identity import load_or_create_secret_key
 from p2pnode.membership import JOIN_ALPN, ClusterIdentity, JoinError, Membership, PeerAddr, handle_join, join
 from p2pnode.net.dialer import Dialer, PeerUnreachable
-from p2pnode.net.endpoint import Router, bind_endpoint, configured_relay_url, serve_streams
+from p2pnode.net.endpoint import Router, bind_endpoint, close_endpoint, configured_relay_url, serve_streams
 from p2pnode.net.framing import FrameError
 
 log = logging.getLogger(__name__)
@@ -81,9 +84,18 @@ class Node:
             raise StartupError(f"cannot bind {self.settings.bind}: {exc.message()}") from None
         self.router = Router(self.endpoint, lambda peer, _alpn: self.membership.is_member(peer))
         self.router.register(JOIN_ALPN, self._serve_join, open_to_all=True)
-        self.dialer = Dialer(self.endpoint, self._introduce)
+        self.dialer = Dialer(self.endpoint, self._introduce, self.settings.connect_timeout_s)
+        try:
+            store = await BlobStore.open(self.settings.blobs_dir)
+        except (OSError, StoreError) as exc:
+            raise StartupError(f"cannot open the blob store at {self.settings.blobs_dir}: {exc}") from None
+        self.blobs = BlobService(store, key, self.membership, self.dialer, self.addr)
+        self.router.register(
+            BLOBS_ALPN, lambda conn: serve_streams(conn, self.blobs.provider.handle_stream), open_to_all=True
+        )
         try:
             async with trio.open_nursery() as nursery:
+                self.background = nursery
                 nursery.start_soon(self.router.serve)
                 self.api_url = await nursery.start(serve_api, self)
                 if join_ticket is not None:
@@ -93,9 +105,9 @@ class Node:
                 nursery.start_soon(self._greet_members)
                 task_status.started(info)
         finally:
+            store.close()
             self.dialer.close_all()
-            with trio.CancelScope(shield=True):
-                await self.endpoint.close()
+            await close_endpoint(self.endpoint)
 
     # -- identity and membership -------------------------------------------------------------
 

@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 import iroh
 import pytest
 
+import tickets
+
 from p2pnode.net import bridge
 
 TEST_ALPN = b"p2pnode/test/1"
@@ -49,3 +51,25 @@ async def connect_pair(server: iroh.Endpoint, client: iroh.Endpoint, alpn: bytes
         nursery.start_soon(dial)
         server_side = await accept_connection(server)
     return server_side, result[0]
+
+
+@pytest.fixture
+async def start_node(tmp_path, nursery):
+    """Start real in-process nodes (own data folder, loopback endpoint, API on a free port)."""
+    from p2pnode.config import Settings
+    from p2pnode.node import Node
+
+    count = 0
+
+    async def start(join: str | None = None, **overrides):
+        nonlocal count
+        count += 1
+        settings = Settings(
+            data_dir=tmp_path / f"node{count}", http_port=0, bind="127.0.0.1:0", relay="disabled", **overrides
+        )
+        node = Node(settings)
+        ticket = tickets.parse_join(join) if join else None
+        await nursery.start(lambda task_status: node.run(join_ticket=ticket, task_status=task_status))
+        return node
+
+    return start

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fastapi import FastAPI
+import trio
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 import p2pnode
+import tickets
+from p2pnode.blobs.fetch import FetchError, FetchProgress
+from p2pnode.blobs.store import BlobInfo, BlobInUse, BlobNotFound, StoreError
 from p2pnode.node import NodeStatus
 
 if TYPE_CHECKING:
@@ -22,6 +30,31 @@ class Health(BaseModel):
 
 class JoinTicketReply(BaseModel):
     ticket: str
+
+
+class PathRequest(BaseModel):
+    path: Path
+
+
+class BlobAdded(BaseModel):
+    blob: BlobInfo
+    ticket: str
+
+
+class BlobFetchRequest(BaseModel):
+    ticket: str
+
+
+class FetchEvent(BaseModel):
+    """One line of a fetch's NDJSON stream: progress, then a final `blob` or `error`."""
+
+    progress: FetchProgress | None = None
+    blob: BlobInfo | None = None
+    error: str | None = None
+
+
+class Done(BaseModel):
+    ok: bool = True
 
 
 def create_app(node: Node) -> FastAPI:
@@ -39,4 +72,89 @@ def create_app(node: Node) -> FastAPI:
     async def join_ticket() -> JoinTicketReply:
         return JoinTicketReply(ticket=node.join_ticket())
 
+    @app.get("/blobs")
+    async def list_blobs() -> list[BlobInfo]:
+        return await node.blobs.store.list()
+
+    @app.post("/blobs")
+    async def add_blob(request: PathRequest) -> BlobAdded:
+        with store_errors():
+            info = await node.blobs.add(request.path)
+        return BlobAdded(blob=info, ticket=node.blobs.ticket(info))
+
+    @app.get("/blobs/{blob_hash}/ticket")
+    async def blob_ticket(blob_hash: str) -> BlobAdded:
+        with store_errors():
+            info = await node.blobs.store.info(blob_hash)
+        return BlobAdded(blob=info, ticket=node.blobs.ticket(info))
+
+    @app.delete("/blobs/{blob_hash}")
+    async def remove_blob(blob_hash: str, force: bool = False) -> Done:
+        with store_errors():
+            await node.blobs.store.remove(blob_hash, force=force)
+        return Done()
+
+    @app.post("/blobs/{blob_hash}/pin")
+    async def pin_blob(blob_hash: str) -> Done:
+        with store_errors():
+            await node.blobs.store.pin(blob_hash)
+        return Done()
+
+    @app.delete("/blobs/{blob_hash}/pin")
+    async def unpin_blob(blob_hash: str) -> Done:
+        with store_errors():
+            await node.blobs.store.unpin(blob_hash)
+        return Done()
+
+    @app.post("/blobs/{blob_hash}/export")
+    async def export_blob(blob_hash: str, request: PathRequest) -> BlobInfo:
+        with store_errors():
+            return await node.blobs.store.export(blob_hash, request.path)
+
+    @app.post("/blobs/fetch")
+    async def fetch_blob(request: BlobFetchRequest) -> StreamingResponse:
+        """Fetch by blob ticket; streams NDJSON progress lines, the last one says how it ended."""
+        try:
+            ticket = tickets.parse_blob(request.ticket)
+        except tickets.TicketError as exc:
+            raise HTTPException(422, f"invalid blob ticket: {exc}") from None
+        send, receive = trio.open_memory_channel[FetchEvent](16)
+
+        def emit(event: FetchEvent) -> None:
+            # Progress is best-effort: a slow or departed reader never slows or breaks the fetch.
+            with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
+                send.send_nowait(event)
+
+        async def run() -> None:
+            async with send:
+                try:
+                    info = await node.blobs.fetch_ticket(ticket, lambda p: emit(FetchEvent(progress=p)))
+                except (FetchError, StoreError) as exc:
+                    final = FetchEvent(error=str(exc))
+                else:
+                    final = FetchEvent(blob=info)
+                with contextlib.suppress(trio.BrokenResourceError):
+                    await send.send(final)
+
+        async def lines() -> AsyncIterator[bytes]:
+            async with receive:
+                async for event in receive:
+                    yield event.model_dump_json(exclude_none=True).encode() + b"\n"
+
+        node.background.start_soon(run)  # a dropped client leaves the fetch to finish into the store
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
     return app
+
+
+@contextlib.contextmanager
+def store_errors() -> Iterator[None]:
+    """Map store errors to HTTP answers whose detail is the store's own human message."""
+    try:
+        yield
+    except BlobNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    except BlobInUse as exc:
+        raise HTTPException(409, str(exc)) from None
+    except (StoreError, OSError) as exc:
+        raise HTTPException(400, str(exc)) from None

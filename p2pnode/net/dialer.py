@@ -10,7 +10,7 @@ import trio
 
 from p2pnode.membership import PeerAddr
 
-CONNECT_TIMEOUT_S = 10.0
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
 
 
 class PeerUnreachable(Exception):
@@ -24,8 +24,14 @@ class Dialer:
     protocol: it is the membership handshake that makes the peer accept us.
     """
 
-    def __init__(self, endpoint: iroh.Endpoint, introduce: Callable[[PeerAddr], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        endpoint: iroh.Endpoint,
+        introduce: Callable[[PeerAddr], Awaitable[None]],
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+    ) -> None:
         self._endpoint = endpoint
+        self._timeout = connect_timeout_s
         self._introduce = introduce
         self._connections: dict[tuple[str, bytes], iroh.Connection] = {}
         self._introduced: set[str] = set()
@@ -46,13 +52,13 @@ class Dialer:
 
     async def dial(self, addr: PeerAddr, alpn: bytes) -> iroh.Connection:
         """A fresh, uncached connection (the join handshake uses one of these)."""
-        with trio.move_on_after(CONNECT_TIMEOUT_S) as scope:
+        with trio.move_on_after(self._timeout) as scope:
             try:
                 return await self._endpoint.connect(addr.to_endpoint(), alpn)
             except iroh.IrohError as exc:
                 raise PeerUnreachable(f"cannot reach node {addr.node_id[:10]}: {exc.message()}") from None
         assert scope.cancelled_caught
-        raise PeerUnreachable(f"cannot reach node {addr.node_id[:10]}: no answer within {CONNECT_TIMEOUT_S:.0f} s")
+        raise PeerUnreachable(f"cannot reach node {addr.node_id[:10]}: no answer within {self._timeout:g} s")
 
     def forget(self, node_id: str) -> None:
         """Drop cached state for a peer whose connection failed, so the next use re-dials and re-introduces."""

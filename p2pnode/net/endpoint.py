@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import iroh
 import trio
 
+from p2pnode.concurrency import collapse_groups
 from p2pnode.net import bridge
 from p2pnode.net.framing import ERR_REFUSED, ERR_SHUTDOWN, FrameError, reset_quietly
 
@@ -105,6 +106,8 @@ class Router:
             await route.handler(connection)
         except iroh.IrohError as exc:
             log.info("connection from %s on %s ended: %s", peer[:10], alpn.decode(errors="replace"), exc.message())
+        except Exception:  # a bug in one protocol handler must not take the node down
+            log.exception("protocol handler failed on a connection from %s", peer[:10])
         finally:
             self._live[peer] -= 1
             if not self._live[peer]:
@@ -135,10 +138,24 @@ async def serve_streams(connection: iroh.Connection, handle_stream: StreamHandle
 
 async def _guarded_stream(connection: iroh.Connection, bi: iroh.BiStream, handle_stream: StreamHandler) -> None:
     try:
-        await handle_stream(connection, bi)
+        with collapse_groups():
+            await handle_stream(connection, bi)
     except FrameError as exc:
         peer = connection.remote_id().fmt_short()
         log.warning("reset stream from %s on %s: %s", peer, connection.alpn().decode(errors="replace"), exc)
         await reset_quietly(bi)
     except iroh.IrohError as exc:
         log.info("stream from %s ended: %s", connection.remote_id().fmt_short(), exc.message())
+    except Exception:  # a bug in one protocol handler must not take the node down
+        log.exception("protocol handler failed on a stream from %s", connection.remote_id().fmt_short())
+        await reset_quietly(bi)
+
+
+CLOSE_GRACE_S = 1.0
+
+
+async def close_endpoint(endpoint: iroh.Endpoint) -> None:
+    """Close gracefully, but not for long: after an abandoned dial, iroh's close waits ~3 s
+    for the half-open connection to time out, which nobody leaving should have to sit through."""
+    with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE_S):
+        await endpoint.close()

@@ -1,4 +1,4 @@
-"""`p2pnode`: start a node, hand out tickets, inspect it. Every user mistake is one line, never a traceback."""
+"""`p2pnode start | ticket | status`: run a node and look at it."""
 
 from __future__ import annotations
 
@@ -6,57 +6,15 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 import trio
 
 import tickets
-from p2pnode.api.client import ApiClient, ApiError
-from p2pnode.config import DEFAULT_API, Settings
-
-EXIT_USAGE = 2
-
-
-class UserError(click.ClickException):
-    """One clear line on stderr and a non-zero exit: the way every expected failure ends."""
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.message}", err=True)
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    error = UserError(message)
-    error.exit_code = code
-    raise error
-
-
-def parse_join_ticket(text: str) -> tickets.JoinTicket:
-    try:
-        return tickets.parse_join(text)
-    except tickets.TicketError as exc:
-        fail(f"invalid join ticket: {exc}", EXIT_USAGE)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option(
-    "--api",
-    envvar="P2PNODE_API",
-    default=DEFAULT_API,
-    show_default=True,
-    help="Local API of the running node that commands talk to (env P2PNODE_API).",
-)
-@click.pass_context
-def cli(ctx: click.Context, api: str) -> None:
-    """A peer-to-peer compute node.
-
-    \b
-    Start a node:              p2pnode start
-    Join it from another one:  p2pnode start --data other --http-port 3021 --join <ticket>
-    Inspect the cluster:       p2pnode status
-    Print a fresh ticket:      p2pnode ticket
-    """
-    ctx.obj = ApiClient(api)
+from p2pnode.api.client import ApiClient
+from p2pnode.cli import cli, fail, parse_join_ticket
+from p2pnode.config import Settings
 
 
 @cli.command()
@@ -78,8 +36,7 @@ def start(data_dir: Path | None, http_port: int | None, bind: str | None, relay:
     ticket = parse_join_ticket(join_ticket) if join_ticket else None
     overrides = {"data_dir": data_dir, "http_port": http_port, "bind": bind, "relay": relay}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger().setLevel(logging.INFO)  # a running node reports what it does
     try:
         trio.run(_run_node, Node(settings), ticket)
     except* (StartupError, ApiBindError) as group:
@@ -128,22 +85,3 @@ def status(api: ApiClient, as_json: bool) -> None:
     for m in st.members:
         state = "connected" if m.connected else "not connected"
         click.echo(f"  {m.id[:16]}  {state:14} {', '.join(m.addresses) or m.relay_url or '-'}")
-
-
-def main() -> None:
-    try:
-        cli.main(prog_name="p2pnode", standalone_mode=False)
-    except click.exceptions.Abort:
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except ApiError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,177 @@
+"""Verified, resumable fetch of one blob from one or more providers.
+
+Blocks are read from the stream by one task and verified and written by another, with a few
+blocks of slack between them: the network never waits for the disk, memory stays bounded, and
+no unverified block is ever written. A provider that refuses, drops or lies is reported and the
+next one continues from the blocks already on disk; the same happens after a crash, because the
+store keeps partial downloads.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import iroh
+import trio
+from pydantic import BaseModel
+
+from p2pnode.blobs.blocks import BlockList
+from p2pnode.blobs.protocol import BlobHeader, BlobReply, BlobRequest, MAX_HEADER_FRAME, parse_header
+from p2pnode.blobs.store import BlobCorrupt, BlobInfo, BlobStore, PartialBlob, normalize_hash
+from p2pnode.concurrency import collapse_groups
+from p2pnode.membership import PeerAddr
+from p2pnode.net.dialer import PeerUnreachable
+from p2pnode.net.framing import FrameError, read_exact, recv_model, send_model
+
+log = logging.getLogger(__name__)
+
+PIPELINE_BLOCKS = 4
+Dial = Callable[[PeerAddr], Awaitable[iroh.Connection]]
+
+
+class FetchProgress(BaseModel):
+    hash: str
+    size: int
+    bytes_done: int
+    provider: str | None = None
+
+
+class FetchError(Exception):
+    """No provider could deliver the blob; the message lists what each one did."""
+
+
+class ProviderFailed(Exception):
+    """This provider cannot or will not deliver; try the next."""
+
+
+def block_ranges(indices: list[int]) -> list[tuple[int, int]]:
+    """Compress sorted block indices into half-open ranges, to keep resume requests small."""
+    ranges: list[tuple[int, int]] = []
+    for index in indices:
+        if ranges and ranges[-1][1] == index:
+            ranges[-1] = (ranges[-1][0], index + 1)
+        else:
+            ranges.append((index, index + 1))
+    return ranges
+
+
+async def fetch_blob(
+    store: BlobStore,
+    dial: Dial,
+    blob_hash: str,
+    providers: list[PeerAddr],
+    *,
+    root: str | None = None,
+    capability: str = "",
+    on_progress: Callable[[FetchProgress], None] = lambda _p: None,
+) -> BlobInfo:
+    """Fetch `blob_hash` into the store, verified, trying `providers` in order until one delivers."""
+    blob_hash = normalize_hash(blob_hash)
+    if store.has(blob_hash):
+        return await store.info(blob_hash)
+    with store.in_use(blob_hash):
+        download = _Download(store, blob_hash, root, capability, on_progress)
+        try:
+            return await download.run(dial, providers)
+        finally:
+            download.close()
+
+
+class _Download:
+    """One fetch across providers; the partial blob (verified blocks on disk) survives each failure."""
+
+    def __init__(
+        self, store: BlobStore, blob_hash: str, root: str | None, capability: str, on_progress: Callable[[FetchProgress], None]
+    ) -> None:
+        self.store = store
+        self.hash = blob_hash
+        self.root = root
+        self.capability = capability
+        self.on_progress = on_progress
+        self.partial: PartialBlob | None = None
+
+    async def run(self, dial: Dial, providers: list[PeerAddr]) -> BlobInfo:
+        await self._resume()
+        failures: list[str] = []
+        for provider in providers:
+            who = provider.node_id[:10]
+            try:
+                await self._fetch_from(dial, provider)
+                assert self.partial is not None
+                partial, self.partial = self.partial, None
+                return await partial.commit()
+            except ProviderFailed as exc:
+                log.warning("provider %s failed for blob %s: %s", who, self.hash[:12], exc)
+                failures.append(f"{who}: {exc}")
+            except BlobCorrupt:  # the whole-content hash did not match at commit; the partial is gone
+                log.warning("provider %s delivered content that does not hash to blob %s", who, self.hash[:12])
+                failures.append(f"{who}: delivered content that does not hash to the blob")
+        raise FetchError(f"could not fetch blob {self.hash[:12]}: " + ("; ".join(failures) or "no providers"))
+
+    def close(self) -> None:
+        if self.partial is not None:
+            self.partial.close()
+            self.partial = None
+
+    async def _resume(self) -> None:
+        """Pick up a download an earlier run left, unless its block list is not the one we trust."""
+        if await self.store.partial_progress(self.hash) is None:
+            return
+        self.partial = await self.store.partial(self.hash)
+        if self.root is not None and self.partial.block_list.root_hex != normalize_hash(self.root):
+            self.close()
+
+    async def _fetch_from(self, dial: Dial, provider: PeerAddr) -> None:
+        connection: iroh.Connection | None = None
+        try:
+            connection = await dial(provider)
+            bi = await connection.open_bi()
+            missing = self.partial.missing_blocks() if self.partial is not None else None
+            ranges = None if missing is None else block_ranges(missing)
+            await send_model(bi.send(), BlobRequest(hash=self.hash, capability=self.capability, blocks=ranges))
+            await bi.send().finish()
+            reply = await recv_model(bi.recv(), BlobReply, MAX_HEADER_FRAME)
+            if not isinstance(reply, BlobHeader):
+                raise ProviderFailed(f"refused: {reply.reason}")
+            try:
+                block_list = parse_header(reply, self.hash, self.root)
+            except ValueError as exc:
+                raise ProviderFailed(str(exc)) from None
+            if self.partial is None or self.partial.block_list != block_list:
+                self.close()
+                self.partial = await self.store.partial(self.hash, block_list)
+                missing = None
+            indices = list(range(len(block_list))) if missing is None else missing
+            await self._receive_blocks(bi.recv(), block_list, indices, provider)
+        except BlobCorrupt as exc:
+            if connection is not None:
+                connection.close(1, b"corrupt data")
+            raise ProviderFailed(f"sent corrupt data, disconnected ({exc})") from None
+        except (FrameError, iroh.IrohError, PeerUnreachable) as exc:
+            raise ProviderFailed(exc.message() if isinstance(exc, iroh.IrohError) else str(exc)) from None
+
+    async def _receive_blocks(self, recv: iroh.RecvStream, block_list: BlockList, indices: list[int], provider: PeerAddr) -> None:
+        partial = self.partial
+        assert partial is not None
+        send_channel, receive_channel = trio.open_memory_channel[tuple[int, bytes]](PIPELINE_BLOCKS)
+        done = partial.progress().bytes_done
+
+        async def read_blocks() -> None:
+            async with send_channel:
+                for index in indices:
+                    _, length = block_list.block_range(index)
+                    await send_channel.send((index, await read_exact(recv, length)))
+
+        async def write_blocks() -> None:
+            nonlocal done
+            async with receive_channel:
+                async for index, data in receive_channel:
+                    await partial.write_block(index, data)
+                    done += len(data)
+                    self.on_progress(FetchProgress(hash=self.hash, size=block_list.size, bytes_done=done, provider=provider.node_id))
+
+        with collapse_groups():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_blocks)
+                nursery.start_soon(write_blocks)

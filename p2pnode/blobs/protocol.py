@@ -1,0 +1,130 @@
+"""The blob protocol: ask a provider for a blob by hash, get its block list, then raw blocks.
+
+One bi stream per request. The fetcher sends a `BlobRequest` frame; the provider answers with a
+`BlobHeader` frame (size and the block-hash list) or a `BlobRefused` frame, then writes the
+requested blocks back to back as raw bytes. Block lengths follow from the size, so the data
+needs no framing, and the fetcher verifies each block against the list, and the list against
+the root it already trusts, before anything touches its disk.
+
+Who may fetch: cluster members, and anyone holding a blob ticket's capability, an HMAC of the
+hash under a key derived from the provider's node key: stateless, unforgeable, per blob.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import logging
+from collections.abc import Callable
+from typing import Annotated, Literal
+
+import iroh
+from pydantic import BaseModel, Field, TypeAdapter
+
+from p2pnode.blobs.blocks import BLOCK_SIZE, BlockList
+from p2pnode.blobs.store import BlobNotFound, BlobStore, normalize_hash
+from p2pnode.net.framing import recv_model, send_model
+
+log = logging.getLogger(__name__)
+
+BLOBS_ALPN = b"p2pnode/blobs/1"
+MAX_REQUEST_FRAME = 64 * 1024
+MAX_HEADER_FRAME = 16 << 20  # block list of a 256 GiB blob, hex-encoded
+
+
+class BlobRequest(BaseModel):
+    hash: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    capability: Annotated[str, Field(max_length=512)] = ""
+    blocks: list[tuple[int, int]] | None = None  # half-open block-index ranges; None = the whole blob
+
+
+class BlobHeader(BaseModel):
+    type: Literal["header"] = "header"
+    size: int
+    block_list: str  # hex of BlockList.to_bytes()
+
+
+class BlobRefused(BaseModel):
+    type: Literal["refused"] = "refused"
+    reason: str
+
+
+BlobReply = TypeAdapter(Annotated[BlobHeader | BlobRefused, Field(discriminator="type")])
+
+
+class Capabilities:
+    """Issues and checks blob-ticket capabilities with a key only this node knows."""
+
+    def __init__(self, secret_key: iroh.SecretKey) -> None:
+        self._key = hashlib.blake2b(secret_key.to_bytes(), person=b"p2pnode-blobcap").digest()
+
+    def issue(self, blob_hash: str) -> bytes:
+        return hmac.new(self._key, bytes.fromhex(blob_hash), hashlib.sha256).digest()
+
+    def check(self, blob_hash: str, capability_hex: str) -> bool:
+        with contextlib.suppress(ValueError):
+            return hmac.compare_digest(self.issue(blob_hash), bytes.fromhex(capability_hex))
+        return False
+
+
+def requested_blocks(request: BlobRequest, count: int) -> list[int]:
+    """The block indices a request names, clipped to the blob; ranges arrive in the fetcher's order."""
+    if request.blocks is None:
+        return list(range(count))
+    return [i for start, end in request.blocks for i in range(max(start, 0), min(end, count))]
+
+
+def byte_range_blocks(offset: int, length: int) -> tuple[int, int]:
+    """The half-open block range covering bytes [offset, offset + length)."""
+    return offset // BLOCK_SIZE, -(-(offset + length) // BLOCK_SIZE)
+
+
+class BlobProvider:
+    """Serves blobs from the store to members and capability holders."""
+
+    def __init__(self, store: BlobStore, capabilities: Capabilities, is_member: Callable[[str], bool]) -> None:
+        self._store = store
+        self._capabilities = capabilities
+        self._is_member = is_member
+        self.served_bytes = 0
+        self.refused = 0
+
+    async def handle_stream(self, connection: iroh.Connection, bi: iroh.BiStream) -> None:
+        send, recv = bi.send(), bi.recv()
+        request = await recv_model(recv, BlobRequest, MAX_REQUEST_FRAME)
+        peer = connection.remote_id().to_bytes().hex()
+        if not (self._is_member(peer) or self._capabilities.check(request.hash, request.capability)):
+            self.refused += 1
+            log.info("refused blob %s to %s: neither a member nor a valid ticket", request.hash[:12], peer[:10])
+            await self._refuse(send, "not authorised: join the cluster or use a blob ticket from this node")
+            return
+        with self._store.in_use(request.hash):
+            try:
+                block_list = await self._store.block_list(request.hash)
+            except BlobNotFound:
+                await self._refuse(send, f"this node does not have blob {request.hash}")
+                return
+            await send_model(send, BlobHeader(size=block_list.size, block_list=block_list.to_bytes().hex()))
+            for index in requested_blocks(request, len(block_list)):
+                offset, length = block_list.block_range(index)
+                async with contextlib.aclosing(self._store.read_range(request.hash, offset, length)) as chunks:
+                    async for chunk in chunks:
+                        await send.write_all(chunk)
+                        self.served_bytes += len(chunk)
+        await send.finish()
+
+    @staticmethod
+    async def _refuse(send: iroh.SendStream, reason: str) -> None:
+        await send_model(send, BlobRefused(reason=reason))
+        await send.finish()
+
+
+def parse_header(header: BlobHeader, blob_hash: str, root: str | None) -> BlockList:
+    """Trust the provider's block list only if it matches the root we were given (when we have one)."""
+    block_list = BlockList.from_bytes(bytes.fromhex(header.block_list))
+    if block_list.size != header.size:
+        raise ValueError("block list does not match the announced size")
+    if root is not None and block_list.root_hex != normalize_hash(root):
+        raise ValueError(f"block list does not match the verification root of blob {blob_hash[:12]}")
+    return block_list

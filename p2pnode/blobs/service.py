@@ -1,0 +1,64 @@
+"""The node's blob service: the store, the provider side of the protocol, tickets, and fetches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import iroh
+
+import tickets
+from p2pnode.blobs.fetch import FetchProgress, fetch_blob
+from p2pnode.blobs.protocol import BLOBS_ALPN, BlobProvider, Capabilities
+from p2pnode.blobs.store import BlobInfo, BlobStore
+from p2pnode.membership import Membership, PeerAddr
+from p2pnode.net.dialer import Dialer
+
+
+class BlobService:
+    def __init__(self, store: BlobStore, secret_key: iroh.SecretKey, membership: Membership, dialer: Dialer, self_addr: Callable[[], PeerAddr]) -> None:
+        self.store = store
+        self.capabilities = Capabilities(secret_key)
+        self.provider = BlobProvider(store, self.capabilities, membership.is_member)
+        self._membership = membership
+        self._dialer = dialer
+        self._self_addr = self_addr
+
+    async def add(self, path: Path, *, pin: bool = True) -> BlobInfo:
+        """Blobs added by a person are pinned: GC only collects what the node fetched for jobs."""
+        return await self.store.add_path(path, pin=pin)
+
+    def ticket(self, info: BlobInfo) -> str:
+        return tickets.encode(
+            tickets.BlobTicket(
+                provider=self._self_addr().to_ticket(),
+                hash=bytes.fromhex(info.hash),
+                size=info.size,
+                root=bytes.fromhex(info.root),
+                capability=self.capabilities.issue(info.hash),
+            )
+        )
+
+    async def _dial(self, addr: PeerAddr) -> iroh.Connection:
+        # Members introduce themselves so the provider serves them without a ticket.
+        return await self._dialer.connect(addr, BLOBS_ALPN, introduce=self._membership.is_member(addr.node_id))
+
+    async def fetch(
+        self,
+        blob_hash: str,
+        providers: list[PeerAddr],
+        *,
+        root: str | None = None,
+        capability: str = "",
+        on_progress: Callable[[FetchProgress], None] = lambda _p: None,
+    ) -> BlobInfo:
+        return await fetch_blob(self.store, self._dial, blob_hash, providers, root=root, capability=capability, on_progress=on_progress)
+
+    async def fetch_ticket(self, ticket: tickets.BlobTicket, on_progress: Callable[[FetchProgress], None] = lambda _p: None) -> BlobInfo:
+        return await self.fetch(
+            ticket.hash_hex,
+            [PeerAddr.from_ticket(ticket.provider)],
+            root=ticket.root_hex,
+            capability=ticket.capability.hex(),
+            on_progress=on_progress,
+        )

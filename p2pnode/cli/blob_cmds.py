@@ -1,0 +1,147 @@
+"""`p2pnode blob ...`: share files as blobs and fetch them by ticket."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+import trio
+from pydantic import RootModel
+
+import tickets
+from p2pnode.api.app import BlobAdded, Done, FetchEvent
+from p2pnode.api.client import ApiClient
+from p2pnode.blobs.store import BlobInfo, StoreError
+from p2pnode.cli import cli, fail, parse_blob_ticket
+from p2pnode.cli.progress import TransferProgress
+
+
+class _BlobList(RootModel[list[BlobInfo]]):
+    pass
+
+
+@cli.group()
+def blob() -> None:
+    """Content-addressed blobs: add files, fetch them by ticket, manage the store."""
+
+
+@blob.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path))
+@click.pass_obj
+def add(api: ApiClient, path: Path) -> None:
+    """Add a file to the running node's store; prints its BLAKE3 hash and a blob ticket."""
+    added = api.post("/blobs", BlobAdded, json={"path": str(path.resolve())})
+    click.echo(f"hash:   {added.blob.hash}")
+    click.echo(f"size:   {added.blob.size}")
+    click.echo(f"ticket: {added.ticket}")
+
+
+@blob.command()
+@click.argument("ticket")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, writable=True, path_type=Path), help="Where to write the blob.")
+@click.pass_obj
+def get(api: ApiClient, ticket: str, output: Path) -> None:
+    """Fetch a blob by ticket, verified, into OUTPUT.
+
+    Uses the running node when there is one (the blob then stays in its store);
+    otherwise a short-lived endpoint fetches into the store at IROH_BLOBS_PATH.
+    An interrupted fetch resumes where it stopped.
+    """
+    parsed = parse_blob_ticket(ticket)
+    output = output.resolve()
+    if not output.parent.is_dir():
+        fail(f"cannot write {output}: folder {output.parent} does not exist")
+    if not os.access(output.parent, os.W_OK):
+        fail(f"cannot write {output}: permission denied")
+    with TransferProgress(f"blob {parsed.hash_hex[:12]}", parsed.size) as progress:
+        if api.reachable():
+            info = _fetch_via_node(api, ticket, progress)
+            api.post(f"/blobs/{info.hash}/export", BlobInfo, json={"path": str(output)})
+        else:
+            click.echo(f"no node at {api.base_url}: fetching with a short-lived endpoint", err=True)
+            info = trio.run(_fetch_standalone, parsed, output, progress)
+    click.echo(f"{info.hash}  {info.size} bytes  -> {output}")
+
+
+def _fetch_via_node(api: ApiClient, ticket: str, progress: TransferProgress) -> BlobInfo:
+    for event in api.stream("POST", "/blobs/fetch", FetchEvent, json={"ticket": ticket}):
+        if event.progress is not None:
+            progress.update(event.progress.bytes_done)
+        elif event.error is not None:
+            fail(event.error)
+        elif event.blob is not None:
+            progress.update(event.blob.size)
+            return event.blob
+    fail("the node ended the fetch without a result")
+
+
+async def _fetch_standalone(ticket: tickets.BlobTicket, output: Path, progress: TransferProgress) -> BlobInfo:
+    import iroh
+
+    from p2pnode.blobs.fetch import FetchError, fetch_blob
+    from p2pnode.blobs.protocol import BLOBS_ALPN
+    from p2pnode.blobs.store import BlobStore
+    from p2pnode.config import Settings
+    from p2pnode.membership import PeerAddr
+    from p2pnode.net.dialer import Dialer
+    from p2pnode.net.endpoint import bind_endpoint, close_endpoint
+
+    settings = Settings()
+    try:
+        store = await BlobStore.open(settings.blobs_dir)
+    except (StoreError, OSError) as exc:
+        fail(f"cannot open the blob store at {settings.blobs_dir}: {exc}")
+    endpoint = await bind_endpoint(iroh.SecretKey.generate(), settings.bind, settings.relay, [BLOBS_ALPN])
+    dialer = Dialer(endpoint, introduce=lambda _addr: trio.lowlevel.checkpoint(), connect_timeout_s=settings.connect_timeout_s)
+    try:
+        info = await fetch_blob(
+            store,
+            lambda addr: dialer.connect(addr, BLOBS_ALPN, introduce=False),
+            ticket.hash_hex,
+            [PeerAddr.from_ticket(ticket.provider)],
+            root=ticket.root_hex,
+            capability=ticket.capability.hex(),
+            on_progress=lambda p: progress.update(p.bytes_done),
+        )
+        return await store.export(info.hash, output)
+    except (FetchError, StoreError) as exc:
+        fail(str(exc))
+    finally:
+        dialer.close_all()
+        await close_endpoint(endpoint)
+        store.close()
+
+
+@blob.command(name="ls")
+@click.pass_obj
+def list_blobs(api: ApiClient) -> None:
+    """List the blobs in the running node's store."""
+    for info in api.request("GET", "/blobs", _BlobList).root:
+        flags = ",".join(["pinned"] * info.pinned + list(info.tags)) or "-"
+        click.echo(f"{info.hash}  {info.size:>12}  {flags}")
+
+
+@blob.command(name="rm")
+@click.argument("blob_hash", metavar="HASH")
+@click.option("--force", is_flag=True, help="Delete even if pinned or tagged.")
+@click.pass_obj
+def remove(api: ApiClient, blob_hash: str, force: bool) -> None:
+    """Delete a blob (refused while it is pinned, tagged or in use, unless --force)."""
+    api.delete(f"/blobs/{blob_hash}", Done, params={"force": force})
+
+
+@blob.command()
+@click.argument("blob_hash", metavar="HASH")
+@click.pass_obj
+def pin(api: ApiClient, blob_hash: str) -> None:
+    """Keep a blob from garbage collection."""
+    api.post(f"/blobs/{blob_hash}/pin", Done)
+
+
+@blob.command()
+@click.argument("blob_hash", metavar="HASH")
+@click.pass_obj
+def unpin(api: ApiClient, blob_hash: str) -> None:
+    """Let garbage collection remove a blob once nothing uses it."""
+    api.delete(f"/blobs/{blob_hash}/pin", Done)

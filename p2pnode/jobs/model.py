@@ -1,0 +1,273 @@
+"""Job records and the claim/lease control-protocol messages.
+
+Everything here crosses a trust boundary (gossip, the control protocol, the
+HTTP API), so identifiers, names and sizes are validated or bounded at parse
+time rather than by each caller.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from enum import StrEnum
+from typing import Annotated, Literal, Union
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    SerializationInfo,
+    StringConstraints,
+    TypeAdapter,
+    field_serializer,
+)
+
+MAX_LOG_CHARS = 64 * 1024
+MAX_ERROR_CHARS = 4096
+MAX_NOTE_CHARS = 200
+MAX_HISTORY = 32
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+Hex64 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+NodeId = Hex64
+"""An iroh node id (ed25519 public key), lowercase hex."""
+JobId = Annotated[str, StringConstraints(pattern=r"^job_[0-9A-HJKMNP-TV-Z]{26}$")]
+LeaseToken = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+
+
+def _clip_tail(limit: int) -> BeforeValidator:
+    """Keep the end of over-long text: for logs and errors the last lines matter most."""
+
+    def clip(value: object) -> object:
+        if isinstance(value, str) and len(value) > limit:
+            marker = "[truncated]\n"
+            return marker + value[len(value) - (limit - len(marker)) :]
+        return value
+
+    return BeforeValidator(clip)
+
+
+Logs = Annotated[str, _clip_tail(MAX_LOG_CHARS)]
+ErrorText = Annotated[str, _clip_tail(MAX_ERROR_CHARS)]
+Note = Annotated[str, _clip_tail(MAX_NOTE_CHARS)]
+
+
+def _check_artifact_name(name: str) -> str:
+    # The charset already excludes "/", "\\", NUL and control characters;
+    # "." and ".." are the remaining ways to escape or alias a directory.
+    if name in (".", ".."):
+        raise ValueError("artifact name must not be '.' or '..'")
+    return name
+
+
+ArtifactName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,128}$"),
+    AfterValidator(_check_artifact_name),
+]
+"""A file name an executor may create in its sandbox; never a path."""
+
+
+def new_job_id(now: float | None = None) -> str:
+    """A ULID-style id: 48-bit millisecond time + 80 random bits, so ids sort by creation."""
+    ms = int((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
+    value = (ms << 80) | secrets.randbits(80)
+    chars = [_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5)]
+    return "job_" + "".join(chars)
+
+
+def new_lease_token() -> str:
+    return secrets.token_hex(16)
+
+
+class JobState(StrEnum):
+    PENDING = "pending"
+    CLAIMED = "claimed"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+Executor = Literal["wasi", "flawless"]
+
+
+class BlobRef(BaseModel):
+    """A content-addressed blob and where to fetch it."""
+
+    hash: Hex64
+    size: int = Field(ge=0)
+    root: Hex64
+    """Verification root of the blob's hash tree."""
+    providers: list[NodeId] = Field(default_factory=list, max_length=64)
+
+
+class Limits(BaseModel):
+    time_s: float = Field(default=60.0, gt=0)
+    memory_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    fuel: int = Field(default=10_000_000_000, gt=0)
+
+
+class Requirements(BaseModel):
+    executor: Executor = "wasi"
+    limits: Limits = Field(default_factory=Limits)
+
+
+class JobSpec(BaseModel):
+    """What a submitter provides; immutable for the life of the job."""
+
+    workflow: str | None = Field(default=None, max_length=256)
+    module: BlobRef
+    input: JsonValue = None
+    artifacts: dict[ArtifactName, BlobRef] = Field(default_factory=dict, max_length=256)
+    requirements: Requirements = Field(default_factory=Requirements)
+    max_attempts: int = Field(default=3, ge=1, le=100)
+
+
+class Lease(BaseModel):
+    worker: NodeId
+    token: Annotated[str, StringConstraints(pattern=r"^([0-9a-f]{32})?$")] = Field(
+        default="", repr=False
+    )
+    """The lease holder's bearer secret; "" once redacted."""
+    expires_at: float
+
+    @field_serializer("token")
+    def _redact_token(self, token: str, info: SerializationInfo) -> str:
+        # Job records are gossiped and served by the API; the token must only
+        # leave the process inside a ClaimGrant, so it is dropped unless the
+        # store asks for it explicitly.
+        return token if info.context and info.context.get("secrets") else ""
+
+
+class HistoryEvent(BaseModel):
+    at: float
+    state: JobState
+    note: Note = ""
+
+
+class Job(BaseModel):
+    """A job record; the origin's copy is authoritative, other nodes cache it."""
+
+    id: JobId
+    origin: NodeId
+    spec: JobSpec
+    state: JobState = JobState.PENDING
+    attempts: int = Field(default=0, ge=0)
+    """Number of leases granted so far."""
+    lease: Lease | None = None
+    not_before: float = 0.0
+    """Back-off: the job cannot be claimed before this time (origin clock)."""
+    result: JsonValue = None
+    error: ErrorText | None = None
+    outputs: dict[ArtifactName, BlobRef] = Field(default_factory=dict, max_length=256)
+    logs: Logs = ""
+    worker: NodeId | None = None
+    created_at: float
+    updated_at: float
+    finished_at: float | None = None
+    history: list[HistoryEvent] = Field(default_factory=list)
+
+    def record(self, at: float, note: str = "") -> None:
+        """Append a history event for the current state, keeping only the latest few."""
+        event = HistoryEvent.model_validate({"at": at, "state": self.state, "note": note})
+        self.history.append(event)
+        del self.history[:-MAX_HISTORY]
+
+
+# --- control protocol -------------------------------------------------------
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClaimRequest(_Message):
+    type: Literal["claim_request"] = "claim_request"
+    job_id: JobId
+    worker: NodeId
+
+
+class ClaimGrant(_Message):
+    type: Literal["claim_grant"] = "claim_grant"
+    job: Job
+    lease_token: LeaseToken
+    lease_expires_in: float
+    """Seconds, relative, because the two nodes' clocks differ."""
+
+
+class ClaimRefused(_Message):
+    type: Literal["claim_refused"] = "claim_refused"
+    reason: str
+
+
+class Renew(_Message):
+    type: Literal["renew"] = "renew"
+    job_id: JobId
+    lease_token: LeaseToken
+
+
+class RenewOk(_Message):
+    type: Literal["renew_ok"] = "renew_ok"
+    expires_in: float
+
+
+class RenewRefused(_Message):
+    type: Literal["renew_refused"] = "renew_refused"
+    reason: str
+
+
+class Started(_Message):
+    type: Literal["started"] = "started"
+    job_id: JobId
+    lease_token: LeaseToken
+
+
+class Report(_Message):
+    type: Literal["report"] = "report"
+    job_id: JobId
+    lease_token: LeaseToken
+    ok: bool
+    result: JsonValue = None
+    error: ErrorText | None = None
+    logs: Logs = ""
+    outputs: dict[ArtifactName, BlobRef] = Field(default_factory=dict, max_length=256)
+
+
+class ReportAck(_Message):
+    type: Literal["report_ack"] = "report_ack"
+
+
+class ReportRefused(_Message):
+    type: Literal["report_refused"] = "report_refused"
+    reason: str
+
+
+ControlMessage = Annotated[
+    Union[
+        ClaimRequest,
+        ClaimGrant,
+        ClaimRefused,
+        Renew,
+        RenewOk,
+        RenewRefused,
+        Started,
+        Report,
+        ReportAck,
+        ReportRefused,
+    ],
+    Field(discriminator="type"),
+]
+
+control_message = TypeAdapter(ControlMessage)
+"""Parse frames with `control_message.validate_json(raw)`; send `msg.model_dump_json()`."""

@@ -1,0 +1,391 @@
+"""Durable job store on SQLite: the origin's source of truth and a cache of remote jobs.
+
+Every state change is one `BEGIN IMMEDIATE` transaction that reads, checks and
+writes the row while holding SQLite's write lock, so two connections (or two
+processes) can never both grant the same job.
+
+Durability: WAL with `synchronous=NORMAL`. A commit is appended to the WAL with
+write(2) before it returns, so it survives the process being killed (kill -9,
+OOM); only an OS crash or power loss can drop the last few commits, which
+FULL's fsync per commit would prevent at a large latency cost we don't need.
+
+Rows are `local` (submitted here, mutated only through this API) or remote
+(cached from gossip via `upsert_remote`, never claimable here). Lease
+lapses are applied only by `expire_leases`, which the caller runs
+periodically so that it can re-announce the returned jobs.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hmac
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pydantic import JsonValue
+
+from p2pnode.jobs.model import (
+    TERMINAL_STATES,
+    BlobRef,
+    Job,
+    JobSpec,
+    JobState,
+    Lease,
+    new_job_id,
+    new_lease_token,
+)
+
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    origin TEXT NOT NULL,
+    local INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    executor TEXT NOT NULL,
+    not_before REAL NOT NULL,
+    lease_expires_at REAL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, not_before);
+CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (lease_expires_at)
+    WHERE lease_expires_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_origin ON jobs (origin, created_at);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
+"""
+_LEASED = (JobState.CLAIMED.value, JobState.RUNNING.value)
+_LIVE = tuple(s.value for s in JobState if s not in TERMINAL_STATES)
+_SECRETS = {"secrets": True}
+
+
+class Refused(Exception):
+    """A request the store declines; `reason` is safe to send back to the peer."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ClaimRefused(Refused):
+    pass
+
+
+class LeaseRefused(Refused):
+    """Renew/start/report refused: the caller no longer (or never) held the lease."""
+
+
+class JobStore:
+    def __init__(
+        self,
+        path: Path,
+        clock: Callable[[], float] = time.time,
+        *,
+        backoff_base: float = 5.0,
+        backoff_cap: float = 300.0,
+        busy_timeout: float = 30.0,
+    ) -> None:
+        self._clock = clock
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        # One connection guarded by a lock, so trio code may also reach the
+        # store from worker threads; isolation_level=None lets us issue
+        # BEGIN IMMEDIATE ourselves.
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        with self._write():
+            (version,) = self._db.execute("PRAGMA user_version").fetchone()
+            if version > _SCHEMA_VERSION:
+                raise RuntimeError(f"job store schema {version} is newer than {_SCHEMA_VERSION}")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> JobStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def backoff(self, attempts: int) -> float:
+        """Delay before a job that failed `attempts` times may be claimed again."""
+        return min(self._backoff_cap, self._backoff_base * 2 ** max(0, attempts - 1))
+
+    # --- reads --------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            row = self._db.execute("SELECT body FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else Job.model_validate_json(row[0])
+
+    def list(
+        self, state: JobState | None = None, limit: int = 100, *, origin: str | None = None
+    ) -> builtins.list[Job]:
+        """Newest first."""
+        where, args = _where(state=state, origin=origin)
+        return self._query(
+            f"SELECT body FROM jobs WHERE {where} ORDER BY created_at DESC, id DESC LIMIT ?",
+            (*args, limit),
+        )
+
+    def claimable(
+        self, executor_kinds: Iterable[str], limit: int = 100, *, origin: str | None = None
+    ) -> builtins.list[Job]:
+        """Pending jobs (local or cached) past their back-off, oldest first."""
+        kinds = sorted(set(executor_kinds))
+        where, args = _where(state=JobState.PENDING, origin=origin)
+        return self._query(
+            f"SELECT body FROM jobs WHERE {where} AND not_before <= ?"
+            f" AND executor IN ({_marks(kinds)}) ORDER BY created_at, id LIMIT ?",
+            (*args, self._clock(), *kinds, limit),
+        )
+
+    def live_ids(self, *, origin: str | None = None) -> set[str]:
+        """Ids of jobs not yet in a terminal state."""
+        where, args = _where(origin=origin)
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT id FROM jobs WHERE {where} AND state IN ({_marks(_LIVE)})",
+                (*args, *_LIVE),
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    # --- origin side ----------------------------------------------------------
+
+    def submit(self, origin: str, spec: JobSpec) -> Job:
+        """Create a pending job; it is committed to the WAL before this returns."""
+        now = self._clock()
+        job = Job(id=new_job_id(now), origin=origin, spec=spec, created_at=now, updated_at=now)
+        job.record(now, "submitted")
+        with self._write():
+            self._save(job)
+        return job
+
+    def claim(self, job_id: str, worker: str, lease_s: float) -> Job:
+        """Grant `worker` a lease; the returned job's `lease.token` is the secret to hand over."""
+        with self._write():
+            job, now = self._load_local(job_id, ClaimRefused)
+            if job.state is not JobState.PENDING:
+                raise ClaimRefused(self._state_reason(job))
+            if job.not_before > now:
+                raise ClaimRefused(f"backing off for {job.not_before - now:.1f}s")
+            job.state = JobState.CLAIMED
+            job.attempts += 1
+            job.worker = worker
+            job.lease = Lease(worker=worker, token=new_lease_token(), expires_at=now + lease_s)
+            job.record(now, f"attempt {job.attempts} by {worker[:16]}")
+            self._save(job, now=now)
+        return job
+
+    def renew(self, job_id: str, token: str, lease_s: float) -> Job:
+        with self._write():
+            job, lease, now = self._load_leased(job_id, token)
+            lease.expires_at = now + lease_s
+            self._save(job, now=now)
+        return job
+
+    def mark_running(self, job_id: str, token: str) -> Job:
+        with self._write():
+            job, _, now = self._load_leased(job_id, token)
+            if job.state is JobState.CLAIMED:
+                job.state = JobState.RUNNING
+                job.record(now, "started")
+                self._save(job, now=now)
+        return job
+
+    def complete(
+        self,
+        job_id: str,
+        token: str,
+        ok: bool,
+        result: JsonValue = None,
+        error: str | None = None,
+        logs: str = "",
+        outputs: dict[str, BlobRef] | None = None,
+    ) -> Job:
+        """Apply a worker's report: success, a retry after back-off, or final failure."""
+        with self._write():
+            job, _, now = self._load_leased(job_id, token)
+            job.lease = None
+            job.logs = logs
+            if ok:
+                job.result, job.error, job.outputs = result, None, outputs or {}
+                self._finish(job, JobState.SUCCEEDED, now, "succeeded")
+            else:
+                job.error = error or "failed without an error message"
+                self._retry_or_fail(job, now, "attempt failed")
+            # Re-validate: the report's fields are untrusted and logs/error get clipped.
+            job = Job.model_validate(job.model_dump())
+            self._save(job, now=now)
+        return job
+
+    def expire_leases(self) -> builtins.list[Job]:
+        """Send lapsed jobs back to pending (with back-off) or fail them; returned to announce."""
+        with self._write():
+            now = self._clock()
+            rows = self._db.execute(
+                "SELECT body FROM jobs WHERE local = 1 AND lease_expires_at <= ?"
+                f" AND state IN ({_marks(_LEASED)})",
+                (now, *_LEASED),
+            ).fetchall()
+            lapsed: builtins.list[Job] = []
+            for (body,) in rows:
+                job = Job.model_validate_json(body)
+                assert job.lease is not None
+                worker = job.lease.worker
+                job.lease = None
+                job.error = f"lease expired (worker {worker})"
+                self._retry_or_fail(job, now, f"lease of {worker[:16]} expired")
+                self._save(job, now=now)
+                lapsed.append(job)
+        return lapsed
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a live job (idempotent); its lease holder's next renew/report is refused."""
+        with self._write():
+            job, now = self._load_local(job_id, Refused)
+            if job.state is JobState.CANCELLED:
+                return job
+            if job.state.terminal:
+                raise Refused(f"job already {job.state.value}")
+            job.lease = None
+            self._finish(job, JobState.CANCELLED, now, "cancelled")
+            self._save(job, now=now)
+        return job
+
+    # --- cache of other origins' jobs -----------------------------------------
+
+    def upsert_remote(self, job: Job) -> bool:
+        """Cache a job heard from its origin; True if stored (it was new or newer)."""
+        with self._write():
+            row = self._db.execute(
+                "SELECT local, updated_at FROM jobs WHERE id = ?", (job.id,)
+            ).fetchone()
+            if row is not None and (row[0] or row[1] >= job.updated_at):
+                return False
+            self._save(job, local=False)
+        return True
+
+    # --- internals ------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple[Any, ...]) -> builtins.list[Job]:
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return [Job.model_validate_json(r[0]) for r in rows]
+
+    def _load_local(self, job_id: str, refusal: type[Refused]) -> tuple[Job, float]:
+        row = self._db.execute("SELECT local, body FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise refusal("unknown job")
+        if not row[0]:
+            raise refusal("not the origin of this job")
+        # Read the clock inside the write lock so decisions are ordered like commits.
+        return Job.model_validate_json(row[1]), self._clock()
+
+    def _load_leased(self, job_id: str, token: str) -> tuple[Job, Lease, float]:
+        job, now = self._load_local(job_id, LeaseRefused)
+        if job.state not in (JobState.CLAIMED, JobState.RUNNING):
+            if job.state.terminal:
+                raise LeaseRefused(self._state_reason(job))
+            raise LeaseRefused("lease expired")
+        lease = job.lease
+        if (
+            lease is None
+            or not hmac.compare_digest(lease.token.encode(), token.encode())
+            or lease.expires_at <= now
+        ):
+            # A stale, superseded and forged token all mean the same to the
+            # worker: stop and discard the work.
+            raise LeaseRefused("lease expired")
+        return job, lease, now
+
+    @staticmethod
+    def _state_reason(job: Job) -> str:
+        if job.state is JobState.CANCELLED:
+            return "job cancelled"
+        if job.state.terminal:
+            return f"job already {job.state.value}"
+        return "job already claimed"
+
+    def _retry_or_fail(self, job: Job, now: float, note: str) -> None:
+        if job.attempts < job.spec.max_attempts:
+            job.state = JobState.PENDING
+            job.not_before = now + self.backoff(job.attempts)
+            job.record(now, f"{note}; retry after {job.not_before - now:.1f}s")
+        else:
+            self._finish(job, JobState.FAILED, now, f"{note}; {job.attempts} attempts exhausted")
+
+    @staticmethod
+    def _finish(job: Job, state: JobState, now: float, note: str) -> None:
+        job.state = state
+        job.finished_at = now
+        job.record(now, note)
+
+    def _save(self, job: Job, *, now: float | None = None, local: bool = True) -> None:
+        if now is not None:
+            # Strictly increasing per job, so caches comparing updated_at
+            # never drop an update that landed in the same clock tick.
+            job.updated_at = max(now, job.updated_at + 1e-6)
+        self._db.execute(
+            "INSERT OR REPLACE INTO jobs (id, origin, local, state, executor, not_before,"
+            " lease_expires_at, created_at, updated_at, body)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                job.id,
+                job.origin,
+                int(local),
+                job.state.value,
+                job.spec.requirements.executor,
+                job.not_before,
+                job.lease.expires_at if job.lease is not None else None,
+                job.created_at,
+                job.updated_at,
+                job.model_dump_json(context=_SECRETS),
+            ),
+        )
+
+
+def _marks(values: Iterable[object]) -> str:
+    return ",".join("?" for _ in values)
+
+
+def _where(
+    *, state: JobState | None = None, origin: str | None = None
+) -> tuple[str, tuple[Any, ...]]:
+    """A WHERE body (never empty, so callers can append AND ...) and its arguments."""
+    clauses: list[str] = ["1"]
+    args: list[Any] = []
+    if state is not None:
+        clauses.append("state = ?")
+        args.append(JobState(state).value)
+    if origin is not None:
+        clauses.append("origin = ?")
+        args.append(origin)
+    return " AND ".join(clauses), tuple(args)

@@ -1,0 +1,132 @@
+"""The blob protocol between real nodes: verified fetch, lying providers, authorisation, several providers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import blake3
+import iroh
+import pytest
+
+import tickets
+from p2pnode.blobs.fetch import FetchError, fetch_blob
+from p2pnode.blobs.protocol import BLOBS_ALPN, BlobReply, BlobRequest, BlobRefused
+from p2pnode.blobs.store import BlobStore
+from p2pnode.membership import PeerAddr
+from p2pnode.net.framing import recv_model, send_model
+from tests.conftest import bind_loopback
+
+
+def write_random(path: Path, size: int) -> bytes:
+    data = os.urandom(size)
+    path.write_bytes(data)
+    return data
+
+
+async def test_member_fetches_verified_blob(start_node, tmp_path: Path) -> None:
+    a = await start_node()
+    b = await start_node(join=a.join_ticket())
+    data = write_random(tmp_path / "input.bin", 3 * (1 << 20) + 12345)
+    info = await a.blobs.add(tmp_path / "input.bin")
+    assert info.hash == blake3.blake3(data).hexdigest()
+
+    seen: list[int] = []
+    fetched = await b.blobs.fetch(info.hash, [a.addr()], root=info.root, on_progress=lambda p: seen.append(p.bytes_done))
+    assert fetched.hash == info.hash
+    await b.blobs.store.export(info.hash, tmp_path / "out.bin")
+    assert (tmp_path / "out.bin").read_bytes() == data
+    assert seen == sorted(seen) and seen[-1] == len(data)
+
+
+async def test_ticket_holder_fetches_and_stranger_is_refused(start_node, tmp_path: Path) -> None:
+    a = await start_node()
+    data = write_random(tmp_path / "input.bin", 100_000)
+    info = await a.blobs.add(tmp_path / "input.bin")
+    ticket = tickets.parse_blob(a.blobs.ticket(info))
+
+    stranger = await bind_loopback([BLOBS_ALPN])
+    store = await BlobStore.open(tmp_path / "stranger-store")
+    try:
+        async def dial(addr: PeerAddr) -> iroh.Connection:
+            return await stranger.connect(addr.to_endpoint(), BLOBS_ALPN)
+
+        with pytest.raises(FetchError, match="not authorised"):
+            await fetch_blob(store, dial, info.hash, [a.addr()], root=info.root)
+        with pytest.raises(FetchError, match="not authorised"):  # a capability for another blob is useless
+            await fetch_blob(store, dial, info.hash, [a.addr()], root=info.root, capability=a.blobs.capabilities.issue("00" * 32).hex())
+        assert not store.has(info.hash)
+        fetched = await fetch_blob(store, dial, info.hash, [PeerAddr.from_ticket(ticket.provider)], root=ticket.root_hex, capability=ticket.capability.hex())
+        await store.export(fetched.hash, tmp_path / "out.bin")
+        assert (tmp_path / "out.bin").read_bytes() == data
+    finally:
+        store.close()
+        await stranger.close()
+    assert a.blobs.provider.refused == 2
+
+
+async def test_lying_provider_is_caught_and_next_provider_delivers(start_node, tmp_path: Path) -> None:
+    honest = await start_node()
+    liar = await start_node(join=honest.join_ticket())
+    fetcher = await start_node(join=honest.join_ticket())
+    data = write_random(tmp_path / "input.bin", 2 * (1 << 20) + 7)
+    info = await honest.blobs.add(tmp_path / "input.bin")
+    await liar.blobs.add(tmp_path / "input.bin")
+
+    real_read_range = liar.blobs.store.read_range
+
+    async def flip_one_byte(blob_hash: str, offset: int = 0, length: int | None = None, **kw):
+        async with contextlib.aclosing(real_read_range(blob_hash, offset, length, **kw)) as chunks:
+            async for chunk in chunks:
+                if offset == 1 << 20:  # the second block
+                    chunk = bytes([chunk[0] ^ 1]) + chunk[1:]
+                yield chunk
+
+    liar.blobs.store.read_range = flip_one_byte
+    with pytest.raises(FetchError, match="corrupt"):
+        await fetcher.blobs.fetch(info.hash, [liar.addr()], root=info.root)
+    assert not fetcher.blobs.store.has(info.hash)
+    assert info.hash not in {b.hash for b in await fetcher.blobs.store.list()}
+
+    # The first block from the liar verified and stays; the honest provider supplies the rest.
+    progress = await fetcher.blobs.store.partial_progress(info.hash)
+    assert progress is not None and progress.blocks_done == 1
+    fetched = await fetcher.blobs.fetch(info.hash, [liar.addr(), honest.addr()], root=info.root)
+    await fetcher.blobs.store.export(fetched.hash, tmp_path / "out.bin")
+    assert (tmp_path / "out.bin").read_bytes() == data
+
+
+async def test_unreachable_provider_then_good_one(start_node, tmp_path: Path) -> None:
+    a = await start_node()
+    b = await start_node(join=a.join_ticket(), connect_timeout_s=0.5)
+    write_random(tmp_path / "input.bin", 5000)
+    info = await a.blobs.add(tmp_path / "input.bin")
+    gone = await bind_loopback([BLOBS_ALPN])
+    gone_addr = PeerAddr.from_endpoint(gone.addr(), None)
+    await gone.close()
+    fetched = await b.blobs.fetch(info.hash, [gone_addr, a.addr()], root=info.root)
+    assert fetched.hash == info.hash
+
+
+async def test_garbage_request_resets_stream_and_node_carries_on(start_node, tmp_path: Path) -> None:
+    a = await start_node()
+    write_random(tmp_path / "input.bin", 5000)
+    info = await a.blobs.add(tmp_path / "input.bin")
+    peer = await bind_loopback([BLOBS_ALPN])
+    try:
+        connection = await peer.connect(a.addr().to_endpoint(), BLOBS_ALPN)
+        for junk in [b"\xff\xff\xff\xff" + b"x" * 10, b"\x00\x00\x00\x05{nope", b"\x00\x00"]:
+            bi = await connection.open_bi()
+            await bi.send().write_all(junk)
+            await bi.send().finish()
+            with pytest.raises(iroh.IrohError):
+                await bi.recv().read_exact(4)
+        # Same connection, a well-formed request still gets a proper answer.
+        bi = await connection.open_bi()
+        await send_model(bi.send(), BlobRequest(hash=info.hash))
+        await bi.send().finish()
+        reply = await recv_model(bi.recv(), BlobReply)
+        assert isinstance(reply, BlobRefused) and "not authorised" in reply.reason
+    finally:
+        await peer.close()
