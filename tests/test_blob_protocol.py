@@ -76,11 +76,16 @@ async def test_lying_provider_is_caught_and_next_provider_delivers(start_node, t
 
     real_read_range = liar.blobs.store.read_range
 
+    target = (1 << 20) + 5  # a byte in the second block
+
     async def flip_one_byte(blob_hash: str, offset: int = 0, length: int | None = None, **kw):
+        position = offset
         async with contextlib.aclosing(real_read_range(blob_hash, offset, length, **kw)) as chunks:
             async for chunk in chunks:
-                if offset == 1 << 20:  # the second block
-                    chunk = bytes([chunk[0] ^ 1]) + chunk[1:]
+                if position <= target < position + len(chunk):
+                    i = target - position
+                    chunk = chunk[:i] + bytes([chunk[i] ^ 1]) + chunk[i + 1 :]
+                position += len(chunk)
                 yield chunk
 
     liar.blobs.store.read_range = flip_one_byte

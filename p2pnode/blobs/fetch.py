@@ -9,6 +9,7 @@ store keeps partial downloads.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -27,6 +28,7 @@ from p2pnode.net.framing import FrameError, read_exact, recv_model, send_model
 log = logging.getLogger(__name__)
 
 PIPELINE_BLOCKS = 4
+FLUSH_EVERY = 32 << 20  # write back while downloading; commit's fsync then has little left
 Dial = Callable[[PeerAddr], Awaitable[iroh.Connection]]
 
 
@@ -163,15 +165,29 @@ class _Download:
                     _, length = block_list.block_range(index)
                     await send_channel.send((index, await read_exact(recv, length)))
 
+        flush_send, flush_receive = trio.open_memory_channel[None](1)
+
         async def write_blocks() -> None:
             nonlocal done
-            async with receive_channel:
+            unflushed = 0
+            async with receive_channel, flush_send:
                 async for index, data in receive_channel:
                     await partial.write_block(index, data)
                     done += len(data)
+                    unflushed += len(data)
+                    if unflushed >= FLUSH_EVERY:
+                        with contextlib.suppress(trio.WouldBlock):  # a flush is already due
+                            flush_send.send_nowait(None)
+                        unflushed = 0
                     self.on_progress(FetchProgress(hash=self.hash, size=block_list.size, bytes_done=done, provider=provider.node_id))
+
+        async def flush_blocks() -> None:
+            async with flush_receive:
+                async for _ in flush_receive:
+                    await partial.flush()
 
         with collapse_groups():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(read_blocks)
                 nursery.start_soon(write_blocks)
+                nursery.start_soon(flush_blocks)

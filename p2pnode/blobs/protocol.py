@@ -68,11 +68,17 @@ class Capabilities:
         return False
 
 
-def requested_blocks(request: BlobRequest, count: int) -> list[int]:
-    """The block indices a request names, clipped to the blob; ranges arrive in the fetcher's order."""
-    if request.blocks is None:
-        return list(range(count))
-    return [i for start, end in request.blocks for i in range(max(start, 0), min(end, count))]
+def requested_spans(request: BlobRequest, block_list: BlockList) -> list[tuple[int, int]]:
+    """(offset, length) byte spans of the blocks a request names, clipped to the blob, in its order."""
+    count = len(block_list)
+    spans = []
+    for start, end in request.blocks if request.blocks is not None else [(0, count)]:
+        start, end = max(start, 0), min(end, count)
+        if start < end:
+            offset = block_list.block_range(start)[0]
+            last_offset, last_length = block_list.block_range(end - 1)
+            spans.append((offset, last_offset + last_length - offset))
+    return spans
 
 
 def byte_range_blocks(offset: int, length: int) -> tuple[int, int]:
@@ -106,8 +112,7 @@ class BlobProvider:
                 await self._refuse(send, f"this node does not have blob {request.hash}")
                 return
             await send_model(send, BlobHeader(size=block_list.size, block_list=block_list.to_bytes().hex()))
-            for index in requested_blocks(request, len(block_list)):
-                offset, length = block_list.block_range(index)
+            for offset, length in requested_spans(request, block_list):
                 async with contextlib.aclosing(self._store.read_range(request.hash, offset, length)) as chunks:
                     async for chunk in chunks:
                         await send.write_all(chunk)
