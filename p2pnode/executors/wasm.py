@@ -43,6 +43,8 @@ _START = "_start"
 _INITIALIZE = "_initialize"
 _PAGE = 64 * 1024
 _WASI = "wasi_snapshot_preview1"
+_DETAIL_LIMIT = 4096
+"""Characters of wasmtime's backtrace kept in the logs (deep recursion makes huge ones)."""
 _ENOSYS = 52
 """WASI errno returned by our ``poll_oneoff``: a guest blocked in a host sleep can't be interrupted."""
 
@@ -56,7 +58,7 @@ class _Failure(Exception):
 
 
 def load_module_bytes(path: Path) -> bytes:
-    """Read a module as a WebAssembly binary, assembling ``.wat`` text on the way."""
+    """Read a module as a WebAssembly binary; WAT text (``.wat``) is assembled on the way."""
     return _to_wasm(path.read_bytes())
 
 
@@ -150,13 +152,9 @@ class WasiExecutor:
         store.set_epoch_deadline(1)
         run = _Run(engine, store, compiled.artifact, export, stdin, req)
 
-        timed_out = False
-
         async def watchdog() -> None:
-            nonlocal timed_out
             try:
                 await trio.sleep(req.limits.time_s)
-                timed_out = True
             finally:
                 # On timeout and on cancellation alike this stops the guest at its next loop
                 # head or call; after a normal end it is harmless.
@@ -169,7 +167,8 @@ class WasiExecutor:
 
         logs = run.stderr.text()
         if outcome.detail:
-            logs += f"\n[wasmtime] {outcome.detail.strip()}"
+            separator = "\n" if logs and not logs.endswith("\n") else ""
+            logs += f"{separator}[wasmtime] {outcome.detail.strip()[:_DETAIL_LIMIT]}"
         if outcome.interrupted:
             # Only a timeout gets here: a cancelled run re-raises Cancelled when the nursery exits.
             return ExecutionResult.failure(f"timed out after {req.limits.time_s:g} s", logs)
