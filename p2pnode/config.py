@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     flawless_url: str = Field("http://localhost:27288", validation_alias=AliasChoices("flawless_url", "FLAWLESS_URL"))
     flawless_token: str | None = Field(None, validation_alias=AliasChoices("flawless_token", "FLAWLESS_TOKEN"))
     connect_timeout_s: float = Field(10.0, gt=0, validation_alias=AliasChoices("connect_timeout_s", "P2PNODE_CONNECT_TIMEOUT"))
+    lease_s: float = Field(15.0, gt=0, validation_alias=AliasChoices("lease_s", "P2PNODE_LEASE"))
     max_jobs: int = Field(2, ge=0, validation_alias=AliasChoices("max_jobs", "P2PNODE_MAX_JOBS"))
 
     @property

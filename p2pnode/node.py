@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import iroh
 import trio
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 import tickets
 from p2pnode.blobs.protocol import BLOBS_ALPN
 from p2pnode.blobs.service import BlobService
 from p2pnode.blobs.store import BlobStore, StoreError
 from p2pnode.config import Settings
+from p2pnode.executors.flawless import FlawlessClient, FlawlessExecutor
+from p2pnode.executors.wasm import WasiExecutor
+from p2pnode.gossip.engine import GossipStats
+from p2pnode.gossip.service import GOSSIP_ALPN, GossipService
+from p2pnode.jobs.announcements import JobAnnounced, JobFinished
+from p2pnode.jobs.control import JOBS_ALPN, ControlClient
+from p2pnode.jobs.service import JobService
+from p2pnode.jobs.store import JobStore
+from p2pnode.jobs.worker import Worker, WorkerStatus
 from p2pnode.fsutil import save_model
 from p2pnode.identity import load_or_create_secret_key
 from p2pnode.membership import JOIN_ALPN, ClusterIdentity, JoinError, Membership, PeerAddr, handle_join, join
@@ -26,6 +37,7 @@ from p2pnode.net.framing import FrameError
 log = logging.getLogger(__name__)
 
 NODE_FILE = "node.json"
+FLAWLESS_PROBE_S = 30.0
 
 
 class NodeInfo(BaseModel):
@@ -54,6 +66,8 @@ class NodeStatus(BaseModel):
     uptime_s: float
     members: list[MemberStatus]
     refused_connections: int
+    gossip: GossipStats | None
+    jobs: WorkerStatus
 
 
 class StartupError(Exception):
@@ -71,28 +85,26 @@ class Node:
     ) -> None:
         from p2pnode.api.server import serve_api
 
-        data_dir = self.settings.data_dir
+        settings = self.settings
+        key = self._identity()
+        self.membership = Membership(settings.data_dir, self.id)
         try:
-            key = load_or_create_secret_key(data_dir)
-        except (OSError, ValueError) as exc:
-            raise StartupError(f"cannot use data folder {data_dir}: {exc}") from None
-        self.id = key.public().to_bytes().hex()
-        self.membership = Membership(data_dir, self.id)
-        try:
-            self.endpoint = await bind_endpoint(key, self.settings.bind, self.settings.relay, [JOIN_ALPN])
+            self.endpoint = await bind_endpoint(key, settings.bind, settings.relay, [JOIN_ALPN])
         except iroh.IrohError as exc:
-            raise StartupError(f"cannot bind {self.settings.bind}: {exc.message()}") from None
+            raise StartupError(f"cannot bind {settings.bind}: {exc.message()}") from None
         self.router = Router(self.endpoint, lambda peer, _alpn: self.membership.is_member(peer))
-        self.router.register(JOIN_ALPN, self._serve_join, open_to_all=True)
-        self.dialer = Dialer(self.endpoint, self._introduce, self.settings.connect_timeout_s)
+        self.dialer = Dialer(self.endpoint, self._introduce, settings.connect_timeout_s)
         try:
-            store = await BlobStore.open(self.settings.blobs_dir)
+            store = await BlobStore.open(settings.blobs_dir)
         except (OSError, StoreError) as exc:
-            raise StartupError(f"cannot open the blob store at {self.settings.blobs_dir}: {exc}") from None
+            raise StartupError(f"cannot open the blob store at {settings.blobs_dir}: {exc}") from None
         self.blobs = BlobService(store, key, self.membership, self.dialer, self.addr)
-        self.router.register(
-            BLOBS_ALPN, lambda conn: serve_streams(conn, self.blobs.provider.handle_stream), open_to_all=True
-        )
+        self.gossip = GossipService(key, self.membership, self.dialer, self.addr, self._on_gossip)
+        self.jobs = self._jobs_service(settings)
+        self.router.register(JOIN_ALPN, self._serve_join, open_to_all=True)
+        self.router.register(BLOBS_ALPN, lambda c: serve_streams(c, self.blobs.provider.handle_stream), open_to_all=True)
+        self.router.register(GOSSIP_ALPN, self.gossip.handle_connection)
+        self.router.register(JOBS_ALPN, lambda c: serve_streams(c, self.jobs.control.handle_stream))
         try:
             async with trio.open_nursery() as nursery:
                 self.background = nursery
@@ -100,14 +112,68 @@ class Node:
                 self.api_url = await nursery.start(serve_api, self)
                 if join_ticket is not None:
                     await self.join(join_ticket)
+                await nursery.start(self.gossip.run)
+                await nursery.start(self.jobs.run)
+                nursery.start_soon(self._watch_flawless)
                 info = NodeInfo(id=self.id, ticket=self.join_ticket(), api_url=self.api_url, pid=os.getpid())
-                save_model(data_dir / NODE_FILE, info)
+                save_model(settings.data_dir / NODE_FILE, info)
                 nursery.start_soon(self._greet_members)
                 task_status.started(info)
         finally:
+            self.jobs.store.close()
             store.close()
             self.dialer.close_all()
             await close_endpoint(self.endpoint)
+
+    def _identity(self) -> iroh.SecretKey:
+        try:
+            key = load_or_create_secret_key(self.settings.data_dir)
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"cannot use data folder {self.settings.data_dir}: {exc}") from None
+        self.id = key.public().to_bytes().hex()
+        return key
+
+    def _jobs_service(self, settings: Settings) -> JobService:
+        try:
+            store = JobStore(settings.data_dir / "jobs.sqlite")
+        except sqlite3.Error as exc:
+            raise StartupError(f"cannot open the job database in {settings.data_dir}: {exc}") from None
+        self.flawless = FlawlessExecutor(FlawlessClient(settings.flawless_url, settings.flawless_token))
+        control = ControlClient(self.dialer.connect)
+        worker = Worker(
+            self.id, {"wasi": WasiExecutor()}, self.blobs, control, self.peer_addr, settings.data_dir / "work", settings.max_jobs
+        )
+        service = JobService(self.id, store, self.blobs, self.gossip, worker, self.addr, self.peer_addr, settings.lease_s)
+        control.local = service.control  # a node claiming its own job answers itself
+        control.local_id = self.id
+        return service
+
+    async def _watch_flawless(self) -> None:
+        """Offer the `flawless` executor exactly while a local Flawless answers."""
+        executors = self.jobs.worker.executors
+        while True:
+            if await self.flawless.available():
+                if "flawless" not in executors:
+                    log.info("Flawless answering at %s: taking flawless jobs", self.settings.flawless_url)
+                executors["flawless"] = self.flawless
+            elif executors.pop("flawless", None) is not None:
+                log.warning("Flawless at %s stopped answering: no longer taking flawless jobs", self.settings.flawless_url)
+            await trio.sleep(FLAWLESS_PROBE_S)
+
+    def _on_gossip(self, kind: str, payload: dict[str, Any]) -> None:
+        try:
+            if kind == JobAnnounced.KIND:
+                self.jobs.on_announced(JobAnnounced.model_validate(payload))
+            elif kind == JobFinished.KIND:
+                self.jobs.on_finished(JobFinished.model_validate(payload))
+        except ValidationError as exc:
+            log.warning("ignored a malformed %s announcement: %s", kind, exc.errors()[0]["msg"])
+
+    def peer_addr(self, node_id: str) -> PeerAddr | None:
+        if node_id == self.id:
+            return self.addr()
+        member = self.membership.members.get(node_id)
+        return member.addr if member else None
 
     # -- identity and membership -------------------------------------------------------------
 
@@ -124,12 +190,13 @@ class Node:
         )
         host = PeerAddr.from_ticket(ticket.node)
         try:
-            await self._introduce(host)
+            await self.dialer.introduce(host)
         except (PeerUnreachable, JoinError, FrameError, iroh.IrohError) as exc:
             message = exc.message() if isinstance(exc, iroh.IrohError) else str(exc)
             raise StartupError(f"could not join through {host.node_id[:10]}: {message}") from None
 
     async def _introduce(self, peer: PeerAddr) -> None:
+        """Prove our membership to `peer` (or join through it); learn the members it knows."""
         connection = await self.dialer.dial(peer, JOIN_ALPN)
         try:
             others = await join(self.membership, connection, self.addr())
@@ -151,7 +218,7 @@ class Node:
 
     async def _greet(self, peer: PeerAddr) -> None:
         try:
-            await self._introduce(peer)
+            await self.dialer.introduce(peer)
         except (PeerUnreachable, JoinError, FrameError, iroh.IrohError) as exc:
             log.info("member %s not reachable now: %s", peer.node_id[:10], exc)
 
@@ -178,6 +245,8 @@ class Node:
                 for node_id, m in sorted(self.membership.members.items())
             ],
             refused_connections=self.router.refused,
+            gossip=self.gossip.stats(),
+            jobs=self.jobs.worker.status(),
         )
 
 

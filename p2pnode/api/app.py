@@ -16,6 +16,9 @@ import p2pnode
 import tickets
 from p2pnode.blobs.fetch import FetchError, FetchProgress
 from p2pnode.blobs.store import BlobInfo, BlobInUse, BlobNotFound, StoreError
+from p2pnode.jobs.model import Job, JobState
+from p2pnode.jobs.service import JobSubmission, SubmissionError
+from p2pnode.jobs.store import Refused
 from p2pnode.node import NodeStatus
 
 if TYPE_CHECKING:
@@ -144,7 +147,63 @@ def create_app(node: Node) -> FastAPI:
         node.background.start_soon(run)  # a dropped client leaves the fetch to finish into the store
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
+    @app.post("/jobs")
+    async def submit_job(request: JobSubmission) -> Job:
+        try:
+            return await node.jobs.submit_files(request)
+        except SubmissionError as exc:
+            raise HTTPException(400, str(exc)) from None
+
+    @app.get("/jobs")
+    async def list_jobs(state: JobState | None = None, limit: int = 100) -> list[Job]:
+        return node.jobs.store.list(state=state, limit=limit)
+
+    @app.get("/jobs/{job_id}")
+    async def show_job(job_id: str) -> Job:
+        return _job_or_404(node, job_id)
+
+    @app.post("/jobs/{job_id}/wait")
+    async def wait_job(job_id: str, timeout: float = 30.0) -> Job:
+        """Long poll: answers when the job is terminal, or with its current state after `timeout` s."""
+        _job_or_404(node, job_id)
+        with trio.move_on_after(timeout):
+            await node.jobs.wait(job_id)
+        return _job_or_404(node, job_id)
+
+    @app.post("/jobs/{job_id}/cancel")
+    async def cancel_job(job_id: str) -> Job:
+        try:
+            return await node.jobs.cancel(job_id)
+        except Refused as exc:
+            raise HTTPException(409, f"cannot cancel job {job_id}: {exc.reason}") from None
+
+    @app.post("/jobs/{job_id}/outputs")
+    async def get_outputs(job_id: str, request: PathRequest) -> dict[str, Path]:
+        """Fetch the job's output artifacts (from this node or whoever has them) into a folder."""
+        job = _job_or_404(node, job_id)
+        if job.state != JobState.SUCCEEDED:
+            raise HTTPException(409, f"job {job_id} is {job.state.value}; only a succeeded job has outputs")
+        written: dict[str, Path] = {}
+        with store_errors():
+            request.path.mkdir(parents=True, exist_ok=True)
+            for name, ref in job.outputs.items():
+                providers = [addr for node_id in ref.providers if (addr := node.peer_addr(node_id))]
+                try:
+                    info = await node.blobs.fetch(ref.hash, providers, root=ref.root)
+                except FetchError as exc:
+                    raise HTTPException(502, str(exc)) from None
+                written[name] = request.path / name
+                await node.blobs.store.export(info.hash, written[name])
+        return written
+
     return app
+
+
+def _job_or_404(node: Node, job_id: str) -> Job:
+    job = node.jobs.store.get(job_id)
+    if job is None:
+        raise HTTPException(404, f"no job {job_id} on this node")
+    return job
 
 
 @contextlib.contextmanager

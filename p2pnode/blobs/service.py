@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
 import iroh
+import trio
 
 import tickets
 from p2pnode.blobs.fetch import FetchProgress, fetch_blob
@@ -23,6 +25,7 @@ class BlobService:
         self._membership = membership
         self._dialer = dialer
         self._self_addr = self_addr
+        self._fetching: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
 
     async def add(self, path: Path, *, pin: bool = True) -> BlobInfo:
         """Blobs added by a person are pinned: GC only collects what the node fetched for jobs."""
@@ -52,7 +55,16 @@ class BlobService:
         capability: str = "",
         on_progress: Callable[[FetchProgress], None] = lambda _p: None,
     ) -> BlobInfo:
-        return await fetch_blob(self.store, self._dial, blob_hash, providers, root=root, capability=capability, on_progress=on_progress)
+        # Jobs sharing a module fetch it at once: the first fetches, the others then find it stored.
+        lock = self._fetching[blob_hash]
+        try:
+            async with lock:
+                return await fetch_blob(
+                    self.store, self._dial, blob_hash, providers, root=root, capability=capability, on_progress=on_progress
+                )
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._fetching.pop(blob_hash, None)
 
     async def fetch_ticket(self, ticket: tickets.BlobTicket, on_progress: Callable[[FetchProgress], None] = lambda _p: None) -> BlobInfo:
         return await self.fetch(

@@ -23,7 +23,8 @@ from p2pnode.config import Settings
 @click.option("--bind", help="UDP address for the iroh endpoint (env P2PNODE_BIND, default 0.0.0.0:0).")
 @click.option("--relay", help="Relay servers: default, disabled, or a relay URL (env P2PNODE_RELAY, default: default).")
 @click.option("--join", "join_ticket", metavar="TICKET", help="Join the cluster of the node that printed this ticket.")
-def start(data_dir: Path | None, http_port: int | None, bind: str | None, relay: str | None, join_ticket: str | None) -> None:
+@click.option("--max-jobs", type=click.IntRange(min=0), help="Jobs this node runs at once; 0 makes it submit-only (env P2PNODE_MAX_JOBS, default 2).")
+def start(data_dir: Path | None, http_port: int | None, bind: str | None, relay: str | None, join_ticket: str | None, max_jobs: int | None) -> None:
     """Run a node in the foreground until Ctrl-C.
 
     Prints the node id and a join ticket, and writes them with the API URL to
@@ -34,7 +35,7 @@ def start(data_dir: Path | None, http_port: int | None, bind: str | None, relay:
     from p2pnode.node import Node, StartupError
 
     ticket = parse_join_ticket(join_ticket) if join_ticket else None
-    overrides = {"data_dir": data_dir, "http_port": http_port, "bind": bind, "relay": relay}
+    overrides = {"data_dir": data_dir, "http_port": http_port, "bind": bind, "relay": relay, "max_jobs": max_jobs}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     logging.getLogger().setLevel(logging.INFO)  # a running node reports what it does
     try:

@@ -44,11 +44,15 @@ class Dialer:
             if cached is not None and cached.close_reason() is None:
                 return cached
             if introduce and addr.node_id not in self._introduced:
-                await self._introduce(addr)
-                self._introduced.add(addr.node_id)
+                await self.introduce(addr)
             connection = await self.dial(addr, alpn)
             self._connections[key] = connection
             return connection
+
+    async def introduce(self, addr: PeerAddr) -> None:
+        """Run the membership handshake with `addr` and remember that it knows us."""
+        await self._introduce(addr)
+        self._introduced.add(addr.node_id)
 
     async def dial(self, addr: PeerAddr, alpn: bytes) -> iroh.Connection:
         """A fresh, uncached connection (the join handshake uses one of these)."""

@@ -47,6 +47,21 @@ async def read_frame(recv: iroh.RecvStream, max_size: int = DEFAULT_MAX_FRAME) -
     return await read_exact(recv, length)
 
 
+async def read_frame_or_end(recv: iroh.RecvStream, max_size: int = DEFAULT_MAX_FRAME) -> bytes | None:
+    """Like `read_frame` on a stream of many frames: None when the peer finished between frames."""
+    try:
+        head = await recv.read(_HEADER.size)
+    except iroh.IrohError as exc:
+        raise FrameError(f"stream was reset ({exc.message()})") from None
+    if not head:
+        return None
+    head += await read_exact(recv, _HEADER.size - len(head))
+    (length,) = _HEADER.unpack(head)
+    if length > max_size:
+        raise FrameError(f"frame of {length} bytes exceeds the limit of {max_size}")
+    return await read_exact(recv, length)
+
+
 async def write_frame(send: iroh.SendStream, payload: bytes) -> None:
     await send.write_all(_HEADER.pack(len(payload)) + payload)
 

@@ -1,0 +1,165 @@
+"""`p2pnode job ...`: submit WebAssembly jobs to the cluster and follow them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import RootModel
+
+from p2pnode.api.client import ApiClient
+from p2pnode.cli import EXIT_USAGE, cli, fail
+from p2pnode.jobs.model import Job, JobState
+
+WAIT_POLL_S = 30.0
+
+
+class _JobList(RootModel[list[Job]]):
+    pass
+
+
+class _Outputs(RootModel[dict[str, Path]]):
+    pass
+
+
+@cli.group()
+def job() -> None:
+    """WebAssembly jobs: submit, list, show, wait, cancel, fetch outputs."""
+
+
+def _parse_input(value: str | None) -> Any:
+    if value is None:
+        return None
+    text = value
+    if value.startswith("@"):
+        try:
+            text = Path(value[1:]).read_text()
+        except OSError as exc:
+            fail(f"cannot read --input file {value[1:]}: {exc.strerror}", EXIT_USAGE)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        fail(f"--input is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", EXIT_USAGE)
+
+
+def _parse_artifacts(values: tuple[str, ...]) -> dict[str, str]:
+    artifacts = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            fail(f"--artifact wants NAME=PATH, got {value!r}", EXIT_USAGE)
+        if not Path(path).is_file():
+            fail(f"--artifact {name}: no file at {path}", EXIT_USAGE)
+        artifacts[name] = str(Path(path).resolve())
+    return artifacts
+
+
+@job.command()
+@click.option("--module", "module", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Workflow module: .wasm binary or .wat text.")
+@click.option("--workflow", help="Workflow to run; may be left out when the module has exactly one.")
+@click.option("--input", "input_", metavar="JSON|@FILE", help="Job input as JSON, or @file to read it from a file.")
+@click.option("--artifact", "artifacts", multiple=True, metavar="NAME=PATH", help="Input file, visible to the workflow as /in/NAME. Repeatable.")
+@click.option("--executor", type=click.Choice(["wasi", "flawless"]), default="wasi", show_default=True, help="wasi: the embedded runner (every node has it); flawless: a worker's local Flawless server.")
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True, help="Seconds one attempt may run.")
+@click.option("--fuel", type=click.IntRange(min=1), default=10_000_000_000, show_default=True, help="WASM instructions (fuel) one attempt may use.")
+@click.option("--memory-mib", type=click.IntRange(min=1), default=256, show_default=True, help="Memory one attempt may use.")
+@click.option("--attempts", type=click.IntRange(1, 100), default=3, show_default=True, help="Attempts before the job fails for good.")
+@click.option("--wait", is_flag=True, help="Wait for the job to finish and show its result.")
+@click.pass_obj
+def submit(api: ApiClient, module: Path, workflow: str | None, input_: str | None, artifacts: tuple[str, ...], executor: str,
+           time_limit: float, fuel: int, memory_mib: int, attempts: int, wait: bool) -> None:
+    """Submit a job; prints its id. The module and artifacts travel to the worker as blobs.
+
+    \b
+    p2pnode job submit --module examples/wordcount.wat --artifact text=README.md --wait
+    """
+    body = {
+        "module": str(module.resolve()),
+        "workflow": workflow,
+        "input": _parse_input(input_),
+        "artifacts": _parse_artifacts(artifacts),
+        "executor": executor,
+        "limits": {"time_s": time_limit, "fuel": fuel, "memory_bytes": memory_mib << 20},
+        "max_attempts": attempts,
+    }
+    submitted = api.post("/jobs", Job, json=body)
+    click.echo(submitted.id)
+    if wait:
+        _finish(_wait(api, submitted.id))
+
+
+@job.command(name="ls")
+@click.option("--state", type=click.Choice([s.value for s in JobState]), help="Only jobs in this state.")
+@click.pass_obj
+def list_jobs(api: ApiClient, state: str | None) -> None:
+    """List jobs this node knows, newest first."""
+    params = {"state": state} if state else {}
+    for j in api.get("/jobs", _JobList, params=params).root:
+        click.echo(f"{j.id}  {j.state.value:9}  attempts {j.attempts}  {j.spec.workflow or '-':12}  origin {j.origin[:10]}")
+
+
+@job.command()
+@click.argument("job_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="The whole job record as JSON.")
+@click.pass_obj
+def show(api: ApiClient, job_id: str, as_json: bool) -> None:
+    """Show one job: state, attempts, result, outputs, logs."""
+    j = api.get(f"/jobs/{job_id}", Job)
+    if as_json:
+        click.echo(j.model_dump_json(indent=2))
+        return
+    click.echo(f"job       {j.id}")
+    click.echo(f"state     {j.state.value}  (attempts {j.attempts} of {j.spec.max_attempts})")
+    click.echo(f"origin    {j.origin}")
+    click.echo(f"worker    {j.worker or '-'}")
+    click.echo(f"executor  {j.spec.requirements.executor}  workflow {j.spec.workflow or '(only one)'}")
+    if j.result is not None:
+        click.echo(f"result    {json.dumps(j.result)}")
+    if j.error:
+        click.echo(f"error     {j.error}")
+    for name, ref in j.outputs.items():
+        click.echo(f"output    {name}  {ref.hash}  {ref.size} bytes")
+    if j.logs:
+        click.echo("logs:\n" + j.logs.rstrip())
+
+
+def _wait(api: ApiClient, job_id: str) -> Job:
+    while not (j := api.post(f"/jobs/{job_id}/wait", Job, params={"timeout": WAIT_POLL_S}, timeout=WAIT_POLL_S + 10)).state.terminal:
+        pass
+    return j
+
+
+def _finish(j: Job) -> None:
+    if j.state == JobState.SUCCEEDED:
+        click.echo(json.dumps(j.result))
+        return
+    fail(f"job {j.id} {j.state.value}: {j.error or 'no reason given'}")
+
+
+@job.command()
+@click.argument("job_id", metavar="ID")
+@click.pass_obj
+def wait(api: ApiClient, job_id: str) -> None:
+    """Wait until a job finishes; prints its result, exit 1 if it failed or was cancelled."""
+    _finish(_wait(api, job_id))
+
+
+@job.command()
+@click.argument("job_id", metavar="ID")
+@click.pass_obj
+def cancel(api: ApiClient, job_id: str) -> None:
+    """Cancel a job that has not finished."""
+    click.echo(api.post(f"/jobs/{job_id}/cancel", Job).state.value)
+
+
+@job.command()
+@click.argument("job_id", metavar="ID")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the output files.")
+@click.pass_obj
+def get(api: ApiClient, job_id: str, output: Path) -> None:
+    """Fetch a succeeded job's output artifacts into a folder."""
+    written = api.post(f"/jobs/{job_id}/outputs", _Outputs, json={"path": str(output.resolve())}, timeout=None)
+    for name, path in written.root.items():
+        click.echo(f"{name}  -> {path}")

@@ -1,0 +1,408 @@
+"""The gossip engine: HyParView-style partial views plus eager-push broadcast and anti-entropy.
+
+Sans-IO and synchronous: every input method returns the list of actions the caller must carry
+out (send, connect, disconnect, deliver), which keeps the protocol testable in a deterministic
+simulation and keeps all I/O in the trio glue (`service.py`).
+
+- Views: a small *active* view (the neighbours we push to) and a larger *passive* view (known
+  members to replace them with). Joins are forwarded on random walks so newcomers spread over
+  the overlay; shuffles mix passive views; a lost neighbour is replaced from the passive view.
+- Broadcast: a new, valid envelope is delivered once and pushed to every active neighbour but
+  the one it came from, while its hop budget lasts; ids already seen are counted as duplicates.
+- Catch-up: neighbours exchange digests of live envelope ids when they connect and every few
+  ticks, and ask for what they lack, so late joiners and healed partitions converge.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import iroh
+from pydantic import BaseModel, Field
+
+from p2pnode.gossip.envelope import Envelope, drop_reason
+
+
+class GossipConfig(BaseModel):
+    active_size: int = 5
+    passive_size: int = 30
+    join_walk: int = 4  # active random walk length of a forwarded join
+    passive_walk: int = 2  # at this remaining length the walk also records the newcomer as passive
+    shuffle_every: int = 10  # ticks
+    digest_every: int = 5  # ticks
+    shuffle_sample: int = 8
+    hops: int = 12
+    max_age_s: float = 3600.0  # older envelopes are neither accepted nor re-sent: replay protection
+    max_future_s: float = 60.0
+    max_envelope_bytes: int = 64 * 1024
+    max_digest_ids: int = 4000
+    seen_capacity: int = 100_000
+
+
+# -- wire messages ----------------------------------------------------------------------------
+
+
+class PeerEntry(BaseModel):
+    id: str = Field(pattern=r"^[0-9a-f]{64}$")
+    addr: dict[str, Any]
+
+
+class Join(BaseModel):
+    type: Literal["join"] = "join"
+    addr: dict[str, Any]
+
+
+class ForwardJoin(BaseModel):
+    type: Literal["forward_join"] = "forward_join"
+    peer: PeerEntry
+    ttl: int = Field(ge=0, le=16)
+
+
+class Neighbor(BaseModel):
+    type: Literal["neighbor"] = "neighbor"
+    addr: dict[str, Any]
+    urgent: bool  # the sender has no neighbours at all: the receiver must accept
+
+
+class Leave(BaseModel):
+    type: Literal["leave"] = "leave"
+
+
+class Shuffle(BaseModel):
+    type: Literal["shuffle"] = "shuffle"
+    sample: list[PeerEntry] = Field(max_length=64)
+
+
+class ShuffleReply(BaseModel):
+    type: Literal["shuffle_reply"] = "shuffle_reply"
+    sample: list[PeerEntry] = Field(max_length=64)
+
+
+class Gossip(BaseModel):
+    type: Literal["gossip"] = "gossip"
+    envelope: Envelope
+
+
+class Digest(BaseModel):
+    type: Literal["digest"] = "digest"
+    ids: list[str] = Field(max_length=5000)
+
+
+class Want(BaseModel):
+    type: Literal["want"] = "want"
+    ids: list[str] = Field(max_length=5000)
+
+
+WireMessage = Annotated[
+    Join | ForwardJoin | Neighbor | Leave | Shuffle | ShuffleReply | Gossip | Digest | Want, Field(discriminator="type")
+]
+
+
+# -- actions ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Send:
+    peer_id: str
+    msg: Any
+
+
+@dataclass(frozen=True)
+class Connect:
+    peer_id: str
+    addr: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Disconnect:
+    peer_id: str
+
+
+@dataclass(frozen=True)
+class Deliver:
+    envelope: Envelope
+
+
+@dataclass(frozen=True)
+class NeighborUp:
+    peer_id: str
+
+
+@dataclass(frozen=True)
+class NeighborDown:
+    peer_id: str
+
+
+Action = Send | Connect | Disconnect | Deliver | NeighborUp | NeighborDown
+
+
+class GossipStats(BaseModel):
+    sent: int = 0
+    received: int = 0
+    delivered: int = 0
+    duplicates: int = 0
+    dropped: dict[str, int] = {}
+    active: list[str] = []
+    passive: int = 0
+    live: int = 0
+
+
+class GossipEngine:
+    def __init__(
+        self,
+        self_id: str,
+        topic: str,
+        secret_key: iroh.SecretKey,
+        self_addr: dict[str, Any],
+        config: GossipConfig | None = None,
+        rng: random.Random | None = None,
+        clock: Any = time.time,
+    ) -> None:
+        self.id = self_id
+        self.topic = topic
+        self.config = config or GossipConfig()
+        self._key = secret_key
+        self._addr = self_addr
+        self._rng = rng or random.Random()
+        self._clock = clock
+        self.active: dict[str, dict[str, Any]] = {}
+        self.passive: dict[str, dict[str, Any]] = {}
+        self._connected: set[str] = set()
+        self._hello: dict[str, Any] = {}  # first message for a neighbour, sent once connected
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._live: dict[str, Envelope] = {}
+        self._ticks = 0
+        self._counts: Counter[str] = Counter()
+        self._dropped: Counter[str] = Counter()
+
+    # -- inputs ---------------------------------------------------------------------------------
+
+    def join_via(self, peer_id: str, addr: dict[str, Any]) -> list[Action]:
+        """Enter the overlay through a known member."""
+        if peer_id == self.id or peer_id in self.active:
+            return []
+        return self._add_active(peer_id, addr, Join(addr=self._addr))
+
+    def peer_connected(self, peer_id: str) -> list[Action]:
+        if peer_id not in self.active:
+            return [Disconnect(peer_id)]
+        self._connected.add(peer_id)
+        actions: list[Action] = [NeighborUp(peer_id)]
+        if (hello := self._hello.pop(peer_id, None)) is not None:
+            actions.append(self._send(peer_id, hello))
+        actions.append(self._send(peer_id, self._digest()))
+        return actions
+
+    def peer_disconnected(self, peer_id: str) -> list[Action]:
+        """The transport lost a neighbour, or could not reach one.
+
+        A lost neighbour stays a passive candidate and is replaced at once; one that could not
+        be reached is forgotten (shuffles bring it back if it lives), and the next tick tries
+        another, so a view full of dead peers costs one dial per tick, not a storm.
+        """
+        was_connected = peer_id in self._connected
+        self._connected.discard(peer_id)
+        self._hello.pop(peer_id, None)
+        addr = self.active.pop(peer_id, None)
+        if not was_connected:
+            self.passive.pop(peer_id, None)
+            return []
+        actions: list[Action] = [NeighborDown(peer_id)]
+        if addr is not None:
+            self._add_passive(peer_id, addr)
+        return actions + self._refill()
+
+    def publish(self, kind: str, payload: dict[str, Any]) -> tuple[Envelope, list[Action]]:
+        envelope = Envelope.create(self._key, self.topic, kind, payload, hops=self.config.hops, now=self._clock())
+        if envelope.size() > self.config.max_envelope_bytes:
+            raise ValueError(f"announcement of {envelope.size()} bytes exceeds {self.config.max_envelope_bytes}")
+        self._remember(envelope)
+        return envelope, self._push(envelope, exclude=None)
+
+    def retire(self, envelope_id: str) -> None:
+        """Stop offering an envelope in digests (e.g. an announcement of a job that has ended)."""
+        self._live.pop(envelope_id, None)
+
+    def on_message(self, peer_id: str, msg: Any) -> list[Action]:
+        self._counts["received"] += 1
+        handler = getattr(self, f"_on_{getattr(msg, 'type', '')}", None)
+        if handler is None:
+            self._dropped["unknown_message"] += 1
+            return []
+        result: list[Action] = handler(peer_id, msg)
+        return result
+
+    def tick(self, now: float | None = None) -> list[Action]:
+        now = self._clock() if now is None else now
+        self._ticks += 1
+        self._expire(now)
+        actions = self._refill()
+        neighbours = sorted(self._connected)
+        if neighbours and self._ticks % self.config.shuffle_every == 0:
+            actions.append(self._send(self._rng.choice(neighbours), Shuffle(sample=self._sample())))
+        if neighbours and self._ticks % self.config.digest_every == 0:
+            actions.append(self._send(self._rng.choice(neighbours), self._digest()))
+        return actions
+
+    def stats(self) -> GossipStats:
+        return GossipStats(
+            sent=self._counts["sent"],
+            received=self._counts["received"],
+            delivered=self._counts["delivered"],
+            duplicates=self._counts["duplicates"],
+            dropped=dict(self._dropped),
+            active=sorted(self.active),
+            passive=len(self.passive),
+            live=len(self._live),
+        )
+
+    # -- membership ----------------------------------------------------------------------------
+
+    def _on_join(self, peer_id: str, msg: Join) -> list[Action]:
+        actions = self._add_active(peer_id, msg.addr, None)
+        entry = PeerEntry(id=peer_id, addr=msg.addr)
+        for other in self._connected - {peer_id}:
+            actions.append(self._send(other, ForwardJoin(peer=entry, ttl=self.config.join_walk)))
+        return actions
+
+    def _on_forward_join(self, peer_id: str, msg: ForwardJoin) -> list[Action]:
+        newcomer = msg.peer
+        if newcomer.id == self.id:
+            return []
+        if msg.ttl == 0 or len(self.active) <= 1:
+            return self._add_active(newcomer.id, newcomer.addr, Neighbor(addr=self._addr, urgent=False))
+        if msg.ttl == self.config.passive_walk:
+            self._add_passive(newcomer.id, newcomer.addr)
+        candidates = sorted(self._connected - {peer_id, newcomer.id})
+        if not candidates:
+            return self._add_active(newcomer.id, newcomer.addr, Neighbor(addr=self._addr, urgent=False))
+        return [self._send(self._rng.choice(candidates), ForwardJoin(peer=newcomer, ttl=msg.ttl - 1))]
+
+    def _on_neighbor(self, peer_id: str, msg: Neighbor) -> list[Action]:
+        if peer_id in self.active:
+            return []
+        if msg.urgent or len(self.active) < self.config.active_size:
+            return self._add_active(peer_id, msg.addr, None)
+        self._add_passive(peer_id, msg.addr)
+        return [Send(peer_id, Leave())]  # delivered only if we happen to be connected; harmless otherwise
+
+    def _on_leave(self, peer_id: str, _msg: Leave) -> list[Action]:
+        addr = self.active.pop(peer_id, None)
+        self._connected.discard(peer_id)
+        if addr is None:
+            return []
+        self._add_passive(peer_id, addr)
+        return [NeighborDown(peer_id), Disconnect(peer_id), *self._refill()]
+
+    def _on_shuffle(self, peer_id: str, msg: Shuffle) -> list[Action]:
+        reply = ShuffleReply(sample=self._sample())
+        self._merge(msg.sample)
+        return [self._send(peer_id, reply)] if peer_id in self._connected else []
+
+    def _on_shuffle_reply(self, _peer_id: str, msg: ShuffleReply) -> list[Action]:
+        self._merge(msg.sample)
+        return []
+
+    def _add_active(self, peer_id: str, addr: dict[str, Any], hello: Any) -> list[Action]:
+        if peer_id == self.id or peer_id in self.active:
+            return []
+        actions: list[Action] = []
+        if len(self.active) >= self.config.active_size:
+            victim = self._rng.choice(sorted(self.active))
+            self._add_passive(victim, self.active.pop(victim))
+            if victim in self._connected:
+                actions.append(self._send(victim, Leave()))
+                self._connected.discard(victim)
+            actions += [NeighborDown(victim), Disconnect(victim)]
+        self.passive.pop(peer_id, None)
+        self.active[peer_id] = addr
+        if hello is not None:
+            self._hello[peer_id] = hello
+        actions.append(Connect(peer_id, addr))
+        return actions
+
+    def _add_passive(self, peer_id: str, addr: dict[str, Any]) -> None:
+        if peer_id == self.id or peer_id in self.active:
+            return
+        if peer_id not in self.passive and len(self.passive) >= self.config.passive_size:
+            del self.passive[self._rng.choice(sorted(self.passive))]
+        self.passive[peer_id] = addr
+
+    def _refill(self) -> list[Action]:
+        """Replace lost neighbours with passive candidates, one attempt per call."""
+        missing = [p for p in self.passive if p not in self.active]
+        if len(self.active) >= self.config.active_size or not missing:
+            return []
+        candidate = self._rng.choice(sorted(missing))
+        addr = self.passive[candidate]
+        return self._add_active(candidate, addr, Neighbor(addr=self._addr, urgent=not self.active))
+
+    def _sample(self) -> list[PeerEntry]:
+        known = {**self.passive, **self.active}
+        chosen = self._rng.sample(sorted(known), min(self.config.shuffle_sample - 1, len(known)))
+        return [PeerEntry(id=self.id, addr=self._addr)] + [PeerEntry(id=p, addr=known[p]) for p in chosen]
+
+    def _merge(self, sample: list[PeerEntry]) -> None:
+        for entry in sample:
+            self._add_passive(entry.id, entry.addr)
+
+    # -- broadcast and catch-up --------------------------------------------------------------
+
+    def _on_gossip(self, peer_id: str, msg: Gossip) -> list[Action]:
+        envelope = msg.envelope
+        if envelope.id in self._seen:
+            self._counts["duplicates"] += 1
+            return []
+        reason = drop_reason(
+            envelope,
+            topic=self.topic,
+            now=self._clock(),
+            max_age_s=self.config.max_age_s,
+            max_future_s=self.config.max_future_s,
+            max_bytes=self.config.max_envelope_bytes,
+        )
+        if reason is not None:
+            self._dropped[reason] += 1
+            return []
+        self._remember(envelope)
+        self._counts["delivered"] += 1
+        return [Deliver(envelope), *self._push(envelope, exclude=peer_id)]
+
+    def _on_digest(self, peer_id: str, msg: Digest) -> list[Action]:
+        missing = [i for i in msg.ids if i not in self._seen]
+        return [self._send(peer_id, Want(ids=missing))] if missing and peer_id in self._connected else []
+
+    def _on_want(self, peer_id: str, msg: Want) -> list[Action]:
+        if peer_id not in self._connected:
+            return []
+        return [self._send(peer_id, Gossip(envelope=self._live[i])) for i in msg.ids if i in self._live]
+
+    def _push(self, envelope: Envelope, exclude: str | None) -> list[Action]:
+        if envelope.hops == 0:
+            return []
+        onward = envelope.model_copy(update={"hops": envelope.hops - 1})
+        return [self._send(p, Gossip(envelope=onward)) for p in sorted(self._connected) if p != exclude]
+
+    def _remember(self, envelope: Envelope) -> None:
+        self._seen[envelope.id] = envelope.timestamp
+        self._live[envelope.id] = envelope
+        while len(self._seen) > self.config.seen_capacity:
+            self._seen.popitem(last=False)
+
+    def _digest(self) -> Digest:
+        newest = sorted(self._live.values(), key=lambda e: e.timestamp)[-self.config.max_digest_ids :]
+        return Digest(ids=[e.id for e in newest])
+
+    def _expire(self, now: float) -> None:
+        horizon = now - self.config.max_age_s
+        for envelope_id in [i for i, ts in self._seen.items() if ts < horizon]:
+            del self._seen[envelope_id]
+            self._live.pop(envelope_id, None)
+
+    def _send(self, peer_id: str, msg: Any) -> Send:
+        self._counts["sent"] += 1
+        return Send(peer_id, msg)

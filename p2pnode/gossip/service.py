@@ -1,0 +1,218 @@
+"""Gossip over iroh: runs the sans-IO engine, carrying its messages on QUIC streams between members.
+
+Each neighbour gets one outgoing connection (members-only ALPN) with one long-lived uni stream
+of length-prefixed JSON frames, fed by a bounded queue: a slow or dead neighbour can never
+block the engine or the rest of the node; when its stream breaks the engine hears that the
+neighbour is down and refills its view. Incoming frames that are oversized or malformed reset
+that stream and are counted; they never reach the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import iroh
+import trio
+from pydantic import TypeAdapter, ValidationError
+
+from p2pnode.gossip.engine import (
+    Connect,
+    Deliver,
+    Disconnect,
+    GossipConfig,
+    GossipEngine,
+    GossipStats,
+    NeighborDown,
+    NeighborUp,
+    Send,
+    WireMessage,
+)
+from p2pnode.membership import Membership, PeerAddr
+from p2pnode.net.dialer import Dialer, PeerUnreachable
+from p2pnode.net.framing import FrameError, read_frame_or_end, write_frame
+
+log = logging.getLogger(__name__)
+
+GOSSIP_ALPN = b"p2pnode/gossip/1"
+MAX_GOSSIP_FRAME = 256 * 1024
+OUTBOX_SIZE = 256
+TICK_S = 1.0
+
+wire_message: TypeAdapter[WireMessage] = TypeAdapter(WireMessage)
+
+
+class GossipService:
+    def __init__(
+        self,
+        secret_key: iroh.SecretKey,
+        membership: Membership,
+        dialer: Dialer,
+        self_addr: Callable[[], PeerAddr],
+        deliver: Callable[[str, dict[str, Any]], None],
+        config: GossipConfig | None = None,
+    ) -> None:
+        self._membership = membership
+        self._dialer = dialer
+        self._self_addr = self_addr
+        self._deliver = deliver
+        self._secret_key = secret_key
+        self._config = config or GossipConfig()
+        self._outboxes: dict[str, trio.MemorySendChannel[WireMessage]] = {}
+        self._nursery: trio.Nursery | None = None
+        self.engine: GossipEngine | None = None
+        self.dropped_frames = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.engine = GossipEngine(
+            self_id=self._membership.self_id,
+            topic=self._membership.cluster.cluster_id,
+            secret_key=self._secret_key,
+            self_addr=self._self_addr().model_dump(),
+            config=self._config,
+        )
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for member in self._membership.members.values():
+                self._apply(self.engine.join_via(member.addr.node_id, member.addr.model_dump()))
+            task_status.started()
+            while True:
+                await trio.sleep(TICK_S)
+                self._bootstrap_if_alone()
+                self._apply(self.engine.tick(time.time()))
+
+    def _bootstrap_if_alone(self) -> None:
+        """Members learned after start (a join, a restart of a peer) seed an empty view."""
+        assert self.engine is not None
+        if not self.engine.stats().active:
+            for member in self._membership.members.values():
+                self._apply(self.engine.join_via(member.addr.node_id, member.addr.model_dump()))
+
+    # -- API for the rest of the node ----------------------------------------------------------
+
+    def publish(self, kind: str, payload: dict[str, Any]) -> str:
+        assert self.engine is not None, "gossip is not running"
+        envelope, actions = self.engine.publish(kind, payload)
+        self._apply(actions)
+        return envelope.id
+
+    def retire(self, envelope_id: str) -> None:
+        if self.engine is not None:
+            self.engine.retire(envelope_id)
+
+    def stats(self) -> GossipStats | None:
+        if self.engine is None:
+            return None
+        stats = self.engine.stats()
+        stats.dropped["bad_frame"] = stats.dropped.get("bad_frame", 0) + self.dropped_frames
+        return stats
+
+    # -- actions from the engine ---------------------------------------------------------------
+
+    def _apply(self, actions: list[Any]) -> None:
+        assert self._nursery is not None
+        for action in actions:
+            if isinstance(action, Send):
+                self._send(action.peer_id, action.msg)
+            elif isinstance(action, Connect):
+                self._nursery.start_soon(self._connect, action.peer_id, action.addr)
+            elif isinstance(action, Disconnect):
+                self._close_outbox(action.peer_id)
+            elif isinstance(action, Deliver):
+                self._deliver(action.envelope.kind, action.envelope.payload)
+            elif isinstance(action, NeighborUp):
+                log.info("gossip neighbour up: %s", action.peer_id[:10])
+            elif isinstance(action, NeighborDown):
+                log.info("gossip neighbour down: %s", action.peer_id[:10])
+
+    def _send(self, peer_id: str, message: WireMessage) -> None:
+        outbox = self._outboxes.get(peer_id)
+        if outbox is None:
+            return  # not connected (yet): the engine's anti-entropy repairs what this loses
+        try:
+            outbox.send_nowait(message)
+        except trio.WouldBlock:
+            log.warning("gossip neighbour %s is not keeping up; dropping it", peer_id[:10])
+            self._peer_down(peer_id)
+        except trio.BrokenResourceError:
+            self._peer_down(peer_id)
+
+    async def _connect(self, peer_id: str, addr: dict[str, Any]) -> None:
+        if peer_id in self._outboxes:
+            self._apply(self.engine.peer_connected(peer_id))  # type: ignore[union-attr]
+            return
+        peer = PeerAddr.model_validate(addr)
+        try:
+            connection = await self._dialer.connect(peer, GOSSIP_ALPN)
+            stream = await connection.open_uni()
+        except (PeerUnreachable, iroh.IrohError, FrameError, Exception) as exc:  # noqa: BLE001 - any failure means "down"
+            log.info("gossip: cannot reach %s: %s", peer_id[:10], exc)
+            self._dialer.forget(peer_id)
+            self._apply(self.engine.peer_disconnected(peer_id))  # type: ignore[union-attr]
+            return
+        send, receive = trio.open_memory_channel[WireMessage](OUTBOX_SIZE)
+        self._outboxes[peer_id] = send
+        assert self._nursery is not None
+        self._nursery.start_soon(self._pump, peer_id, stream, receive)
+        self._apply(self.engine.peer_connected(peer_id))  # type: ignore[union-attr]
+
+    async def _pump(self, peer_id: str, stream: iroh.SendStream, outbox: trio.MemoryReceiveChannel[WireMessage]) -> None:
+        try:
+            async with outbox:
+                async for message in outbox:
+                    await write_frame(stream, wire_message.dump_json(message))
+        except iroh.IrohError as exc:
+            log.info("gossip stream to %s broke: %s", peer_id[:10], exc.message())
+        self._peer_down(peer_id)
+
+    def _peer_down(self, peer_id: str) -> None:
+        if self._close_outbox(peer_id):
+            self._dialer.forget(peer_id)
+            self._apply(self.engine.peer_disconnected(peer_id))  # type: ignore[union-attr]
+
+    def _close_outbox(self, peer_id: str) -> bool:
+        outbox = self._outboxes.pop(peer_id, None)
+        if outbox is None:
+            return False
+        outbox.close()
+        return True
+
+    # -- incoming ------------------------------------------------------------------------------
+
+    async def handle_connection(self, connection: iroh.Connection) -> None:
+        peer_id = connection.remote_id().to_bytes().hex()
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    stream = await connection.accept_uni()
+                except iroh.IrohError:
+                    return
+                nursery.start_soon(self._receive, peer_id, stream)
+
+    async def _receive(self, peer_id: str, stream: iroh.RecvStream) -> None:
+        while self.engine is not None:
+            try:
+                frame = await read_frame_or_end(stream, MAX_GOSSIP_FRAME)
+                if frame is None:
+                    return
+                message = wire_message.validate_json(frame)
+            except FrameError as exc:
+                self.dropped_frames += 1
+                log.warning("gossip from %s: %s; stream reset", peer_id[:10], exc)
+                await _stop_quietly(stream)
+                return
+            except ValidationError:
+                self.dropped_frames += 1
+                log.warning("gossip from %s: malformed message; stream reset", peer_id[:10])
+                await _stop_quietly(stream)
+                return
+            self._apply(self.engine.on_message(peer_id, message))
+
+
+async def _stop_quietly(stream: iroh.RecvStream) -> None:
+    try:
+        await stream.stop(1)
+    except iroh.IrohError:
+        pass

@@ -1,0 +1,106 @@
+"""The jobs control protocol: a worker asks a job's origin for claims, lease renewals and reports.
+
+Members only (the router enforces it). One request frame and one reply frame per bi stream;
+the origin checks that the worker named in a claim is the authenticated peer, so nobody can
+claim on another node's behalf.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import iroh
+from pydantic import TypeAdapter
+
+from p2pnode.jobs import model
+from p2pnode.jobs.store import JobStore, Refused
+from p2pnode.membership import JoinError, PeerAddr
+from p2pnode.net.dialer import PeerUnreachable
+from p2pnode.net.framing import FrameError, recv_model, send_model
+
+JOBS_ALPN = b"p2pnode/jobs/1"
+MAX_CONTROL_FRAME = 1 << 20
+
+control_message: TypeAdapter[model.ControlMessage] = TypeAdapter(model.ControlMessage)
+
+
+class ControlError(Exception):
+    """The origin could not be asked, or answered something that makes no sense."""
+
+
+class ControlServer:
+    """Origin side. `on_report` runs after a report is recorded (fetch outputs, gossip completion)."""
+
+    def __init__(self, store: JobStore, lease_s: float, on_change: Callable[[model.Job], Awaitable[None]]) -> None:
+        self._store = store
+        self._lease_s = lease_s
+        self._on_change = on_change
+
+    async def handle_stream(self, connection: iroh.Connection, bi: iroh.BiStream) -> None:
+        peer = connection.remote_id().to_bytes().hex()
+        request = await recv_model(bi.recv(), control_message, MAX_CONTROL_FRAME)
+        reply = await self.answer(peer, request)
+        await send_model(bi.send(), reply)
+        await bi.send().finish()
+
+    async def answer(self, peer: str, request: model.ControlMessage) -> model.ControlMessage:
+        store = self._store
+        try:
+            if isinstance(request, model.ClaimRequest):
+                if request.worker != peer:
+                    return model.ClaimRefused(reason="a worker can only claim for itself")
+                job = store.claim(request.job_id, peer, self._lease_s)
+                await self._on_change(job)
+                assert job.lease is not None
+                return model.ClaimGrant(job=job, lease_token=job.lease.token, lease_expires_in=self._lease_s)
+            if isinstance(request, model.Renew):
+                self._check_worker(request.job_id, peer)
+                store.renew(request.job_id, request.lease_token, self._lease_s)
+                return model.RenewOk(expires_in=self._lease_s)
+            if isinstance(request, model.Started):
+                self._check_worker(request.job_id, peer)
+                job = store.mark_running(request.job_id, request.lease_token)
+                await self._on_change(job)
+                return model.RenewOk(expires_in=self._lease_s)
+            if isinstance(request, model.Report):
+                self._check_worker(request.job_id, peer)
+                job = store.complete(
+                    request.job_id, request.lease_token, request.ok, request.result, request.error, request.logs, request.outputs
+                )
+                await self._on_change(job)
+                return model.ReportAck()
+        except Refused as exc:
+            if isinstance(request, model.ClaimRequest):
+                return model.ClaimRefused(reason=exc.reason)
+            if isinstance(request, model.Report):
+                return model.ReportRefused(reason=exc.reason)
+            return model.RenewRefused(reason=exc.reason)
+        return model.RenewRefused(reason=f"unexpected request {request.type}")
+
+    def _check_worker(self, job_id: str, peer: str) -> None:
+        job = self._store.get(job_id)
+        if job is None or job.lease is None or job.lease.worker != peer:
+            raise Refused("lease expired")
+
+
+class ControlClient:
+    """Worker side: one request, one reply, on a cached connection to the origin."""
+
+    def __init__(self, connect: Callable[[PeerAddr, bytes], Awaitable[iroh.Connection]]) -> None:
+        self._connect = connect
+        self.local: ControlServer | None = None
+        self.local_id = ""
+
+    async def ask(self, origin: PeerAddr, request: model.ControlMessage) -> model.ControlMessage:
+        if self.local is not None and origin.node_id == self.local_id:
+            return await self.local.answer(self.local_id, request)
+        try:
+            connection = await self._connect(origin, JOBS_ALPN)
+            bi = await connection.open_bi()
+            await send_model(bi.send(), request)
+            await bi.send().finish()
+            return await recv_model(bi.recv(), control_message, MAX_CONTROL_FRAME)
+        except iroh.IrohError as exc:
+            raise ControlError(f"origin {origin.node_id[:10]} did not answer: {exc.message()}") from None
+        except (FrameError, PeerUnreachable, JoinError) as exc:
+            raise ControlError(f"origin {origin.node_id[:10]} did not answer: {exc}") from None

@@ -1,0 +1,193 @@
+"""The worker loop: hear of jobs, claim them from their origin, run them, report back.
+
+A worker takes at most `max_jobs` jobs at once (further candidates queue on the limiter), renews
+its lease while a job runs, and abandons the run the moment a renewal is refused: the origin has
+given the job to someone else, so finishing it would be wasted work whose result is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+from pydantic import BaseModel
+
+from p2pnode.blobs.fetch import FetchError
+from p2pnode.blobs.service import BlobService
+from p2pnode.blobs.store import StoreError
+from p2pnode.executors.base import ExecutionLimits, ExecutionRequest, ExecutionResult, Executor
+from p2pnode.jobs import model
+from p2pnode.jobs.announcements import JobAnnounced
+from p2pnode.jobs.control import ControlClient, ControlError
+from p2pnode.membership import PeerAddr
+
+log = logging.getLogger(__name__)
+
+MAX_CLAIM_RETRIES = 5
+_BACKING_OFF = re.compile(r"backing off for ([0-9.]+)s")
+
+
+class WorkerStatus(BaseModel):
+    executors: list[str]
+    max_jobs: int
+    running: list[str]
+    executed: int
+    succeeded: int
+    failed: int
+
+
+class Worker:
+    def __init__(
+        self,
+        node_id: str,
+        executors: dict[str, Executor],
+        blobs: BlobService,
+        control: ControlClient,
+        resolve: Callable[[str], PeerAddr | None],
+        work_dir: Path,
+        max_jobs: int,
+    ) -> None:
+        self.id = node_id
+        self.executors = executors
+        self._blobs = blobs
+        self._control = control
+        self._resolve = resolve
+        self._work_dir = work_dir
+        self._limiter = trio.CapacityLimiter(max(max_jobs, 1))
+        self.max_jobs = max_jobs
+        self.running: set[str] = set()
+        self._considering: set[str] = set()
+        self.executed = 0
+        self.succeeded = 0
+        self.failed = 0
+
+    def status(self) -> WorkerStatus:
+        return WorkerStatus(
+            executors=sorted(self.executors),
+            max_jobs=self.max_jobs,
+            running=sorted(self.running),
+            executed=self.executed,
+            succeeded=self.succeeded,
+            failed=self.failed,
+        )
+
+    def wants(self, job: model.Job) -> bool:
+        return (
+            self.max_jobs > 0
+            and job.state == model.JobState.PENDING
+            and job.spec.requirements.executor in self.executors
+            and job.id not in self._considering
+        )
+
+    async def consider(self, announcement: JobAnnounced) -> None:
+        """Try to claim and run one announced job; returns when it is done with it either way."""
+        job_id = announcement.job.id
+        self._considering.add(job_id)
+        try:
+            async with self._limiter:
+                grant = await self._claim(announcement)
+                if grant is not None:
+                    await self._execute(grant, announcement.origin_addr)
+        finally:
+            self._considering.discard(job_id)
+
+    async def _claim(self, announcement: JobAnnounced) -> model.ClaimGrant | None:
+        request = model.ClaimRequest(job_id=announcement.job.id, worker=self.id)
+        for _ in range(MAX_CLAIM_RETRIES):
+            try:
+                reply = await self._control.ask(announcement.origin_addr, request)
+            except ControlError as exc:
+                log.info("cannot claim %s: %s", announcement.job.id, exc)
+                return None
+            if isinstance(reply, model.ClaimGrant):
+                return reply
+            reason = reply.reason if isinstance(reply, model.ClaimRefused) else f"unexpected reply {reply.type}"
+            backing_off = _BACKING_OFF.search(reason)
+            if backing_off is None:
+                log.debug("claim of %s refused: %s", announcement.job.id, reason)
+                return None
+            await trio.sleep(float(backing_off.group(1)))  # the origin's retry back-off: a timer, not a sync
+        return None
+
+    async def _execute(self, grant: model.ClaimGrant, origin: PeerAddr) -> None:
+        job, token = grant.job, grant.lease_token
+        log.info("running job %s (attempt %d) for %s", job.id, job.attempts, job.origin[:10])
+        self.running.add(job.id)
+        workdir = self._work_dir / f"{job.id}-{job.attempts}"
+        try:
+            with trio.CancelScope() as lease_lost:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._keep_lease, job, token, origin, grant.lease_expires_in, lease_lost)
+                    result = await self._run(job, origin, workdir)
+                    nursery.cancel_scope.cancel()
+            if lease_lost.cancelled_caught:
+                log.warning("lost the lease of job %s; abandoned the run", job.id)
+                return
+            self.executed += 1
+            outputs = await self._store_outputs(result)
+            report = model.Report(
+                job_id=job.id, lease_token=token, ok=result.ok, result=result.result, error=result.error, logs=result.logs, outputs=outputs
+            )
+            reply = await self._control.ask(origin, report)
+            if result.ok:
+                self.succeeded += 1
+            else:
+                self.failed += 1
+            if not isinstance(reply, model.ReportAck):
+                log.warning("origin refused the report of job %s: %s", job.id, getattr(reply, "reason", reply.type))
+        except ControlError as exc:
+            log.warning("could not report job %s: %s", job.id, exc)
+        finally:
+            self.running.discard(job.id)
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    async def _keep_lease(self, job: model.Job, token: str, origin: PeerAddr, lease_s: float, lease_lost: trio.CancelScope) -> None:
+        reply = await self._control.ask(origin, model.Started(job_id=job.id, lease_token=token))
+        while isinstance(reply, model.RenewOk):
+            await trio.sleep(reply.expires_in / 3)
+            try:
+                reply = await self._control.ask(origin, model.Renew(job_id=job.id, lease_token=token))
+            except ControlError as exc:
+                log.info("lease renewal of %s failed, retrying: %s", job.id, exc)
+                reply = model.RenewOk(expires_in=lease_s)
+        lease_lost.cancel()
+
+    async def _run(self, job: model.Job, origin: PeerAddr, workdir: Path) -> ExecutionResult:
+        spec = job.spec
+        inputs, outputs = workdir / "in", workdir / "out"
+        inputs.mkdir(parents=True, exist_ok=True)
+        outputs.mkdir(parents=True, exist_ok=True)
+        module_path = workdir / "module.wasm"
+        try:
+            await self._materialize(spec.module, origin, module_path)
+            for name, ref in spec.artifacts.items():
+                await self._materialize(ref, origin, inputs / name)
+        except (FetchError, StoreError) as exc:
+            return ExecutionResult.failure(f"could not fetch job inputs: {exc}")
+        executor = self.executors[spec.requirements.executor]
+        request = ExecutionRequest(
+            module_path=module_path,
+            module_hash=spec.module.hash,
+            workflow=spec.workflow,
+            input=spec.input,
+            artifacts_dir=inputs,
+            output_dir=outputs,
+            limits=ExecutionLimits(**spec.requirements.limits.model_dump()),
+        )
+        return await executor.run(request)
+
+    async def _materialize(self, ref: model.BlobRef, origin: PeerAddr, dest: Path) -> None:
+        providers = [origin] + [addr for node_id in ref.providers if (addr := self._resolve(node_id)) and node_id != origin.node_id]
+        info = await self._blobs.fetch(ref.hash, providers, root=ref.root)
+        await self._blobs.store.export(info.hash, dest)
+
+    async def _store_outputs(self, result: ExecutionResult) -> dict[str, model.BlobRef]:
+        refs: dict[str, model.BlobRef] = {}
+        for name, path in result.outputs.items():
+            info = await self._blobs.store.add_path(path, pin=True)
+            refs[name] = model.BlobRef(hash=info.hash, size=info.size, root=info.root, providers=[self.id])
+        return refs
