@@ -7,7 +7,6 @@ import os
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
 
 import iroh
 import trio
@@ -21,7 +20,7 @@ from p2pnode.config import Settings
 from p2pnode.executors.flawless import FlawlessClient, FlawlessExecutor
 from p2pnode.executors.wasm import WasiExecutor
 from p2pnode.gossip.engine import GossipStats
-from p2pnode.gossip.service import GOSSIP_ALPN, GossipService
+from p2pnode.gossip.service import GOSSIP_ALPN, GossipEvent, GossipService, Received
 from p2pnode.jobs.announcements import JobAnnounced, JobFinished
 from p2pnode.jobs.control import JOBS_ALPN, ControlClient
 from p2pnode.jobs.service import JobService
@@ -99,7 +98,7 @@ class Node:
         except (OSError, StoreError) as exc:
             raise StartupError(f"cannot open the blob store at {settings.blobs_dir}: {exc}") from None
         self.blobs = BlobService(store, key, self.membership, self.dialer, self.addr)
-        self.gossip = GossipService(key, self.membership, self.dialer, self.addr, self._on_gossip)
+        self.gossip = GossipService(key, self.membership, self.dialer, self.addr)
         self.jobs = self._jobs_service(settings)
         self.router.register(JOIN_ALPN, self._serve_join, open_to_all=True)
         self.router.register(BLOBS_ALPN, lambda c: serve_streams(c, self.blobs.provider.handle_stream), open_to_all=True)
@@ -113,6 +112,7 @@ class Node:
                 if join_ticket is not None:
                     await self.join(join_ticket)
                 await nursery.start(self.gossip.run)
+                nursery.start_soon(self._follow_gossip, self.gossip.subscribe())
                 await nursery.start(self.jobs.run)
                 nursery.start_soon(self._watch_flawless)
                 info = NodeInfo(id=self.id, ticket=self.join_ticket(), api_url=self.api_url, pid=os.getpid())
@@ -160,14 +160,17 @@ class Node:
                 log.warning("Flawless at %s stopped answering: no longer taking flawless jobs", self.settings.flawless_url)
             await trio.sleep(FLAWLESS_PROBE_S)
 
-    def _on_gossip(self, kind: str, payload: dict[str, Any]) -> None:
-        try:
-            if kind == JobAnnounced.KIND:
-                self.jobs.on_announced(JobAnnounced.model_validate(payload))
-            elif kind == JobFinished.KIND:
-                self.jobs.on_finished(JobFinished.model_validate(payload))
-        except ValidationError as exc:
-            log.warning("ignored a malformed %s announcement: %s", kind, exc.errors()[0]["msg"])
+    async def _follow_gossip(self, events: trio.MemoryReceiveChannel[GossipEvent]) -> None:
+        async for event in events:
+            if not isinstance(event, Received):
+                continue
+            try:
+                if event.kind == JobAnnounced.KIND:
+                    self.jobs.on_announced(JobAnnounced.model_validate(event.payload))
+                elif event.kind == JobFinished.KIND:
+                    self.jobs.on_finished(JobFinished.model_validate(event.payload))
+            except ValidationError as exc:
+                log.warning("ignored a malformed %s announcement: %s", event.kind, exc.errors()[0]["msg"])
 
     def peer_addr(self, node_id: str) -> PeerAddr | None:
         if node_id == self.id:

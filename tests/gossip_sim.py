@@ -11,7 +11,7 @@ from collections import deque
 
 import iroh
 
-from p2pnode.gossip.engine import Connect, Deliver, Disconnect, GossipConfig, GossipEngine, Send
+from p2pnode.gossip.engine import Connect, Deliver, Disconnect, GossipConfig, GossipEngine, Send, SendOnce
 
 TOPIC = "ab" * 16
 
@@ -27,6 +27,7 @@ class Network:
         self.dead: set[str] = set()
         self.side: dict[str, int] = {}
         self.queue: deque = deque()
+        self.ticks = 0
 
     def add(self, via: str | None = None) -> str:
         key = iroh.SecretKey.generate()
@@ -59,8 +60,9 @@ class Network:
                     self.queue.extend((src, a) for a in engine.peer_disconnected(action.peer_id))
             elif isinstance(action, Disconnect):
                 self.links.discard((src, action.peer_id))
-            elif isinstance(action, Send):
-                if (src, action.peer_id) in self.links and self.reachable(src, action.peer_id):
+            elif isinstance(action, Send | SendOnce):
+                connected = (src, action.peer_id) in self.links or isinstance(action, SendOnce)
+                if connected and self.reachable(src, action.peer_id):
                     dst = action.peer_id
                     self.queue.extend((dst, a) for a in self.engines[dst].on_message(src, action.msg))
             elif isinstance(action, Deliver):
@@ -73,10 +75,18 @@ class Network:
         return envelope.id
 
     def tick(self, rounds: int = 1) -> None:
+        """One second for every node, including what the glue does with the member list."""
         for _ in range(rounds):
             self.now += 1
+            self.ticks += 1
             for node_id in self.alive():
-                self.run(node_id, self.engines[node_id].tick(self.now))
+                engine = self.engines[node_id]
+                member = self.rng.choice([n for n in self.engines if n != node_id])
+                if not engine.active:
+                    self.run(node_id, engine.join_via(member, {"id": member}))
+                elif self.ticks % 10 == 0:
+                    self.run(node_id, engine.reach_out(member, {"id": member}))
+                self.run(node_id, engine.tick(self.now))
 
     def kill(self, node_id: str) -> None:
         self.dead.add(node_id)

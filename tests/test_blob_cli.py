@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from p2pnode.blobs.store import BlobStore
-from tests.nodeproc import NodeProcess, run_cli
+from tests.nodeproc import NodeProcess
 
 pytestmark = pytest.mark.slow
 

@@ -41,6 +41,11 @@ async def echo_server(endpoint: iroh.Endpoint) -> None:
         await send.finish()
 
 
+async def read_all(recv: iroh.RecvStream, into: bytearray) -> None:
+    while chunk := await recv.read(1 << 20):
+        into.extend(chunk)
+
+
 async def test_random_payloads_round_trip(endpoint_pair: tuple[iroh.Endpoint, iroh.Endpoint]) -> None:
     server, client = endpoint_pair
     rng = random.Random(42)
@@ -53,12 +58,8 @@ async def test_random_payloads_round_trip(endpoint_pair: tuple[iroh.Endpoint, ir
             bi = await connection.open_bi()
             received = bytearray()
 
-            async def receive(recv: iroh.RecvStream = bi.recv()) -> None:
-                while chunk := await recv.read(1 << 20):
-                    received.extend(chunk)
-
             async with trio.open_nursery() as streams:
-                streams.start_soon(receive)
+                streams.start_soon(read_all, bi.recv(), received)
                 for offset in range(0, size, 1 << 20):
                     await bi.send().write_all(payload[offset : offset + (1 << 20)])
                 await bi.send().finish()

@@ -6,7 +6,6 @@ import json
 import signal
 from pathlib import Path
 
-import iroh
 import pytest
 
 import tickets

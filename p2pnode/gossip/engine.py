@@ -112,6 +112,15 @@ class Send:
 
 
 @dataclass(frozen=True)
+class SendOnce:
+    """A message to a peer we hold no connection to (declining its request to be a neighbour)."""
+
+    peer_id: str
+    addr: dict[str, Any]
+    msg: Any
+
+
+@dataclass(frozen=True)
 class Connect:
     peer_id: str
     addr: dict[str, Any]
@@ -137,7 +146,7 @@ class NeighborDown:
     peer_id: str
 
 
-Action = Send | Connect | Disconnect | Deliver | NeighborUp | NeighborDown
+Action = Send | SendOnce | Connect | Disconnect | Deliver | NeighborUp | NeighborDown
 
 
 class GossipStats(BaseModel):
@@ -146,7 +155,8 @@ class GossipStats(BaseModel):
     delivered: int = 0
     duplicates: int = 0
     dropped: dict[str, int] = {}
-    active: list[str] = []
+    active: list[str] = []  # connected neighbours
+    pending: int = 0  # neighbours being dialled
     passive: int = 0
     live: int = 0
 
@@ -187,6 +197,15 @@ class GossipEngine:
             return []
         return self._add_active(peer_id, addr, Join(addr=self._addr))
 
+    def reach_out(self, peer_id: str, addr: dict[str, Any]) -> list[Action]:
+        """Link to a member the overlay has lost track of (how cut-off halves find each other again).
+
+        The neighbour request is urgent, so the member accepts even with a full view.
+        """
+        if peer_id == self.id or peer_id in self.active or peer_id in self.passive:
+            return []
+        return self._add_active(peer_id, addr, Neighbor(addr=self._addr, urgent=True))
+
     def peer_connected(self, peer_id: str) -> list[Action]:
         if peer_id not in self.active:
             return [Disconnect(peer_id)]
@@ -198,23 +217,20 @@ class GossipEngine:
         return actions
 
     def peer_disconnected(self, peer_id: str) -> list[Action]:
-        """The transport lost a neighbour, or could not reach one.
+        """The transport lost a neighbour, or could not reach one: forget it and refill.
 
-        A lost neighbour stays a passive candidate and is replaced at once; one that could not
-        be reached is forgotten (shuffles bring it back if it lives), and the next tick tries
-        another, so a view full of dead peers costs one dial per tick, not a storm.
+        A peer whose connection failed is most likely gone, so it is not kept as a candidate
+        (shuffles bring it back if it lives). Only a lost neighbour triggers an immediate
+        refill; a failed dial waits for the next tick, so dead candidates cost one dial a tick.
         """
         was_connected = peer_id in self._connected
         self._connected.discard(peer_id)
         self._hello.pop(peer_id, None)
-        addr = self.active.pop(peer_id, None)
+        self.active.pop(peer_id, None)
+        self.passive.pop(peer_id, None)
         if not was_connected:
-            self.passive.pop(peer_id, None)
             return []
-        actions: list[Action] = [NeighborDown(peer_id)]
-        if addr is not None:
-            self._add_passive(peer_id, addr)
-        return actions + self._refill()
+        return [NeighborDown(peer_id), *self._refill()]
 
     def publish(self, kind: str, payload: dict[str, Any]) -> tuple[Envelope, list[Action]]:
         envelope = Envelope.create(self._key, self.topic, kind, payload, hops=self.config.hops, now=self._clock())
@@ -255,7 +271,8 @@ class GossipEngine:
             delivered=self._counts["delivered"],
             duplicates=self._counts["duplicates"],
             dropped=dict(self._dropped),
-            active=sorted(self.active),
+            active=sorted(self._connected),
+            pending=len(self.active) - len(self._connected),
             passive=len(self.passive),
             live=len(self._live),
         )
@@ -288,7 +305,8 @@ class GossipEngine:
         if msg.urgent or len(self.active) < self.config.active_size:
             return self._add_active(peer_id, msg.addr, None)
         self._add_passive(peer_id, msg.addr)
-        return [Send(peer_id, Leave())]  # delivered only if we happen to be connected; harmless otherwise
+        self._counts["sent"] += 1
+        return [SendOnce(peer_id, msg.addr, Leave())]  # views stay symmetric: the asker must drop us
 
     def _on_leave(self, peer_id: str, _msg: Leave) -> list[Action]:
         addr = self.active.pop(peer_id, None)
@@ -296,7 +314,8 @@ class GossipEngine:
         if addr is None:
             return []
         self._add_passive(peer_id, addr)
-        return [NeighborDown(peer_id), Disconnect(peer_id), *self._refill()]
+        # Refill on the next tick, not now: a refusal answered by another refusal must not spin.
+        return [NeighborDown(peer_id), Disconnect(peer_id)]
 
     def _on_shuffle(self, peer_id: str, msg: Shuffle) -> list[Action]:
         reply = ShuffleReply(sample=self._sample())
@@ -373,8 +392,15 @@ class GossipEngine:
         return [Deliver(envelope), *self._push(envelope, exclude=peer_id)]
 
     def _on_digest(self, peer_id: str, msg: Digest) -> list[Action]:
+        """Ask for what the peer has and we lack; send what we have and its (complete) digest lacks."""
+        if peer_id not in self._connected:
+            return []
         missing = [i for i in msg.ids if i not in self._seen]
-        return [self._send(peer_id, Want(ids=missing))] if missing and peer_id in self._connected else []
+        actions: list[Action] = [self._send(peer_id, Want(ids=missing))] if missing else []
+        if len(msg.ids) < self.config.max_digest_ids:
+            theirs = set(msg.ids)
+            actions += [self._send(peer_id, Gossip(envelope=e)) for i, e in self._live.items() if i not in theirs]
+        return actions
 
     def _on_want(self, peer_id: str, msg: Want) -> list[Action]:
         if peer_id not in self._connected:

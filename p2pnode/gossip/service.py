@@ -9,14 +9,17 @@ that stream and are counted; they never reach the engine.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import iroh
 import trio
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from p2pnode.gossip.engine import (
     Connect,
@@ -28,9 +31,10 @@ from p2pnode.gossip.engine import (
     NeighborDown,
     NeighborUp,
     Send,
+    SendOnce,
     WireMessage,
 )
-from p2pnode.membership import Membership, PeerAddr
+from p2pnode.membership import JoinError, Membership, PeerAddr
 from p2pnode.net.dialer import Dialer, PeerUnreachable
 from p2pnode.net.framing import FrameError, read_frame_or_end, write_frame
 
@@ -40,8 +44,27 @@ GOSSIP_ALPN = b"p2pnode/gossip/1"
 MAX_GOSSIP_FRAME = 256 * 1024
 OUTBOX_SIZE = 256
 TICK_S = 1.0
+REACH_OUT_EVERY = 10  # ticks between links to a member the views forgot: heals partitions
 
 wire_message: TypeAdapter[WireMessage] = TypeAdapter(WireMessage)
+
+
+@dataclass(frozen=True)
+class Received:
+    """An announcement from another member, delivered once."""
+
+    kind: str
+    payload: dict[str, Any]
+    origin: str
+
+
+@dataclass(frozen=True)
+class NeighbourChange:
+    peer_id: str
+    up: bool
+
+
+GossipEvent = Received | NeighbourChange
 
 
 class GossipService:
@@ -51,13 +74,12 @@ class GossipService:
         membership: Membership,
         dialer: Dialer,
         self_addr: Callable[[], PeerAddr],
-        deliver: Callable[[str, dict[str, Any]], None],
         config: GossipConfig | None = None,
     ) -> None:
         self._membership = membership
         self._dialer = dialer
         self._self_addr = self_addr
-        self._deliver = deliver
+        self._subscribers: list[trio.MemorySendChannel[GossipEvent]] = []
         self._secret_key = secret_key
         self._config = config or GossipConfig()
         self._outboxes: dict[str, trio.MemorySendChannel[WireMessage]] = {}
@@ -78,9 +100,12 @@ class GossipService:
             for member in self._membership.members.values():
                 self._apply(self.engine.join_via(member.addr.node_id, member.addr.model_dump()))
             task_status.started()
-            while True:
+            for ticks in itertools.count(1):
                 await trio.sleep(TICK_S)
                 self._bootstrap_if_alone()
+                if ticks % REACH_OUT_EVERY == 0 and self._membership.members:
+                    member = random.choice(list(self._membership.members.values()))
+                    self._apply(self.engine.reach_out(member.addr.node_id, member.addr.model_dump()))
                 self._apply(self.engine.tick(time.time()))
 
     def _bootstrap_if_alone(self) -> None:
@@ -92,11 +117,28 @@ class GossipService:
 
     # -- API for the rest of the node ----------------------------------------------------------
 
-    def publish(self, kind: str, payload: dict[str, Any]) -> str:
+    def publish(self, message: BaseModel) -> str:
+        """Announce a typed message (a model with a `KIND` class attribute); returns its envelope id."""
         assert self.engine is not None, "gossip is not running"
-        envelope, actions = self.engine.publish(kind, payload)
+        envelope, actions = self.engine.publish(message.KIND, message.model_dump(mode="json"))  # type: ignore[attr-defined]
         self._apply(actions)
         return envelope.id
+
+    def subscribe(self, buffer: int = 1024) -> trio.MemoryReceiveChannel[GossipEvent]:
+        """Announcements from others and neighbour changes, in order; a subscriber that falls
+        `buffer` events behind loses the overflow (anti-entropy cannot replay what was delivered)."""
+        send, receive = trio.open_memory_channel[GossipEvent](buffer)
+        self._subscribers.append(send)
+        return receive
+
+    def _notify(self, event: GossipEvent) -> None:
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber.send_nowait(event)
+            except trio.WouldBlock:
+                log.warning("a gossip subscriber is not keeping up; dropped a %s", type(event).__name__)
+            except trio.BrokenResourceError:
+                self._subscribers.remove(subscriber)
 
     def retire(self, envelope_id: str) -> None:
         if self.engine is not None:
@@ -116,16 +158,19 @@ class GossipService:
         for action in actions:
             if isinstance(action, Send):
                 self._send(action.peer_id, action.msg)
+            elif isinstance(action, SendOnce):
+                self._nursery.start_soon(self._send_once, action)
             elif isinstance(action, Connect):
                 self._nursery.start_soon(self._connect, action.peer_id, action.addr)
             elif isinstance(action, Disconnect):
                 self._close_outbox(action.peer_id)
             elif isinstance(action, Deliver):
-                self._deliver(action.envelope.kind, action.envelope.payload)
-            elif isinstance(action, NeighborUp):
-                log.info("gossip neighbour up: %s", action.peer_id[:10])
-            elif isinstance(action, NeighborDown):
-                log.info("gossip neighbour down: %s", action.peer_id[:10])
+                envelope = action.envelope
+                self._notify(Received(envelope.kind, envelope.payload, envelope.origin))
+            elif isinstance(action, (NeighborUp, NeighborDown)):
+                up = isinstance(action, NeighborUp)
+                log.info("gossip neighbour %s: %s", "up" if up else "down", action.peer_id[:10])
+                self._notify(NeighbourChange(action.peer_id, up))
 
     def _send(self, peer_id: str, message: WireMessage) -> None:
         outbox = self._outboxes.get(peer_id)
@@ -139,6 +184,15 @@ class GossipService:
         except trio.BrokenResourceError:
             self._peer_down(peer_id)
 
+    async def _send_once(self, action: SendOnce) -> None:
+        try:
+            connection = await self._dialer.connect(PeerAddr.model_validate(action.addr), GOSSIP_ALPN)
+            stream = await connection.open_uni()
+            await write_frame(stream, wire_message.dump_json(action.msg))
+            await stream.finish()
+        except (PeerUnreachable, iroh.IrohError, FrameError, JoinError, ValidationError) as exc:
+            log.info("gossip: could not tell %s: %s", action.peer_id[:10], exc)
+
     async def _connect(self, peer_id: str, addr: dict[str, Any]) -> None:
         if peer_id in self._outboxes:
             self._apply(self.engine.peer_connected(peer_id))  # type: ignore[union-attr]
@@ -147,7 +201,7 @@ class GossipService:
         try:
             connection = await self._dialer.connect(peer, GOSSIP_ALPN)
             stream = await connection.open_uni()
-        except (PeerUnreachable, iroh.IrohError, FrameError, Exception) as exc:  # noqa: BLE001 - any failure means "down"
+        except (PeerUnreachable, iroh.IrohError, FrameError, JoinError, ValidationError) as exc:
             log.info("gossip: cannot reach %s: %s", peer_id[:10], exc)
             self._dialer.forget(peer_id)
             self._apply(self.engine.peer_disconnected(peer_id))  # type: ignore[union-attr]
@@ -155,17 +209,39 @@ class GossipService:
         send, receive = trio.open_memory_channel[WireMessage](OUTBOX_SIZE)
         self._outboxes[peer_id] = send
         assert self._nursery is not None
-        self._nursery.start_soon(self._pump, peer_id, stream, receive)
+        self._nursery.start_soon(self._pump, peer_id, connection, stream, receive)
         self._apply(self.engine.peer_connected(peer_id))  # type: ignore[union-attr]
 
-    async def _pump(self, peer_id: str, stream: iroh.SendStream, outbox: trio.MemoryReceiveChannel[WireMessage]) -> None:
-        try:
+    async def _pump(
+        self,
+        peer_id: str,
+        connection: iroh.Connection,
+        stream: iroh.SendStream,
+        outbox: trio.MemoryReceiveChannel[WireMessage],
+    ) -> None:
+        """Write queued messages to the neighbour until the queue closes or the connection dies.
+
+        Watching `closed()` notices a neighbour that went away even when we have nothing to send.
+        """
+        mine = self._outboxes.get(peer_id)
+
+        async def write() -> None:
             async with outbox:
                 async for message in outbox:
                     await write_frame(stream, wire_message.dump_json(message))
-        except iroh.IrohError as exc:
-            log.info("gossip stream to %s broke: %s", peer_id[:10], exc.message())
-        self._peer_down(peer_id)
+
+        async def watch() -> None:
+            reason = await connection.closed()
+            log.info("gossip connection to %s closed: %s", peer_id[:10], reason)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for task in (write, watch):
+                    nursery.start_soon(_first_to_finish, task, nursery.cancel_scope)
+        except* iroh.IrohError as group:
+            log.info("gossip stream to %s broke: %s", peer_id[:10], group.exceptions[0])
+        if self._outboxes.get(peer_id) is mine:
+            self._peer_down(peer_id)
 
     def _peer_down(self, peer_id: str) -> None:
         if self._close_outbox(peer_id):
@@ -209,6 +285,11 @@ class GossipService:
                 await _stop_quietly(stream)
                 return
             self._apply(self.engine.on_message(peer_id, message))
+
+
+async def _first_to_finish(task: Callable[[], Awaitable[None]], scope: trio.CancelScope) -> None:
+    await task()
+    scope.cancel()
 
 
 async def _stop_quietly(stream: iroh.RecvStream) -> None:

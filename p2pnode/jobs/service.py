@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import trio
 from pydantic import BaseModel, Field, JsonValue
@@ -46,10 +47,10 @@ class SubmissionError(Exception):
     """A module or artifact file cannot be used; the message names it."""
 
 
-class Gossip:
-    """What the jobs service needs from gossip (implemented by p2pnode.gossip.service)."""
+class Gossip(Protocol):
+    """What the jobs service needs from gossip (p2pnode.gossip.service.GossipService)."""
 
-    def publish(self, kind: str, payload: dict) -> str: ...
+    def publish(self, message: BaseModel) -> str: ...
 
     def retire(self, envelope_id: str) -> None: ...
 
@@ -145,16 +146,16 @@ class JobService:
         elif job.state.terminal:
             if envelope := self._announcements.pop(job.id, None):
                 self._gossip.retire(envelope)
-            self._gossip.publish(JobFinished.KIND, JobFinished(job=job).model_dump(mode="json"))
+            self._gossip.publish(JobFinished(job=job))
             if job.state == model.JobState.SUCCEEDED and job.outputs and self._nursery is not None:
                 self._nursery.start_soon(self._collect_outputs, job)
 
     def _announce(self, job: model.Job) -> None:
         if old := self._announcements.pop(job.id, None):
             self._gossip.retire(old)
-        payload = JobAnnounced(job=job, origin_addr=self._self_addr()).model_dump(mode="json")
-        self._announcements[job.id] = self._gossip.publish(JobAnnounced.KIND, payload)
-        self.on_announced(JobAnnounced.model_validate(payload))
+        announcement = JobAnnounced(job=job, origin_addr=self._self_addr())
+        self._announcements[job.id] = self._gossip.publish(announcement)
+        self.on_announced(announcement)
 
     async def _collect_outputs(self, job: model.Job) -> None:
         """Bring a finished job's outputs home, so they outlive the worker that made them."""
@@ -189,7 +190,3 @@ class JobService:
                 keep.add(job.spec.module.hash)
                 keep.update(ref.hash for ref in job.spec.artifacts.values())
         return keep
-
-
-def work_dir(data_dir: Path) -> Path:
-    return data_dir / "work"
