@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 import tickets
 from p2pnode.blobs.protocol import BLOBS_ALPN
 from p2pnode.blobs.service import BlobService
-from p2pnode.blobs.store import BlobStore, StoreError
+from p2pnode.blobs.store import BlobStore, GcResult, StoreError
 from p2pnode.config import Settings
 from p2pnode.executors.flawless import FlawlessClient, FlawlessExecutor
 from p2pnode.executors.wasm import WasiExecutor
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 NODE_FILE = "node.json"
 FLAWLESS_PROBE_S = 30.0
+GC_INTERVAL_S = 600.0
 
 
 class NodeInfo(BaseModel):
@@ -115,6 +116,7 @@ class Node:
                 nursery.start_soon(self._follow_gossip, self.gossip.subscribe())
                 await nursery.start(self.jobs.run)
                 nursery.start_soon(self._watch_flawless)
+                nursery.start_soon(self._collect_garbage_periodically)
                 info = NodeInfo(id=self.id, ticket=self.join_ticket(), api_url=self.api_url, pid=os.getpid())
                 save_model(settings.data_dir / NODE_FILE, info)
                 nursery.start_soon(self._greet_members)
@@ -171,6 +173,17 @@ class Node:
                     self.jobs.on_finished(JobFinished.model_validate(event.payload))
             except ValidationError as exc:
                 log.warning("ignored a malformed %s announcement: %s", event.kind, exc.errors()[0]["msg"])
+
+    async def collect_garbage(self) -> GcResult:
+        """Drop unpinned, untagged blobs nobody uses, keeping everything a live job still needs."""
+        return await self.blobs.store.gc(protected=self.jobs.protected_blobs())
+
+    async def _collect_garbage_periodically(self) -> None:
+        while True:
+            await trio.sleep(GC_INTERVAL_S)
+            result = await self.collect_garbage()
+            if result.removed or result.removed_partials:
+                log.info("blob GC freed %d bytes (%d blobs)", result.freed_bytes, len(result.removed))
 
     def peer_addr(self, node_id: str) -> PeerAddr | None:
         if node_id == self.id:

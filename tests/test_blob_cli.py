@@ -50,7 +50,7 @@ def test_add_on_one_node_fetch_on_another(provider: NodeProcess, tmp_path: Path)
     refused = provider.cli("blob", "rm", blob_hash, check=False)
     assert refused.returncode == 1 and "pinned" in refused.stderr
     provider.cli("blob", "unpin", blob_hash)
-    provider.cli("blob", "rm", blob_hash)
+    assert "removed 1 blobs" in provider.cli("blob", "gc").stdout
     assert blob_hash not in provider.cli("blob", "ls").stdout
 
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 import p2pnode
 import tickets
 from p2pnode.blobs.fetch import FetchError, FetchProgress
-from p2pnode.blobs.store import BlobInfo, BlobInUse, BlobNotFound, StoreError
+from p2pnode.blobs.store import BlobInfo, BlobInUse, BlobNotFound, GcResult, StoreError
 from p2pnode.jobs.model import Job, JobState
 from p2pnode.jobs.service import JobSubmission, SubmissionError
 from p2pnode.jobs.store import Refused
@@ -108,6 +108,11 @@ def create_app(node: Node) -> FastAPI:
         with store_errors():
             await node.blobs.store.unpin(blob_hash)
         return Done()
+
+    @app.post("/blobs/gc")
+    async def collect_garbage() -> GcResult:
+        """Remove unpinned, untagged blobs that no live job needs (the node also does this every 10 min)."""
+        return await node.collect_garbage()
 
     @app.post("/blobs/{blob_hash}/export")
     async def export_blob(blob_hash: str, request: PathRequest) -> BlobInfo:

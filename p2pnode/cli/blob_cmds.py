@@ -12,7 +12,7 @@ from pydantic import RootModel
 import tickets
 from p2pnode.api.app import BlobAdded, Done, FetchEvent
 from p2pnode.api.client import ApiClient
-from p2pnode.blobs.store import BlobInfo, StoreError
+from p2pnode.blobs.store import BlobInfo, GcResult, StoreError
 from p2pnode.cli import cli, fail, parse_blob_ticket
 from p2pnode.cli.progress import TransferProgress
 
@@ -129,6 +129,14 @@ def list_blobs(api: ApiClient) -> None:
 def remove(api: ApiClient, blob_hash: str, force: bool) -> None:
     """Delete a blob (refused while it is pinned, tagged or in use, unless --force)."""
     api.delete(f"/blobs/{blob_hash}", Done, params={"force": force})
+
+
+@blob.command()
+@click.pass_obj
+def gc(api: ApiClient) -> None:
+    """Remove unpinned, untagged blobs that no live job needs."""
+    result = api.post("/blobs/gc", GcResult)
+    click.echo(f"removed {len(result.removed)} blobs and {len(result.removed_partials)} partial downloads, {result.freed_bytes} bytes")
 
 
 @blob.command()
