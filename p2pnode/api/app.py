@@ -19,6 +19,7 @@ from p2pnode.blobs.store import BlobInfo, BlobInUse, BlobNotFound, GcResult, Sto
 from p2pnode.jobs.model import Job, JobState
 from p2pnode.jobs.service import JobSubmission, SubmissionError
 from p2pnode.jobs.store import Refused
+from p2pnode.jobs.worker import provider_addrs
 from p2pnode.node import NodeStatus
 
 if TYPE_CHECKING:
@@ -192,9 +193,8 @@ def create_app(node: Node) -> FastAPI:
         with store_errors():
             request.path.mkdir(parents=True, exist_ok=True)
             for name, ref in job.outputs.items():
-                providers = [addr for node_id in ref.providers if (addr := node.peer_addr(node_id))]
                 try:
-                    info = await node.blobs.fetch(ref.hash, providers, root=ref.root)
+                    info = await node.blobs.fetch(ref.hash, provider_addrs(ref, node.peer_addr), root=ref.root)
                 except FetchError as exc:
                     raise HTTPException(502, str(exc)) from None
                 written[name] = request.path / name

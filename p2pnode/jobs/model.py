@@ -25,6 +25,9 @@ from pydantic import (
     field_serializer,
 )
 
+from p2pnode.executors.base import ExecutionLimits as Limits
+from p2pnode.executors.base import ExecutorKind
+
 MAX_LOG_CHARS = 64 * 1024
 MAX_ERROR_CHARS = 4096
 MAX_NOTE_CHARS = 200
@@ -99,7 +102,7 @@ class JobState(StrEnum):
 
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
-Executor = Literal["wasi", "flawless"]
+Executor = ExecutorKind
 
 
 class BlobRef(BaseModel):
@@ -110,12 +113,6 @@ class BlobRef(BaseModel):
     root: Hex64
     """Verification root of the blob's hash tree."""
     providers: list[NodeId] = Field(default_factory=list, max_length=64)
-
-
-class Limits(BaseModel):
-    time_s: float = Field(default=60.0, gt=0)
-    memory_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
-    fuel: int = Field(default=10_000_000_000, gt=0)
 
 
 class Requirements(BaseModel):

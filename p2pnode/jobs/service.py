@@ -23,7 +23,7 @@ from p2pnode.jobs import model
 from p2pnode.jobs.announcements import JobAnnounced, JobFinished
 from p2pnode.jobs.control import ControlServer
 from p2pnode.jobs.store import JobStore
-from p2pnode.jobs.worker import Worker
+from p2pnode.jobs.worker import Worker, provider_addrs
 from p2pnode.membership import PeerAddr
 
 log = logging.getLogger(__name__)
@@ -160,9 +160,8 @@ class JobService:
     async def _collect_outputs(self, job: model.Job) -> None:
         """Bring a finished job's outputs home, so they outlive the worker that made them."""
         for name, ref in job.outputs.items():
-            providers = [addr for node_id in ref.providers if (addr := self._resolve(node_id))]
             try:
-                await self._blobs.fetch(ref.hash, providers, root=ref.root)
+                await self._blobs.fetch(ref.hash, provider_addrs(ref, self._resolve), root=ref.root)
                 await self._blobs.store.pin(ref.hash)
             except (FetchError, StoreError) as exc:
                 log.warning("could not collect output %r of job %s: %s", name, job.id, exc)

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from p2pnode.blobs.fetch import FetchError
 from p2pnode.blobs.service import BlobService
 from p2pnode.blobs.store import StoreError
-from p2pnode.executors.base import ExecutionLimits, ExecutionRequest, ExecutionResult, Executor
+from p2pnode.executors.base import ExecutionRequest, ExecutionResult, Executor
 from p2pnode.jobs import model
 from p2pnode.jobs.announcements import JobAnnounced
 from p2pnode.jobs.control import ControlClient, ControlError
@@ -29,6 +29,17 @@ log = logging.getLogger(__name__)
 
 MAX_CLAIM_RETRIES = 5
 _BACKING_OFF = re.compile(r"backing off for ([0-9.]+)s")
+
+
+def provider_addrs(
+    ref: model.BlobRef, resolve: Callable[[str], PeerAddr | None], first: PeerAddr | None = None
+) -> list[PeerAddr]:
+    """Where a blob can be fetched: `first` (usually the job's origin), then its known providers."""
+    addrs = [first] if first is not None else []
+    for node_id in ref.providers:
+        if (addr := resolve(node_id)) is not None and all(a.node_id != node_id for a in addrs):
+            addrs.append(addr)
+    return addrs
 
 
 class WorkerStatus(BaseModel):
@@ -176,13 +187,12 @@ class Worker:
             input=spec.input,
             artifacts_dir=inputs,
             output_dir=outputs,
-            limits=ExecutionLimits(**spec.requirements.limits.model_dump()),
+            limits=spec.requirements.limits,
         )
         return await executor.run(request)
 
     async def _materialize(self, ref: model.BlobRef, origin: PeerAddr, dest: Path) -> None:
-        providers = [origin] + [addr for node_id in ref.providers if (addr := self._resolve(node_id)) and node_id != origin.node_id]
-        info = await self._blobs.fetch(ref.hash, providers, root=ref.root)
+        info = await self._blobs.fetch(ref.hash, provider_addrs(ref, self._resolve, first=origin), root=ref.root)
         await self._blobs.store.export(info.hash, dest)
 
     async def _store_outputs(self, result: ExecutionResult) -> dict[str, model.BlobRef]:
