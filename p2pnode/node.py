@@ -146,8 +146,7 @@ class Node:
             self.id, {"wasi": WasiExecutor()}, self.blobs, control, self.peer_addr, settings.data_dir / "work", settings.max_jobs
         )
         service = JobService(self.id, store, self.blobs, self.gossip, worker, self.addr, self.peer_addr, settings.lease_s)
-        control.local = service.control  # a node claiming its own job answers itself
-        control.local_id = self.id
+        control.answer_locally(self.id, service.control)
         return service
 
     async def _watch_flawless(self) -> None:

@@ -86,3 +86,14 @@ def status(api: ApiClient, as_json: bool) -> None:
     for m in st.members:
         state = "connected" if m.connected else "not connected"
         click.echo(f"  {m.id[:16]}  {state:14} {', '.join(m.addresses) or m.relay_url or '-'}")
+    if g := st.gossip:
+        dropped = ", ".join(f"{k} {v}" for k, v in sorted(g.dropped.items()) if v) or "none"
+        click.echo(
+            f"gossip    neighbours {len(g.active)} (+{g.pending} dialling), passive {g.passive}, live {g.live}; "
+            f"sent {g.sent}, received {g.received}, delivered {g.delivered}, duplicates {g.duplicates}; dropped {dropped}"
+        )
+    j = st.jobs
+    click.echo(
+        f"jobs      executors {', '.join(j.executors)}; running {len(j.running)} of {j.max_jobs}; "
+        f"executed {j.executed} (succeeded {j.succeeded}, failed {j.failed})"
+    )

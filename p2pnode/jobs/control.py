@@ -88,12 +88,15 @@ class ControlClient:
 
     def __init__(self, connect: Callable[[PeerAddr, bytes], Awaitable[iroh.Connection]]) -> None:
         self._connect = connect
-        self.local: ControlServer | None = None
-        self.local_id = ""
+        self._local: tuple[str, ControlServer] | None = None
+
+    def answer_locally(self, node_id: str, server: ControlServer) -> None:
+        """A node claiming its own job asks its own origin side directly instead of dialling itself."""
+        self._local = (node_id, server)
 
     async def ask(self, origin: PeerAddr, request: model.ControlMessage) -> model.ControlMessage:
-        if self.local is not None and origin.node_id == self.local_id:
-            return await self.local.answer(self.local_id, request)
+        if self._local is not None and origin.node_id == self._local[0]:
+            return await self._local[1].answer(self._local[0], request)
         try:
             connection = await self._connect(origin, JOBS_ALPN)
             bi = await connection.open_bi()

@@ -25,16 +25,13 @@ Handler = Callable[[iroh.Connection], Awaitable[None]]
 Authorizer = Callable[[str, bytes], bool]
 
 
-class RelaySetting:
-    """`--relay default|disabled|URL` turned into the bindings' relay mode."""
-
-    @staticmethod
-    def mode(setting: str) -> iroh.RelayMode | None:
-        if setting == "disabled":
-            return iroh.RelayMode.disabled()
-        if setting == "default":
-            return iroh.RelayMode.default_mode()
-        return iroh.RelayMode.custom_from_urls([setting])
+def relay_mode(setting: str) -> iroh.RelayMode:
+    """`--relay default|disabled|URL` as the bindings' relay mode."""
+    if setting == "disabled":
+        return iroh.RelayMode.disabled()
+    if setting == "default":
+        return iroh.RelayMode.default_mode()
+    return iroh.RelayMode.custom_from_urls([setting])
 
 
 async def bind_endpoint(secret_key: iroh.SecretKey, bind_addr: str, relay: str, alpns: list[bytes]) -> iroh.Endpoint:
@@ -46,7 +43,7 @@ async def bind_endpoint(secret_key: iroh.SecretKey, bind_addr: str, relay: str, 
         bind_addr=bind_addr,
         secret_key=secret_key.to_bytes(),
         alpns=alpns,
-        relay_mode=RelaySetting.mode(relay),
+        relay_mode=relay_mode(relay),
     )
     return await iroh.Endpoint.bind(options)
 
@@ -55,7 +52,7 @@ def configured_relay_url(relay: str) -> str | None:
     """The relay URL to advertise in tickets before the endpoint has picked a home relay."""
     if relay == "disabled":
         return None
-    urls = RelaySetting.mode(relay).relay_map().urls()  # type: ignore[union-attr]
+    urls = relay_mode(relay).relay_map().urls()
     return sorted(urls)[0] if urls else None
 
 
