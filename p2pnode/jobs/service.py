@@ -7,10 +7,11 @@ pending and re-announces them, so a job outlives any worker that dies holding it
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, get_args
 
 import trio
 from pydantic import BaseModel, Field, JsonValue
@@ -29,6 +30,7 @@ from p2pnode.membership import PeerAddr
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 1.0
+REANNOUNCE_EVERY = 30  # sweeps
 
 
 class JobSubmission(BaseModel):
@@ -86,10 +88,13 @@ class JobService:
                 if job.state == model.JobState.PENDING:
                     self._announce(job)  # after a restart, nothing submitted stays unknown
             task_status.started()
-            while True:
+            for sweep in itertools.count(1):
                 for job in self.store.expire_leases():
                     log.info("lease of job %s lapsed; job is %s", job.id, job.state.value)
                     await self._changed(job)
+                if sweep % REANNOUNCE_EVERY == 0:
+                    for job in self.store.claimable(get_args(model.Executor), origin=self.id):
+                        self._announce(job)  # nobody took it: workers that joined or freed up since hear of it
                 await trio.sleep(SWEEP_INTERVAL_S)
 
     # -- origin side -------------------------------------------------------------------------
