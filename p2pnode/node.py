@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -88,24 +89,28 @@ class Node:
         settings = self.settings
         key = self._identity()
         self.membership = Membership(settings.data_dir, self.id)
-        try:
-            self.endpoint = await bind_endpoint(key, settings.bind, settings.relay, [JOIN_ALPN])
-        except iroh.IrohError as exc:
-            raise StartupError(f"cannot bind {settings.bind}: {exc.message()}") from None
-        self.router = Router(self.endpoint, lambda peer, _alpn: self.membership.is_member(peer))
-        self.dialer = Dialer(self.endpoint, self._introduce, settings.connect_timeout_s)
-        try:
-            store = await BlobStore.open(settings.blobs_dir)
-        except (OSError, StoreError) as exc:
-            raise StartupError(f"cannot open the blob store at {settings.blobs_dir}: {exc}") from None
-        self.blobs = BlobService(store, key, self.membership, self.dialer, self.addr)
-        self.gossip = GossipService(key, self.membership, self.dialer, self.addr)
-        self.jobs = self._jobs_service(settings)
-        self.router.register(JOIN_ALPN, self._serve_join, open_to_all=True)
-        self.router.register(BLOBS_ALPN, lambda c: serve_streams(c, self.blobs.provider.handle_stream), open_to_all=True)
-        self.router.register(GOSSIP_ALPN, self.gossip.handle_connection)
-        self.router.register(JOBS_ALPN, lambda c: serve_streams(c, self.jobs.control.handle_stream))
-        try:
+        async with contextlib.AsyncExitStack() as cleanup:  # whatever started is stopped, even on a failed start
+            try:
+                self.endpoint = await bind_endpoint(key, settings.bind, settings.relay, [JOIN_ALPN])
+            except iroh.IrohError as exc:
+                raise StartupError(f"cannot bind {settings.bind}: {exc.message()}") from None
+            cleanup.push_async_callback(close_endpoint, self.endpoint)
+            self.router = Router(self.endpoint, lambda peer, _alpn: self.membership.is_member(peer))
+            self.dialer = Dialer(self.endpoint, self._introduce, settings.connect_timeout_s)
+            cleanup.callback(self.dialer.close_all)
+            try:
+                store = await BlobStore.open(settings.blobs_dir)
+            except (OSError, StoreError) as exc:
+                raise StartupError(f"cannot open the blob store at {settings.blobs_dir}: {exc}") from None
+            cleanup.callback(store.close)
+            self.blobs = BlobService(store, key, self.membership, self.dialer, self.addr)
+            self.gossip = GossipService(key, self.membership, self.dialer, self.addr)
+            self.jobs = self._jobs_service(settings)
+            cleanup.callback(self.jobs.store.close)
+            self.router.register(JOIN_ALPN, self._serve_join, open_to_all=True)
+            self.router.register(BLOBS_ALPN, lambda c: serve_streams(c, self.blobs.provider.handle_stream), open_to_all=True)
+            self.router.register(GOSSIP_ALPN, self.gossip.handle_connection)
+            self.router.register(JOBS_ALPN, lambda c: serve_streams(c, self.jobs.control.handle_stream))
             async with trio.open_nursery() as nursery:
                 self.background = nursery
                 nursery.start_soon(self.router.serve)
@@ -121,11 +126,6 @@ class Node:
                 save_model(settings.data_dir / NODE_FILE, info)
                 nursery.start_soon(self._greet_members)
                 task_status.started(info)
-        finally:
-            self.jobs.store.close()
-            store.close()
-            self.dialer.close_all()
-            await close_endpoint(self.endpoint)
 
     def _identity(self) -> iroh.SecretKey:
         try:

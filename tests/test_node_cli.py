@@ -86,3 +86,11 @@ async def test_stranger_with_wrong_secret_is_refused(node_a: NodeProcess, tmp_pa
     finally:
         await stranger.close()
     assert node_a.status()["members"] == []
+
+
+def test_taken_api_port_is_one_clear_line(node_a: NodeProcess, tmp_path: Path) -> None:
+    port = node_a.api.rsplit(":", 1)[1]
+    result = run_cli("start", "--data", str(tmp_path / "c"), "--http-port", port, "--bind", "127.0.0.1:0", "--relay", "disabled", check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == f"error: cannot listen on http://127.0.0.1:{port}: Address already in use"
+    assert "Traceback" not in result.stderr

@@ -14,6 +14,7 @@ import trio
 import tickets
 from p2pnode.api.client import ApiClient
 from p2pnode.cli import cli, fail, parse_join_ticket
+from p2pnode.concurrency import collapse_groups
 from p2pnode.config import Settings
 
 
@@ -39,9 +40,10 @@ def start(data_dir: Path | None, http_port: int | None, bind: str | None, relay:
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     logging.getLogger().setLevel(logging.INFO)  # a running node reports what it does
     try:
-        trio.run(_run_node, Node(settings), ticket)
-    except* (StartupError, ApiBindError) as group:
-        fail(str(group.exceptions[0]))
+        with collapse_groups():
+            trio.run(_run_node, Node(settings), ticket)
+    except (StartupError, ApiBindError) as exc:
+        fail(str(exc))
 
 
 async def _run_node(node: Any, ticket: tickets.JoinTicket | None) -> None:
