@@ -103,6 +103,8 @@ class Worker:
                 grant = await self._claim(announcement)
                 if grant is not None:
                     await self._execute(grant, announcement.origin_addr)
+        except Exception:  # one job's unforeseen failure must not stop the node; its lease lapses
+            log.exception("worker failed on job %s", job_id)
         finally:
             self._considering.discard(job_id)
 
@@ -139,7 +141,10 @@ class Worker:
                 log.warning("lost the lease of job %s; abandoned the run", job.id)
                 return
             self.executed += 1
-            outputs = await self._store_outputs(result)
+            try:
+                outputs = await self._store_outputs(result)
+            except StoreError as exc:
+                result, outputs = ExecutionResult.failure(f"could not store the outputs: {exc}", result.logs), {}
             report = model.Report(
                 job_id=job.id, lease_token=token, ok=result.ok, result=result.result, error=result.error, logs=result.logs, outputs=outputs
             )
@@ -157,14 +162,18 @@ class Worker:
             shutil.rmtree(workdir, ignore_errors=True)
 
     async def _keep_lease(self, job: model.Job, token: str, origin: PeerAddr, lease_s: float, lease_lost: trio.CancelScope) -> None:
-        reply = await self._control.ask(origin, model.Started(job_id=job.id, lease_token=token))
-        while isinstance(reply, model.RenewOk):
-            await trio.sleep(reply.expires_in / 3)
+        """Renew until the origin refuses; an origin that does not answer is retried, not given up on."""
+        request: model.ControlMessage = model.Started(job_id=job.id, lease_token=token)
+        while True:
             try:
-                reply = await self._control.ask(origin, model.Renew(job_id=job.id, lease_token=token))
+                reply = await self._control.ask(origin, request)
             except ControlError as exc:
                 log.info("lease renewal of %s failed, retrying: %s", job.id, exc)
                 reply = model.RenewOk(expires_in=lease_s)
+            if not isinstance(reply, model.RenewOk):
+                break
+            await trio.sleep(reply.expires_in / 3)
+            request = model.Renew(job_id=job.id, lease_token=token)
         lease_lost.cancel()
 
     async def _run(self, job: model.Job, origin: PeerAddr, workdir: Path) -> ExecutionResult:
