@@ -1,5 +1,5 @@
-"""A `flawless` job end to end: announced by gossip, claimed by the one worker whose local Flawless
-answers, deployed and started there through the documented HTTP API (served by the test's fake)."""
+"""Jobs between in-process nodes: the `flawless` executor end to end (against the test's fake
+Flawless, which serves the documented HTTP API), and cancellation of a running job."""
 
 from __future__ import annotations
 
@@ -52,3 +52,22 @@ async def test_dead_flawless_fails_the_attempt_with_a_reason(start_node, fake_fl
         done = await node.jobs.wait(job.id)
     assert done is not None and done.state == JobState.FAILED
     assert "500" in (done.error or ""), done.error
+
+
+async def test_cancelled_running_job_is_abandoned_by_its_worker(start_node) -> None:
+    """Cancelling on the origin refuses the worker's next renewal, and the worker stops the run."""
+    origin = await start_node(max_jobs=0, lease_s=1.5)
+    worker = await start_node(join=origin.join_ticket(), lease_s=1.5)
+    job = await origin.jobs.submit_files(
+        JobSubmission(module=Path(__file__).parent / "modules" / "slow.wat", limits={"fuel": 10**12}, max_attempts=1)
+    )
+    with trio.fail_after(30):
+        while job.id not in worker.jobs.worker.running:
+            await trio.sleep(0.05)
+    cancelled = await origin.jobs.cancel(job.id)
+    assert cancelled.state == JobState.CANCELLED
+    with trio.fail_after(30):
+        while worker.jobs.worker.running:
+            await trio.sleep(0.05)
+    assert worker.jobs.worker.executed == 0  # abandoned, not finished
+    assert origin.jobs.store.get(job.id).state == JobState.CANCELLED
