@@ -93,11 +93,11 @@ async def _fetch_standalone(ticket: tickets.BlobTicket, output: Path, progress: 
     except (StoreError, OSError) as exc:
         fail(f"cannot open the blob store at {settings.blobs_dir}: {exc}")
     endpoint = await bind_endpoint(iroh.SecretKey.generate(), settings.bind, settings.relay, [BLOBS_ALPN])
-    dialer = Dialer(endpoint, introduce=lambda _addr: trio.lowlevel.checkpoint(), connect_timeout_s=settings.connect_timeout_s)
+    dialer = Dialer(endpoint, connect_timeout_s=settings.connect_timeout_s)  # not a member: tickets only
     try:
         info = await fetch_blob(
             store,
-            lambda addr: dialer.connect(addr, BLOBS_ALPN, introduce=False),
+            lambda addr: dialer.connect(addr, BLOBS_ALPN),
             ticket.hash_hex,
             [PeerAddr.from_ticket(ticket.provider)],
             root=ticket.root_hex,

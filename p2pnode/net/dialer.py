@@ -27,7 +27,7 @@ class Dialer:
     def __init__(
         self,
         endpoint: iroh.Endpoint,
-        introduce: Callable[[PeerAddr], Awaitable[None]],
+        introduce: Callable[[PeerAddr], Awaitable[None]] | None = None,
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
     ) -> None:
         self._endpoint = endpoint
@@ -43,7 +43,7 @@ class Dialer:
             cached = self._connections.get(key)
             if cached is not None and cached.close_reason() is None:
                 return cached
-            if introduce and addr.node_id not in self._introduced:
+            if introduce and self._introduce is not None and addr.node_id not in self._introduced:
                 await self.introduce(addr)
             connection = await self.dial(addr, alpn)
             self._connections[key] = connection
@@ -51,6 +51,7 @@ class Dialer:
 
     async def introduce(self, addr: PeerAddr) -> None:
         """Run the membership handshake with `addr` and remember that it knows us."""
+        assert self._introduce is not None, "this dialer has no membership handshake"
         await self._introduce(addr)
         self._introduced.add(addr.node_id)
 
