@@ -142,10 +142,17 @@ async def test_partition_heals_and_both_halves_converge(nursery: trio.Nursery, t
 
     for node in cluster.nodes:
         block(node)
-    for a in halves[0]:
-        for b in halves[1]:  # drop every cross-half connection, both ways
-            a.dialer.forget(b.id)
-            b.dialer.forget(a.id)
+
+    async def enforce_cut() -> None:
+        """Like a real cut, drop every cross-half connection, also any that a dial in flight completes later."""
+        while cut:
+            for a in halves[0]:
+                for b in halves[1]:
+                    a.dialer.forget(b.id)
+                    b.dialer.forget(a.id)
+            await trio.sleep(0.05)
+
+    nursery.start_soon(enforce_cut)
     await cluster.until_polled(
         lambda: all(side[p] == side[n.id] for n in cluster.nodes for p in n.gossip.stats().active), "the overlay to split"
     )
