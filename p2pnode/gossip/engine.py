@@ -1,8 +1,10 @@
 """The gossip engine: HyParView-style partial views plus eager-push broadcast and anti-entropy.
 
 Sans-IO and synchronous: every input method returns the list of actions the caller must carry
-out (send, connect, disconnect, deliver), which keeps the protocol testable in a deterministic
-simulation and keeps all I/O in the trio glue (`service.py`).
+out, in order (send, connect, disconnect, deliver), which keeps the protocol testable in a
+deterministic simulation and keeps all I/O in the trio glue (`service.py`). Nothing here reads a
+clock or a random source except the injected `clock` and `rng`, and nothing iterates a set, so a
+seeded run replays exactly.
 
 - Views: a small *active* view (the neighbours we push to) and a larger *passive* view (known
   members to replace them with). Joins are forwarded on random walks so newcomers spread over
@@ -22,9 +24,9 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import iroh
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from p2pnode.gossip.envelope import Envelope, drop_reason
+from p2pnode.gossip.envelope import MAX_HOPS, Envelope, validate_incoming
 
 
 class GossipConfig(BaseModel):
@@ -35,7 +37,7 @@ class GossipConfig(BaseModel):
     shuffle_every: int = 10  # ticks
     digest_every: int = 5  # ticks
     shuffle_sample: int = 8
-    hops: int = 12
+    hops: int = Field(default=12, ge=1, le=MAX_HOPS)  # budget of a new envelope, and of one re-sent for catch-up
     max_age_s: float = 3600.0  # older envelopes are neither accepted nor re-sent: replay protection
     max_future_s: float = 60.0
     max_envelope_bytes: int = 64 * 1024
@@ -100,6 +102,8 @@ class Want(BaseModel):
 WireMessage = Annotated[
     Join | ForwardJoin | Neighbor | Leave | Shuffle | ShuffleReply | Gossip | Digest | Want, Field(discriminator="type")
 ]
+_WIRE_TYPES = (Join, ForwardJoin, Neighbor, Leave, Shuffle, ShuffleReply, Gossip, Digest, Want)
+_wire: TypeAdapter[WireMessage] = TypeAdapter(WireMessage)
 
 
 # -- actions ----------------------------------------------------------------------------------
@@ -207,13 +211,16 @@ class GossipEngine:
         return self._add_active(peer_id, addr, Neighbor(addr=self._addr, urgent=True))
 
     def peer_connected(self, peer_id: str) -> list[Action]:
+        """Our connection to `peer_id` (opened for a `Connect`) is up; repeats are harmless."""
         if peer_id not in self.active:
             return [Disconnect(peer_id)]
+        first = peer_id not in self._connected
         self._connected.add(peer_id)
-        actions: list[Action] = [NeighborUp(peer_id)]
+        actions: list[Action] = [NeighborUp(peer_id)] if first else []
         if (hello := self._hello.pop(peer_id, None)) is not None:
             actions.append(self._send(peer_id, hello))
-        actions.append(self._send(peer_id, self._digest()))
+        if first:
+            actions.append(self._send(peer_id, self._digest()))
         return actions
 
     def peer_disconnected(self, peer_id: str) -> list[Action]:
@@ -244,12 +251,17 @@ class GossipEngine:
         self._live.pop(envelope_id, None)
 
     def on_message(self, peer_id: str, msg: Any) -> list[Action]:
+        """Handle a message from `peer_id`: a parsed `WireMessage`, or raw JSON (bytes, str or a
+        dict) that is parsed here. Anything else, or anything that does not parse, is counted
+        as dropped ("malformed"); this never raises."""
         self._counts["received"] += 1
-        handler = getattr(self, f"_on_{getattr(msg, 'type', '')}", None)
-        if handler is None:
-            self._dropped["unknown_message"] += 1
-            return []
-        result: list[Action] = handler(peer_id, msg)
+        if not isinstance(msg, _WIRE_TYPES):
+            try:
+                msg = _wire.validate_json(msg) if isinstance(msg, (bytes, str)) else _wire.validate_python(msg)
+            except ValidationError:
+                self._dropped["malformed"] += 1
+                return []
+        result: list[Action] = getattr(self, f"_on_{msg.type}")(peer_id, msg)
         return result
 
     def tick(self, now: float | None = None) -> list[Action]:
@@ -282,7 +294,7 @@ class GossipEngine:
     def _on_join(self, peer_id: str, msg: Join) -> list[Action]:
         actions = self._add_active(peer_id, msg.addr, None)
         entry = PeerEntry(id=peer_id, addr=msg.addr)
-        for other in self._connected - {peer_id}:
+        for other in sorted(self._connected - {peer_id}):
             actions.append(self._send(other, ForwardJoin(peer=entry, ttl=self.config.join_walk)))
         return actions
 
@@ -333,6 +345,7 @@ class GossipEngine:
         if len(self.active) >= self.config.active_size:
             victim = self._rng.choice(sorted(self.active))
             self._add_passive(victim, self.active.pop(victim))
+            self._hello.pop(victim, None)
             if victim in self._connected:
                 actions.append(self._send(victim, Leave()))
                 self._connected.discard(victim)
@@ -376,12 +389,12 @@ class GossipEngine:
         if envelope.id in self._seen:
             self._counts["duplicates"] += 1
             return []
-        reason = drop_reason(
+        reason = validate_incoming(
             envelope,
             topic=self.topic,
             now=self._clock(),
-            max_age_s=self.config.max_age_s,
-            max_future_s=self.config.max_future_s,
+            max_age=self.config.max_age_s,
+            max_future_skew=self.config.max_future_s,
             max_bytes=self.config.max_envelope_bytes,
         )
         if reason is not None:
@@ -399,13 +412,18 @@ class GossipEngine:
         actions: list[Action] = [self._send(peer_id, Want(ids=missing))] if missing else []
         if len(msg.ids) < self.config.max_digest_ids:
             theirs = set(msg.ids)
-            actions += [self._send(peer_id, Gossip(envelope=e)) for i, e in self._live.items() if i not in theirs]
+            actions += [self._send(peer_id, self._catch_up(e)) for i, e in self._live.items() if i not in theirs]
         return actions
 
     def _on_want(self, peer_id: str, msg: Want) -> list[Action]:
         if peer_id not in self._connected:
             return []
-        return [self._send(peer_id, Gossip(envelope=self._live[i])) for i in msg.ids if i in self._live]
+        return [self._send(peer_id, self._catch_up(self._live[i])) for i in msg.ids if i in self._live]
+
+    def _catch_up(self, envelope: Envelope) -> Gossip:
+        """A stored envelope re-sent with a fresh hop budget: the receiver is typically the first of
+        its side of a healed partition to get it, and pushes it on from there."""
+        return Gossip(envelope=envelope.model_copy(update={"hops": self.config.hops}))
 
     def _push(self, envelope: Envelope, exclude: str | None) -> list[Action]:
         if envelope.hops == 0:
