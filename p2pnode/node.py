@@ -29,10 +29,9 @@ from p2pnode.jobs.store import JobStore
 from p2pnode.jobs.worker import Worker, WorkerStatus
 from p2pnode.fsutil import save_model
 from p2pnode.identity import load_or_create_secret_key
-from p2pnode.membership import JOIN_ALPN, ClusterIdentity, JoinError, Membership, PeerAddr, handle_join, join
-from p2pnode.net.dialer import Dialer, PeerUnreachable
+from p2pnode.membership import JOIN_ALPN, ClusterIdentity, Membership, PeerAddr, handle_join, join
+from p2pnode.net.dialer import PEER_ERRORS, Dialer, describe
 from p2pnode.net.endpoint import Router, bind_endpoint, close_endpoint, configured_relay_url, serve_streams
-from p2pnode.net.framing import FrameError
 
 log = logging.getLogger(__name__)
 
@@ -206,9 +205,8 @@ class Node:
         host = PeerAddr.from_ticket(ticket.node)
         try:
             await self.dialer.introduce(host)
-        except (PeerUnreachable, JoinError, FrameError, iroh.IrohError) as exc:
-            message = exc.message() if isinstance(exc, iroh.IrohError) else str(exc)
-            raise StartupError(f"could not join through {host.node_id[:10]}: {message}") from None
+        except PEER_ERRORS as exc:
+            raise StartupError(f"could not join through {host.node_id[:10]}: {describe(exc)}") from None
 
     async def _introduce(self, peer: PeerAddr) -> None:
         """Prove our membership to `peer` (or join through it); learn the members it knows."""
@@ -234,8 +232,8 @@ class Node:
     async def _greet(self, peer: PeerAddr) -> None:
         try:
             await self.dialer.introduce(peer)
-        except (PeerUnreachable, JoinError, FrameError, iroh.IrohError) as exc:
-            log.info("member %s not reachable now: %s", peer.node_id[:10], exc)
+        except PEER_ERRORS as exc:
+            log.info("member %s not reachable now: %s", peer.node_id[:10], describe(exc))
 
     # -- status --------------------------------------------------------------------------------
 

@@ -6,9 +6,11 @@ import iroh
 import pytest
 import trio
 
-from p2pnode.gossip.service import GOSSIP_ALPN
+from p2pnode.gossip.engine import ForwardJoin, PeerEntry
+from p2pnode.gossip.service import GOSSIP_ALPN, wire_message
 from p2pnode.jobs.control import JOBS_ALPN
 from p2pnode.membership import JOIN_ALPN
+from p2pnode.net.framing import write_frame
 from tests.conftest import bind_loopback
 
 
@@ -47,6 +49,16 @@ async def test_member_sending_garbage_gossip_is_contained(start_node) -> None:
         await stream.finish()
     with trio.fail_after(10):
         while a.gossip.stats().dropped.get("bad_frame", 0) < 3:
+            await trio.sleep(0.05)
+    # A well-framed forwarded join whose address does not parse: the dial it leads to fails, quietly.
+    newcomer = "ee" * 32
+    received = a.gossip.stats().received
+    stream = await connection.open_uni()
+    bad = ForwardJoin(peer=PeerEntry(id=newcomer, addr={"node_id": "not an id", "direct_addresses": 7}), ttl=0)
+    await write_frame(stream, wire_message.dump_json(bad))
+    await stream.finish()
+    with trio.fail_after(10):
+        while a.gossip.stats().received == received or newcomer in a.gossip.engine.active:
             await trio.sleep(0.05)
     # The node carries on: the join protocol still answers and b is still a member.
     assert a.membership.is_member(b.id)

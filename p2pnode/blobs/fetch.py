@@ -22,8 +22,8 @@ from p2pnode.blobs.protocol import BlobHeader, BlobReply, BlobRequest, MAX_HEADE
 from p2pnode.blobs.store import BlobCorrupt, BlobInfo, BlobStore, PartialBlob, normalize_hash
 from p2pnode.concurrency import collapse_groups
 from p2pnode.membership import PeerAddr
-from p2pnode.net.dialer import PeerUnreachable
-from p2pnode.net.framing import FrameError, read_exact, recv_model, send_model
+from p2pnode.net.dialer import PEER_ERRORS, describe
+from p2pnode.net.framing import read_exact, recv_model, send_model
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +150,8 @@ class _Download:
             if connection is not None:
                 connection.close(1, b"corrupt data")
             raise ProviderFailed(f"sent corrupt data, disconnected ({exc})") from None
-        except (FrameError, iroh.IrohError, PeerUnreachable) as exc:
-            raise ProviderFailed(exc.message() if isinstance(exc, iroh.IrohError) else str(exc)) from None
+        except PEER_ERRORS as exc:
+            raise ProviderFailed(describe(exc)) from None
 
     async def _receive_blocks(self, recv: iroh.RecvStream, block_list: BlockList, indices: list[int], provider: PeerAddr) -> None:
         partial = self.partial

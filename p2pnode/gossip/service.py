@@ -34,8 +34,8 @@ from p2pnode.gossip.engine import (
     SendOnce,
     WireMessage,
 )
-from p2pnode.membership import JoinError, Membership, PeerAddr
-from p2pnode.net.dialer import Dialer, PeerUnreachable
+from p2pnode.membership import Membership, PeerAddr
+from p2pnode.net.dialer import PEER_ERRORS, Dialer, describe
 from p2pnode.net.framing import FrameError, read_frame_or_end, write_frame
 
 log = logging.getLogger(__name__)
@@ -97,8 +97,7 @@ class GossipService:
         )
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for member in self._membership.members.values():
-                self._apply(self.engine.join_via(member.addr.node_id, member.addr.model_dump()))
+            self._bootstrap_if_alone()
             task_status.started()
             for ticks in itertools.count(1):
                 await trio.sleep(TICK_S)
@@ -109,7 +108,7 @@ class GossipService:
                 self._apply(self.engine.tick(time.time()))
 
     def _bootstrap_if_alone(self) -> None:
-        """Members learned after start (a join, a restart of a peer) seed an empty view."""
+        """Known members seed an empty view: at start, and after a join or losing every neighbour."""
         assert self.engine is not None
         if not self.engine.stats().active:
             for member in self._membership.members.values():
@@ -190,19 +189,18 @@ class GossipService:
             stream = await connection.open_uni()
             await write_frame(stream, wire_message.dump_json(action.msg))
             await stream.finish()
-        except (PeerUnreachable, iroh.IrohError, FrameError, JoinError, ValidationError) as exc:
-            log.info("gossip: could not tell %s: %s", action.peer_id[:10], exc)
+        except (*PEER_ERRORS, ValidationError) as exc:
+            log.info("gossip: could not tell %s: %s", action.peer_id[:10], describe(exc))
 
     async def _connect(self, peer_id: str, addr: dict[str, Any]) -> None:
         if peer_id in self._outboxes:
             self._apply(self.engine.peer_connected(peer_id))  # type: ignore[union-attr]
             return
-        peer = PeerAddr.model_validate(addr)
-        try:
-            connection = await self._dialer.connect(peer, GOSSIP_ALPN)
+        try:  # the address came from a peer's message: it may not even parse
+            connection = await self._dialer.connect(PeerAddr.model_validate(addr), GOSSIP_ALPN)
             stream = await connection.open_uni()
-        except (PeerUnreachable, iroh.IrohError, FrameError, JoinError, ValidationError) as exc:
-            log.info("gossip: cannot reach %s: %s", peer_id[:10], exc)
+        except (*PEER_ERRORS, ValidationError) as exc:
+            log.info("gossip: cannot reach %s: %s", peer_id[:10], describe(exc))
             self._dialer.forget(peer_id)
             self._apply(self.engine.peer_disconnected(peer_id))  # type: ignore[union-attr]
             return

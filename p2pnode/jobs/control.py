@@ -14,9 +14,9 @@ from pydantic import TypeAdapter
 
 from p2pnode.jobs import model
 from p2pnode.jobs.store import JobStore, Refused
-from p2pnode.membership import JoinError, PeerAddr
-from p2pnode.net.dialer import PeerUnreachable
-from p2pnode.net.framing import FrameError, recv_model, send_model
+from p2pnode.membership import PeerAddr
+from p2pnode.net.dialer import PEER_ERRORS, describe
+from p2pnode.net.framing import recv_model, send_model
 
 JOBS_ALPN = b"p2pnode/jobs/1"
 MAX_CONTROL_FRAME = 1 << 20
@@ -103,7 +103,5 @@ class ControlClient:
             await send_model(bi.send(), request)
             await bi.send().finish()
             return await recv_model(bi.recv(), control_message, MAX_CONTROL_FRAME)
-        except iroh.IrohError as exc:
-            raise ControlError(f"origin {origin.node_id[:10]} did not answer: {exc.message()}") from None
-        except (FrameError, PeerUnreachable, JoinError) as exc:
-            raise ControlError(f"origin {origin.node_id[:10]} did not answer: {exc}") from None
+        except PEER_ERRORS as exc:
+            raise ControlError(f"origin {origin.node_id[:10]} did not answer: {describe(exc)}") from None

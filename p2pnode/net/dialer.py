@@ -8,13 +8,23 @@ from collections.abc import Awaitable, Callable
 import iroh
 import trio
 
-from p2pnode.membership import PeerAddr
+from p2pnode.membership import JoinError, PeerAddr
+from p2pnode.net.framing import FrameError
 
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 
 
 class PeerUnreachable(Exception):
     """No connection could be made to a peer within the timeout."""
+
+
+PEER_ERRORS = (PeerUnreachable, JoinError, FrameError, iroh.IrohError)
+"""What asking a peer anything can fail with: no answer, refused membership, broken framing, transport."""
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a person; iroh errors keep their message without the Rust type around it."""
+    return exc.message() if isinstance(exc, iroh.IrohError) else str(exc)
 
 
 class Dialer:
