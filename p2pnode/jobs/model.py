@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 import time
 from enum import StrEnum
-from typing import Annotated, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Literal, Union
 
 from pydantic import (
     AfterValidator,
@@ -27,6 +27,9 @@ from pydantic import (
 
 from p2pnode.executors.base import ExecutionLimits as Limits
 from p2pnode.executors.base import ExecutorKind
+
+if TYPE_CHECKING:
+    from p2pnode.blobs.store import BlobInfo
 
 MAX_LOG_CHARS = 64 * 1024
 MAX_ERROR_CHARS = 4096
@@ -113,6 +116,11 @@ class BlobRef(BaseModel):
     root: Hex64
     """Verification root of the blob's hash tree."""
     providers: list[NodeId] = Field(default_factory=list, max_length=64)
+
+    @classmethod
+    def held_by(cls, info: BlobInfo, node_id: str) -> BlobRef:
+        """A blob in `node_id`'s store, which is where others fetch it from."""
+        return cls(hash=info.hash, size=info.size, root=info.root, providers=[node_id])
 
 
 class Requirements(BaseModel):

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, JsonValue
 
 from p2pnode.blobs.fetch import FetchError
 from p2pnode.blobs.service import BlobService
-from p2pnode.blobs.store import BlobInfo, StoreError
+from p2pnode.blobs.store import StoreError
 from p2pnode.executors.wasm import InvalidModule, load_module_bytes
 from p2pnode.jobs import model
 from p2pnode.jobs.announcements import JobAnnounced, JobFinished
@@ -105,11 +105,11 @@ class JobService:
             module_bytes = load_module_bytes(request.module)
         except (OSError, InvalidModule) as exc:
             raise SubmissionError(f"cannot use module {request.module}: {exc}") from None
-        module = self._ref(await self._blobs.store.add_bytes(module_bytes, pin=True))
+        module = model.BlobRef.held_by(await self._blobs.store.add_bytes(module_bytes, pin=True), self.id)
         artifacts = {}
         for name, path in request.artifacts.items():
             try:
-                artifacts[name] = self._ref(await self._blobs.add(path))
+                artifacts[name] = model.BlobRef.held_by(await self._blobs.add(path), self.id)
             except (OSError, StoreError) as exc:
                 raise SubmissionError(f"cannot add artifact {name!r} from {path}: {exc}") from None
         spec = model.JobSpec(
@@ -121,9 +121,6 @@ class JobService:
             max_attempts=request.max_attempts,
         )
         return await self.submit(spec)
-
-    def _ref(self, info: BlobInfo) -> model.BlobRef:
-        return model.BlobRef(hash=info.hash, size=info.size, root=info.root, providers=[self.id])
 
     async def submit(self, spec: model.JobSpec) -> model.Job:
         job = self.store.submit(self.id, spec)

@@ -208,5 +208,5 @@ class Worker:
         refs: dict[str, model.BlobRef] = {}
         for name, path in result.outputs.items():
             info = await self._blobs.store.add_path(path, pin=True)
-            refs[name] = model.BlobRef(hash=info.hash, size=info.size, root=info.root, providers=[self.id])
+            refs[name] = model.BlobRef.held_by(info, self.id)
         return refs

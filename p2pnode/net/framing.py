@@ -41,14 +41,14 @@ async def read_exact(recv: iroh.RecvStream, n: int) -> bytes:
 
 
 async def read_frame(recv: iroh.RecvStream, max_size: int = DEFAULT_MAX_FRAME) -> bytes:
-    (length,) = _HEADER.unpack(await read_exact(recv, _HEADER.size))
-    if length > max_size:
-        raise FrameError(f"frame of {length} bytes exceeds the limit of {max_size}")
-    return await read_exact(recv, length)
+    frame = await read_frame_or_end(recv, max_size)
+    if frame is None:
+        raise FrameError("stream ended before a frame arrived")
+    return frame
 
 
 async def read_frame_or_end(recv: iroh.RecvStream, max_size: int = DEFAULT_MAX_FRAME) -> bytes | None:
-    """Like `read_frame` on a stream of many frames: None when the peer finished between frames."""
+    """One frame of a stream of many: None when the peer finished cleanly between frames."""
     try:
         head = await recv.read(_HEADER.size)
     except iroh.IrohError as exc:
