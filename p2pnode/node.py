@@ -11,7 +11,7 @@ from pathlib import Path
 
 import iroh
 import trio
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 import tickets
 from p2pnode.blobs.protocol import BLOBS_ALPN
@@ -20,13 +20,13 @@ from p2pnode.blobs.store import BlobStore, GcResult, StoreError
 from p2pnode.config import Settings
 from p2pnode.executors.flawless import FlawlessClient, FlawlessExecutor
 from p2pnode.executors.wasm import WasiExecutor
-from p2pnode.gossip.engine import GossipStats
 from p2pnode.gossip.service import GOSSIP_ALPN, GossipEvent, GossipService, Received
 from p2pnode.jobs.announcements import JobAnnounced, JobFinished
 from p2pnode.jobs.control import JOBS_ALPN, ControlClient
 from p2pnode.jobs.service import JobService
 from p2pnode.jobs.store import JobStore
-from p2pnode.jobs.worker import Worker, WorkerStatus
+from p2pnode.api.schemas import MemberStatus, NodeInfo, NodeStatus
+from p2pnode.jobs.worker import Worker
 from p2pnode.fsutil import save_model
 from p2pnode.identity import load_or_create_secret_key
 from p2pnode.membership import JOIN_ALPN, ClusterIdentity, Membership, PeerAddr, handle_join, join
@@ -38,36 +38,6 @@ log = logging.getLogger(__name__)
 NODE_FILE = "node.json"
 FLAWLESS_PROBE_S = 30.0
 GC_INTERVAL_S = 600.0
-
-
-class NodeInfo(BaseModel):
-    """What `p2pnode start` prints and writes to node.json, so scripts and the CLI can find the node."""
-
-    id: str
-    ticket: str
-    api_url: str
-    pid: int
-
-
-class MemberStatus(BaseModel):
-    id: str
-    addresses: list[str]
-    relay_url: str | None
-    connected: bool
-    last_seen: float
-
-
-class NodeStatus(BaseModel):
-    id: str
-    cluster_id: str
-    addresses: list[str]
-    relay_url: str | None
-    api_url: str
-    uptime_s: float
-    members: list[MemberStatus]
-    refused_connections: int
-    gossip: GossipStats | None
-    jobs: WorkerStatus
 
 
 class StartupError(Exception):

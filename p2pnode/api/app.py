@@ -10,55 +10,19 @@ from typing import TYPE_CHECKING
 import trio
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
 
 import p2pnode
 import tickets
-from p2pnode.blobs.fetch import FetchError, FetchProgress
+from p2pnode.blobs.fetch import FetchError
 from p2pnode.blobs.store import BlobInfo, BlobInUse, BlobNotFound, GcResult, StoreError
 from p2pnode.jobs.model import Job, JobState
 from p2pnode.jobs.service import JobSubmission, SubmissionError
 from p2pnode.jobs.store import Refused
 from p2pnode.jobs.worker import provider_addrs
-from p2pnode.node import NodeStatus
+from p2pnode.api.schemas import BlobAdded, BlobFetchRequest, Done, FetchEvent, Health, JoinTicketReply, NodeStatus, PathRequest
 
 if TYPE_CHECKING:
     from p2pnode.node import Node
-
-
-class Health(BaseModel):
-    ok: bool
-    id: str
-    version: str
-
-
-class JoinTicketReply(BaseModel):
-    ticket: str
-
-
-class PathRequest(BaseModel):
-    path: Path
-
-
-class BlobAdded(BaseModel):
-    blob: BlobInfo
-    ticket: str
-
-
-class BlobFetchRequest(BaseModel):
-    ticket: str
-
-
-class FetchEvent(BaseModel):
-    """One line of a fetch's NDJSON stream: progress, then a final `blob` or `error`."""
-
-    progress: FetchProgress | None = None
-    blob: BlobInfo | None = None
-    error: str | None = None
-
-
-class Done(BaseModel):
-    ok: bool = True
 
 
 def create_app(node: Node) -> FastAPI:

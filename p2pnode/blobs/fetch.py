@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable
 
 import iroh
 import trio
-from pydantic import BaseModel
 
 from p2pnode.blobs.blocks import BlockList
+from p2pnode.blobs.model import FetchProgress
 from p2pnode.blobs.protocol import BlobHeader, BlobReply, BlobRequest, MAX_HEADER_FRAME, parse_header
 from p2pnode.blobs.store import BlobCorrupt, BlobInfo, BlobStore, PartialBlob, normalize_hash
 from p2pnode.concurrency import collapse_groups
@@ -30,13 +30,6 @@ log = logging.getLogger(__name__)
 PIPELINE_BLOCKS = 4
 FLUSH_EVERY = 32 << 20  # write back while downloading; commit's fsync then has little left
 Dial = Callable[[PeerAddr], Awaitable[iroh.Connection]]
-
-
-class FetchProgress(BaseModel):
-    hash: str
-    size: int
-    bytes_done: int
-    provider: str | None = None
 
 
 class FetchError(Exception):

@@ -35,8 +35,8 @@ from pathlib import Path
 
 import blake3
 import trio
-from pydantic import BaseModel, ConfigDict
 
+from .model import BlobInfo, GcResult, PartialProgress
 from .blocks import BLOCK_SIZE, HASH_LEN, READ_CHUNK, BlobHasher, BlockList, block_count, hash_file
 
 __all__ = [
@@ -70,32 +70,6 @@ class BlobCorrupt(StoreError):
 
 class BlobInUse(StoreError):
     """The blob is being read, served or written, or is pinned/tagged."""
-
-
-class BlobInfo(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    hash: str
-    size: int
-    root: str
-    pinned: bool = False
-    tags: tuple[str, ...] = ()
-
-
-class PartialProgress(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    hash: str
-    size: int
-    blocks_total: int
-    blocks_done: int
-    bytes_done: int
-
-
-class GcResult(BaseModel):
-    removed: list[str] = []
-    removed_partials: list[str] = []
-    freed_bytes: int = 0
 
 
 def normalize_hash(value: str) -> str:

@@ -10,9 +10,9 @@ import trio
 from pydantic import RootModel
 
 import tickets
-from p2pnode.api.app import BlobAdded, Done, FetchEvent
+from p2pnode.api.schemas import BlobAdded, Done, FetchEvent
 from p2pnode.api.client import ApiClient
-from p2pnode.blobs.store import BlobInfo, GcResult, StoreError
+from p2pnode.blobs.model import BlobInfo, GcResult
 from p2pnode.cli import cli, fail, parse_blob_ticket
 from p2pnode.cli.progress import TransferProgress
 
@@ -81,7 +81,7 @@ async def _fetch_standalone(ticket: tickets.BlobTicket, output: Path, progress: 
 
     from p2pnode.blobs.fetch import FetchError, fetch_blob
     from p2pnode.blobs.protocol import BLOBS_ALPN
-    from p2pnode.blobs.store import BlobStore
+    from p2pnode.blobs.store import BlobStore, StoreError
     from p2pnode.config import Settings
     from p2pnode.membership import PeerAddr
     from p2pnode.net.dialer import Dialer

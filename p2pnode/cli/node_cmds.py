@@ -65,7 +65,7 @@ async def _run_node(node: Any, ticket: tickets.JoinTicket | None) -> None:
 @click.pass_obj
 def ticket(api: ApiClient) -> None:
     """Print a fresh join ticket of the running node."""
-    from p2pnode.api.app import JoinTicketReply
+    from p2pnode.api.schemas import JoinTicketReply
 
     click.echo(api.post("/tickets/join", JoinTicketReply).ticket)
 
@@ -75,7 +75,7 @@ def ticket(api: ApiClient) -> None:
 @click.pass_obj
 def status(api: ApiClient, as_json: bool) -> None:
     """Show the node's id, addresses and cluster members with their connection state."""
-    from p2pnode.node import NodeStatus
+    from p2pnode.api.schemas import NodeStatus
 
     st = api.get("/status", NodeStatus)
     if as_json:

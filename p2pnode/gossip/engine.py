@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal
 import iroh
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
+from p2pnode.gossip.stats import GossipStats
 from p2pnode.gossip.envelope import MAX_HOPS, Envelope, validate_incoming
 
 
@@ -151,18 +152,6 @@ class NeighborDown:
 
 
 Action = Send | SendOnce | Connect | Disconnect | Deliver | NeighborUp | NeighborDown
-
-
-class GossipStats(BaseModel):
-    sent: int = 0
-    received: int = 0
-    delivered: int = 0
-    duplicates: int = 0
-    dropped: dict[str, int] = {}
-    active: list[str] = []  # connected neighbours
-    pending: int = 0  # neighbours being dialled
-    passive: int = 0
-    live: int = 0
 
 
 class GossipEngine:

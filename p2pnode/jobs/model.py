@@ -29,7 +29,7 @@ from p2pnode.executors.base import ExecutionLimits as Limits
 from p2pnode.executors.base import ExecutorKind
 
 if TYPE_CHECKING:
-    from p2pnode.blobs.store import BlobInfo
+    from p2pnode.blobs.model import BlobInfo
 
 MAX_LOG_CHARS = 64 * 1024
 MAX_ERROR_CHARS = 4096
@@ -188,6 +188,15 @@ class Job(BaseModel):
         event = HistoryEvent.model_validate({"at": at, "state": self.state, "note": note})
         self.history.append(event)
         del self.history[:-MAX_HISTORY]
+
+
+class WorkerStatus(BaseModel):
+    executors: list[str]
+    max_jobs: int
+    running: list[str]
+    executed: int
+    succeeded: int
+    failed: int
 
 
 # --- control protocol -------------------------------------------------------

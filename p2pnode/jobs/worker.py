@@ -14,13 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import trio
-from pydantic import BaseModel
 
 from p2pnode.blobs.fetch import FetchError
 from p2pnode.blobs.service import BlobService
 from p2pnode.blobs.store import StoreError
 from p2pnode.executors.base import ExecutionRequest, ExecutionResult, Executor
 from p2pnode.jobs import model
+from p2pnode.jobs.model import WorkerStatus
 from p2pnode.jobs.announcements import JobAnnounced
 from p2pnode.jobs.control import ControlClient, ControlError
 from p2pnode.membership import PeerAddr
@@ -40,15 +40,6 @@ def provider_addrs(
         if (addr := resolve(node_id)) is not None and all(a.node_id != node_id for a in addrs):
             addrs.append(addr)
     return addrs
-
-
-class WorkerStatus(BaseModel):
-    executors: list[str]
-    max_jobs: int
-    running: list[str]
-    executed: int
-    succeeded: int
-    failed: int
 
 
 class Worker:

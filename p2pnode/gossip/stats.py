@@ -1,0 +1,17 @@
+"""Gossip counters, as the API reports them (light: no iroh import)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+
+class GossipStats(BaseModel):
+    sent: int = 0
+    received: int = 0
+    delivered: int = 0
+    duplicates: int = 0
+    dropped: dict[str, int] = {}
+    active: list[str] = []  # connected neighbours
+    pending: int = 0  # neighbours being dialled
+    passive: int = 0
+    live: int = 0
