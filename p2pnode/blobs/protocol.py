@@ -125,11 +125,14 @@ class BlobProvider:
         await send.finish()
 
 
-def parse_header(header: BlobHeader, blob_hash: str, root: str | None) -> BlockList:
-    """Trust the provider's block list only if it matches the root we were given (when we have one)."""
+def parse_header(header: BlobHeader, blob_hash: str, root: str | None, size: int | None = None) -> BlockList:
+    """Trust the provider's block list only if it matches the root and the size we were given
+    (when we have them); raises ValueError, whatever the header holds."""
     block_list = BlockList.from_bytes(bytes.fromhex(header.block_list))
     if block_list.size != header.size:
         raise ValueError("block list does not match the announced size")
     if root is not None and block_list.root_hex != normalize_hash(root):
         raise ValueError(f"block list does not match the verification root of blob {blob_hash[:12]}")
+    if size is not None and block_list.size != size:
+        raise ValueError(f"blob {blob_hash[:12]} should be {size} bytes but its block list commits to {block_list.size}")
     return block_list
