@@ -165,3 +165,12 @@ async def test_too_many_output_files_fail_the_job(job: Any) -> None:
     data = "".join(f'(data (i32.const {1024 + 8 * i}) "{n}")' for i, n in enumerate(names))
     module = f'(module {FILES} {data} (func (export "_start") {body} (call $done)))'
     assert failed(await WasiExecutor().run(job(module))) == f"more than {MAX_OUTPUTS} output files"
+
+
+async def test_node_hands_its_maxima_to_the_executors(start_node, monkeypatch) -> None:
+    monkeypatch.setenv("P2PNODE_MAX_JOB_TIME", "7.5")
+    monkeypatch.setenv("P2PNODE_MAX_JOB_OUTPUT_MIB", "3")
+    node = await start_node(max_job_memory_mib=64)
+    expected = JobMaxima(time_s=7.5, memory_bytes=64 * MIB, output_bytes=3 * MIB)
+    assert node.jobs.worker.executors["wasi"].maxima == expected
+    assert node.flawless.maxima == expected
