@@ -139,3 +139,12 @@ async def test_blob_bigger_than_free_disk_is_refused_before_preallocating(fake_p
         await fetch_blob(store, dial, blob_hash, [provider], root=huge.root_hex)
     assert await store.partial_progress(blob_hash) is None
     assert os.listdir(store.root / "partial") == []
+
+
+async def test_header_larger_than_the_size_needs_is_not_read(fake_provider, stranger) -> None:
+    store, dial = stranger
+    big = BlockList(size=2000 * BLOCK_SIZE, hashes=tuple(os.urandom(32) for _ in range(2000)))
+    provider = await fake_provider(stalls_after(big))
+    # A ticket for a 10-byte blob needs a one-hash header; 128 KB of block list is not even read.
+    with trio.fail_after(30), pytest.raises(FetchError, match=r"frame of \d+ bytes exceeds the limit of 4176"):
+        await fetch_blob(store, dial, "ab" * 32, [provider], root=big.root_hex, size=10, stall_timeout=5)

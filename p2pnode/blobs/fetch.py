@@ -22,7 +22,7 @@ import trio
 
 from p2pnode.blobs.blocks import BlockList
 from p2pnode.blobs.model import FetchProgress
-from p2pnode.blobs.protocol import BlobHeader, BlobReply, BlobRequest, MAX_HEADER_FRAME, parse_header
+from p2pnode.blobs.protocol import BlobHeader, BlobReply, BlobRequest, parse_header, reply_limit
 from p2pnode.blobs.store import BlobCorrupt, BlobInfo, BlobStore, PartialBlob, normalize_hash
 from p2pnode.concurrency import collapse_groups
 from p2pnode.membership import PeerAddr
@@ -150,7 +150,7 @@ class _Download:
                 ranges = None if missing is None else block_ranges(missing)
                 await send_model(bi.send(), BlobRequest(hash=self.hash, capability=self.capability, blocks=ranges))
                 await bi.send().finish()
-                reply = await recv_model(bi.recv(), BlobReply, MAX_HEADER_FRAME)
+                reply = await recv_model(bi.recv(), BlobReply, reply_limit(self.size))
                 self._heard_from(stall)
                 if not isinstance(reply, BlobHeader):
                     raise ProviderFailed(f"refused: {reply.reason}")

@@ -22,7 +22,7 @@ from typing import Annotated, Literal
 import iroh
 from pydantic import BaseModel, Field, TypeAdapter
 
-from p2pnode.blobs.blocks import BLOCK_SIZE, BlockList
+from p2pnode.blobs.blocks import BLOCK_SIZE, HASH_LEN, BlockList, block_count
 from p2pnode.blobs.store import BlobNotFound, BlobStore, normalize_hash
 from p2pnode.net.framing import recv_model, send_model
 
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 BLOBS_ALPN = b"p2pnode/blobs/1"
 MAX_REQUEST_FRAME = 64 * 1024
 MAX_HEADER_FRAME = 16 << 20  # block list of a 256 GiB blob, hex-encoded
+_REPLY_SLACK = 4096  # JSON around the block list, or a refusal's reason
 
 
 class BlobRequest(BaseModel):
@@ -123,6 +124,14 @@ class BlobProvider:
     async def _refuse(send: iroh.SendStream, reason: str) -> None:
         await send_model(send, BlobRefused(reason=reason))
         await send.finish()
+
+
+def reply_limit(size: int | None) -> int:
+    """Largest reply frame to read when the blob's size is known: its hex block list and some JSON,
+    so a provider can't make a fetcher of a small blob buffer a 16 MiB header."""
+    if size is None:
+        return MAX_HEADER_FRAME
+    return min(MAX_HEADER_FRAME, _REPLY_SLACK + 2 * (8 + HASH_LEN * block_count(size)))
 
 
 def parse_header(header: BlobHeader, blob_hash: str, root: str | None, size: int | None = None) -> BlockList:
