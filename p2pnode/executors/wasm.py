@@ -33,7 +33,6 @@ from typing import Any
 
 import trio
 import wasmtime
-
 from pydantic import TypeAdapter, ValidationError
 
 from p2pnode.executors.base import (
@@ -133,14 +132,13 @@ class _StoreBudget:
     """One job memory limit split over the store: wasmtime limits each memory and each table
     on its own, so the count of both is bounded and the bytes divided between them."""
 
-    limit: int
     memory_bytes: int
     table_elements: int
 
     @classmethod
     def of(cls, limit: int) -> _StoreBudget:
         tables = min(limit // 16, 16 * MIB)
-        return cls(limit, limit - tables, tables // (_TABLE_ELEMENT * _MAX_TABLES))
+        return cls(limit - tables, tables // (_TABLE_ELEMENT * _MAX_TABLES))
 
     def apply(self, store: wasmtime.Store) -> None:
         store.set_limits(
