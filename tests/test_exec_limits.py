@@ -131,6 +131,8 @@ async def test_node_maxima_cap_what_a_job_asks(job: Any) -> None:
     timed = WasiExecutor(maxima=JobMaxima(time_s=0.5))
     result = await timed.run(job("spin", time_s=1e6, fuel=10**18))
     assert failed(result) == "timed out after 0.5 s"
+    # The default maxima never cap a job with default limits.
+    assert JobMaxima().cap(ExecutionLimits()) == (ExecutionLimits(), {})
     # A job within the maxima runs as asked, with nothing added to its logs.
     result = await executor.run(job("echo", time_s=0.5, fuel=10**6, memory_bytes=MIB))
     assert result.ok and "[p2pnode]" not in result.logs
