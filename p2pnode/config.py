@@ -7,6 +7,10 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from p2pnode.executors.base import MIB, JobMaxima
+
+_MAXIMA = JobMaxima()
+
 
 class Settings(BaseSettings):
     """Everything a node needs to start. Each field reads the environment variable in its alias."""
@@ -24,10 +28,24 @@ class Settings(BaseSettings):
     connect_timeout_s: float = Field(10.0, gt=0, validation_alias=AliasChoices("connect_timeout_s", "P2PNODE_CONNECT_TIMEOUT"))
     lease_s: float = Field(15.0, gt=0, validation_alias=AliasChoices("lease_s", "P2PNODE_LEASE"))
     max_jobs: int = Field(2, ge=0, validation_alias=AliasChoices("max_jobs", "P2PNODE_MAX_JOBS"))
+    # The most any job gets here, whatever it asks; defaults from JobMaxima.
+    max_job_memory_mib: int = Field(_MAXIMA.memory_bytes // MIB, ge=1, validation_alias=AliasChoices("max_job_memory_mib", "P2PNODE_MAX_JOB_MEMORY_MIB"))
+    max_job_time_s: float = Field(_MAXIMA.time_s, gt=0, allow_inf_nan=False, validation_alias=AliasChoices("max_job_time_s", "P2PNODE_MAX_JOB_TIME"))
+    max_job_fuel: int = Field(_MAXIMA.fuel, ge=1, lt=1 << 64, validation_alias=AliasChoices("max_job_fuel", "P2PNODE_MAX_JOB_FUEL"))
+    max_job_output_mib: int = Field(_MAXIMA.output_bytes // MIB, ge=0, validation_alias=AliasChoices("max_job_output_mib", "P2PNODE_MAX_JOB_OUTPUT_MIB"))
 
     @property
     def blobs_dir(self) -> Path:
         return self.blobs_path if self.blobs_path is not None else self.data_dir / "iroh-blobs"
+
+    @property
+    def job_maxima(self) -> JobMaxima:
+        return JobMaxima(
+            time_s=self.max_job_time_s,
+            memory_bytes=self.max_job_memory_mib * MIB,
+            fuel=self.max_job_fuel,
+            output_bytes=self.max_job_output_mib * MIB,
+        )
 
 
 DEFAULT_API = "http://127.0.0.1:3020"

@@ -109,10 +109,10 @@ class Node:
             store = JobStore(settings.data_dir / "jobs.sqlite")
         except sqlite3.Error as exc:
             raise StartupError(f"cannot open the job database in {settings.data_dir}: {exc}") from None
-        self.flawless = FlawlessExecutor(FlawlessClient(settings.flawless_url, settings.flawless_token))
+        self.flawless = FlawlessExecutor(FlawlessClient(settings.flawless_url, settings.flawless_token), maxima=settings.job_maxima)
         control = ControlClient(self.dialer.connect)
         worker = Worker(
-            self.id, {"wasi": WasiExecutor()}, self.blobs, control, self.peer_addr, settings.data_dir / "work", settings.max_jobs
+            self.id, {"wasi": WasiExecutor(maxima=settings.job_maxima)}, self.blobs, control, self.peer_addr, settings.data_dir / "work", settings.max_jobs
         )
         service = JobService(self.id, store, self.blobs, self.gossip, worker, self.addr, self.peer_addr, settings.lease_s)
         control.answer_locally(self.id, service.control)

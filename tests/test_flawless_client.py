@@ -11,7 +11,7 @@ import httpx
 import pytest
 import trio
 
-from p2pnode.executors.base import ExecutionLimits, ExecutionRequest, Executor
+from p2pnode.executors.base import ExecutionLimits, ExecutionRequest, Executor, JobMaxima
 from p2pnode.executors.flawless import (
     FlawlessClient,
     FlawlessError,
@@ -227,6 +227,18 @@ async def test_hang_past_time_limit(fake_flawless: Served, tmp_path: Path) -> No
             result = await FlawlessExecutor(client).run(_request(tmp_path, time_s=0.3))
     assert not result.ok
     assert result.error == "timed out after 0.3 s waiting for Flawless"
+
+
+async def test_node_maximum_caps_the_time_a_job_asks(fake_flawless: Served, tmp_path: Path) -> None:
+    url, state = fake_flawless
+    state.misbehave["start"] = "hang"
+    async with FlawlessClient(url) as client:
+        executor = FlawlessExecutor(client, maxima=JobMaxima(time_s=0.3, memory_bytes=1, fuel=1))
+        with trio.fail_after(5):
+            result = await executor.run(_request(tmp_path, time_s=1e6))
+    assert result.error == "timed out after 0.3 s waiting for Flawless"
+    # Memory and fuel are the server's to govern: only the time cap is noted.
+    assert result.logs == "[p2pnode] time limit of 1e+06 s lowered to this node's maximum of 0.3 s\n"
 
 
 async def test_non_json_workflow_response(fake_flawless: Served, tmp_path: Path) -> None:

@@ -299,6 +299,8 @@ def test_upsert_remote_keeps_newer(store: JobStore) -> None:
 def test_artifact_names_rejected(name: str) -> None:
     with pytest.raises(ValidationError):
         spec(artifacts={name: blob()})
+    if name in ("a/b", "a\\b", "x" * 129):
+        return  # legal output names: outputs are relative paths (tests/test_exec_outputs.py)
     with pytest.raises(ValidationError):
         Report(job_id="job_" + "0" * 26, lease_token="0" * 32, ok=True, outputs={name: blob()})
 

@@ -2,15 +2,19 @@
 
 Blocks are read from the stream by one task and verified and written by another, with a few
 blocks of slack between them: the network never waits for the disk, memory stays bounded, and
-no unverified block is ever written. A provider that refuses, drops or lies is reported and the
-next one continues from the blocks already on disk; the same happens after a crash, because the
-store keeps partial downloads.
+no unverified block is ever written. A provider that refuses, drops, lies or stalls (nothing
+arrives for ``stall_timeout`` seconds) is reported and the next one continues from the blocks
+already on disk; the same happens after a crash, because the store keeps partial downloads.
+
+Space is reserved only for a block list that matches the trusted root and expected size, and only
+if the disk has room for it: a ticket can't make the fetcher preallocate what it can't hold.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 from collections.abc import Awaitable, Callable
 
 import iroh
@@ -18,17 +22,19 @@ import trio
 
 from p2pnode.blobs.blocks import BlockList
 from p2pnode.blobs.model import FetchProgress
-from p2pnode.blobs.protocol import BlobHeader, BlobReply, BlobRequest, MAX_HEADER_FRAME, parse_header
+from p2pnode.blobs.protocol import BlobHeader, BlobReply, BlobRequest, parse_header, reply_limit
 from p2pnode.blobs.store import BlobCorrupt, BlobInfo, BlobStore, PartialBlob, normalize_hash
 from p2pnode.concurrency import collapse_groups
 from p2pnode.membership import PeerAddr
 from p2pnode.net.dialer import PEER_ERRORS, describe
-from p2pnode.net.framing import read_exact, recv_model, send_model
+from p2pnode.net.framing import read_exact, recv_model, reset_quietly, send_model
 
 log = logging.getLogger(__name__)
 
 PIPELINE_BLOCKS = 4
 FLUSH_EVERY = 32 << 20  # write back while downloading; commit's fsync then has little left
+STALL_TIMEOUT_S = 30.0
+"""Seconds without a header or a whole block (1 MiB) from a provider before trying the next one."""
 Dial = Callable[[PeerAddr], Awaitable[iroh.Connection]]
 
 
@@ -58,15 +64,20 @@ async def fetch_blob(
     providers: list[PeerAddr],
     *,
     root: str | None = None,
+    size: int | None = None,
     capability: str = "",
     on_progress: Callable[[FetchProgress], None] = lambda _p: None,
+    stall_timeout: float = STALL_TIMEOUT_S,
 ) -> BlobInfo:
-    """Fetch `blob_hash` into the store, verified, trying `providers` in order until one delivers."""
+    """Fetch `blob_hash` into the store, verified, trying `providers` in order until one delivers.
+
+    `root` and `size` (from a ticket or a job record) are checked against the provider's block list.
+    """
     blob_hash = normalize_hash(blob_hash)
     if store.has(blob_hash):
         return await store.info(blob_hash)
     with store.in_use(blob_hash):
-        download = _Download(store, blob_hash, root, capability, on_progress)
+        download = _Download(store, blob_hash, root, size, capability, on_progress, stall_timeout)
         try:
             return await download.run(dial, providers)
         finally:
@@ -77,13 +88,22 @@ class _Download:
     """One fetch across providers; the partial blob (verified blocks on disk) survives each failure."""
 
     def __init__(
-        self, store: BlobStore, blob_hash: str, root: str | None, capability: str, on_progress: Callable[[FetchProgress], None]
+        self,
+        store: BlobStore,
+        blob_hash: str,
+        root: str | None,
+        size: int | None,
+        capability: str,
+        on_progress: Callable[[FetchProgress], None],
+        stall_timeout: float,
     ) -> None:
         self.store = store
         self.hash = blob_hash
         self.root = root
+        self.size = size
         self.capability = capability
         self.on_progress = on_progress
+        self.stall_timeout = stall_timeout
         self.partial: PartialBlob | None = None
 
     async def run(self, dial: Dial, providers: list[PeerAddr]) -> BlobInfo:
@@ -111,7 +131,8 @@ class _Download:
 
     async def _resume(self) -> None:
         """Pick up a download an earlier run left, unless its block list is not the one we trust."""
-        if await self.store.partial_progress(self.hash) is None:
+        progress = await self.store.partial_progress(self.hash)
+        if progress is None or (self.size is not None and progress.size != self.size):
             return
         self.partial = await self.store.partial(self.hash)
         if self.root is not None and self.partial.block_list.root_hex != normalize_hash(self.root):
@@ -119,34 +140,57 @@ class _Download:
 
     async def _fetch_from(self, dial: Dial, provider: PeerAddr) -> None:
         connection: iroh.Connection | None = None
-        try:
-            connection = await dial(provider)
-            bi = await connection.open_bi()
-            missing = self.partial.missing_blocks() if self.partial is not None else None
-            ranges = None if missing is None else block_ranges(missing)
-            await send_model(bi.send(), BlobRequest(hash=self.hash, capability=self.capability, blocks=ranges))
-            await bi.send().finish()
-            reply = await recv_model(bi.recv(), BlobReply, MAX_HEADER_FRAME)
-            if not isinstance(reply, BlobHeader):
-                raise ProviderFailed(f"refused: {reply.reason}")
+        bi: iroh.BiStream | None = None
+        with trio.CancelScope() as stall:
+            self._heard_from(stall)
             try:
-                block_list = parse_header(reply, self.hash, self.root)
-            except ValueError as exc:
-                raise ProviderFailed(str(exc)) from None
-            if self.partial is None or self.partial.block_list != block_list:
-                self.close()
-                self.partial = await self.store.partial(self.hash, block_list)
-                missing = None
-            indices = list(range(len(block_list))) if missing is None else missing
-            await self._receive_blocks(bi.recv(), block_list, indices, provider)
-        except BlobCorrupt as exc:
-            if connection is not None:
-                connection.close(1, b"corrupt data")
-            raise ProviderFailed(f"sent corrupt data, disconnected ({exc})") from None
-        except PEER_ERRORS as exc:
-            raise ProviderFailed(describe(exc)) from None
+                connection = await dial(provider)
+                bi = await connection.open_bi()
+                missing = self.partial.missing_blocks() if self.partial is not None else None
+                ranges = None if missing is None else block_ranges(missing)
+                await send_model(bi.send(), BlobRequest(hash=self.hash, capability=self.capability, blocks=ranges))
+                await bi.send().finish()
+                reply = await recv_model(bi.recv(), BlobReply, reply_limit(self.size))
+                self._heard_from(stall)
+                if not isinstance(reply, BlobHeader):
+                    raise ProviderFailed(f"refused: {reply.reason}")
+                try:
+                    block_list = parse_header(reply, self.hash, self.root, self.size)
+                except ValueError as exc:
+                    raise ProviderFailed(str(exc)) from None
+                if self.partial is None or self.partial.block_list != block_list:
+                    self.close()
+                    self._check_room(block_list)
+                    self.partial = await self.store.partial(self.hash, block_list)
+                    missing = None
+                indices = list(range(len(block_list))) if missing is None else missing
+                await self._receive_blocks(bi.recv(), block_list, indices, provider, stall)
+            except BlobCorrupt as exc:
+                if connection is not None:
+                    connection.close(1, b"corrupt data")
+                raise ProviderFailed(f"sent corrupt data, disconnected ({exc})") from None
+            except PEER_ERRORS as exc:
+                raise ProviderFailed(describe(exc)) from None
+        if stall.cancelled_caught:
+            if bi is not None:
+                await reset_quietly(bi)
+            raise ProviderFailed(f"sent nothing for {self.stall_timeout:g} s")
 
-    async def _receive_blocks(self, recv: iroh.RecvStream, block_list: BlockList, indices: list[int], provider: PeerAddr) -> None:
+    def _heard_from(self, stall: trio.CancelScope) -> None:
+        """The provider is alive: give it another stall timeout."""
+        stall.deadline = trio.current_time() + self.stall_timeout
+
+    def _check_room(self, block_list: BlockList) -> None:
+        """Refuse before preallocating a blob the disk cannot hold; with a trusted root or size
+        every provider would say the same, so that ends the fetch."""
+        free = shutil.disk_usage(self.store.root).free
+        if block_list.size > free:
+            error = FetchError if self.root is not None or self.size is not None else ProviderFailed
+            raise error(f"blob {self.hash[:12]} is {block_list.size} bytes, more than the {free} bytes free at {self.store.root}")
+
+    async def _receive_blocks(
+        self, recv: iroh.RecvStream, block_list: BlockList, indices: list[int], provider: PeerAddr, stall: trio.CancelScope
+    ) -> None:
         partial = self.partial
         assert partial is not None
         send_channel, receive_channel = trio.open_memory_channel[tuple[int, bytes]](PIPELINE_BLOCKS)
@@ -156,7 +200,9 @@ class _Download:
             async with send_channel:
                 for index in indices:
                     _, length = block_list.block_range(index)
-                    await send_channel.send((index, await read_exact(recv, length)))
+                    data = await read_exact(recv, length)
+                    self._heard_from(stall)
+                    await send_channel.send((index, data))
 
         flush_send, flush_receive = trio.open_memory_channel[None](1)
 
@@ -166,6 +212,7 @@ class _Download:
             async with receive_channel, flush_send:
                 async for index, data in receive_channel:
                     await partial.write_block(index, data)
+                    self._heard_from(stall)  # a slow disk holding the pipeline up is not the provider's silence
                     done += len(data)
                     unflushed += len(data)
                     if unflushed >= FLUSH_EVERY:

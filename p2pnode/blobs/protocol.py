@@ -22,7 +22,7 @@ from typing import Annotated, Literal
 import iroh
 from pydantic import BaseModel, Field, TypeAdapter
 
-from p2pnode.blobs.blocks import BLOCK_SIZE, BlockList
+from p2pnode.blobs.blocks import BLOCK_SIZE, HASH_LEN, BlockList, block_count
 from p2pnode.blobs.store import BlobNotFound, BlobStore, normalize_hash
 from p2pnode.net.framing import recv_model, send_model
 
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 BLOBS_ALPN = b"p2pnode/blobs/1"
 MAX_REQUEST_FRAME = 64 * 1024
 MAX_HEADER_FRAME = 16 << 20  # block list of a 256 GiB blob, hex-encoded
+_REPLY_SLACK = 4096  # JSON around the block list, or a refusal's reason
 
 
 class BlobRequest(BaseModel):
@@ -125,11 +126,22 @@ class BlobProvider:
         await send.finish()
 
 
-def parse_header(header: BlobHeader, blob_hash: str, root: str | None) -> BlockList:
-    """Trust the provider's block list only if it matches the root we were given (when we have one)."""
+def reply_limit(size: int | None) -> int:
+    """Largest reply frame to read when the blob's size is known: its hex block list and some JSON,
+    so a provider can't make a fetcher of a small blob buffer a 16 MiB header."""
+    if size is None:
+        return MAX_HEADER_FRAME
+    return min(MAX_HEADER_FRAME, _REPLY_SLACK + 2 * (8 + HASH_LEN * block_count(size)))
+
+
+def parse_header(header: BlobHeader, blob_hash: str, root: str | None, size: int | None = None) -> BlockList:
+    """Trust the provider's block list only if it matches the root and the size we were given
+    (when we have them); raises ValueError, whatever the header holds."""
     block_list = BlockList.from_bytes(bytes.fromhex(header.block_list))
     if block_list.size != header.size:
         raise ValueError("block list does not match the announced size")
     if root is not None and block_list.root_hex != normalize_hash(root):
         raise ValueError(f"block list does not match the verification root of blob {blob_hash[:12]}")
+    if size is not None and block_list.size != size:
+        raise ValueError(f"blob {blob_hash[:12]} should be {size} bytes but its block list commits to {block_list.size}")
     return block_list

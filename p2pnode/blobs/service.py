@@ -52,6 +52,7 @@ class BlobService:
         providers: list[PeerAddr],
         *,
         root: str | None = None,
+        size: int | None = None,
         capability: str = "",
         on_progress: Callable[[FetchProgress], None] = lambda _p: None,
     ) -> BlobInfo:
@@ -60,7 +61,7 @@ class BlobService:
         try:
             async with lock:
                 return await fetch_blob(
-                    self.store, self._dial, blob_hash, providers, root=root, capability=capability, on_progress=on_progress
+                    self.store, self._dial, blob_hash, providers, root=root, size=size, capability=capability, on_progress=on_progress
                 )
         finally:
             if not lock.locked() and lock.statistics().tasks_waiting == 0:
@@ -71,6 +72,7 @@ class BlobService:
             ticket.hash_hex,
             [PeerAddr.from_ticket(ticket.provider)],
             root=ticket.root_hex,
+            size=ticket.size,
             capability=ticket.capability.hex(),
             on_progress=on_progress,
         )

@@ -101,6 +101,7 @@ async def _fetch_standalone(ticket: tickets.BlobTicket, output: Path, progress: 
             ticket.hash_hex,
             [PeerAddr.from_ticket(ticket.provider)],
             root=ticket.root_hex,
+            size=ticket.size,
             capability=ticket.capability.hex(),
             on_progress=lambda p: progress.update(p.bytes_done),
         )

@@ -25,7 +25,8 @@ from p2pnode.config import Settings
 @click.option("--relay", help="Relay servers: default, disabled, or a relay URL (env P2PNODE_RELAY, default: default).")
 @click.option("--join", "join_ticket", metavar="TICKET", help="Join the cluster of the node that printed this ticket.")
 @click.option("--max-jobs", type=click.IntRange(min=0), help="Jobs this node runs at once; 0 makes it submit-only (env P2PNODE_MAX_JOBS, default 2).")
-def start(data_dir: Path | None, http_port: int | None, bind: str | None, relay: str | None, join_ticket: str | None, max_jobs: int | None) -> None:
+@click.option("--max-job-memory", "max_job_memory_mib", type=click.IntRange(min=1), metavar="MIB", help="Most memory any job gets here, in MiB (env P2PNODE_MAX_JOB_MEMORY_MIB, default 1024).")
+def start(data_dir: Path | None, http_port: int | None, bind: str | None, relay: str | None, join_ticket: str | None, max_jobs: int | None, max_job_memory_mib: int | None) -> None:
     """Run a node in the foreground until Ctrl-C.
 
     Prints the node id and a join ticket, and writes them with the API URL to
@@ -36,7 +37,7 @@ def start(data_dir: Path | None, http_port: int | None, bind: str | None, relay:
     from p2pnode.node import Node, StartupError
 
     ticket = parse_join_ticket(join_ticket) if join_ticket else None
-    overrides = {"data_dir": data_dir, "http_port": http_port, "bind": bind, "relay": relay, "max_jobs": max_jobs}
+    overrides = {"data_dir": data_dir, "http_port": http_port, "bind": bind, "relay": relay, "max_jobs": max_jobs, "max_job_memory_mib": max_job_memory_mib}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     logging.getLogger().setLevel(logging.INFO)  # a running node reports what it does
     try:

@@ -7,16 +7,46 @@ so one bad job cannot take the worker loop down. Only trio cancellation propagat
 
 from __future__ import annotations
 
+import unicodedata
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 ExecutorKind = Literal["wasi", "flawless"]
 
 MIB = 1024 * 1024
 LOG_LIMIT = 64 * 1024
 """Bytes of a job's stderr kept in ``ExecutionResult.logs`` (the tail, where the error usually is)."""
+MAX_OUTPUTS = 256
+"""Output files one job may produce; a report with more could not be represented."""
+MAX_OUTPUT_NAME = 512
+"""UTF-8 bytes of an output name; with ``MAX_OUTPUTS`` it keeps a report well inside a frame."""
+_NAME_MAX = 255
+"""Bytes of one path component, the usual file-system limit (NAME_MAX)."""
+
+
+def _check_output_name(name: str) -> str:
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError("output name is not valid UTF-8") from None
+    if not 0 < size <= MAX_OUTPUT_NAME:
+        raise ValueError(f"output name must be 1 to {MAX_OUTPUT_NAME} bytes")
+    if any(unicodedata.category(char) == "Cc" for char in name):
+        raise ValueError("output name must not contain control characters")
+    for part in name.split("/"):
+        if part in ("", ".", ".."):
+            raise ValueError("output name must be a relative path without empty, '.' or '..' parts")
+        if len(part.encode("utf-8")) > _NAME_MAX:
+            raise ValueError(f"output name has a part longer than {_NAME_MAX} bytes")
+    return name
+
+
+OutputName = Annotated[str, AfterValidator(_check_output_name)]
+"""A relative POSIX path of a file a job wrote, such as ``sub/x y.txt``; it can be recreated
+under any folder (no absolute path, no ``.``/``..``, no NUL or control characters)."""
 
 
 class ExecutionLimits(BaseModel):
@@ -27,6 +57,41 @@ class ExecutionLimits(BaseModel):
     time_s: float = Field(default=60.0, gt=0)
     memory_bytes: int = Field(default=256 * MIB, gt=0)
     fuel: int = Field(default=10_000_000_000, gt=0)
+
+
+class JobMaxima(BaseModel):
+    """The most this node grants any job, whatever the job (or the member that sent it) asks.
+
+    Defaults sit above ``ExecutionLimits``' defaults, so a job that asks for nothing special is
+    never capped; output bytes are a node-side bound only (the per-job scratch: a guest writes
+    nowhere else).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    time_s: float = Field(default=3600.0, gt=0)
+    memory_bytes: int = Field(default=1024 * MIB, gt=0)
+    fuel: int = Field(default=10**12, gt=0, lt=1 << 64)
+    output_bytes: int = Field(default=256 * MIB, ge=0)
+
+    def cap(self, asked: ExecutionLimits) -> tuple[ExecutionLimits, dict[str, str]]:
+        """The limits a job runs under, and a note for its logs per limit lowered here (by field)."""
+        capped = ExecutionLimits(
+            time_s=min(asked.time_s, self.time_s),
+            memory_bytes=min(asked.memory_bytes, self.memory_bytes),
+            fuel=min(asked.fuel, self.fuel),
+        )
+        shown = {
+            "time_s": (f"time limit of {asked.time_s:g} s", f"{self.time_s:g} s"),
+            "memory_bytes": (f"memory limit of {asked.memory_bytes} bytes", f"{self.memory_bytes} bytes"),
+            "fuel": (f"fuel limit of {asked.fuel}", str(self.fuel)),
+        }
+        notes = {
+            field: f"{have} lowered to this node's maximum of {most}"
+            for field, (have, most) in shown.items()
+            if getattr(capped, field) != getattr(asked, field)
+        }
+        return capped, notes
 
 
 class ExecutionRequest(BaseModel):
@@ -50,11 +115,19 @@ class ExecutionResult(BaseModel):
     result: Any = None
     error: str | None = None
     logs: str = ""
-    outputs: dict[str, Path] = Field(default_factory=dict)
+    outputs: dict[OutputName, Path] = Field(default_factory=dict, max_length=MAX_OUTPUTS)
 
     @classmethod
     def failure(cls, error: str, logs: str = "") -> ExecutionResult:
         return cls(ok=False, error=error, logs=logs)
+
+    def noted(self, notes: Iterable[str]) -> ExecutionResult:
+        """These notes appended to the logs (at the end, which survives clipping)."""
+        lines = "".join(f"[p2pnode] {note}\n" for note in notes)
+        if not lines:
+            return self
+        separator = "\n" if self.logs and not self.logs.endswith("\n") else ""
+        return self.model_copy(update={"logs": self.logs + separator + lines})
 
 
 @runtime_checkable

@@ -28,7 +28,7 @@ import httpx
 import trio
 from pydantic import BaseModel, ConfigDict, RootModel, ValidationError
 
-from p2pnode.executors.base import ExecutionRequest, ExecutionResult, ExecutorKind
+from p2pnode.executors.base import ExecutionRequest, ExecutionResult, ExecutorKind, JobMaxima
 
 DEFAULT_URL = "http://localhost:27288"
 PROBE_TIMEOUT = 2.0
@@ -225,12 +225,17 @@ class FlawlessClient:
 
 
 class FlawlessExecutor:
-    """Runs jobs on the local Flawless server: deploy (once per module hash), then start."""
+    """Runs jobs on the local Flawless server: deploy (once per module hash), then start.
+
+    Of the node's maxima only time applies: memory and fuel are the server's to govern, and a
+    Flawless workflow writes no output files here.
+    """
 
     kind: ExecutorKind = "flawless"
 
-    def __init__(self, client: FlawlessClient) -> None:
+    def __init__(self, client: FlawlessClient, *, maxima: JobMaxima = JobMaxima()) -> None:
         self._client = client
+        self.maxima = maxima
 
     async def available(self) -> bool:
         try:
@@ -240,6 +245,11 @@ class FlawlessExecutor:
         return True
 
     async def run(self, req: ExecutionRequest) -> ExecutionResult:
+        limits, notes = self.maxima.cap(req.limits)
+        result = await self._bounded(req.model_copy(update={"limits": limits}))
+        return result.noted([notes["time_s"]] if "time_s" in notes else [])
+
+    async def _bounded(self, req: ExecutionRequest) -> ExecutionResult:
         if req.workflow is None:
             return ExecutionResult.failure("a Flawless job must name its workflow")
         with trio.move_on_after(req.limits.time_s):

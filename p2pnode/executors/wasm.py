@@ -8,8 +8,15 @@ Guest contract:
   read-write at ``/out`` (fd 4); regular files left in ``/out`` become the job's outputs;
 - exit status 0 is success; anything else, and every trap, is a failure with a reason.
 
-Each run gets its own engine, so the wall-time watchdog can interrupt exactly that run (epochs are
-per engine). Compiled machine code is cached per module hash and loaded into the run's engine.
+Limits: the node's ``JobMaxima`` cap what a job asks (each lowered limit is noted in its logs).
+The memory limit covers the whole store: one linear memory and at most ``_MAX_TABLES`` tables,
+with a sixteenth of the budget (at most 16 MiB) for table elements, enforced by wasmtime's store
+limiter. Output bytes are enforced while the guest writes: WASI writes go straight to host files,
+so a guard sums ``/out`` every ``OUTPUT_POLL_S`` and interrupts the guest once it is over the cap
+(the overshoot is what the guest writes in one poll interval), and a final check runs on the tree.
+
+Each run gets its own engine, so the watchdogs can interrupt exactly that run (epochs are per
+engine). Compiled machine code is cached per module hash and loaded into the run's engine.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -25,13 +33,17 @@ from typing import Any
 
 import trio
 import wasmtime
+from pydantic import TypeAdapter, ValidationError
 
 from p2pnode.executors.base import (
     LOG_LIMIT,
+    MAX_OUTPUTS,
     MIB,
     ExecutionRequest,
     ExecutionResult,
     ExecutorKind,
+    JobMaxima,
+    OutputName,
 )
 
 MAIN_WORKFLOW = "main"
@@ -47,6 +59,13 @@ _DETAIL_LIMIT = 4096
 """Characters of wasmtime's backtrace kept in the logs (deep recursion makes huge ones)."""
 _ENOSYS = 52
 """WASI errno returned by our ``poll_oneoff``: a guest blocked in a host sleep can't be interrupted."""
+_MAX_TABLES = 4
+_TABLE_ELEMENT = 8
+"""Bytes wasmtime's limiter counts per table element."""
+OUTPUT_POLL_S = 0.01
+"""How often the output guard sums ``/out``; a guest writing ~360 MB/s (measured) overshoots
+the cap by a few MB at most."""
+_output_name = TypeAdapter(OutputName)
 
 
 class InvalidModule(ValueError):
@@ -108,6 +127,28 @@ class _Compiled:
     """workflow name -> export name"""
 
 
+@dataclass(frozen=True)
+class _StoreBudget:
+    """One job memory limit split over the store: wasmtime limits each memory and each table
+    on its own, so the count of both is bounded and the bytes divided between them."""
+
+    memory_bytes: int
+    table_elements: int
+
+    @classmethod
+    def of(cls, limit: int) -> _StoreBudget:
+        tables = min(limit // 16, 16 * MIB)
+        return cls(limit - tables, tables // (_TABLE_ELEMENT * _MAX_TABLES))
+
+    def apply(self, store: wasmtime.Store) -> None:
+        store.set_limits(
+            memory_size=self.memory_bytes,
+            memories=1,
+            tables=_MAX_TABLES,
+            table_elements=self.table_elements,
+        )
+
+
 @dataclass
 class _Outcome:
     error: str | None = None
@@ -121,7 +162,8 @@ class WasiExecutor:
 
     kind: ExecutorKind = "wasi"
 
-    def __init__(self, *, cache_size: int = 32) -> None:
+    def __init__(self, *, maxima: JobMaxima = JobMaxima(), cache_size: int = 32) -> None:
+        self.maxima = maxima
         self._cache: OrderedDict[str, _Compiled] = OrderedDict()
         self._cache_size = cache_size
 
@@ -129,12 +171,14 @@ class WasiExecutor:
         return True
 
     async def run(self, req: ExecutionRequest) -> ExecutionResult:
+        limits, notes = self.maxima.cap(req.limits)
         try:
-            return await self._run(req)
+            result = await self._run(req.model_copy(update={"limits": limits}))
         except _Failure as failure:
-            return ExecutionResult.failure(str(failure))
+            result = ExecutionResult.failure(str(failure))
         except Exception as exc:  # an OS error or a bug must not take the node down
-            return ExecutionResult.failure(f"runner error: {exc!r}")
+            result = ExecutionResult.failure(f"runner error: {exc!r}")
+        return result.noted(notes.values())
 
     async def _run(self, req: ExecutionRequest) -> ExecutionResult:
         compiled = await self._compiled(req)
@@ -144,24 +188,40 @@ class WasiExecutor:
         except (TypeError, ValueError) as exc:
             raise _Failure(f"job input is not JSON: {exc}") from None
 
-        # The deadline is armed before the watchdog exists: an early tick can't be missed.
+        # The deadline is armed before the watchdogs exist: an early tick can't be missed.
         engine = _new_engine()
         store = wasmtime.Store(engine)
         store.set_fuel(req.limits.fuel)
-        store.set_limits(memory_size=req.limits.memory_bytes)
+        budget = _StoreBudget.of(req.limits.memory_bytes)
+        budget.apply(store)
         store.set_epoch_deadline(1)
-        run = _Run(engine, store, compiled.artifact, export, stdin, req)
+        run = _Run(engine, store, budget, compiled.artifact, export, stdin, req)
+        stopped_because: list[str] = []
 
-        async def watchdog() -> None:
+        def interrupt(reason: str) -> None:
+            stopped_because.append(reason)
+            engine.increment_epoch()
+
+        async def deadline() -> None:
             try:
                 await trio.sleep(req.limits.time_s)
+                interrupt(f"timed out after {req.limits.time_s:g} s")
             finally:
-                # On timeout and on cancellation alike this stops the guest at its next loop
-                # head or call; after a normal end it is harmless.
+                # On cancellation too this stops the guest at its next loop head or call;
+                # after a normal end it is harmless.
                 engine.increment_epoch()
 
+        async def output_guard() -> None:
+            while True:
+                await trio.sleep(OUTPUT_POLL_S)
+                usage = await trio.to_thread.run_sync(_output_usage, req.output_dir)
+                if (excess := self._output_excess(*usage)) is not None:
+                    interrupt(excess)
+                    return
+
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(watchdog)
+            nursery.start_soon(deadline)
+            nursery.start_soon(output_guard)
             outcome = await trio.to_thread.run_sync(run.execute)
             nursery.cancel_scope.cancel()
 
@@ -170,8 +230,8 @@ class WasiExecutor:
             separator = "\n" if logs and not logs.endswith("\n") else ""
             logs += f"{separator}[wasmtime] {outcome.detail.strip()[:_DETAIL_LIMIT]}"
         if outcome.interrupted:
-            # Only a timeout gets here: a cancelled run re-raises Cancelled when the nursery exits.
-            return ExecutionResult.failure(f"timed out after {req.limits.time_s:g} s", logs)
+            # A cancelled run re-raises Cancelled when the nursery exits, so a watchdog stopped it.
+            return ExecutionResult.failure(stopped_because[0], logs)
         if outcome.error is not None:
             return ExecutionResult.failure(outcome.error, logs)
         if run.stdout.overflow:
@@ -182,8 +242,36 @@ class WasiExecutor:
             result = _parse_result(bytes(run.stdout.data))
         except _Failure as failure:
             return ExecutionResult.failure(str(failure), logs)
-        outputs = await trio.to_thread.run_sync(_collect_outputs, req.output_dir)
+        try:
+            outputs = await trio.to_thread.run_sync(self._collect_outputs, req.output_dir)
+        except _Failure as failure:
+            return ExecutionResult.failure(str(failure), logs)
         return ExecutionResult(ok=True, result=result, logs=logs, outputs=outputs)
+
+    def _output_excess(self, size: int, files: list[Path]) -> str | None:
+        """Why the outputs so far break the node's bounds, if they do."""
+        if size > self.maxima.output_bytes:
+            return f"outputs exceed this node's limit of {self.maxima.output_bytes} bytes"
+        if len(files) > MAX_OUTPUTS:
+            return f"more than {MAX_OUTPUTS} output files"
+        return None
+
+    def _collect_outputs(self, output_dir: Path) -> dict[str, Path]:
+        """Regular files under ``output_dir`` by relative POSIX name (blocking). Symlinks are never
+        followed, so a guest can't make the node publish a host file; a name that cannot be an
+        ``OutputName`` fails the job rather than the report."""
+        size, files = _output_usage(output_dir)
+        if (excess := self._output_excess(size, files)) is not None:
+            raise _Failure(excess)
+        outputs: dict[str, Path] = {}
+        for path in files:
+            name = path.relative_to(output_dir).as_posix()
+            try:
+                outputs[_output_name.validate_python(name)] = path
+            except ValidationError as exc:
+                reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
+                raise _Failure(f"output {name!r} cannot be published: {reason}") from None
+        return dict(sorted(outputs.items()))
 
     async def _compiled(self, req: ExecutionRequest) -> _Compiled:
         if (hit := self._cache.get(req.module_hash)) is not None:
@@ -208,6 +296,7 @@ class _Run:
         self,
         engine: wasmtime.Engine,
         store: wasmtime.Store,
+        budget: _StoreBudget,
         artifact: bytes,
         export: str,
         stdin: bytes,
@@ -215,6 +304,7 @@ class _Run:
     ) -> None:
         self.engine = engine
         self.store = store
+        self.budget = budget
         self.artifact = artifact
         self.export = export
         self.stdin = stdin
@@ -273,7 +363,10 @@ class _Run:
             return self._trap_outcome(trap, instance)
         except wasmtime.WasmtimeError as exc:
             what = "cannot instantiate module" if instance is None else "wasmtime error"
-            return _Outcome(error=f"{what}: {_oneline(str(exc))}")
+            error = f"{what}: {_oneline(str(exc))}"
+            if "resource limit exceeded" in error:
+                error += f" (a job gets at most 1 linear memory and {_MAX_TABLES} tables)"
+            return _Outcome(error=error)
         return _Outcome()
 
     def _trap_outcome(self, trap: wasmtime.Trap, instance: wasmtime.Instance | None) -> _Outcome:
@@ -298,7 +391,7 @@ class _Run:
         memory = instance.exports(self.store).get("memory")
         if not isinstance(memory, wasmtime.Memory):
             return False
-        return memory.data_len(self.store) + _PAGE > self.req.limits.memory_bytes
+        return memory.data_len(self.store) + _PAGE > self.budget.memory_bytes
 
 
 def _new_engine() -> wasmtime.Engine:
@@ -372,16 +465,29 @@ def _parse_result(stdout: bytes) -> Any:
         raise _Failure(f"workflow wrote non-JSON output: {snippet!r} ({exc})") from None
 
 
-def _collect_outputs(output_dir: Path) -> dict[str, Path]:
-    """Regular files under ``output_dir`` by relative POSIX name; symlinks are never followed,
-    so a guest can't make the node publish a host file."""
-    outputs: dict[str, Path] = {}
-    for root, _dirs, files in os.walk(output_dir):
-        for name in files:
-            path = Path(root, name)
-            if not path.is_symlink() and path.is_file():
-                outputs[path.relative_to(output_dir).as_posix()] = path
-    return dict(sorted(outputs.items()))
+def _output_usage(output_dir: Path) -> tuple[int, list[Path]]:
+    """Bytes under ``output_dir`` (each entry's apparent or allocated size, whichever is larger,
+    so sparse files count at the size they would publish) and its regular files; symlinks are
+    counted, never followed. Entries vanishing mid-walk are skipped: the guest is still running."""
+    size = 0
+    files: list[Path] = []
+    pending = [output_dir]
+    while pending:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            size += max(info.st_size, info.st_blocks * 512)
+            if stat.S_ISDIR(info.st_mode):
+                pending.append(Path(entry.path))
+            elif stat.S_ISREG(info.st_mode):
+                files.append(Path(entry.path))
+    return size, files
 
 
 def _causes(message: str) -> list[str]:

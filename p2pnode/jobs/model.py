@@ -25,8 +25,8 @@ from pydantic import (
     field_serializer,
 )
 
+from p2pnode.executors.base import MAX_OUTPUTS, ExecutorKind, OutputName
 from p2pnode.executors.base import ExecutionLimits as Limits
-from p2pnode.executors.base import ExecutorKind
 
 if TYPE_CHECKING:
     from p2pnode.blobs.model import BlobInfo
@@ -175,7 +175,7 @@ class Job(BaseModel):
     """Back-off: the job cannot be claimed before this time (origin clock)."""
     result: JsonValue = None
     error: ErrorText | None = None
-    outputs: dict[ArtifactName, BlobRef] = Field(default_factory=dict, max_length=256)
+    outputs: dict[OutputName, BlobRef] = Field(default_factory=dict, max_length=MAX_OUTPUTS)
     logs: Logs = ""
     worker: NodeId | None = None
     created_at: float
@@ -255,7 +255,7 @@ class Report(_Message):
     result: JsonValue = None
     error: ErrorText | None = None
     logs: Logs = ""
-    outputs: dict[ArtifactName, BlobRef] = Field(default_factory=dict, max_length=256)
+    outputs: dict[OutputName, BlobRef] = Field(default_factory=dict, max_length=MAX_OUTPUTS)
 
 
 class ReportAck(_Message):
