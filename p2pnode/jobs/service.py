@@ -273,7 +273,7 @@ class JobService:
             log.warning("ignored the end of job %s announced by %s, not its origin", job.id, signer[:10])
             return
         if job.origin != self.id and job.state.terminal:
-            self.worker.stop_run(job.id, signer)
+            self.worker.stop_run(job.id, job.origin)
 
     def protected_blobs(self) -> set[str]:
         """Blobs that live jobs still need: GC must keep them."""
