@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -156,11 +157,10 @@ class Worker:
                 log.warning("origin refused the report of job %s: %s", job.id, getattr(reply, "reason", reply.type))
         except ControlError as exc:
             log.warning("could not report job %s: %s", job.id, exc)
-        except trio.Cancelled:
-            with trio.CancelScope(deadline=trio.current_time() + RELEASE_TIMEOUT_S, shield=True):
-                await self._release(job, token, origin)
-            raise
         finally:
+            if trio.current_effective_deadline() == -math.inf:  # the node is stopping: hand the job back
+                with trio.CancelScope(deadline=trio.current_time() + RELEASE_TIMEOUT_S, shield=True):
+                    await self._release(job, token, origin)
             self._runs.pop(job.id, None)
             self.running.discard(job.id)
             shutil.rmtree(workdir, ignore_errors=True)
