@@ -23,7 +23,7 @@ class JobAnnounced(BaseModel):
 
 
 class JobFinished(BaseModel):
-    """A job reached a terminal state; members update their caches and stop considering it."""
+    """A job reached a terminal state; a worker still running it (it was cancelled) stops."""
 
     KIND: ClassVar[str] = "job.finished"
     job: JobSummary
