@@ -49,20 +49,30 @@ async def test_large_input_runs_and_large_result_and_outputs_come_home(start_nod
     await wait_for(lambda: origin.blobs.store.has(output.hash), "the output to be collected")
 
 
-async def test_input_over_the_limit_is_413_and_result_over_the_limit_fails(start_node) -> None:
-    node = await start_node(max_jobs=1)
-    body = {"module": str(EXAMPLES / "echo.wat"), "input": "x" * model.MAX_INPUT_BYTES}
-    async with httpx.AsyncClient(base_url=node.api_url, timeout=60) as client:
-        response = await client.post("/jobs", json=body)
-    assert response.status_code == 413
-    detail = response.json()["detail"]
-    assert "exceeds" in detail and "\n" not in detail
-    assert node.jobs.store.list() == []
+async def test_input_up_to_the_limit_runs_over_it_is_413_and_result_over_the_limit_fails(start_node, tmp_path: Path) -> None:
+    origin = await start_node(max_jobs=0)
+    worker = await start_node(join=origin.join_ticket())
+    text = tmp_path / "text"
+    text.write_text("a b")
+    body = {"module": str(EXAMPLES / "wordcount.wat"), "artifacts": {"text": str(text)}}
+    async with httpx.AsyncClient(base_url=origin.api_url, timeout=60) as client:
+        response = await client.post("/jobs", json={**body, "input": "x" * (model.MAX_INPUT_BYTES + 1)})
+        assert response.status_code == 413
+        detail = response.json()["detail"]
+        assert "exceeds" in detail and "\n" not in detail
+        assert origin.jobs.store.list() == []
+        response = await client.post("/jobs", json={**body, "input": "x" * (model.MAX_INPUT_BYTES - 2)})
+    assert response.status_code == 200, response.text
+    job = model.Job.model_validate(response.json())
+    assert job.spec.input_blob is not None and job.spec.input_blob.size == model.MAX_INPUT_BYTES
+    with trio.fail_after(60):
+        done = await origin.jobs.wait(job.id)
+    assert done is not None and done.result == {"words": 2} and done.worker == worker.id, done
 
     big = "y" * (model.MAX_RESULT_BYTES + 1)
-    job = await node.jobs.submit_files(JobSubmission(module=MODULES / "tee.wat", input=big, max_attempts=1))
+    job = await origin.jobs.submit_files(JobSubmission(module=MODULES / "tee.wat", input=big, max_attempts=1))
     with trio.fail_after(30):
-        done = await node.jobs.wait(job.id)
+        done = await origin.jobs.wait(job.id)
     assert done is not None and done.state == JobState.FAILED
     assert "exceeds" in (done.error or "") and "/out" in (done.error or ""), done.error
 
@@ -182,3 +192,18 @@ async def test_submit_by_blob(start_node) -> None:
 def test_submission_shape_is_checked(fields: dict) -> None:
     with pytest.raises(ValidationError):
         JobSubmission.model_validate(fields)
+
+
+async def test_a_job_backing_off_does_not_hold_a_worker_slot(start_node) -> None:
+    """A failed attempt's retry is considered at once (not at the re-announce 30 s later), and with
+    one slot, a job waiting out its retry back-off (5 s) must not keep another job waiting."""
+    node = await start_node(max_jobs=1)
+    failing = await node.jobs.submit_files(JobSubmission(module=EXAMPLES / "fail.wat", max_attempts=2))
+    await wait_for(lambda: node.jobs.store.get(failing.id).not_before > 0, "the first attempt to fail")
+    await wait_for(lambda: failing.id in node.jobs.worker._considering, "the worker to wait for the retry")
+    other = await node.jobs.submit_files(JobSubmission(module=EXAMPLES / "echo.wat", input=1))
+    with trio.fail_after(30):
+        done = await node.jobs.wait(other.id)
+    retried = node.jobs.store.get(failing.id)
+    assert done is not None and done.state == JobState.SUCCEEDED
+    assert retried is not None and retried.attempts == 1, "the other job waited for the back-off"

@@ -67,7 +67,8 @@ class Worker:
         self.running: set[str] = set()
         self._runs: dict[str, tuple[str, trio.CancelScope]] = {}
         """job id -> (origin, the scope that stops the run)"""
-        self._considering: set[str] = set()
+        self._considering: dict[str, object] = {}
+        """job id -> a marker of the `consider` call that has it"""
         self.executed = 0
         self.succeeded = 0
         self.failed = 0
@@ -91,18 +92,25 @@ class Worker:
         )
 
     async def consider(self, announcement: JobAnnounced) -> None:
-        """Try to claim and run one announced job; returns when it is done with it either way."""
+        """Try to claim and run one announced job; returns when it is done with it either way.
+        A job that is backing off is waited for without holding one of the `max_jobs` slots."""
         job_id = announcement.job.id
-        self._considering.add(job_id)
+        marker = self._considering[job_id] = object()
         try:
-            async with self._limiter:
-                grant = await self._claim(announcement)
-                if grant is not None:
-                    await self._execute(grant, announcement.origin_addr)
+            for _ in range(MAX_CLAIM_RETRIES):
+                async with self._limiter:
+                    reply = await self._claim(announcement)
+                    if isinstance(reply, model.ClaimGrant):
+                        await self._execute(reply, announcement.origin_addr)
+                        return
+                if reply is None:
+                    return
+                await trio.sleep(reply)  # the origin's retry back-off: a timer, not a sync
         except Exception:  # one job's unforeseen failure must not stop the node; its lease lapses
             log.exception("worker failed on job %s", job_id)
         finally:
-            self._considering.discard(job_id)
+            if self._considering.get(job_id) is marker:
+                del self._considering[job_id]
 
     def stop_run(self, job_id: str, origin: str) -> bool:
         """Abandon a running job because its origin says so (a cancel); anyone else is ignored."""
@@ -112,20 +120,19 @@ class Worker:
         run[1].cancel()
         return True
 
-    async def _claim(self, announcement: JobAnnounced) -> model.ClaimGrant | None:
+    async def _claim(self, announcement: JobAnnounced) -> model.ClaimGrant | float | None:
+        """A grant, the seconds to wait before asking again, or None: give up on this job."""
         request = model.ClaimRequest(job_id=announcement.job.id, worker=self.id)
-        for _ in range(MAX_CLAIM_RETRIES):
-            try:
-                reply = await self._control.ask(announcement.origin_addr, request)
-            except ControlError as exc:
-                log.info("cannot claim %s: %s", announcement.job.id, exc)
-                return None
-            if isinstance(reply, model.ClaimGrant):
-                return reply
-            if not isinstance(reply, model.ClaimRefused) or reply.retry_after is None:
-                log.debug("claim of %s refused: %s", announcement.job.id, getattr(reply, "reason", reply.type))
-                return None
-            await trio.sleep(reply.retry_after)  # the origin's retry back-off: a timer, not a sync
+        try:
+            reply = await self._control.ask(announcement.origin_addr, request)
+        except ControlError as exc:
+            log.info("cannot claim %s: %s", announcement.job.id, exc)
+            return None
+        if isinstance(reply, model.ClaimGrant):
+            return reply
+        if isinstance(reply, model.ClaimRefused) and reply.retry_after is not None:
+            return reply.retry_after
+        log.debug("claim of %s refused: %s", announcement.job.id, getattr(reply, "reason", reply.type))
         return None
 
     async def _execute(self, grant: model.ClaimGrant, origin: PeerAddr) -> None:
@@ -145,6 +152,8 @@ class Worker:
                 log.warning("job %s was cancelled or its lease lost; abandoned the run", job.id)
                 return
             self.executed += 1
+            # From here a retry of this job (announced as our report lands) is a new candidate.
+            self._considering.pop(job.id, None)
             report = model.Report(
                 job_id=job.id, lease_token=token, ok=result.ok, result=result.result, error=result.error, logs=result.logs, outputs=outputs
             )
