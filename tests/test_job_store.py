@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from p2pnode.jobs.control import MAX_CONTROL_FRAME
 from p2pnode.jobs.model import (
     MAX_HISTORY,
     MAX_LOG_CHARS,
+    MAX_RESULT_BYTES,
     BlobRef,
     ClaimGrant,
     ClaimRequest,
@@ -448,3 +450,11 @@ def test_submitted_jobs_survive_sigkill(tmp_path: Path) -> None:
         for job_id in printed:
             job = store.get(job_id)
             assert job is not None and job.state is JobState.PENDING
+
+
+def test_report_result_is_bounded() -> None:
+    """A worker's report carries at most MAX_RESULT_BYTES of result; the frame limit is sized for it."""
+    fits = Report(job_id="job_" + "1" * 26, lease_token="0" * 32, ok=True, result="x" * (MAX_RESULT_BYTES - 2), logs="\x00" * MAX_LOG_CHARS)
+    assert len(fits.model_dump_json()) < MAX_CONTROL_FRAME
+    with pytest.raises(ValidationError, match="exceeds"):
+        Report(job_id="job_" + "1" * 26, lease_token="0" * 32, ok=True, result="x" * MAX_RESULT_BYTES)
