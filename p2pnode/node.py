@@ -114,7 +114,7 @@ class Node:
         worker = Worker(
             self.id, {"wasi": WasiExecutor(maxima=settings.job_maxima)}, self.blobs, control, self.peer_addr, settings.data_dir / "work", settings.max_jobs
         )
-        service = JobService(self.id, store, self.blobs, self.gossip, worker, self.addr, self.peer_addr, settings.lease_s)
+        service = JobService(self.id, store, self.blobs, self.gossip, worker, control, self.addr, self.peer_addr, settings.lease_s)
         control.answer_locally(self.id, service.control)
         return service
 
@@ -136,9 +136,9 @@ class Node:
                 continue
             try:
                 if event.kind == JobAnnounced.KIND:
-                    self.jobs.on_announced(JobAnnounced.model_validate(event.payload))
+                    self.jobs.on_announced(JobAnnounced.model_validate(event.payload), event.origin)
                 elif event.kind == JobFinished.KIND:
-                    self.jobs.on_finished(JobFinished.model_validate(event.payload))
+                    self.jobs.on_finished(JobFinished.model_validate(event.payload), event.origin)
             except ValidationError as exc:
                 log.warning("ignored a malformed %s announcement: %s", event.kind, exc.errors()[0]["msg"])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -13,9 +14,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from p2pnode.jobs.control import MAX_CONTROL_FRAME
 from p2pnode.jobs.model import (
     MAX_HISTORY,
     MAX_LOG_CHARS,
+    MAX_RESULT_BYTES,
     BlobRef,
     ClaimGrant,
     ClaimRequest,
@@ -266,33 +269,48 @@ def test_lease_token_is_redacted_outside_the_store(store: JobStore) -> None:
     assert parsed.job.lease is not None and parsed.job.lease.token == ""
 
 
-def test_upsert_remote_keeps_newer(store: JobStore) -> None:
-    remote = Job(id="job_" + "1" * 26, origin=OTHER, spec=spec(), created_at=10, updated_at=10)
-    assert store.upsert_remote(remote)
-    newer = remote.model_copy(update={"state": JobState.CLAIMED, "worker": W1, "updated_at": 20})
-    assert store.upsert_remote(newer)
-    assert not store.upsert_remote(remote)
-    assert not store.upsert_remote(newer)  # same age: keep what we have
-    assert store.get(remote.id) == newer
-    assert store.list(origin=OTHER) == [newer]
-    assert store.live_ids(origin=OTHER) == {remote.id}
+def test_unreadable_and_cached_rows_never_stop_the_store(tmp_path: Path, clock: FakeClock, caplog) -> None:
+    """Rows an older version cached from gossip are dropped on open; a row that no longer parses
+    is skipped by every read and by the lease sweep (logged once), never raised."""
+    path = tmp_path / "jobs.db"
+    with JobStore(path, clock=clock) as store:
+        good = store.submit(ORIGIN, spec())
+    bad_id, cached_id = "job_" + "1" * 26, "job_" + "2" * 26
+    db = sqlite3.connect(path)
+    with db:
+        for job_id, local, body in [(bad_id, 1, '{"id": 1}'), (cached_id, 0, good.model_dump_json())]:
+            db.execute(
+                "INSERT INTO jobs VALUES (?, ?, ?, 'running', 'wasi', 0, ?, 0, 0, ?)",
+                (job_id, ORIGIN, local, clock() - 1, body),
+            )
+    db.close()
+    with JobStore(path, clock=clock) as store:
+        assert [j.id for j in store.list()] == [good.id]
+        assert store.get(bad_id) is None and store.get(cached_id) is None
+        assert store.expire_leases() == []
+        assert store.expire_leases() == []
+        with pytest.raises(ClaimRefused, match="unknown job"):
+            store.claim(bad_id, W1, lease_s=5)
+    assert sum(bad_id in r.getMessage() for r in caplog.records) == 4  # list, get, first sweep, claim
 
-    # A cached job is never granted here, and a gossiped copy never replaces our own.
-    with pytest.raises(ClaimRefused, match="not the origin"):
-        store.claim(remote.id, W1, lease_s=5)
-    local = store.submit(ORIGIN, spec())
-    forged = local.model_copy(
-        update={"state": JobState.SUCCEEDED, "updated_at": local.updated_at + 99}
-    )
-    assert not store.upsert_remote(forged)
-    assert store.get(local.id) == local
 
-    pending_remote = Job(
-        id="job_" + "2" * 26, origin=OTHER, spec=spec(), created_at=5, updated_at=5
-    )
-    store.upsert_remote(pending_remote)
-    assert [j.id for j in store.claimable(["wasi"])] == [pending_remote.id, local.id]
-    assert [j.id for j in store.claimable(["wasi"], origin=ORIGIN)] == [local.id]
+def test_release_hands_the_job_back_at_once(store: JobStore, clock: FakeClock) -> None:
+    job = store.submit(ORIGIN, spec())
+    claimed = store.claim(job.id, W1, lease_s=5)
+    token = claimed.lease.token  # type: ignore[union-attr]
+    with pytest.raises(LeaseRefused):
+        store.release(job.id, "0" * 32)
+    released = store.release(job.id, token)
+    assert released.state is JobState.PENDING and released.attempts == 0 and released.lease is None
+    assert [j.id for j in store.claimable(["wasi"])] == [job.id]
+    with pytest.raises(LeaseRefused):
+        store.renew(job.id, token, lease_s=5)  # the old lease is gone
+
+    again = store.claim(job.id, W2, lease_s=5)
+    store.complete(job.id, again.lease.token, ok=False, error="boom")  # type: ignore[union-attr]
+    with pytest.raises(ClaimRefused) as refused:
+        store.claim(job.id, W1, lease_s=5)
+    assert refused.value.retry_after == pytest.approx(BASE)
 
 
 @pytest.mark.parametrize("name", ["../x", "a/b", "..", ".", "", "a\\b", "a\x00b", "x" * 129])
@@ -434,3 +452,11 @@ def test_submitted_jobs_survive_sigkill(tmp_path: Path) -> None:
         for job_id in printed:
             job = store.get(job_id)
             assert job is not None and job.state is JobState.PENDING
+
+
+def test_report_result_is_bounded() -> None:
+    """A worker's report carries at most MAX_RESULT_BYTES of result; the frame limit is sized for it."""
+    fits = Report(job_id="job_" + "1" * 26, lease_token="0" * 32, ok=True, result="x" * (MAX_RESULT_BYTES - 2), logs="\x00" * MAX_LOG_CHARS)
+    assert len(fits.model_dump_json()) < MAX_CONTROL_FRAME
+    with pytest.raises(ValidationError, match="exceeds"):
+        Report(job_id="job_" + "1" * 26, lease_token="0" * 32, ok=True, result="x" * MAX_RESULT_BYTES)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import time
 from pathlib import Path
 
@@ -115,7 +116,6 @@ def test_origin_killed_and_restarted_loses_no_job(nodes, tmp_path: Path) -> None
     [
         (EXAMPLES / "fail.wat", [], "unreachable"),
         (EXAMPLES / "spin.wat", ["--fuel", "100000"], "out of fuel"),
-        (MODULES / "malformed.wasm", [], "invalid module"),
     ],
 )
 def test_bad_modules_fail_with_a_reason(nodes, tmp_path: Path, module: Path, extra: list[str], reason: str) -> None:
@@ -125,3 +125,50 @@ def test_bad_modules_fail_with_a_reason(nodes, tmp_path: Path, module: Path, ext
     assert result.returncode == 1
     record = show(node, job_id)
     assert record["state"] == "failed" and reason in record["error"], record
+
+
+def test_bad_module_is_refused_at_submit(nodes, tmp_path: Path) -> None:
+    node = nodes(tmp_path / "solo", "--max-jobs", "1")
+    for args in (["--module", str(MODULES / "malformed.wasm")], ["--module", str(EXAMPLES / "echo.wat"), "--workflow", "nope"]):
+        result = node.cli("job", "submit", *args, check=False)
+        assert result.returncode != 0 and result.stdout == ""
+        assert result.stderr.startswith("error: cannot use module") and result.stderr.count("\n") == 1, result.stderr
+    assert node.cli("job", "ls").stdout == ""
+
+
+def test_large_input_runs_and_the_origin_restarts_after_kill(nodes, tmp_path: Path) -> None:
+    """A 70 KB input is no poison: it runs, and after kill -9 the origin starts and lists every
+    job, even with a row in its store that no version can read."""
+    origin = nodes(tmp_path / "origin", "--max-jobs", "0")
+    big = {"data": "x" * 70_000}
+    (tmp_path / "big.json").write_text(json.dumps(big))
+    jobs = [submit(origin, "--module", str(EXAMPLES / "echo.wat"), "--input", input_) for input_ in (f"@{tmp_path / 'big.json'}", "1")]
+    origin.stop(signal.SIGKILL)
+    with sqlite3.connect(tmp_path / "origin" / "jobs.sqlite") as db:
+        db.execute("INSERT INTO jobs VALUES ('job_0', ?, 1, 'pending', 'wasi', 0, NULL, 0, 0, 'garbage')", (origin.id,))
+    db.close()
+    origin = nodes(tmp_path / "origin", "--max-jobs", "0")
+    listed = origin.cli("job", "ls").stdout
+    assert all(job_id in listed for job_id in jobs), listed
+    nodes(tmp_path / "worker", "--join", origin.ticket)
+    assert wait(origin, jobs[0])["result"] == big
+    assert wait(origin, jobs[1])["result"] == 1
+
+
+def test_stopped_worker_hands_its_job_back(nodes, tmp_path: Path) -> None:
+    """SIGTERM: the running job is pending again before the worker exits, its attempt not counted
+    (the 30 s lease has not lapsed), and the next worker runs it."""
+    long_lease = {"P2PNODE_LEASE": "30"}
+    origin = nodes(tmp_path / "origin", "--max-jobs", "0", env=long_lease)
+    worker = nodes(tmp_path / "worker", "--join", origin.ticket, env=long_lease)
+    job_id = submit(origin, "--module", str(MODULES / "slow.wat"), "--fuel", str(10**12))
+    wait_until(lambda: show(origin, job_id)["state"] == "running", "the job to run")
+    stopping = time.monotonic()
+    code, err = worker.stop(signal.SIGTERM)
+    assert code == 0 and "Traceback" not in err, err
+    assert time.monotonic() - stopping < 10  # "bounded to a few seconds"
+    record = show(origin, job_id)
+    assert record["state"] == "pending" and record["attempts"] == 0, record
+    rescuer = nodes(tmp_path / "rescuer", "--join", origin.ticket, env=long_lease)
+    record = wait(origin, job_id)
+    assert record["state"] == "succeeded" and record["attempts"] == 1 and record["worker"] == rescuer.id, record

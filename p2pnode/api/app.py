@@ -16,7 +16,7 @@ import tickets
 from p2pnode.blobs.fetch import FetchError
 from p2pnode.blobs.store import BlobInfo, BlobInUse, BlobNotFound, GcResult, StoreError
 from p2pnode.jobs.model import Job, JobState
-from p2pnode.jobs.service import JobSubmission, SubmissionError
+from p2pnode.jobs.service import JobSubmission, SubmissionError, SubmissionTooLarge
 from p2pnode.jobs.store import Refused
 from p2pnode.jobs.worker import provider_addrs
 from p2pnode.api.schemas import BlobAdded, BlobFetchRequest, Done, FetchEvent, Health, JoinTicketReply, NodeStatus, PathRequest
@@ -119,8 +119,11 @@ def create_app(node: Node) -> FastAPI:
 
     @app.post("/jobs")
     async def submit_job(request: JobSubmission) -> Job:
+        """Submit a job; 413 when the input is over the limit, 400 when a module or file cannot be used."""
         try:
             return await node.jobs.submit_files(request)
+        except SubmissionTooLarge as exc:
+            raise HTTPException(413, str(exc)) from None
         except SubmissionError as exc:
             raise HTTPException(400, str(exc)) from None
 

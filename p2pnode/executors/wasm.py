@@ -81,6 +81,11 @@ def load_module_bytes(path: Path) -> bytes:
     return _to_wasm(path.read_bytes())
 
 
+def assemble(data: bytes) -> bytes:
+    """A module (binary or WAT text) as a WebAssembly binary."""
+    return _to_wasm(data)
+
+
 def list_workflows(module_bytes: bytes) -> list[str]:
     """Names of the workflows a module (binary or WAT text) offers, in export order."""
     return list(_workflows(_compile(_new_engine(), _to_wasm(module_bytes))))

@@ -1,4 +1,8 @@
-"""What the jobs layer gossips: a job is up for grabs, and a job is over."""
+"""What the jobs layer gossips: a job is up for grabs, and a job is over.
+
+Both carry a `JobSummary`, bounded whatever the job holds, so an announcement always fits an
+envelope; members believe one only when the envelope's signer is the job's origin.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel
 
-from p2pnode.jobs.model import Job
+from p2pnode.jobs.model import JobSummary
 from p2pnode.membership import PeerAddr
 
 
@@ -14,12 +18,12 @@ class JobAnnounced(BaseModel):
     """A pending job and where its origin can be reached to claim it."""
 
     KIND: ClassVar[str] = "job.announced"
-    job: Job
+    job: JobSummary
     origin_addr: PeerAddr
 
 
 class JobFinished(BaseModel):
-    """A job reached a terminal state; members update their caches and stop considering it."""
+    """A job reached a terminal state; a worker still running it (it was cancelled) stops."""
 
     KIND: ClassVar[str] = "job.finished"
-    job: Job
+    job: JobSummary

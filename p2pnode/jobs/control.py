@@ -2,7 +2,8 @@
 
 Members only (the router enforces it). One request frame and one reply frame per bi stream;
 the origin checks that the worker named in a claim is the authenticated peer, so nobody can
-claim on another node's behalf.
+claim on another node's behalf. The one message in the other direction, `StopRun`, goes from
+an origin to the worker running a job it cancelled; the worker obeys only the job's origin.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import iroh
 from pydantic import TypeAdapter
 
 from p2pnode.jobs import model
-from p2pnode.jobs.store import JobStore, Refused
+from p2pnode.jobs.store import ClaimRefused, JobStore, Refused
 from p2pnode.membership import PeerAddr
 from p2pnode.net.dialer import PEER_ERRORS, describe
 from p2pnode.net.framing import recv_model, send_model
 
 JOBS_ALPN = b"p2pnode/jobs/1"
-MAX_CONTROL_FRAME = 1 << 20
+MAX_CONTROL_FRAME = 4 << 20
+"""Fits a report: a result of up to `MAX_RESULT_BYTES`, logs, an error and output references."""
 
 control_message: TypeAdapter[model.ControlMessage] = TypeAdapter(model.ControlMessage)
 
@@ -29,12 +31,20 @@ class ControlError(Exception):
 
 
 class ControlServer:
-    """Origin side. `on_report` runs after a report is recorded (fetch outputs, gossip completion)."""
+    """Origin side, plus `StopRun` for the local worker. `on_change` runs after every recorded
+    change (announce, gossip completion, fetch outputs); `stop_run(job_id, origin)` stops a run."""
 
-    def __init__(self, store: JobStore, lease_s: float, on_change: Callable[[model.Job], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        lease_s: float,
+        on_change: Callable[[model.Job], Awaitable[None]],
+        stop_run: Callable[[str, str], object],
+    ) -> None:
         self._store = store
         self._lease_s = lease_s
         self._on_change = on_change
+        self._stop_run = stop_run
 
     async def handle_stream(self, connection: iroh.Connection, bi: iroh.BiStream) -> None:
         peer = connection.remote_id().to_bytes().hex()
@@ -69,9 +79,18 @@ class ControlServer:
                 )
                 await self._on_change(job)
                 return model.ReportAck()
+            if isinstance(request, model.Release):
+                self._check_worker(request.job_id, peer)
+                job = store.release(request.job_id, request.lease_token)
+                await self._on_change(job)
+                return model.Ack()
+            if isinstance(request, model.StopRun):
+                self._stop_run(request.job_id, peer)
+                return model.Ack()
         except Refused as exc:
             if isinstance(request, model.ClaimRequest):
-                return model.ClaimRefused(reason=exc.reason)
+                retry_after = exc.retry_after if isinstance(exc, ClaimRefused) else None
+                return model.ClaimRefused(reason=exc.reason, retry_after=retry_after)
             if isinstance(request, model.Report):
                 return model.ReportRefused(reason=exc.reason)
             return model.RenewRefused(reason=exc.reason)

@@ -12,6 +12,7 @@ import time
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Literal, Union
 
+import pydantic_core
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -25,12 +26,18 @@ from pydantic import (
     field_serializer,
 )
 
-from p2pnode.executors.base import MAX_OUTPUTS, ExecutorKind, OutputName
+from p2pnode.executors.base import MAX_OUTPUTS, MIB, ExecutorKind, OutputName
 from p2pnode.executors.base import ExecutionLimits as Limits
 
 if TYPE_CHECKING:
     from p2pnode.blobs.model import BlobInfo
 
+MAX_INPUT_BYTES = 16 * MIB
+"""Largest job input (JSON); bigger data goes as artifacts."""
+INLINE_INPUT_BYTES = 32 * 1024
+"""Inputs above this travel as a pinned blob the worker fetches, so records and frames stay small."""
+MAX_RESULT_BYTES = 1 * MIB
+"""Largest job result (JSON); bigger products go as output files."""
 MAX_LOG_CHARS = 64 * 1024
 MAX_ERROR_CHARS = 4096
 MAX_NOTE_CHARS = 200
@@ -76,6 +83,17 @@ ArtifactName = Annotated[
     AfterValidator(_check_artifact_name),
 ]
 """A file name an executor may create in its sandbox; never a path."""
+
+
+def json_size(value: JsonValue) -> int:
+    """Bytes of a JSON value as it is stored and sent."""
+    return len(pydantic_core.to_json(value))
+
+
+def _bounded_result(value: JsonValue) -> JsonValue:
+    if (size := json_size(value)) > MAX_RESULT_BYTES:
+        raise ValueError(f"result of {size} bytes exceeds {MAX_RESULT_BYTES}")
+    return value
 
 
 def new_job_id(now: float | None = None) -> str:
@@ -134,6 +152,8 @@ class JobSpec(BaseModel):
     workflow: str | None = Field(default=None, max_length=256)
     module: BlobRef
     input: JsonValue = None
+    input_blob: BlobRef | None = None
+    """The input as a JSON blob instead, when it is larger than `INLINE_INPUT_BYTES`."""
     artifacts: dict[ArtifactName, BlobRef] = Field(default_factory=dict, max_length=256)
     requirements: Requirements = Field(default_factory=Requirements)
     max_attempts: int = Field(default=3, ge=1, le=100)
@@ -189,6 +209,39 @@ class Job(BaseModel):
         self.history.append(event)
         del self.history[:-MAX_HISTORY]
 
+    def summary(self) -> JobSummary:
+        spec = self.spec
+        return JobSummary(
+            id=self.id,
+            origin=self.origin,
+            state=self.state,
+            requirements=spec.requirements,
+            workflow=spec.workflow,
+            attempts=self.attempts,
+            worker=self.worker,
+            input_bytes=spec.input_blob.size if spec.input_blob else json_size(spec.input),
+            artifact_bytes=sum(ref.size for ref in spec.artifacts.values()),
+            result_bytes=json_size(self.result),
+            updated_at=self.updated_at,
+        )
+
+
+class JobSummary(BaseModel):
+    """What gossip says about a job: enough to decide whether to claim it, bounded whatever the
+    job holds. The record itself travels in the claim grant, and only the origin serves it."""
+
+    id: JobId
+    origin: NodeId
+    state: JobState
+    requirements: Requirements
+    workflow: str | None = Field(default=None, max_length=256)
+    attempts: int = Field(ge=0)
+    worker: NodeId | None = None
+    input_bytes: int = Field(ge=0)
+    artifact_bytes: int = Field(ge=0)
+    result_bytes: int = Field(ge=0)
+    updated_at: float
+
 
 class WorkerStatus(BaseModel):
     executors: list[str]
@@ -223,6 +276,8 @@ class ClaimGrant(_Message):
 class ClaimRefused(_Message):
     type: Literal["claim_refused"] = "claim_refused"
     reason: str
+    retry_after: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    """Seconds until the job may be claimed (it is backing off); None: do not retry."""
 
 
 class Renew(_Message):
@@ -252,7 +307,7 @@ class Report(_Message):
     job_id: JobId
     lease_token: LeaseToken
     ok: bool
-    result: JsonValue = None
+    result: Annotated[JsonValue, AfterValidator(_bounded_result)] = None
     error: ErrorText | None = None
     logs: Logs = ""
     outputs: dict[OutputName, BlobRef] = Field(default_factory=dict, max_length=MAX_OUTPUTS)
@@ -267,6 +322,25 @@ class ReportRefused(_Message):
     reason: str
 
 
+class Release(_Message):
+    """A stopping worker hands its leased job back: pending again at once, the attempt not counted."""
+
+    type: Literal["release"] = "release"
+    job_id: JobId
+    lease_token: LeaseToken
+
+
+class StopRun(_Message):
+    """From a job's origin to its lease holder: the job was cancelled, stop running it now."""
+
+    type: Literal["stop_run"] = "stop_run"
+    job_id: JobId
+
+
+class Ack(_Message):
+    type: Literal["ack"] = "ack"
+
+
 ControlMessage = Annotated[
     Union[
         ClaimRequest,
@@ -279,6 +353,9 @@ ControlMessage = Annotated[
         Report,
         ReportAck,
         ReportRefused,
+        Release,
+        StopRun,
+        Ack,
     ],
     Field(discriminator="type"),
 ]

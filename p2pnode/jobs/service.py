@@ -1,8 +1,10 @@
 """The node's jobs service: submit and track jobs as their origin, and feed announcements to the worker.
 
 The origin is the single source of truth for its jobs (SQLite, durable before `submit` returns);
-gossip only tells the cluster that a job exists or ended. A sweeper returns lapsed leases to
-pending and re-announces them, so a job outlives any worker that dies holding it.
+gossip only tells the cluster, in a bounded summary, that a job exists or ended, and only the
+job's origin may say so. A sweeper returns lapsed leases to pending and re-announces them, so a
+job outlives any worker that dies holding it. Every loop over stored or peer data survives any
+single bad value: it logs one line and carries on.
 """
 
 from __future__ import annotations
@@ -13,16 +15,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, get_args
 
+import pydantic_core
 import trio
-from pydantic import BaseModel, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from p2pnode.blobs.fetch import FetchError
 from p2pnode.blobs.service import BlobService
 from p2pnode.blobs.store import StoreError
-from p2pnode.executors.wasm import InvalidModule, load_module_bytes
+from p2pnode.executors.wasm import InvalidModule, assemble, list_workflows, load_module_bytes
 from p2pnode.jobs import model
 from p2pnode.jobs.announcements import JobAnnounced, JobFinished
-from p2pnode.jobs.control import ControlServer
+from p2pnode.jobs.control import ControlClient, ControlError, ControlServer
 from p2pnode.jobs.store import JobStore
 from p2pnode.jobs.worker import Worker, provider_addrs
 from p2pnode.membership import PeerAddr
@@ -34,19 +37,36 @@ REANNOUNCE_EVERY = 30  # sweeps
 
 
 class JobSubmission(BaseModel):
-    """A job as a person submits it: local files, which the node turns into blobs."""
+    """A job as a person submits it: local files or blobs already in the node's store, which
+    the node pins and references. Exactly one of `module` and `module_blob`."""
 
-    module: Path
-    workflow: str | None = None
+    model_config = ConfigDict(extra="forbid")
+
+    module: Path | None = None
+    module_blob: model.Hex64 | None = None
+    workflow: str | None = Field(None, max_length=256)
     input: JsonValue = None
     artifacts: dict[model.ArtifactName, Path] = {}
+    artifact_blobs: dict[model.ArtifactName, model.Hex64] = {}
     executor: model.Executor = "wasi"
     limits: model.Limits = model.Limits()
     max_attempts: int = Field(3, ge=1, le=100)
 
+    @model_validator(mode="after")
+    def _one_of_each(self) -> JobSubmission:
+        if (self.module is None) == (self.module_blob is None):
+            raise ValueError("give exactly one of module and module_blob")
+        if both := sorted(self.artifacts.keys() & self.artifact_blobs.keys()):
+            raise ValueError(f"artifact {both[0]!r} given both as a path and as a blob")
+        return self
+
 
 class SubmissionError(Exception):
-    """A module or artifact file cannot be used; the message names it."""
+    """A module, artifact or input cannot be used; the message names it."""
+
+
+class SubmissionTooLarge(SubmissionError):
+    """The input is over `model.MAX_INPUT_BYTES`."""
 
 
 class Gossip(Protocol):
@@ -65,6 +85,7 @@ class JobService:
         blobs: BlobService,
         gossip: Gossip,
         worker: Worker,
+        client: ControlClient,
         self_addr: Callable[[], PeerAddr],
         resolve: Callable[[str], PeerAddr | None],
         lease_s: float,
@@ -74,9 +95,10 @@ class JobService:
         self.worker = worker
         self._blobs = blobs
         self._gossip = gossip
+        self._client = client
         self._self_addr = self_addr
         self._resolve = resolve
-        self.control = ControlServer(store, lease_s, self._changed)
+        self.control = ControlServer(store, lease_s, self._changed, worker.stop_run)
         self._announcements: dict[str, str] = {}
         self._change = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -84,9 +106,8 @@ class JobService:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for job in self.store.list(limit=10_000, origin=self.id):
-                if job.state == model.JobState.PENDING:
-                    self._announce(job)  # after a restart, nothing submitted stays unknown
+            for job in self.store.list(model.JobState.PENDING, limit=10_000, origin=self.id):
+                self._announce(job)  # after a restart, nothing submitted stays unknown
             task_status.started()
             for sweep in itertools.count(1):
                 for job in self.store.expire_leases():
@@ -100,27 +121,73 @@ class JobService:
     # -- origin side -------------------------------------------------------------------------
 
     async def submit_files(self, request: JobSubmission) -> model.Job:
-        """Add the module and artifacts as pinned blobs, then submit. `.wat` text is assembled first."""
-        try:
-            module_bytes = load_module_bytes(request.module)
-        except (OSError, InvalidModule) as exc:
-            raise SubmissionError(f"cannot use module {request.module}: {exc}") from None
-        module = model.BlobRef.held_by(await self._blobs.store.add_bytes(module_bytes, pin=True), self.id)
+        """Pin the module, artifacts and a large input as blobs, then submit. The module is checked
+        (valid binary or WAT, assembled; the workflow exists) so a bad one fails now, not at run time."""
+        input_json = pydantic_core.to_json(request.input)
+        if len(input_json) > model.MAX_INPUT_BYTES:
+            raise SubmissionTooLarge(
+                f"input of {len(input_json)} bytes exceeds {model.MAX_INPUT_BYTES}: send large data as an artifact"
+            )
+        module = await self._module(request)
         artifacts = {}
         for name, path in request.artifacts.items():
             try:
                 artifacts[name] = model.BlobRef.held_by(await self._blobs.add(path), self.id)
             except (OSError, StoreError) as exc:
                 raise SubmissionError(f"cannot add artifact {name!r} from {path}: {exc}") from None
+        for name, blob_hash in request.artifact_blobs.items():
+            artifacts[name] = await self._pinned(blob_hash, f"artifact {name!r}")
+        job_input, input_blob = request.input, None
+        if len(input_json) > model.INLINE_INPUT_BYTES:
+            input_blob = model.BlobRef.held_by(await self._blobs.store.add_bytes(input_json, pin=True), self.id)
+            job_input = None
         spec = model.JobSpec(
             workflow=request.workflow,
             module=module,
-            input=request.input,
+            input=job_input,
+            input_blob=input_blob,
             artifacts=artifacts,
             requirements=model.Requirements(executor=request.executor, limits=request.limits),
             max_attempts=request.max_attempts,
         )
         return await self.submit(spec)
+
+    async def _module(self, request: JobSubmission) -> model.BlobRef:
+        """The module as a pinned binary blob, checked off the trio thread (compiling takes a while)."""
+        if request.module is not None:
+            source, what = request.module, f"module {request.module}"
+        else:
+            assert request.module_blob is not None
+            source, what = request.module_blob, f"module blob {request.module_blob[:12]}"
+            await self._pinned(request.module_blob, "module")
+        try:
+            wasm = await trio.to_thread.run_sync(self._checked_module, source, request.workflow, request.executor)
+        except (OSError, StoreError, InvalidModule) as exc:
+            raise SubmissionError(f"cannot use {what}: {exc}") from None
+        return model.BlobRef.held_by(await self._blobs.store.add_bytes(wasm, pin=True), self.id)
+
+    def _checked_module(self, source: Path | str, workflow: str | None, executor: str) -> bytes:
+        if isinstance(source, Path):
+            wasm = load_module_bytes(source)
+        else:
+            with self._blobs.store.open_read(source) as f:
+                wasm = assemble(f.read())
+        workflows = list_workflows(wasm)
+        if executor == "wasi":  # Flawless modules follow Flawless's own conventions for workflows
+            available = ", ".join(workflows) or "none"
+            if workflow is not None and workflow not in workflows:
+                raise InvalidModule(f"no workflow {workflow!r} (available: {available})")
+            if workflow is None and len(workflows) != 1:
+                raise InvalidModule(f"name the workflow to run with --workflow (available: {available})")
+        return wasm
+
+    async def _pinned(self, blob_hash: str, what: str) -> model.BlobRef:
+        try:
+            info = await self._blobs.store.info(blob_hash)
+            await self._blobs.store.pin(blob_hash)
+        except StoreError as exc:
+            raise SubmissionError(f"cannot use {what}: {exc}") from None
+        return model.BlobRef.held_by(info, self.id)
 
     async def submit(self, spec: model.JobSpec) -> model.Job:
         job = self.store.submit(self.id, spec)
@@ -128,9 +195,21 @@ class JobService:
         return job
 
     async def cancel(self, job_id: str) -> model.Job:
+        """Cancel, and tell the worker running it to stop now rather than at its next renewal."""
+        before = self.store.get(job_id)
         job = self.store.cancel(job_id)
         await self._changed(job)
+        if before is not None and before.lease is not None and self._nursery is not None:
+            self._nursery.start_soon(self._stop_run, before.lease.worker, job_id)
         return job
+
+    async def _stop_run(self, worker: str, job_id: str) -> None:
+        if (addr := self._resolve(worker)) is None:
+            return
+        try:
+            await self._client.ask(addr, model.StopRun(job_id=job_id))
+        except ControlError as exc:
+            log.info("could not tell %s to stop job %s (its lease renewal will): %s", worker[:10], job_id, exc)
 
     async def wait(self, job_id: str) -> model.Job | None:
         """Return once the job is terminal (or unknown)."""
@@ -148,16 +227,24 @@ class JobService:
         elif job.state.terminal:
             if envelope := self._announcements.pop(job.id, None):
                 self._gossip.retire(envelope)
-            self._gossip.publish(JobFinished(job=job))
+            self._publish(JobFinished(job=job.summary()))
             if job.state == model.JobState.SUCCEEDED and job.outputs and self._nursery is not None:
                 self._nursery.start_soon(self._collect_outputs, job)
 
     def _announce(self, job: model.Job) -> None:
         if old := self._announcements.pop(job.id, None):
             self._gossip.retire(old)
-        announcement = JobAnnounced(job=job, origin_addr=self._self_addr())
-        self._announcements[job.id] = self._gossip.publish(announcement)
-        self.on_announced(announcement)
+        announcement = JobAnnounced(job=job.summary(), origin_addr=self._self_addr())
+        if envelope := self._publish(announcement):
+            self._announcements[job.id] = envelope
+        self.on_announced(announcement, self.id)
+
+    def _publish(self, message: JobAnnounced | JobFinished) -> str | None:
+        try:
+            return self._gossip.publish(message)
+        except ValueError as exc:  # summaries are bounded; this is a last line of defence
+            log.warning("could not announce job %s: %s", message.job.id, exc)
+            return None
 
     async def _collect_outputs(self, job: model.Job) -> None:
         """Bring a finished job's outputs home, so they outlive the worker that made them."""
@@ -170,18 +257,23 @@ class JobService:
 
     # -- from gossip -------------------------------------------------------------------------
 
-    def on_announced(self, announcement: JobAnnounced) -> None:
+    def on_announced(self, announcement: JobAnnounced, signer: str) -> None:
+        """A job up for grabs; believed only when its origin signed it and is where we claim."""
         job = announcement.job
-        if job.origin != self.id:
-            self.store.upsert_remote(job)
+        if signer != job.origin or announcement.origin_addr.node_id != job.origin:
+            log.warning("ignored an announcement of job %s by %s, not its origin", job.id, signer[:10])
+            return
         if self.worker.wants(job) and self._nursery is not None:
             self._nursery.start_soon(self.worker.consider, announcement)
 
-    def on_finished(self, finished: JobFinished) -> None:
-        if finished.job.origin != self.id:
-            self.store.upsert_remote(finished.job)
-            self._change.set()
-            self._change = trio.Event()
+    def on_finished(self, finished: JobFinished, signer: str) -> None:
+        """A job ended: if we run it (it was cancelled), stop; believed only from its origin."""
+        job = finished.job
+        if signer != job.origin:
+            log.warning("ignored the end of job %s announced by %s, not its origin", job.id, signer[:10])
+            return
+        if job.origin != self.id and job.state.terminal:
+            self.worker.stop_run(job.id, job.origin)
 
     def protected_blobs(self) -> set[str]:
         """Blobs that live jobs still need: GC must keep them."""
@@ -190,4 +282,6 @@ class JobService:
             if job := self.store.get(job_id):
                 keep.add(job.spec.module.hash)
                 keep.update(ref.hash for ref in job.spec.artifacts.values())
+                if job.spec.input_blob is not None:
+                    keep.add(job.spec.input_blob.hash)
         return keep

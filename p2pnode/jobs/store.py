@@ -9,16 +9,19 @@ write(2) before it returns, so it survives the process being killed (kill -9,
 OOM); only an OS crash or power loss can drop the last few commits, which
 FULL's fsync per commit would prevent at a large latency cost we don't need.
 
-Rows are `local` (submitted here, mutated only through this API) or remote
-(cached from gossip via `upsert_remote`, never claimable here). Lease
-lapses are applied only by `expire_leases`, which the caller runs
-periodically so that it can re-announce the returned jobs.
+Only the origin stores a job: other nodes hear summaries by gossip and get the
+record in a claim grant. (Rows with `local = 0` are copies that older versions
+cached from gossip; they are dropped on open.) Lease lapses are applied only by
+`expire_leases`, which the caller runs periodically so that it can re-announce
+the returned jobs. A row that no longer parses is skipped with one log line, so
+no stored value can stop the node.
 """
 
 from __future__ import annotations
 
 import builtins
 import hmac
+import logging
 import sqlite3
 import threading
 import time
@@ -27,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pydantic import JsonValue
+from pydantic import JsonValue, ValidationError
 
 from p2pnode.jobs.model import (
     TERMINAL_STATES,
@@ -64,6 +67,8 @@ _LEASED = (JobState.CLAIMED.value, JobState.RUNNING.value)
 _LIVE = tuple(s.value for s in JobState if s not in TERMINAL_STATES)
 _SECRETS = {"secrets": True}
 
+log = logging.getLogger(__name__)
+
 
 class Refused(Exception):
     """A request the store declines; `reason` is safe to send back to the peer."""
@@ -74,7 +79,9 @@ class Refused(Exception):
 
 
 class ClaimRefused(Refused):
-    pass
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
 
 
 class LeaseRefused(Refused):
@@ -111,6 +118,7 @@ class JobStore:
                 if statement.strip():
                     self._db.execute(statement)
             self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+            self._db.execute("DELETE FROM jobs WHERE local = 0")
 
     def close(self) -> None:
         with self._lock:
@@ -130,8 +138,8 @@ class JobStore:
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:
-            row = self._db.execute("SELECT body FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else Job.model_validate_json(row[0])
+            row = self._db.execute("SELECT id, body FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else _parse(*row)
 
     def list(
         self, state: JobState | None = None, limit: int = 100, *, origin: str | None = None
@@ -139,18 +147,18 @@ class JobStore:
         """Newest first."""
         where, args = _where(state=state, origin=origin)
         return self._query(
-            f"SELECT body FROM jobs WHERE {where} ORDER BY created_at DESC, id DESC LIMIT ?",
+            f"SELECT id, body FROM jobs WHERE {where} ORDER BY created_at DESC, id DESC LIMIT ?",
             (*args, limit),
         )
 
     def claimable(
         self, executor_kinds: Iterable[str], limit: int = 100, *, origin: str | None = None
     ) -> builtins.list[Job]:
-        """Pending jobs (local or cached) past their back-off, oldest first."""
+        """Pending jobs past their back-off, oldest first."""
         kinds = sorted(set(executor_kinds))
         where, args = _where(state=JobState.PENDING, origin=origin)
         return self._query(
-            f"SELECT body FROM jobs WHERE {where} AND not_before <= ?"
+            f"SELECT id, body FROM jobs WHERE {where} AND not_before <= ?"
             f" AND executor IN ({_marks(kinds)}) ORDER BY created_at, id LIMIT ?",
             (*args, self._clock(), *kinds, limit),
         )
@@ -179,11 +187,12 @@ class JobStore:
     def claim(self, job_id: str, worker: str, lease_s: float) -> Job:
         """Grant `worker` a lease; the returned job's `lease.token` is the secret to hand over."""
         with self._write():
-            job, now = self._load_local(job_id, ClaimRefused)
+            job, now = self._load(job_id, ClaimRefused)
             if job.state is not JobState.PENDING:
                 raise ClaimRefused(self._state_reason(job))
             if job.not_before > now:
-                raise ClaimRefused(f"backing off for {job.not_before - now:.1f}s")
+                wait = job.not_before - now
+                raise ClaimRefused(f"backing off for {wait:.1f}s", retry_after=wait)
             job.state = JobState.CLAIMED
             job.attempts += 1
             job.worker = worker
@@ -234,19 +243,34 @@ class JobStore:
             self._save(job, now=now)
         return job
 
+    def release(self, job_id: str, token: str) -> Job:
+        """The lease holder hands the job back (it is stopping): pending at once, the attempt not counted."""
+        with self._write():
+            job, lease, now = self._load_leased(job_id, token)
+            job.lease = None
+            job.state = JobState.PENDING
+            job.attempts -= 1
+            job.not_before = now
+            job.record(now, f"handed back by {lease.worker[:16]}")
+            self._save(job, now=now)
+        return job
+
     def expire_leases(self) -> builtins.list[Job]:
         """Send lapsed jobs back to pending (with back-off) or fail them; returned to announce."""
         with self._write():
             now = self._clock()
             rows = self._db.execute(
-                "SELECT body FROM jobs WHERE local = 1 AND lease_expires_at <= ?"
+                "SELECT id, body FROM jobs WHERE lease_expires_at <= ?"
                 f" AND state IN ({_marks(_LEASED)})",
                 (now, *_LEASED),
             ).fetchall()
             lapsed: builtins.list[Job] = []
-            for (body,) in rows:
-                job = Job.model_validate_json(body)
-                assert job.lease is not None
+            for job_id, body in rows:
+                job = _parse(job_id, body)
+                if job is None or job.lease is None:
+                    # Unreadable: stop looking at it every sweep (it was logged once).
+                    self._db.execute("UPDATE jobs SET lease_expires_at = NULL WHERE id = ?", (job_id,))
+                    continue
                 worker = job.lease.worker
                 job.lease = None
                 job.error = f"lease expired (worker {worker})"
@@ -258,7 +282,7 @@ class JobStore:
     def cancel(self, job_id: str) -> Job:
         """Cancel a live job (idempotent); its lease holder's next renew/report is refused."""
         with self._write():
-            job, now = self._load_local(job_id, Refused)
+            job, now = self._load(job_id, Refused)
             if job.state is JobState.CANCELLED:
                 return job
             if job.state.terminal:
@@ -267,19 +291,6 @@ class JobStore:
             self._finish(job, JobState.CANCELLED, now, "cancelled")
             self._save(job, now=now)
         return job
-
-    # --- cache of other origins' jobs -----------------------------------------
-
-    def upsert_remote(self, job: Job) -> bool:
-        """Cache a job heard from its origin; True if stored (it was new or newer)."""
-        with self._write():
-            row = self._db.execute(
-                "SELECT local, updated_at FROM jobs WHERE id = ?", (job.id,)
-            ).fetchone()
-            if row is not None and (row[0] or row[1] >= job.updated_at):
-                return False
-            self._save(job, local=False)
-        return True
 
     # --- internals ------------------------------------------------------------
 
@@ -298,19 +309,17 @@ class JobStore:
     def _query(self, sql: str, args: tuple[Any, ...]) -> builtins.list[Job]:
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
-        return [Job.model_validate_json(r[0]) for r in rows]
+        return [job for row in rows if (job := _parse(*row)) is not None]
 
-    def _load_local(self, job_id: str, refusal: type[Refused]) -> tuple[Job, float]:
-        row = self._db.execute("SELECT local, body FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
+    def _load(self, job_id: str, refusal: type[Refused]) -> tuple[Job, float]:
+        row = self._db.execute("SELECT body FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None or (job := _parse(job_id, row[0])) is None:
             raise refusal("unknown job")
-        if not row[0]:
-            raise refusal("not the origin of this job")
         # Read the clock inside the write lock so decisions are ordered like commits.
-        return Job.model_validate_json(row[1]), self._clock()
+        return job, self._clock()
 
     def _load_leased(self, job_id: str, token: str) -> tuple[Job, Lease, float]:
-        job, now = self._load_local(job_id, LeaseRefused)
+        job, now = self._load(job_id, LeaseRefused)
         if job.state not in (JobState.CLAIMED, JobState.RUNNING):
             if job.state.terminal:
                 raise LeaseRefused(self._state_reason(job))
@@ -348,7 +357,7 @@ class JobStore:
         job.finished_at = now
         job.record(now, note)
 
-    def _save(self, job: Job, *, now: float | None = None, local: bool = True) -> None:
+    def _save(self, job: Job, *, now: float | None = None) -> None:
         if now is not None:
             # Strictly increasing per job, so caches comparing updated_at
             # never drop an update that landed in the same clock tick.
@@ -360,7 +369,7 @@ class JobStore:
             (
                 job.id,
                 job.origin,
-                int(local),
+                1,
                 job.state.value,
                 job.spec.requirements.executor,
                 job.not_before,
@@ -370,6 +379,15 @@ class JobStore:
                 job.model_dump_json(context=_SECRETS),
             ),
         )
+
+
+def _parse(job_id: str, body: str) -> Job | None:
+    """A stored record, or None (logged) if it no longer parses: one bad row never stops a listing."""
+    try:
+        return Job.model_validate_json(body)
+    except ValidationError as exc:
+        log.warning("job %s in the store is unreadable, skipped: %s", job_id, exc.errors()[0]["msg"])
+        return None
 
 
 def _marks(values: Iterable[object]) -> str:

@@ -1,14 +1,16 @@
 """The worker loop: hear of jobs, claim them from their origin, run them, report back.
 
 A worker takes at most `max_jobs` jobs at once (further candidates queue on the limiter), renews
-its lease while a job runs, and abandons the run the moment a renewal is refused: the origin has
-given the job to someone else, so finishing it would be wasted work whose result is refused.
+its lease while a job runs (and while it stores the outputs), and abandons the run the moment a
+renewal is refused or the origin says the job was cancelled: finishing it would be wasted work
+whose result is refused. A worker that is stopped hands its running jobs back to their origins.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import re
+import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +30,8 @@ from p2pnode.membership import PeerAddr
 log = logging.getLogger(__name__)
 
 MAX_CLAIM_RETRIES = 5
-_BACKING_OFF = re.compile(r"backing off for ([0-9.]+)s")
+RELEASE_TIMEOUT_S = 3.0
+"""How long a stopping worker tries to hand a job back before it leaves the lease to lapse."""
 
 
 def provider_addrs(
@@ -62,7 +65,10 @@ class Worker:
         self._limiter = trio.CapacityLimiter(max(max_jobs, 1))
         self.max_jobs = max_jobs
         self.running: set[str] = set()
-        self._considering: set[str] = set()
+        self._runs: dict[str, tuple[str, trio.CancelScope]] = {}
+        """job id -> (origin, the scope that stops the run)"""
+        self._considering: dict[str, object] = {}
+        """job id -> a marker of the `consider` call that has it"""
         self.executed = 0
         self.succeeded = 0
         self.failed = 0
@@ -77,44 +83,56 @@ class Worker:
             failed=self.failed,
         )
 
-    def wants(self, job: model.Job) -> bool:
+    def wants(self, job: model.JobSummary) -> bool:
         return (
             self.max_jobs > 0
             and job.state == model.JobState.PENDING
-            and job.spec.requirements.executor in self.executors
+            and job.requirements.executor in self.executors
             and job.id not in self._considering
         )
 
     async def consider(self, announcement: JobAnnounced) -> None:
-        """Try to claim and run one announced job; returns when it is done with it either way."""
+        """Try to claim and run one announced job; returns when it is done with it either way.
+        A job that is backing off is waited for without holding one of the `max_jobs` slots."""
         job_id = announcement.job.id
-        self._considering.add(job_id)
+        marker = self._considering[job_id] = object()
         try:
-            async with self._limiter:
-                grant = await self._claim(announcement)
-                if grant is not None:
-                    await self._execute(grant, announcement.origin_addr)
+            for _ in range(MAX_CLAIM_RETRIES):
+                async with self._limiter:
+                    reply = await self._claim(announcement)
+                    if isinstance(reply, model.ClaimGrant):
+                        await self._execute(reply, announcement.origin_addr)
+                        return
+                if reply is None:
+                    return
+                await trio.sleep(reply)  # the origin's retry back-off: a timer, not a sync
         except Exception:  # one job's unforeseen failure must not stop the node; its lease lapses
             log.exception("worker failed on job %s", job_id)
         finally:
-            self._considering.discard(job_id)
+            if self._considering.get(job_id) is marker:
+                del self._considering[job_id]
 
-    async def _claim(self, announcement: JobAnnounced) -> model.ClaimGrant | None:
+    def stop_run(self, job_id: str, origin: str) -> bool:
+        """Abandon a running job because its origin says so (a cancel); anyone else is ignored."""
+        run = self._runs.get(job_id)
+        if run is None or run[0] != origin:
+            return False
+        run[1].cancel()
+        return True
+
+    async def _claim(self, announcement: JobAnnounced) -> model.ClaimGrant | float | None:
+        """A grant, the seconds to wait before asking again, or None: give up on this job."""
         request = model.ClaimRequest(job_id=announcement.job.id, worker=self.id)
-        for _ in range(MAX_CLAIM_RETRIES):
-            try:
-                reply = await self._control.ask(announcement.origin_addr, request)
-            except ControlError as exc:
-                log.info("cannot claim %s: %s", announcement.job.id, exc)
-                return None
-            if isinstance(reply, model.ClaimGrant):
-                return reply
-            reason = reply.reason if isinstance(reply, model.ClaimRefused) else f"unexpected reply {reply.type}"
-            backing_off = _BACKING_OFF.search(reason)
-            if backing_off is None:
-                log.debug("claim of %s refused: %s", announcement.job.id, reason)
-                return None
-            await trio.sleep(float(backing_off.group(1)))  # the origin's retry back-off: a timer, not a sync
+        try:
+            reply = await self._control.ask(announcement.origin_addr, request)
+        except ControlError as exc:
+            log.info("cannot claim %s: %s", announcement.job.id, exc)
+            return None
+        if isinstance(reply, model.ClaimGrant):
+            return reply
+        if isinstance(reply, model.ClaimRefused) and reply.retry_after is not None:
+            return reply.retry_after
+        log.debug("claim of %s refused: %s", announcement.job.id, getattr(reply, "reason", reply.type))
         return None
 
     async def _execute(self, grant: model.ClaimGrant, origin: PeerAddr) -> None:
@@ -123,19 +141,19 @@ class Worker:
         self.running.add(job.id)
         workdir = self._work_dir / f"{job.id}-{job.attempts}"
         try:
-            with trio.CancelScope() as lease_lost:
+            with trio.CancelScope() as stopped:  # lease lost, or the origin cancelled the job
+                self._runs[job.id] = (job.origin, stopped)
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._keep_lease, job, token, origin, grant.lease_expires_in, lease_lost)
+                    nursery.start_soon(self._keep_lease, job, token, origin, grant.lease_expires_in, stopped)
                     result = await self._run(job, origin, workdir)
+                    result, outputs = await self._finish(result)
                     nursery.cancel_scope.cancel()
-            if lease_lost.cancelled_caught:
-                log.warning("lost the lease of job %s; abandoned the run", job.id)
+            if stopped.cancelled_caught:
+                log.warning("job %s was cancelled or its lease lost; abandoned the run", job.id)
                 return
             self.executed += 1
-            try:
-                outputs = await self._store_outputs(result)
-            except StoreError as exc:
-                result, outputs = ExecutionResult.failure(f"could not store the outputs: {exc}", result.logs), {}
+            # From here a retry of this job (announced as our report lands) is a new candidate.
+            self._considering.pop(job.id, None)
             report = model.Report(
                 job_id=job.id, lease_token=token, ok=result.ok, result=result.result, error=result.error, logs=result.logs, outputs=outputs
             )
@@ -149,10 +167,33 @@ class Worker:
         except ControlError as exc:
             log.warning("could not report job %s: %s", job.id, exc)
         finally:
+            if trio.current_effective_deadline() == -math.inf:  # the node is stopping: hand the job back
+                with trio.CancelScope(deadline=trio.current_time() + RELEASE_TIMEOUT_S, shield=True):
+                    await self._release(job, token, origin)
+            self._runs.pop(job.id, None)
             self.running.discard(job.id)
             shutil.rmtree(workdir, ignore_errors=True)
 
-    async def _keep_lease(self, job: model.Job, token: str, origin: PeerAddr, lease_s: float, lease_lost: trio.CancelScope) -> None:
+    async def _release(self, job: model.Job, token: str, origin: PeerAddr) -> None:
+        try:
+            reply = await self._control.ask(origin, model.Release(job_id=job.id, lease_token=token))
+        except ControlError as exc:
+            log.warning("could not hand job %s back, its lease will lapse: %s", job.id, exc)
+            return
+        if isinstance(reply, model.Ack):
+            log.info("handed job %s back to its origin", job.id)
+
+    async def _finish(self, result: ExecutionResult) -> tuple[ExecutionResult, dict[str, model.BlobRef]]:
+        """Store the outputs and bound the result: what is reported is always reportable."""
+        if result.ok and (size := model.json_size(result.result)) > model.MAX_RESULT_BYTES:
+            message = f"result of {size} bytes exceeds {model.MAX_RESULT_BYTES}: write large data to /out"
+            return ExecutionResult.failure(message, result.logs), {}
+        try:
+            return result, await self._store_outputs(result)
+        except StoreError as exc:
+            return ExecutionResult.failure(f"could not store the outputs: {exc}", result.logs), {}
+
+    async def _keep_lease(self, job: model.Job, token: str, origin: PeerAddr, lease_s: float, stopped: trio.CancelScope) -> None:
         """Renew until the origin refuses; an origin that does not answer is retried, not given up on."""
         request: model.ControlMessage = model.Started(job_id=job.id, lease_token=token)
         while True:
@@ -165,7 +206,7 @@ class Worker:
                 break
             await trio.sleep(reply.expires_in / 3)
             request = model.Renew(job_id=job.id, lease_token=token)
-        lease_lost.cancel()
+        stopped.cancel()
 
     async def _run(self, job: model.Job, origin: PeerAddr, workdir: Path) -> ExecutionResult:
         spec = job.spec
@@ -173,18 +214,25 @@ class Worker:
         inputs.mkdir(parents=True, exist_ok=True)
         outputs.mkdir(parents=True, exist_ok=True)
         module_path = workdir / "module.wasm"
+        job_input = spec.input
         try:
             await self._materialize(spec.module, origin, module_path)
             for name, ref in spec.artifacts.items():
                 await self._materialize(ref, origin, inputs / name)
+            if spec.input_blob is not None:
+                input_path = workdir / "input.json"
+                await self._materialize(spec.input_blob, origin, input_path)
+                job_input = await trio.to_thread.run_sync(lambda: json.loads(input_path.read_bytes()))
         except (FetchError, StoreError) as exc:
             return ExecutionResult.failure(f"could not fetch job inputs: {exc}")
+        except ValueError as exc:
+            return ExecutionResult.failure(f"the job input blob is not JSON: {exc}")
         executor = self.executors[spec.requirements.executor]
         request = ExecutionRequest(
             module_path=module_path,
             module_hash=spec.module.hash,
             workflow=spec.workflow,
-            input=spec.input,
+            input=job_input,
             artifacts_dir=inputs,
             output_dir=outputs,
             limits=spec.requirements.limits,
