@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -28,3 +29,18 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 def save_model(path: Path, model: BaseModel, mode: int = 0o644) -> None:
     write_atomic(path, model.model_dump_json(indent=2).encode(), mode)
+
+
+def create_once(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Create a private file whole: `mode` from the first instant, published by a hard link, so a
+    reader never sees it half written and of two racing creators the first one's content wins."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    with contextlib.suppress(FileExistsError):
+        os.link(tmp, path)
+    os.unlink(tmp)

@@ -26,11 +26,12 @@ import io
 import os
 import shutil
 import sqlite3
+import stat
 import struct
 import threading
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from pathlib import Path
 
 import blake3
@@ -332,12 +333,47 @@ class BlobStore:
         finally:
             _unlink(tmp)
 
+    async def add_stream(self, chunks: AsyncIterable[bytes], *, tag: str | None = None, pin: bool = False) -> BlobInfo:
+        """Add what an async byte stream (an HTTP upload) yields, in constant memory; a stream that
+        fails or is cancelled midway leaves nothing behind."""
+        tmp = self._tmp_path()
+        try:
+            with _os_errors(f"writing blob to {tmp}"):
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                hasher = BlobHasher()
+                pending = bytearray()
+                async for chunk in chunks:
+                    pending += chunk
+                    if len(pending) >= BLOCK_SIZE:
+                        data, pending = pending, bytearray()
+                        await trio.to_thread.run_sync(self._hash_and_write, fd, hasher, data, tmp)
+                await trio.to_thread.run_sync(self._hash_and_write, fd, hasher, pending, tmp)
+                with _os_errors(f"writing blob to {tmp}"):
+                    await trio.to_thread.run_sync(os.fsync, fd)
+            finally:
+                os.close(fd)
+            digest, bl = hasher.finish()
+            return await trio.to_thread.run_sync(self._install, tmp, digest.hex(), bl, tag, pin)
+        finally:
+            _unlink(tmp)
+
+    @staticmethod
+    def _hash_and_write(fd: int, hasher: BlobHasher, data: bytearray, tmp: Path) -> None:
+        hasher.update(data)
+        with _os_errors(f"writing blob to {tmp}"):
+            _write_all(fd, memoryview(data))
+
     @staticmethod
     def _copy_file(source: Path, fd: int, hasher: BlobHasher) -> None:
         buf = bytearray(READ_CHUNK)
         view = memoryview(buf)
         with _os_errors(f"reading {source}"):
-            f = open(source, "rb", buffering=0)
+            source_fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # opening a FIFO must not block
+            if not stat.S_ISREG(os.fstat(source_fd).st_mode):
+                os.close(source_fd)
+                raise StoreError(f"{source} is not a regular file")
+            f = open(source_fd, "rb", buffering=0)
         with f:
             while True:
                 trio.from_thread.check_cancelled()

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Protocol, get_args
 
 import trio
-from pydantic import BaseModel, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from p2pnode.blobs.fetch import FetchError
 from p2pnode.blobs.service import BlobService
-from p2pnode.blobs.store import StoreError
+from p2pnode.blobs.store import BlobNotFound, StoreError
 from p2pnode.executors.wasm import InvalidModule, load_module_bytes
 from p2pnode.jobs import model
 from p2pnode.jobs.announcements import JobAnnounced, JobFinished
@@ -34,12 +34,16 @@ REANNOUNCE_EVERY = 30  # sweeps
 
 
 class JobSubmission(BaseModel):
-    """A job as a person submits it: local files, which the node turns into blobs."""
+    """A job as a person submits it: blobs the CLI uploaded (or local files the node turns into blobs)."""
 
-    module: Path
+    model_config = ConfigDict(extra="forbid")
+
+    module: Path | None = None
+    module_blob: model.Hex64 | None = None
     workflow: str | None = None
     input: JsonValue = None
     artifacts: dict[model.ArtifactName, Path] = {}
+    artifact_blobs: dict[model.ArtifactName, model.Hex64] = {}
     executor: model.Executor = "wasi"
     limits: model.Limits = model.Limits()
     max_attempts: int = Field(3, ge=1, le=100)
@@ -101,12 +105,17 @@ class JobService:
 
     async def submit_files(self, request: JobSubmission) -> model.Job:
         """Add the module and artifacts as pinned blobs, then submit. `.wat` text is assembled first."""
-        try:
-            module_bytes = load_module_bytes(request.module)
-        except (OSError, InvalidModule) as exc:
-            raise SubmissionError(f"cannot use module {request.module}: {exc}") from None
-        module = model.BlobRef.held_by(await self._blobs.store.add_bytes(module_bytes, pin=True), self.id)
-        artifacts = {}
+        if request.module_blob is not None:
+            module = await self._stored_blob(request.module_blob, "module")
+        elif request.module is not None:
+            try:
+                module_bytes = load_module_bytes(request.module)
+            except (OSError, InvalidModule) as exc:
+                raise SubmissionError(f"cannot use module {request.module}: {exc}") from None
+            module = model.BlobRef.held_by(await self._blobs.store.add_bytes(module_bytes, pin=True), self.id)
+        else:
+            raise SubmissionError("a job needs a module (module_blob)")
+        artifacts = {name: await self._stored_blob(h, f"artifact {name!r}") for name, h in request.artifact_blobs.items()}
         for name, path in request.artifacts.items():
             try:
                 artifacts[name] = model.BlobRef.held_by(await self._blobs.add(path), self.id)
@@ -121,6 +130,12 @@ class JobService:
             max_attempts=request.max_attempts,
         )
         return await self.submit(spec)
+
+    async def _stored_blob(self, blob_hash: str, what: str) -> model.BlobRef:
+        try:
+            return model.BlobRef.held_by(await self._blobs.store.info(blob_hash), self.id)
+        except BlobNotFound:
+            raise SubmissionError(f"the {what} blob {blob_hash} is not on this node; upload it first") from None
 
     async def submit(self, spec: model.JobSpec) -> model.Job:
         job = self.store.submit(self.id, spec)
