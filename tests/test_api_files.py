@@ -170,3 +170,37 @@ def test_cli_token_errors_are_one_line(tmp_path: Path) -> None:
         assert by_env.returncode == 0, by_env.stderr
     finally:
         node.kill()
+
+
+async def test_abandoned_fetch_stops(node, api, nursery) -> None:
+    """A client that leaves a fetch stops it (a fetch from a provider that never answers would otherwise hold on)."""
+    import tickets
+    from p2pnode.blobs.protocol import BLOBS_ALPN
+    from p2pnode.membership import PeerAddr
+    from tests.conftest import accept_connection, bind_loopback
+
+    stalled = await bind_loopback([BLOBS_ALPN])
+    connected = trio.Event()
+
+    async def accept_and_stall() -> None:
+        held = await accept_connection(stalled)  # noqa: F841  (kept open, never answered)
+        connected.set()
+        await trio.sleep_forever()
+
+    nursery.start_soon(accept_and_stall)
+    blob_hash = os.urandom(32)
+    ticket = tickets.encode(
+        tickets.BlobTicket(provider=PeerAddr.from_endpoint(stalled.addr(), None).to_ticket(), hash=blob_hash, size=10, root=os.urandom(32))
+    )
+    try:
+        async with api.stream("POST", "/blobs/fetch", json={"ticket": ticket}) as response:
+            assert response.status_code == 200
+            with trio.fail_after(20):
+                await connected.wait()
+            assert node.blobs.store.is_in_use(blob_hash.hex())
+        await api.aclose()
+        with trio.fail_after(10):
+            while node.blobs.store.is_in_use(blob_hash.hex()):
+                await trio.sleep(0.01)
+    finally:
+        await stalled.close()
