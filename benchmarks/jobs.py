@@ -30,7 +30,7 @@ def main(jobs: int, workers: int) -> None:
         origin = NodeProcess(work / "origin", "--max-jobs", "0")
         started = [NodeProcess(work / f"worker{i}", "--join", origin.ticket, "--max-jobs", "4") for i in range(workers)]
         try:
-            with httpx.Client(base_url=origin.api, timeout=120) as api:
+            with httpx.Client(base_url=origin.api, headers=origin.headers, timeout=120) as api:
                 ids = [api.post("/jobs", json={"module": str(ECHO), "input": {"n": n}}).json()["id"] for n in range(jobs)]
                 records = [api.post(f"/jobs/{job_id}/wait", params={"timeout": 120}).json() for job_id in ids]
         finally:
