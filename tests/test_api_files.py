@@ -204,3 +204,17 @@ async def test_abandoned_fetch_stops(node, api, nursery) -> None:
                 await trio.sleep(0.01)
     finally:
         await stalled.close()
+
+
+async def test_jobs_take_uploaded_blobs_not_paths(node, api, tmp_path: Path) -> None:
+    secret = node.settings.data_dir / "cluster.json"
+    for body in ({"module": str(secret)}, {"module_blob": "ab" * 32, "artifacts": {"x": str(secret)}}):
+        refused = await api.post("/jobs", json=body)
+        assert refused.status_code == 422 and "module_blob" in refused.json()["detail"], body
+    missing = await api.post("/jobs", json={"module_blob": "ab" * 32})
+    assert missing.status_code == 400 and "upload it first" in missing.json()["detail"]
+    wasm = (await api.put("/blobs", content=b"\0asm\x01\0\0\0", headers={"Content-Type": "application/octet-stream"})).json()
+    job = await api.post("/jobs", json={"module_blob": wasm["blob"]["hash"], "artifact_blobs": {"a": wasm["blob"]["hash"]}})
+    assert job.status_code == 200, job.text
+    assert job.json()["spec"]["module"]["hash"] == wasm["blob"]["hash"]
+    assert job.json()["spec"]["artifacts"]["a"]["providers"] == [node.id]

@@ -225,6 +225,8 @@ def create_app(node: Node) -> FastAPI:
 
     @api.post("/jobs", responses={**_errors(400), **BODY_ERRORS})
     async def submit_job(request: JobSubmission) -> Job:
+        if request.module is not None or request.artifacts:  # the node opens no caller-chosen path for a job
+            raise HTTPException(422, "upload the module and artifacts first (PUT /blobs) and send module_blob and artifact_blobs")
         try:
             return await node.jobs.submit_files(request)
         except SubmissionError as exc:
