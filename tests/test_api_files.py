@@ -218,3 +218,22 @@ async def test_jobs_take_uploaded_blobs_not_paths(node, api, tmp_path: Path) -> 
     assert job.status_code == 200, job.text
     assert job.json()["spec"]["module"]["hash"] == wasm["blob"]["hash"]
     assert job.json()["spec"]["artifacts"]["a"]["providers"] == [node.id]
+
+
+async def test_abandoned_download_releases_the_blob(node, api) -> None:
+    async def chunks():
+        for _ in range(64):
+            yield os.urandom(1 << 20)
+
+    added = (await api.put("/blobs", content=chunks(), headers={"Content-Type": "application/octet-stream"})).json()
+    blob_hash = added["blob"]["hash"]
+    async with api.stream("GET", f"/blobs/{blob_hash}") as response:
+        assert response.headers["content-length"] == str(64 << 20)
+        async for _ in response.aiter_raw(1 << 16):
+            break
+        assert node.blobs.store.is_in_use(blob_hash)
+    await api.aclose()
+    with trio.fail_after(10):
+        while node.blobs.store.is_in_use(blob_hash):
+            await trio.sleep(0.01)
+    assert (await httpx.AsyncClient(base_url=node.api_url).get("/health")).status_code == 200
