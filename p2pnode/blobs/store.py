@@ -372,7 +372,7 @@ class BlobStore:
             source_fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # opening a FIFO must not block
             if not stat.S_ISREG(os.fstat(source_fd).st_mode):
                 os.close(source_fd)
-                raise StoreError(f"{source} is not a regular file")
+                raise StoreError(f"reading {source} failed: not a regular file (a FIFO, device or folder)")
             f = open(source_fd, "rb", buffering=0)
         with f:
             while True:
