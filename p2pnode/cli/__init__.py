@@ -12,7 +12,7 @@ import click
 import tickets
 from p2pnode.api.auth import token_path
 from p2pnode.api.client import ApiClient, ApiError
-from p2pnode.config import DEFAULT_API
+from p2pnode.config import DEFAULT_API, DEFAULT_DATA
 
 EXIT_USAGE = 2
 
@@ -61,7 +61,7 @@ def parse_blob_ticket(text: str) -> tickets.BlobTicket:
     "--data",
     "data_dir",
     envvar="P2PNODE_DATA",
-    default=Path("data"),
+    default=DEFAULT_DATA,
     show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
     help="Data folder of the node: where its API token is read (env P2PNODE_DATA).",
