@@ -209,3 +209,12 @@ async def test_docs_work_offline(node) -> None:
     for code in ("401", "403", "421", "422"):
         assert fetch["responses"][code]["content"]["application/json"]["schema"]["properties"]["detail"]["type"] == "string"
     assert "application/octet-stream" in schema["paths"]["/blobs"]["put"]["requestBody"]["content"]
+
+
+async def test_api_bound_by_name_answers_to_its_address_and_localhost(start_node) -> None:
+    node = await start_node(http_host="localhost")
+    port = node.api_url.rsplit(":", 1)[1]
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {node.api_token}"}) as client:
+        for host in ("localhost", "127.0.0.1"):
+            assert (await client.get(f"http://127.0.0.1:{port}/status", headers={"Host": f"{host}:{port}"})).status_code == 200
+        assert (await client.get(f"http://127.0.0.1:{port}/status", headers={"Host": f"evil.example:{port}"})).status_code == 421
