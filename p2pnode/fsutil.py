@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from pathlib import Path
+from typing import BinaryIO
 
 from pydantic import BaseModel
 
@@ -44,3 +46,16 @@ def create_once(path: Path, data: bytes, mode: int = 0o600) -> None:
     with contextlib.suppress(FileExistsError):
         os.link(tmp, path)
     os.unlink(tmp)
+
+
+class NotRegularFile(ValueError):
+    """The path is a FIFO, a device or a folder: nothing to read whole."""
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """Open a regular file for reading, or raise NotRegularFile; a FIFO never blocks the open."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NotRegularFile(f"{path} is not a regular file")
+    return open(fd, "rb", buffering=0)

@@ -56,7 +56,7 @@ async def test_blob_add_of_a_fifo_is_a_clear_error(node, api, tmp_path: Path) ->
     assert result.stderr.decode().strip() == f"error: {fifo} is not a regular file"
     with trio.fail_after(10):  # the node's own path-based add neither hangs on it
         refused = await api.post("/blobs", json={"path": str(fifo)})
-    assert refused.status_code == 400 and refused.json()["detail"] == f"reading {fifo} failed: not a regular file (a FIFO, device or folder)"
+    assert refused.status_code == 400 and refused.json()["detail"] == f"{fifo} is not a regular file"
     assert (await api.post("/blobs", json={"path": "/dev/zero"})).status_code == 400
 
 

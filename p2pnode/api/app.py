@@ -15,7 +15,7 @@ import stat
 from http import HTTPStatus
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 
 import trio
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Response
@@ -41,8 +41,10 @@ from p2pnode.api.schemas import (
     NodeStatus,
     PathRequest,
 )
+from p2pnode.blobs.blocks import READ_CHUNK
 from p2pnode.blobs.fetch import FetchError
 from p2pnode.blobs.store import BlobInfo, BlobInUse, BlobNotFound, GcResult, StoreError
+from p2pnode.fsutil import NotRegularFile, open_regular
 from p2pnode.jobs.model import Hex64, Job, JobId, JobState
 from p2pnode.jobs.service import JobSubmission, SubmissionError
 from p2pnode.jobs.store import Refused
@@ -113,8 +115,14 @@ def create_app(node: Node) -> FastAPI:
     async def add_blob(request: PathRequest) -> BlobAdded:
         """Add a regular file the node can read (its own user's; never inside its data folder)."""
         source = _outside_private_dirs(node, Path(os.path.realpath(request.path)))
-        with store_errors():
-            info = await node.blobs.store.add_path(source, pin=request.pin)
+        try:
+            f = open_regular(source)
+        except NotRegularFile as exc:
+            raise HTTPException(400, str(exc)) from None
+        except OSError as exc:
+            raise HTTPException(400, f"cannot read {request.path}: {exc.strerror}") from None
+        with f, store_errors():
+            info = await node.blobs.store.add_stream(_chunks(f), pin=request.pin)
         return BlobAdded(blob=info, ticket=node.blobs.ticket(info))
 
     @api.get(
@@ -276,6 +284,11 @@ def create_app(node: Node) -> FastAPI:
 
     app.include_router(api)
     return app
+
+
+async def _chunks(f: BinaryIO) -> AsyncIterator[bytes]:
+    while chunk := await trio.to_thread.run_sync(f.read, READ_CHUNK):
+        yield chunk
 
 
 def _job_or_404(node: Node, job_id: str) -> Job:

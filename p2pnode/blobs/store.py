@@ -26,7 +26,6 @@ import io
 import os
 import shutil
 import sqlite3
-import stat
 import struct
 import threading
 import uuid
@@ -369,11 +368,7 @@ class BlobStore:
         buf = bytearray(READ_CHUNK)
         view = memoryview(buf)
         with _os_errors(f"reading {source}"):
-            source_fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # opening a FIFO must not block
-            if not stat.S_ISREG(os.fstat(source_fd).st_mode):
-                os.close(source_fd)
-                raise StoreError(f"reading {source} failed: not a regular file (a FIFO, device or folder)")
-            f = open(source_fd, "rb", buffering=0)
+            f = open(source, "rb", buffering=0)
         with f:
             while True:
                 trio.from_thread.check_cancelled()

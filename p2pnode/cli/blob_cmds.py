@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import stat
 import uuid
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from p2pnode.api.client import ApiClient
 from p2pnode.blobs.model import BlobInfo, GcResult
 from p2pnode.cli import EXIT_USAGE, cli, fail, parse_blob_ticket
 from p2pnode.cli.progress import TransferProgress
+from p2pnode.fsutil import NotRegularFile, open_regular
 
 
 UPLOAD_CHUNK = 1 << 20
@@ -46,14 +46,14 @@ def add(api: ApiClient, path: Path) -> None:
 def upload(api: ApiClient, path: Path) -> BlobAdded:
     """Stream a regular file's content to the node, which never opens the path itself."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # opening a FIFO must not block
+        f = open_regular(path)
+    except NotRegularFile as exc:
+        fail(str(exc), EXIT_USAGE)
     except OSError as exc:
         fail(f"cannot read {path}: {exc.strerror}", EXIT_USAGE)
-    with open(fd, "rb", buffering=0) as f:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            fail(f"{path} is not a regular file", EXIT_USAGE)
-        return api.upload("/blobs", iter(lambda: f.read(UPLOAD_CHUNK), b""), info.st_size, BlobAdded, params={"pin": True}, timeout=None)
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        return api.upload("/blobs", iter(lambda: f.read(UPLOAD_CHUNK), b""), size, BlobAdded, params={"pin": True}, timeout=None)
 
 
 def download(api: ApiClient, blob_hash: str, dest: Path, *, force: bool) -> None:
