@@ -28,7 +28,7 @@ from starlette.requests import ClientDisconnect
 
 import p2pnode
 import tickets
-from p2pnode.api.auth import PUBLIC_PATHS
+from p2pnode.api.auth import DOCS_ASSETS, PUBLIC_PATHS
 from p2pnode.api.schemas import (
     BlobAdded,
     BlobFetchRequest,
@@ -74,6 +74,7 @@ def create_app(node: Node) -> FastAPI:
         description="Local control API of one p2pnode. Every endpoint but /health (and these docs) needs "
         "`Authorization: Bearer <token>`, the token being the node's DATA/api-token.",
         responses=COMMON_ERRORS,
+        static_url=DOCS_ASSETS.rstrip("/"),
     )
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StarletteHTTPException, _refused)
