@@ -46,10 +46,10 @@ def main(mib: int) -> None:
             rss_before = peak_rss_mb(fetcher.proc.pid)
             with httpx.Client(timeout=None) as http:
                 started = time.perf_counter()
-                added = http.post(f"{provider.api}/blobs", json={"path": str(source)}).json()
+                added = http.post(f"{provider.api}/blobs", json={"path": str(source)}, headers=provider.headers).json()
                 add_s = time.perf_counter() - started
                 started = time.perf_counter()
-                with http.stream("POST", f"{fetcher.api}/blobs/fetch", json={"ticket": added["ticket"]}) as response:
+                with http.stream("POST", f"{fetcher.api}/blobs/fetch", json={"ticket": added["ticket"]}, headers=fetcher.headers) as response:
                     last = [line for line in response.iter_lines() if line][-1]
                 fetch_s = time.perf_counter() - started
             assert '"blob"' in last, last

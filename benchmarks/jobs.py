@@ -19,6 +19,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from p2pnode.executors.wasm import load_module_bytes  # noqa: E402
 from tests.nodeproc import NodeProcess  # noqa: E402
 
 ECHO = Path(__file__).resolve().parent.parent / "examples" / "echo.wat"
@@ -30,8 +31,10 @@ def main(jobs: int, workers: int) -> None:
         origin = NodeProcess(work / "origin", "--max-jobs", "0")
         started = [NodeProcess(work / f"worker{i}", "--join", origin.ticket, "--max-jobs", "4") for i in range(workers)]
         try:
-            with httpx.Client(base_url=origin.api, timeout=120) as api:
-                ids = [api.post("/jobs", json={"module": str(ECHO), "input": {"n": n}}).json()["id"] for n in range(jobs)]
+            with httpx.Client(base_url=origin.api, headers=origin.headers, timeout=120) as api:
+                wasm = load_module_bytes(ECHO)
+                module = api.put("/blobs", content=wasm, headers={"Content-Type": "application/octet-stream"}).json()["blob"]["hash"]
+                ids = [api.post("/jobs", json={"module_blob": module, "input": {"n": n}}).json()["id"] for n in range(jobs)]
                 records = [api.post(f"/jobs/{job_id}/wait", params={"timeout": 120}).json() for job_id in ids]
         finally:
             for node in [origin, *started]:

@@ -12,12 +12,16 @@ from p2pnode.executors.base import MIB, JobMaxima
 _MAXIMA = JobMaxima()
 
 
+DEFAULT_DATA = Path("data")
+"""The data folder: the node's key, cluster secret and API token (DATA/api-token, which CLI commands read)."""
+
+
 class Settings(BaseSettings):
     """Everything a node needs to start. Each field reads the environment variable in its alias."""
 
     model_config = SettingsConfigDict(populate_by_name=True, extra="ignore")
 
-    data_dir: Path = Field(Path("data"), validation_alias=AliasChoices("data_dir", "P2PNODE_DATA"))
+    data_dir: Path = Field(DEFAULT_DATA, validation_alias=AliasChoices("data_dir", "P2PNODE_DATA"))
     blobs_path: Path | None = Field(None, validation_alias=AliasChoices("blobs_path", "IROH_BLOBS_PATH"))
     http_host: str = Field("127.0.0.1", validation_alias=AliasChoices("http_host", "HTTP_HOST"))
     http_port: int = Field(3020, ge=0, le=65535, validation_alias=AliasChoices("http_port", "HTTP_PORT"))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 from pathlib import Path
+from typing import BinaryIO
 
 from pydantic import BaseModel
 
@@ -28,3 +31,31 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 def save_model(path: Path, model: BaseModel, mode: int = 0o644) -> None:
     write_atomic(path, model.model_dump_json(indent=2).encode(), mode)
+
+
+def create_once(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Create a private file whole: `mode` from the first instant, published by a hard link, so a
+    reader never sees it half written and of two racing creators the first one's content wins."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    with contextlib.suppress(FileExistsError):
+        os.link(tmp, path)
+    os.unlink(tmp)
+
+
+class NotRegularFile(ValueError):
+    """The path is a FIFO, a device or a folder: nothing to read whole."""
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """Open a regular file for reading, or raise NotRegularFile; a FIFO never blocks the open."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NotRegularFile(f"{path} is not a regular file")
+    return open(fd, "rb", buffering=0)

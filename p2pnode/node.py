@@ -25,6 +25,7 @@ from p2pnode.jobs.announcements import JobAnnounced, JobFinished
 from p2pnode.jobs.control import JOBS_ALPN, ControlClient
 from p2pnode.jobs.service import JobService
 from p2pnode.jobs.store import JobStore
+from p2pnode.api.auth import TokenError, load_or_create_token
 from p2pnode.api.schemas import MemberStatus, NodeInfo, NodeStatus
 from p2pnode.jobs.worker import Worker
 from p2pnode.fsutil import save_model
@@ -91,16 +92,19 @@ class Node:
                 await nursery.start(self.jobs.run)
                 nursery.start_soon(self._watch_flawless)
                 nursery.start_soon(self._collect_garbage_periodically)
-                info = NodeInfo(id=self.id, ticket=self.join_ticket(), api_url=self.api_url, pid=os.getpid())
+                info = NodeInfo(id=self.id, api_url=self.api_url, pid=os.getpid())
                 save_model(settings.data_dir / NODE_FILE, info)
                 nursery.start_soon(self._greet_members)
                 task_status.started(info)
 
     def _identity(self) -> iroh.SecretKey:
+        data_dir = self.settings.data_dir
         try:
-            key = load_or_create_secret_key(self.settings.data_dir)
-        except (OSError, ValueError) as exc:
-            raise StartupError(f"cannot use data folder {self.settings.data_dir}: {exc}") from None
+            _make_private(data_dir)
+            key = load_or_create_secret_key(data_dir)
+            self.api_token = load_or_create_token(data_dir)
+        except (OSError, ValueError, TokenError) as exc:
+            raise StartupError(f"cannot use data folder {data_dir}: {exc}") from None
         self.id = key.public().to_bytes().hex()
         return key
 
@@ -233,6 +237,8 @@ class Node:
         )
 
 
-def read_node_info(data_dir: Path) -> NodeInfo | None:
-    path = data_dir / NODE_FILE
-    return NodeInfo.model_validate_json(path.read_bytes()) if path.exists() else None
+def _make_private(folder: Path) -> None:
+    """The data folder holds the node key, the cluster secret and the API token: only its owner may enter."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if folder.stat().st_mode & 0o077:
+        os.chmod(folder, 0o700)

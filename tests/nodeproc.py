@@ -35,7 +35,12 @@ class NodeProcess:
         self.ticket = fields["join ticket"]
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return run_cli("--api", self.api, *args, check=check)
+        return run_cli("--api", self.api, "--data", str(self.data_dir), *args, check=check)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What a direct HTTP call to this node's API needs: its token."""
+        return {"Authorization": f"Bearer {(self.data_dir / 'api-token').read_text().strip()}"}
 
     def status(self) -> dict:
         return json.loads(self.cli("status", "--json").stdout)
@@ -51,8 +56,10 @@ class NodeProcess:
             self.proc.communicate()
 
 
-def run_cli(*args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, "-m", "p2pnode", *args], capture_output=True, text=True, input=input, timeout=120)
+def run_cli(*args: str, check: bool = True, input: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "p2pnode", *args], capture_output=True, text=True, input=input, timeout=120, env={**os.environ, **(env or {})}
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"p2pnode {' '.join(args)} failed ({result.returncode}): {result.stderr}")
     return result

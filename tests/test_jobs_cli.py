@@ -41,11 +41,11 @@ def submit(node: NodeProcess, *args: str) -> str:
 
 def show(node: NodeProcess, job_id: str) -> dict:
     """The job record, straight from the API (the CLI's `job show --json` is tested once below)."""
-    return httpx.get(f"{node.api}/jobs/{job_id}").json()
+    return httpx.get(f"{node.api}/jobs/{job_id}", headers=node.headers).json()
 
 
 def wait(node: NodeProcess, job_id: str) -> dict:
-    while not (job := httpx.post(f"{node.api}/jobs/{job_id}/wait", params={"timeout": 30}, timeout=40).json())["state"] in TERMINAL:
+    while not (job := httpx.post(f"{node.api}/jobs/{job_id}/wait", params={"timeout": 30}, headers=node.headers, timeout=40).json())["state"] in TERMINAL:
         pass
     return job
 

@@ -1,125 +1,242 @@
-"""The local HTTP API: what the CLI and people use to drive a running node."""
+"""The local HTTP API: what the CLI and people use to drive a running node.
+
+Every request has passed `ApiGuard` (auth.py) before it gets here. Parameters and bodies are
+validated by their models (a malformed hash or id, or an unknown field, is a 422), and every
+error answer is `{"detail": "<one line>"}` so the CLI can print it as is. File contents travel in
+the request and response bodies (`PUT /blobs`, `GET /blobs/{hash}`); the path-based add and export
+serve the node's own user (the token holder) and never touch the data folder or a non-regular file.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
+from http import HTTPStatus
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 
 import trio
-from fastapi import FastAPI, HTTPException
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi_offline import FastAPIOffline
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 import p2pnode
 import tickets
+from p2pnode.api.auth import DOCS_ASSETS, PUBLIC_PATHS
+from p2pnode.api.schemas import (
+    BlobAdded,
+    BlobFetchRequest,
+    Done,
+    ErrorReply,
+    ExportRequest,
+    FetchEvent,
+    Health,
+    JoinTicketReply,
+    NodeStatus,
+    PathRequest,
+)
+from p2pnode.blobs.blocks import READ_CHUNK
 from p2pnode.blobs.fetch import FetchError
 from p2pnode.blobs.store import BlobInfo, BlobInUse, BlobNotFound, GcResult, StoreError
-from p2pnode.jobs.model import Job, JobState
+from p2pnode.fsutil import NotRegularFile, open_regular
+from p2pnode.jobs.model import Hex64, Job, JobId, JobState
 from p2pnode.jobs.service import JobSubmission, SubmissionError, SubmissionTooLarge
 from p2pnode.jobs.store import Refused
 from p2pnode.jobs.worker import provider_addrs
-from p2pnode.api.schemas import BlobAdded, BlobFetchRequest, Done, FetchEvent, Health, JoinTicketReply, NodeStatus, PathRequest
 
 if TYPE_CHECKING:
     from p2pnode.node import Node
 
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """Error answers as OpenAPI documents them: always JSON `{"detail": "<one line>"}`."""
+    content = {"application/json": {"schema": ErrorReply.model_json_schema()}}
+    return {code: {"description": HTTPStatus(code).phrase, "content": content} for code in codes}
+
+
+COMMON_ERRORS = _errors(401, 403, 421, 422)
+BODY_ERRORS = _errors(411, 413, 415)
+
+
+class NdjsonResponse(StreamingResponse):
+    media_type = "application/x-ndjson"
+
 
 def create_app(node: Node) -> FastAPI:
-    app = FastAPI(title="p2pnode", version=p2pnode.__version__, description="Local control API of one p2pnode.")
+    app = FastAPIOffline(
+        title="p2pnode",
+        version=p2pnode.__version__,
+        description="Local control API of one p2pnode. Every endpoint but /health (and these docs) needs "
+        "`Authorization: Bearer <token>`, the token being the node's DATA/api-token.",
+        responses=COMMON_ERRORS,
+        static_url=DOCS_ASSETS.rstrip("/"),
+    )
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(StarletteHTTPException, _refused)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    api = APIRouter()
 
     @app.get("/health")
     async def health() -> Health:
+        """Liveness, without the token."""
         return Health(ok=True, id=node.id, version=p2pnode.__version__)
 
-    @app.get("/status")
+    @api.get("/status")
     async def status() -> NodeStatus:
         return node.status()
 
-    @app.post("/tickets/join")
+    @api.post("/tickets/join")
     async def join_ticket() -> JoinTicketReply:
         return JoinTicketReply(ticket=node.join_ticket())
 
-    @app.get("/blobs")
+    @api.get("/blobs")
     async def list_blobs() -> list[BlobInfo]:
         return await node.blobs.store.list()
 
-    @app.post("/blobs")
-    async def add_blob(request: PathRequest) -> BlobAdded:
-        with store_errors():
-            info = await node.blobs.add(request.path)
+    @api.put(
+        "/blobs",
+        responses=_errors(400, 415),
+        openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
+    )
+    async def upload_blob(request: Request, pin: bool = True) -> BlobAdded:
+        """Add the request body (application/octet-stream, streamed, any size) as a blob."""
+        try:
+            with store_errors():
+                info = await node.blobs.store.add_stream(request.stream(), pin=pin)
+        except ClientDisconnect:
+            raise HTTPException(400, "the upload was abandoned") from None
         return BlobAdded(blob=info, ticket=node.blobs.ticket(info))
 
-    @app.get("/blobs/{blob_hash}/ticket")
-    async def blob_ticket(blob_hash: str) -> BlobAdded:
+    @api.post("/blobs", responses={**_errors(400, 403), **BODY_ERRORS})
+    async def add_blob(request: PathRequest) -> BlobAdded:
+        """Add a regular file the node can read (its own user's; never inside its data folder)."""
+        source = _outside_private_dirs(node, Path(os.path.realpath(request.path)))
+        try:
+            f = open_regular(source)
+        except NotRegularFile as exc:
+            raise HTTPException(400, str(exc)) from None
+        except OSError as exc:
+            raise HTTPException(400, f"cannot read {request.path}: {exc.strerror}") from None
+        with f, store_errors():
+            info = await node.blobs.store.add_stream(_chunks(f), pin=request.pin)
+        return BlobAdded(blob=info, ticket=node.blobs.ticket(info))
+
+    @api.get(
+        "/blobs/{blob_hash}",
+        response_class=Response,
+        responses={200: {"content": {"application/octet-stream": {}}, "description": "The blob's bytes."}, **_errors(404)},
+    )
+    async def download_blob(blob_hash: Hex64) -> StreamingResponse:
+        """The blob's content, streamed (Content-Length set); the blob stays in use while it is read."""
+        with store_errors():
+            info = await node.blobs.store.info(blob_hash)
+
+        async def content() -> AsyncIterator[bytes]:
+            async with contextlib.aclosing(node.blobs.store.read_range(blob_hash)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+
+        headers = {"Content-Length": str(info.size)}
+        return StreamingResponse(content(), media_type="application/octet-stream", headers=headers)
+
+    @api.get("/blobs/{blob_hash}/ticket", responses=_errors(404))
+    async def blob_ticket(blob_hash: Hex64) -> BlobAdded:
         with store_errors():
             info = await node.blobs.store.info(blob_hash)
         return BlobAdded(blob=info, ticket=node.blobs.ticket(info))
 
-    @app.delete("/blobs/{blob_hash}")
-    async def remove_blob(blob_hash: str, force: bool = False) -> Done:
+    @api.delete("/blobs/{blob_hash}", responses=_errors(404, 409))
+    async def remove_blob(blob_hash: Hex64, force: bool = False) -> Done:
         with store_errors():
             await node.blobs.store.remove(blob_hash, force=force)
         return Done()
 
-    @app.post("/blobs/{blob_hash}/pin")
-    async def pin_blob(blob_hash: str) -> Done:
+    @api.post("/blobs/{blob_hash}/pin", responses=_errors(404))
+    async def pin_blob(blob_hash: Hex64) -> Done:
         with store_errors():
             await node.blobs.store.pin(blob_hash)
         return Done()
 
-    @app.delete("/blobs/{blob_hash}/pin")
-    async def unpin_blob(blob_hash: str) -> Done:
+    @api.delete("/blobs/{blob_hash}/pin", responses=_errors(404))
+    async def unpin_blob(blob_hash: Hex64) -> Done:
         with store_errors():
             await node.blobs.store.unpin(blob_hash)
         return Done()
 
-    @app.post("/blobs/gc")
+    @api.post("/blobs/gc")
     async def collect_garbage() -> GcResult:
         """Remove unpinned, untagged blobs that no live job needs (the node also does this every 10 min)."""
         return await node.collect_garbage()
 
-    @app.post("/blobs/{blob_hash}/export")
-    async def export_blob(blob_hash: str, request: PathRequest) -> BlobInfo:
+    @api.post("/blobs/{blob_hash}/export", responses={**_errors(400, 403, 404, 409), **BODY_ERRORS})
+    async def export_blob(blob_hash: Hex64, request: ExportRequest) -> BlobInfo:
+        """Write a blob to a file of the node's own user (not in its data folder); an existing file only with `force`."""
+        dest = _outside_private_dirs(node, Path(os.path.realpath(request.path.parent)) / request.path.name)
+        with contextlib.suppress(FileNotFoundError):
+            mode = os.lstat(dest).st_mode
+            if not request.force:
+                raise HTTPException(409, f"{request.path} exists; export with force to overwrite it")
+            if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+                raise HTTPException(400, f"{request.path} is not a regular file")
         with store_errors():
-            return await node.blobs.store.export(blob_hash, request.path)
+            return await node.blobs.store.export(blob_hash, dest)
 
-    @app.post("/blobs/fetch")
-    async def fetch_blob(request: BlobFetchRequest) -> StreamingResponse:
-        """Fetch by blob ticket; streams NDJSON progress lines, the last one says how it ended."""
+    @api.post(
+        "/blobs/fetch",
+        response_class=NdjsonResponse,
+        responses={
+            200: {"model": FetchEvent, "description": "NDJSON, one FetchEvent per line: progress, then a last line with `blob` or `error`."},
+            **BODY_ERRORS,
+        },
+    )
+    async def fetch_blob(request: BlobFetchRequest) -> NdjsonResponse:
+        """Fetch by blob ticket into the store. A client that goes away stops the fetch (the verified
+        blocks stay, so the next fetch resumes)."""
         try:
             ticket = tickets.parse_blob(request.ticket)
         except tickets.TicketError as exc:
             raise HTTPException(422, f"invalid blob ticket: {exc}") from None
         send, receive = trio.open_memory_channel[FetchEvent](16)
+        fetching = trio.CancelScope()
 
         def emit(event: FetchEvent) -> None:
-            # Progress is best-effort: a slow or departed reader never slows or breaks the fetch.
+            # Progress is best-effort: a slow reader never slows the fetch.
             with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
                 send.send_nowait(event)
 
         async def run() -> None:
-            async with send:
-                try:
-                    info = await node.blobs.fetch_ticket(ticket, lambda p: emit(FetchEvent(progress=p)))
-                except (FetchError, StoreError) as exc:
-                    final = FetchEvent(error=str(exc))
-                else:
-                    final = FetchEvent(blob=info)
-                with contextlib.suppress(trio.BrokenResourceError):
-                    await send.send(final)
+            with fetching:
+                async with send:
+                    try:
+                        info = await node.blobs.fetch_ticket(ticket, lambda p: emit(FetchEvent(progress=p)))
+                    except (FetchError, StoreError) as exc:
+                        final = FetchEvent(error=str(exc))
+                    else:
+                        final = FetchEvent(blob=info)
+                    with contextlib.suppress(trio.BrokenResourceError):
+                        await send.send(final)
 
         async def lines() -> AsyncIterator[bytes]:
-            async with receive:
-                async for event in receive:
-                    yield event.model_dump_json(exclude_none=True).encode() + b"\n"
+            try:
+                async with receive:
+                    async for event in receive:
+                        yield event.model_dump_json(exclude_none=True).encode() + b"\n"
+            finally:
+                fetching.cancel()
 
-        node.background.start_soon(run)  # a dropped client leaves the fetch to finish into the store
-        return StreamingResponse(lines(), media_type="application/x-ndjson")
+        node.background.start_soon(run)
+        return NdjsonResponse(lines())
 
-    @app.post("/jobs")
+    @api.post("/jobs", responses={**_errors(400), **BODY_ERRORS})
     async def submit_job(request: JobSubmission) -> Job:
-        """Submit a job; 413 when the input is over the limit, 400 when a module or file cannot be used."""
+        """Submit a job; 413 when the input is over the limit, 400 when a module or blob cannot be used."""
+        if request.module is not None or request.artifacts:  # the node opens no caller-chosen path for a job
+            raise HTTPException(422, "upload the module and artifacts first (PUT /blobs) and send module_blob and artifact_blobs")
         try:
             return await node.jobs.submit_files(request)
         except SubmissionTooLarge as exc:
@@ -127,48 +244,55 @@ def create_app(node: Node) -> FastAPI:
         except SubmissionError as exc:
             raise HTTPException(400, str(exc)) from None
 
-    @app.get("/jobs")
-    async def list_jobs(state: JobState | None = None, limit: int = 100) -> list[Job]:
+    @api.get("/jobs")
+    async def list_jobs(state: JobState | None = None, limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> list[Job]:
         return node.jobs.store.list(state=state, limit=limit)
 
-    @app.get("/jobs/{job_id}")
-    async def show_job(job_id: str) -> Job:
+    @api.get("/jobs/{job_id}", responses=_errors(404))
+    async def show_job(job_id: JobId) -> Job:
         return _job_or_404(node, job_id)
 
-    @app.post("/jobs/{job_id}/wait")
-    async def wait_job(job_id: str, timeout: float = 30.0) -> Job:
+    @api.post("/jobs/{job_id}/wait", responses=_errors(404))
+    async def wait_job(job_id: JobId, timeout: Annotated[float, Query(ge=0, le=600)] = 30.0) -> Job:
         """Long poll: answers when the job is terminal, or with its current state after `timeout` s."""
         _job_or_404(node, job_id)
         with trio.move_on_after(timeout):
             await node.jobs.wait(job_id)
         return _job_or_404(node, job_id)
 
-    @app.post("/jobs/{job_id}/cancel")
-    async def cancel_job(job_id: str) -> Job:
+    @api.post("/jobs/{job_id}/cancel", responses=_errors(404, 409))
+    async def cancel_job(job_id: JobId) -> Job:
+        _job_or_404(node, job_id)
         try:
             return await node.jobs.cancel(job_id)
         except Refused as exc:
             raise HTTPException(409, f"cannot cancel job {job_id}: {exc.reason}") from None
 
-    @app.post("/jobs/{job_id}/outputs")
-    async def get_outputs(job_id: str, request: PathRequest) -> dict[str, Path]:
-        """Fetch the job's output artifacts (from this node or whoever has them) into a folder."""
+    @api.post("/jobs/{job_id}/outputs", responses=_errors(404, 409, 502))
+    async def get_outputs(job_id: JobId) -> dict[str, BlobInfo]:
+        """Bring the job's output artifacts into this node's store (pinned), from whoever has them;
+        `GET /blobs/{hash}` then downloads each."""
         job = _job_or_404(node, job_id)
         if job.state != JobState.SUCCEEDED:
             raise HTTPException(409, f"job {job_id} is {job.state.value}; only a succeeded job has outputs")
-        written: dict[str, Path] = {}
+        outputs: dict[str, BlobInfo] = {}
         with store_errors():
-            request.path.mkdir(parents=True, exist_ok=True)
             for name, ref in job.outputs.items():
                 try:
-                    info = await node.blobs.fetch(ref.hash, provider_addrs(ref, node.peer_addr), root=ref.root)
+                    await node.blobs.fetch(ref.hash, provider_addrs(ref, node.peer_addr), root=ref.root)
                 except FetchError as exc:
                     raise HTTPException(502, str(exc)) from None
-                written[name] = request.path / name
-                await node.blobs.store.export(info.hash, written[name])
-        return written
+                await node.blobs.store.pin(ref.hash)
+                outputs[name] = await node.blobs.store.info(ref.hash)
+        return outputs
 
+    app.include_router(api)
     return app
+
+
+async def _chunks(f: BinaryIO) -> AsyncIterator[bytes]:
+    while chunk := await trio.to_thread.run_sync(f.read, READ_CHUNK):
+        yield chunk
 
 
 def _job_or_404(node: Node, job_id: str) -> Job:
@@ -176,6 +300,15 @@ def _job_or_404(node: Node, job_id: str) -> Job:
     if job is None:
         raise HTTPException(404, f"no job {job_id} on this node")
     return job
+
+
+def _outside_private_dirs(node: Node, path: Path) -> Path:
+    """`path` (symlinks resolved), unless it is in the data folder or the blob store: those hold
+    the node's key, secrets and token, which a path-based add or export must never reach."""
+    for private in (node.settings.data_dir, node.settings.blobs_dir):
+        if path.is_relative_to(os.path.realpath(private)):
+            raise HTTPException(403, f"refused: {path} is inside the node's data folder or blob store")
+    return path
 
 
 @contextlib.contextmanager
@@ -189,3 +322,37 @@ def store_errors() -> Iterator[None]:
         raise HTTPException(409, str(exc)) from None
     except (StoreError, OSError) as exc:
         raise HTTPException(400, str(exc)) from None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
+    """A 422 as one line naming the first bad part, e.g. `invalid blob_hash: String should match ...`."""
+    assert isinstance(exc, RequestValidationError)
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"][1:]) or str(error["loc"][0])
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return JSONResponse({"detail": _one_line(f"invalid {where}: {error['msg']}{more}")}, status_code=422)
+
+
+async def _refused(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code in (204, 304):
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    return JSONResponse({"detail": _one_line(str(exc.detail))}, status_code=exc.status_code, headers=exc.headers)
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The generated schema plus the bearer scheme, so /docs' Authorize button sends the token."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        for path, operations in schema["paths"].items():
+            for operation in operations.values():
+                operation["security"] = [] if path in PUBLIC_PATHS else [{"bearer": []}]
+                if path in PUBLIC_PATHS:
+                    operation["responses"].pop("401", None)
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -7,8 +7,9 @@ transport or runtime code.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from p2pnode.blobs.model import BlobInfo, FetchProgress
 from p2pnode.gossip.stats import GossipStats
@@ -25,8 +26,35 @@ class JoinTicketReply(BaseModel):
     ticket: str
 
 
-class PathRequest(BaseModel):
-    path: Path
+class Request(BaseModel):
+    """A request body: a misspelled or unknown field is refused, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _absolute(path: Path) -> Path:
+    if not path.is_absolute():
+        raise ValueError("must be an absolute path (the node's working folder is not the caller's)")
+    return path
+
+
+AbsolutePath = Annotated[Path, AfterValidator(_absolute)]
+
+
+class PathRequest(Request):
+    path: AbsolutePath
+    pin: bool = True
+
+
+class ExportRequest(Request):
+    path: AbsolutePath
+    force: bool = False
+
+
+class ErrorReply(BaseModel):
+    """Every error answer: one line for a person."""
+
+    detail: str
 
 
 class BlobAdded(BaseModel):
@@ -34,7 +62,7 @@ class BlobAdded(BaseModel):
     ticket: str
 
 
-class BlobFetchRequest(BaseModel):
+class BlobFetchRequest(Request):
     ticket: str
 
 
@@ -51,10 +79,10 @@ class Done(BaseModel):
 
 
 class NodeInfo(BaseModel):
-    """What `p2pnode start` prints and writes to node.json, so scripts and the CLI can find the node."""
+    """What `p2pnode start` writes to node.json, so scripts can find the node: public facts only
+    (the join ticket carries the cluster secret; `p2pnode ticket` asks the node for one)."""
 
     id: str
-    ticket: str
     api_url: str
     pid: int
 

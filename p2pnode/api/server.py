@@ -11,6 +11,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from p2pnode.api.app import create_app
+from p2pnode.api.auth import ApiGuard
 
 if TYPE_CHECKING:
     from p2pnode.node import Node
@@ -31,10 +32,12 @@ async def serve_api(node: Node, *, task_status: trio.TaskStatus[str] = trio.TASK
     except OSError as exc:
         sock.close()
         raise ApiBindError(f"cannot listen on http://{host}:{port}: {exc.strerror}") from None
-    url = f"http://{host}:{sock.getsockname()[1]}"
+    bound_ip, bound_port = sock.getsockname()[:2]
+    url = f"http://[{host}]:{bound_port}" if ":" in host else f"http://{host}:{bound_port}"
     config = Config()
     config.bind = [f"fd://{sock.detach()}"]  # hypercorn owns (and closes) the socket from here
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     task_status.started(url)
-    await serve(create_app(node), config, mode="asgi")
+    app = ApiGuard(create_app(node), token=node.api_token, host=bound_ip, port=bound_port)
+    await serve(app, config, mode="asgi")

@@ -30,7 +30,7 @@ import struct
 import threading
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from pathlib import Path
 
 import blake3
@@ -331,6 +331,37 @@ class BlobStore:
             return self._install(tmp, digest.hex(), bl, tag, pin)
         finally:
             _unlink(tmp)
+
+    async def add_stream(self, chunks: AsyncIterable[bytes], *, tag: str | None = None, pin: bool = False) -> BlobInfo:
+        """Add what an async byte stream (an HTTP upload) yields, in constant memory; a stream that
+        fails or is cancelled midway leaves nothing behind."""
+        tmp = self._tmp_path()
+        try:
+            with _os_errors(f"writing blob to {tmp}"):
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                hasher = BlobHasher()
+                pending = bytearray()
+                async for chunk in chunks:
+                    pending += chunk
+                    if len(pending) >= BLOCK_SIZE:
+                        data, pending = pending, bytearray()
+                        await trio.to_thread.run_sync(self._hash_and_write, fd, hasher, data, tmp)
+                await trio.to_thread.run_sync(self._hash_and_write, fd, hasher, pending, tmp)
+                with _os_errors(f"writing blob to {tmp}"):
+                    await trio.to_thread.run_sync(os.fsync, fd)
+            finally:
+                os.close(fd)
+            digest, bl = hasher.finish()
+            return await trio.to_thread.run_sync(self._install, tmp, digest.hex(), bl, tag, pin)
+        finally:
+            _unlink(tmp)
+
+    @staticmethod
+    def _hash_and_write(fd: int, hasher: BlobHasher, data: bytearray, tmp: Path) -> None:
+        hasher.update(data)
+        with _os_errors(f"writing blob to {tmp}"):
+            _write_all(fd, memoryview(data))
 
     @staticmethod
     def _copy_file(source: Path, fd: int, hasher: BlobHasher) -> None:

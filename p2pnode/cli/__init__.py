@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
 import tickets
+from p2pnode.api.auth import token_path
 from p2pnode.api.client import ApiClient, ApiError
-from p2pnode.config import DEFAULT_API
+from p2pnode.config import DEFAULT_API, DEFAULT_DATA
 
 EXIT_USAGE = 2
 
@@ -50,9 +52,23 @@ def parse_blob_ticket(text: str) -> tickets.BlobTicket:
     show_default=True,
     help="Local API of the running node that commands talk to (env P2PNODE_API).",
 )
+@click.option(
+    "--api-token",
+    envvar="P2PNODE_API_TOKEN",
+    help="Token of that node's API (env P2PNODE_API_TOKEN; default: read from DATA/api-token).",
+)
+@click.option(
+    "--data",
+    "data_dir",
+    envvar="P2PNODE_DATA",
+    default=DEFAULT_DATA,
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Data folder of the node: where its API token is read (env P2PNODE_DATA).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log what the command does on stderr.")
 @click.pass_context
-def cli(ctx: click.Context, api: str, verbose: bool) -> None:
+def cli(ctx: click.Context, api: str, api_token: str | None, data_dir: Path, verbose: bool) -> None:
     """A peer-to-peer compute node.
 
     \b
@@ -69,7 +85,7 @@ def cli(ctx: click.Context, api: str, verbose: bool) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    ctx.obj = ApiClient(api)
+    ctx.obj = ApiClient(api, token=api_token, token_file=token_path(data_dir))
 
 
 from p2pnode.cli import blob_cmds, job_cmds, node_cmds  # noqa: E402, F401  (commands register on `cli`)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
+import blake3
 import click
 import trio
 from pydantic import RootModel
@@ -13,8 +15,12 @@ import tickets
 from p2pnode.api.schemas import BlobAdded, Done, FetchEvent
 from p2pnode.api.client import ApiClient
 from p2pnode.blobs.model import BlobInfo, GcResult
-from p2pnode.cli import cli, fail, parse_blob_ticket
+from p2pnode.cli import EXIT_USAGE, cli, fail, parse_blob_ticket
 from p2pnode.cli.progress import TransferProgress
+from p2pnode.fsutil import NotRegularFile, open_regular
+
+
+UPLOAD_CHUNK = 1 << 20
 
 
 class _BlobList(RootModel[list[BlobInfo]]):
@@ -27,21 +33,63 @@ def blob() -> None:
 
 
 @blob.command()
-@click.argument("path", type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path))
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.pass_obj
 def add(api: ApiClient, path: Path) -> None:
-    """Add a file to the running node's store; prints its BLAKE3 hash and a blob ticket."""
-    added = api.post("/blobs", BlobAdded, json={"path": str(path.resolve())})
+    """Upload a file to the running node's store (pinned); prints its BLAKE3 hash and a blob ticket."""
+    added = upload(api, path)
     click.echo(f"hash:   {added.blob.hash}")
     click.echo(f"size:   {added.blob.size}")
     click.echo(f"ticket: {added.ticket}")
 
 
+def upload(api: ApiClient, path: Path) -> BlobAdded:
+    """Stream a regular file's content to the node, which never opens the path itself."""
+    try:
+        f = open_regular(path)
+    except NotRegularFile as exc:
+        fail(str(exc), EXIT_USAGE)
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror}", EXIT_USAGE)
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        return api.upload("/blobs", iter(lambda: f.read(UPLOAD_CHUNK), b""), size, BlobAdded, params={"pin": True}, timeout=None)
+
+
+def download(api: ApiClient, blob_hash: str, dest: Path, *, force: bool) -> None:
+    """Write a blob from the node's store to `dest` through a temp file beside it, checking its hash;
+    an existing `dest` is replaced only with `force`."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:12]}.part")
+    try:
+        hasher = blake3.blake3()
+        with open(tmp, "xb") as f:
+            for chunk in api.download(f"/blobs/{blob_hash}"):
+                hasher.update(chunk)
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        if hasher.hexdigest() != blob_hash:
+            fail(f"the node sent content that does not hash to {blob_hash}; nothing was written")
+        if force:
+            os.replace(tmp, dest)
+        else:
+            try:
+                os.link(tmp, dest)  # never clobbers: fails if dest appeared meanwhile
+            except FileExistsError:
+                fail(f"{dest} exists (pass --force to overwrite it)", EXIT_USAGE)
+    except OSError as exc:
+        fail(f"cannot write {dest}: {exc.strerror}")
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 @blob.command()
 @click.argument("ticket")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, writable=True, path_type=Path), help="Where to write the blob.")
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.pass_obj
-def get(api: ApiClient, ticket: str, output: Path) -> None:
+def get(api: ApiClient, ticket: str, output: Path, force: bool) -> None:
     """Fetch a blob by ticket, verified, into OUTPUT.
 
     Uses the running node when there is one (the blob then stays in its store);
@@ -49,15 +97,17 @@ def get(api: ApiClient, ticket: str, output: Path) -> None:
     An interrupted fetch resumes where it stopped.
     """
     parsed = parse_blob_ticket(ticket)
-    output = output.resolve()
+    output = output.absolute()
     if not output.parent.is_dir():
         fail(f"cannot write {output}: folder {output.parent} does not exist")
     if not os.access(output.parent, os.W_OK):
         fail(f"cannot write {output}: permission denied")
+    if not force and os.path.lexists(output):
+        fail(f"{output} exists (pass --force to overwrite it)", EXIT_USAGE)
     with TransferProgress(f"blob {parsed.hash_hex[:12]}", parsed.size) as progress:
         if api.reachable():
             info = _fetch_via_node(api, ticket, progress)
-            api.post(f"/blobs/{info.hash}/export", BlobInfo, json={"path": str(output)})
+            download(api, info.hash, output, force=force)
         else:
             click.echo(f"no node at {api.base_url}: fetching with a short-lived endpoint", err=True)
             info = trio.run(_fetch_standalone, parsed, output, progress)

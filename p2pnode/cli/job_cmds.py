@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import click
 from pydantic import RootModel
 
 from p2pnode.api.client import ApiClient
+from p2pnode.api.schemas import BlobAdded
+from p2pnode.blobs.model import BlobInfo
 from p2pnode.cli import EXIT_USAGE, cli, fail
+from p2pnode.cli.blob_cmds import download, upload
 from p2pnode.jobs.model import Job, JobState
 
 WAIT_POLL_S = 30.0
@@ -20,7 +23,7 @@ class _JobList(RootModel[list[Job]]):
     pass
 
 
-class _Outputs(RootModel[dict[str, Path]]):
+class _Outputs(RootModel[dict[str, BlobInfo]]):
     pass
 
 
@@ -44,7 +47,7 @@ def _parse_input(value: str | None) -> Any:
         fail(f"--input is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", EXIT_USAGE)
 
 
-def _parse_artifacts(values: tuple[str, ...]) -> dict[str, str]:
+def _parse_artifacts(values: tuple[str, ...]) -> dict[str, Path]:
     artifacts = {}
     for value in values:
         name, sep, path = value.partition("=")
@@ -52,8 +55,18 @@ def _parse_artifacts(values: tuple[str, ...]) -> dict[str, str]:
             fail(f"--artifact wants NAME=PATH, got {value!r}", EXIT_USAGE)
         if not Path(path).is_file():
             fail(f"--artifact {name}: no file at {path}", EXIT_USAGE)
-        artifacts[name] = str(Path(path).resolve())
+        artifacts[name] = Path(path)
     return artifacts
+
+
+def _module_bytes(module: Path) -> bytes:
+    """The module as a WebAssembly binary; `.wat` text is assembled here, before it travels."""
+    from p2pnode.executors.wasm import InvalidModule, load_module_bytes
+
+    try:
+        return load_module_bytes(module)
+    except (OSError, InvalidModule) as exc:
+        fail(f"cannot use module {module}: {exc}", EXIT_USAGE)
 
 
 @job.command()
@@ -75,11 +88,14 @@ def submit(api: ApiClient, module: Path, workflow: str | None, input_: str | Non
     \b
     p2pnode job submit --module examples/wordcount.wat --artifact text=README.md --wait
     """
+    job_input = _parse_input(input_)
+    artifact_paths = _parse_artifacts(artifacts)
+    wasm = _module_bytes(module)
     body = {
-        "module": str(module.resolve()),
+        "module_blob": api.upload("/blobs", [wasm], len(wasm), BlobAdded, params={"pin": True}).blob.hash,
         "workflow": workflow,
-        "input": _parse_input(input_),
-        "artifacts": _parse_artifacts(artifacts),
+        "input": job_input,
+        "artifact_blobs": {name: upload(api, path).blob.hash for name, path in artifact_paths.items()},
         "executor": executor,
         "limits": {"time_s": time_limit, "fuel": fuel, "memory_bytes": memory_mib << 20},
         "max_attempts": attempts,
@@ -157,9 +173,20 @@ def cancel(api: ApiClient, job_id: str) -> None:
 @job.command()
 @click.argument("job_id", metavar="ID")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the output files.")
+@click.option("--force", is_flag=True, help="Overwrite output files that exist.")
 @click.pass_obj
-def get(api: ApiClient, job_id: str, output: Path) -> None:
+def get(api: ApiClient, job_id: str, output: Path, force: bool) -> None:
     """Fetch a succeeded job's output artifacts into a folder."""
-    written = api.post(f"/jobs/{job_id}/outputs", _Outputs, json={"path": str(output.resolve())}, timeout=None)
-    for name, path in written.root.items():
-        click.echo(f"{name}  -> {path}")
+    outputs = api.post(f"/jobs/{job_id}/outputs", _Outputs, timeout=None).root
+    targets = {name: output_path(output, name) for name in outputs}
+    for name, info in outputs.items():
+        download(api, info.hash, targets[name], force=force)
+        click.echo(f"{name}  -> {targets[name]}")
+
+
+def output_path(folder: Path, name: str) -> Path:
+    """Where output `name` goes inside `folder`: it may name subfolders (`sub/x.txt`), never leave the folder."""
+    parts = PurePosixPath(name).parts
+    if not parts or PurePosixPath(name).is_absolute() or any(part in ("..", ".") for part in parts) or "\\" in name:
+        fail(f"refusing output name {name!r}: it would leave the output folder")
+    return folder.joinpath(*parts)

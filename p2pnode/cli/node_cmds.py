@@ -29,14 +29,15 @@ from p2pnode.config import Settings
 def start(data_dir: Path | None, http_port: int | None, bind: str | None, relay: str | None, join_ticket: str | None, max_jobs: int | None, max_job_memory_mib: int | None) -> None:
     """Run a node in the foreground until Ctrl-C.
 
-    Prints the node id and a join ticket, and writes them with the API URL to
-    DATA/node.json. A node started with --join remembers its cluster: restart it
-    without the ticket and it rejoins.
+    Prints the node id, its API and a join ticket; writes the id and API URL to
+    DATA/node.json and the API token to DATA/api-token (mode 0600). A node started
+    with --join remembers its cluster: restart it without the ticket and it rejoins.
     """
     from p2pnode.api.server import ApiBindError
     from p2pnode.node import Node, StartupError
 
     ticket = parse_join_ticket(join_ticket) if join_ticket else None
+    data_dir = data_dir or click.get_current_context().find_root().params["data_dir"]  # `p2pnode --data DIR start`
     overrides = {"data_dir": data_dir, "http_port": http_port, "bind": bind, "relay": relay, "max_jobs": max_jobs, "max_job_memory_mib": max_job_memory_mib}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     logging.getLogger().setLevel(logging.INFO)  # a running node reports what it does
@@ -53,7 +54,7 @@ async def _run_node(node: Any, ticket: tickets.JoinTicket | None) -> None:
             info = await nursery.start(lambda task_status: node.run(join_ticket=ticket, task_status=task_status))
             click.echo(f"node id:     {info.id}")
             click.echo(f"local API:   {info.api_url}")
-            click.echo(f"join ticket: {info.ticket}")
+            click.echo(f"join ticket: {node.join_ticket()}")
             click.echo(f"(written to {node.settings.data_dir / 'node.json'}; Ctrl-C stops the node)", err=True)
             sys.stdout.flush()
             async for signum in signals:
