@@ -12,6 +12,7 @@ import blake3
 import httpx
 import pytest
 import trio
+import wasmtime
 
 from tests.nodeproc import NodeProcess, run_cli
 
@@ -212,8 +213,9 @@ async def test_jobs_take_uploaded_blobs_not_paths(node, api, tmp_path: Path) -> 
         refused = await api.post("/jobs", json=body)
         assert refused.status_code == 422 and "module_blob" in refused.json()["detail"], body
     missing = await api.post("/jobs", json={"module_blob": "ab" * 32})
-    assert missing.status_code == 400 and "upload it first" in missing.json()["detail"]
-    wasm = (await api.put("/blobs", content=b"\0asm\x01\0\0\0", headers={"Content-Type": "application/octet-stream"})).json()
+    assert missing.status_code == 400 and "upload it first" in missing.json()["detail"], missing.text
+    module = bytes(wasmtime.wat2wasm('(module (func (export "_start")))'))
+    wasm = (await api.put("/blobs", content=module, headers={"Content-Type": "application/octet-stream"})).json()
     job = await api.post("/jobs", json={"module_blob": wasm["blob"]["hash"], "artifact_blobs": {"a": wasm["blob"]["hash"]}})
     assert job.status_code == 200, job.text
     assert job.json()["spec"]["module"]["hash"] == wasm["blob"]["hash"]

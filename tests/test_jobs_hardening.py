@@ -23,6 +23,17 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 MODULES = Path(__file__).resolve().parent / "modules"
 
 
+def api_client(node, timeout: float = 5.0) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=node.api_url, timeout=timeout, headers={"Authorization": f"Bearer {node.api_token}"})
+
+
+async def upload(client: httpx.AsyncClient, path: Path) -> str:
+    """Put a file into the node's store the way the CLI does; returns its hash."""
+    response = await client.put("/blobs", content=path.read_bytes(), headers={"Content-Type": "application/octet-stream"})
+    assert response.status_code == 200, response.text
+    return response.json()["blob"]["hash"]
+
+
 async def wait_for(predicate, what: str, timeout: float = 30.0):
     with trio.fail_after(timeout):
         while not (value := predicate()):
@@ -54,8 +65,11 @@ async def test_input_up_to_the_limit_runs_over_it_is_413_and_result_over_the_lim
     worker = await start_node(join=origin.join_ticket())
     text = tmp_path / "text"
     text.write_text("a b")
-    body = {"module": str(EXAMPLES / "wordcount.wat"), "artifacts": {"text": str(text)}}
-    async with httpx.AsyncClient(base_url=origin.api_url, timeout=60) as client:
+    async with api_client(origin, timeout=60) as client:
+        body = {
+            "module_blob": await upload(client, EXAMPLES / "wordcount.wat"),
+            "artifact_blobs": {"text": await upload(client, text)},
+        }
         response = await client.post("/jobs", json={**body, "input": "x" * (model.MAX_INPUT_BYTES + 1)})
         assert response.status_code == 413
         detail = response.json()["detail"]
@@ -150,14 +164,17 @@ async def test_outputs_are_stored_while_the_lease_is_renewed(start_node, monkeyp
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"module": str(MODULES / "malformed.wasm")}, "cannot use module"),
-        ({"module": str(EXAMPLES / "echo.wat"), "workflow": "nope"}, "no workflow 'nope' (available: main)"),
-        ({"module_blob": "ab" * 32}, "cannot use module: blob abab"),
+        ({"module": MODULES / "malformed.wasm"}, "cannot use module blob"),
+        ({"module": EXAMPLES / "echo.wat", "workflow": "nope"}, "no workflow 'nope' (available: main)"),
+        ({"module_blob": "ab" * 32}, "the module blob abab"),
     ],
 )
 async def test_bad_module_is_refused_at_submit(start_node, fields: dict, message: str) -> None:
     node = await start_node(max_jobs=0)
-    async with httpx.AsyncClient(base_url=node.api_url) as client:
+    async with api_client(node) as client:
+        if "module" in fields:
+            fields = dict(fields)
+            fields["module_blob"] = await upload(client, fields.pop("module"))
         response = await client.post("/jobs", json=fields)
     assert response.status_code == 400, response.text
     detail = response.json()["detail"]

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from p2pnode.blobs.fetch import FetchError
 from p2pnode.blobs.service import BlobService
-from p2pnode.blobs.store import StoreError
+from p2pnode.blobs.store import BlobNotFound, StoreError
 from p2pnode.executors.wasm import InvalidModule, assemble, list_workflows, load_module_bytes
 from p2pnode.jobs import model
 from p2pnode.jobs.announcements import JobAnnounced, JobFinished
@@ -185,6 +185,8 @@ class JobService:
         try:
             info = await self._blobs.store.info(blob_hash)
             await self._blobs.store.pin(blob_hash)
+        except BlobNotFound:
+            raise SubmissionError(f"the {what} blob {blob_hash} is not on this node; upload it first") from None
         except StoreError as exc:
             raise SubmissionError(f"cannot use {what}: {exc}") from None
         return model.BlobRef.held_by(info, self.id)
