@@ -220,9 +220,9 @@ async def serve_streams(connection: iroh.Connection, handle_stream: StreamHandle
             except iroh.IrohError:
                 return
             if running >= admission.streams:
-                _note(admission.peer_log, connection, "streams past the cap reset", "reset a stream from %s on %s: more than %d at once", admission.streams)
-                await reset_quietly(bi)
-                continue
+                _note(admission.peer_log, connection, "connections closed for too many streams", "closed connection from %s on %s: more than %d streams at once", admission.streams)
+                connection.close(ERR_REFUSED, b"too many streams at once")
+                return
             running += 1
             nursery.start_soon(guarded, bi)
 
