@@ -95,6 +95,20 @@ async def test_stranger_parks_few_streams_and_not_for_long(start_node, monkeypat
         await stranger.close()
 
 
+async def test_stranger_uni_streams_are_stopped(start_node) -> None:
+    """The open protocols use no uni streams: a stranger's are stopped, not left buffering."""
+    node = await start_node()
+    stranger = await bind_loopback([JOIN_ALPN])
+    try:
+        connection = await stranger.connect(node.addr().to_endpoint(), JOIN_ALPN)
+        uni = await connection.open_uni()
+        await uni.write_all(HALF_FRAME)
+        with trio.fail_after(10):
+            assert await uni.stopped() == framing.ERR_SHUTDOWN
+    finally:
+        await stranger.close()
+
+
 async def test_join_handshake_times_out(start_node, monkeypatch: pytest.MonkeyPatch) -> None:
     """A stranger that sends a whole request and then never proves anything is cut off."""
     monkeypatch.setattr(membership, "JOIN_TIMEOUT_S", 1.0)
@@ -140,7 +154,7 @@ async def test_half_sent_frame_times_out(endpoint_pair) -> None:
     server, client = endpoint_pair
     server_side, client_side = await connect_pair(server, client)
     for expected, read in [
-        ("no complete frame within 0.5 s", framing.read_frame),
+        ("frame not complete 0.5 s after it started", framing.read_frame),
         # Idle between frames is no offence on a stream of many; a frame that started must finish.
         ("frame not complete 0.5 s after it started", framing.read_frame_or_end),
     ]:
@@ -149,6 +163,11 @@ async def test_half_sent_frame_times_out(endpoint_pair) -> None:
         accepted = await server_side.accept_bi()
         with trio.fail_after(5), pytest.raises(framing.FrameError, match=expected):
             await read(accepted.recv(), timeout=0.5)
+    # An answer that never starts is late too.
+    bi = await client_side.open_bi()
+    await bi.send().write_all(b"")
+    with trio.fail_after(5), pytest.raises(framing.FrameError, match="no frame within 0.5 s"):
+        await framing.read_frame(bi.recv(), timeout=0.5)
 
 
 def test_peer_log_aggregates_per_interval(caplog: pytest.LogCaptureFixture) -> None:

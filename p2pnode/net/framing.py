@@ -22,6 +22,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 DEFAULT_MAX_FRAME = 1 << 20
 FRAME_TIMEOUT_S = 10.0  # from a frame's first byte to its last; generous for the frames we use
+_SLOW_LINK_BYTES_PER_S = 1_000_000  # a frame's deadline grows by its length at this rate
 _READ_CHUNK = 64 * 1024  # the most one read asks the bindings for (they allocate what is asked)
 _HEADER = struct.Struct(">I")
 
@@ -67,29 +68,37 @@ async def _read_incrementally(recv: iroh.RecvStream, n: int) -> bytes:
 
 
 async def read_frame(recv: iroh.RecvStream, max_size: int = DEFAULT_MAX_FRAME, timeout: float = FRAME_TIMEOUT_S) -> bytes:
-    """The one frame a request or answer consists of: it must arrive whole within `timeout`."""
+    """The one frame a request or answer consists of: it must start within `timeout`, and then
+    arrive whole on the frame's own deadline."""
+    head = None
     with trio.move_on_after(timeout):
-        frame = await read_frame_or_end(recv, max_size, timeout)
-        if frame is None:
-            raise FrameError("stream ended before a frame arrived")
-        return frame
-    raise FrameError(f"no complete frame within {timeout:g} s")
+        head = await _read_some(recv, _HEADER.size)
+    if head is None:
+        raise FrameError(f"no frame within {timeout:g} s")
+    if not head:
+        raise FrameError("stream ended before a frame arrived")
+    return await _rest_of_frame(recv, head, max_size, timeout)
 
 
 async def read_frame_or_end(recv: iroh.RecvStream, max_size: int = DEFAULT_MAX_FRAME, timeout: float = FRAME_TIMEOUT_S) -> bytes | None:
     """One frame of a stream of many: None when the peer finished cleanly between frames.
 
     Waiting for a frame to start has no limit (long-lived streams idle between frames); once
-    its first byte is here, the rest must follow within `timeout`.
+    its first byte is here, the rest must follow on the frame's deadline.
     """
     head = await _read_some(recv, _HEADER.size)
-    if not head:
-        return None
-    with trio.move_on_after(timeout):
+    return await _rest_of_frame(recv, head, max_size, timeout) if head else None
+
+
+async def _rest_of_frame(recv: iroh.RecvStream, head: bytes, max_size: int, timeout: float) -> bytes:
+    """The frame whose first bytes are `head`, due `timeout` after its start plus its length at a
+    slow link's rate: a small frame cannot be dribbled for long, a big one may take its time."""
+    with trio.move_on_after(timeout) as deadline:
         head += await _read_incrementally(recv, _HEADER.size - len(head))
         (length,) = _HEADER.unpack(head)
         if length > max_size:
             raise FrameError(f"frame of {length} bytes exceeds the limit of {max_size}")
+        deadline.deadline += length / _SLOW_LINK_BYTES_PER_S
         return await _read_incrementally(recv, length)
     raise FrameError(f"frame not complete {timeout:g} s after it started")
 
