@@ -1,13 +1,14 @@
 """What strangers parking half-sent frames on the open join protocol cost a node, while a member fetches.
 
-    python benchmarks/strangers.py [--streams 2000] [--ids 100] [--declared 8192] [--sent 4096]
+    python benchmarks/strangers.py [--streams 2000] [--ids 100] [--frames 8192:4096,262144:131072]
 
 A provider node runs in its own process; a member node (another process) has joined it. From
 this process `--ids` strangers (fresh ids, as an attacker would mint them) each connect on the
 join protocol and open `--streams / --ids` streams, each sent a frame header declaring
-`--declared` bytes and `--sent` of them, then nothing. While they are parked, the member fetches
-a 16 MiB blob from the provider. Prints the provider's RSS growth (current and peak), how many
-streams the strangers got through, and how long the member's fetch took.
+DECLARED bytes and SENT of them, then nothing. While they are parked, the member fetches a
+16 MiB blob from the provider. For each DECLARED:SENT of `--frames` (a fresh pair of nodes each),
+prints the provider's RSS growth (current and peak), how many streams the strangers got through,
+and how long the member's fetch took.
 """
 
 from __future__ import annotations
@@ -146,10 +147,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--streams", type=int, default=2000)
     parser.add_argument("--ids", type=int, default=100)
-    parser.add_argument("--declared", type=int, default=8192)
-    parser.add_argument("--sent", type=int, default=4096)
+    parser.add_argument("--frames", default="8192:4096,262144:131072", help="DECLARED:SENT,... (the join limit is 8192)")
     args = parser.parse_args()
-    trio.run(run, args.streams, args.ids, args.declared, args.sent)
+    for frame in args.frames.split(","):
+        declared, sent = (int(n) for n in frame.split(":"))
+        trio.run(run, args.streams, args.ids, declared, sent)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from p2pnode.net.peerlog import PeerLog
 log = logging.getLogger(__name__)
 
 STRANGER_CONNECTIONS_PER_PEER = 4  # a join, and a few blob fetches of a ticket holder at once
-STRANGER_CONNECTIONS = 32  # all strangers together: what a flood of fresh ids can hold
+STRANGER_CONNECTIONS = 16  # all strangers together: what a flood of fresh ids can hold
 STRANGER_STREAMS = 4  # concurrent bi streams per stranger connection (the open protocols use 1 per request)
 QUIC_STREAMS = 100  # what QUIC grants every connection at the handshake: members keep it
 
