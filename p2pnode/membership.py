@@ -227,7 +227,7 @@ async def handle_join(membership: Membership, limiter: JoinLimiter, connection: 
     """
     peer = connection.remote_id().to_bytes().hex()
     send, recv = bi.send(), bi.recv()
-    wait = limiter.retry_after(peer)
+    wait = 0.0 if membership.is_member(peer) else limiter.retry_after(peer)  # members are not held back
     if wait:
         limiter.peer_log.event("joins refused during back-off", peer, "refused join from %s: in back-off for %.0f s", peer[:10], wait)
         await send_model(send, JoinRefused(reason=f"too many failed joins: try again in {wait:.0f} s", retry_after=wait))

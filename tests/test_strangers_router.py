@@ -85,7 +85,9 @@ async def test_stranger_parks_few_streams_and_not_for_long(start_node, monkeypat
                 while not await stream_is_reset(bi):
                     pass
         # A stranger opening more streams than the cap loses its connection, and what it sent.
-        # (Another one: the first is in back-off now, and is answered before it can park anything.)
+        # (Another one: the first is in back-off now, and is answered before it can park anything;
+        # and no timeout may free a place while it opens its streams.)
+        monkeypatch.setattr(membership, "JOIN_TIMEOUT_S", 60.0)
         other = await bind_loopback([JOIN_ALPN])
         connection = await other.connect(target, JOIN_ALPN)
         await park(connection, endpoint.STRANGER_STREAMS + 1)

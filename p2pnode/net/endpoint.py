@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 STRANGER_CONNECTIONS_PER_PEER = 4  # a join, and a few blob fetches of a ticket holder at once
 STRANGER_CONNECTIONS = 16  # all strangers together: what a flood of fresh ids can hold
 STRANGER_STREAMS = 4  # concurrent bi streams per stranger connection (the open protocols use 1 per request)
-QUIC_STREAMS = 100  # what QUIC grants every connection at the handshake: members keep it
 
 Handler = Callable[[iroh.Connection], Awaitable[None]]
 Authorizer = Callable[[str, bytes], bool]
@@ -79,12 +78,12 @@ class Route:
 class _Admission:
     """What the router decided about a connection, read by `serve_streams` running inside it."""
 
-    streams: int
+    streams: int | None  # concurrent streams allowed; None: as many as QUIC grants (members)
     peer_log: PeerLog | None
 
 
 # Set by the router in each connection's task, so the stream loop a handler runs knows its caps.
-_admission: ContextVar[_Admission] = ContextVar("admission", default=_Admission(QUIC_STREAMS, None))
+_admission: ContextVar[_Admission] = ContextVar("admission", default=_Admission(None, None))
 
 
 class Router:
@@ -127,7 +126,7 @@ class Router:
         if not member and not self._admit_stranger(connection, peer):
             return
         self._live[peer] = self._live.get(peer, 0) + 1
-        _admission.set(_Admission(QUIC_STREAMS if member else STRANGER_STREAMS, self.peer_log))
+        _admission.set(_Admission(None if member else STRANGER_STREAMS, self.peer_log))
         try:
             if member:
                 await route.handler(connection)
@@ -146,8 +145,9 @@ class Router:
     def _admit_stranger(self, connection: iroh.Connection, peer: str) -> bool:
         """Count a stranger's connection against the caps, or refuse it; admitted, it gets few streams.
 
-        QUIC granted 100 streams of each kind at the handshake and cannot take them back: lowering
-        the limit withholds new ones, and `serve_streams` resets what the first burst opens past the cap.
+        QUIC granted 100 streams of each kind at the handshake (the bindings do not let us configure
+        less) and cannot take them back: lowering the limit withholds new ones, and `serve_streams`
+        closes a connection whose first burst opens more than the cap.
         """
         if self._strangers.get(peer, 0) >= STRANGER_CONNECTIONS_PER_PEER:
             self._refuse(connection, peer, "too many connections from one stranger", b"busy: too many connections from you")
@@ -199,9 +199,9 @@ StreamHandler = Callable[[iroh.Connection, iroh.BiStream], Awaitable[None]]
 async def serve_streams(connection: iroh.Connection, handle_stream: StreamHandler) -> None:
     """Run `handle_stream` for every bi stream the peer opens, until the connection closes.
 
-    At most the connection's stream cap run at once (see `Router`); a stream past it is reset
-    at once, so it holds nothing. A peer that breaks the framing gets that stream reset and a
-    log line (aggregated); the connection and the node carry on.
+    At most the connection's stream cap run at once (see `Router`): a peer opening more loses
+    the connection, and with it whatever QUIC buffered for its streams. A peer that breaks the
+    framing gets that stream reset and a log line (aggregated); the connection and the node carry on.
     """
     admission = _admission.get()
     running = 0
@@ -219,7 +219,7 @@ async def serve_streams(connection: iroh.Connection, handle_stream: StreamHandle
                 bi = await connection.accept_bi()
             except iroh.IrohError:
                 return
-            if running >= admission.streams:
+            if admission.streams is not None and running >= admission.streams:
                 _note(admission.peer_log, connection, "connections closed for too many streams", "closed connection from %s on %s: more than %d streams at once", admission.streams)
                 connection.close(ERR_REFUSED, b"too many streams at once")
                 return

@@ -39,7 +39,9 @@ class FrameError(Exception):
 
 
 async def read_exact(recv: iroh.RecvStream, n: int) -> bytes:
-    """Read exactly `n` bytes; an early end of stream or a reset becomes a `FrameError`."""
+    """Read exactly `n` bytes in one call, which reserves them: for lengths the reader chose (the
+    blocks a fetcher asked for), never for lengths a peer declares. An early end of stream or a
+    reset becomes a `FrameError`."""
     if n == 0:
         return b""
     try:
