@@ -43,7 +43,9 @@ class Parked:
     sent: int = 0  # streams the strangers opened and sent a half frame on (the node may reset them)
 
 
-async def _stranger(endpoint: iroh.Endpoint, target: iroh.EndpointAddr, streams: int, frame: bytes, parked: Parked, done: trio.Semaphore) -> None:
+async def _stranger(
+    endpoint: iroh.Endpoint, target: iroh.EndpointAddr, streams: int, frame: bytes, parked: Parked, done: trio.Semaphore
+) -> None:
     keep: list[iroh.BiStream] = []
     try:
         connection = await endpoint.connect(target, JOIN_ALPN)
@@ -87,7 +89,8 @@ async def parked_half_frames(target: PeerAddr, *, ids: int, streams: int, declar
 def rss_mb(pid: int) -> tuple[float, float]:
     """(current, peak) resident set size of a process, in MB."""
     info = psutil.Process(pid).memory_full_info()
-    peak = next(int(line.split()[1]) * 1024 for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    peak = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
     return info.rss / 1e6, peak / 1e6
 
 
@@ -135,7 +138,10 @@ async def measure(streams: int, ids: int, declared: int, sent: int) -> Measureme
 async def run(streams: int, ids: int, declared: int, sent: int) -> None:
     m = await measure(streams, ids, declared, sent)
     print(f"strangers: {ids} ids, {streams} streams attempted, each a {declared}-byte frame header and {sent} bytes")
-    print(f"streams opened and sent before the node reset them or the connection {m.streams_sent}; connections the node refused {m.refused_connections}; attack set up in {m.attack_s:.1f} s")
+    print(
+        f"streams opened and sent before the node reset them or the connection {m.streams_sent}; "
+        f"connections the node refused {m.refused_connections}; attack set up in {m.attack_s:.1f} s"
+    )
     print(
         f"provider RSS before {m.rss_before_mb:.1f} MB; during the attack {m.rss_during_mb:.1f} MB (+{m.rss_during_mb - m.rss_before_mb:.1f} MB), "
         f"peak {m.rss_peak_mb:.1f} MB (+{m.rss_peak_mb - m.rss_before_mb:.1f} MB)"

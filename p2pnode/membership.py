@@ -213,7 +213,9 @@ class JoinLimiter:
         self._failures[peer] = (count, self._clock() + backoff)
         while len(self._failures) > _FAILURES_KEPT:
             self._failures.popitem(last=False)
-        self.peer_log.event("failed joins", peer, "refused join from %s: %s (next try in %.0f s)", peer[:10], why, backoff, level=logging.WARNING)
+        self.peer_log.event(
+            "failed joins", peer, "refused join from %s: %s (next try in %.0f s)", peer[:10], why, backoff, level=logging.WARNING
+        )
 
     def succeeded(self, peer: str) -> None:
         self._failures.pop(peer, None)

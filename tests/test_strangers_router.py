@@ -119,7 +119,8 @@ async def test_join_handshake_times_out(start_node, monkeypatch: pytest.MonkeyPa
     try:
         connection = await stranger.connect(node.addr().to_endpoint(), JOIN_ALPN)
         bi = await connection.open_bi()
-        request = membership.JoinRequest(cluster_id=node.membership.cluster.cluster_id, nonce="00", addr=PeerAddr.from_endpoint(stranger.addr(), None))
+        me = PeerAddr.from_endpoint(stranger.addr(), None)
+        request = membership.JoinRequest(cluster_id=node.membership.cluster.cluster_id, nonce="00", addr=me)
         await framing.send_model(bi.send(), request)
         challenge = await framing.recv_model(bi.recv(), membership.ServerReply)
         assert isinstance(challenge, membership.JoinChallenge)

@@ -114,7 +114,9 @@ class Router:
         try:
             connection = await (await incoming.accept()).connect()
         except iroh.IrohError as exc:
-            self.peer_log.event("incoming connections failed during the handshake", "?", "incoming connection failed during handshake: %s", exc.message())
+            self.peer_log.event(
+                "incoming connections failed during the handshake", "?", "incoming connection failed during handshake: %s", exc.message()
+            )
             return
         alpn = connection.alpn()
         peer = connection.remote_id().to_bytes().hex()
@@ -220,14 +222,20 @@ async def serve_streams(connection: iroh.Connection, handle_stream: StreamHandle
             except iroh.IrohError:
                 return
             if admission.streams is not None and running >= admission.streams:
-                _note(admission.peer_log, connection, "connections closed for too many streams", "closed connection from %s on %s: more than %d streams at once", admission.streams)
+                _note(
+                    admission.peer_log, connection, "connections closed for too many streams",
+                    "closed connection from %s on %s: more than %d streams at once", admission.streams,
+                )
                 connection.close(ERR_REFUSED, b"too many streams at once")
                 return
             running += 1
             nursery.start_soon(guarded, bi)
 
 
-def _note(peer_log: PeerLog | None, connection: iroh.Connection, kind: str, message: str, *args: object, level: int = logging.INFO) -> None:
+def _note(
+    peer_log: PeerLog | None, connection: iroh.Connection, kind: str, message: str, *args: object, level: int = logging.INFO
+) -> None:
+    """Log what a peer did (`message` gets the peer and the ALPN first), aggregated when a router runs."""
     peer = connection.remote_id().fmt_short()
     args = (peer, connection.alpn().decode(errors="replace"), *args)
     if peer_log is None:
@@ -236,7 +244,9 @@ def _note(peer_log: PeerLog | None, connection: iroh.Connection, kind: str, mess
         peer_log.event(kind, peer, message, *args, level=level)
 
 
-async def _guarded_stream(connection: iroh.Connection, bi: iroh.BiStream, handle_stream: StreamHandler, peer_log: PeerLog | None) -> None:
+async def _guarded_stream(
+    connection: iroh.Connection, bi: iroh.BiStream, handle_stream: StreamHandler, peer_log: PeerLog | None
+) -> None:
     try:
         with collapse_groups():
             await handle_stream(connection, bi)

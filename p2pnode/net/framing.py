@@ -82,7 +82,9 @@ async def read_frame(recv: iroh.RecvStream, max_size: int = DEFAULT_MAX_FRAME, t
     return await _rest_of_frame(recv, head, max_size, timeout)
 
 
-async def read_frame_or_end(recv: iroh.RecvStream, max_size: int = DEFAULT_MAX_FRAME, timeout: float = FRAME_TIMEOUT_S) -> bytes | None:
+async def read_frame_or_end(
+    recv: iroh.RecvStream, max_size: int = DEFAULT_MAX_FRAME, timeout: float = FRAME_TIMEOUT_S
+) -> bytes | None:
     """One frame of a stream of many: None when the peer finished cleanly between frames.
 
     Waiting for a frame to start has no limit (long-lived streams idle between frames); once

@@ -54,10 +54,10 @@ class PeerLog:
             del self._windows[kind]
             if window.more:
                 peers = len(window.peers)
+                at_least = "at least " if peers >= _PEERS_COUNTED else ""
                 self._log.log(
-                    window.level,
-                    "%s: %d more from %s%d peer%s in the last %.0f s",
-                    kind, window.more, "at least " if peers >= _PEERS_COUNTED else "", peers, "" if peers == 1 else "s", now - window.start,
+                    window.level, "%s: %d more from %s%d peer%s in the last %.0f s",
+                    kind, window.more, at_least, peers, "" if peers == 1 else "s", now - window.start,
                 )
 
     async def run(self) -> None:
