@@ -16,22 +16,34 @@ import logging
 import os
 import secrets
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
 import iroh
+import trio
 from pydantic import BaseModel, Field, TypeAdapter
 
 import tickets
 from p2pnode.fsutil import save_model
-from p2pnode.net.framing import recv_model, send_model
+from p2pnode.net.framing import FrameError, recv_model, send_model
+from p2pnode.net.peerlog import PeerLog
 
 log = logging.getLogger(__name__)
 
 JOIN_ALPN = b"p2pnode/join/1"
 CLUSTER_FILE = "cluster.json"
 MEMBERS_FILE = "members.json"
-_MAX_JOIN_FRAME = 256 * 1024
+# What a joining peer sends is tiny (a request with its address, then a proof): the host reads
+# no more than this per frame. The welcome lists every member, ~250 bytes each: the joiner
+# accepts a list of ~1,000.
+_MAX_REQUEST_FRAME = 8 * 1024
+_MAX_WELCOME_FRAME = 256 * 1024
+JOIN_TIMEOUT_S = 10.0  # the whole handshake, on the host: a peer cannot hold it open longer
+JOIN_BACKOFF_S = 1.0  # after a peer's first failed join; doubles with each further failure
+JOIN_BACKOFF_MAX_S = 300.0
+_FAILURES_KEPT = 4096  # peers whose failures are remembered; the oldest are forgotten first
 
 
 class ClusterIdentity(BaseModel):
@@ -171,6 +183,7 @@ class JoinWelcome(BaseModel):
 class JoinRefused(BaseModel):
     type: Literal["refused"] = "refused"
     reason: str
+    retry_after: float = 0.0  # seconds before the host will hear this peer again, when it backs off
 
 
 ServerReply = TypeAdapter(Annotated[JoinChallenge | JoinWelcome | JoinRefused, Field(discriminator="type")])
@@ -180,28 +193,86 @@ class JoinError(Exception):
     """The handshake failed: wrong cluster, bad proof, or the node refused us."""
 
 
-async def handle_join(membership: Membership, connection: iroh.Connection, bi: iroh.BiStream) -> None:
-    """Server side: verify the peer's proof of the secret, then admit it and share the member list."""
+class JoinLimiter:
+    """Failed joins per peer id, with exponential back-off: guessing costs the guesser time, and a
+    peer in back-off is refused before the host reads a byte of its request."""
+
+    def __init__(self, peer_log: PeerLog, clock: Callable[[], float] = time.monotonic) -> None:
+        self.peer_log = peer_log
+        self._clock = clock
+        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()  # peer -> (count, retry at)
+
+    def retry_after(self, peer: str) -> float:
+        """Seconds `peer` must still wait; 0 when it may try."""
+        _, retry_at = self._failures.get(peer, (0, 0.0))
+        return max(0.0, retry_at - self._clock())
+
+    def failed(self, peer: str, why: str) -> None:
+        count = self._failures.pop(peer, (0, 0.0))[0] + 1
+        backoff = min(JOIN_BACKOFF_S * 2 ** (count - 1), JOIN_BACKOFF_MAX_S)
+        self._failures[peer] = (count, self._clock() + backoff)
+        while len(self._failures) > _FAILURES_KEPT:
+            self._failures.popitem(last=False)
+        self.peer_log.event(
+            "failed joins", peer, "refused join from %s: %s (next try in %.0f s)", peer[:10], why, backoff, level=logging.WARNING
+        )
+
+    def succeeded(self, peer: str) -> None:
+        self._failures.pop(peer, None)
+
+
+async def handle_join(membership: Membership, limiter: JoinLimiter, connection: iroh.Connection, bi: iroh.BiStream) -> None:
+    """Server side: verify the peer's proof of the secret, then admit it and share the member list.
+
+    The handshake must complete within `JOIN_TIMEOUT_S`; a failure of any kind (wrong cluster or
+    secret, garbage, too slow) puts the peer in back-off.
+    """
     peer = connection.remote_id().to_bytes().hex()
     send, recv = bi.send(), bi.recv()
-    request = await recv_model(recv, JoinRequest, _MAX_JOIN_FRAME)
-    if request.cluster_id != membership.cluster.cluster_id or request.addr.node_id != peer:
-        await send_model(send, JoinRefused(reason="this node belongs to another cluster"))
+    wait = 0.0 if membership.is_member(peer) else limiter.retry_after(peer)  # members are not held back
+    if wait:
+        limiter.peer_log.event("joins refused during back-off", peer, "refused join from %s: in back-off for %.0f s", peer[:10], wait)
+        await send_model(send, JoinRefused(reason=f"too many failed joins: try again in {wait:.0f} s", retry_after=wait))
         await send.finish()
         return
+    try:
+        with trio.move_on_after(JOIN_TIMEOUT_S):
+            failure = await _verify_joiner(membership, peer, send, recv)
+            if failure:
+                limiter.failed(peer, failure)
+            else:
+                limiter.succeeded(peer)
+            return
+    except FrameError as exc:
+        limiter.failed(peer, str(exc))
+        raise
+    limiter.failed(peer, f"handshake not complete within {JOIN_TIMEOUT_S:g} s")
+    raise FrameError(f"join handshake not complete within {JOIN_TIMEOUT_S:g} s")
+
+
+async def _verify_joiner(membership: Membership, peer: str, send: iroh.SendStream, recv: iroh.RecvStream) -> str | None:
+    """The host's half of the handshake; returns why the peer was refused, None when it joined."""
+    request = await recv_model(recv, JoinRequest, _MAX_REQUEST_FRAME)
+    if request.cluster_id != membership.cluster.cluster_id or request.addr.node_id != peer:
+        await _refuse(send, "this node belongs to another cluster")
+        return "another cluster"
     challenge = os.urandom(16).hex()
     await send_model(send, JoinChallenge(nonce=challenge))
-    answer = await recv_model(recv, JoinProof, _MAX_JOIN_FRAME)
+    answer = await recv_model(recv, JoinProof, _MAX_REQUEST_FRAME)
     expected = membership.proof(b"member", peer, membership.self_id, challenge)
     if not hmac.compare_digest(answer.proof, expected):
-        log.warning("refused join from %s: wrong join secret", peer[:10])
-        await send_model(send, JoinRefused(reason="wrong join secret"))
-        await send.finish()
-        return
+        await _refuse(send, "wrong join secret")
+        return "wrong join secret"
     known = [m.addr for m in membership.members.values() if m.addr.node_id != peer]
     membership.admit(request.addr)
     log.info("member %s joined", peer[:10])
     await send_model(send, JoinWelcome(proof=membership.proof(b"host", membership.self_id, peer, request.nonce), members=known))
+    await send.finish()
+    return None
+
+
+async def _refuse(send: iroh.SendStream, reason: str) -> None:
+    await send_model(send, JoinRefused(reason=reason))
     await send.finish()
 
 
@@ -212,14 +283,14 @@ async def join(membership: Membership, connection: iroh.Connection, self_addr: P
     send, recv = bi.send(), bi.recv()
     nonce = os.urandom(16).hex()
     await send_model(send, JoinRequest(cluster_id=membership.cluster.cluster_id, nonce=nonce, addr=self_addr))
-    reply = await recv_model(recv, ServerReply, _MAX_JOIN_FRAME)
+    reply = await recv_model(recv, ServerReply, _MAX_REQUEST_FRAME)
     if isinstance(reply, JoinRefused):
         raise JoinError(f"node {host[:10]} refused to admit us: {reply.reason}")
     if not isinstance(reply, JoinChallenge):
         raise JoinError(f"node {host[:10]} broke the join handshake")
     await send_model(send, JoinProof(proof=membership.proof(b"member", membership.self_id, host, reply.nonce)))
     await send.finish()
-    welcome = await recv_model(recv, ServerReply, _MAX_JOIN_FRAME)
+    welcome = await recv_model(recv, ServerReply, _MAX_WELCOME_FRAME)
     if isinstance(welcome, JoinRefused):
         raise JoinError(f"node {host[:10]} refused to admit us: {welcome.reason}")
     if not isinstance(welcome, JoinWelcome) or not hmac.compare_digest(

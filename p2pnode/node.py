@@ -30,7 +30,7 @@ from p2pnode.api.schemas import MemberStatus, NodeInfo, NodeStatus
 from p2pnode.jobs.worker import Worker
 from p2pnode.fsutil import save_model
 from p2pnode.identity import load_or_create_secret_key
-from p2pnode.membership import JOIN_ALPN, ClusterIdentity, Membership, PeerAddr, handle_join, join
+from p2pnode.membership import JOIN_ALPN, ClusterIdentity, JoinLimiter, Membership, PeerAddr, handle_join, join
 from p2pnode.net.dialer import PEER_ERRORS, Dialer, describe
 from p2pnode.net.endpoint import Router, bind_endpoint, close_endpoint, configured_relay_url, serve_streams
 
@@ -66,6 +66,7 @@ class Node:
                 raise StartupError(f"cannot bind {settings.bind}: {exc.message()}") from None
             cleanup.push_async_callback(close_endpoint, self.endpoint)
             self.router = Router(self.endpoint, lambda peer, _alpn: self.membership.is_member(peer))
+            self.join_limiter = JoinLimiter(self.router.peer_log)
             self.dialer = Dialer(self.endpoint, self._introduce, settings.connect_timeout_s)
             cleanup.callback(self.dialer.close_all)
             try:
@@ -195,7 +196,7 @@ class Node:
                 self.membership.admit(other)
 
     async def _serve_join(self, connection: iroh.Connection) -> None:
-        await serve_streams(connection, lambda conn, bi: handle_join(self.membership, conn, bi))
+        await serve_streams(connection, lambda conn, bi: handle_join(self.membership, self.join_limiter, conn, bi))
 
     async def _greet_members(self) -> None:
         """After a restart, re-prove membership to every known member so they see us as back."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
 
@@ -12,10 +13,10 @@ import pytest
 
 import tickets
 from p2pnode.blobs.fetch import FetchError, fetch_blob
-from p2pnode.blobs.protocol import BLOBS_ALPN, BlobReply, BlobRequest, BlobRefused
+from p2pnode.blobs.protocol import BLOBS_ALPN, MAX_HEADER_FRAME, MAX_RANGES, BlobHeader, BlobReply, BlobRequest, BlobRefused
 from p2pnode.blobs.store import BlobStore
 from p2pnode.membership import PeerAddr
-from p2pnode.net.framing import recv_model, send_model
+from p2pnode.net.framing import recv_model, send_model, write_frame
 from tests.conftest import bind_loopback
 
 
@@ -133,5 +134,41 @@ async def test_garbage_request_resets_stream_and_node_carries_on(start_node, tmp
         await bi.send().finish()
         reply = await recv_model(bi.recv(), BlobReply)
         assert isinstance(reply, BlobRefused) and "not authorised" in reply.reason
+    finally:
+        await peer.close()
+
+
+@pytest.mark.parametrize(
+    "blocks",
+    [
+        [[0, 1]] * 1000,  # the same range a thousand times: a thousand copies of a block for one request
+        [[0, 2], [1, 3]],  # overlapping
+        [[2, 3], [0, 1]],  # out of order (disguises repeats)
+        [[1, 1]],  # empty
+        [[-1, 1]],
+        [[2 * i, 2 * i + 1] for i in range(MAX_RANGES + 1)],  # disjoint, but too many
+    ],
+)
+async def test_request_with_repeated_overlapping_or_too_many_ranges_is_refused(start_node, tmp_path: Path, blocks: list[list[int]]) -> None:
+    a = await start_node()
+    write_random(tmp_path / "input.bin", 3 * (1 << 20) + 1)
+    info = await a.blobs.add(tmp_path / "input.bin")
+    capability = a.blobs.capabilities.issue(info.hash).hex()
+    peer = await bind_loopback([BLOBS_ALPN])
+    try:
+        connection = await peer.connect(a.addr().to_endpoint(), BLOBS_ALPN)
+        bi = await connection.open_bi()
+        await write_frame(bi.send(), json.dumps({"hash": info.hash, "capability": capability, "blocks": blocks}).encode())
+        await bi.send().finish()
+        with pytest.raises(iroh.IrohError):
+            await bi.recv().read_exact(4)
+        assert a.blobs.provider.served_bytes == 0
+        # Disjoint ranges in order are served, each block once.
+        bi = await connection.open_bi()
+        await send_model(bi.send(), BlobRequest(hash=info.hash, capability=capability, blocks=[(0, 1), (2, 3)]))
+        await bi.send().finish()
+        assert isinstance(await recv_model(bi.recv(), BlobReply, MAX_HEADER_FRAME), BlobHeader)
+        assert len(await bi.recv().read_to_end(4 << 20)) == 2 << 20
+        assert a.blobs.provider.served_bytes == 2 << 20
     finally:
         await peer.close()

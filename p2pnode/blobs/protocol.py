@@ -20,24 +20,43 @@ from collections.abc import Callable
 from typing import Annotated, Literal
 
 import iroh
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import AfterValidator, BaseModel, Field, TypeAdapter
 
 from p2pnode.blobs.blocks import BLOCK_SIZE, HASH_LEN, BlockList, block_count
 from p2pnode.blobs.store import BlobNotFound, BlobStore, normalize_hash
-from p2pnode.net.framing import recv_model, send_model
+from p2pnode.net.framing import recv_model, send_model, stop_quietly
+from p2pnode.net.peerlog import PeerLog
 
 log = logging.getLogger(__name__)
 
 BLOBS_ALPN = b"p2pnode/blobs/1"
-MAX_REQUEST_FRAME = 64 * 1024
+MAX_RANGES = 512  # a resumed fetch asks for its missing blocks, which are few runs in practice
+MAX_REQUEST_FRAME = 16 * 1024  # hash, capability and MAX_RANGES ranges; anyone may send one
 MAX_HEADER_FRAME = 16 << 20  # block list of a 256 GiB blob, hex-encoded
 _REPLY_SLACK = 4096  # JSON around the block list, or a refusal's reason
+
+
+def _ascending_disjoint(ranges: list[tuple[int, int]] | None) -> list[tuple[int, int]] | None:
+    """Ranges must be non-empty, in order and disjoint: no request makes us send a block twice."""
+    end = 0
+    for start, stop in ranges or []:
+        if not end <= start < stop:
+            raise ValueError("block ranges must be non-empty, ascending and must not overlap")
+        end = stop
+    return ranges
+
+
+BlockRanges = Annotated[
+    list[tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]]] | None,
+    Field(max_length=MAX_RANGES),
+    AfterValidator(_ascending_disjoint),
+]
 
 
 class BlobRequest(BaseModel):
     hash: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     capability: Annotated[str, Field(max_length=512)] = ""
-    blocks: list[tuple[int, int]] | None = None  # half-open block-index ranges; None = the whole blob
+    blocks: BlockRanges = None  # half-open block-index ranges; None = the whole blob
 
 
 class BlobHeader(BaseModel):
@@ -74,7 +93,7 @@ def requested_spans(request: BlobRequest, block_list: BlockList) -> list[tuple[i
     count = len(block_list)
     spans = []
     for start, end in request.blocks if request.blocks is not None else [(0, count)]:
-        start, end = max(start, 0), min(end, count)
+        end = min(end, count)
         if start < end:
             offset = block_list.block_range(start)[0]
             last_offset, last_length = block_list.block_range(end - 1)
@@ -96,14 +115,18 @@ class BlobProvider:
         self._is_member = is_member
         self.served_bytes = 0
         self.refused = 0
+        self._peer_log = PeerLog(log)
 
     async def handle_stream(self, connection: iroh.Connection, bi: iroh.BiStream) -> None:
         send, recv = bi.send(), bi.recv()
         request = await recv_model(recv, BlobRequest, MAX_REQUEST_FRAME)
+        await stop_quietly(recv)  # the request is all a fetcher sends; nothing else may pile up while we serve
         peer = connection.remote_id().to_bytes().hex()
         if not (self._is_member(peer) or self._capabilities.check(request.hash, request.capability)):
             self.refused += 1
-            log.info("refused blob %s to %s: neither a member nor a valid ticket", request.hash[:12], peer[:10])
+            self._peer_log.event(
+                "blob requests refused", peer, "refused blob %s to %s: neither a member nor a valid ticket", request.hash[:12], peer[:10]
+            )
             await self._refuse(send, "not authorised: join the cluster or use a blob ticket from this node")
             return
         with self._store.in_use(request.hash):

@@ -4,12 +4,19 @@ Authorisation lives here, once, instead of in every protocol: the QUIC handshake
 `remote_id()`, so the router asks `authorize(peer, alpn)` before a handler ever sees the
 connection. Only ALPNs registered on the router are offered in the TLS handshake, so a peer
 asking for any other protocol is refused by QUIC itself.
+
+Strangers (peers that are not members) reach only the open protocols, and only within caps:
+a few connections per peer id and a total for all strangers (ids cost nothing to make), a few
+concurrent streams per connection, no uni streams. Every frame they send is small and must
+arrive on time (see `framing`), so what strangers can make the node hold is bounded by
+caps x frame limits, and members are never counted against those caps.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import iroh
@@ -17,9 +24,14 @@ import trio
 
 from p2pnode.concurrency import collapse_groups
 from p2pnode.net import bridge
-from p2pnode.net.framing import ERR_REFUSED, ERR_SHUTDOWN, FrameError, reset_quietly
+from p2pnode.net.framing import ERR_REFUSED, ERR_SHUTDOWN, FrameError, reset_quietly, stop_quietly
+from p2pnode.net.peerlog import PeerLog
 
 log = logging.getLogger(__name__)
+
+STRANGER_CONNECTIONS_PER_PEER = 4  # a join, and a few blob fetches of a ticket holder at once
+STRANGER_CONNECTIONS = 16  # all strangers together: what a flood of fresh ids can hold
+STRANGER_STREAMS = 4  # concurrent bi streams per stranger connection (the open protocols use 1 per request)
 
 Handler = Callable[[iroh.Connection], Awaitable[None]]
 Authorizer = Callable[[str, bytes], bool]
@@ -62,6 +74,18 @@ class Route:
     open_to_all: bool  # the join handshake and the ticket-checked blob protocol
 
 
+@dataclass(frozen=True)
+class _Admission:
+    """What the router decided about a connection, read by `serve_streams` running inside it."""
+
+    streams: int | None  # concurrent streams allowed; None: as many as QUIC grants (members)
+    peer_log: PeerLog | None
+
+
+# Set by the router in each connection's task, so the stream loop a handler runs knows its caps.
+_admission: ContextVar[_Admission] = ContextVar("admission", default=_Admission(None, None))
+
+
 class Router:
     """Accepts incoming connections and runs each ALPN's handler in the router's nursery."""
 
@@ -70,7 +94,9 @@ class Router:
         self._authorize = authorize
         self._routes: dict[bytes, Route] = {}
         self._live: dict[str, int] = {}
+        self._strangers: dict[str, int] = {}
         self.refused = 0
+        self.peer_log = PeerLog(log)
 
     def register(self, alpn: bytes, handler: Handler, *, open_to_all: bool = False) -> None:
         self._routes[alpn] = Route(handler, open_to_all)
@@ -78,41 +104,95 @@ class Router:
 
     async def serve(self) -> None:
         async with trio.open_nursery() as nursery:
-            while True:
-                incoming = await self._endpoint.accept_next()
-                if incoming is None:
-                    return  # endpoint closed
-                nursery.start_soon(self._handle, incoming)
+            nursery.start_soon(self.peer_log.run)
+            async with trio.open_nursery() as connections:
+                while (incoming := await self._endpoint.accept_next()) is not None:  # None: endpoint closed
+                    connections.start_soon(self._handle, incoming)
+            nursery.cancel_scope.cancel()
 
     async def _handle(self, incoming: iroh.Incoming) -> None:
         try:
             connection = await (await incoming.accept()).connect()
         except iroh.IrohError as exc:
-            log.info("incoming connection failed during handshake: %s", exc.message())
+            self.peer_log.event(
+                "incoming connections failed during the handshake", "?", "incoming connection failed during handshake: %s", exc.message()
+            )
             return
         alpn = connection.alpn()
         peer = connection.remote_id().to_bytes().hex()
         route = self._routes.get(alpn)
-        if route is None or not (route.open_to_all or self._authorize(peer, alpn)):
-            self.refused += 1
-            log.info("refused %s on %s: not a cluster member", peer[:10], alpn.decode(errors="replace"))
-            connection.close(ERR_REFUSED, b"not a cluster member: join with a ticket first")
+        member = route is not None and self._authorize(peer, alpn)
+        if route is None or not (member or route.open_to_all):
+            self._refuse(connection, peer, "not a cluster member", b"not a cluster member: join with a ticket first")
+            return
+        if not member and not self._admit_stranger(connection, peer):
             return
         self._live[peer] = self._live.get(peer, 0) + 1
+        _admission.set(_Admission(None if member else STRANGER_STREAMS, self.peer_log))
         try:
-            await route.handler(connection)
+            if member:
+                await route.handler(connection)
+            else:
+                await _without_uni_streams(connection, route.handler)
         except iroh.IrohError as exc:
             log.info("connection from %s on %s ended: %s", peer[:10], alpn.decode(errors="replace"), exc.message())
         except Exception:  # a bug in one protocol handler must not take the node down
             log.exception("protocol handler failed on a connection from %s", peer[:10])
         finally:
-            self._live[peer] -= 1
-            if not self._live[peer]:
-                del self._live[peer]
+            _forget(self._live, peer)
+            if not member:
+                _forget(self._strangers, peer)
             connection.close(ERR_SHUTDOWN, b"done")
+
+    def _admit_stranger(self, connection: iroh.Connection, peer: str) -> bool:
+        """Count a stranger's connection against the caps, or refuse it; admitted, it gets few streams.
+
+        QUIC granted 100 streams of each kind at the handshake (the bindings do not let us configure
+        less) and cannot take them back: lowering the limit withholds new ones, and `serve_streams`
+        closes a connection whose first burst opens more than the cap.
+        """
+        if self._strangers.get(peer, 0) >= STRANGER_CONNECTIONS_PER_PEER:
+            self._refuse(connection, peer, "too many connections from one stranger", b"busy: too many connections from you")
+            return False
+        if sum(self._strangers.values()) >= STRANGER_CONNECTIONS:
+            self._refuse(connection, peer, "too many connections from strangers", b"busy: try again later")
+            return False
+        self._strangers[peer] = self._strangers.get(peer, 0) + 1
+        connection.set_max_concurrent_bi_streams(STRANGER_STREAMS)
+        connection.set_max_concurrent_uni_streams(0)
+        return True
+
+    def _refuse(self, connection: iroh.Connection, peer: str, why: str, reason: bytes) -> None:
+        self.refused += 1
+        alpn = connection.alpn().decode(errors="replace")
+        self.peer_log.event(f"refused connections ({why})", peer, "refused %s on %s: %s", peer[:10], alpn, why)
+        connection.close(ERR_REFUSED, reason)
 
     def connected_peers(self) -> set[str]:
         return set(self._live)
+
+
+def _forget(counts: dict[str, int], peer: str) -> None:
+    counts[peer] -= 1
+    if not counts[peer]:
+        del counts[peer]
+
+
+async def _without_uni_streams(connection: iroh.Connection, handler: Handler) -> None:
+    """Run a stranger's connection, stopping every uni stream it opens: the open protocols use
+    none, and an unread stream would keep what QUIC buffered for it."""
+
+    async def stop_uni_streams() -> None:
+        while True:
+            try:
+                await stop_quietly(await connection.accept_uni())
+            except iroh.IrohError:
+                return
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stop_uni_streams)
+        await handler(connection)
+        nursery.cancel_scope.cancel()
 
 
 StreamHandler = Callable[[iroh.Connection, iroh.BiStream], Awaitable[None]]
@@ -121,28 +201,60 @@ StreamHandler = Callable[[iroh.Connection, iroh.BiStream], Awaitable[None]]
 async def serve_streams(connection: iroh.Connection, handle_stream: StreamHandler) -> None:
     """Run `handle_stream` for every bi stream the peer opens, until the connection closes.
 
-    A peer that breaks the framing gets that stream reset and one log line; the connection
-    and the node carry on.
+    At most the connection's stream cap run at once (see `Router`): a peer opening more loses
+    the connection, and with it whatever QUIC buffered for its streams. A peer that breaks the
+    framing gets that stream reset and a log line (aggregated); the connection and the node carry on.
     """
+    admission = _admission.get()
+    running = 0
+
+    async def guarded(bi: iroh.BiStream) -> None:
+        nonlocal running
+        try:
+            await _guarded_stream(connection, bi, handle_stream, admission.peer_log)
+        finally:
+            running -= 1
+
     async with trio.open_nursery() as nursery:
         while True:
             try:
                 bi = await connection.accept_bi()
             except iroh.IrohError:
                 return
-            nursery.start_soon(_guarded_stream, connection, bi, handle_stream)
+            if admission.streams is not None and running >= admission.streams:
+                _note(
+                    admission.peer_log, connection, "connections closed for too many streams",
+                    "closed connection from %s on %s: more than %d streams at once", admission.streams,
+                )
+                connection.close(ERR_REFUSED, b"too many streams at once")
+                return
+            running += 1
+            nursery.start_soon(guarded, bi)
 
 
-async def _guarded_stream(connection: iroh.Connection, bi: iroh.BiStream, handle_stream: StreamHandler) -> None:
+def _note(
+    peer_log: PeerLog | None, connection: iroh.Connection, kind: str, message: str, *args: object, level: int = logging.INFO
+) -> None:
+    """Log what a peer did (`message` gets the peer and the ALPN first), aggregated when a router runs."""
+    peer = connection.remote_id().fmt_short()
+    args = (peer, connection.alpn().decode(errors="replace"), *args)
+    if peer_log is None:
+        log.log(level, message, *args)
+    else:
+        peer_log.event(kind, peer, message, *args, level=level)
+
+
+async def _guarded_stream(
+    connection: iroh.Connection, bi: iroh.BiStream, handle_stream: StreamHandler, peer_log: PeerLog | None
+) -> None:
     try:
         with collapse_groups():
             await handle_stream(connection, bi)
     except FrameError as exc:
-        peer = connection.remote_id().fmt_short()
-        log.warning("reset stream from %s on %s: %s", peer, connection.alpn().decode(errors="replace"), exc)
+        _note(peer_log, connection, "streams reset for broken framing", "reset stream from %s on %s: %s", exc, level=logging.WARNING)
         await reset_quietly(bi)
     except iroh.IrohError as exc:
-        log.info("stream from %s ended: %s", connection.remote_id().fmt_short(), exc.message())
+        _note(peer_log, connection, "streams ended by an error", "stream from %s on %s ended: %s", exc.message())
     except Exception:  # a bug in one protocol handler must not take the node down
         log.exception("protocol handler failed on a stream from %s", connection.remote_id().fmt_short())
         await reset_quietly(bi)

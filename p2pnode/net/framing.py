@@ -2,20 +2,28 @@
 
 Every protocol speaks in frames: a 4-byte big-endian length, then that many bytes of JSON.
 The length is checked against a per-protocol limit *before* anything is read, so a peer can
-never make us buffer more than the limit; a frame that stops early or does not parse as the
-expected model is a `FrameError`, after which the stream is reset.
+never make us buffer more than the limit; the body is then read incrementally, so a frame that
+is only half sent costs what was sent, not what was declared; and a frame must arrive whole
+within `FRAME_TIMEOUT_S` of its first byte, so a peer cannot park half frames forever.
+A frame that stops early, is late or does not parse as the expected model is a `FrameError`,
+after which the stream is reset.
 """
 
 from __future__ import annotations
 
 import struct
+from contextlib import suppress
 from functools import lru_cache
 from typing import Any, TypeVar
 
 import iroh
+import trio
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 DEFAULT_MAX_FRAME = 1 << 20
+FRAME_TIMEOUT_S = 10.0  # from a frame's first byte to its last; generous for the frames we use
+_SLOW_LINK_BYTES_PER_S = 1_000_000  # a frame's deadline grows by its length at this rate
+_READ_CHUNK = 64 * 1024  # the most one read asks the bindings for (they allocate what is asked)
 _HEADER = struct.Struct(">I")
 
 # Application error codes used when resetting streams and closing connections.
@@ -31,7 +39,9 @@ class FrameError(Exception):
 
 
 async def read_exact(recv: iroh.RecvStream, n: int) -> bytes:
-    """Read exactly `n` bytes; an early end of stream or a reset becomes a `FrameError`."""
+    """Read exactly `n` bytes in one call, which reserves them: for lengths the reader chose (the
+    blocks a fetcher asked for), never for lengths a peer declares. An early end of stream or a
+    reset becomes a `FrameError`."""
     if n == 0:
         return b""
     try:
@@ -40,26 +50,61 @@ async def read_exact(recv: iroh.RecvStream, n: int) -> bytes:
         raise FrameError(f"stream ended or was reset while {n} bytes were expected ({exc.message()})") from None
 
 
-async def read_frame(recv: iroh.RecvStream, max_size: int = DEFAULT_MAX_FRAME) -> bytes:
-    frame = await read_frame_or_end(recv, max_size)
-    if frame is None:
-        raise FrameError("stream ended before a frame arrived")
-    return frame
-
-
-async def read_frame_or_end(recv: iroh.RecvStream, max_size: int = DEFAULT_MAX_FRAME) -> bytes | None:
-    """One frame of a stream of many: None when the peer finished cleanly between frames."""
+async def _read_some(recv: iroh.RecvStream, n: int) -> bytes:
+    """Up to `n` bytes as they arrive, empty at a clean end of stream."""
     try:
-        head = await recv.read(_HEADER.size)
+        return await recv.read(n)
     except iroh.IrohError as exc:
         raise FrameError(f"stream was reset ({exc.message()})") from None
+
+
+async def _read_incrementally(recv: iroh.RecvStream, n: int) -> bytes:
+    """Exactly `n` bytes, asking for at most `_READ_CHUNK` at a time: nothing is reserved up front."""
+    data = bytearray()
+    while len(data) < n:
+        chunk = await _read_some(recv, min(n - len(data), _READ_CHUNK))
+        if not chunk:
+            raise FrameError(f"stream ended {n - len(data)} bytes before the end of a frame")
+        data += chunk
+    return bytes(data)
+
+
+async def read_frame(recv: iroh.RecvStream, max_size: int = DEFAULT_MAX_FRAME, timeout: float = FRAME_TIMEOUT_S) -> bytes:
+    """The one frame a request or answer consists of: it must start within `timeout`, and then
+    arrive whole on the frame's own deadline."""
+    head = None
+    with trio.move_on_after(timeout):
+        head = await _read_some(recv, _HEADER.size)
+    if head is None:
+        raise FrameError(f"no frame within {timeout:g} s")
     if not head:
-        return None
-    head += await read_exact(recv, _HEADER.size - len(head))
-    (length,) = _HEADER.unpack(head)
-    if length > max_size:
-        raise FrameError(f"frame of {length} bytes exceeds the limit of {max_size}")
-    return await read_exact(recv, length)
+        raise FrameError("stream ended before a frame arrived")
+    return await _rest_of_frame(recv, head, max_size, timeout)
+
+
+async def read_frame_or_end(
+    recv: iroh.RecvStream, max_size: int = DEFAULT_MAX_FRAME, timeout: float = FRAME_TIMEOUT_S
+) -> bytes | None:
+    """One frame of a stream of many: None when the peer finished cleanly between frames.
+
+    Waiting for a frame to start has no limit (long-lived streams idle between frames); once
+    its first byte is here, the rest must follow on the frame's deadline.
+    """
+    head = await _read_some(recv, _HEADER.size)
+    return await _rest_of_frame(recv, head, max_size, timeout) if head else None
+
+
+async def _rest_of_frame(recv: iroh.RecvStream, head: bytes, max_size: int, timeout: float) -> bytes:
+    """The frame whose first bytes are `head`, due `timeout` after its start plus its length at a
+    slow link's rate: a small frame cannot be dribbled for long, a big one may take its time."""
+    with trio.move_on_after(timeout) as deadline:
+        head += await _read_incrementally(recv, _HEADER.size - len(head))
+        (length,) = _HEADER.unpack(head)
+        if length > max_size:
+            raise FrameError(f"frame of {length} bytes exceeds the limit of {max_size}")
+        deadline.deadline += length / _SLOW_LINK_BYTES_PER_S
+        return await _read_incrementally(recv, length)
+    raise FrameError(f"frame not complete {timeout:g} s after it started")
 
 
 async def write_frame(send: iroh.SendStream, payload: bytes) -> None:
@@ -70,9 +115,11 @@ async def send_model(send: iroh.SendStream, model: BaseModel) -> None:
     await write_frame(send, model.model_dump_json().encode())
 
 
-async def recv_model(recv: iroh.RecvStream, schema: type[T] | TypeAdapter[T], max_size: int = DEFAULT_MAX_FRAME) -> T:
+async def recv_model(
+    recv: iroh.RecvStream, schema: type[T] | TypeAdapter[T], max_size: int = DEFAULT_MAX_FRAME, timeout: float = FRAME_TIMEOUT_S
+) -> T:
     """Read one frame and validate it as `schema` (a model class or a TypeAdapter for unions)."""
-    payload = await read_frame(recv, max_size)
+    payload = await read_frame(recv, max_size, timeout)
     adapter = schema if isinstance(schema, TypeAdapter) else _adapter(schema)
     try:
         return adapter.validate_json(payload)
@@ -84,6 +131,12 @@ async def recv_model(recv: iroh.RecvStream, schema: type[T] | TypeAdapter[T], ma
 @lru_cache(maxsize=None)
 def _adapter(schema: type[Any]) -> TypeAdapter[Any]:
     return TypeAdapter(schema)
+
+
+async def stop_quietly(recv: iroh.RecvStream, code: int = ERR_SHUTDOWN) -> None:
+    """Tell the peer we read no more: QUIC drops what it buffered and anything still coming."""
+    with suppress(iroh.IrohError):
+        await recv.stop(code)
 
 
 async def reset_quietly(bi: iroh.BiStream, code: int = ERR_PROTOCOL) -> None:
