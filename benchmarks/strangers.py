@@ -115,18 +115,24 @@ async def measure(streams: int, ids: int, declared: int, sent: int) -> Measureme
         member = NodeProcess(work / "member", "--join", provider.ticket)
         try:
             async with httpx.AsyncClient(timeout=None) as http:
-                added = (await http.post(f"{provider.api}/blobs", json={"path": str(source)})).json()
+                added = (
+                    await http.put(
+                        f"{provider.api}/blobs",
+                        content=source.read_bytes(),
+                        headers={**provider.headers, "Content-Type": "application/octet-stream"},
+                    )
+                ).json()
                 before, _ = rss_mb(provider.proc.pid)
                 target = PeerAddr.from_ticket(tickets.parse_join(provider.ticket).node)
                 started = time.perf_counter()
                 async with parked_half_frames(target, ids=ids, streams=streams, declared=declared, sent=sent) as parked:
                     attack_s = time.perf_counter() - started
                     started = time.perf_counter()
-                    async with http.stream("POST", f"{member.api}/blobs/fetch", json={"ticket": added["ticket"]}) as response:
+                    async with http.stream("POST", f"{member.api}/blobs/fetch", json={"ticket": added["ticket"]}, headers=member.headers) as response:
                         last = [line async for line in response.aiter_lines() if line][-1]
                     fetch_s = time.perf_counter() - started
                     current, peak = rss_mb(provider.proc.pid)
-                    refused = (await http.get(f"{provider.api}/status")).json()["refused_connections"]
+                    refused = (await http.get(f"{provider.api}/status", headers=provider.headers)).json()["refused_connections"]
             if '"blob"' not in last:
                 raise RuntimeError(f"the member's fetch failed: {last}")
         finally:
