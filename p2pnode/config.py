@@ -28,6 +28,3 @@ class Settings(BaseSettings):
     @property
     def blobs_dir(self) -> Path:
         return self.blobs_path if self.blobs_path is not None else self.data_dir / "iroh-blobs"
-
-
-DEFAULT_API = "http://127.0.0.1:3020"
