@@ -1,14 +1,21 @@
-"""The CLI's side of the local API: a thin typed client that turns every failure into one clear line."""
+"""The CLI's side of the local API: a thin typed client that turns every failure into one clear line.
+
+Built on the standard library's `http.client` on purpose: a CLI call to the local node is one small
+loopback request, and httpx drags in httpcore, trio, h2 and rich (about 0.3 s of imports here),
+which would make every `p2pnode status` slow.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json as jsonlib
 import logging
 import time
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
-import httpx
 from pydantic import BaseModel, ValidationError
 
 T = TypeVar("T", bound=BaseModel)
@@ -18,6 +25,8 @@ log = logging.getLogger(__name__)
 BAD_INPUT_STATUS = frozenset({400, 413, 422})
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
+HEALTH_TIMEOUT_S = 2.0
+_DEFAULT = object()
 
 
 class ApiError(Exception):
@@ -34,41 +43,42 @@ class ApiError(Exception):
 
 def normalize_url(url: str) -> str:
     """Accept `127.0.0.1:3020` as well as `http://127.0.0.1:3020`: people type it both ways."""
-    url = url.strip().rstrip("/")
-    return url if "://" in url else f"http://{url}"
+    scheme, sep, rest = url.strip().partition("://")
+    return f"{scheme}://{rest.rstrip('/')}" if sep else f"http://{scheme.rstrip('/')}"
 
 
 class ApiClient:
     def __init__(self, base_url: str, timeout: float = 30.0) -> None:
         self.base_url = normalize_url(base_url)
+        self._timeout = timeout
+        parts = urllib.parse.urlsplit(self.base_url)
         try:
-            self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
-        except httpx.InvalidURL:
+            self._port = parts.port
+        except ValueError:
             raise self._bad_url() from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise self._bad_url()
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._prefix = parts.path
 
     def request(self, method: str, path: str, model: type[T], **kwargs: Any) -> T:
-        with self._errors():
-            started = time.monotonic()
-            response = self._http.request(method, path, **kwargs)
-            log.info("%s %s: HTTP %d in %.0f ms", method, response.url, response.status_code, (time.monotonic() - started) * 1e3)
-        self._raise_for_status(response)
-        return self._parse(response.content, model)
+        with self._exchange(method, path, **kwargs) as response:
+            body = response.read()
+        return self._parse(body, model)
 
     def stream(self, method: str, path: str, model: type[T], **kwargs: Any) -> Iterator[T]:
         """Iterate an NDJSON response line by line, as the node sends it."""
-        with self._errors(), self._http.stream(method, path, timeout=None, **kwargs) as response:
-            log.info("%s %s: HTTP %d, streaming", method, response.url, response.status_code)
-            if response.status_code >= 400:
-                response.read()
-                self._raise_for_status(response)
-            for line in response.iter_lines():
-                if line:
+        with self._exchange(method, path, timeout=None, **kwargs) as response:
+            for line in response:
+                if line.strip():
                     yield self._parse(line, model)
 
     def reachable(self) -> bool:
         try:
-            return self._http.get("/health", timeout=2.0).status_code == 200
-        except (httpx.HTTPError, httpx.InvalidURL):
+            with self._exchange("GET", "/health", timeout=HEALTH_TIMEOUT_S) as response:
+                return response.status == 200
+        except ApiError:
             return False
 
     def delete(self, path: str, model: type[T], **kwargs: Any) -> T:
@@ -81,17 +91,45 @@ class ApiClient:
         return self.request("POST", path, model, **kwargs)
 
     @contextlib.contextmanager
+    def _exchange(
+        self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None, timeout: Any = _DEFAULT
+    ) -> Iterator[http.client.HTTPResponse]:
+        """Send one request; yields a successful response, raises ApiError for everything else."""
+        target = self._prefix + path
+        if params:
+            target += "?" + urllib.parse.urlencode({k: str(v).lower() if isinstance(v, bool) else v for k, v in params.items()})
+        body = None if json is None else jsonlib.dumps(json).encode()
+        headers = {"Accept": "application/json"} | ({} if body is None else {"Content-Type": "application/json"})
+        connection = self._connection(self._timeout if timeout is _DEFAULT else timeout)
+        started = time.monotonic()
+        try:
+            try:
+                connection.connect()
+            except OSError:
+                raise ApiError(f"no p2pnode answering at {self.base_url} (start one with `p2pnode start`, or pass --api)") from None
+            with self._errors():
+                connection.request(method, target, body=body, headers=headers)
+                response = connection.getresponse()
+                log.info("%s %s%s: HTTP %d in %.0f ms", method, self.base_url, path, response.status, (time.monotonic() - started) * 1e3)
+                if response.status >= 400:
+                    self._raise_for_status(response.status, response.read())
+                yield response
+        finally:
+            connection.close()
+
+    def _connection(self, timeout: float | None) -> http.client.HTTPConnection:
+        if self._https:
+            return http.client.HTTPSConnection(self._host, self._port, timeout=timeout)
+        return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+
+    @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
         try:
             yield
-        except httpx.ConnectError:
-            raise ApiError(f"no p2pnode answering at {self.base_url} (start one with `p2pnode start`, or pass --api)") from None
-        except httpx.TimeoutException:
+        except TimeoutError:
             raise ApiError(f"the node at {self.base_url} did not answer in time") from None
-        except (httpx.UnsupportedProtocol, httpx.InvalidURL):
-            raise self._bad_url() from None
-        except httpx.HTTPError as exc:  # the other end speaks something, but not the HTTP we expect
-            raise ApiError(f"the server at {self.base_url} broke off the exchange ({exc or type(exc).__name__}); is it a p2pnode?") from None
+        except (http.client.HTTPException, OSError) as exc:  # the other end speaks something, but not our HTTP
+            raise ApiError(f"the server at {self.base_url} broke off the exchange ({type(exc).__name__}); is it a p2pnode?") from None
 
     def _bad_url(self) -> ApiError:
         return ApiError(f"--api {self.base_url} is not an API URL such as http://127.0.0.1:3020", EXIT_BAD_INPUT)
@@ -102,17 +140,13 @@ class ApiClient:
         except ValidationError:
             raise ApiError(f"the server at {self.base_url} answered {_describe_body(content)}, not a p2pnode reply; is it a p2pnode?") from None
 
-    def _raise_for_status(self, response: httpx.Response) -> None:
-        if response.status_code < 400:
-            return
-        code = EXIT_BAD_INPUT if response.status_code in BAD_INPUT_STATUS else EXIT_FAILURE
+    def _raise_for_status(self, status: int, content: bytes) -> None:
+        code = EXIT_BAD_INPUT if status in BAD_INPUT_STATUS else EXIT_FAILURE
         try:
-            detail = response.json()["detail"]
+            detail = jsonlib.loads(content)["detail"]
         except (ValueError, KeyError, TypeError):
-            raise ApiError(
-                f"the server at {self.base_url} answered HTTP {response.status_code} with {_describe_body(response.content)}; is it a p2pnode?", code
-            ) from None
-        raise ApiError(_describe_detail(detail) or f"the node refused the request (HTTP {response.status_code})", code)
+            raise ApiError(f"the server at {self.base_url} answered HTTP {status} with {_describe_body(content)}; is it a p2pnode?", code) from None
+        raise ApiError(_describe_detail(detail) or f"the node refused the request (HTTP {status})", code)
 
 
 def _describe_detail(detail: Any) -> str:
@@ -132,4 +166,4 @@ def _describe_body(content: bytes) -> str:
     if text[:1] == "<":
         return "an HTML page"
     first = text.splitlines()[0]
-    return f"{first[:80]!r}" + ("..." if len(text) > 80 else "")
+    return repr(first[:80]) + ("..." if len(text) > 80 else "")
