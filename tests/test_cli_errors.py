@@ -100,3 +100,20 @@ def test_invalid_environment_is_one_line_naming_the_variable(tmp_path, env: dict
     assert result.returncode == 2
     assert result.stderr == f"error: invalid setting {message}\n"
     assert not (tmp_path / "d").exists()
+
+
+def test_every_command_help_has_an_example() -> None:
+    import click
+
+    from p2pnode.cli import cli
+
+    def walk(group: click.Group, path: str) -> Iterator[tuple[str, click.Command]]:
+        for name in group.list_commands(click.Context(group)):
+            command = group.get_command(click.Context(group), name)
+            assert command is not None
+            yield f"{path} {name}", command
+            if isinstance(command, click.Group):
+                yield from walk(command, f"{path} {name}")
+
+    lacking = [path for path, command in walk(cli, "p2pnode") if "p2pnode " not in (command.help or "")]
+    assert lacking == []

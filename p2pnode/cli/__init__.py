@@ -87,7 +87,7 @@ class _Verbose:
         super().__init__(*args, **kwargs)
         self.params.append(  # type: ignore[attr-defined]
             click.Option(["-v", "--verbose"], is_flag=True, expose_value=False, is_eager=True, callback=_verbose,
-                         help="Log what the command does (requests, dials, providers) on stderr.")
+                         help="Log what the command does on stderr.")
         )
 
 

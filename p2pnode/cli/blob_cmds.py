@@ -35,7 +35,10 @@ class _BlobList(RootModel[list[BlobInfo]]):
 
 @cli.group()
 def blob() -> None:
-    """Content-addressed blobs: add files, fetch them by ticket, manage the store.
+    """Share files as blobs and fetch them by ticket.
+
+    Blobs are named by the BLAKE3 hash of their content and verified block by
+    block when fetched. A node keeps pinned and tagged blobs; gc removes the rest.
 
     \b
     Examples:
@@ -50,7 +53,12 @@ def blob() -> None:
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path))
 @click.pass_obj
 def add(api: ApiClient, path: Path) -> None:
-    """Add a file to the running node's store; prints its BLAKE3 hash and a blob ticket."""
+    """Add a file to the running node's store; prints its BLAKE3 hash and a blob ticket.
+
+    \b
+    Example:
+      p2pnode blob add big.iso
+    """
     added = api.post("/blobs", BlobAdded, json={"path": str(path.resolve())})
     click.echo(f"hash:   {added.blob.hash}")
     click.echo(f"size:   {added.blob.size}")
@@ -182,7 +190,7 @@ async def _fetch_standalone(ticket: tickets.BlobTicket, output: Path, progress: 
 @blob.command(name="ls")
 @click.pass_obj
 def list_blobs(api: ApiClient) -> None:
-    """List the blobs in the running node's store: hash, size, pinned and tags.
+    """List stored blobs: hash, size, pins, tags.
 
     \b
     Example:
@@ -198,7 +206,9 @@ def list_blobs(api: ApiClient) -> None:
 @click.option("--force", is_flag=True, help="Delete even if pinned or tagged.")
 @click.pass_obj
 def remove(api: ApiClient, blob_hash: str, force: bool) -> None:
-    """Delete a blob (refused while it is pinned, tagged or in use, unless --force).
+    """Delete a blob (a kept one only with --force).
+
+    Refused while the blob is pinned, tagged or in use, unless --force.
 
     \b
     Example:

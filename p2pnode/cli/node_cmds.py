@@ -88,7 +88,10 @@ def ticket(api: ApiClient) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def status(api: ApiClient, as_json: bool) -> None:
-    """Show the node's id, addresses and cluster members with their connection state.
+    """Show this node and its cluster's members.
+
+    The node's id, addresses and relay; each member and whether it is connected;
+    gossip and job counters.
 
     \b
     Examples:
