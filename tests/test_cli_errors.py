@@ -81,6 +81,8 @@ def test_usage_errors_are_one_line() -> None:
     result = run_cli("blob", "get", check=False)
     assert result.returncode == 2
     assert result.stderr == "error: Missing argument 'TICKET'. (see `p2pnode blob get -h`)\n"
+    bare = run_cli("blob", check=False)
+    assert bare.stderr.startswith("Usage: p2pnode blob [OPTIONS] COMMAND [ARGS]...\n") and "error" not in bare.stderr
 
 
 @pytest.mark.parametrize(

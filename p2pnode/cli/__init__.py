@@ -137,6 +137,9 @@ def main() -> None:
         cli.main(prog_name="p2pnode", standalone_mode=False)
     except click.exceptions.Abort:
         sys.exit(130)
+    except click.exceptions.NoArgsIsHelpError as exc:  # `p2pnode`, `p2pnode blob`: the help is the answer
+        exc.show()
+        sys.exit(exc.exit_code)
     except click.UsageError as exc:
         where = f" (see `{exc.ctx.command_path} -h`)" if exc.ctx is not None else ""
         click.echo(f"error: {exc.format_message()}{where}", err=True)
