@@ -7,13 +7,12 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from p2pnode import DEFAULT_DATA
 from p2pnode.executors.base import MIB, JobMaxima
 
 _MAXIMA = JobMaxima()
 
 
-DEFAULT_DATA = Path("data")
-"""The data folder: the node's key, cluster secret and API token (DATA/api-token, which CLI commands read)."""
 
 
 class Settings(BaseSettings):
@@ -51,5 +50,3 @@ class Settings(BaseSettings):
             output_bytes=self.max_job_output_mib * MIB,
         )
 
-
-DEFAULT_API = "http://127.0.0.1:3020"

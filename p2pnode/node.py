@@ -58,6 +58,8 @@ class Node:
 
         settings = self.settings
         key = self._identity()
+        if join_ticket is not None and join_ticket.node.node_id.hex() == self.id:
+            raise StartupError(f"this join ticket was printed by this node ({self.id[:10]}) itself; to join a cluster, pass a ticket of another node")
         self.membership = Membership(settings.data_dir, self.id)
         async with contextlib.AsyncExitStack() as cleanup:  # whatever started is stopped, even on a failed start
             try:

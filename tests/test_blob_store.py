@@ -445,6 +445,13 @@ async def test_remove_refuses_while_in_use_or_kept(store: BlobStore) -> None:
     assert await store.list() == []
 
 
+async def test_pin_wants_a_stored_blob(store: BlobStore) -> None:
+    """A mistyped or unfetched hash is an error, not a pin that keeps nothing."""
+    with pytest.raises(BlobNotFound, match="not in the store"):
+        await store.pin("ab" * 32)
+    assert not await store.unpin("ab" * 32)
+
+
 # -- a real kill -9 --------------------------------------------------------------------------
 
 CHILD = """

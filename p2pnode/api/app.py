@@ -320,7 +320,7 @@ def store_errors() -> Iterator[None]:
         raise HTTPException(404, str(exc)) from None
     except BlobInUse as exc:
         raise HTTPException(409, str(exc)) from None
-    except (StoreError, OSError) as exc:
+    except (StoreError, OSError, ValueError) as exc:  # ValueError: not a blob hash
         raise HTTPException(400, str(exc)) from None
 
 

@@ -1,75 +1,174 @@
-"""The CLI's side of the local API: a thin typed client that turns transport errors into one clear line."""
+"""The CLI's side of the local API: a thin typed client that turns every failure into one clear line.
+
+Built on the standard library's `http.client` on purpose: a CLI call to the local node is one small
+loopback request, and httpx drags in httpcore, trio, h2 and rich (about 0.3 s of imports here),
+which would make every `p2pnode status` slow.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json as jsonlib
+import logging
+import time
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from p2pnode.api.auth import TokenError, read_token
 
 T = TypeVar("T", bound=BaseModel)
 
+log = logging.getLogger(__name__)
+
+BAD_INPUT_STATUS = frozenset({400, 413, 422})
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+HEALTH_TIMEOUT_S = 2.0
 DOWNLOAD_CHUNK = 1 << 20
+_DEFAULT = object()
 
 
 class ApiError(Exception):
-    """The node is not reachable, or refused the request; the message is for a person."""
+    """The node is not reachable, or refused the request; the message is for a person.
+
+    `exit_code` is 2 when the request itself was wrong (the node answered 400, 413 or 422, or the
+    API URL is malformed), 1 otherwise.
+    """
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def normalize_url(url: str) -> str:
+    """Accept `127.0.0.1:3020` as well as `http://127.0.0.1:3020`: people type it both ways."""
+    scheme, sep, rest = url.strip().partition("://")
+    return f"{scheme}://{rest.rstrip('/')}" if sep else f"http://{scheme.rstrip('/')}"
 
 
 class ApiClient:
     """Talks to one node; its token comes from `token`, else from `token_file` when first needed."""
 
-    def __init__(self, base_url: str, *, token: str | None = None, token_file: Path | None = None, timeout: float = 30.0) -> None:
-        self.base_url = base_url.rstrip("/")
+    def __init__(
+        self, base_url: str, *, token: str | None = None, token_file: Path | None = None, timeout: float = 30.0
+    ) -> None:
+        self.base_url = normalize_url(base_url)
+        self._timeout = timeout
         self._token = token
         self._token_file = token_file
         self._token_source = "--api-token / P2PNODE_API_TOKEN" if token is not None else str(token_file)
         self._no_token: str | None = None
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        parts = urllib.parse.urlsplit(self.base_url)
+        try:
+            self._port = parts.port
+        except ValueError:
+            raise self._bad_url() from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise self._bad_url()
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._prefix = parts.path
 
-    def request(self, method: str, path: str, model: type[T], *, headers: dict[str, str] | None = None, **kwargs: Any) -> T:
-        with self._errors():
-            response = self._http.request(method, path, headers={**self._auth(), **(headers or {})}, **kwargs)
-        self._raise_for_status(response)
-        return model.model_validate_json(response.content)
+    def request(self, method: str, path: str, model: type[T], **kwargs: Any) -> T:
+        with self._exchange(method, path, **kwargs) as response:
+            body = response.read()
+        return self._parse(body, model)
 
     def stream(self, method: str, path: str, model: type[T], **kwargs: Any) -> Iterator[T]:
         """Iterate an NDJSON response line by line, as the node sends it."""
-        with self._open(method, path, **kwargs) as response:
-            for line in response.iter_lines():
-                if line:
-                    yield model.model_validate_json(line)
+        with self._exchange(method, path, timeout=None, **kwargs) as response:
+            for line in response:
+                if line.strip():
+                    yield self._parse(line, model)
 
     def download(self, path: str) -> Iterator[bytes]:
         """The raw bytes of a GET answer, in chunks, never all in memory."""
-        with self._open("GET", path) as response:
-            yield from response.iter_bytes(DOWNLOAD_CHUNK)
+        with self._exchange("GET", path, timeout=None) as response:
+            while chunk := response.read(DOWNLOAD_CHUNK):
+                yield chunk
 
     def upload(self, path: str, content: Iterable[bytes], size: int, model: type[T], **kwargs: Any) -> T:
         """PUT a raw body streamed from `content` (`size` bytes in all)."""
         if not self._auth():  # the node would refuse the body at once, which reads as a broken pipe
             raise ApiError(self._no_token or "no API token")
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
-        return self.request("PUT", path, model, content=content, headers=headers, **kwargs)
+        with self._exchange("PUT", path, content=content, headers=headers, **kwargs) as response:
+            body = response.read()
+        return self._parse(body, model)
 
     def reachable(self) -> bool:
         try:
-            return self._http.get("/health", timeout=2.0).status_code == 200
-        except httpx.HTTPError:
+            with self._exchange("GET", "/health", timeout=HEALTH_TIMEOUT_S) as response:
+                return response.status == 200
+        except ApiError:
             return False
 
+    def delete(self, path: str, model: type[T], **kwargs: Any) -> T:
+        return self.request("DELETE", path, model, **kwargs)
+
+    def get(self, path: str, model: type[T], **kwargs: Any) -> T:
+        return self.request("GET", path, model, **kwargs)
+
+    def post(self, path: str, model: type[T], **kwargs: Any) -> T:
+        return self.request("POST", path, model, **kwargs)
+
     @contextlib.contextmanager
-    def _open(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
-        with self._errors(), self._http.stream(method, path, headers=self._auth(), timeout=None, **kwargs) as response:
-            if response.status_code >= 400:
-                response.read()
-                self._raise_for_status(response)
-            yield response
+    def _exchange(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        content: Iterable[bytes] | None = None,
+        headers: dict[str, str] | None = None,
+        params: dict[str, Any] | None = None,
+        timeout: Any = _DEFAULT,
+    ) -> Iterator[http.client.HTTPResponse]:
+        """Send one request; yields a successful response, raises ApiError for everything else."""
+        target = self._prefix + path
+        if params:
+            target += "?" + urllib.parse.urlencode({k: str(v).lower() if isinstance(v, bool) else v for k, v in params.items()})
+        body: bytes | Iterable[bytes] | None = content
+        sent = {"Accept": "application/json"} | self._auth()
+        if json is not None:
+            body = jsonlib.dumps(json).encode()
+            sent["Content-Type"] = "application/json"
+        sent |= headers or {}
+        connection = self._connection(self._timeout if timeout is _DEFAULT else timeout)
+        started = time.monotonic()
+        try:
+            try:
+                connection.connect()
+            except OSError:
+                raise ApiError(f"no p2pnode answering at {self.base_url} (start one with `p2pnode start`, or pass --api)") from None
+            with self._errors():
+                connection.request(method, target, body=body, headers=sent)
+                response = connection.getresponse()
+                log.info("%s %s%s: HTTP %d in %.0f ms", method, self.base_url, path, response.status, (time.monotonic() - started) * 1e3)
+                if response.status >= 400:
+                    self._raise_for_status(response.status, response.read())
+                yield response
+        finally:
+            connection.close()
+
+    def _connection(self, timeout: float | None) -> http.client.HTTPConnection:
+        if self._https:
+            return http.client.HTTPSConnection(self._host, self._port, timeout=timeout)
+        return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except TimeoutError:
+            raise ApiError(f"the node at {self.base_url} did not answer in time") from None
+        except (http.client.HTTPException, OSError) as exc:  # the other end speaks something, but not our HTTP
+            raise ApiError(f"the server at {self.base_url} broke off the exchange ({type(exc).__name__}); is it a p2pnode?") from None
 
     def _auth(self) -> dict[str, str]:
         """The bearer header. Without a token the request still goes: a node that is not there
@@ -83,37 +182,41 @@ class ApiClient:
                 self._no_token = f"{exc} (pass --data with the node's data folder, --api-token, or set P2PNODE_API_TOKEN)"
         return {} if self._token is None else {"Authorization": f"Bearer {self._token}"}
 
-    def _raise_for_status(self, response: httpx.Response) -> None:
-        if response.status_code == 401 and self._no_token is not None:
-            raise ApiError(self._no_token)
-        _raise_for_status(response, self._token_source)
+    def _bad_url(self) -> ApiError:
+        return ApiError(f"--api {self.base_url} is not an API URL such as http://127.0.0.1:3020", EXIT_BAD_INPUT)
 
-    @contextlib.contextmanager
-    def _errors(self) -> Iterator[None]:
+    def _parse(self, content: bytes, model: type[T]) -> T:
         try:
-            yield
-        except httpx.ConnectError:
-            raise ApiError(f"no p2pnode answering at {self.base_url} (start one with `p2pnode start`, or pass --api)") from None
-        except httpx.TimeoutException:
-            raise ApiError(f"the node at {self.base_url} did not answer in time") from None
+            return model.model_validate_json(content)
+        except ValidationError:
+            raise ApiError(f"the server at {self.base_url} answered {_describe_body(content)}, not a p2pnode reply; is it a p2pnode?") from None
 
-    def delete(self, path: str, model: type[T], **kwargs: Any) -> T:
-        return self.request("DELETE", path, model, **kwargs)
+    def _raise_for_status(self, status: int, content: bytes) -> None:
+        code = EXIT_BAD_INPUT if status in BAD_INPUT_STATUS else EXIT_FAILURE
+        try:
+            detail = jsonlib.loads(content)["detail"]
+        except (ValueError, KeyError, TypeError):
+            raise ApiError(f"the server at {self.base_url} answered HTTP {status} with {_describe_body(content)}; is it a p2pnode?", code) from None
+        if status == 401:
+            raise ApiError(self._no_token or f"the node refused the API token ({_describe_detail(detail)}); the token came from {self._token_source}")
+        raise ApiError(_describe_detail(detail) or f"the node refused the request (HTTP {status})", code)
 
-    def get(self, path: str, model: type[T], **kwargs: Any) -> T:
-        return self.request("GET", path, model, **kwargs)
 
-    def post(self, path: str, model: type[T], **kwargs: Any) -> T:
-        return self.request("POST", path, model, **kwargs)
+def _describe_detail(detail: Any) -> str:
+    """FastAPI's detail in one line: our own message, or its validation errors as `field: problem`."""
+    if isinstance(detail, str):
+        return " ".join(detail.split())
+    if isinstance(detail, list):
+        problems = [f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg', '')}" for e in detail if isinstance(e, dict)]
+        return "request refused: " + "; ".join(problems) if problems else ""
+    return ""
 
 
-def _raise_for_status(response: httpx.Response, token_source: str) -> None:
-    if response.status_code < 400:
-        return
-    try:
-        detail = response.json().get("detail", response.text)
-    except ValueError:
-        detail = response.text
-    if response.status_code == 401:
-        raise ApiError(f"the node refused the API token ({detail}); the token came from {token_source}")
-    raise ApiError(detail if isinstance(detail, str) else f"request refused: {detail}")
+def _describe_body(content: bytes) -> str:
+    text = content.decode("utf-8", "replace").strip()
+    if not text:
+        return "an empty body"
+    if text[:1] == "<":
+        return "an HTML page"
+    first = text.splitlines()[0]
+    return repr(first[:80]) + ("..." if len(text) > 80 else "")

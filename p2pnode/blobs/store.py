@@ -558,9 +558,15 @@ class BlobStore:
         return await trio.to_thread.run_sync(query)
 
     async def pin(self, hash: str) -> None:
-        """Pin a hash (stored or not yet fetched): GC never removes it."""
-        h = normalize_hash(hash)
-        await trio.to_thread.run_sync(self._locked_sql, "INSERT OR IGNORE INTO pins (hash) VALUES (?)", (h,))
+        """Pin a stored blob: GC never removes it. BlobNotFound if it is not stored, so that a
+        mistyped hash is an error rather than a pin that silently keeps nothing."""
+        await trio.to_thread.run_sync(self._pin_sync, normalize_hash(hash))
+
+    def _pin_sync(self, h: str) -> None:
+        with self._lock:  # removal and GC take the lock too: the blob cannot go between check and pin
+            if not self.has(h):
+                raise BlobNotFound(f"blob {h} is not in the store")
+            self._db.execute("INSERT OR IGNORE INTO pins (hash) VALUES (?)", (h,))
 
     async def unpin(self, hash: str) -> bool:
         """Returns whether the hash was pinned."""

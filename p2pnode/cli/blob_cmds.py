@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import tempfile
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import blake3
 import click
-import trio
 from pydantic import RootModel
 
-import tickets
 from p2pnode.api.schemas import BlobAdded, Done, FetchEvent
 from p2pnode.api.client import ApiClient
 from p2pnode.blobs.model import BlobInfo, GcResult
-from p2pnode.cli import EXIT_USAGE, cli, fail, parse_blob_ticket
+from p2pnode.cli import EXIT_USAGE, cli, fail, load_settings, parse_blob_ticket
 from p2pnode.cli.progress import TransferProgress
 from p2pnode.fsutil import NotRegularFile, open_regular
 
+if TYPE_CHECKING:
+    import iroh
+
+    import tickets
+    from p2pnode.blobs.store import BlobStore
+    from p2pnode.config import Settings
+    from p2pnode.membership import PeerAddr
+
+log = logging.getLogger(__name__)
 
 UPLOAD_CHUNK = 1 << 20
 
@@ -29,14 +39,30 @@ class _BlobList(RootModel[list[BlobInfo]]):
 
 @cli.group()
 def blob() -> None:
-    """Content-addressed blobs: add files, fetch them by ticket, manage the store."""
+    """Share files as blobs and fetch them by ticket.
+
+    Blobs are named by the BLAKE3 hash of their content and verified block by
+    block when fetched. A node keeps pinned and tagged blobs; gc removes the rest.
+
+    \b
+    Examples:
+      p2pnode blob add big.iso                       prints its hash and a blob ticket
+      p2pnode blob get p2pblob... -o big.iso         fetches it anywhere, verified
+      p2pnode blob ls
+      p2pnode blob pin HASH; p2pnode blob unpin HASH; p2pnode blob rm HASH; p2pnode blob gc
+    """
 
 
 @blob.command()
-@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path))
 @click.pass_obj
 def add(api: ApiClient, path: Path) -> None:
-    """Upload a file to the running node's store (pinned); prints its BLAKE3 hash and a blob ticket."""
+    """Upload a file to the running node's store (pinned); prints its BLAKE3 hash and a blob ticket.
+
+    \b
+    Example:
+      p2pnode blob add big.iso
+    """
     added = upload(api, path)
     click.echo(f"hash:   {added.blob.hash}")
     click.echo(f"size:   {added.blob.size}")
@@ -62,6 +88,8 @@ def download(api: ApiClient, blob_hash: str, dest: Path, *, force: bool) -> None
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:12]}.part")
     try:
+        import blake3
+
         hasher = blake3.blake3()
         with open(tmp, "xb") as f:
             for chunk in api.download(f"/blobs/{blob_hash}"):
@@ -93,8 +121,13 @@ def get(api: ApiClient, ticket: str, output: Path, force: bool) -> None:
     """Fetch a blob by ticket, verified, into OUTPUT.
 
     Uses the running node when there is one (the blob then stays in its store);
-    otherwise a short-lived endpoint fetches into the store at IROH_BLOBS_PATH.
+    otherwise a short-lived endpoint fetches it through a store in the user's
+    cache folder (or IROH_BLOBS_PATH when set, where the blob then stays).
     An interrupted fetch resumes where it stopped.
+
+    \b
+    Example:
+      p2pnode blob get p2pblobagy5d4g7omiprbexkvpjwozeieou2trj5... -o big.iso
     """
     parsed = parse_blob_ticket(ticket)
     output = output.absolute()
@@ -110,6 +143,8 @@ def get(api: ApiClient, ticket: str, output: Path, force: bool) -> None:
             download(api, info.hash, output, force=force)
         else:
             click.echo(f"no node at {api.base_url}: fetching with a short-lived endpoint", err=True)
+            import trio
+
             info = trio.run(_fetch_standalone, parsed, output, progress)
     click.echo(f"{info.hash}  {info.size} bytes  -> {output}")
 
@@ -126,48 +161,92 @@ def _fetch_via_node(api: ApiClient, ticket: str, progress: TransferProgress) -> 
     fail("the node ended the fetch without a result")
 
 
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "p2pnode" / "blobs"
+
+
+async def _standalone_store(stack: contextlib.AsyncExitStack, settings: Settings) -> tuple[BlobStore, bool]:
+    """The store a fetch without a node goes through, and whether the blob stays there.
+
+    IROH_BLOBS_PATH when set (the blob stays). Otherwise the user's cache folder, never ./data
+    (that is some node's store, maybe locked by it): an interrupted fetch resumes there and a
+    finished blob is removed once exported. A cache held by another fetch means a temporary store.
+    """
+    from p2pnode.blobs.store import BlobStore, StoreError
+
+    if settings.blobs_path is not None:
+        try:
+            store = await BlobStore.open(settings.blobs_path)
+        except (StoreError, OSError) as exc:
+            fail(f"cannot open the blob store at {settings.blobs_path} (IROH_BLOBS_PATH): {exc}")
+        stack.callback(store.close)
+        return store, True
+    try:
+        store = await BlobStore.open(_cache_dir())
+    except (StoreError, OSError) as exc:
+        log.info("%s; fetching through a temporary store instead", exc)
+        temporary = stack.enter_context(tempfile.TemporaryDirectory(prefix="p2pnode-get-"))
+        try:
+            store = await BlobStore.open(temporary)
+        except (StoreError, OSError) as exc:
+            fail(f"cannot create a temporary blob store: {exc}")
+    stack.callback(store.close)
+    log.info("fetching through the blob store at %s", store.root)
+    return store, False
+
+
 async def _fetch_standalone(ticket: tickets.BlobTicket, output: Path, progress: TransferProgress) -> BlobInfo:
     import iroh
 
     from p2pnode.blobs.fetch import FetchError, fetch_blob
     from p2pnode.blobs.protocol import BLOBS_ALPN
-    from p2pnode.blobs.store import BlobStore, StoreError
-    from p2pnode.config import Settings
+    from p2pnode.blobs.store import StoreError
     from p2pnode.membership import PeerAddr
     from p2pnode.net.dialer import Dialer
     from p2pnode.net.endpoint import bind_endpoint, close_endpoint
 
-    settings = Settings()
-    try:
-        store = await BlobStore.open(settings.blobs_dir)
-    except (StoreError, OSError) as exc:
-        fail(f"cannot open the blob store at {settings.blobs_dir}: {exc}")
-    endpoint = await bind_endpoint(iroh.SecretKey.generate(), settings.bind, settings.relay, [BLOBS_ALPN])
-    dialer = Dialer(endpoint, connect_timeout_s=settings.connect_timeout_s)  # not a member: tickets only
-    try:
-        info = await fetch_blob(
-            store,
-            lambda addr: dialer.connect(addr, BLOBS_ALPN),
-            ticket.hash_hex,
-            [PeerAddr.from_ticket(ticket.provider)],
-            root=ticket.root_hex,
-            size=ticket.size,
-            capability=ticket.capability.hex(),
-            on_progress=lambda p: progress.update(p.bytes_done),
-        )
-        return await store.export(info.hash, output)
-    except (FetchError, StoreError) as exc:
-        fail(str(exc))
-    finally:
-        dialer.close_all()
-        await close_endpoint(endpoint)
-        store.close()
+    settings = load_settings()
+    async with contextlib.AsyncExitStack() as stack:
+        store, keep = await _standalone_store(stack, settings)
+        endpoint = await bind_endpoint(iroh.SecretKey.generate(), settings.bind, settings.relay, [BLOBS_ALPN])
+        stack.push_async_callback(close_endpoint, endpoint)
+        dialer = Dialer(endpoint, connect_timeout_s=settings.connect_timeout_s)  # not a member: tickets only
+        stack.callback(dialer.close_all)
+
+        async def dial(addr: PeerAddr) -> iroh.Connection:
+            where = ", ".join(addr.direct_addresses) or addr.relay_url or "no known address"
+            log.info("dialling provider %s at %s", addr.node_id[:10], where)
+            connection = await dialer.connect(addr, BLOBS_ALPN)
+            log.info("connected to provider %s", addr.node_id[:10])
+            return connection
+
+        provider = PeerAddr.from_ticket(ticket.provider)
+        log.info("fetching blob %s (%d bytes) from provider %s", ticket.hash_hex[:12], ticket.size, provider.node_id[:10])
+        try:
+            info = await fetch_blob(
+                store, dial, ticket.hash_hex, [provider],
+                root=ticket.root_hex,
+                size=ticket.size,
+                capability=ticket.capability.hex(),
+                on_progress=lambda p: progress.update(p.bytes_done),
+            )
+            info = await store.export(info.hash, output)
+            if not keep:
+                await store.remove(info.hash, force=True)
+            return info
+        except (FetchError, StoreError) as exc:
+            fail(str(exc))
 
 
 @blob.command(name="ls")
 @click.pass_obj
 def list_blobs(api: ApiClient) -> None:
-    """List the blobs in the running node's store."""
+    """List stored blobs: hash, size, pins, tags.
+
+    \b
+    Example:
+      p2pnode blob ls
+    """
     for info in api.request("GET", "/blobs", _BlobList).root:
         flags = ",".join(["pinned"] * info.pinned + list(info.tags)) or "-"
         click.echo(f"{info.hash}  {info.size:>12}  {flags}")
@@ -178,14 +257,27 @@ def list_blobs(api: ApiClient) -> None:
 @click.option("--force", is_flag=True, help="Delete even if pinned or tagged.")
 @click.pass_obj
 def remove(api: ApiClient, blob_hash: str, force: bool) -> None:
-    """Delete a blob (refused while it is pinned, tagged or in use, unless --force)."""
+    """Delete a blob (a kept one only with --force).
+
+    Refused while the blob is pinned, tagged or in use, unless --force.
+
+    \b
+    Example:
+      p2pnode blob rm 140273d7f520a3b2a06db7862befbf1c5c610720abfdd373abea5439b9025102
+    """
     api.delete(f"/blobs/{blob_hash}", Done, params={"force": force})
+    click.echo(f"removed {blob_hash}")
 
 
 @blob.command()
 @click.pass_obj
 def gc(api: ApiClient) -> None:
-    """Remove unpinned, untagged blobs that no live job needs."""
+    """Remove unpinned, untagged blobs that no live job needs.
+
+    \b
+    Example:
+      p2pnode blob gc
+    """
     result = api.post("/blobs/gc", GcResult)
     click.echo(f"removed {len(result.removed)} blobs and {len(result.removed_partials)} partial downloads, {result.freed_bytes} bytes")
 
@@ -194,13 +286,25 @@ def gc(api: ApiClient) -> None:
 @click.argument("blob_hash", metavar="HASH")
 @click.pass_obj
 def pin(api: ApiClient, blob_hash: str) -> None:
-    """Keep a blob from garbage collection."""
+    """Keep a stored blob from garbage collection.
+
+    \b
+    Example:
+      p2pnode blob pin 140273d7f520a3b2a06db7862befbf1c5c610720abfdd373abea5439b9025102
+    """
     api.post(f"/blobs/{blob_hash}/pin", Done)
+    click.echo(f"pinned {blob_hash}")
 
 
 @blob.command()
 @click.argument("blob_hash", metavar="HASH")
 @click.pass_obj
 def unpin(api: ApiClient, blob_hash: str) -> None:
-    """Let garbage collection remove a blob once nothing uses it."""
+    """Let garbage collection remove a blob once nothing uses it.
+
+    \b
+    Example:
+      p2pnode blob unpin 140273d7f520a3b2a06db7862befbf1c5c610720abfdd373abea5439b9025102
+    """
     api.delete(f"/blobs/{blob_hash}/pin", Done)
+    click.echo(f"unpinned {blob_hash}")

@@ -29,7 +29,15 @@ class _Outputs(RootModel[dict[str, BlobInfo]]):
 
 @cli.group()
 def job() -> None:
-    """WebAssembly jobs: submit, list, show, wait, cancel, fetch outputs."""
+    """WebAssembly jobs: submit, list, show, wait, cancel, fetch outputs.
+
+    \b
+    Examples:
+      p2pnode job submit --module examples/wordcount.wat --artifact text=README.md --wait
+      p2pnode job ls --state running
+      p2pnode job show ID; p2pnode job wait ID; p2pnode job cancel ID
+      p2pnode job get ID -o out/                     the output files of a succeeded job
+    """
 
 
 def _parse_input(value: str | None) -> Any:
@@ -110,7 +118,12 @@ def submit(api: ApiClient, module: Path, workflow: str | None, input_: str | Non
 @click.option("--state", type=click.Choice([s.value for s in JobState]), help="Only jobs in this state.")
 @click.pass_obj
 def list_jobs(api: ApiClient, state: str | None) -> None:
-    """List jobs this node knows, newest first."""
+    """List jobs this node knows, newest first.
+
+    \b
+    Example:
+      p2pnode job ls --state failed
+    """
     params = {"state": state} if state else {}
     for j in api.get("/jobs", _JobList, params=params).root:
         click.echo(f"{j.id}  {j.state.value:9}  attempts {j.attempts}  {j.spec.workflow or '-':12}  origin {j.origin[:10]}")
@@ -121,7 +134,12 @@ def list_jobs(api: ApiClient, state: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="The whole job record as JSON.")
 @click.pass_obj
 def show(api: ApiClient, job_id: str, as_json: bool) -> None:
-    """Show one job: state, attempts, result, outputs, logs."""
+    """Show one job: state, attempts, result, outputs, logs.
+
+    \b
+    Example:
+      p2pnode job show job_01M8CRH8D5H83H6EVKWEVXEHTJ --json
+    """
     j = api.get(f"/jobs/{job_id}", Job)
     if as_json:
         click.echo(j.model_dump_json(indent=2))
@@ -158,7 +176,14 @@ def _finish(j: Job) -> None:
 @click.argument("job_id", metavar="ID")
 @click.pass_obj
 def wait(api: ApiClient, job_id: str) -> None:
-    """Wait until a job finishes; prints its result, exit 1 if it failed or was cancelled."""
+    """Wait for a job to end; print its result.
+
+    Exits 0 when the job succeeded, 1 when it failed or was cancelled.
+
+    \b
+    Example:
+      p2pnode job wait job_01M8CRH8D5H83H6EVKWEVXEHTJ && echo done
+    """
     _finish(_wait(api, job_id))
 
 
@@ -166,7 +191,12 @@ def wait(api: ApiClient, job_id: str) -> None:
 @click.argument("job_id", metavar="ID")
 @click.pass_obj
 def cancel(api: ApiClient, job_id: str) -> None:
-    """Cancel a job that has not finished."""
+    """Cancel a job that has not finished.
+
+    \b
+    Example:
+      p2pnode job cancel job_01M8CRH8D5H83H6EVKWEVXEHTJ
+    """
     click.echo(api.post(f"/jobs/{job_id}/cancel", Job).state.value)
 
 
@@ -176,7 +206,12 @@ def cancel(api: ApiClient, job_id: str) -> None:
 @click.option("--force", is_flag=True, help="Overwrite output files that exist.")
 @click.pass_obj
 def get(api: ApiClient, job_id: str, output: Path, force: bool) -> None:
-    """Fetch a succeeded job's output artifacts into a folder."""
+    """Fetch a succeeded job's output artifacts into a folder.
+
+    \b
+    Example:
+      p2pnode job get job_01M8CRH8D5H83H6EVKWEVXEHTJ -o out/
+    """
     outputs = api.post(f"/jobs/{job_id}/outputs", _Outputs, timeout=None).root
     targets = {name: output_path(output, name) for name in outputs}
     for name, info in outputs.items():

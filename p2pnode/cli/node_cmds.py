@@ -6,16 +6,15 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import trio
 
-import tickets
 from p2pnode.api.client import ApiClient
-from p2pnode.cli import cli, fail, parse_join_ticket
-from p2pnode.concurrency import collapse_groups
-from p2pnode.config import Settings
+from p2pnode.cli import cli, fail, load_settings, parse_join_ticket
+
+if TYPE_CHECKING:
+    import tickets
 
 
 @cli.command()
@@ -32,14 +31,23 @@ def start(data_dir: Path | None, http_port: int | None, bind: str | None, relay:
     Prints the node id, its API and a join ticket; writes the id and API URL to
     DATA/node.json and the API token to DATA/api-token (mode 0600). A node started
     with --join remembers its cluster: restart it without the ticket and it rejoins.
+
+    \b
+    Examples:
+      p2pnode start
+      p2pnode start --data worker --http-port 3021 --join p2pjoin...
     """
+    import trio
+
     from p2pnode.api.server import ApiBindError
+    from p2pnode.concurrency import collapse_groups
     from p2pnode.node import Node, StartupError
 
     ticket = parse_join_ticket(join_ticket) if join_ticket else None
     data_dir = data_dir or click.get_current_context().find_root().params["data_dir"]  # `p2pnode --data DIR start`
-    overrides = {"data_dir": data_dir, "http_port": http_port, "bind": bind, "relay": relay, "max_jobs": max_jobs, "max_job_memory_mib": max_job_memory_mib}
-    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    settings = load_settings(
+        data_dir=data_dir, http_port=http_port, bind=bind, relay=relay, max_jobs=max_jobs, max_job_memory_mib=max_job_memory_mib
+    )
     logging.getLogger().setLevel(logging.INFO)  # a running node reports what it does
     try:
         with collapse_groups():
@@ -49,6 +57,8 @@ def start(data_dir: Path | None, http_port: int | None, bind: str | None, relay:
 
 
 async def _run_node(node: Any, ticket: tickets.JoinTicket | None) -> None:
+    import trio
+
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             info = await nursery.start(lambda task_status: node.run(join_ticket=ticket, task_status=task_status))
@@ -66,7 +76,13 @@ async def _run_node(node: Any, ticket: tickets.JoinTicket | None) -> None:
 @cli.command()
 @click.pass_obj
 def ticket(api: ApiClient) -> None:
-    """Print a fresh join ticket of the running node."""
+    """Print a fresh join ticket of the running node.
+
+    \b
+    Examples:
+      p2pnode ticket
+      p2pnode --api 127.0.0.1:3021 ticket
+    """
     from p2pnode.api.schemas import JoinTicketReply
 
     click.echo(api.post("/tickets/join", JoinTicketReply).ticket)
@@ -76,7 +92,16 @@ def ticket(api: ApiClient) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def status(api: ApiClient, as_json: bool) -> None:
-    """Show the node's id, addresses and cluster members with their connection state."""
+    """Show this node and its cluster's members.
+
+    The node's id, addresses and relay; each member and whether it is connected;
+    gossip and job counters.
+
+    \b
+    Examples:
+      p2pnode status
+      p2pnode status --json
+    """
     from p2pnode.api.schemas import NodeStatus
 
     st = api.get("/status", NodeStatus)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import sys
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import click
-from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TimeRemainingColumn, TransferSpeedColumn
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 PLAIN_STEP = 0.1
 
@@ -22,6 +25,8 @@ class TransferProgress:
 
     def __enter__(self) -> TransferProgress:
         if self._tty:
+            from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn  # only on a terminal
+
             self._bar = Progress(
                 "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                 TimeRemainingColumn(), transient=False,
