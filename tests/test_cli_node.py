@@ -26,7 +26,7 @@ def node(tmp_path: Path):
 
 
 def test_api_without_scheme_and_verbose_after_the_subcommand(node: NodeProcess) -> None:
-    result = run_cli("--api", node.api.removeprefix("http://"), "status", "-v")
+    result = run_cli("--api", node.api.removeprefix("http://"), "--data", str(node.data_dir), "status", "-v")
     assert result.stdout.startswith(f"node      {node.id}\n")
     assert f"GET {node.api}/status: HTTP 200 in " in result.stderr
     quiet = node.cli("status")
@@ -44,7 +44,8 @@ def test_pin_unpin_rm_say_what_they_did(node: NodeProcess, tmp_path: Path) -> No
     assert (missing.returncode, missing.stderr) == (1, f"error: blob {blob_hash} is not in the store\n")
     assert "pinned" not in node.cli("blob", "ls").stdout
     mistyped = node.cli("blob", "pin", "abc", check=False)
-    assert (mistyped.returncode, mistyped.stderr) == (2, "error: not a blob hash (64 hex digits): 'abc'\n")
+    assert mistyped.returncode == 2 and mistyped.stderr.startswith("error: invalid blob_hash: "), mistyped.stderr
+    assert mistyped.stderr.count("\n") == 1
 
 
 def test_self_join_is_explained(node: NodeProcess) -> None:

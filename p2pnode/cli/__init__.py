@@ -1,6 +1,6 @@
 """`p2pnode`: start a node, hand out tickets, inspect it. Every user mistake is one line, never a traceback.
 
-Imports stay light: a command that talks to a running node loads click, httpx and the API's pydantic
+Imports stay light: a command that talks to a running node loads click, the stdlib HTTP client and the API's pydantic
 schemas, never the node, the transport (iroh, trio) or the progress bar (rich); commands import
 those where they need them.
 """
@@ -148,7 +148,6 @@ from p2pnode.cli import blob_cmds, job_cmds, node_cmds  # noqa: E402, F401  (com
 
 def main() -> None:
     logging.basicConfig(level=logging.ERROR, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # the client logs its own requests, one line each
     try:
         cli.main(prog_name="p2pnode", standalone_mode=False)
     except click.exceptions.Abort:
