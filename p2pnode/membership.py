@@ -81,7 +81,9 @@ class Member(BaseModel):
 
 
 class MemberList(BaseModel):
+    cluster_id: str | None = None  # the cluster these members belong to; a list of another cluster is void
     members: dict[str, Member] = {}
+    removed: list[str] = []  # ids removed by `member rm`: refused by the router and the join handshake
 
 
 class Membership:
@@ -100,6 +102,8 @@ class Membership:
         self._members = (
             MemberList.model_validate_json(members_path.read_bytes()) if members_path.exists() else MemberList()
         )
+        if self._members.cluster_id not in (None, self.cluster.cluster_id):
+            self._members = MemberList()  # a switch of cluster was interrupted between its two writes
 
     @property
     def members(self) -> dict[str, Member]:
@@ -108,17 +112,32 @@ class Membership:
     def is_member(self, node_id: str) -> bool:
         return node_id in self._members.members
 
+    def is_removed(self, node_id: str) -> bool:
+        return node_id in self._members.removed
+
     def adopt(self, cluster: ClusterIdentity) -> None:
-        """Switch to the cluster of a ticket this node was given; members of another cluster are forgotten."""
+        """Switch to the cluster of a ticket whose handshake just succeeded; members of another cluster
+        are forgotten. The member list names its cluster, so a crash between the two writes voids it."""
         if cluster == self.cluster:
             return
+        self._members = MemberList(cluster_id=cluster.cluster_id)
+        save_model(self._dir / MEMBERS_FILE, self._members)
         self.cluster = cluster
         save_model(self._dir / CLUSTER_FILE, cluster, mode=0o600)
-        self._members = MemberList()
+
+    def remove(self, node_id: str) -> bool:
+        """Forget a member and refuse it from now on; False when the id was neither member nor removed."""
+        known = self._members.members.pop(node_id, None) is not None
+        if node_id in self._members.removed:
+            return True
+        if not known:
+            return False
+        self._members.removed.append(node_id)
         self._save()
+        return True
 
     def admit(self, addr: PeerAddr) -> None:
-        if addr.node_id == self.self_id:
+        if addr.node_id == self.self_id or addr.node_id in self._members.removed:
             return
         now = time.time()
         known = self._members.members.get(addr.node_id)
@@ -138,11 +157,13 @@ class Membership:
         return tickets.encode(ticket)
 
     def _save(self) -> None:
+        self._members.cluster_id = self.cluster.cluster_id
         save_model(self._dir / MEMBERS_FILE, self._members)
 
-    def proof(self, role: bytes, prover: str, verifier: str, nonce: str) -> str:
-        message = b"|".join([b"p2pnode-join-v1", role, self.cluster.cluster_id.encode(), prover.encode(), verifier.encode(), nonce.encode()])
-        return hmac.new(bytes.fromhex(self.cluster.join_secret), message, hashlib.sha256).hexdigest()
+
+def proof(cluster: ClusterIdentity, role: bytes, prover: str, verifier: str, nonce: str) -> str:
+    message = b"|".join([b"p2pnode-join-v1", role, cluster.cluster_id.encode(), prover.encode(), verifier.encode(), nonce.encode()])
+    return hmac.new(bytes.fromhex(cluster.join_secret), message, hashlib.sha256).hexdigest()
 
 
 class JoinRequest(BaseModel):
@@ -185,6 +206,11 @@ async def handle_join(membership: Membership, connection: iroh.Connection, bi: i
     peer = connection.remote_id().to_bytes().hex()
     send, recv = bi.send(), bi.recv()
     request = await recv_model(recv, JoinRequest, _MAX_JOIN_FRAME)
+    if membership.is_removed(peer):
+        log.info("refused join from %s: removed from this node's members", peer[:10])
+        await send_model(send, JoinRefused(reason="this node removed you from its members"))
+        await send.finish()
+        return
     if request.cluster_id != membership.cluster.cluster_id or request.addr.node_id != peer:
         await send_model(send, JoinRefused(reason="this node belongs to another cluster"))
         await send.finish()
@@ -192,7 +218,7 @@ async def handle_join(membership: Membership, connection: iroh.Connection, bi: i
     challenge = os.urandom(16).hex()
     await send_model(send, JoinChallenge(nonce=challenge))
     answer = await recv_model(recv, JoinProof, _MAX_JOIN_FRAME)
-    expected = membership.proof(b"member", peer, membership.self_id, challenge)
+    expected = proof(membership.cluster, b"member", peer, membership.self_id, challenge)
     if not hmac.compare_digest(answer.proof, expected):
         log.warning("refused join from %s: wrong join secret", peer[:10])
         await send_model(send, JoinRefused(reason="wrong join secret"))
@@ -201,29 +227,37 @@ async def handle_join(membership: Membership, connection: iroh.Connection, bi: i
     known = [m.addr for m in membership.members.values() if m.addr.node_id != peer]
     membership.admit(request.addr)
     log.info("member %s joined", peer[:10])
-    await send_model(send, JoinWelcome(proof=membership.proof(b"host", membership.self_id, peer, request.nonce), members=known))
+    await send_model(send, JoinWelcome(proof=proof(membership.cluster, b"host", membership.self_id, peer, request.nonce), members=known))
     await send.finish()
 
 
-async def join(membership: Membership, connection: iroh.Connection, self_addr: PeerAddr) -> list[PeerAddr]:
-    """Client side: prove our membership to the node at the other end; returns the members it knows."""
+async def join(
+    membership: Membership, connection: iroh.Connection, self_addr: PeerAddr, cluster: ClusterIdentity | None = None
+) -> list[PeerAddr]:
+    """Client side: prove our membership to the node at the other end; returns the members it knows.
+
+    `cluster` proves knowledge of another cluster's secret (a ticket's) without adopting it: the
+    caller switches only once this returns, so a failed join changes nothing.
+    """
+    cluster = cluster or membership.cluster
+    me = membership.self_id
     host = connection.remote_id().to_bytes().hex()
     bi = await connection.open_bi()
     send, recv = bi.send(), bi.recv()
     nonce = os.urandom(16).hex()
-    await send_model(send, JoinRequest(cluster_id=membership.cluster.cluster_id, nonce=nonce, addr=self_addr))
+    await send_model(send, JoinRequest(cluster_id=cluster.cluster_id, nonce=nonce, addr=self_addr))
     reply = await recv_model(recv, ServerReply, _MAX_JOIN_FRAME)
     if isinstance(reply, JoinRefused):
         raise JoinError(f"node {host[:10]} refused to admit us: {reply.reason}")
     if not isinstance(reply, JoinChallenge):
         raise JoinError(f"node {host[:10]} broke the join handshake")
-    await send_model(send, JoinProof(proof=membership.proof(b"member", membership.self_id, host, reply.nonce)))
+    await send_model(send, JoinProof(proof=proof(cluster, b"member", me, host, reply.nonce)))
     await send.finish()
     welcome = await recv_model(recv, ServerReply, _MAX_JOIN_FRAME)
     if isinstance(welcome, JoinRefused):
         raise JoinError(f"node {host[:10]} refused to admit us: {welcome.reason}")
     if not isinstance(welcome, JoinWelcome) or not hmac.compare_digest(
-        welcome.proof, membership.proof(b"host", host, membership.self_id, nonce)
+        welcome.proof, proof(cluster, b"host", host, me, nonce)
     ):
         raise JoinError(f"node {host[:10]} could not prove it knows the cluster secret")
     return welcome.members

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import iroh
 import trio
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 import tickets
 from p2pnode.blobs.protocol import BLOBS_ALPN
@@ -31,13 +31,21 @@ from p2pnode.fsutil import save_model
 from p2pnode.identity import load_or_create_secret_key
 from p2pnode.membership import JOIN_ALPN, ClusterIdentity, Membership, PeerAddr, handle_join, join
 from p2pnode.net.dialer import PEER_ERRORS, Dialer, describe
-from p2pnode.net.endpoint import Router, bind_endpoint, close_endpoint, configured_relay_url, serve_streams
+from p2pnode.net.endpoint import Router, bind_endpoint, bound_port, close_endpoint, configured_relay_url, serve_streams
+from p2pnode.net.errors import iroh_message
 
 log = logging.getLogger(__name__)
 
 NODE_FILE = "node.json"
+PORT_FILE = "endpoint.json"
 FLAWLESS_PROBE_S = 30.0
 GC_INTERVAL_S = 600.0
+
+
+class BoundPort(BaseModel):
+    """The UDP port the endpoint had, reused on the next start (DATA/endpoint.json)."""
+
+    port: int = Field(ge=1, le=65535)
 
 
 class StartupError(Exception):
@@ -59,10 +67,7 @@ class Node:
         key = self._identity()
         self.membership = Membership(settings.data_dir, self.id)
         async with contextlib.AsyncExitStack() as cleanup:  # whatever started is stopped, even on a failed start
-            try:
-                self.endpoint = await bind_endpoint(key, settings.bind, settings.relay, [JOIN_ALPN])
-            except iroh.IrohError as exc:
-                raise StartupError(f"cannot bind {settings.bind}: {exc.message()}") from None
+            self.endpoint = await self._bind(key)
             cleanup.push_async_callback(close_endpoint, self.endpoint)
             self.router = Router(self.endpoint, lambda peer, _alpn: self.membership.is_member(peer))
             self.dialer = Dialer(self.endpoint, self._introduce, settings.connect_timeout_s)
@@ -103,6 +108,19 @@ class Node:
             raise StartupError(f"cannot use data folder {self.settings.data_dir}: {exc}") from None
         self.id = key.public().to_bytes().hex()
         return key
+
+    async def _bind(self, key: iroh.SecretKey) -> iroh.Endpoint:
+        """Bind, preferring the UDP port of the last run so that tickets printed before keep working."""
+        path = self.settings.data_dir / PORT_FILE
+        last = BoundPort.model_validate_json(path.read_bytes()).port if path.exists() else None
+        try:
+            endpoint = await bind_endpoint(key, self.settings.bind, self.settings.relay, [JOIN_ALPN], preferred_port=last)
+        except iroh.IrohError as exc:
+            raise StartupError(f"cannot bind {self.settings.bind}: {iroh_message(exc)}") from None
+        port = bound_port(endpoint)
+        if port != last:
+            save_model(path, BoundPort(port=port))
+        return endpoint
 
     def _jobs_service(self, settings: Settings) -> JobService:
         try:
@@ -168,23 +186,26 @@ class Node:
         return self.membership.join_ticket(self.addr())
 
     async def join(self, ticket: tickets.JoinTicket) -> None:
-        """Become a member of the ticket's cluster through the node that issued it."""
-        self.membership.adopt(
-            ClusterIdentity(cluster_id=ticket.cluster_id.hex(), join_secret=ticket.join_secret.hex())
-        )
+        """Become a member of the ticket's cluster through the node that issued it.
+
+        Nothing changes before the handshake succeeds: an unreachable or refusing node leaves
+        this node's cluster and members exactly as they were."""
+        cluster = ClusterIdentity(cluster_id=ticket.cluster_id.hex(), join_secret=ticket.join_secret.hex())
         host = PeerAddr.from_ticket(ticket.node)
         try:
-            await self.dialer.introduce(host)
+            await self._introduce(host, cluster)
         except PEER_ERRORS as exc:
             raise StartupError(f"could not join through {host.node_id[:10]}: {describe(exc)}") from None
 
-    async def _introduce(self, peer: PeerAddr) -> None:
-        """Prove our membership to `peer` (or join through it); learn the members it knows."""
+    async def _introduce(self, peer: PeerAddr, cluster: ClusterIdentity | None = None) -> None:
+        """Prove our membership to `peer` (or join `cluster` through it); learn the members it knows."""
         connection = await self.dialer.dial(peer, JOIN_ALPN)
         try:
-            others = await join(self.membership, connection, self.addr())
+            others = await join(self.membership, connection, self.addr(), cluster)
         finally:
             connection.close(0, b"joined")
+        if cluster is not None:
+            self.membership.adopt(cluster)
         self.membership.admit(peer)
         for other in others:
             if not self.membership.is_member(other.node_id):

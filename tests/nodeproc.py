@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 NODE_START_TIMEOUT_S = 30
@@ -51,8 +53,22 @@ class NodeProcess:
             self.proc.communicate()
 
 
-def run_cli(*args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, "-m", "p2pnode", *args], capture_output=True, text=True, input=input, timeout=120)
+def run_cli(
+    *args: str, check: bool = True, input: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "p2pnode", *args], capture_output=True, text=True, input=input, timeout=120,
+        env={**os.environ, **(env or {})},
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"p2pnode {' '.join(args)} failed ({result.returncode}): {result.stderr}")
     return result
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll a condition no event announces (another process's state), up to a bounded deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.1)

@@ -9,6 +9,7 @@ import iroh
 import trio
 
 from p2pnode.membership import JoinError, PeerAddr
+from p2pnode.net.errors import iroh_message
 from p2pnode.net.framing import FrameError
 
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
@@ -23,8 +24,8 @@ PEER_ERRORS = (PeerUnreachable, JoinError, FrameError, iroh.IrohError)
 
 
 def describe(exc: BaseException) -> str:
-    """One line for a person; iroh errors keep their message without the Rust type around it."""
-    return exc.message() if isinstance(exc, iroh.IrohError) else str(exc)
+    """One line for a person, for any of `PEER_ERRORS`."""
+    return iroh_message(exc) if isinstance(exc, iroh.IrohError) else str(exc)
 
 
 class Dialer:
@@ -71,7 +72,7 @@ class Dialer:
             try:
                 return await self._endpoint.connect(addr.to_endpoint(), alpn)
             except iroh.IrohError as exc:
-                raise PeerUnreachable(f"cannot reach node {addr.node_id[:10]}: {exc.message()}") from None
+                raise PeerUnreachable(f"cannot reach node {addr.node_id[:10]}: {iroh_message(exc)}") from None
         assert scope.cancelled_caught
         raise PeerUnreachable(f"cannot reach node {addr.node_id[:10]}: no answer within {self._timeout:g} s")
 

@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 import iroh
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from p2pnode.net.errors import iroh_message
+
 DEFAULT_MAX_FRAME = 1 << 20
 _HEADER = struct.Struct(">I")
 
@@ -37,7 +39,7 @@ async def read_exact(recv: iroh.RecvStream, n: int) -> bytes:
     try:
         return await recv.read_exact(n)
     except iroh.IrohError as exc:
-        raise FrameError(f"stream ended or was reset while {n} bytes were expected ({exc.message()})") from None
+        raise FrameError(f"stream ended or was reset while {n} bytes were expected ({iroh_message(exc)})") from None
 
 
 async def read_frame(recv: iroh.RecvStream, max_size: int = DEFAULT_MAX_FRAME) -> bytes:
@@ -52,7 +54,7 @@ async def read_frame_or_end(recv: iroh.RecvStream, max_size: int = DEFAULT_MAX_F
     try:
         head = await recv.read(_HEADER.size)
     except iroh.IrohError as exc:
-        raise FrameError(f"stream was reset ({exc.message()})") from None
+        raise FrameError(f"stream was reset ({iroh_message(exc)})") from None
     if not head:
         return None
     head += await read_exact(recv, _HEADER.size - len(head))
