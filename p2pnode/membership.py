@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -92,6 +93,8 @@ class Membership:
     def __init__(self, data_dir: Path, self_id: str) -> None:
         self._dir = data_dir
         self.self_id = self_id
+        self.session = secrets.token_hex(8)  # new on every start; members tell a restart by it
+        self._sessions: dict[str, str | None] = {}
         cluster_path = data_dir / CLUSTER_FILE
         if cluster_path.exists():
             self.cluster = ClusterIdentity.model_validate_json(cluster_path.read_bytes())
@@ -124,6 +127,13 @@ class Membership:
         save_model(self._dir / MEMBERS_FILE, self._members)
         self.cluster = cluster
         save_model(self._dir / CLUSTER_FILE, cluster, mode=0o600)
+
+    def greeted(self, node_id: str, session: str | None) -> bool:
+        """Note the session a member showed in a handshake; True when it is not the one we knew
+        (it restarted, or this is our first handshake with it in this run)."""
+        new = node_id not in self._sessions or self._sessions[node_id] != session
+        self._sessions[node_id] = session
+        return new
 
     def remove(self, node_id: str) -> bool:
         """Forget a member and refuse it from now on; False when the id was neither member nor removed."""
@@ -171,6 +181,7 @@ class JoinRequest(BaseModel):
     cluster_id: str
     nonce: str
     addr: PeerAddr
+    session: str | None = None  # `Membership.session` of the peer: a new one means it restarted
 
 
 class JoinChallenge(BaseModel):
@@ -187,6 +198,7 @@ class JoinWelcome(BaseModel):
     type: Literal["welcome"] = "welcome"
     proof: str
     members: list[PeerAddr]
+    session: str | None = None
 
 
 class JoinRefused(BaseModel):
@@ -201,8 +213,16 @@ class JoinError(Exception):
     """The handshake failed: wrong cluster, bad proof, or the node refused us."""
 
 
-async def handle_join(membership: Membership, connection: iroh.Connection, bi: iroh.BiStream) -> None:
-    """Server side: verify the peer's proof of the secret, then admit it and share the member list."""
+async def handle_join(
+    membership: Membership,
+    connection: iroh.Connection,
+    bi: iroh.BiStream,
+    on_welcome: Callable[[str, bool], None] | None = None,
+) -> None:
+    """Server side: verify the peer's proof of the secret, then admit it and share the member list.
+
+    `on_welcome(peer, new_session)` hears of every member that proved itself, and whether it
+    showed a session we did not know (see `Membership.greeted`)."""
     peer = connection.remote_id().to_bytes().hex()
     send, recv = bi.send(), bi.recv()
     request = await recv_model(recv, JoinRequest, _MAX_JOIN_FRAME)
@@ -225,16 +245,25 @@ async def handle_join(membership: Membership, connection: iroh.Connection, bi: i
         await send.finish()
         return
     known = [m.addr for m in membership.members.values() if m.addr.node_id != peer]
+    if not membership.is_member(peer):
+        log.info("member %s joined", peer[:10])
     membership.admit(request.addr)
-    log.info("member %s joined", peer[:10])
-    await send_model(send, JoinWelcome(proof=proof(membership.cluster, b"host", membership.self_id, peer, request.nonce), members=known))
+    new_session = membership.greeted(peer, request.session)
+    if on_welcome is not None:
+        on_welcome(peer, new_session)
+    host_proof = proof(membership.cluster, b"host", membership.self_id, peer, request.nonce)
+    await send_model(send, JoinWelcome(proof=host_proof, members=known, session=membership.session))
     await send.finish()
 
 
 async def join(
-    membership: Membership, connection: iroh.Connection, self_addr: PeerAddr, cluster: ClusterIdentity | None = None
-) -> list[PeerAddr]:
-    """Client side: prove our membership to the node at the other end; returns the members it knows.
+    membership: Membership,
+    connection: iroh.Connection,
+    self_addr: PeerAddr,
+    cluster: ClusterIdentity | None = None,
+) -> JoinWelcome:
+    """Client side: prove our membership to the node at the other end; the welcome lists the
+    members it knows and its session.
 
     `cluster` proves knowledge of another cluster's secret (a ticket's) without adopting it: the
     caller switches only once this returns, so a failed join changes nothing.
@@ -245,7 +274,7 @@ async def join(
     bi = await connection.open_bi()
     send, recv = bi.send(), bi.recv()
     nonce = os.urandom(16).hex()
-    await send_model(send, JoinRequest(cluster_id=cluster.cluster_id, nonce=nonce, addr=self_addr))
+    await send_model(send, JoinRequest(cluster_id=cluster.cluster_id, nonce=nonce, addr=self_addr, session=membership.session))
     reply = await recv_model(recv, ServerReply, _MAX_JOIN_FRAME)
     if isinstance(reply, JoinRefused):
         raise JoinError(f"node {host[:10]} refused to admit us: {reply.reason}")
@@ -260,4 +289,4 @@ async def join(
         welcome.proof, proof(cluster, b"host", host, me, nonce)
     ):
         raise JoinError(f"node {host[:10]} could not prove it knows the cluster secret")
-    return welcome.members
+    return welcome

@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import trio
 from fastapi import FastAPI, HTTPException
+from fastapi import Path as FastApiPath
 from fastapi.responses import StreamingResponse
 
 import p2pnode
@@ -19,7 +20,7 @@ from p2pnode.jobs.model import Job, JobState
 from p2pnode.jobs.service import JobSubmission, SubmissionError
 from p2pnode.jobs.store import Refused
 from p2pnode.jobs.worker import provider_addrs
-from p2pnode.api.schemas import BlobAdded, BlobFetchRequest, Done, FetchEvent, Health, JoinTicketReply, NodeStatus, PathRequest
+from p2pnode.api.schemas import BlobAdded, BlobFetchRequest, Done, FetchEvent, Health, JoinTicketReply, MemberStatus, NodeId, NodeStatus, PathRequest
 
 if TYPE_CHECKING:
     from p2pnode.node import Node
@@ -164,6 +165,17 @@ def create_app(node: Node) -> FastAPI:
                 written[name] = request.path / name
                 await node.blobs.store.export(info.hash, written[name])
         return written
+
+    @app.get("/members")
+    async def list_members() -> list[MemberStatus]:
+        return node.members()
+
+    @app.delete("/members/{member_id}")
+    async def remove_member(member_id: Annotated[NodeId, FastApiPath()]) -> Done:
+        """Forget a member and refuse it from then on (router and join handshake; persisted)."""
+        if not node.remove_member(member_id):
+            raise HTTPException(404, f"no member {member_id} on this node")
+        return Done()
 
     return app
 

@@ -7,8 +7,9 @@ transport or runtime code.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, StringConstraints
 
 from p2pnode.blobs.model import BlobInfo, FetchProgress
 from p2pnode.gossip.stats import GossipStats
@@ -59,12 +60,19 @@ class NodeInfo(BaseModel):
     pid: int
 
 
+NodeId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+"""A node id as the API and CLI take it: the 64 hex digits of its public key."""
+
+
 class MemberStatus(BaseModel):
+    """`connected`: a live connection now; `idle`: none needed lately; `down`: unreachable, redialled with back-off."""
+
     id: str
     addresses: list[str]
     relay_url: str | None
     connected: bool
     last_seen: float
+    state: Literal["connected", "idle", "down"]
 
 
 class NodeStatus(BaseModel):

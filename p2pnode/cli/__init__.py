@@ -72,7 +72,7 @@ def cli(ctx: click.Context, api: str, verbose: bool) -> None:
     ctx.obj = ApiClient(api)
 
 
-from p2pnode.cli import blob_cmds, job_cmds, node_cmds  # noqa: E402, F401  (commands register on `cli`)
+from p2pnode.cli import blob_cmds, job_cmds, member_cmds, node_cmds  # noqa: E402, F401  (commands register on `cli`)
 
 
 def main() -> None:

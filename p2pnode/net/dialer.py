@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import iroh
 import trio
@@ -11,8 +13,12 @@ import trio
 from p2pnode.membership import JoinError, PeerAddr
 from p2pnode.net.errors import iroh_message
 from p2pnode.net.framing import FrameError
+from p2pnode.net.liveness import Liveness
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
+T = TypeVar("T")
 
 
 class PeerUnreachable(Exception):
@@ -32,7 +38,8 @@ class Dialer:
     """Caches connections so protocols can open cheap streams instead of new QUIC handshakes.
 
     `introduce` runs once per peer per process before the first connection on a members-only
-    protocol: it is the membership handshake that makes the peer accept us.
+    protocol: it is the membership handshake that makes the peer accept us. Every dial reports
+    its outcome to `on_dial` (the error line, or None), and `liveness` watches what it caches.
     """
 
     def __init__(
@@ -40,10 +47,15 @@ class Dialer:
         endpoint: iroh.Endpoint,
         introduce: Callable[[PeerAddr], Awaitable[None]] | None = None,
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        *,
+        liveness: Liveness | None = None,
+        on_dial: Callable[[str, str | None], None] | None = None,
     ) -> None:
         self._endpoint = endpoint
         self._timeout = connect_timeout_s
         self._introduce = introduce
+        self._liveness = liveness
+        self._on_dial = on_dial
         self._connections: dict[tuple[str, bytes], iroh.Connection] = {}
         self._introduced: set[str] = set()
         self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
@@ -58,7 +70,22 @@ class Dialer:
                 await self.introduce(addr)
             connection = await self.dial(addr, alpn)
             self._connections[key] = connection
+            if self._liveness is not None:
+                self._liveness.watch(connection)
             return connection
+
+    async def request(self, addr: PeerAddr, alpn: bytes, exchange: Callable[[iroh.Connection], Awaitable[T]]) -> T:
+        """Run `exchange` on the cached connection; if that connection fails it, drop it and run
+        `exchange` once more on a fresh one at once (the peer may have restarted since)."""
+        connection = await self.connect(addr, alpn)
+        try:
+            return await exchange(connection)
+        except (iroh.IrohError, FrameError) as exc:
+            if self._connections.get((addr.node_id, alpn)) is not connection:
+                raise
+            log.info("connection to %s failed (%s); redialling", addr.node_id[:10], describe(exc))
+            self._connections.pop((addr.node_id, alpn)).close(0, b"failed")
+        return await exchange(await self.connect(addr, alpn))
 
     async def introduce(self, addr: PeerAddr) -> None:
         """Run the membership handshake with `addr` and remember that it knows us."""
@@ -68,17 +95,27 @@ class Dialer:
 
     async def dial(self, addr: PeerAddr, alpn: bytes) -> iroh.Connection:
         """A fresh, uncached connection (the join handshake uses one of these)."""
-        with trio.move_on_after(self._timeout) as scope:
+        reason = f"no answer within {self._timeout:g} s"
+        with trio.move_on_after(self._timeout):
             try:
-                return await self._endpoint.connect(addr.to_endpoint(), alpn)
+                connection = await self._endpoint.connect(addr.to_endpoint(), alpn)
             except iroh.IrohError as exc:
-                raise PeerUnreachable(f"cannot reach node {addr.node_id[:10]}: {iroh_message(exc)}") from None
-        assert scope.cancelled_caught
-        raise PeerUnreachable(f"cannot reach node {addr.node_id[:10]}: no answer within {self._timeout:g} s")
+                reason = iroh_message(exc)
+            else:
+                self._report(addr.node_id, None)
+                return connection
+        self._report(addr.node_id, reason)
+        raise PeerUnreachable(f"cannot reach node {addr.node_id[:10]}: {reason}")
 
-    def forget(self, node_id: str) -> None:
-        """Drop cached state for a peer whose connection failed, so the next use re-dials and re-introduces."""
-        self._introduced.discard(node_id)
+    def _report(self, node_id: str, error: str | None) -> None:
+        if self._on_dial is not None:
+            self._on_dial(node_id, error)
+
+    def forget(self, node_id: str, *, introduced: bool = False) -> None:
+        """Drop cached connections to a peer, so the next use re-dials; and unless it still knows
+        us (`introduced`), forget that we introduced ourselves, so the next use re-introduces."""
+        if not introduced:
+            self._introduced.discard(node_id)
         for key in [k for k in self._connections if k[0] == node_id]:
             self._connections.pop(key).close(0, b"forgotten")
 
