@@ -262,18 +262,18 @@ class Node:
         return run
 
     def _heard_from(self, peer: str) -> None:
-        if self.redial.reached(peer):
+        if self.redial.reached(peer, trio.current_time()):
             log.info("member %s is back", peer[:10])
 
-    def _unreachable(self, peer: str, reason: str) -> None:
-        if self.membership.is_member(peer) and self.redial.failed(peer, trio.current_time()):
+    def _unreachable(self, peer: str, reason: str, tried_at: float | None = None) -> None:
+        if self.membership.is_member(peer) and self.redial.failed(peer, trio.current_time(), tried_at):
             log.warning("member %s lost: %s; redialling with back-off (at most every %g min)", peer[:10], reason, REDIAL_CAP_S / 60)
 
-    def _dialled(self, peer: str, error: str | None) -> None:
+    def _dialled(self, peer: str, error: str | None, began: float) -> None:
         if error is None:
             self._heard_from(peer)
         else:
-            self._unreachable(peer, error)
+            self._unreachable(peer, error, began)
 
     def _went_silent(self, peer: str) -> None:
         self.dialer.forget(peer)

@@ -39,7 +39,8 @@ class Dialer:
 
     `introduce` runs once per peer per process before the first connection on a members-only
     protocol: it is the membership handshake that makes the peer accept us. Every dial reports
-    its outcome to `on_dial` (the error line, or None), and `liveness` watches what it caches.
+    its outcome to `on_dial(peer, error line or None, when the dial began)`, and `liveness`
+    watches what it caches.
     """
 
     def __init__(
@@ -49,7 +50,7 @@ class Dialer:
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         *,
         liveness: Liveness | None = None,
-        on_dial: Callable[[str, str | None], None] | None = None,
+        on_dial: Callable[[str, str | None, float], None] | None = None,
     ) -> None:
         self._endpoint = endpoint
         self._timeout = connect_timeout_s
@@ -95,21 +96,21 @@ class Dialer:
 
     async def dial(self, addr: PeerAddr, alpn: bytes) -> iroh.Connection:
         """A fresh, uncached connection (the join handshake uses one of these)."""
-        reason = f"no answer within {self._timeout:g} s"
+        began, reason = trio.current_time(), f"no answer within {self._timeout:g} s"
         with trio.move_on_after(self._timeout):
             try:
                 connection = await self._endpoint.connect(addr.to_endpoint(), alpn)
             except iroh.IrohError as exc:
                 reason = iroh_message(exc)
             else:
-                self._report(addr.node_id, None)
+                self._report(addr.node_id, None, began)
                 return connection
-        self._report(addr.node_id, reason)
+        self._report(addr.node_id, reason, began)
         raise PeerUnreachable(f"cannot reach node {addr.node_id[:10]}: {reason}")
 
-    def _report(self, node_id: str, error: str | None) -> None:
+    def _report(self, node_id: str, error: str | None, began: float) -> None:
         if self._on_dial is not None:
-            self._on_dial(node_id, error)
+            self._on_dial(node_id, error, began)
 
     def forget(self, node_id: str, *, introduced: bool = False) -> None:
         """Drop cached connections to a peer, so the next use re-dials; and unless it still knows

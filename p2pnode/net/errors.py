@@ -54,6 +54,8 @@ def iroh_message(exc: iroh.IrohError) -> str:
     return one_line(exc.message()) or f"transport error ({exc.kind().name.lower()})"
 
 
-def closed_by_peer_application(exc: iroh.IrohError) -> bool:
-    """The peer's application closed the connection on purpose (shutdown, done): nothing went wrong."""
-    return "ApplicationClosed(" in exc.message()
+def closed_on_purpose(exc: iroh.IrohError) -> bool:
+    """An application closed the connection deliberately (the peer's: shutdown, done; or ours:
+    a silent or removed peer): not a fault of whoever reads the stream."""
+    message = exc.message()
+    return "ApplicationClosed(" in message or "LocallyClosed" in message

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import iroh
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from p2pnode.net.errors import closed_by_peer_application, iroh_message
+from p2pnode.net.errors import closed_on_purpose, iroh_message
 
 DEFAULT_MAX_FRAME = 1 << 20
 _HEADER = struct.Struct(">I")
@@ -51,11 +51,11 @@ async def read_frame(recv: iroh.RecvStream, max_size: int = DEFAULT_MAX_FRAME) -
 
 async def read_frame_or_end(recv: iroh.RecvStream, max_size: int = DEFAULT_MAX_FRAME) -> bytes | None:
     """One frame of a stream of many: None when the peer finished cleanly between frames
-    (finished the stream, or closed the connection on purpose)."""
+    (finished the stream), or either side closed the connection on purpose."""
     try:
         head = await recv.read(_HEADER.size)
     except iroh.IrohError as exc:
-        if closed_by_peer_application(exc):
+        if closed_on_purpose(exc):
             return None
         raise FrameError(f"stream was reset ({iroh_message(exc)})") from None
     if not head:

@@ -104,9 +104,13 @@ class Redial:
         self._first = first_s
         self._cap = cap_s
         self._down: dict[str, _Down] = {}
+        self._reached_at: dict[str, float] = {}
 
-    def failed(self, peer: str, now: float) -> bool:
-        """A dial failed or the peer went silent; True when it was not down yet (log its loss)."""
+    def failed(self, peer: str, now: float, tried_at: float | None = None) -> bool:
+        """A dial begun at `tried_at` failed, or the peer went silent; True when it was not down yet
+        (log its loss). A dial begun before we last heard from the peer says nothing new."""
+        if tried_at is not None and tried_at < self._reached_at.get(peer, float("-inf")):
+            return False
         down = self._down.get(peer)
         if down is None:
             self._down[peer] = _Down(since=now, retry_at=now + self._first, delay=self._first)
@@ -115,12 +119,14 @@ class Redial:
         down.retry_at = now + down.delay
         return False
 
-    def reached(self, peer: str) -> bool:
+    def reached(self, peer: str, now: float) -> bool:
         """We heard from the peer; True when it was down (log its return)."""
+        self._reached_at[peer] = now
         return self._down.pop(peer, None) is not None
 
     def forget(self, peer: str) -> None:
         self._down.pop(peer, None)
+        self._reached_at.pop(peer, None)
 
     def is_down(self, peer: str) -> bool:
         return peer in self._down
