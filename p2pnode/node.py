@@ -234,7 +234,7 @@ class Node:
 
     def _drop_connections(self, peer: str) -> None:
         """The peer restarted: cached connections lead to its previous run and would only time out."""
-        self.dialer.forget(peer, introduced=True)
+        self.dialer.forget(peer, keep_introduction=True)
 
     def remove_member(self, node_id: str) -> bool:
         """Forget a member and refuse it from now on; its open connections are closed."""
@@ -262,7 +262,7 @@ class Node:
         return run
 
     def _heard_from(self, peer: str) -> None:
-        if self.redial.reached(peer, trio.current_time()):
+        if self.membership.is_member(peer) and self.redial.reached(peer, trio.current_time()):
             log.info("member %s is back", peer[:10])
 
     def _unreachable(self, peer: str, reason: str, tried_at: float | None = None) -> None:

@@ -76,16 +76,20 @@ class Dialer:
             return connection
 
     async def request(self, addr: PeerAddr, alpn: bytes, exchange: Callable[[iroh.Connection], Awaitable[T]]) -> T:
-        """Run `exchange` on the cached connection; if that connection fails it, drop it and run
+        """Run `exchange` on the cached connection; if a reused connection fails it, drop it and run
         `exchange` once more on a fresh one at once (the peer may have restarted since)."""
+        key = (addr.node_id, alpn)
+        reused = key in self._connections and self._connections[key].close_reason() is None
         connection = await self.connect(addr, alpn)
         try:
             return await exchange(connection)
         except (iroh.IrohError, FrameError) as exc:
-            if self._connections.get((addr.node_id, alpn)) is not connection:
+            if not reused:
                 raise
             log.info("connection to %s failed (%s); redialling", addr.node_id[:10], describe(exc))
-            self._connections.pop((addr.node_id, alpn)).close(0, b"failed")
+            if self._connections.get(key) is connection:
+                del self._connections[key]
+            connection.close(0, b"failed")
         return await exchange(await self.connect(addr, alpn))
 
     async def introduce(self, addr: PeerAddr) -> None:
@@ -112,10 +116,10 @@ class Dialer:
         if self._on_dial is not None:
             self._on_dial(node_id, error, began)
 
-    def forget(self, node_id: str, *, introduced: bool = False) -> None:
-        """Drop cached connections to a peer, so the next use re-dials; and unless it still knows
-        us (`introduced`), forget that we introduced ourselves, so the next use re-introduces."""
-        if not introduced:
+    def forget(self, node_id: str, *, keep_introduction: bool = False) -> None:
+        """Drop cached connections to a peer, so the next use re-dials; unless the peer still knows
+        us (`keep_introduction`), the next use also re-introduces us."""
+        if not keep_introduction:
             self._introduced.discard(node_id)
         for key in [k for k in self._connections if k[0] == node_id]:
             self._connections.pop(key).close(0, b"forgotten")
