@@ -269,11 +269,11 @@ class Node:
         if self.membership.is_member(peer) and self.redial.failed(peer, trio.current_time(), tried_at):
             log.warning("member %s lost: %s; redialling with back-off (at most every %g min)", peer[:10], reason, REDIAL_CAP_S / 60)
 
-    def _dialled(self, peer: str, error: str | None, began: float) -> None:
-        if error is None:
-            self._heard_from(peer)
-        else:
+    def _dialled(self, peer: str, alpn: bytes, error: str | None, began: float) -> None:
+        if error is not None:
             self._unreachable(peer, error, began)
+        elif alpn != JOIN_ALPN:  # a join dial counts once the handshake succeeds (a refusal is no return)
+            self._heard_from(peer)
 
     def _went_silent(self, peer: str) -> None:
         self.dialer.forget(peer)
@@ -301,6 +301,8 @@ class Node:
             pass
         except PEER_ERRORS as exc:
             self._unreachable(peer.node_id, describe(exc))
+        else:
+            self._heard_from(peer.node_id)
 
     # -- status --------------------------------------------------------------------------------
 

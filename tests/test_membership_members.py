@@ -48,6 +48,9 @@ def test_member_ls_and_rm_refuse_the_removed_node_for_good(tmp_path: Path) -> No
         b = NodeProcess(tmp_path / "b")  # still lists `a`, which refuses its greeting
         wait_for(lambda: [m["state"] for m in b.status()["members"]] == ["down"], "b to find itself refused")
         assert a.status()["members"] == []
+        _, err = b.stop()
+        assert sum(f"member {a.id[:10]} lost" in line for line in err.splitlines()) == 1, err
+        assert f"member {a.id[:10]} is back" not in err
     finally:
         a.kill()
         b.kill()

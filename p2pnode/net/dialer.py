@@ -39,8 +39,8 @@ class Dialer:
 
     `introduce` runs once per peer per process before the first connection on a members-only
     protocol: it is the membership handshake that makes the peer accept us. Every dial reports
-    its outcome to `on_dial(peer, error line or None, when the dial began)`, and `liveness`
-    watches what it caches.
+    its outcome to `on_dial(peer, alpn, error line or None, when the dial began)`, and
+    `liveness` watches what it caches.
     """
 
     def __init__(
@@ -50,7 +50,7 @@ class Dialer:
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         *,
         liveness: Liveness | None = None,
-        on_dial: Callable[[str, str | None, float], None] | None = None,
+        on_dial: Callable[[str, bytes, str | None, float], None] | None = None,
     ) -> None:
         self._endpoint = endpoint
         self._timeout = connect_timeout_s
@@ -107,14 +107,14 @@ class Dialer:
             except iroh.IrohError as exc:
                 reason = iroh_message(exc)
             else:
-                self._report(addr.node_id, None, began)
+                self._report(addr.node_id, alpn, None, began)
                 return connection
-        self._report(addr.node_id, reason, began)
+        self._report(addr.node_id, alpn, reason, began)
         raise PeerUnreachable(f"cannot reach node {addr.node_id[:10]}: {reason}")
 
-    def _report(self, node_id: str, error: str | None, began: float) -> None:
+    def _report(self, node_id: str, alpn: bytes, error: str | None, began: float) -> None:
         if self._on_dial is not None:
-            self._on_dial(node_id, error, began)
+            self._on_dial(node_id, alpn, error, began)
 
     def forget(self, node_id: str, *, keep_introduction: bool = False) -> None:
         """Drop cached connections to a peer, so the next use re-dials; unless the peer still knows
