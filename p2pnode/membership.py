@@ -158,6 +158,14 @@ class Membership:
         )
         self._save()
 
+    def seen(self, node_id: str) -> None:
+        """A member answered at an address we already had: only `last_seen` is news. (The address a
+        member declares itself, in the join handshake, is what `admit` records: iroh may reach a
+        node that moved through a stale address, which must not overwrite the one it declared.)"""
+        if member := self._members.members.get(node_id):
+            member.last_seen = time.time()
+            self._save()
+
     def join_ticket(self, addr: PeerAddr) -> str:
         ticket = tickets.JoinTicket(
             node=addr.to_ticket(),

@@ -217,7 +217,10 @@ class Node:
             connection.close(0, b"joined")
         if cluster is not None:
             self.membership.adopt(cluster)
-        self.membership.admit(peer)
+        if self.membership.is_member(peer.node_id):
+            self.membership.seen(peer.node_id)
+        else:
+            self.membership.admit(peer)
         if self.membership.greeted(peer.node_id, welcome.session):
             self._drop_connections(peer.node_id)
         for other in welcome.members:
