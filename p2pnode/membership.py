@@ -137,10 +137,9 @@ class Membership:
 
     def remove(self, node_id: str) -> bool:
         """Forget a member and refuse it from now on; False when the id was neither member nor removed."""
-        known = self._members.members.pop(node_id, None) is not None
         if node_id in self._members.removed:
             return True
-        if not known:
+        if self._members.members.pop(node_id, None) is None:
             return False
         self._members.removed.append(node_id)
         self._save()
