@@ -93,7 +93,9 @@ class Member(BaseModel):
 
 
 class MemberList(BaseModel):
+    cluster_id: str | None = None  # the cluster these members belong to; a list of another cluster is void
     members: dict[str, Member] = {}
+    removed: list[str] = []  # ids removed by `member rm`: refused by the router and the join handshake
 
 
 class Membership:
@@ -102,6 +104,8 @@ class Membership:
     def __init__(self, data_dir: Path, self_id: str) -> None:
         self._dir = data_dir
         self.self_id = self_id
+        self.session = secrets.token_hex(8)  # new on every start; members tell a restart by it
+        self._sessions: dict[str, str | None] = {}
         cluster_path = data_dir / CLUSTER_FILE
         if cluster_path.exists():
             self.cluster = ClusterIdentity.model_validate_json(cluster_path.read_bytes())
@@ -112,6 +116,8 @@ class Membership:
         self._members = (
             MemberList.model_validate_json(members_path.read_bytes()) if members_path.exists() else MemberList()
         )
+        if self._members.cluster_id not in (None, self.cluster.cluster_id):
+            self._members = MemberList()  # a switch of cluster was interrupted between its two writes
 
     @property
     def members(self) -> dict[str, Member]:
@@ -120,17 +126,38 @@ class Membership:
     def is_member(self, node_id: str) -> bool:
         return node_id in self._members.members
 
+    def is_removed(self, node_id: str) -> bool:
+        return node_id in self._members.removed
+
     def adopt(self, cluster: ClusterIdentity) -> None:
-        """Switch to the cluster of a ticket this node was given; members of another cluster are forgotten."""
+        """Switch to the cluster of a ticket whose handshake just succeeded; members of another cluster
+        are forgotten. The member list names its cluster, so a crash between the two writes voids it."""
         if cluster == self.cluster:
             return
+        self._members = MemberList(cluster_id=cluster.cluster_id)
+        save_model(self._dir / MEMBERS_FILE, self._members)
         self.cluster = cluster
         save_model(self._dir / CLUSTER_FILE, cluster, mode=0o600)
-        self._members = MemberList()
+
+    def greeted(self, node_id: str, session: str | None) -> bool:
+        """Note the session a member showed in a handshake; True when it is not the one we knew
+        (it restarted, or this is our first handshake with it in this run)."""
+        new = node_id not in self._sessions or self._sessions[node_id] != session
+        self._sessions[node_id] = session
+        return new
+
+    def remove(self, node_id: str) -> bool:
+        """Forget a member and refuse it from now on; False when the id was neither member nor removed."""
+        if node_id in self._members.removed:
+            return True
+        if self._members.members.pop(node_id, None) is None:
+            return False
+        self._members.removed.append(node_id)
         self._save()
+        return True
 
     def admit(self, addr: PeerAddr) -> None:
-        if addr.node_id == self.self_id:
+        if addr.node_id == self.self_id or addr.node_id in self._members.removed:
             return
         now = time.time()
         known = self._members.members.get(addr.node_id)
@@ -141,6 +168,14 @@ class Membership:
         )
         self._save()
 
+    def seen(self, node_id: str) -> None:
+        """A member answered at an address we already had: only `last_seen` is news. (The address a
+        member declares itself, in the join handshake, is what `admit` records: iroh may reach a
+        node that moved through a stale address, which must not overwrite the one it declared.)"""
+        if member := self._members.members.get(node_id):
+            member.last_seen = time.time()
+            self._save()
+
     def join_ticket(self, addr: PeerAddr) -> str:
         ticket = tickets.JoinTicket(
             node=addr.to_ticket(),
@@ -150,11 +185,13 @@ class Membership:
         return tickets.encode(ticket)
 
     def _save(self) -> None:
+        self._members.cluster_id = self.cluster.cluster_id
         save_model(self._dir / MEMBERS_FILE, self._members)
 
-    def proof(self, role: bytes, prover: str, verifier: str, nonce: str) -> str:
-        message = b"|".join([b"p2pnode-join-v1", role, self.cluster.cluster_id.encode(), prover.encode(), verifier.encode(), nonce.encode()])
-        return hmac.new(bytes.fromhex(self.cluster.join_secret), message, hashlib.sha256).hexdigest()
+
+def proof(cluster: ClusterIdentity, role: bytes, prover: str, verifier: str, nonce: str) -> str:
+    message = b"|".join([b"p2pnode-join-v1", role, cluster.cluster_id.encode(), prover.encode(), verifier.encode(), nonce.encode()])
+    return hmac.new(bytes.fromhex(cluster.join_secret), message, hashlib.sha256).hexdigest()
 
 
 class JoinRequest(BaseModel):
@@ -162,6 +199,7 @@ class JoinRequest(BaseModel):
     cluster_id: str
     nonce: str
     addr: PeerAddr
+    session: str | None = None  # `Membership.session` of the peer: a new one means it restarted
 
 
 class JoinChallenge(BaseModel):
@@ -178,6 +216,7 @@ class JoinWelcome(BaseModel):
     type: Literal["welcome"] = "welcome"
     proof: str
     members: list[PeerAddr]
+    session: str | None = None
 
 
 class JoinRefused(BaseModel):
@@ -221,11 +260,19 @@ class JoinLimiter:
         self._failures.pop(peer, None)
 
 
-async def handle_join(membership: Membership, limiter: JoinLimiter, connection: iroh.Connection, bi: iroh.BiStream) -> None:
+async def handle_join(
+    membership: Membership,
+    limiter: JoinLimiter,
+    connection: iroh.Connection,
+    bi: iroh.BiStream,
+    on_welcome: Callable[[str, bool], None] | None = None,
+) -> None:
     """Server side: verify the peer's proof of the secret, then admit it and share the member list.
 
     The handshake must complete within `JOIN_TIMEOUT_S`; a failure of any kind (wrong cluster or
-    secret, garbage, too slow) puts the peer in back-off.
+    secret, garbage, too slow) puts the peer in back-off. `on_welcome(peer, new_session)` hears of
+    every member that proved itself, and whether it showed a session we did not know (see
+    `Membership.greeted`).
     """
     peer = connection.remote_id().to_bytes().hex()
     send, recv = bi.send(), bi.recv()
@@ -235,9 +282,13 @@ async def handle_join(membership: Membership, limiter: JoinLimiter, connection: 
         await send_model(send, JoinRefused(reason=f"too many failed joins: try again in {wait:.0f} s", retry_after=wait))
         await send.finish()
         return
+    if membership.is_removed(peer):
+        log.info("refused join from %s: removed from this node's members", peer[:10])
+        await _refuse(send, "this node removed you from its members")
+        return
     try:
         with trio.move_on_after(JOIN_TIMEOUT_S):
-            failure = await _verify_joiner(membership, peer, send, recv)
+            failure = await _verify_joiner(membership, peer, send, recv, on_welcome)
             if failure:
                 limiter.failed(peer, failure)
             else:
@@ -250,7 +301,13 @@ async def handle_join(membership: Membership, limiter: JoinLimiter, connection: 
     raise FrameError(f"join handshake not complete within {JOIN_TIMEOUT_S:g} s")
 
 
-async def _verify_joiner(membership: Membership, peer: str, send: iroh.SendStream, recv: iroh.RecvStream) -> str | None:
+async def _verify_joiner(
+    membership: Membership,
+    peer: str,
+    send: iroh.SendStream,
+    recv: iroh.RecvStream,
+    on_welcome: Callable[[str, bool], None] | None,
+) -> str | None:
     """The host's half of the handshake; returns why the peer was refused, None when it joined."""
     request = await recv_model(recv, JoinRequest, _MAX_REQUEST_FRAME)
     if request.cluster_id != membership.cluster.cluster_id or request.addr.node_id != peer:
@@ -259,14 +316,19 @@ async def _verify_joiner(membership: Membership, peer: str, send: iroh.SendStrea
     challenge = os.urandom(16).hex()
     await send_model(send, JoinChallenge(nonce=challenge))
     answer = await recv_model(recv, JoinProof, _MAX_REQUEST_FRAME)
-    expected = membership.proof(b"member", peer, membership.self_id, challenge)
+    expected = proof(membership.cluster, b"member", peer, membership.self_id, challenge)
     if not hmac.compare_digest(answer.proof, expected):
         await _refuse(send, "wrong join secret")
         return "wrong join secret"
     known = [m.addr for m in membership.members.values() if m.addr.node_id != peer]
+    if not membership.is_member(peer):
+        log.info("member %s joined", peer[:10])
     membership.admit(request.addr)
-    log.info("member %s joined", peer[:10])
-    await send_model(send, JoinWelcome(proof=membership.proof(b"host", membership.self_id, peer, request.nonce), members=known))
+    new_session = membership.greeted(peer, request.session)
+    if on_welcome is not None:
+        on_welcome(peer, new_session)
+    host_proof = proof(membership.cluster, b"host", membership.self_id, peer, request.nonce)
+    await send_model(send, JoinWelcome(proof=host_proof, members=known, session=membership.session))
     await send.finish()
     return None
 
@@ -276,25 +338,37 @@ async def _refuse(send: iroh.SendStream, reason: str) -> None:
     await send.finish()
 
 
-async def join(membership: Membership, connection: iroh.Connection, self_addr: PeerAddr) -> list[PeerAddr]:
-    """Client side: prove our membership to the node at the other end; returns the members it knows."""
+async def join(
+    membership: Membership,
+    connection: iroh.Connection,
+    self_addr: PeerAddr,
+    cluster: ClusterIdentity | None = None,
+) -> JoinWelcome:
+    """Client side: prove our membership to the node at the other end; the welcome lists the
+    members it knows and its session.
+
+    `cluster` proves knowledge of another cluster's secret (a ticket's) without adopting it: the
+    caller switches only once this returns, so a failed join changes nothing.
+    """
+    cluster = cluster or membership.cluster
+    me = membership.self_id
     host = connection.remote_id().to_bytes().hex()
     bi = await connection.open_bi()
     send, recv = bi.send(), bi.recv()
     nonce = os.urandom(16).hex()
-    await send_model(send, JoinRequest(cluster_id=membership.cluster.cluster_id, nonce=nonce, addr=self_addr))
-    reply = await recv_model(recv, ServerReply, _MAX_REQUEST_FRAME)
+    await send_model(send, JoinRequest(cluster_id=cluster.cluster_id, nonce=nonce, addr=self_addr, session=membership.session))
+    reply = await recv_model(recv, ServerReply, _MAX_WELCOME_FRAME)
     if isinstance(reply, JoinRefused):
         raise JoinError(f"node {host[:10]} refused to admit us: {reply.reason}")
     if not isinstance(reply, JoinChallenge):
         raise JoinError(f"node {host[:10]} broke the join handshake")
-    await send_model(send, JoinProof(proof=membership.proof(b"member", membership.self_id, host, reply.nonce)))
+    await send_model(send, JoinProof(proof=proof(cluster, b"member", me, host, reply.nonce)))
     await send.finish()
     welcome = await recv_model(recv, ServerReply, _MAX_WELCOME_FRAME)
     if isinstance(welcome, JoinRefused):
         raise JoinError(f"node {host[:10]} refused to admit us: {welcome.reason}")
     if not isinstance(welcome, JoinWelcome) or not hmac.compare_digest(
-        welcome.proof, membership.proof(b"host", host, membership.self_id, nonce)
+        welcome.proof, proof(cluster, b"host", host, me, nonce)
     ):
         raise JoinError(f"node {host[:10]} could not prove it knows the cluster secret")
-    return welcome.members
+    return welcome

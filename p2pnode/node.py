@@ -11,7 +11,7 @@ from pathlib import Path
 
 import iroh
 import trio
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 import tickets
 from p2pnode.blobs.protocol import BLOBS_ALPN
@@ -30,15 +30,25 @@ from p2pnode.api.schemas import MemberStatus, NodeInfo, NodeStatus
 from p2pnode.jobs.worker import Worker
 from p2pnode.fsutil import save_model
 from p2pnode.identity import load_or_create_secret_key
-from p2pnode.membership import JOIN_ALPN, ClusterIdentity, JoinLimiter, Membership, PeerAddr, handle_join, join
-from p2pnode.net.dialer import PEER_ERRORS, Dialer, describe
-from p2pnode.net.endpoint import Router, bind_endpoint, close_endpoint, configured_relay_url, serve_streams
+from p2pnode.membership import JOIN_ALPN, ClusterIdentity, JoinError, JoinLimiter, Membership, PeerAddr, handle_join, join
+from p2pnode.net.dialer import PEER_ERRORS, Dialer, PeerUnreachable, describe
+from p2pnode.net.endpoint import Handler, Router, bind_endpoint, bound_port, close_endpoint, configured_relay_url, serve_streams
+from p2pnode.net.errors import iroh_message
+from p2pnode.net.liveness import REDIAL_CAP_S, Liveness, Redial
 
 log = logging.getLogger(__name__)
 
 NODE_FILE = "node.json"
+PORT_FILE = "endpoint.json"
 FLAWLESS_PROBE_S = 30.0
 GC_INTERVAL_S = 600.0
+REDIAL_TICK_S = 1.0
+
+
+class BoundPort(BaseModel):
+    """The UDP port the endpoint had, reused on the next start (DATA/endpoint.json)."""
+
+    port: int = Field(ge=1, le=65535)
 
 
 class StartupError(Exception):
@@ -50,6 +60,8 @@ class Node:
         self.settings = settings
         self.api_url = ""
         self._started = time.time()
+        self.liveness = Liveness(self._went_silent)
+        self.redial = Redial()
 
     async def run(
         self, *, join_ticket: tickets.JoinTicket | None = None, task_status: trio.TaskStatus[NodeInfo] = trio.TASK_STATUS_IGNORED
@@ -62,14 +74,13 @@ class Node:
             raise StartupError(f"this join ticket was printed by this node ({self.id[:10]}) itself; to join a cluster, pass a ticket of another node")
         self.membership = Membership(settings.data_dir, self.id)
         async with contextlib.AsyncExitStack() as cleanup:  # whatever started is stopped, even on a failed start
-            try:
-                self.endpoint = await bind_endpoint(key, settings.bind, settings.relay, [JOIN_ALPN])
-            except iroh.IrohError as exc:
-                raise StartupError(f"cannot bind {settings.bind}: {exc.message()}") from None
+            self.endpoint = await self._bind(key)
             cleanup.push_async_callback(close_endpoint, self.endpoint)
             self.router = Router(self.endpoint, lambda peer, _alpn: self.membership.is_member(peer))
             self.join_limiter = JoinLimiter(self.router.peer_log)
-            self.dialer = Dialer(self.endpoint, self._introduce, settings.connect_timeout_s)
+            self.dialer = Dialer(
+                self.endpoint, self._introduce, settings.connect_timeout_s, liveness=self.liveness, on_dial=self._dialled
+            )
             cleanup.callback(self.dialer.close_all)
             try:
                 store = await BlobStore.open(settings.blobs_dir)
@@ -81,12 +92,15 @@ class Node:
             self.jobs = self._jobs_service(settings)
             cleanup.callback(self.jobs.store.close)
             self.router.register(JOIN_ALPN, self._serve_join, open_to_all=True)
-            self.router.register(BLOBS_ALPN, lambda c: serve_streams(c, self.blobs.provider.handle_stream), open_to_all=True)
-            self.router.register(GOSSIP_ALPN, self.gossip.handle_connection)
-            self.router.register(JOBS_ALPN, lambda c: serve_streams(c, self.jobs.control.handle_stream))
+            self.router.register(
+                BLOBS_ALPN, self._watched(lambda c: serve_streams(c, self.blobs.provider.handle_stream)), open_to_all=True
+            )
+            self.router.register(GOSSIP_ALPN, self._watched(self.gossip.handle_connection))
+            self.router.register(JOBS_ALPN, self._watched(lambda c: serve_streams(c, self.jobs.control.handle_stream)))
             async with trio.open_nursery() as nursery:
                 self.background = nursery
                 nursery.start_soon(self.router.serve)
+                nursery.start_soon(self.liveness.run)
                 self.api_url = await nursery.start(serve_api, self)
                 if join_ticket is not None:
                     await self.join(join_ticket)
@@ -97,7 +111,7 @@ class Node:
                 nursery.start_soon(self._collect_garbage_periodically)
                 info = NodeInfo(id=self.id, api_url=self.api_url, pid=os.getpid())
                 save_model(settings.data_dir / NODE_FILE, info)
-                nursery.start_soon(self._greet_members)
+                nursery.start_soon(self._keep_members)
                 task_status.started(info)
 
     def _identity(self) -> iroh.SecretKey:
@@ -111,13 +125,26 @@ class Node:
         self.id = key.public().to_bytes().hex()
         return key
 
+    async def _bind(self, key: iroh.SecretKey) -> iroh.Endpoint:
+        """Bind, preferring the UDP port of the last run so that tickets printed before keep working."""
+        path = self.settings.data_dir / PORT_FILE
+        last = BoundPort.model_validate_json(path.read_bytes()).port if path.exists() else None
+        try:
+            endpoint = await bind_endpoint(key, self.settings.bind, self.settings.relay, [JOIN_ALPN], preferred_port=last)
+        except iroh.IrohError as exc:
+            raise StartupError(f"cannot bind {self.settings.bind}: {iroh_message(exc)}") from None
+        port = bound_port(endpoint)
+        if port != last:
+            save_model(path, BoundPort(port=port))
+        return endpoint
+
     def _jobs_service(self, settings: Settings) -> JobService:
         try:
             store = JobStore(settings.data_dir / "jobs.sqlite")
         except sqlite3.Error as exc:
             raise StartupError(f"cannot open the job database in {settings.data_dir}: {exc}") from None
         self.flawless = FlawlessExecutor(FlawlessClient(settings.flawless_url, settings.flawless_token), maxima=settings.job_maxima)
-        control = ControlClient(self.dialer.connect)
+        control = ControlClient(self.dialer.request)
         worker = Worker(
             self.id, {"wasi": WasiExecutor(maxima=settings.job_maxima)}, self.blobs, control, self.peer_addr, settings.data_dir / "work", settings.max_jobs
         )
@@ -175,48 +202,122 @@ class Node:
         return self.membership.join_ticket(self.addr())
 
     async def join(self, ticket: tickets.JoinTicket) -> None:
-        """Become a member of the ticket's cluster through the node that issued it."""
-        self.membership.adopt(
-            ClusterIdentity(cluster_id=ticket.cluster_id.hex(), join_secret=ticket.join_secret.hex())
-        )
+        """Become a member of the ticket's cluster through the node that issued it.
+
+        Nothing changes before the handshake succeeds: an unreachable or refusing node leaves
+        this node's cluster and members exactly as they were."""
+        cluster = ClusterIdentity(cluster_id=ticket.cluster_id.hex(), join_secret=ticket.join_secret.hex())
         host = PeerAddr.from_ticket(ticket.node)
         try:
-            await self.dialer.introduce(host)
+            await self._introduce(host, cluster)
         except PEER_ERRORS as exc:
             raise StartupError(f"could not join through {host.node_id[:10]}: {describe(exc)}") from None
 
-    async def _introduce(self, peer: PeerAddr) -> None:
-        """Prove our membership to `peer` (or join through it); learn the members it knows."""
+    async def _introduce(self, peer: PeerAddr, cluster: ClusterIdentity | None = None) -> None:
+        """Prove our membership to `peer` (or join `cluster` through it); learn the members it knows."""
+        if self.membership.is_removed(peer.node_id):
+            raise JoinError(f"node {peer.node_id[:10]} was removed from this node's members")
         connection = await self.dialer.dial(peer, JOIN_ALPN)
         try:
-            others = await join(self.membership, connection, self.addr())
+            welcome = await join(self.membership, connection, self.addr(), cluster)
         finally:
             connection.close(0, b"joined")
-        self.membership.admit(peer)
-        for other in others:
+        if cluster is not None:
+            self.membership.adopt(cluster)
+        if self.membership.is_member(peer.node_id):
+            self.membership.seen(peer.node_id)
+        else:
+            self.membership.admit(peer)
+        if self.membership.greeted(peer.node_id, welcome.session):
+            self._drop_connections(peer.node_id)
+        for other in welcome.members:
             if not self.membership.is_member(other.node_id):
                 self.membership.admit(other)
 
     async def _serve_join(self, connection: iroh.Connection) -> None:
-        await serve_streams(connection, lambda conn, bi: handle_join(self.membership, self.join_limiter, conn, bi))
+        await serve_streams(connection, lambda conn, bi: handle_join(self.membership, self.join_limiter, conn, bi, self._welcomed))
 
-    async def _greet_members(self) -> None:
-        """After a restart, re-prove membership to every known member so they see us as back."""
+    def _welcomed(self, peer: str, new_session: bool) -> None:
+        self._heard_from(peer)
+        if new_session:
+            self._drop_connections(peer)
+
+    def _drop_connections(self, peer: str) -> None:
+        """The peer restarted: cached connections lead to its previous run and would only time out."""
+        self.dialer.forget(peer, keep_introduction=True)
+
+    def remove_member(self, node_id: str) -> bool:
+        """Forget a member and refuse it from now on; its open connections are closed."""
+        if not self.membership.remove(node_id):
+            return False
+        self.redial.forget(node_id)
+        self.dialer.forget(node_id)
+        self.liveness.close_peer(node_id, b"removed from the cluster")
+        log.info("member %s removed: refused from now on", node_id[:10])
+        return True
+
+    # -- liveness and redial -----------------------------------------------------------------
+
+    def _watched(self, handler: Handler) -> Handler:
+        """Let liveness watch an incoming connection while its protocol handler runs."""
+
+        async def run(connection: iroh.Connection) -> None:
+            self.liveness.watch(connection)
+            self._heard_from(connection.remote_id().to_bytes().hex())
+            try:
+                await handler(connection)
+            finally:
+                self.liveness.unwatch(connection)
+
+        return run
+
+    def _heard_from(self, peer: str) -> None:
+        if self.membership.is_member(peer) and self.redial.reached(peer, trio.current_time()):
+            log.info("member %s is back", peer[:10])
+
+    def _unreachable(self, peer: str, reason: str, tried_at: float | None = None) -> None:
+        if self.membership.is_member(peer) and self.redial.failed(peer, trio.current_time(), tried_at):
+            log.warning("member %s lost: %s; redialling with back-off (at most every %g min)", peer[:10], reason, REDIAL_CAP_S / 60)
+
+    def _dialled(self, peer: str, alpn: bytes, error: str | None, began: float) -> None:
+        if error is not None:
+            self._unreachable(peer, error, began)
+        elif alpn != JOIN_ALPN:  # a join dial counts once the handshake succeeds (a refusal is no return)
+            self._heard_from(peer)
+
+    def _went_silent(self, peer: str) -> None:
+        self.dialer.forget(peer)
+        self._unreachable(peer, "stopped answering")
+
+    async def _keep_members(self) -> None:
+        """Greet every member after a start, so they see us back; then redial the ones that are down."""
         async with trio.open_nursery() as nursery:
             for member in list(self.membership.members.values()):
                 nursery.start_soon(self._greet, member.addr)
+            while True:
+                await trio.sleep(REDIAL_TICK_S)
+                for peer in self.redial.due(trio.current_time()):
+                    if (addr := self.peer_addr(peer)) is not None:
+                        nursery.start_soon(self._greet, addr)
+                    else:
+                        self.redial.forget(peer)
 
     async def _greet(self, peer: PeerAddr) -> None:
+        """A membership handshake: proves the peer is there and tells it where we are now.
+        Failures are reported once per outage by `_unreachable`, not here."""
         try:
             await self.dialer.introduce(peer)
+        except PeerUnreachable:
+            pass
         except PEER_ERRORS as exc:
-            log.info("member %s not reachable now: %s", peer.node_id[:10], describe(exc))
+            self._unreachable(peer.node_id, describe(exc))
+        else:
+            self._heard_from(peer.node_id)
 
     # -- status --------------------------------------------------------------------------------
 
     def status(self) -> NodeStatus:
         addr = self.addr()
-        connected = self.dialer.connected_peers() | self.router.connected_peers()
         return NodeStatus(
             id=self.id,
             cluster_id=self.membership.cluster.cluster_id,
@@ -224,20 +325,25 @@ class Node:
             relay_url=addr.relay_url,
             api_url=self.api_url,
             uptime_s=time.time() - self._started,
-            members=[
-                MemberStatus(
-                    id=node_id,
-                    addresses=m.addr.direct_addresses,
-                    relay_url=m.addr.relay_url,
-                    connected=node_id in connected,
-                    last_seen=m.last_seen,
-                )
-                for node_id, m in sorted(self.membership.members.items())
-            ],
+            members=self.members(),
             refused_connections=self.router.refused,
             gossip=self.gossip.stats(),
             jobs=self.jobs.worker.status(),
         )
+
+    def members(self) -> list[MemberStatus]:
+        connected = self.dialer.connected_peers() | self.router.connected_peers()
+        return [
+            MemberStatus(
+                id=node_id,
+                addresses=m.addr.direct_addresses,
+                relay_url=m.addr.relay_url,
+                connected=node_id in connected,
+                last_seen=m.last_seen,
+                state="connected" if node_id in connected else "down" if self.redial.is_down(node_id) else "idle",
+            )
+            for node_id, m in sorted(self.membership.members.items())
+        ]
 
 
 def _make_private(folder: Path) -> None:

@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 NODE_START_TIMEOUT_S = 30
@@ -15,10 +17,14 @@ NODE_START_TIMEOUT_S = 30
 class NodeProcess:
     """A node in its own process. Reads the node id, API URL and ticket it prints on start."""
 
-    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, *extra: str, env: dict[str, str] | None = None, bind: str = "127.0.0.1:0", prefix: tuple[str, ...] = ()
+    ) -> None:
+        """`prefix` runs the node and its CLI calls inside something, e.g. `ip netns exec NS`."""
         self.data_dir = data_dir
-        args = [sys.executable, "-m", "p2pnode", "start", "--data", str(data_dir), "--http-port", "0",
-                "--bind", "127.0.0.1:0", "--relay", "disabled", *extra]
+        self.prefix = prefix
+        args = [*prefix, sys.executable, "-m", "p2pnode", "start", "--data", str(data_dir), "--http-port", "0",
+                "--bind", bind, "--relay", "disabled", *extra]
         self.proc = subprocess.Popen(
             args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
@@ -35,7 +41,7 @@ class NodeProcess:
         self.ticket = fields["join ticket"]
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return run_cli("--api", self.api, "--data", str(self.data_dir), *args, check=check)
+        return run_cli("--api", self.api, "--data", str(self.data_dir), *args, check=check, prefix=self.prefix)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -56,10 +62,22 @@ class NodeProcess:
             self.proc.communicate()
 
 
-def run_cli(*args: str, check: bool = True, input: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, check: bool = True, input: str | None = None, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [sys.executable, "-m", "p2pnode", *args], capture_output=True, text=True, input=input, timeout=120, env={**os.environ, **(env or {})}
+        [*prefix, sys.executable, "-m", "p2pnode", *args], capture_output=True, text=True, input=input, timeout=120,
+        env={**os.environ, **(env or {})},
     )
     if check and result.returncode != 0:
         raise AssertionError(f"p2pnode {' '.join(args)} failed ({result.returncode}): {result.stderr}")
     return result
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll a condition no event announces (another process's state), up to a bounded deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.1)

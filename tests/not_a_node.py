@@ -8,7 +8,6 @@ FastAPI's validation-error shape, and `garbage` is not HTTP at all.
 from __future__ import annotations
 
 import json
-import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 BODIES = {

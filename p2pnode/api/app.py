@@ -38,6 +38,7 @@ from p2pnode.api.schemas import (
     FetchEvent,
     Health,
     JoinTicketReply,
+    MemberStatus,
     NodeStatus,
     PathRequest,
 )
@@ -45,7 +46,7 @@ from p2pnode.blobs.blocks import READ_CHUNK
 from p2pnode.blobs.fetch import FetchError
 from p2pnode.blobs.store import BlobInfo, BlobInUse, BlobNotFound, GcResult, StoreError
 from p2pnode.fsutil import NotRegularFile, open_regular
-from p2pnode.jobs.model import Hex64, Job, JobId, JobState
+from p2pnode.jobs.model import Hex64, Job, JobId, JobState, NodeId
 from p2pnode.jobs.service import JobSubmission, SubmissionError, SubmissionTooLarge
 from p2pnode.jobs.store import Refused
 from p2pnode.jobs.worker import provider_addrs
@@ -285,6 +286,17 @@ def create_app(node: Node) -> FastAPI:
                 await node.blobs.store.pin(ref.hash)
                 outputs[name] = await node.blobs.store.info(ref.hash)
         return outputs
+
+    @api.get("/members")
+    async def list_members() -> list[MemberStatus]:
+        return node.members()
+
+    @api.delete("/members/{member_id}", responses=_errors(404))
+    async def remove_member(member_id: NodeId) -> Done:
+        """Forget a member and refuse it from then on (router and join handshake; persisted)."""
+        if not node.remove_member(member_id):
+            raise HTTPException(404, f"no member {member_id} on this node")
+        return Done()
 
     app.include_router(api)
     return app

@@ -7,7 +7,7 @@ transport or runtime code.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
@@ -87,12 +87,18 @@ class NodeInfo(BaseModel):
     pid: int
 
 
+"""A node id as the API and CLI take it: the 64 hex digits of its public key."""
+
+
 class MemberStatus(BaseModel):
+    """`connected`: a live connection now; `idle`: none needed lately; `down`: unreachable, redialled with back-off."""
+
     id: str
     addresses: list[str]
     relay_url: str | None
     connected: bool
     last_seen: float
+    state: Literal["connected", "idle", "down"]
 
 
 class NodeStatus(BaseModel):

@@ -143,7 +143,7 @@ def cli(ctx: click.Context, api: str, api_token: str | None, data_dir: Path) -> 
     ctx.obj = ApiClient(api, token=api_token, token_file=token_path(data_dir))
 
 
-from p2pnode.cli import blob_cmds, job_cmds, node_cmds  # noqa: E402, F401  (commands register on `cli`)
+from p2pnode.cli import blob_cmds, job_cmds, member_cmds, node_cmds  # noqa: E402, F401  (commands register on `cli`)
 
 
 def main() -> None:

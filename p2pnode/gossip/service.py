@@ -36,6 +36,7 @@ from p2pnode.gossip.engine import (
 )
 from p2pnode.membership import Membership, PeerAddr
 from p2pnode.net.dialer import PEER_ERRORS, Dialer, describe
+from p2pnode.net.errors import one_line
 from p2pnode.net.framing import FrameError, read_frame_or_end, write_frame
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,7 @@ class GossipService:
             await write_frame(stream, wire_message.dump_json(action.msg))
             await stream.finish()
         except (*PEER_ERRORS, ValidationError) as exc:
-            log.info("gossip: could not tell %s: %s", action.peer_id[:10], describe(exc))
+            log.debug("gossip: could not tell %s: %s", action.peer_id[:10], describe(exc))  # the node logs a lost member once
 
     async def _connect(self, peer_id: str, addr: dict[str, Any]) -> None:
         if peer_id in self._outboxes:
@@ -200,7 +201,7 @@ class GossipService:
             connection = await self._dialer.connect(PeerAddr.model_validate(addr), GOSSIP_ALPN)
             stream = await connection.open_uni()
         except (*PEER_ERRORS, ValidationError) as exc:
-            log.info("gossip: cannot reach %s: %s", peer_id[:10], describe(exc))
+            log.debug("gossip: cannot reach %s: %s", peer_id[:10], describe(exc))  # the node logs a lost member once
             self._dialer.forget(peer_id)
             self._apply(self.engine.peer_disconnected(peer_id))  # type: ignore[union-attr]
             return
@@ -230,14 +231,14 @@ class GossipService:
 
         async def watch() -> None:
             reason = await connection.closed()
-            log.info("gossip connection to %s closed: %s", peer_id[:10], reason)
+            log.info("gossip connection to %s closed: %s", peer_id[:10], one_line(reason))
 
         try:
             async with trio.open_nursery() as nursery:
                 for task in (write, watch):
                     nursery.start_soon(_first_to_finish, task, nursery.cancel_scope)
         except* iroh.IrohError as group:
-            log.info("gossip stream to %s broke: %s", peer_id[:10], group.exceptions[0])
+            log.info("gossip stream to %s broke: %s", peer_id[:10], describe(group.exceptions[0]))
         if self._outboxes.get(peer_id) is mine:
             self._peer_down(peer_id)
 

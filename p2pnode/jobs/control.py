@@ -26,6 +26,9 @@ MAX_CONTROL_FRAME = 4 << 20
 control_message: TypeAdapter[model.ControlMessage] = TypeAdapter(model.ControlMessage)
 
 
+Exchange = Callable[[iroh.Connection], Awaitable[model.ControlMessage]]
+
+
 class ControlError(Exception):
     """The origin could not be asked, or answered something that makes no sense."""
 
@@ -103,10 +106,11 @@ class ControlServer:
 
 
 class ControlClient:
-    """Worker side: one request, one reply, on a cached connection to the origin."""
+    """Worker side: one request, one reply, on a cached connection to the origin (`Dialer.request`:
+    a connection that fails is replaced at once)."""
 
-    def __init__(self, connect: Callable[[PeerAddr, bytes], Awaitable[iroh.Connection]]) -> None:
-        self._connect = connect
+    def __init__(self, request: Callable[[PeerAddr, bytes, Exchange], Awaitable[model.ControlMessage]]) -> None:
+        self._request = request
         self._local: tuple[str, ControlServer] | None = None
 
     def answer_locally(self, node_id: str, server: ControlServer) -> None:
@@ -116,11 +120,14 @@ class ControlClient:
     async def ask(self, origin: PeerAddr, request: model.ControlMessage) -> model.ControlMessage:
         if self._local is not None and origin.node_id == self._local[0]:
             return await self._local[1].answer(self._local[0], request)
-        try:
-            connection = await self._connect(origin, JOBS_ALPN)
+
+        async def exchange(connection: iroh.Connection) -> model.ControlMessage:
             bi = await connection.open_bi()
             await send_model(bi.send(), request)
             await bi.send().finish()
             return await recv_model(bi.recv(), control_message, MAX_CONTROL_FRAME)
+
+        try:
+            return await self._request(origin, JOBS_ALPN, exchange)
         except PEER_ERRORS as exc:
             raise ControlError(f"origin {origin.node_id[:10]} did not answer: {describe(exc)}") from None

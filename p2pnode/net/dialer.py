@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import iroh
 import trio
 
 from p2pnode.membership import JoinError, PeerAddr
+from p2pnode.net.errors import iroh_message
 from p2pnode.net.framing import FrameError
+from p2pnode.net.liveness import Liveness
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
+T = TypeVar("T")
 
 
 class PeerUnreachable(Exception):
@@ -23,15 +30,17 @@ PEER_ERRORS = (PeerUnreachable, JoinError, FrameError, iroh.IrohError)
 
 
 def describe(exc: BaseException) -> str:
-    """One line for a person; iroh errors keep their message without the Rust type around it."""
-    return exc.message() if isinstance(exc, iroh.IrohError) else str(exc)
+    """One line for a person, for any of `PEER_ERRORS`."""
+    return iroh_message(exc) if isinstance(exc, iroh.IrohError) else str(exc)
 
 
 class Dialer:
     """Caches connections so protocols can open cheap streams instead of new QUIC handshakes.
 
     `introduce` runs once per peer per process before the first connection on a members-only
-    protocol: it is the membership handshake that makes the peer accept us.
+    protocol: it is the membership handshake that makes the peer accept us. Every dial reports
+    its outcome to `on_dial(peer, alpn, error line or None, when the dial began)`, and
+    `liveness` watches what it caches.
     """
 
     def __init__(
@@ -39,10 +48,15 @@ class Dialer:
         endpoint: iroh.Endpoint,
         introduce: Callable[[PeerAddr], Awaitable[None]] | None = None,
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        *,
+        liveness: Liveness | None = None,
+        on_dial: Callable[[str, bytes, str | None, float], None] | None = None,
     ) -> None:
         self._endpoint = endpoint
         self._timeout = connect_timeout_s
         self._introduce = introduce
+        self._liveness = liveness
+        self._on_dial = on_dial
         self._connections: dict[tuple[str, bytes], iroh.Connection] = {}
         self._introduced: set[str] = set()
         self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
@@ -57,7 +71,26 @@ class Dialer:
                 await self.introduce(addr)
             connection = await self.dial(addr, alpn)
             self._connections[key] = connection
+            if self._liveness is not None:
+                self._liveness.watch(connection)
             return connection
+
+    async def request(self, addr: PeerAddr, alpn: bytes, exchange: Callable[[iroh.Connection], Awaitable[T]]) -> T:
+        """Run `exchange` on the cached connection; if a reused connection fails it, drop it and run
+        `exchange` once more on a fresh one at once (the peer may have restarted since)."""
+        key = (addr.node_id, alpn)
+        reused = key in self._connections and self._connections[key].close_reason() is None
+        connection = await self.connect(addr, alpn)
+        try:
+            return await exchange(connection)
+        except (iroh.IrohError, FrameError) as exc:
+            if not reused:
+                raise
+            log.info("connection to %s failed (%s); redialling", addr.node_id[:10], describe(exc))
+            if self._connections.get(key) is connection:
+                del self._connections[key]
+            connection.close(0, b"failed")
+        return await exchange(await self.connect(addr, alpn))
 
     async def introduce(self, addr: PeerAddr) -> None:
         """Run the membership handshake with `addr` and remember that it knows us."""
@@ -67,17 +100,27 @@ class Dialer:
 
     async def dial(self, addr: PeerAddr, alpn: bytes) -> iroh.Connection:
         """A fresh, uncached connection (the join handshake uses one of these)."""
-        with trio.move_on_after(self._timeout) as scope:
+        began, reason = trio.current_time(), f"no answer within {self._timeout:g} s"
+        with trio.move_on_after(self._timeout):
             try:
-                return await self._endpoint.connect(addr.to_endpoint(), alpn)
+                connection = await self._endpoint.connect(addr.to_endpoint(), alpn)
             except iroh.IrohError as exc:
-                raise PeerUnreachable(f"cannot reach node {addr.node_id[:10]}: {exc.message()}") from None
-        assert scope.cancelled_caught
-        raise PeerUnreachable(f"cannot reach node {addr.node_id[:10]}: no answer within {self._timeout:g} s")
+                reason = iroh_message(exc)
+            else:
+                self._report(addr.node_id, alpn, None, began)
+                return connection
+        self._report(addr.node_id, alpn, reason, began)
+        raise PeerUnreachable(f"cannot reach node {addr.node_id[:10]}: {reason}")
 
-    def forget(self, node_id: str) -> None:
-        """Drop cached state for a peer whose connection failed, so the next use re-dials and re-introduces."""
-        self._introduced.discard(node_id)
+    def _report(self, node_id: str, alpn: bytes, error: str | None, began: float) -> None:
+        if self._on_dial is not None:
+            self._on_dial(node_id, alpn, error, began)
+
+    def forget(self, node_id: str, *, keep_introduction: bool = False) -> None:
+        """Drop cached connections to a peer, so the next use re-dials; unless the peer still knows
+        us (`keep_introduction`), the next use also re-introduces us."""
+        if not keep_introduction:
+            self._introduced.discard(node_id)
         for key in [k for k in self._connections if k[0] == node_id]:
             self._connections.pop(key).close(0, b"forgotten")
 

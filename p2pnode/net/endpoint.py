@@ -24,6 +24,7 @@ import trio
 
 from p2pnode.concurrency import collapse_groups
 from p2pnode.net import bridge
+from p2pnode.net.errors import iroh_message
 from p2pnode.net.framing import ERR_REFUSED, ERR_SHUTDOWN, FrameError, reset_quietly, stop_quietly
 from p2pnode.net.peerlog import PeerLog
 
@@ -46,18 +47,40 @@ def relay_mode(setting: str) -> iroh.RelayMode:
     return iroh.RelayMode.custom_from_urls([setting])
 
 
-async def bind_endpoint(secret_key: iroh.SecretKey, bind_addr: str, relay: str, alpns: list[bytes]) -> iroh.Endpoint:
-    """Bind the node's endpoint. With relays disabled nothing is contacted (tests, offline LANs)."""
+async def bind_endpoint(
+    secret_key: iroh.SecretKey, bind_addr: str, relay: str, alpns: list[bytes], preferred_port: int | None = None
+) -> iroh.Endpoint:
+    """Bind the node's endpoint. With relays disabled nothing is contacted (tests, offline LANs).
+
+    An address with port 0 ("any port") first tries `preferred_port`, the port of the previous run,
+    so that tickets printed before a restart keep working; when another program holds it, any free
+    port will do (one log line). An explicit port is used as given.
+    """
     bridge.install()
     preset = iroh.preset_minimal() if relay == "disabled" else iroh.preset_n0()
-    options = iroh.EndpointOptions(
-        preset=preset,
-        bind_addr=bind_addr,
-        secret_key=secret_key.to_bytes(),
-        alpns=alpns,
-        relay_mode=relay_mode(relay),
-    )
-    return await iroh.Endpoint.bind(options)
+
+    async def bind(addr: str) -> iroh.Endpoint:
+        options = iroh.EndpointOptions(
+            preset=preset, bind_addr=addr, secret_key=secret_key.to_bytes(), alpns=alpns, relay_mode=relay_mode(relay)
+        )
+        return await iroh.Endpoint.bind(options)
+
+    host, _, port = bind_addr.rpartition(":")
+    if port == "0" and preferred_port:
+        try:
+            return await bind(f"{host}:{preferred_port}")
+        except iroh.IrohError as exc:
+            log.warning(
+                "UDP port %d of the last run is not available (%s); bound a fresh port, so tickets printed before no longer reach this node",
+                preferred_port,
+                iroh_message(exc),
+            )
+    return await bind(bind_addr)
+
+
+def bound_port(endpoint: iroh.Endpoint) -> int:
+    """The endpoint's first (IPv4 unless bound to IPv6 only) UDP port: the one its tickets carry."""
+    return int(endpoint.bound_sockets()[0].rpartition(":")[2])
 
 
 def configured_relay_url(relay: str) -> str | None:
@@ -115,7 +138,7 @@ class Router:
             connection = await (await incoming.accept()).connect()
         except iroh.IrohError as exc:
             self.peer_log.event(
-                "incoming connections failed during the handshake", "?", "incoming connection failed during handshake: %s", exc.message()
+                "incoming connections failed during the handshake", "?", "incoming connection failed during handshake: %s", iroh_message(exc)
             )
             return
         alpn = connection.alpn()
@@ -135,7 +158,7 @@ class Router:
             else:
                 await _without_uni_streams(connection, route.handler)
         except iroh.IrohError as exc:
-            log.info("connection from %s on %s ended: %s", peer[:10], alpn.decode(errors="replace"), exc.message())
+            log.info("connection from %s on %s ended: %s", peer[:10], alpn.decode(errors="replace"), iroh_message(exc))
         except Exception:  # a bug in one protocol handler must not take the node down
             log.exception("protocol handler failed on a connection from %s", peer[:10])
         finally:
@@ -254,7 +277,7 @@ async def _guarded_stream(
         _note(peer_log, connection, "streams reset for broken framing", "reset stream from %s on %s: %s", exc, level=logging.WARNING)
         await reset_quietly(bi)
     except iroh.IrohError as exc:
-        _note(peer_log, connection, "streams ended by an error", "stream from %s on %s ended: %s", exc.message())
+        _note(peer_log, connection, "streams ended by an error", "stream from %s on %s ended: %s", iroh_message(exc))
     except Exception:  # a bug in one protocol handler must not take the node down
         log.exception("protocol handler failed on a stream from %s", connection.remote_id().fmt_short())
         await reset_quietly(bi)

@@ -20,6 +20,8 @@ import iroh
 import trio
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from p2pnode.net.errors import closed_on_purpose, iroh_message
+
 DEFAULT_MAX_FRAME = 1 << 20
 FRAME_TIMEOUT_S = 10.0  # from a frame's first byte to its last; generous for the frames we use
 _SLOW_LINK_BYTES_PER_S = 1_000_000  # a frame's deadline grows by its length at this rate
@@ -47,15 +49,18 @@ async def read_exact(recv: iroh.RecvStream, n: int) -> bytes:
     try:
         return await recv.read_exact(n)
     except iroh.IrohError as exc:
-        raise FrameError(f"stream ended or was reset while {n} bytes were expected ({exc.message()})") from None
+        raise FrameError(f"stream ended or was reset while {n} bytes were expected ({iroh_message(exc)})") from None
 
 
 async def _read_some(recv: iroh.RecvStream, n: int) -> bytes:
-    """Up to `n` bytes as they arrive, empty at a clean end of stream."""
+    """Up to `n` bytes as they arrive; empty at a clean end (a finished stream, or a connection
+    either side closed on purpose)."""
     try:
         return await recv.read(n)
     except iroh.IrohError as exc:
-        raise FrameError(f"stream was reset ({exc.message()})") from None
+        if closed_on_purpose(exc):
+            return b""
+        raise FrameError(f"stream was reset ({iroh_message(exc)})") from None
 
 
 async def _read_incrementally(recv: iroh.RecvStream, n: int) -> bytes:

@@ -1,0 +1,62 @@
+"""`p2pnode member ls | rm ID`: who is in this node's cluster, and removing one for good."""
+
+from __future__ import annotations
+
+import time
+
+import click
+from pydantic import RootModel, TypeAdapter, ValidationError
+
+from p2pnode.api.client import ApiClient
+from p2pnode.api.schemas import Done, MemberStatus, NodeId
+from p2pnode.cli import EXIT_USAGE, cli, fail
+
+
+class _MemberList(RootModel[list[MemberStatus]]):
+    pass
+
+
+@cli.group()
+def member() -> None:
+    """List or remove this node's cluster members."""
+
+
+@member.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def list_members(api: ApiClient, as_json: bool) -> None:
+    """Members with their state: connected, idle (no connection needed lately) or down (redialled with back-off)."""
+    members = api.get("/members", _MemberList)
+    if as_json:
+        click.echo(members.model_dump_json(indent=2))
+        return
+    now = time.time()
+    for m in members.root:
+        click.echo(f"{m.id}  {m.state:9}  seen {_ago(now - m.last_seen):>8}  {', '.join(m.addresses) or m.relay_url or '-'}")
+
+
+@member.command("rm")
+@click.argument("node_id", metavar="ID")
+@click.pass_obj
+def remove_member(api: ApiClient, node_id: str) -> None:
+    """Remove member ID (64 hex digits, as `member ls` shows it) and refuse it from now on."""
+    try:
+        node_id = TypeAdapter(NodeId).validate_python(node_id.lower())
+    except ValidationError:
+        fail(f"invalid member id {node_id!r}: expected the 64 hex digits `p2pnode member ls` shows", EXIT_USAGE)
+    api.delete(f"/members/{node_id}", Done)
+    click.echo(f"removed {node_id}")
+    click.echo(
+        "this node now refuses it (connections and join handshakes, also after a restart); other members still "
+        "accept it until it is removed on each of them, and a node holding the cluster's join ticket can still "
+        "join under a new id",
+        err=True,
+    )
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.0f}h ago"

@@ -1,0 +1,61 @@
+"""The dialer on real loopback endpoints: a reused connection that fails a request is replaced at once."""
+
+from __future__ import annotations
+
+import iroh
+import trio
+from pydantic import BaseModel
+
+from p2pnode.membership import PeerAddr
+from p2pnode.net.dialer import Dialer
+from p2pnode.net.framing import recv_model, reset_quietly, send_model
+from tests.conftest import TEST_ALPN, accept_connection, bind_loopback
+
+
+class Echo(BaseModel):
+    n: int
+
+
+async def serve(endpoint: iroh.Endpoint, accepted: list[iroh.Connection]) -> None:
+    """Echo every request, except that the first connection's second stream is reset (it "breaks")."""
+    async with trio.open_nursery() as nursery:
+        while True:
+            connection = await accept_connection(endpoint)
+            accepted.append(connection)
+            nursery.start_soon(serve_connection, connection, len(accepted) == 1)
+
+
+async def serve_connection(connection: iroh.Connection, breaks: bool) -> None:
+    for streams in range(1, 100):
+        try:
+            bi = await connection.accept_bi()
+        except iroh.IrohError:
+            return
+        request = await recv_model(bi.recv(), Echo)
+        if breaks and streams == 2:
+            await reset_quietly(bi)
+            continue
+        await send_model(bi.send(), request)
+        await bi.send().finish()
+
+
+async def ask(connection: iroh.Connection, n: int) -> Echo:
+    bi = await connection.open_bi()
+    await send_model(bi.send(), Echo(n=n))
+    await bi.send().finish()
+    return await recv_model(bi.recv(), Echo)
+
+
+async def test_reused_connection_that_fails_a_request_is_redialled_at_once(nursery: trio.Nursery) -> None:
+    server, client = await bind_loopback(), await bind_loopback()
+    accepted: list[iroh.Connection] = []
+    nursery.start_soon(serve, server, accepted)
+    dialer = Dialer(client)
+    addr = PeerAddr.from_endpoint(server.addr(), None)
+    with trio.fail_after(10):
+        assert await dialer.request(addr, TEST_ALPN, lambda c: ask(c, 1)) == Echo(n=1)
+        assert await dialer.request(addr, TEST_ALPN, lambda c: ask(c, 2)) == Echo(n=2)
+        assert await dialer.request(addr, TEST_ALPN, lambda c: ask(c, 3)) == Echo(n=3)
+    assert len(accepted) == 2  # the broken connection was replaced once, and the new one reused
+    dialer.close_all()
+    nursery.cancel_scope.cancel()
