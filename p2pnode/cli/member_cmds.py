@@ -8,7 +8,8 @@ import click
 from pydantic import RootModel, TypeAdapter, ValidationError
 
 from p2pnode.api.client import ApiClient
-from p2pnode.api.schemas import Done, MemberStatus, NodeId
+from p2pnode.api.schemas import Done, MemberStatus
+from p2pnode.jobs.model import NodeId
 from p2pnode.cli import EXIT_USAGE, cli, fail
 
 
