@@ -26,13 +26,13 @@ def test_member_ls_and_rm_refuse_the_removed_node_for_good(tmp_path: Path) -> No
         assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
             "error: invalid member id 'b0b': expected the 64 hex digits `p2pnode member ls` shows"
         ]
-        assert httpx.delete(f"{a.api}/members/{'0' * 64}").status_code == 404
-        assert httpx.delete(f"{a.api}/members/not-an-id").status_code == 422
+        assert httpx.delete(f"{a.api}/members/{'0' * 64}", headers=a.headers).status_code == 404
+        assert httpx.delete(f"{a.api}/members/not-an-id", headers=a.headers).status_code == 422
 
         removed = a.cli("member", "rm", b.id)
         assert removed.stdout.strip() == f"removed {b.id}"
         assert "refuses it" in removed.stderr
-        assert httpx.get(f"{a.api}/members").json() == []
+        assert httpx.get(f"{a.api}/members", headers=a.headers).json() == []
         wait_for(lambda: b.id[:16] not in json.dumps(a.status()["members"]), "a to drop b")
 
         # The refusal is persisted: a restarted `a` still refuses b's handshake and b's connections.

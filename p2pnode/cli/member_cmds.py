@@ -19,14 +19,27 @@ class _MemberList(RootModel[list[MemberStatus]]):
 
 @cli.group()
 def member() -> None:
-    """List or remove this node's cluster members."""
+    """List or remove this node's cluster members.
+
+    \b
+    Examples:
+      p2pnode member ls
+      p2pnode member rm f41092dc7c6dcf8fcfc1cd82d677a4fb336ff6d4b31ea42829b4383de1510365
+    """
 
 
 @member.command("ls")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def list_members(api: ApiClient, as_json: bool) -> None:
-    """Members with their state: connected, idle (no connection needed lately) or down (redialled with back-off)."""
+    """Members and their state: connected, idle or down.
+
+    Idle: no connection was needed lately; down: unreachable, redialled with back-off.
+
+    \b
+    Example:
+      p2pnode member ls --json
+    """
     members = api.get("/members", _MemberList)
     if as_json:
         click.echo(members.model_dump_json(indent=2))
@@ -40,7 +53,14 @@ def list_members(api: ApiClient, as_json: bool) -> None:
 @click.argument("node_id", metavar="ID")
 @click.pass_obj
 def remove_member(api: ApiClient, node_id: str) -> None:
-    """Remove member ID (64 hex digits, as `member ls` shows it) and refuse it from now on."""
+    """Remove member ID and refuse it from now on.
+
+    ID is the 64 hex digits `member ls` shows.
+
+    \b
+    Example:
+      p2pnode member rm f41092dc7c6dcf8fcfc1cd82d677a4fb336ff6d4b31ea42829b4383de1510365
+    """
     try:
         node_id = TypeAdapter(NodeId).validate_python(node_id.lower())
     except ValidationError:
