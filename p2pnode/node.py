@@ -29,7 +29,7 @@ from p2pnode.api.schemas import MemberStatus, NodeInfo, NodeStatus
 from p2pnode.jobs.worker import Worker
 from p2pnode.fsutil import save_model
 from p2pnode.identity import load_or_create_secret_key
-from p2pnode.membership import JOIN_ALPN, ClusterIdentity, Membership, PeerAddr, handle_join, join
+from p2pnode.membership import JOIN_ALPN, ClusterIdentity, DamagedStateError, Membership, PeerAddr, handle_join, join
 from p2pnode.net.dialer import PEER_ERRORS, Dialer, describe
 from p2pnode.net.endpoint import Router, bind_endpoint, close_endpoint, configured_relay_url, serve_streams
 
@@ -57,7 +57,10 @@ class Node:
 
         settings = self.settings
         key = self._identity()
-        self.membership = Membership(settings.data_dir, self.id)
+        try:
+            self.membership = Membership(settings.data_dir, self.id)
+        except DamagedStateError as exc:
+            raise StartupError(str(exc)) from None
         async with contextlib.AsyncExitStack() as cleanup:  # whatever started is stopped, even on a failed start
             try:
                 self.endpoint = await bind_endpoint(key, settings.bind, settings.relay, [JOIN_ALPN])
@@ -105,10 +108,11 @@ class Node:
         return key
 
     def _jobs_service(self, settings: Settings) -> JobService:
+        path = settings.data_dir / "jobs.sqlite"
         try:
-            store = JobStore(settings.data_dir / "jobs.sqlite")
+            store = JobStore(path)
         except sqlite3.Error as exc:
-            raise StartupError(f"cannot open the job database in {settings.data_dir}: {exc}") from None
+            raise StartupError(f"cannot open the job database {path}: {exc}") from None
         self.flawless = FlawlessExecutor(FlawlessClient(settings.flawless_url, settings.flawless_token))
         control = ControlClient(self.dialer.connect)
         worker = Worker(
