@@ -1,0 +1,73 @@
+"""Gossip on the wire: an envelope counts as said by its origin only if the origin signed it.
+
+A member relays envelopes it did not write; whatever it changes on the way (origin, payload,
+topic), the receiving node drops the envelope as `bad_signature` and delivers nothing.
+"""
+
+from __future__ import annotations
+
+import iroh
+import trio
+
+from p2pnode.gossip.engine import Gossip
+from p2pnode.gossip.envelope import Envelope
+from p2pnode.gossip.service import GOSSIP_ALPN, Received, wire_message
+from p2pnode.membership import PeerAddr
+from p2pnode.net.endpoint import bind_endpoint
+from p2pnode.net.framing import write_frame
+
+KIND = "test.trust"
+
+
+def node_id(key: iroh.SecretKey) -> str:
+    return key.public().to_bytes().hex()
+
+
+def resigned(envelope: Envelope, key: iroh.SecretKey, **changes: object) -> Envelope:
+    """`envelope` with `changes`, signed again by `key` (which may not be the origin's)."""
+    changed = envelope.model_copy(update=changes)
+    return changed.model_copy(update={"signature": key.sign(changed.signed_bytes()).to_bytes().hex()})
+
+
+async def test_member_cannot_forge_or_alter_what_others_said(start_node) -> None:
+    node = await start_node()
+    topic = node.gossip.engine.topic
+    relay_key, author_key = iroh.SecretKey.generate(), iroh.SecretKey.generate()
+    relay = await bind_endpoint(relay_key, "127.0.0.1:0", "disabled", [GOSSIP_ALPN])
+    node.membership.admit(PeerAddr(node_id=node_id(relay_key)))
+    events = node.gossip.subscribe()
+
+    def by_author(payload: dict[str, object], *, topic: str = topic) -> Envelope:
+        return Envelope.create(author_key, topic, KIND, payload, hops=3)
+
+    honest = by_author({"n": 0})
+    forgeries = [
+        resigned(by_author({"n": 1}), relay_key),  # the relay signs in the author's name
+        resigned(by_author({"n": 2}), relay_key, origin=node.id),  # ... or in the receiver's own
+        by_author({"n": 3}).model_copy(update={"origin": node_id(relay_key)}),
+        by_author({"n": 4}).model_copy(update={"payload": {"n": 44}}),
+        by_author({"n": 5}, topic="another-cluster").model_copy(update={"topic": topic}),
+        by_author({"n": 6}).model_copy(update={"kind": "job.finished"}),
+        by_author({"n": 7}).model_copy(update={"timestamp": honest.timestamp + 1}),
+    ]
+    try:
+        connection = await relay.connect(node.addr().to_endpoint(), GOSSIP_ALPN)
+        for envelope in [*forgeries, honest.model_copy(update={"hops": 1})]:  # hops alone may change
+            stream = await connection.open_uni()
+            await write_frame(stream, wire_message.dump_json(Gossip(envelope=envelope)))
+            await stream.finish()
+        with trio.fail_after(10):
+            while node.gossip.stats().dropped.get("bad_signature", 0) < len(forgeries) or not node.gossip.stats().delivered:
+                await trio.sleep(0.02)
+    finally:
+        await relay.close()
+    delivered = []
+    while True:
+        try:
+            event = events.receive_nowait()
+        except trio.WouldBlock:
+            break
+        if isinstance(event, Received) and event.kind in (KIND, "job.finished"):
+            delivered.append(event)
+    assert [(e.origin, e.payload) for e in delivered] == [(node_id(author_key), {"n": 0})]
+    assert node.gossip.stats().dropped["bad_signature"] == len(forgeries)
