@@ -34,8 +34,9 @@ async def test_router_admits_exactly_the_current_members(start_node) -> None:
         with trio.fail_after(10):
             assert "not a cluster member" in await refused.closed()
         node.membership.admit(PeerAddr(node_id=peer_id))
-        await peer.connect(node.addr().to_endpoint(), JOBS_ALPN)
+        accepted = await peer.connect(node.addr().to_endpoint(), JOBS_ALPN)
         await wait_connected(node, peer_id)
+        accepted.close(0, b"done")
         # Switching clusters forgets every member of the old one.
         node.membership.adopt(ClusterIdentity.new())
         again = await peer.connect(node.addr().to_endpoint(), JOBS_ALPN)
