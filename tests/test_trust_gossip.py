@@ -7,16 +7,19 @@ topic), the receiving node drops the envelope as `bad_signature` and delivers no
 from __future__ import annotations
 
 import iroh
+import pytest
 import trio
+from pydantic import ValidationError
 
 from p2pnode.gossip.engine import Gossip
-from p2pnode.gossip.envelope import Envelope
+from p2pnode.gossip.envelope import DEFAULT_MAX_BYTES, Envelope, validate_incoming
 from p2pnode.gossip.service import GOSSIP_ALPN, Received, wire_message
 from p2pnode.membership import PeerAddr
 from p2pnode.net.endpoint import bind_endpoint
 from p2pnode.net.framing import write_frame
 
 KIND = "test.trust"
+NOW = 1_800_000_000.0
 
 
 def node_id(key: iroh.SecretKey) -> str:
@@ -71,3 +74,45 @@ async def test_member_cannot_forge_or_alter_what_others_said(start_node) -> None
             delivered.append(event)
     assert [(e.origin, e.payload) for e in delivered] == [(node_id(author_key), {"n": 0})]
     assert node.gossip.stats().dropped["bad_signature"] == len(forgeries)
+
+
+# -- what an envelope may look like at all ----------------------------------------------------
+
+AUTHOR = iroh.SecretKey.from_bytes(bytes(range(32)))
+TOPIC = "ab" * 32
+
+
+def test_signatures_use_the_wire_domain() -> None:
+    """The prefix is part of the wire format: every node of every version must sign the same bytes."""
+    assert Envelope.create(AUTHOR, TOPIC, KIND, {}, hops=1).signed_bytes().startswith(b"p2pnode-gossip-v1\0{")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("id", "0" * 31), ("id", "G" * 32), ("id", None),
+        ("origin", "0" * 63), ("origin", "0" * 65), ("origin", None),
+        ("topic", ""), ("topic", "t" * 129), ("topic", None),
+        ("kind", ""), ("kind", "k" * 65), ("kind", None),
+        ("signature", "0" * 127), ("signature", "x" * 128), ("signature", None),
+    ],
+)
+def test_malformed_fields_are_refused_by_the_parser(field: str, value: object) -> None:
+    fields = Envelope.create(AUTHOR, TOPIC, KIND, {}, hops=1).model_dump()
+    with pytest.raises(ValidationError):
+        Envelope.model_validate({**fields, field: value})
+
+
+def test_longest_topic_and_kind_are_accepted() -> None:
+    envelope = Envelope.create(AUTHOR, "t" * 128, "k" * 64, {}, hops=1)
+    assert Envelope.model_validate_json(envelope.model_dump_json()) == envelope
+
+
+def test_size_limit_is_64_kib_exactly() -> None:
+    base = Envelope.create(AUTHOR, TOPIC, KIND, {"pad": ""}, hops=1, now=NOW)
+    fill = DEFAULT_MAX_BYTES - base.size()
+    at_limit = Envelope.create(AUTHOR, TOPIC, KIND, {"pad": "x" * fill}, hops=1, now=NOW)
+    over = Envelope.create(AUTHOR, TOPIC, KIND, {"pad": "x" * (fill + 1)}, hops=1, now=NOW)
+    assert (at_limit.size(), over.size()) == (64 * 1024, 64 * 1024 + 1)
+    assert validate_incoming(at_limit, topic=TOPIC, now=NOW) is None
+    assert validate_incoming(over, topic=TOPIC, now=NOW) == "oversized"
