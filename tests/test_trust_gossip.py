@@ -103,8 +103,9 @@ def test_malformed_fields_are_refused_by_the_parser(field: str, value: object) -
         Envelope.model_validate({**fields, field: value})
 
 
-def test_longest_topic_and_kind_are_accepted() -> None:
-    envelope = Envelope.create(AUTHOR, "t" * 128, "k" * 64, {}, hops=1)
+@pytest.mark.parametrize(("topic", "kind"), [("t", "k"), ("t" * 128, "k" * 64)])
+def test_shortest_and_longest_topic_and_kind_are_accepted(topic: str, kind: str) -> None:
+    envelope = Envelope.create(AUTHOR, topic, kind, {}, hops=1)
     assert Envelope.model_validate_json(envelope.model_dump_json()) == envelope
 
 

@@ -44,22 +44,28 @@ def garbage(path: Path) -> None:
         sidecar.unlink()
 
 
+def folder(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
 @pytest.mark.parametrize(
-    ("name", "damage"),
+    ("name", "damage", "reason"),
     [
-        ("members.json", lambda p: p.write_text('{"members": {"' + "ab" * 32 + '": {"addr": ')),
-        ("members.json", lambda p: p.write_text('{"members": []}')),
-        ("cluster.json", garbage),
-        ("cluster.json", truncate),
-        ("cluster.json", lambda p: p.write_text('{"cluster_id": 7}')),
-        ("secret.key", lambda p: p.write_bytes(b"not a key")),
-        ("jobs.sqlite", garbage),
-        ("iroh-blobs/meta.sqlite", garbage),
+        ("members.json", lambda p: p.write_text('{"members": {"' + "ab" * 32 + '": {"addr": '), " is damaged (Invalid JSON: EOF"),
+        ("members.json", lambda p: p.write_text('{"members": []}'), " is damaged (Input should be an object)"),
+        ("members.json", folder, " is damaged (Is a directory)"),
+        ("cluster.json", garbage, " is damaged (Invalid JSON: expected value"),
+        ("cluster.json", truncate, " is damaged (Invalid JSON: EOF"),
+        ("cluster.json", lambda p: p.write_text('{"cluster_id": 7}'), " is damaged (Input should be a valid string)"),
+        ("secret.key", lambda p: p.write_bytes(b"not a key"), " is not a node key"),
+        ("jobs.sqlite", garbage, ": file is not a database"),
+        ("iroh-blobs/meta.sqlite", garbage, " is damaged (file is not a database)"),
     ],
-    ids=["members-truncated", "members-wrong-shape", "cluster-garbage", "cluster-truncated", "cluster-wrong-shape",
-         "key-corrupt", "jobs-db-garbage", "blob-meta-garbage"],
+    ids=["members-truncated", "members-wrong-shape", "members-folder", "cluster-garbage", "cluster-truncated",
+         "cluster-wrong-shape", "key-corrupt", "jobs-db-garbage", "blob-meta-garbage"],
 )
-def test_damaged_state_file_is_one_error_line_naming_it(data: Path, name: str, damage) -> None:
+def test_damaged_state_file_is_one_error_line_naming_it(data: Path, name: str, damage, reason: str) -> None:
     path = data / name
     if not path.exists():  # members.json appears only once a node has members
         path.write_text("{}")
@@ -71,7 +77,7 @@ def test_damaged_state_file_is_one_error_line_naming_it(data: Path, name: str, d
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ") and str(path) in lines[0]
+    assert lines[0].startswith("error: ") and f"{path}{reason}" in lines[0], lines[0]
 
 
 def spec() -> JobSpec:
