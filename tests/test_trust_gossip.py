@@ -12,7 +12,7 @@ import trio
 from pydantic import ValidationError
 
 from p2pnode.gossip.engine import Gossip
-from p2pnode.gossip.envelope import DEFAULT_MAX_BYTES, Envelope, validate_incoming
+from p2pnode.gossip.envelope import DEFAULT_MAX_BYTES, MAX_HOPS, Envelope, validate_incoming
 from p2pnode.gossip.service import GOSSIP_ALPN, Received, wire_message
 from p2pnode.membership import PeerAddr
 from p2pnode.net.endpoint import bind_endpoint
@@ -117,3 +117,11 @@ def test_size_limit_is_64_kib_exactly() -> None:
     assert (at_limit.size(), over.size()) == (64 * 1024, 64 * 1024 + 1)
     assert validate_incoming(at_limit, topic=TOPIC, now=NOW) is None
     assert validate_incoming(over, topic=TOPIC, now=NOW) == "oversized"
+
+
+def test_hop_budget_at_creation_is_0_to_max_hops() -> None:
+    for hops in (0, MAX_HOPS):
+        assert Envelope.create(AUTHOR, TOPIC, KIND, {}, hops=hops).hops == hops
+    for hops in (-1, MAX_HOPS + 1):
+        with pytest.raises(ValueError):
+            Envelope.create(AUTHOR, TOPIC, KIND, {}, hops=hops)

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from p2pnode.identity import load_or_create_secret_key
 from p2pnode.jobs.model import BlobRef, JobSpec
 from p2pnode.jobs.store import JobStore
+from p2pnode.membership import ClusterIdentity, Membership
 from tests.nodeproc import NodeProcess
 
 START = ["start", "--http-port", "0", "--bind", "127.0.0.1:0", "--relay", "disabled"]
@@ -124,3 +126,13 @@ def test_node_starts_past_a_damaged_job_row(data: Path) -> None:
     warnings = [line for line in err.splitlines() if "job_broken" in line]
     assert len(warnings) == 1 and "jobs_quarantine" in warnings[0] and "Traceback" not in err
     assert quarantined(data / "jobs.sqlite") == [("job_broken", "{broken")]
+
+
+def test_secrets_are_written_owner_only(tmp_path: Path) -> None:
+    """The node key and the join secret are the node's and the cluster's whole identity."""
+    load_or_create_secret_key(tmp_path)
+    membership = Membership(tmp_path, "aa" * 32)
+    modes = {name: (tmp_path / name).stat().st_mode & 0o777 for name in ("secret.key", "cluster.json")}
+    membership.adopt(ClusterIdentity.new())
+    assert modes == {"secret.key": 0o600, "cluster.json": 0o600}
+    assert (tmp_path / "cluster.json").stat().st_mode & 0o777 == 0o600
