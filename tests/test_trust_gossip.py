@@ -125,3 +125,17 @@ def test_hop_budget_at_creation_is_0_to_max_hops() -> None:
     for hops in (-1, MAX_HOPS + 1):
         with pytest.raises(ValueError):
             Envelope.create(AUTHOR, TOPIC, KIND, {}, hops=hops)
+
+
+def test_signed_bytes_are_canonical_json_known_answer() -> None:
+    """Every node must sign and check the very same bytes: sorted keys, no spaces, UTF-8 as is,
+    everything but hops and the signature."""
+    envelope = Envelope(
+        id="0" * 32, origin=node_id(AUTHOR), topic=TOPIC, kind=KIND, payload={"b": [1, "é"], "a": 2.5},
+        timestamp=NOW, hops=3, signature="0" * 128,
+    )
+    expected = (
+        '{"id":"' + "0" * 32 + '","kind":"test.trust","origin":"' + node_id(AUTHOR) + '",'
+        '"payload":{"a":2.5,"b":[1,"é"]},"timestamp":1800000000.0,"topic":"' + TOPIC + '"}'
+    )
+    assert envelope.signed_bytes() == b"p2pnode-gossip-v1\0" + expected.encode()

@@ -221,3 +221,18 @@ async def test_host_proves_nothing_before_the_joiner_has(start_node) -> None:
     finally:
         await stranger.close()
     assert not host.membership.is_member(endpoint_id(stranger))
+
+
+def test_admit_records_members_under_their_id_and_persists(tmp_path: Path) -> None:
+    """A bare re-admission (a peer seen without addresses) must not erase how to reach it."""
+    membership = Membership(tmp_path, "aa" * 32)
+    full = PeerAddr(node_id="bb" * 32, direct_addresses=["127.0.0.1:1"])
+    membership.admit(full)
+    membership.admit(PeerAddr(node_id="bb" * 32))
+    assert membership.members["bb" * 32].addr == full
+    relayed = PeerAddr(node_id="bb" * 32, relay_url="https://relay.example/")
+    membership.admit(relayed)
+    assert membership.members["bb" * 32].addr == relayed
+    membership.admit(PeerAddr(node_id="aa" * 32, direct_addresses=["127.0.0.1:2"]))
+    assert not membership.is_member("aa" * 32)
+    assert Membership(tmp_path, "aa" * 32).members == membership.members
