@@ -91,3 +91,22 @@ async def test_ticket_opens_one_blob_at_one_provider(start_node, tmp_path: Path)
         store.close()
         await stranger.close()
     assert other.blobs.provider.refused == 1 and issuer.blobs.provider.refused == 2
+
+
+async def test_block_list_must_match_the_trusted_root_before_any_block_is_taken(start_node, tmp_path: Path) -> None:
+    """A provider that swaps in another blob, consistently (its block list, its bytes), is refused at the header."""
+    liar = await start_node()
+    fetcher = await start_node(join=liar.join_ticket())
+    (tmp_path / "wanted.bin").write_bytes(os.urandom(2 * (1 << 20) + 3))
+    (tmp_path / "swapped.bin").write_bytes(os.urandom(2 * (1 << 20) + 3))
+    wanted = await liar.blobs.add(tmp_path / "wanted.bin")
+    swapped = await liar.blobs.add(tmp_path / "swapped.bin")
+    store = liar.blobs.store
+    real_block_list, real_read_range = store.block_list, store.read_range
+    store.block_list = lambda _h: real_block_list(swapped.hash)
+    store.read_range = lambda _h, *args, **kw: real_read_range(swapped.hash, *args, **kw)
+
+    with pytest.raises(FetchError, match="verification root"):
+        await fetcher.blobs.fetch(wanted.hash, [liar.addr()], root=wanted.root)
+    progress = await fetcher.blobs.store.partial_progress(wanted.hash)
+    assert progress is None or progress.blocks_done == 0
