@@ -7,6 +7,8 @@ Attackers are bare iroh endpoints on loopback speaking the protocol by hand.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -236,3 +238,27 @@ def test_admit_records_members_under_their_id_and_persists(tmp_path: Path) -> No
     membership.admit(PeerAddr(node_id="aa" * 32, direct_addresses=["127.0.0.1:2"]))
     assert not membership.is_member("aa" * 32)
     assert Membership(tmp_path, "aa" * 32).members == membership.members
+
+
+def test_proof_is_the_documented_hmac_known_answer(tmp_path: Path) -> None:
+    """Every node must compute the same proof: HMAC-SHA256 under the join secret of the |-joined fields."""
+    cluster = ClusterIdentity(cluster_id="c1" * 16, join_secret="5e" * 32)
+    membership = membership_in(tmp_path, "aa" * 32, cluster)
+    message = b"|".join([b"p2pnode-join-v1", b"member", cluster.cluster_id.encode(), b"aa" * 32, b"bb" * 32, b"n1"])
+    expected = hmac.new(bytes.fromhex(cluster.join_secret), message, hashlib.sha256).hexdigest()
+    assert membership.proof(b"member", "aa" * 32, "bb" * 32, "n1") == expected
+
+
+async def test_welcome_lists_the_other_members_not_the_joiner(start_node, tmp_path: Path) -> None:
+    host = await start_node()
+    member = await start_node(join=host.join_ticket())
+    joiner = await bind_loopback([JOIN_ALPN])
+    try:
+        membership = membership_in(tmp_path / "joiner", endpoint_id(joiner), cluster_of(host.join_ticket()))
+        connection = await joiner.connect(host.addr().to_endpoint(), JOIN_ALPN)
+        with trio.fail_after(10):
+            others = await join(membership, connection, PeerAddr.from_endpoint(joiner.addr(), None))
+    finally:
+        await joiner.close()
+    assert [p.node_id for p in others] == [member.id]
+    assert host.membership.is_member(endpoint_id(joiner))

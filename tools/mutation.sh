@@ -18,7 +18,7 @@ declare -A SCOPE=(
   [p2pnode/blobs/protocol.py]="Capabilities,BlobProvider.handle_stream,parse_header | tests/test_trust_access.py tests/test_blob_protocol.py"
   [p2pnode/net/endpoint.py]="Router | tests/test_trust_access.py tests/test_router.py"
   [p2pnode/gossip/envelope.py]="Envelope,validate_incoming | tests/test_gossip_envelope.py tests/test_trust_gossip.py"
-  [p2pnode/blobs/blocks.py]="block_count,BlockList | tests/test_blob_blocks.py tests/test_blob_protocol.py"
+  [p2pnode/blobs/blocks.py]="block_count,BlockList | tests/test_trust_blocks.py tests/test_blob_blocks.py tests/test_blob_protocol.py"
 )
 MODULES=("$@")
 [ ${#MODULES[@]} -gt 0 ] || MODULES=(p2pnode/membership.py p2pnode/blobs/protocol.py p2pnode/net/endpoint.py p2pnode/gossip/envelope.py p2pnode/blobs/blocks.py)
