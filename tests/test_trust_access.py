@@ -19,9 +19,9 @@ from p2pnode.membership import ClusterIdentity, PeerAddr
 from tests.conftest import bind_loopback
 
 
-async def wait_connected(node, peer: str) -> None:
+async def wait_connected(node, peer: str, connected: bool = True) -> None:
     with trio.fail_after(10):
-        while peer not in node.router.connected_peers():
+        while (peer in node.router.connected_peers()) != connected:
             await trio.sleep(0.02)
 
 
@@ -37,6 +37,7 @@ async def test_router_admits_exactly_the_current_members(start_node) -> None:
         accepted = await peer.connect(node.addr().to_endpoint(), JOBS_ALPN)
         await wait_connected(node, peer_id)
         accepted.close(0, b"done")
+        await wait_connected(node, peer_id, connected=False)
         # Switching clusters forgets every member of the old one.
         node.membership.adopt(ClusterIdentity.new())
         again = await peer.connect(node.addr().to_endpoint(), JOBS_ALPN)
