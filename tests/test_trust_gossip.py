@@ -139,3 +139,9 @@ def test_signed_bytes_are_canonical_json_known_answer() -> None:
         '"payload":{"a":2.5,"b":[1,"é"]},"timestamp":1800000000.0,"topic":"' + TOPIC + '"}'
     )
     assert envelope.signed_bytes() == b"p2pnode-gossip-v1\0" + expected.encode()
+
+
+def test_age_window_edges_are_inclusive() -> None:
+    for timestamp in (NOW - 3600, NOW + 60):
+        envelope = Envelope.create(AUTHOR, TOPIC, KIND, {}, hops=1, now=timestamp)
+        assert validate_incoming(envelope, topic=TOPIC, now=NOW, max_age=3600, max_future_skew=60) is None
