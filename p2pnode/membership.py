@@ -19,11 +19,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import iroh
 import trio
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 import tickets
 from p2pnode.fsutil import save_model
@@ -98,6 +98,24 @@ class MemberList(BaseModel):
     removed: list[str] = []  # ids removed by `member rm`: refused by the router and the join handshake
 
 
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+class DamagedStateError(ValueError):
+    """A state file in the data folder cannot be read back; the message names it, for a person."""
+
+
+def _load(path: Path, model: type[_Model]) -> _Model:
+    """Parse a state file, or say which file is damaged; never guess a replacement for it."""
+    try:
+        return model.model_validate_json(path.read_bytes())
+    except ValidationError as exc:
+        reason = exc.errors()[0]["msg"]
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+    raise DamagedStateError(f"{path} is damaged ({reason}); restore it from a backup or move it away to start afresh")
+
+
 class Membership:
     """The cluster this node belongs to and its known members, persisted in the data folder."""
 
@@ -108,14 +126,12 @@ class Membership:
         self._sessions: dict[str, str | None] = {}
         cluster_path = data_dir / CLUSTER_FILE
         if cluster_path.exists():
-            self.cluster = ClusterIdentity.model_validate_json(cluster_path.read_bytes())
+            self.cluster = _load(cluster_path, ClusterIdentity)
         else:
             self.cluster = ClusterIdentity.new()
             save_model(cluster_path, self.cluster, mode=0o600)
         members_path = data_dir / MEMBERS_FILE
-        self._members = (
-            MemberList.model_validate_json(members_path.read_bytes()) if members_path.exists() else MemberList()
-        )
+        self._members = _load(members_path, MemberList) if members_path.exists() else MemberList()
         if self._members.cluster_id not in (None, self.cluster.cluster_id):
             self._members = MemberList()  # a switch of cluster was interrupted between its two writes
 

@@ -30,7 +30,7 @@ from p2pnode.api.schemas import MemberStatus, NodeInfo, NodeStatus
 from p2pnode.jobs.worker import Worker
 from p2pnode.fsutil import save_model
 from p2pnode.identity import load_or_create_secret_key
-from p2pnode.membership import JOIN_ALPN, ClusterIdentity, JoinError, JoinLimiter, Membership, PeerAddr, handle_join, join
+from p2pnode.membership import JOIN_ALPN, ClusterIdentity, DamagedStateError, JoinError, JoinLimiter, Membership, PeerAddr, handle_join, join
 from p2pnode.net.dialer import PEER_ERRORS, Dialer, PeerUnreachable, describe
 from p2pnode.net.endpoint import Handler, Router, bind_endpoint, bound_port, close_endpoint, configured_relay_url, serve_streams
 from p2pnode.net.errors import iroh_message
@@ -72,7 +72,10 @@ class Node:
         key = self._identity()
         if join_ticket is not None and join_ticket.node.node_id.hex() == self.id:
             raise StartupError(f"this join ticket was printed by this node ({self.id[:10]}) itself; to join a cluster, pass a ticket of another node")
-        self.membership = Membership(settings.data_dir, self.id)
+        try:
+            self.membership = Membership(settings.data_dir, self.id)
+        except DamagedStateError as exc:
+            raise StartupError(str(exc)) from None
         async with contextlib.AsyncExitStack() as cleanup:  # whatever started is stopped, even on a failed start
             self.endpoint = await self._bind(key)
             cleanup.push_async_callback(close_endpoint, self.endpoint)
@@ -128,21 +131,25 @@ class Node:
     async def _bind(self, key: iroh.SecretKey) -> iroh.Endpoint:
         """Bind, preferring the UDP port of the last run so that tickets printed before keep working."""
         path = self.settings.data_dir / PORT_FILE
-        last = BoundPort.model_validate_json(path.read_bytes()).port if path.exists() else None
+        last = _last_port(path)
         try:
             endpoint = await bind_endpoint(key, self.settings.bind, self.settings.relay, [JOIN_ALPN], preferred_port=last)
         except iroh.IrohError as exc:
             raise StartupError(f"cannot bind {self.settings.bind}: {iroh_message(exc)}") from None
         port = bound_port(endpoint)
         if port != last:
-            save_model(path, BoundPort(port=port))
+            try:
+                save_model(path, BoundPort(port=port))
+            except OSError as exc:
+                log.warning("cannot remember the UDP port in %s (%s): the next start picks a fresh one", path, exc.strerror)
         return endpoint
 
     def _jobs_service(self, settings: Settings) -> JobService:
+        path = settings.data_dir / "jobs.sqlite"
         try:
-            store = JobStore(settings.data_dir / "jobs.sqlite")
+            store = JobStore(path)
         except sqlite3.Error as exc:
-            raise StartupError(f"cannot open the job database in {settings.data_dir}: {exc}") from None
+            raise StartupError(f"cannot open the job database {path}: {exc}") from None
         self.flawless = FlawlessExecutor(FlawlessClient(settings.flawless_url, settings.flawless_token), maxima=settings.job_maxima)
         control = ControlClient(self.dialer.request)
         worker = Worker(
@@ -344,6 +351,17 @@ class Node:
             )
             for node_id, m in sorted(self.membership.members.items())
         ]
+
+
+def _last_port(path: Path) -> int | None:
+    """The port of the last run; a damaged file only costs that preference, never the start."""
+    try:
+        return BoundPort.model_validate_json(path.read_bytes()).port
+    except FileNotFoundError:
+        return None
+    except (OSError, ValidationError) as exc:
+        log.warning("ignoring %s (%s): binding a fresh port", path, type(exc).__name__)
+        return None
 
 
 def _make_private(folder: Path) -> None:

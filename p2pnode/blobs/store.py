@@ -169,6 +169,9 @@ class BlobStore:
             )
             with _os_errors(f"recovering blob store {self.root}"):
                 self._recover()
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise StoreError(f"{self.root / 'meta.sqlite'} is damaged ({exc}); restore it or move it away (tags and pins are lost)") from None
         except BaseException:
             self.close()
             raise

@@ -43,6 +43,8 @@ from p2pnode.jobs.model import (
     new_lease_token,
 )
 
+log = logging.getLogger(__name__)
+
 _SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -119,6 +121,23 @@ class JobStore:
                     self._db.execute(statement)
             self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
             self._db.execute("DELETE FROM jobs WHERE local = 0")
+            self._quarantine_damaged_rows(path)
+
+    def _quarantine_damaged_rows(self, path: Path) -> None:
+        """Move rows whose body no longer parses into `jobs_quarantine`, with one log line each:
+        one damaged row must not brick the node, and it stays on disk for a person to look at."""
+        damaged: builtins.list[tuple[str, str, str]] = []
+        for job_id, body in self._db.execute("SELECT id, body FROM jobs"):
+            try:
+                Job.model_validate_json(body)
+            except ValidationError as exc:
+                damaged.append((job_id, body, exc.errors()[0]["msg"]))
+        if damaged:
+            self._db.execute("CREATE TABLE IF NOT EXISTS jobs_quarantine (id TEXT, body TEXT, reason TEXT, at REAL)")
+        for job_id, body, reason in damaged:
+            log.warning("job %s in %s is damaged (%s): moved to table jobs_quarantine", job_id, path, reason)
+            self._db.execute("INSERT INTO jobs_quarantine VALUES (?, ?, ?, ?)", (job_id, body, reason, self._clock()))
+            self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
     def close(self) -> None:
         with self._lock:
