@@ -30,6 +30,7 @@ from p2pnode.membership import (
     Membership,
     PeerAddr,
     ServerReply,
+    proof,
     join,
 )
 from p2pnode.net.framing import recv_model, send_model
@@ -59,20 +60,20 @@ def membership_in(path: Path, self_id: str, cluster: ClusterIdentity) -> Members
 def test_proof_binds_role_cluster_prover_verifier_nonce_and_secret(tmp_path: Path) -> None:
     a, b = "aa" * 32, "bb" * 32
     membership = membership_in(tmp_path, a, ClusterIdentity.new())
-    reference = membership.proof(b"member", a, b, "n1")
-    assert reference == membership.proof(b"member", a, b, "n1")
+    reference = proof(membership.cluster, b"member", a, b, "n1")
+    assert reference == proof(membership.cluster, b"member", a, b, "n1")
     variants = [
-        membership.proof(b"host", a, b, "n1"),
-        membership.proof(b"member", b, a, "n1"),
-        membership.proof(b"member", a, "cc" * 32, "n1"),
-        membership.proof(b"member", "cc" * 32, b, "n1"),
-        membership.proof(b"member", a, b, "n2"),
+        proof(membership.cluster, b"host", a, b, "n1"),
+        proof(membership.cluster, b"member", b, a, "n1"),
+        proof(membership.cluster, b"member", a, "cc" * 32, "n1"),
+        proof(membership.cluster, b"member", "cc" * 32, b, "n1"),
+        proof(membership.cluster, b"member", a, b, "n2"),
     ]
     other_id = membership.cluster.model_copy(update={"cluster_id": "00" * 16})
     other_secret = membership.cluster.model_copy(update={"join_secret": "00" * 32})
     for cluster in (other_id, other_secret):
         membership.cluster = cluster
-        variants.append(membership.proof(b"member", a, b, "n1"))
+        variants.append(proof(membership.cluster, b"member", a, b, "n1"))
     assert reference not in variants and len(set(variants)) == len(variants)
 
 
@@ -106,12 +107,12 @@ Forge = Callable[[Membership, str, str, str, str], str]
 """(host's membership, host id, joiner id, joiner's nonce, joiner's proof) -> the welcome's proof."""
 
 FORGERIES: dict[str, Forge] = {
-    "wrong-role": lambda m, host, joiner, nonce, _p: m.proof(b"member", host, joiner, nonce),
-    "prover-and-verifier-swapped": lambda m, host, joiner, nonce, _p: m.proof(b"host", joiner, host, nonce),
-    "for-another-joiner": lambda m, host, _j, nonce, _p: m.proof(b"host", host, "cc" * 32, nonce),
-    "stale-nonce": lambda m, host, joiner, _n, _p: m.proof(b"host", host, joiner, os.urandom(16).hex()),
+    "wrong-role": lambda m, host, joiner, nonce, _p: proof(m.cluster, b"member", host, joiner, nonce),
+    "prover-and-verifier-swapped": lambda m, host, joiner, nonce, _p: proof(m.cluster, b"host", joiner, host, nonce),
+    "for-another-joiner": lambda m, host, _j, nonce, _p: proof(m.cluster, b"host", host, "cc" * 32, nonce),
+    "stale-nonce": lambda m, host, joiner, _n, _p: proof(m.cluster, b"host", host, joiner, os.urandom(16).hex()),
     "reflected": lambda _m, _h, _j, _n, joiner_proof: joiner_proof,
-    "without-the-secret": lambda m, host, joiner, nonce, _p: _stranger(m).proof(b"host", host, joiner, nonce),
+    "without-the-secret": lambda m, host, joiner, nonce, _p: proof(_stranger(m).cluster, b"host", host, joiner, nonce),
     "empty": lambda _m, _h, _j, _n, _p: "",
 }
 
@@ -132,8 +133,8 @@ async def fake_host(endpoint: iroh.Endpoint, membership: Membership, forge: Forg
     request = await recv_model(recv, JoinRequest, FRAME)
     await send_model(send, JoinChallenge(nonce=request.nonce))
     answer = await recv_model(recv, JoinProof, FRAME)
-    proof = forge(membership, membership.self_id, request.addr.node_id, request.nonce, answer.proof)
-    await send_model(send, JoinWelcome(proof=proof, members=[]))
+    forged = forge(membership, membership.self_id, request.addr.node_id, request.nonce, answer.proof)
+    await send_model(send, JoinWelcome(proof=forged, members=[]))
     await send.finish()
     with trio.move_on_after(10):
         await connection.closed()
@@ -145,14 +146,14 @@ async def test_joiner_refuses_a_host_that_cannot_prove_the_secret(tmp_path: Path
     cluster = ClusterIdentity.new()
     joiner = membership_in(tmp_path / "joiner", endpoint_id(joiner_ep), cluster)
     host = membership_in(tmp_path / "host", endpoint_id(host_ep), cluster)
-    honest: Forge = lambda m, host_id, joiner_id, nonce, _p: m.proof(b"host", host_id, joiner_id, nonce)
+    honest: Forge = lambda m, host_id, joiner_id, nonce, _p: proof(m.cluster, b"host", host_id, joiner_id, nonce)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(fake_host, host_ep, host, FORGERIES.get(forgery, honest))
             connection = await joiner_ep.connect(host_ep.addr(), JOIN_ALPN)
             with trio.fail_after(10):
                 if forgery == "honest":
-                    assert await join(joiner, connection, PeerAddr.from_endpoint(joiner_ep.addr(), None)) == []
+                    assert (await join(joiner, connection, PeerAddr.from_endpoint(joiner_ep.addr(), None))).members == []
                 else:
                     with pytest.raises(JoinError, match="could not prove it knows the cluster secret"):
                         await join(joiner, connection, PeerAddr.from_endpoint(joiner_ep.addr(), None))
@@ -246,7 +247,7 @@ def test_proof_is_the_documented_hmac_known_answer(tmp_path: Path) -> None:
     membership = membership_in(tmp_path, "aa" * 32, cluster)
     message = b"|".join([b"p2pnode-join-v1", b"member", cluster.cluster_id.encode(), b"aa" * 32, b"bb" * 32, b"n1"])
     expected = hmac.new(bytes.fromhex(cluster.join_secret), message, hashlib.sha256).hexdigest()
-    assert membership.proof(b"member", "aa" * 32, "bb" * 32, "n1") == expected
+    assert proof(membership.cluster, b"member", "aa" * 32, "bb" * 32, "n1") == expected
 
 
 async def test_welcome_lists_the_other_members_not_the_joiner(start_node, tmp_path: Path) -> None:
@@ -257,7 +258,7 @@ async def test_welcome_lists_the_other_members_not_the_joiner(start_node, tmp_pa
         membership = membership_in(tmp_path / "joiner", endpoint_id(joiner), cluster_of(host.join_ticket()))
         connection = await joiner.connect(host.addr().to_endpoint(), JOIN_ALPN)
         with trio.fail_after(10):
-            others = await join(membership, connection, PeerAddr.from_endpoint(joiner.addr(), None))
+            others = (await join(membership, connection, PeerAddr.from_endpoint(joiner.addr(), None))).members
     finally:
         await joiner.close()
     assert [p.node_id for p in others] == [member.id]
