@@ -158,7 +158,7 @@ class JobStore:
     def get(self, job_id: str) -> Job | None:
         with self._lock:
             row = self._db.execute("SELECT id, body FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else _parse(*row)
+        return None if row is None else _parse(row[1])
 
     def list(
         self, state: JobState | None = None, limit: int = 100, *, origin: str | None = None
@@ -285,9 +285,8 @@ class JobStore:
             ).fetchall()
             lapsed: builtins.list[Job] = []
             for job_id, body in rows:
-                job = _parse(job_id, body)
-                if job is None or job.lease is None:
-                    # Unreadable: stop looking at it every sweep (it was logged once).
+                job = _parse(body)
+                if job.lease is None:  # a leased state always has a lease; never sweep a row twice
                     self._db.execute("UPDATE jobs SET lease_expires_at = NULL WHERE id = ?", (job_id,))
                     continue
                 worker = job.lease.worker
@@ -328,12 +327,13 @@ class JobStore:
     def _query(self, sql: str, args: tuple[Any, ...]) -> builtins.list[Job]:
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
-        return [job for row in rows if (job := _parse(*row)) is not None]
+        return [_parse(body) for _, body in rows]
 
     def _load(self, job_id: str, refusal: type[Refused]) -> tuple[Job, float]:
         row = self._db.execute("SELECT body FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None or (job := _parse(job_id, row[0])) is None:
+        if row is None:
             raise refusal("unknown job")
+        job = _parse(row[0])
         # Read the clock inside the write lock so decisions are ordered like commits.
         return job, self._clock()
 
@@ -400,13 +400,9 @@ class JobStore:
         )
 
 
-def _parse(job_id: str, body: str) -> Job | None:
-    """A stored record, or None (logged) if it no longer parses: one bad row never stops a listing."""
-    try:
-        return Job.model_validate_json(body)
-    except ValidationError as exc:
-        log.warning("job %s in the store is unreadable, skipped: %s", job_id, exc.errors()[0]["msg"])
-        return None
+def _parse(body: str) -> Job:
+    """A stored record: every row parses, since damaged ones are quarantined when the store opens."""
+    return Job.model_validate_json(body)
 
 
 def _marks(values: Iterable[object]) -> str:
