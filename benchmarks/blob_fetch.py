@@ -21,9 +21,10 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests.nodeproc import NodeProcess  # noqa: E402
+
 from benchmarks.stream_throughput import measure  # noqa: E402
 from p2pnode.net import bridge  # noqa: E402
-from tests.nodeproc import NodeProcess  # noqa: E402
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -46,10 +47,17 @@ def main(mib: int) -> None:
             rss_before = peak_rss_mb(fetcher.proc.pid)
             with httpx.Client(timeout=None) as http:
                 started = time.perf_counter()
-                added = http.post(f"{provider.api}/blobs", json={"path": str(source)}, headers=provider.headers).json()
+                added = http.post(
+                    f"{provider.api}/blobs", json={"path": str(source)}, headers=provider.headers
+                ).json()
                 add_s = time.perf_counter() - started
                 started = time.perf_counter()
-                with http.stream("POST", f"{fetcher.api}/blobs/fetch", json={"ticket": added["ticket"]}, headers=fetcher.headers) as response:
+                with http.stream(
+                    "POST",
+                    f"{fetcher.api}/blobs/fetch",
+                    json={"ticket": added["ticket"]},
+                    headers=fetcher.headers,
+                ) as response:
                     last = [line for line in response.iter_lines() if line][-1]
                 fetch_s = time.perf_counter() - started
             assert '"blob"' in last, last
@@ -65,10 +73,14 @@ def main(mib: int) -> None:
     print(f"  fetch          {fetch:8.1f} MB/s")
     print(f"  raw stream     {raw:8.1f} MB/s")
     print(f"  fetch / raw    {fetch / raw:8.2f}")
-    print(f"  fetcher peak RSS {rss_peak:6.1f} MB (idle node before the fetch: {rss_before:.1f} MB)")
+    print(
+        f"  fetcher peak RSS {rss_peak:6.1f} MB (idle node before the fetch: {rss_before:.1f} MB)"
+    )
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--mib", type=int, default=256)
     main(parser.parse_args().mib)

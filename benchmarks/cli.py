@@ -41,11 +41,15 @@ def main(runs: int) -> None:
     floor = timed([sys.executable, "-c", "pass"], runs)
     print(f"{runs} runs each, one process per run")
     for label, times in (("p2pnode status", status), ("python -c pass", floor)):
-        print(f"  {label:16} median {statistics.median(times) * 1e3:.0f} ms, slowest {max(times) * 1e3:.0f} ms")
+        print(
+            f"  {label:16} median {statistics.median(times) * 1e3:.0f} ms, slowest {max(times) * 1e3:.0f} ms"
+        )
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=30)
     args = parser.parse_args()
     main(args.runs)

@@ -55,9 +55,17 @@ async def run(size: int, messages: int, work: Path) -> tuple[float, list[float]]
     async with trio.open_nursery() as nursery:
         nodes: list[Node] = []
         for i in range(size):
-            node = Node(Settings(data_dir=work / f"{size}-{i}", http_port=0, bind="127.0.0.1:0", relay="disabled"))
+            node = Node(
+                Settings(
+                    data_dir=work / f"{size}-{i}", http_port=0, bind="127.0.0.1:0", relay="disabled"
+                )
+            )
             ticket = tickets.parse_join(rng.choice(nodes).join_ticket()) if nodes else None
-            await nursery.start(lambda task_status, node=node, ticket=ticket: node.run(join_ticket=ticket, task_status=task_status))
+            await nursery.start(
+                lambda task_status, node=node, ticket=ticket: node.run(
+                    join_ticket=ticket, task_status=task_status
+                )
+            )
             nursery.start_soon(listen, node)
             nodes.append(node)
         await trio.sleep(SETTLE_S)  # let the views form, as in a running cluster
@@ -76,11 +84,15 @@ def main(sizes: list[int], messages: int) -> None:
         for size in sizes:
             ratio, latencies = trio.run(run, size, messages, Path(tmp))
             q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
-            print(f"{size:>5} {ratio:>10.1%} {q[49] * 1e3:>8.1f} {q[98] * 1e3:>8.1f} {max(latencies, default=0) * 1e3:>8.1f}")
+            print(
+                f"{size:>5} {ratio:>10.1%} {q[49] * 1e3:>8.1f} {q[98] * 1e3:>8.1f} {max(latencies, default=0) * 1e3:>8.1f}"
+            )
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--nodes", type=int, nargs="+", default=[10, 30])
     parser.add_argument("--messages", type=int, default=100)
     args = parser.parse_args()

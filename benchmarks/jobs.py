@@ -19,8 +19,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from p2pnode.executors.wasm import load_module_bytes  # noqa: E402
 from tests.nodeproc import NodeProcess  # noqa: E402
+
+from p2pnode.executors.wasm import load_module_bytes  # noqa: E402
 
 ECHO = Path(__file__).resolve().parent.parent / "examples" / "echo.wat"
 
@@ -29,13 +30,24 @@ def main(jobs: int, workers: int) -> None:
     with tempfile.TemporaryDirectory(prefix="p2pnode-jobs-") as tmp:
         work = Path(tmp)
         origin = NodeProcess(work / "origin", "--max-jobs", "0")
-        started = [NodeProcess(work / f"worker{i}", "--join", origin.ticket, "--max-jobs", "4") for i in range(workers)]
+        started = [
+            NodeProcess(work / f"worker{i}", "--join", origin.ticket, "--max-jobs", "4")
+            for i in range(workers)
+        ]
         try:
             with httpx.Client(base_url=origin.api, headers=origin.headers, timeout=120) as api:
                 wasm = load_module_bytes(ECHO)
-                module = api.put("/blobs", content=wasm, headers={"Content-Type": "application/octet-stream"}).json()["blob"]["hash"]
-                ids = [api.post("/jobs", json={"module_blob": module, "input": {"n": n}}).json()["id"] for n in range(jobs)]
-                records = [api.post(f"/jobs/{job_id}/wait", params={"timeout": 120}).json() for job_id in ids]
+                module = api.put(
+                    "/blobs", content=wasm, headers={"Content-Type": "application/octet-stream"}
+                ).json()["blob"]["hash"]
+                ids = [
+                    api.post("/jobs", json={"module_blob": module, "input": {"n": n}}).json()["id"]
+                    for n in range(jobs)
+                ]
+                records = [
+                    api.post(f"/jobs/{job_id}/wait", params={"timeout": 120}).json()
+                    for job_id in ids
+                ]
         finally:
             for node in [origin, *started]:
                 node.kill()
@@ -51,7 +63,9 @@ def main(jobs: int, workers: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--workers", type=int, default=3)
     args = parser.parse_args()

@@ -30,12 +30,15 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import tickets  # noqa: E402
-from p2pnode.membership import JOIN_ALPN, PeerAddr  # noqa: E402
 from tests.conftest import bind_loopback  # noqa: E402
 from tests.nodeproc import NodeProcess  # noqa: E402
 
-OPEN_TIMEOUT_S = 5.0  # a stream QUIC will not let a stranger open (no credit) is given up after this
+import tickets  # noqa: E402
+from p2pnode.membership import JOIN_ALPN, PeerAddr  # noqa: E402
+
+OPEN_TIMEOUT_S = (
+    5.0  # a stream QUIC will not let a stranger open (no credit) is given up after this
+)
 
 
 @dataclass
@@ -44,7 +47,12 @@ class Parked:
 
 
 async def _stranger(
-    endpoint: iroh.Endpoint, target: iroh.EndpointAddr, streams: int, frame: bytes, parked: Parked, done: trio.Semaphore
+    endpoint: iroh.Endpoint,
+    target: iroh.EndpointAddr,
+    streams: int,
+    frame: bytes,
+    parked: Parked,
+    done: trio.Semaphore,
 ) -> None:
     keep: list[iroh.BiStream] = []
     try:
@@ -66,7 +74,9 @@ async def _stranger(
 
 
 @asynccontextmanager
-async def parked_half_frames(target: PeerAddr, *, ids: int, streams: int, declared: int, sent: int) -> AsyncIterator[Parked]:
+async def parked_half_frames(
+    target: PeerAddr, *, ids: int, streams: int, declared: int, sent: int
+) -> AsyncIterator[Parked]:
     """Strangers parking `streams` half-sent frames in all on `target`'s join protocol, until exit."""
     frame = struct.pack(">I", declared) + b"{" * sent
     parked = Parked()
@@ -75,7 +85,9 @@ async def parked_half_frames(target: PeerAddr, *, ids: int, streams: int, declar
     try:
         async with trio.open_nursery() as nursery:
             for endpoint in endpoints:
-                nursery.start_soon(_stranger, endpoint, target.to_endpoint(), streams // ids, frame, parked, done)
+                nursery.start_soon(
+                    _stranger, endpoint, target.to_endpoint(), streams // ids, frame, parked, done
+                )
             for _ in endpoints:
                 await done.acquire()
             yield parked
@@ -125,14 +137,23 @@ async def measure(streams: int, ids: int, declared: int, sent: int) -> Measureme
                 before, _ = rss_mb(provider.proc.pid)
                 target = PeerAddr.from_ticket(tickets.parse_join(provider.ticket).node)
                 started = time.perf_counter()
-                async with parked_half_frames(target, ids=ids, streams=streams, declared=declared, sent=sent) as parked:
+                async with parked_half_frames(
+                    target, ids=ids, streams=streams, declared=declared, sent=sent
+                ) as parked:
                     attack_s = time.perf_counter() - started
                     started = time.perf_counter()
-                    async with http.stream("POST", f"{member.api}/blobs/fetch", json={"ticket": added["ticket"]}, headers=member.headers) as response:
+                    async with http.stream(
+                        "POST",
+                        f"{member.api}/blobs/fetch",
+                        json={"ticket": added["ticket"]},
+                        headers=member.headers,
+                    ) as response:
                         last = [line async for line in response.aiter_lines() if line][-1]
                     fetch_s = time.perf_counter() - started
                     current, peak = rss_mb(provider.proc.pid)
-                    refused = (await http.get(f"{provider.api}/status", headers=provider.headers)).json()["refused_connections"]
+                    refused = (
+                        await http.get(f"{provider.api}/status", headers=provider.headers)
+                    ).json()["refused_connections"]
             if '"blob"' not in last:
                 raise RuntimeError(f"the member's fetch failed: {last}")
         finally:
@@ -143,7 +164,9 @@ async def measure(streams: int, ids: int, declared: int, sent: int) -> Measureme
 
 async def run(streams: int, ids: int, declared: int, sent: int) -> None:
     m = await measure(streams, ids, declared, sent)
-    print(f"strangers: {ids} ids, {streams} streams attempted, each a {declared}-byte frame header and {sent} bytes")
+    print(
+        f"strangers: {ids} ids, {streams} streams attempted, each a {declared}-byte frame header and {sent} bytes"
+    )
     print(
         f"streams opened and sent before the node reset them or the connection {m.streams_sent}; "
         f"connections the node refused {m.refused_connections}; attack set up in {m.attack_s:.1f} s"
@@ -156,10 +179,16 @@ async def run(streams: int, ids: int, declared: int, sent: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--streams", type=int, default=2000)
     parser.add_argument("--ids", type=int, default=100)
-    parser.add_argument("--frames", default="8192:4096,262144:131072", help="DECLARED:SENT,... (the join limit is 8192)")
+    parser.add_argument(
+        "--frames",
+        default="8192:4096,262144:131072",
+        help="DECLARED:SENT,... (the join limit is 8192)",
+    )
     args = parser.parse_args()
     for frame in args.frames.split(","):
         declared, sent = (int(n) for n in frame.split(":"))

@@ -13,29 +13,55 @@ from p2pnode.executors.base import MIB, JobMaxima
 _MAXIMA = JobMaxima()
 
 
-
-
 class Settings(BaseSettings):
     """Everything a node needs to start. Each field reads the environment variable in its alias."""
 
     model_config = SettingsConfigDict(populate_by_name=True, extra="ignore")
 
     data_dir: Path = Field(DEFAULT_DATA, validation_alias=AliasChoices("data_dir", "P2PNODE_DATA"))
-    blobs_path: Path | None = Field(None, validation_alias=AliasChoices("blobs_path", "IROH_BLOBS_PATH"))
+    blobs_path: Path | None = Field(
+        None, validation_alias=AliasChoices("blobs_path", "IROH_BLOBS_PATH")
+    )
     http_host: str = Field("127.0.0.1", validation_alias=AliasChoices("http_host", "HTTP_HOST"))
-    http_port: int = Field(3020, ge=0, le=65535, validation_alias=AliasChoices("http_port", "HTTP_PORT"))
+    http_port: int = Field(
+        3020, ge=0, le=65535, validation_alias=AliasChoices("http_port", "HTTP_PORT")
+    )
     bind: str = Field("0.0.0.0:0", validation_alias=AliasChoices("bind", "P2PNODE_BIND"))
     relay: str = Field("default", validation_alias=AliasChoices("relay", "P2PNODE_RELAY"))
-    flawless_url: str = Field("http://localhost:27288", validation_alias=AliasChoices("flawless_url", "FLAWLESS_URL"))
-    flawless_token: str | None = Field(None, validation_alias=AliasChoices("flawless_token", "FLAWLESS_TOKEN"))
-    connect_timeout_s: float = Field(10.0, gt=0, validation_alias=AliasChoices("connect_timeout_s", "P2PNODE_CONNECT_TIMEOUT"))
+    flawless_url: str = Field(
+        "http://localhost:27288", validation_alias=AliasChoices("flawless_url", "FLAWLESS_URL")
+    )
+    flawless_token: str | None = Field(
+        None, validation_alias=AliasChoices("flawless_token", "FLAWLESS_TOKEN")
+    )
+    connect_timeout_s: float = Field(
+        10.0, gt=0, validation_alias=AliasChoices("connect_timeout_s", "P2PNODE_CONNECT_TIMEOUT")
+    )
     lease_s: float = Field(15.0, gt=0, validation_alias=AliasChoices("lease_s", "P2PNODE_LEASE"))
     max_jobs: int = Field(2, ge=0, validation_alias=AliasChoices("max_jobs", "P2PNODE_MAX_JOBS"))
     # The most any job gets here, whatever it asks; defaults from JobMaxima.
-    max_job_memory_mib: int = Field(_MAXIMA.memory_bytes // MIB, ge=1, validation_alias=AliasChoices("max_job_memory_mib", "P2PNODE_MAX_JOB_MEMORY_MIB"))
-    max_job_time_s: float = Field(_MAXIMA.time_s, gt=0, allow_inf_nan=False, validation_alias=AliasChoices("max_job_time_s", "P2PNODE_MAX_JOB_TIME"))
-    max_job_fuel: int = Field(_MAXIMA.fuel, ge=1, lt=1 << 64, validation_alias=AliasChoices("max_job_fuel", "P2PNODE_MAX_JOB_FUEL"))
-    max_job_output_mib: int = Field(_MAXIMA.output_bytes // MIB, ge=0, validation_alias=AliasChoices("max_job_output_mib", "P2PNODE_MAX_JOB_OUTPUT_MIB"))
+    max_job_memory_mib: int = Field(
+        _MAXIMA.memory_bytes // MIB,
+        ge=1,
+        validation_alias=AliasChoices("max_job_memory_mib", "P2PNODE_MAX_JOB_MEMORY_MIB"),
+    )
+    max_job_time_s: float = Field(
+        _MAXIMA.time_s,
+        gt=0,
+        allow_inf_nan=False,
+        validation_alias=AliasChoices("max_job_time_s", "P2PNODE_MAX_JOB_TIME"),
+    )
+    max_job_fuel: int = Field(
+        _MAXIMA.fuel,
+        ge=1,
+        lt=1 << 64,
+        validation_alias=AliasChoices("max_job_fuel", "P2PNODE_MAX_JOB_FUEL"),
+    )
+    max_job_output_mib: int = Field(
+        _MAXIMA.output_bytes // MIB,
+        ge=0,
+        validation_alias=AliasChoices("max_job_output_mib", "P2PNODE_MAX_JOB_OUTPUT_MIB"),
+    )
 
     @property
     def blobs_dir(self) -> Path:
@@ -49,4 +75,3 @@ class Settings(BaseSettings):
             fuel=self.max_job_fuel,
             output_bytes=self.max_job_output_mib * MIB,
         )
-

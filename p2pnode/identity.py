@@ -19,6 +19,7 @@ def load_or_create_secret_key(data_dir: Path) -> iroh.SecretKey:
         create_once(path, iroh.SecretKey.generate().to_bytes())
     raw = path.read_bytes()
     if len(raw) != 32:
-        raise ValueError(f"{path} is not a node key (expected 32 bytes, found {len(raw)}); move it away to start afresh")
+        raise ValueError(
+            f"{path} is not a node key (expected 32 bytes, found {len(raw)}); move it away to start afresh"
+        )
     return iroh.SecretKey.from_bytes(raw)
-

@@ -64,7 +64,11 @@ class PeerAddr(BaseModel):
 
     @classmethod
     def from_ticket(cls, addr: tickets.NodeAddr) -> PeerAddr:
-        return cls(node_id=addr.node_id.hex(), relay_url=addr.relay_url, direct_addresses=list(addr.direct_addresses))
+        return cls(
+            node_id=addr.node_id.hex(),
+            relay_url=addr.relay_url,
+            direct_addresses=list(addr.direct_addresses),
+        )
 
     @classmethod
     def from_endpoint(cls, addr: iroh.EndpointAddr, relay_url: str | None) -> PeerAddr:
@@ -77,12 +81,16 @@ class PeerAddr(BaseModel):
 
     def to_ticket(self) -> tickets.NodeAddr:
         return tickets.NodeAddr(
-            node_id=bytes.fromhex(self.node_id), relay_url=self.relay_url, direct_addresses=self.direct_addresses
+            node_id=bytes.fromhex(self.node_id),
+            relay_url=self.relay_url,
+            direct_addresses=self.direct_addresses,
         )
 
     def to_endpoint(self) -> iroh.EndpointAddr:
         return iroh.EndpointAddr(
-            iroh.EndpointId.from_bytes(bytes.fromhex(self.node_id)), self.relay_url, self.direct_addresses
+            iroh.EndpointId.from_bytes(bytes.fromhex(self.node_id)),
+            self.relay_url,
+            self.direct_addresses,
         )
 
 
@@ -93,9 +101,13 @@ class Member(BaseModel):
 
 
 class MemberList(BaseModel):
-    cluster_id: str | None = None  # the cluster these members belong to; a list of another cluster is void
+    cluster_id: str | None = (
+        None  # the cluster these members belong to; a list of another cluster is void
+    )
     members: dict[str, Member] = {}
-    removed: list[str] = []  # ids removed by `member rm`: refused by the router and the join handshake
+    removed: list[
+        str
+    ] = []  # ids removed by `member rm`: refused by the router and the join handshake
 
 
 _Model = TypeVar("_Model", bound=BaseModel)
@@ -113,7 +125,9 @@ def _load(path: Path, model: type[_Model]) -> _Model:
         reason = exc.errors()[0]["msg"]
     except OSError as exc:
         reason = exc.strerror or str(exc)
-    raise DamagedStateError(f"{path} is damaged ({reason}); restore it from a backup or move it away to start afresh")
+    raise DamagedStateError(
+        f"{path} is damaged ({reason}); restore it from a backup or move it away to start afresh"
+    )
 
 
 class Membership:
@@ -133,7 +147,9 @@ class Membership:
         members_path = data_dir / MEMBERS_FILE
         self._members = _load(members_path, MemberList) if members_path.exists() else MemberList()
         if self._members.cluster_id not in (None, self.cluster.cluster_id):
-            self._members = MemberList()  # a switch of cluster was interrupted between its two writes
+            self._members = (
+                MemberList()
+            )  # a switch of cluster was interrupted between its two writes
 
     @property
     def members(self) -> dict[str, Member]:
@@ -206,7 +222,16 @@ class Membership:
 
 
 def proof(cluster: ClusterIdentity, role: bytes, prover: str, verifier: str, nonce: str) -> str:
-    message = b"|".join([b"p2pnode-join-v1", role, cluster.cluster_id.encode(), prover.encode(), verifier.encode(), nonce.encode()])
+    message = b"|".join(
+        [
+            b"p2pnode-join-v1",
+            role,
+            cluster.cluster_id.encode(),
+            prover.encode(),
+            verifier.encode(),
+            nonce.encode(),
+        ]
+    )
     return hmac.new(bytes.fromhex(cluster.join_secret), message, hashlib.sha256).hexdigest()
 
 
@@ -241,7 +266,9 @@ class JoinRefused(BaseModel):
     retry_after: float = 0.0  # seconds before the host will hear this peer again, when it backs off
 
 
-ServerReply = TypeAdapter(Annotated[JoinChallenge | JoinWelcome | JoinRefused, Field(discriminator="type")])
+ServerReply = TypeAdapter(
+    Annotated[JoinChallenge | JoinWelcome | JoinRefused, Field(discriminator="type")]
+)
 
 
 class JoinError(Exception):
@@ -255,7 +282,9 @@ class JoinLimiter:
     def __init__(self, peer_log: PeerLog, clock: Callable[[], float] = time.monotonic) -> None:
         self.peer_log = peer_log
         self._clock = clock
-        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()  # peer -> (count, retry at)
+        self._failures: OrderedDict[str, tuple[int, float]] = (
+            OrderedDict()
+        )  # peer -> (count, retry at)
 
     def retry_after(self, peer: str) -> float:
         """Seconds `peer` must still wait; 0 when it may try."""
@@ -269,7 +298,13 @@ class JoinLimiter:
         while len(self._failures) > _FAILURES_KEPT:
             self._failures.popitem(last=False)
         self.peer_log.event(
-            "failed joins", peer, "refused join from %s: %s (next try in %.0f s)", peer[:10], why, backoff, level=logging.WARNING
+            "failed joins",
+            peer,
+            "refused join from %s: %s (next try in %.0f s)",
+            peer[:10],
+            why,
+            backoff,
+            level=logging.WARNING,
         )
 
     def succeeded(self, peer: str) -> None:
@@ -292,10 +327,23 @@ async def handle_join(
     """
     peer = connection.remote_id().to_bytes().hex()
     send, recv = bi.send(), bi.recv()
-    wait = 0.0 if membership.is_member(peer) else limiter.retry_after(peer)  # members are not held back
+    wait = (
+        0.0 if membership.is_member(peer) else limiter.retry_after(peer)
+    )  # members are not held back
     if wait:
-        limiter.peer_log.event("joins refused during back-off", peer, "refused join from %s: in back-off for %.0f s", peer[:10], wait)
-        await send_model(send, JoinRefused(reason=f"too many failed joins: try again in {wait:.0f} s", retry_after=wait))
+        limiter.peer_log.event(
+            "joins refused during back-off",
+            peer,
+            "refused join from %s: in back-off for %.0f s",
+            peer[:10],
+            wait,
+        )
+        await send_model(
+            send,
+            JoinRefused(
+                reason=f"too many failed joins: try again in {wait:.0f} s", retry_after=wait
+            ),
+        )
         await send.finish()
         return
     if membership.is_removed(peer):
@@ -372,7 +420,12 @@ async def join(
     bi = await connection.open_bi()
     send, recv = bi.send(), bi.recv()
     nonce = os.urandom(16).hex()
-    await send_model(send, JoinRequest(cluster_id=cluster.cluster_id, nonce=nonce, addr=self_addr, session=membership.session))
+    await send_model(
+        send,
+        JoinRequest(
+            cluster_id=cluster.cluster_id, nonce=nonce, addr=self_addr, session=membership.session
+        ),
+    )
     reply = await recv_model(recv, ServerReply, _MAX_WELCOME_FRAME)
     if isinstance(reply, JoinRefused):
         raise JoinError(f"node {host[:10]} refused to admit us: {reply.reason}")

@@ -14,25 +14,43 @@ import trio
 from pydantic import BaseModel, Field, ValidationError
 
 import tickets
+from p2pnode.api.auth import TokenError, load_or_create_token
+from p2pnode.api.schemas import MemberStatus, NodeInfo, NodeStatus
 from p2pnode.blobs.protocol import BLOBS_ALPN
 from p2pnode.blobs.service import BlobService
 from p2pnode.blobs.store import BlobStore, GcResult, StoreError
 from p2pnode.config import Settings
 from p2pnode.executors.flawless import FlawlessClient, FlawlessExecutor
 from p2pnode.executors.wasm import WasiExecutor
+from p2pnode.fsutil import save_model
 from p2pnode.gossip.service import GOSSIP_ALPN, GossipEvent, GossipService, Received
+from p2pnode.identity import load_or_create_secret_key
 from p2pnode.jobs.announcements import JobAnnounced, JobFinished
 from p2pnode.jobs.control import JOBS_ALPN, ControlClient
 from p2pnode.jobs.service import JobService
 from p2pnode.jobs.store import JobStore
-from p2pnode.api.auth import TokenError, load_or_create_token
-from p2pnode.api.schemas import MemberStatus, NodeInfo, NodeStatus
 from p2pnode.jobs.worker import Worker
-from p2pnode.fsutil import save_model
-from p2pnode.identity import load_or_create_secret_key
-from p2pnode.membership import JOIN_ALPN, ClusterIdentity, DamagedStateError, JoinError, JoinLimiter, Membership, PeerAddr, handle_join, join
+from p2pnode.membership import (
+    JOIN_ALPN,
+    ClusterIdentity,
+    DamagedStateError,
+    JoinError,
+    JoinLimiter,
+    Membership,
+    PeerAddr,
+    handle_join,
+    join,
+)
 from p2pnode.net.dialer import PEER_ERRORS, Dialer, PeerUnreachable, describe
-from p2pnode.net.endpoint import Handler, Router, bind_endpoint, bound_port, close_endpoint, configured_relay_url, serve_streams
+from p2pnode.net.endpoint import (
+    Handler,
+    Router,
+    bind_endpoint,
+    bound_port,
+    close_endpoint,
+    configured_relay_url,
+    serve_streams,
+)
 from p2pnode.net.errors import iroh_message
 from p2pnode.net.liveness import REDIAL_CAP_S, Liveness, Redial
 
@@ -64,31 +82,44 @@ class Node:
         self.redial = Redial()
 
     async def run(
-        self, *, join_ticket: tickets.JoinTicket | None = None, task_status: trio.TaskStatus[NodeInfo] = trio.TASK_STATUS_IGNORED
+        self,
+        *,
+        join_ticket: tickets.JoinTicket | None = None,
+        task_status: trio.TaskStatus[NodeInfo] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         from p2pnode.api.server import serve_api
 
         settings = self.settings
         key = self._identity()
         if join_ticket is not None and join_ticket.node.node_id.hex() == self.id:
-            raise StartupError(f"this join ticket was printed by this node ({self.id[:10]}) itself; to join a cluster, pass a ticket of another node")
+            raise StartupError(
+                f"this join ticket was printed by this node ({self.id[:10]}) itself; to join a cluster, pass a ticket of another node"
+            )
         try:
             self.membership = Membership(settings.data_dir, self.id)
         except DamagedStateError as exc:
             raise StartupError(str(exc)) from None
-        async with contextlib.AsyncExitStack() as cleanup:  # whatever started is stopped, even on a failed start
+        async with (
+            contextlib.AsyncExitStack() as cleanup
+        ):  # whatever started is stopped, even on a failed start
             self.endpoint = await self._bind(key)
             cleanup.push_async_callback(close_endpoint, self.endpoint)
             self.router = Router(self.endpoint, lambda peer, _alpn: self.membership.is_member(peer))
             self.join_limiter = JoinLimiter(self.router.peer_log)
             self.dialer = Dialer(
-                self.endpoint, self._introduce, settings.connect_timeout_s, liveness=self.liveness, on_dial=self._dialled
+                self.endpoint,
+                self._introduce,
+                settings.connect_timeout_s,
+                liveness=self.liveness,
+                on_dial=self._dialled,
             )
             cleanup.callback(self.dialer.close_all)
             try:
                 store = await BlobStore.open(settings.blobs_dir)
             except (OSError, StoreError) as exc:
-                raise StartupError(f"cannot open the blob store at {settings.blobs_dir}: {exc}") from None
+                raise StartupError(
+                    f"cannot open the blob store at {settings.blobs_dir}: {exc}"
+                ) from None
             cleanup.callback(store.close)
             self.blobs = BlobService(store, key, self.membership, self.dialer, self.addr)
             self.gossip = GossipService(key, self.membership, self.dialer, self.addr)
@@ -96,10 +127,15 @@ class Node:
             cleanup.callback(self.jobs.store.close)
             self.router.register(JOIN_ALPN, self._serve_join, open_to_all=True)
             self.router.register(
-                BLOBS_ALPN, self._watched(lambda c: serve_streams(c, self.blobs.provider.handle_stream)), open_to_all=True
+                BLOBS_ALPN,
+                self._watched(lambda c: serve_streams(c, self.blobs.provider.handle_stream)),
+                open_to_all=True,
             )
             self.router.register(GOSSIP_ALPN, self._watched(self.gossip.handle_connection))
-            self.router.register(JOBS_ALPN, self._watched(lambda c: serve_streams(c, self.jobs.control.handle_stream)))
+            self.router.register(
+                JOBS_ALPN,
+                self._watched(lambda c: serve_streams(c, self.jobs.control.handle_stream)),
+            )
             async with trio.open_nursery() as nursery:
                 self.background = nursery
                 nursery.start_soon(self.router.serve)
@@ -133,7 +169,9 @@ class Node:
         path = self.settings.data_dir / PORT_FILE
         last = _last_port(path)
         try:
-            endpoint = await bind_endpoint(key, self.settings.bind, self.settings.relay, [JOIN_ALPN], preferred_port=last)
+            endpoint = await bind_endpoint(
+                key, self.settings.bind, self.settings.relay, [JOIN_ALPN], preferred_port=last
+            )
         except iroh.IrohError as exc:
             raise StartupError(f"cannot bind {self.settings.bind}: {iroh_message(exc)}") from None
         port = bound_port(endpoint)
@@ -141,7 +179,11 @@ class Node:
             try:
                 save_model(path, BoundPort(port=port))
             except OSError as exc:
-                log.warning("cannot remember the UDP port in %s (%s): the next start picks a fresh one", path, exc.strerror)
+                log.warning(
+                    "cannot remember the UDP port in %s (%s): the next start picks a fresh one",
+                    path,
+                    exc.strerror,
+                )
         return endpoint
 
     def _jobs_service(self, settings: Settings) -> JobService:
@@ -150,12 +192,31 @@ class Node:
             store = JobStore(path)
         except sqlite3.Error as exc:
             raise StartupError(f"cannot open the job database {path}: {exc}") from None
-        self.flawless = FlawlessExecutor(FlawlessClient(settings.flawless_url, settings.flawless_token), maxima=settings.job_maxima)
+        self.flawless = FlawlessExecutor(
+            FlawlessClient(settings.flawless_url, settings.flawless_token),
+            maxima=settings.job_maxima,
+        )
         control = ControlClient(self.dialer.request)
         worker = Worker(
-            self.id, {"wasi": WasiExecutor(maxima=settings.job_maxima)}, self.blobs, control, self.peer_addr, settings.data_dir / "work", settings.max_jobs
+            self.id,
+            {"wasi": WasiExecutor(maxima=settings.job_maxima)},
+            self.blobs,
+            control,
+            self.peer_addr,
+            settings.data_dir / "work",
+            settings.max_jobs,
         )
-        service = JobService(self.id, store, self.blobs, self.gossip, worker, control, self.addr, self.peer_addr, settings.lease_s)
+        service = JobService(
+            self.id,
+            store,
+            self.blobs,
+            self.gossip,
+            worker,
+            control,
+            self.addr,
+            self.peer_addr,
+            settings.lease_s,
+        )
         control.answer_locally(self.id, service.control)
         return service
 
@@ -165,10 +226,15 @@ class Node:
         while True:
             if await self.flawless.available():
                 if "flawless" not in executors:
-                    log.info("Flawless answering at %s: taking flawless jobs", self.settings.flawless_url)
+                    log.info(
+                        "Flawless answering at %s: taking flawless jobs", self.settings.flawless_url
+                    )
                 executors["flawless"] = self.flawless
             elif executors.pop("flawless", None) is not None:
-                log.warning("Flawless at %s stopped answering: no longer taking flawless jobs", self.settings.flawless_url)
+                log.warning(
+                    "Flawless at %s stopped answering: no longer taking flawless jobs",
+                    self.settings.flawless_url,
+                )
             await trio.sleep(FLAWLESS_PROBE_S)
 
     async def _follow_gossip(self, events: trio.MemoryReceiveChannel[GossipEvent]) -> None:
@@ -181,7 +247,9 @@ class Node:
                 elif event.kind == JobFinished.KIND:
                     self.jobs.on_finished(JobFinished.model_validate(event.payload), event.origin)
             except ValidationError as exc:
-                log.warning("ignored a malformed %s announcement: %s", event.kind, exc.errors()[0]["msg"])
+                log.warning(
+                    "ignored a malformed %s announcement: %s", event.kind, exc.errors()[0]["msg"]
+                )
 
     async def collect_garbage(self) -> GcResult:
         """Drop unpinned, untagged blobs nobody uses, keeping everything a live job still needs."""
@@ -192,7 +260,9 @@ class Node:
             await trio.sleep(GC_INTERVAL_S)
             result = await self.collect_garbage()
             if result.removed or result.removed_partials:
-                log.info("blob GC freed %d bytes (%d blobs)", result.freed_bytes, len(result.removed))
+                log.info(
+                    "blob GC freed %d bytes (%d blobs)", result.freed_bytes, len(result.removed)
+                )
 
     def peer_addr(self, node_id: str) -> PeerAddr | None:
         if node_id == self.id:
@@ -203,7 +273,9 @@ class Node:
     # -- identity and membership -------------------------------------------------------------
 
     def addr(self) -> PeerAddr:
-        return PeerAddr.from_endpoint(self.endpoint.addr(), configured_relay_url(self.settings.relay))
+        return PeerAddr.from_endpoint(
+            self.endpoint.addr(), configured_relay_url(self.settings.relay)
+        )
 
     def join_ticket(self) -> str:
         return self.membership.join_ticket(self.addr())
@@ -213,12 +285,16 @@ class Node:
 
         Nothing changes before the handshake succeeds: an unreachable or refusing node leaves
         this node's cluster and members exactly as they were."""
-        cluster = ClusterIdentity(cluster_id=ticket.cluster_id.hex(), join_secret=ticket.join_secret.hex())
+        cluster = ClusterIdentity(
+            cluster_id=ticket.cluster_id.hex(), join_secret=ticket.join_secret.hex()
+        )
         host = PeerAddr.from_ticket(ticket.node)
         try:
             await self._introduce(host, cluster)
         except PEER_ERRORS as exc:
-            raise StartupError(f"could not join through {host.node_id[:10]}: {describe(exc)}") from None
+            raise StartupError(
+                f"could not join through {host.node_id[:10]}: {describe(exc)}"
+            ) from None
 
     async def _introduce(self, peer: PeerAddr, cluster: ClusterIdentity | None = None) -> None:
         """Prove our membership to `peer` (or join `cluster` through it); learn the members it knows."""
@@ -242,7 +318,12 @@ class Node:
                 self.membership.admit(other)
 
     async def _serve_join(self, connection: iroh.Connection) -> None:
-        await serve_streams(connection, lambda conn, bi: handle_join(self.membership, self.join_limiter, conn, bi, self._welcomed))
+        await serve_streams(
+            connection,
+            lambda conn, bi: handle_join(
+                self.membership, self.join_limiter, conn, bi, self._welcomed
+            ),
+        )
 
     def _welcomed(self, peer: str, new_session: bool) -> None:
         self._heard_from(peer)
@@ -283,13 +364,22 @@ class Node:
             log.info("member %s is back", peer[:10])
 
     def _unreachable(self, peer: str, reason: str, tried_at: float | None = None) -> None:
-        if self.membership.is_member(peer) and self.redial.failed(peer, trio.current_time(), tried_at):
-            log.warning("member %s lost: %s; redialling with back-off (at most every %g min)", peer[:10], reason, REDIAL_CAP_S / 60)
+        if self.membership.is_member(peer) and self.redial.failed(
+            peer, trio.current_time(), tried_at
+        ):
+            log.warning(
+                "member %s lost: %s; redialling with back-off (at most every %g min)",
+                peer[:10],
+                reason,
+                REDIAL_CAP_S / 60,
+            )
 
     def _dialled(self, peer: str, alpn: bytes, error: str | None, began: float) -> None:
         if error is not None:
             self._unreachable(peer, error, began)
-        elif alpn != JOIN_ALPN:  # a join dial counts once the handshake succeeds (a refusal is no return)
+        elif (
+            alpn != JOIN_ALPN
+        ):  # a join dial counts once the handshake succeeds (a refusal is no return)
             self._heard_from(peer)
 
     def _went_silent(self, peer: str) -> None:
@@ -347,7 +437,11 @@ class Node:
                 relay_url=m.addr.relay_url,
                 connected=node_id in connected,
                 last_seen=m.last_seen,
-                state="connected" if node_id in connected else "down" if self.redial.is_down(node_id) else "idle",
+                state="connected"
+                if node_id in connected
+                else "down"
+                if self.redial.is_down(node_id)
+                else "idle",
             )
             for node_id, m in sorted(self.membership.members.items())
         ]

@@ -8,7 +8,6 @@ import iroh
 import pytest
 
 import tickets
-
 from p2pnode.net import bridge
 
 TEST_ALPN = b"p2pnode/test/1"
@@ -38,7 +37,9 @@ async def accept_connection(endpoint: iroh.Endpoint) -> iroh.Connection:
     return await (await incoming.accept()).connect()
 
 
-async def connect_pair(server: iroh.Endpoint, client: iroh.Endpoint, alpn: bytes = TEST_ALPN) -> tuple[iroh.Connection, iroh.Connection]:
+async def connect_pair(
+    server: iroh.Endpoint, client: iroh.Endpoint, alpn: bytes = TEST_ALPN
+) -> tuple[iroh.Connection, iroh.Connection]:
     """Connect `client` to `server`; returns (server side, client side)."""
     import trio
 
@@ -65,11 +66,17 @@ async def start_node(tmp_path, nursery):
         nonlocal count
         count += 1
         settings = Settings(
-            data_dir=tmp_path / f"node{count}", http_port=0, bind="127.0.0.1:0", relay="disabled", **overrides
+            data_dir=tmp_path / f"node{count}",
+            http_port=0,
+            bind="127.0.0.1:0",
+            relay="disabled",
+            **overrides,
         )
         node = Node(settings)
         ticket = tickets.parse_join(join) if join else None
-        await nursery.start(lambda task_status: node.run(join_ticket=ticket, task_status=task_status))
+        await nursery.start(
+            lambda task_status: node.run(join_ticket=ticket, task_status=task_status)
+        )
         return node
 
     return start

@@ -148,7 +148,10 @@ def _app(state: FakeFlawlessState) -> Starlette:
         try:
             args = json.loads(body)
             module, version, workflow, raw_input = (
-                args["module"], args["version"], args["workflow"], args["input"]
+                args["module"],
+                args["version"],
+                args["workflow"],
+                args["input"],
             )
         except (ValueError, KeyError, TypeError):
             return JSONResponse({"error": "malformed start request"})

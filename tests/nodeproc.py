@@ -18,22 +18,46 @@ class NodeProcess:
     """A node in its own process. Reads the node id, API URL and ticket it prints on start."""
 
     def __init__(
-        self, data_dir: Path, *extra: str, env: dict[str, str] | None = None, bind: str = "127.0.0.1:0", prefix: tuple[str, ...] = ()
+        self,
+        data_dir: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        bind: str = "127.0.0.1:0",
+        prefix: tuple[str, ...] = (),
     ) -> None:
         """`prefix` runs the node and its CLI calls inside something, e.g. `ip netns exec NS`."""
         self.data_dir = data_dir
         self.prefix = prefix
-        args = [*prefix, sys.executable, "-m", "p2pnode", "start", "--data", str(data_dir), "--http-port", "0",
-                "--bind", bind, "--relay", "disabled", *extra]
+        args = [
+            *prefix,
+            sys.executable,
+            "-m",
+            "p2pnode",
+            "start",
+            "--data",
+            str(data_dir),
+            "--http-port",
+            "0",
+            "--bind",
+            bind,
+            "--relay",
+            "disabled",
+            *extra,
+        ]
         self.proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
             env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
         )
         fields: dict[str, str] = {}
         while len(fields) < 3:
             line = self.proc.stdout.readline()  # type: ignore[union-attr]
             if not line:
-                raise RuntimeError(f"node exited early ({self.proc.wait()}): {self.proc.stderr.read()}")  # type: ignore[union-attr]
+                raise RuntimeError(
+                    f"node exited early ({self.proc.wait()}): {self.proc.stderr.read()}"
+                )  # type: ignore[union-attr]
             key, _, value = line.partition(":")
             fields[key.strip()] = value.strip()
         self.id = fields["node id"]
@@ -41,7 +65,9 @@ class NodeProcess:
         self.ticket = fields["join ticket"]
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return run_cli("--api", self.api, "--data", str(self.data_dir), *args, check=check, prefix=self.prefix)
+        return run_cli(
+            "--api", self.api, "--data", str(self.data_dir), *args, check=check, prefix=self.prefix
+        )
 
     @property
     def headers(self) -> dict[str, str]:
@@ -63,14 +89,24 @@ class NodeProcess:
 
 
 def run_cli(
-    *args: str, check: bool = True, input: str | None = None, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()
+    *args: str,
+    check: bool = True,
+    input: str | None = None,
+    env: dict[str, str] | None = None,
+    prefix: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [*prefix, sys.executable, "-m", "p2pnode", *args], capture_output=True, text=True, input=input, timeout=120,
+        [*prefix, sys.executable, "-m", "p2pnode", *args],
+        capture_output=True,
+        text=True,
+        input=input,
+        timeout=120,
         env={**os.environ, **(env or {})},
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"p2pnode {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+        raise AssertionError(
+            f"p2pnode {' '.join(args)} failed ({result.returncode}): {result.stderr}"
+        )
     return result
 
 

@@ -15,7 +15,10 @@ BODIES = {
     "text": ("text/plain", b"Bad Gateway\nupstream went away\n"),
     "empty": ("text/plain", b""),
     "json": ("application/json", json.dumps({"weather": "sunny"}).encode()),
-    "detail": ("application/json", json.dumps({"detail": [{"loc": ["body", "path"], "msg": "Field required"}]}).encode()),
+    "detail": (
+        "application/json",
+        json.dumps({"detail": [{"loc": ["body", "path"], "msg": "Field required"}]}).encode(),
+    ),
 }
 
 

@@ -27,7 +27,9 @@ async def node(start_node):
 
 @pytest.fixture
 async def api(node):
-    async with httpx.AsyncClient(base_url=node.api_url, headers={"Authorization": f"Bearer {node.api_token}"}, timeout=30) as client:
+    async with httpx.AsyncClient(
+        base_url=node.api_url, headers={"Authorization": f"Bearer {node.api_token}"}, timeout=30
+    ) as client:
         yield client
 
 
@@ -35,15 +37,36 @@ async def cli(node, *args: str) -> trio.Process:
     """The real CLI against the in-process node (run_process, so the node keeps answering)."""
     with trio.fail_after(CLI_TIMEOUT_S):
         return await trio.run_process(
-            [sys.executable, "-m", "p2pnode", "--api", node.api_url, "--data", str(node.settings.data_dir), *args],
-            capture_stdout=True, capture_stderr=True, check=False,
+            [
+                sys.executable,
+                "-m",
+                "p2pnode",
+                "--api",
+                node.api_url,
+                "--data",
+                str(node.settings.data_dir),
+                *args,
+            ],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
         )
 
 
 async def test_upload_and_download_stream_through_the_api(api) -> None:
     data = os.urandom(3 * MB + 17)
-    added = (await api.put("/blobs", content=data, headers={"Content-Type": "application/octet-stream"}, params={"pin": False})).json()
-    assert added["blob"]["hash"] == blake3.blake3(data).hexdigest() and added["blob"]["pinned"] is False
+    added = (
+        await api.put(
+            "/blobs",
+            content=data,
+            headers={"Content-Type": "application/octet-stream"},
+            params={"pin": False},
+        )
+    ).json()
+    assert (
+        added["blob"]["hash"] == blake3.blake3(data).hexdigest()
+        and added["blob"]["pinned"] is False
+    )
     got = await api.get(f"/blobs/{added['blob']['hash']}")
     assert got.content == data and got.headers["content-length"] == str(len(data))
     assert (await api.get(f"/blobs/{'0' * 64}")).status_code == 404
@@ -57,7 +80,9 @@ async def test_blob_add_of_a_fifo_is_a_clear_error(node, api, tmp_path: Path) ->
     assert result.stderr.decode().strip() == f"error: {fifo} is not a regular file"
     with trio.fail_after(10):  # the node's own path-based add neither hangs on it
         refused = await api.post("/blobs", json={"path": str(fifo)})
-    assert refused.status_code == 400 and refused.json()["detail"] == f"{fifo} is not a regular file"
+    assert (
+        refused.status_code == 400 and refused.json()["detail"] == f"{fifo} is not a regular file"
+    )
     assert (await api.post("/blobs", json={"path": "/dev/zero"})).status_code == 400
 
 
@@ -73,7 +98,9 @@ async def test_path_based_add_and_export_refuse_the_data_folder(node, api, tmp_p
     added = (await api.post("/blobs", json={"path": str(tmp_path / "f.txt")})).json()
     blob_hash = added["blob"]["hash"]
     for dest in (data / "node.json", data / "new-file", node.settings.blobs_dir / "data" / "x"):
-        refused = await api.post(f"/blobs/{blob_hash}/export", json={"path": str(dest), "force": True})
+        refused = await api.post(
+            f"/blobs/{blob_hash}/export", json={"path": str(dest), "force": True}
+        )
         assert refused.status_code == 403, dest
     assert (data / "node.json").read_text() != "fine" and not (data / "new-file").exists()
 
@@ -86,7 +113,11 @@ async def test_export_over_an_existing_file_needs_force(node, api, tmp_path: Pat
     refused = await api.post(f"/blobs/{added['blob']['hash']}/export", json={"path": str(existing)})
     assert refused.status_code == 409 and "force" in refused.json()["detail"]
     assert existing.read_text() == "precious"
-    assert (await api.post(f"/blobs/{added['blob']['hash']}/export", json={"path": str(existing), "force": True})).status_code == 200
+    assert (
+        await api.post(
+            f"/blobs/{added['blob']['hash']}/export", json={"path": str(existing), "force": True}
+        )
+    ).status_code == 200
     assert existing.read_text() == "new content"
 
     # The CLI downloads through the stream, with the same rule.
@@ -94,10 +125,17 @@ async def test_export_over_an_existing_file_needs_force(node, api, tmp_path: Pat
     result = await cli(node, "blob", "get", added["ticket"], "-o", str(tmp_path / "mine.txt"))
     assert result.returncode == 2 and "exists (pass --force" in result.stderr.decode()
     assert (tmp_path / "mine.txt").read_text() == "mine"
-    result = await cli(node, "blob", "get", added["ticket"], "-o", str(tmp_path / "mine.txt"), "--force")
+    result = await cli(
+        node, "blob", "get", added["ticket"], "-o", str(tmp_path / "mine.txt"), "--force"
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "mine.txt").read_text() == "new content"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.txt", "in.txt", "mine.txt", "node1"]  # no temp files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "existing.txt",
+        "in.txt",
+        "mine.txt",
+        "node1",
+    ]  # no temp files left
 
 
 async def test_abandoned_upload_leaves_nothing_behind(node, api, caplog) -> None:
@@ -141,7 +179,9 @@ def test_100_mb_upload_is_streamed_not_buffered(tmp_path: Path) -> None:
         after = peak_rss(node.proc.pid)
         with open(big, "rb") as f:
             assert blake3.blake3(f.read()).hexdigest() in out
-        assert after - before < 30 * MB, f"node peak RSS grew by {(after - before) / MB:.0f} MB for a 100 MB upload"
+        assert after - before < 30 * MB, (
+            f"node peak RSS grew by {(after - before) / MB:.0f} MB for a 100 MB upload"
+        )
     finally:
         node.kill()
 
@@ -160,14 +200,25 @@ def test_output_names_stay_inside_the_output_folder(tmp_path: Path) -> None:
 def test_cli_token_errors_are_one_line(tmp_path: Path) -> None:
     node = NodeProcess(tmp_path / "node")
     try:
-        missing = run_cli("--api", node.api, "--data", str(tmp_path / "elsewhere"), "status", check=False)
+        missing = run_cli(
+            "--api", node.api, "--data", str(tmp_path / "elsewhere"), "status", check=False
+        )
         assert missing.returncode == 1
-        assert missing.stderr.strip().startswith(f"error: no API token: {tmp_path / 'elsewhere' / 'api-token'} does not exist")
+        assert missing.stderr.strip().startswith(
+            f"error: no API token: {tmp_path / 'elsewhere' / 'api-token'} does not exist"
+        )
         wrong = run_cli("--api", node.api, "--api-token", "not-the-token", "status", check=False)
         assert wrong.returncode == 1 and len(wrong.stderr.strip().splitlines()) == 1
         assert wrong.stderr.startswith("error: the node refused the API token")
-        by_env = run_cli("--api", node.api, "--data", str(tmp_path / "elsewhere"), "status", check=False,
-                         env={"P2PNODE_API_TOKEN": (tmp_path / "node" / "api-token").read_text().strip()})
+        by_env = run_cli(
+            "--api",
+            node.api,
+            "--data",
+            str(tmp_path / "elsewhere"),
+            "status",
+            check=False,
+            env={"P2PNODE_API_TOKEN": (tmp_path / "node" / "api-token").read_text().strip()},
+        )
         assert by_env.returncode == 0, by_env.stderr
     finally:
         node.kill()
@@ -191,7 +242,12 @@ async def test_abandoned_fetch_stops(node, api, nursery) -> None:
     nursery.start_soon(accept_and_stall)
     blob_hash = os.urandom(32)
     ticket = tickets.encode(
-        tickets.BlobTicket(provider=PeerAddr.from_endpoint(stalled.addr(), None).to_ticket(), hash=blob_hash, size=10, root=os.urandom(32))
+        tickets.BlobTicket(
+            provider=PeerAddr.from_endpoint(stalled.addr(), None).to_ticket(),
+            hash=blob_hash,
+            size=10,
+            root=os.urandom(32),
+        )
     )
     try:
         async with api.stream("POST", "/blobs/fetch", json={"ticket": ticket}) as response:
@@ -209,14 +265,26 @@ async def test_abandoned_fetch_stops(node, api, nursery) -> None:
 
 async def test_jobs_take_uploaded_blobs_not_paths(node, api, tmp_path: Path) -> None:
     secret = node.settings.data_dir / "cluster.json"
-    for body in ({"module": str(secret)}, {"module_blob": "ab" * 32, "artifacts": {"x": str(secret)}}):
+    for body in (
+        {"module": str(secret)},
+        {"module_blob": "ab" * 32, "artifacts": {"x": str(secret)}},
+    ):
         refused = await api.post("/jobs", json=body)
         assert refused.status_code == 422 and "module_blob" in refused.json()["detail"], body
     missing = await api.post("/jobs", json={"module_blob": "ab" * 32})
-    assert missing.status_code == 400 and "upload it first" in missing.json()["detail"], missing.text
+    assert missing.status_code == 400 and "upload it first" in missing.json()["detail"], (
+        missing.text
+    )
     module = bytes(wasmtime.wat2wasm('(module (func (export "_start")))'))
-    wasm = (await api.put("/blobs", content=module, headers={"Content-Type": "application/octet-stream"})).json()
-    job = await api.post("/jobs", json={"module_blob": wasm["blob"]["hash"], "artifact_blobs": {"a": wasm["blob"]["hash"]}})
+    wasm = (
+        await api.put(
+            "/blobs", content=module, headers={"Content-Type": "application/octet-stream"}
+        )
+    ).json()
+    job = await api.post(
+        "/jobs",
+        json={"module_blob": wasm["blob"]["hash"], "artifact_blobs": {"a": wasm["blob"]["hash"]}},
+    )
     assert job.status_code == 200, job.text
     assert job.json()["spec"]["module"]["hash"] == wasm["blob"]["hash"]
     assert job.json()["spec"]["artifacts"]["a"]["providers"] == [node.id]
@@ -227,7 +295,11 @@ async def test_abandoned_download_releases_the_blob(node, api) -> None:
         for _ in range(64):
             yield os.urandom(1 << 20)
 
-    added = (await api.put("/blobs", content=chunks(), headers={"Content-Type": "application/octet-stream"})).json()
+    added = (
+        await api.put(
+            "/blobs", content=chunks(), headers={"Content-Type": "application/octet-stream"}
+        )
+    ).json()
     blob_hash = added["blob"]["hash"]
     async with api.stream("GET", f"/blobs/{blob_hash}") as response:
         assert response.headers["content-length"] == str(64 << 20)

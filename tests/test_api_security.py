@@ -25,7 +25,9 @@ async def node(start_node):
 
 @pytest.fixture
 async def api(node):
-    async with httpx.AsyncClient(base_url=node.api_url, headers={"Authorization": f"Bearer {node.api_token}"}) as client:
+    async with httpx.AsyncClient(
+        base_url=node.api_url, headers={"Authorization": f"Bearer {node.api_token}"}
+    ) as client:
         yield client
 
 
@@ -38,14 +40,24 @@ def one_line_detail(response: httpx.Response) -> str:
 async def test_health_needs_no_token_everything_else_does(node, api) -> None:
     async with httpx.AsyncClient(base_url=node.api_url) as anonymous:
         assert (await anonymous.get("/health")).status_code == 200
-        for method, path in [("GET", "/status"), ("POST", "/tickets/join"), ("GET", "/blobs"), ("GET", "/jobs"), ("GET", f"/blobs/{HASH}")]:
+        for method, path in [
+            ("GET", "/status"),
+            ("POST", "/tickets/join"),
+            ("GET", "/blobs"),
+            ("GET", "/jobs"),
+            ("GET", f"/blobs/{HASH}"),
+        ]:
             refused = await anonymous.request(method, path)
             assert refused.status_code == 401, (method, path)
             assert refused.headers["www-authenticate"] == "Bearer"
             assert one_line_detail(refused).startswith("no API token")
-        wrong = await anonymous.get("/status", headers={"Authorization": f"Bearer {node.api_token[:-1]}x"})
+        wrong = await anonymous.get(
+            "/status", headers={"Authorization": f"Bearer {node.api_token[:-1]}x"}
+        )
         assert wrong.status_code == 401 and one_line_detail(wrong).startswith("wrong API token")
-        other_scheme = await anonymous.get("/status", headers={"Authorization": f"Basic {node.api_token}"})
+        other_scheme = await anonymous.get(
+            "/status", headers={"Authorization": f"Basic {node.api_token}"}
+        )
         assert other_scheme.status_code == 401
     assert (await api.get("/status")).status_code == 200
 
@@ -67,7 +79,17 @@ async def test_loose_data_folder_is_tightened(start_node, tmp_path) -> None:
     assert stat.S_IMODE(node.settings.data_dir.stat().st_mode) == 0o700
 
 
-@pytest.mark.parametrize("host", ["evil.example:{port}", "localhost.evil.example:{port}", "127.0.0.1:1", "127.0.0.1", "10.0.0.1:{port}", ""])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "evil.example:{port}",
+        "localhost.evil.example:{port}",
+        "127.0.0.1:1",
+        "127.0.0.1",
+        "10.0.0.1:{port}",
+        "",
+    ],
+)
 async def test_foreign_host_is_misdirected(node, api, host: str) -> None:
     port = node.api_url.rsplit(":", 1)[1]
     for path in ("/health", "/status", "/docs"):
@@ -92,7 +114,12 @@ async def test_localhost_is_the_api_own_name(node, api) -> None:
     ],
 )
 async def test_cross_site_requests_are_refused(api, headers: dict[str, str]) -> None:
-    for method, path in [("POST", "/tickets/join"), ("GET", "/status"), ("GET", "/health"), ("OPTIONS", "/status")]:
+    for method, path in [
+        ("POST", "/tickets/join"),
+        ("GET", "/status"),
+        ("GET", "/health"),
+        ("OPTIONS", "/status"),
+    ]:
         refused = await api.request(method, path, headers=headers)
         assert refused.status_code == 403, (headers, path)
         assert one_line_detail(refused) == "cross-site requests are refused"
@@ -106,12 +133,19 @@ async def test_same_origin_browser_requests_pass(node, api) -> None:
 
 async def test_json_bodies_only_as_application_json(api, tmp_path) -> None:
     body = json.dumps({"path": str(tmp_path / "x")})
-    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None):
+    for content_type in (
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        None,
+    ):
         headers = {"Content-Type": content_type} if content_type else {}
         refused = await api.post("/blobs", content=body, headers=headers)
         assert refused.status_code == 415, content_type
         assert "application/json" in one_line_detail(refused)
-    assert (await api.put("/blobs", content=b"x", headers={"Content-Type": "application/json"})).status_code == 415
+    assert (
+        await api.put("/blobs", content=b"x", headers={"Content-Type": "application/json"})
+    ).status_code == 415
 
 
 async def raw_request(node, head: str, body: bytes = b"") -> tuple[int, dict]:
@@ -133,11 +167,14 @@ async def test_oversized_or_unmeasured_json_body_is_refused(node) -> None:
     port = node.api_url.rsplit(":", 1)[1]
     auth = f"Authorization: Bearer {node.api_token}"
     status, reply = await raw_request(
-        node, f"POST /jobs HTTP/1.1\nHost: 127.0.0.1:{port}\n{auth}\nContent-Type: application/json\nContent-Length: {MAX_JSON_BODY + 1}\n"
+        node,
+        f"POST /jobs HTTP/1.1\nHost: 127.0.0.1:{port}\n{auth}\nContent-Type: application/json\nContent-Length: {MAX_JSON_BODY + 1}\n",
     )
     assert status == 413 and reply["detail"] == "request body over 17 MiB"
     status, reply = await raw_request(
-        node, f"POST /jobs HTTP/1.1\nHost: 127.0.0.1:{port}\n{auth}\nContent-Type: application/json\nTransfer-Encoding: chunked\n", b"0\r\n\r\n"
+        node,
+        f"POST /jobs HTTP/1.1\nHost: 127.0.0.1:{port}\n{auth}\nContent-Type: application/json\nTransfer-Encoding: chunked\n",
+        b"0\r\n\r\n",
     )
     assert status == 411
 
@@ -162,7 +199,9 @@ async def test_oversized_or_unmeasured_json_body_is_refused(node) -> None:
 async def test_malformed_parameters_are_one_line_422(api, caplog, method: str, path: str) -> None:
     caplog.set_level(logging.INFO)
     refused = await api.request(method, path)
-    assert refused.status_code in (404, 422), refused.text  # ".." is resolved by the client: no such route
+    assert refused.status_code in (404, 422), (
+        refused.text
+    )  # ".." is resolved by the client: no such route
     if refused.status_code == 422:
         assert one_line_detail(refused).startswith("invalid ")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
@@ -187,15 +226,24 @@ async def test_bodies_are_validated_by_their_model(api, path: str, body: dict, f
 
 
 async def test_not_json_is_one_line_422(api) -> None:
-    refused = await api.post("/blobs/fetch", content=b"{not json", headers={"Content-Type": "application/json"})
+    refused = await api.post(
+        "/blobs/fetch", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
     assert refused.status_code == 422 and one_line_detail(refused).startswith("invalid ")
 
 
 async def test_docs_work_offline(node) -> None:
-    async with httpx.AsyncClient(base_url=node.api_url) as browser:  # no token: a browser cannot send one
-        for page, assets in [("/docs", ["swagger-ui-bundle.js", "swagger-ui.css"]), ("/redoc", ["redoc.standalone.js"])]:
+    async with httpx.AsyncClient(
+        base_url=node.api_url
+    ) as browser:  # no token: a browser cannot send one
+        for page, assets in [
+            ("/docs", ["swagger-ui-bundle.js", "swagger-ui.css"]),
+            ("/redoc", ["redoc.standalone.js"]),
+        ]:
             html = (await browser.get(page)).text
-            assert "cdn" not in html and "https://" not in html.replace("https://fastapi.tiangolo.com", ""), page
+            assert "cdn" not in html and "https://" not in html.replace(
+                "https://fastapi.tiangolo.com", ""
+            ), page
             for asset in assets:
                 assert f"/static-offline-docs/{asset}" in html
                 served = await browser.get(f"/static-offline-docs/{asset}")
@@ -207,7 +255,12 @@ async def test_docs_work_offline(node) -> None:
     assert schema["paths"]["/health"]["get"]["security"] == []
     assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     for code in ("401", "403", "421", "422"):
-        assert fetch["responses"][code]["content"]["application/json"]["schema"]["properties"]["detail"]["type"] == "string"
+        assert (
+            fetch["responses"][code]["content"]["application/json"]["schema"]["properties"][
+                "detail"
+            ]["type"]
+            == "string"
+        )
     assert "application/octet-stream" in schema["paths"]["/blobs"]["put"]["requestBody"]["content"]
 
 
@@ -216,5 +269,13 @@ async def test_api_bound_by_name_answers_to_its_address_and_localhost(start_node
     port = node.api_url.rsplit(":", 1)[1]
     async with httpx.AsyncClient(headers={"Authorization": f"Bearer {node.api_token}"}) as client:
         for host in ("localhost", "127.0.0.1"):
-            assert (await client.get(f"http://127.0.0.1:{port}/status", headers={"Host": f"{host}:{port}"})).status_code == 200
-        assert (await client.get(f"http://127.0.0.1:{port}/status", headers={"Host": f"evil.example:{port}"})).status_code == 421
+            assert (
+                await client.get(
+                    f"http://127.0.0.1:{port}/status", headers={"Host": f"{host}:{port}"}
+                )
+            ).status_code == 200
+        assert (
+            await client.get(
+                f"http://127.0.0.1:{port}/status", headers={"Host": f"evil.example:{port}"}
+            )
+        ).status_code == 421

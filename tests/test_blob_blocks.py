@@ -17,7 +17,9 @@ SIZES = [0, 1, BLOCK_SIZE - 1, BLOCK_SIZE, BLOCK_SIZE + 1, 3 * BLOCK_SIZE + 1234
 
 
 def expected_hashes(data: bytes) -> list[bytes]:
-    return [blake3.blake3(data[i : i + BLOCK_SIZE]).digest() for i in range(0, len(data), BLOCK_SIZE)]
+    return [
+        blake3.blake3(data[i : i + BLOCK_SIZE]).digest() for i in range(0, len(data), BLOCK_SIZE)
+    ]
 
 
 def block_list_of(data: bytes) -> BlockList:
@@ -36,7 +38,9 @@ def test_hasher_matches_independent_computation(size: int, tmp_path) -> None:
     assert bl.size == size
     assert list(bl.hashes) == expected_hashes(data)
     assert len(bl) == block_count(size) == -(-size // BLOCK_SIZE)
-    root = blake3.blake3(b"p2pnode-blocks-v1" + struct.pack(">Q", size) + b"".join(expected_hashes(data))).digest()
+    root = blake3.blake3(
+        b"p2pnode-blocks-v1" + struct.pack(">Q", size) + b"".join(expected_hashes(data))
+    ).digest()
     assert bl.root == root and bl.root_hex == root.hex()
     path = tmp_path / "f"
     path.write_bytes(data)
@@ -146,7 +150,9 @@ def test_root_detects_any_change() -> None:
     """A provider's BlockList is accepted only if its root is the trusted one."""
     data = os.urandom(2 * BLOCK_SIZE + 2)
     good = block_list_of(data)
-    tampered_hash = BlockList(size=good.size, hashes=(good.hashes[0], blake3.blake3(b"x").digest(), good.hashes[2]))
+    tampered_hash = BlockList(
+        size=good.size, hashes=(good.hashes[0], blake3.blake3(b"x").digest(), good.hashes[2])
+    )
     swapped = BlockList(size=good.size, hashes=(good.hashes[1], good.hashes[0], good.hashes[2]))
     resized = BlockList(size=good.size - 1, hashes=good.hashes)
     roots = {good.root, tampered_hash.root, swapped.root, resized.root}

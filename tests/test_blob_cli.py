@@ -28,7 +28,10 @@ def provider(tmp_path: Path):
 
 
 def add_blob(node: NodeProcess, path: Path) -> tuple[str, str]:
-    out = dict(line.split(": ", 1) for line in node.cli("blob", "add", str(path)).stdout.strip().splitlines())
+    out = dict(
+        line.split(": ", 1)
+        for line in node.cli("blob", "add", str(path)).stdout.strip().splitlines()
+    )
     return out["hash"].strip(), out["ticket"].strip()
 
 
@@ -57,8 +60,22 @@ def test_add_on_one_node_fetch_on_another(provider: NodeProcess, tmp_path: Path)
 def standalone_get(ticket: str, out: Path, store: Path) -> subprocess.Popen[str]:
     env = {**os.environ, **STANDALONE_ENV, "IROH_BLOBS_PATH": str(store), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "p2pnode", "--api", "http://127.0.0.1:9", "blob", "get", ticket, "-o", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "p2pnode",
+            "--api",
+            "http://127.0.0.1:9",
+            "blob",
+            "get",
+            ticket,
+            "-o",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
 
 
@@ -108,7 +125,14 @@ def test_fetch_errors_are_one_line(provider: NodeProcess, tmp_path: Path) -> Non
     _, ticket = add_blob(provider, tmp_path / "in.bin")
     env_run = lambda *args: subprocess.run(  # noqa: E731
         [sys.executable, "-m", "p2pnode", "--api", "http://127.0.0.1:9", *args],
-        capture_output=True, text=True, env={**os.environ, **STANDALONE_ENV, "IROH_BLOBS_PATH": str(tmp_path / "s"), "P2PNODE_CONNECT_TIMEOUT": "1"},
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            **STANDALONE_ENV,
+            "IROH_BLOBS_PATH": str(tmp_path / "s"),
+            "P2PNODE_CONNECT_TIMEOUT": "1",
+        },
     )
     bad = env_run("blob", "get", ticket[:-3], "-o", str(tmp_path / "x"))
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: invalid blob ticket:")

@@ -13,7 +13,15 @@ import pytest
 
 import tickets
 from p2pnode.blobs.fetch import FetchError, fetch_blob
-from p2pnode.blobs.protocol import BLOBS_ALPN, MAX_HEADER_FRAME, MAX_RANGES, BlobHeader, BlobReply, BlobRequest, BlobRefused
+from p2pnode.blobs.protocol import (
+    BLOBS_ALPN,
+    MAX_HEADER_FRAME,
+    MAX_RANGES,
+    BlobHeader,
+    BlobRefused,
+    BlobReply,
+    BlobRequest,
+)
 from p2pnode.blobs.store import BlobStore
 from p2pnode.membership import PeerAddr
 from p2pnode.net.framing import recv_model, send_model, write_frame
@@ -34,7 +42,9 @@ async def test_member_fetches_verified_blob(start_node, tmp_path: Path) -> None:
     assert info.hash == blake3.blake3(data).hexdigest()
 
     seen: list[int] = []
-    fetched = await b.blobs.fetch(info.hash, [a.addr()], root=info.root, on_progress=lambda p: seen.append(p.bytes_done))
+    fetched = await b.blobs.fetch(
+        info.hash, [a.addr()], root=info.root, on_progress=lambda p: seen.append(p.bytes_done)
+    )
     assert fetched.hash == info.hash
     await b.blobs.store.export(info.hash, tmp_path / "out.bin")
     assert (tmp_path / "out.bin").read_bytes() == data
@@ -50,15 +60,32 @@ async def test_ticket_holder_fetches_and_stranger_is_refused(start_node, tmp_pat
     stranger = await bind_loopback([BLOBS_ALPN])
     store = await BlobStore.open(tmp_path / "stranger-store")
     try:
+
         async def dial(addr: PeerAddr) -> iroh.Connection:
             return await stranger.connect(addr.to_endpoint(), BLOBS_ALPN)
 
         with pytest.raises(FetchError, match="not authorised"):
             await fetch_blob(store, dial, info.hash, [a.addr()], root=info.root)
-        with pytest.raises(FetchError, match="not authorised"):  # a capability for another blob is useless
-            await fetch_blob(store, dial, info.hash, [a.addr()], root=info.root, capability=a.blobs.capabilities.issue("00" * 32).hex())
+        with pytest.raises(
+            FetchError, match="not authorised"
+        ):  # a capability for another blob is useless
+            await fetch_blob(
+                store,
+                dial,
+                info.hash,
+                [a.addr()],
+                root=info.root,
+                capability=a.blobs.capabilities.issue("00" * 32).hex(),
+            )
         assert not store.has(info.hash)
-        fetched = await fetch_blob(store, dial, info.hash, [PeerAddr.from_ticket(ticket.provider)], root=ticket.root_hex, capability=ticket.capability.hex())
+        fetched = await fetch_blob(
+            store,
+            dial,
+            info.hash,
+            [PeerAddr.from_ticket(ticket.provider)],
+            root=ticket.root_hex,
+            capability=ticket.capability.hex(),
+        )
         await store.export(fetched.hash, tmp_path / "out.bin")
         assert (tmp_path / "out.bin").read_bytes() == data
     finally:
@@ -67,7 +94,9 @@ async def test_ticket_holder_fetches_and_stranger_is_refused(start_node, tmp_pat
     assert a.blobs.provider.refused == 2
 
 
-async def test_lying_provider_is_caught_and_next_provider_delivers(start_node, tmp_path: Path) -> None:
+async def test_lying_provider_is_caught_and_next_provider_delivers(
+    start_node, tmp_path: Path
+) -> None:
     honest = await start_node()
     liar = await start_node(join=honest.join_ticket())
     fetcher = await start_node(join=honest.join_ticket())
@@ -115,7 +144,9 @@ async def test_unreachable_provider_then_good_one(start_node, tmp_path: Path) ->
     assert fetched.hash == info.hash
 
 
-async def test_garbage_request_resets_stream_and_node_carries_on(start_node, tmp_path: Path) -> None:
+async def test_garbage_request_resets_stream_and_node_carries_on(
+    start_node, tmp_path: Path
+) -> None:
     a = await start_node()
     write_random(tmp_path / "input.bin", 5000)
     info = await a.blobs.add(tmp_path / "input.bin")
@@ -141,7 +172,8 @@ async def test_garbage_request_resets_stream_and_node_carries_on(start_node, tmp
 @pytest.mark.parametrize(
     "blocks",
     [
-        [[0, 1]] * 1000,  # the same range a thousand times: a thousand copies of a block for one request
+        [[0, 1]]
+        * 1000,  # the same range a thousand times: a thousand copies of a block for one request
         [[0, 2], [1, 3]],  # overlapping
         [[2, 3], [0, 1]],  # out of order (disguises repeats)
         [[1, 1]],  # empty
@@ -149,7 +181,9 @@ async def test_garbage_request_resets_stream_and_node_carries_on(start_node, tmp
         [[2 * i, 2 * i + 1] for i in range(MAX_RANGES + 1)],  # disjoint, but too many
     ],
 )
-async def test_request_with_repeated_overlapping_or_too_many_ranges_is_refused(start_node, tmp_path: Path, blocks: list[list[int]]) -> None:
+async def test_request_with_repeated_overlapping_or_too_many_ranges_is_refused(
+    start_node, tmp_path: Path, blocks: list[list[int]]
+) -> None:
     a = await start_node()
     write_random(tmp_path / "input.bin", 3 * (1 << 20) + 1)
     info = await a.blobs.add(tmp_path / "input.bin")
@@ -158,14 +192,19 @@ async def test_request_with_repeated_overlapping_or_too_many_ranges_is_refused(s
     try:
         connection = await peer.connect(a.addr().to_endpoint(), BLOBS_ALPN)
         bi = await connection.open_bi()
-        await write_frame(bi.send(), json.dumps({"hash": info.hash, "capability": capability, "blocks": blocks}).encode())
+        await write_frame(
+            bi.send(),
+            json.dumps({"hash": info.hash, "capability": capability, "blocks": blocks}).encode(),
+        )
         await bi.send().finish()
         with pytest.raises(iroh.IrohError):
             await bi.recv().read_exact(4)
         assert a.blobs.provider.served_bytes == 0
         # Disjoint ranges in order are served, each block once.
         bi = await connection.open_bi()
-        await send_model(bi.send(), BlobRequest(hash=info.hash, capability=capability, blocks=[(0, 1), (2, 3)]))
+        await send_model(
+            bi.send(), BlobRequest(hash=info.hash, capability=capability, blocks=[(0, 1), (2, 3)])
+        )
         await bi.send().finish()
         assert isinstance(await recv_model(bi.recv(), BlobReply, MAX_HEADER_FRAME), BlobHeader)
         assert len(await bi.recv().read_to_end(4 << 20)) == 2 << 20

@@ -72,7 +72,9 @@ async def test_round_trip(store: BlobStore, tmp_path: Path, size: int, via: str)
         assert f.read() == data
     assert b"".join([c async for c in store.read_range(info.hash, chunk_size=300_000)]) == data
     if size > 10:
-        got = b"".join([c async for c in store.read_range(info.hash, 3, size - 7, chunk_size=BLOCK_SIZE // 3)])
+        got = b"".join(
+            [c async for c in store.read_range(info.hash, 3, size - 7, chunk_size=BLOCK_SIZE // 3)]
+        )
         assert got == data[3:-4]
 
     dest = tmp_path / "out" / "exported"
@@ -142,7 +144,9 @@ async def test_store_is_single_process(store: BlobStore) -> None:
 # -- errors ----------------------------------------------------------------------------------
 
 
-async def test_disk_full_during_add_leaves_nothing(store: BlobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_disk_full_during_add_leaves_nothing(
+    store: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def full(fd: int, data: memoryview) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -169,7 +173,9 @@ async def test_permission_denied_during_export_leaves_nothing(
     assert os.listdir(out) == []
 
 
-async def test_cancelled_add_leaves_nothing(store: BlobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_cancelled_add_leaves_nothing(
+    store: BlobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     src = tmp_path / "big"
     src.write_bytes(os.urandom(20 * BLOCK_SIZE))
     real_write_all = store_mod._write_all
@@ -239,7 +245,9 @@ async def test_data_files_are_reverified_at_open(store: BlobStore) -> None:
         s.close()
 
 
-async def test_damaged_content_is_caught_by_verify_and_export(store: BlobStore, tmp_path: Path) -> None:
+async def test_damaged_content_is_caught_by_verify_and_export(
+    store: BlobStore, tmp_path: Path
+) -> None:
     a = await store.add_bytes(os.urandom(BLOCK_SIZE * 2))
     b = await store.add_bytes(os.urandom(BLOCK_SIZE * 2))
     assert await store.verify(a.hash)
@@ -336,7 +344,10 @@ async def test_resume_after_crash_keeps_verified_blocks(store: BlobStore) -> Non
     s = await reopen(store)
     try:
         progress = await s.partial_progress(h)
-        assert progress is not None and (progress.blocks_done, progress.bytes_done) == (3, 2 * BLOCK_SIZE + 1)
+        assert progress is not None and (progress.blocks_done, progress.bytes_done) == (
+            3,
+            2 * BLOCK_SIZE + 1,
+        )
         p = await s.partial(h)  # the state file alone is enough to resume
         assert p.block_list == bl
         assert p.missing_blocks() == [1, 3]
@@ -357,7 +368,7 @@ async def test_damaged_recorded_block_is_missing_again(store: BlobStore) -> None
             await p.write_block(i, block(data, bl, i))
     with open(store.root / "partial" / f"{h}.data", "r+b") as f:  # a torn or rotten write
         f.seek(BLOCK_SIZE + 77)
-        f.write(b"\xAA\xBB")
+        f.write(b"\xaa\xbb")
     s = await reopen(store)
     try:
         p = await s.partial(h, bl)
@@ -412,7 +423,9 @@ async def test_gc_keeps_what_is_referenced(store: BlobStore) -> None:
     assert result.removed == [garbage]
     assert result.removed_partials == [abandoned[0]]
     assert result.freed_bytes >= 101
-    assert sorted(b.hash for b in await store.list()) == sorted([pinned, tagged, in_use, protected, reading])
+    assert sorted(b.hash for b in await store.list()) == sorted(
+        [pinned, tagged, in_use, protected, reading]
+    )
     assert (await store.partial_progress(live[0])) is not None
     live_partial.close()
 

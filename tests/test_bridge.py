@@ -14,7 +14,22 @@ from iroh import iroh_ffi
 from p2pnode.net import bridge
 from tests.conftest import TEST_ALPN, accept_connection, connect_pair
 
-SIZES = [0, 1, 2, 7, 255, 4096, 65535, 65536, 65537, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, 3_000_001, 8 << 20]
+SIZES = [
+    0,
+    1,
+    2,
+    7,
+    255,
+    4096,
+    65535,
+    65536,
+    65537,
+    (1 << 20) - 1,
+    1 << 20,
+    (1 << 20) + 1,
+    3_000_001,
+    8 << 20,
+]
 
 
 @pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
@@ -46,7 +61,9 @@ async def read_all(recv: iroh.RecvStream, into: bytearray) -> None:
         into.extend(chunk)
 
 
-async def test_random_payloads_round_trip(endpoint_pair: tuple[iroh.Endpoint, iroh.Endpoint]) -> None:
+async def test_random_payloads_round_trip(
+    endpoint_pair: tuple[iroh.Endpoint, iroh.Endpoint],
+) -> None:
     server, client = endpoint_pair
     rng = random.Random(42)
     sizes = SIZES + [rng.randrange(0, 8 << 20) for _ in range(4)]
@@ -68,7 +85,9 @@ async def test_random_payloads_round_trip(endpoint_pair: tuple[iroh.Endpoint, ir
         nursery.cancel_scope.cancel()
 
 
-async def test_cancelled_accept_leaves_endpoint_usable(endpoint_pair: tuple[iroh.Endpoint, iroh.Endpoint]) -> None:
+async def test_cancelled_accept_leaves_endpoint_usable(
+    endpoint_pair: tuple[iroh.Endpoint, iroh.Endpoint],
+) -> None:
     server, client = endpoint_pair
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
@@ -83,11 +102,15 @@ async def test_cancelled_accept_leaves_endpoint_usable(endpoint_pair: tuple[iroh
         assert connection.remote_id().to_bytes() == client.id().to_bytes()
 
 
-async def test_cancelled_read_then_data_still_flows(endpoint_pair: tuple[iroh.Endpoint, iroh.Endpoint]) -> None:
+async def test_cancelled_read_then_data_still_flows(
+    endpoint_pair: tuple[iroh.Endpoint, iroh.Endpoint],
+) -> None:
     server, client = endpoint_pair
     server_conn, client_conn = await connect_pair(server, client)
     client_bi = await client_conn.open_bi()
-    await client_bi.send().write_all(b"x")  # a stream becomes visible to the peer with its first data
+    await client_bi.send().write_all(
+        b"x"
+    )  # a stream becomes visible to the peer with its first data
     recv = (await server_conn.accept_bi()).recv()
     assert await recv.read_exact(1) == b"x"
     with trio.CancelScope() as scope:

@@ -20,13 +20,17 @@ DEAD_API = "http://127.0.0.1:9"
 
 @pytest.fixture
 def node(tmp_path: Path):
-    node = NodeProcess(tmp_path / "data")  # named like the default ./data, to tempt a standalone fetch
+    node = NodeProcess(
+        tmp_path / "data"
+    )  # named like the default ./data, to tempt a standalone fetch
     yield node
     node.kill()
 
 
 def test_api_without_scheme_and_verbose_after_the_subcommand(node: NodeProcess) -> None:
-    result = run_cli("--api", node.api.removeprefix("http://"), "--data", str(node.data_dir), "status", "-v")
+    result = run_cli(
+        "--api", node.api.removeprefix("http://"), "--data", str(node.data_dir), "status", "-v"
+    )
     assert result.stdout.startswith(f"node      {node.id}\n")
     assert f"GET {node.api}/status: HTTP 200 in " in result.stderr
     quiet = node.cli("status")
@@ -41,10 +45,15 @@ def test_pin_unpin_rm_say_what_they_did(node: NodeProcess, tmp_path: Path) -> No
     assert node.cli("blob", "rm", "--force", blob_hash).stdout == f"removed {blob_hash}\n"
 
     missing = node.cli("blob", "pin", blob_hash, check=False)
-    assert (missing.returncode, missing.stderr) == (1, f"error: blob {blob_hash} is not in the store\n")
+    assert (missing.returncode, missing.stderr) == (
+        1,
+        f"error: blob {blob_hash} is not in the store\n",
+    )
     assert "pinned" not in node.cli("blob", "ls").stdout
     mistyped = node.cli("blob", "pin", "abc", check=False)
-    assert mistyped.returncode == 2 and mistyped.stderr.startswith("error: invalid blob_hash: "), mistyped.stderr
+    assert mistyped.returncode == 2 and mistyped.stderr.startswith("error: invalid blob_hash: "), (
+        mistyped.stderr
+    )
     assert mistyped.stderr.count("\n") == 1
 
 
@@ -56,12 +65,34 @@ def test_self_join_is_explained(node: NodeProcess) -> None:
     ]
 
 
-def standalone_get(ticket: str, out: Path, cwd: Path, cache: Path) -> subprocess.CompletedProcess[str]:
+def standalone_get(
+    ticket: str, out: Path, cwd: Path, cache: Path
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "IROH_BLOBS_PATH"}
-    env |= {"P2PNODE_RELAY": "disabled", "P2PNODE_BIND": "127.0.0.1:0", "XDG_CACHE_HOME": str(cache)}
+    env |= {
+        "P2PNODE_RELAY": "disabled",
+        "P2PNODE_BIND": "127.0.0.1:0",
+        "XDG_CACHE_HOME": str(cache),
+    }
     return subprocess.run(
-        [sys.executable, "-m", "p2pnode", "--api", DEAD_API, "blob", "get", ticket, "-o", str(out), "-v"],
-        capture_output=True, text=True, env=env, cwd=cwd, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "p2pnode",
+            "--api",
+            DEAD_API,
+            "blob",
+            "get",
+            ticket,
+            "-o",
+            str(out),
+            "-v",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=120,
     )
 
 
@@ -69,7 +100,10 @@ def test_standalone_get_leaves_no_hidden_copy(node: NodeProcess, tmp_path: Path)
     """Run where ./data is a running node's (locked) store: the fetch must neither use nor blame it."""
     data = os.urandom(2_500_000)
     (tmp_path / "in.bin").write_bytes(data)
-    added = dict(line.split(": ", 1) for line in node.cli("blob", "add", str(tmp_path / "in.bin")).stdout.splitlines())
+    added = dict(
+        line.split(": ", 1)
+        for line in node.cli("blob", "add", str(tmp_path / "in.bin")).stdout.splitlines()
+    )
     blob_hash, ticket = added["hash"].strip(), added["ticket"].strip()
     stored_before = sorted((tmp_path / "data").rglob("*"))
     cache = tmp_path / "cache"
@@ -77,13 +111,21 @@ def test_standalone_get_leaves_no_hidden_copy(node: NodeProcess, tmp_path: Path)
     result = standalone_get(ticket, tmp_path / "out.bin", tmp_path, cache)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out.bin").read_bytes() == data
-    assert f"fetching blob {blob_hash[:12]} (2500000 bytes) from provider {node.id[:10]}" in result.stderr
+    assert (
+        f"fetching blob {blob_hash[:12]} (2500000 bytes) from provider {node.id[:10]}"
+        in result.stderr
+    )
     assert f"dialling provider {node.id[:10]} at 127.0.0.1:" in result.stderr
     assert sorted((tmp_path / "data").rglob("*")) == stored_before
     assert list((cache / "p2pnode" / "blobs" / "data").iterdir()) == []  # used, then emptied
 
-    with BlobStore(cache / "p2pnode" / "blobs"):  # another fetch holds the cache: a temporary store serves
+    with BlobStore(
+        cache / "p2pnode" / "blobs"
+    ):  # another fetch holds the cache: a temporary store serves
         again = standalone_get(ticket, tmp_path / "again.bin", tmp_path, cache)
     assert again.returncode == 0, again.stderr
-    assert "is already open in another process; fetching through a temporary store instead" in again.stderr
+    assert (
+        "is already open in another process; fetching through a temporary store instead"
+        in again.stderr
+    )
     assert (tmp_path / "again.bin").read_bytes() == data

@@ -10,7 +10,13 @@ from typing import Any
 
 import pytest
 
-from p2pnode.executors.base import MIB, ExecutionLimits, ExecutionRequest, ExecutionResult, JobMaxima
+from p2pnode.executors.base import (
+    MIB,
+    ExecutionLimits,
+    ExecutionRequest,
+    ExecutionResult,
+    JobMaxima,
+)
 from p2pnode.executors.wasm import MAX_OUTPUTS, WasiExecutor
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -83,7 +89,11 @@ def failed(result: ExecutionResult) -> str:
 
 
 def disk_bytes(folder: Path) -> int:
-    return sum(os.lstat(Path(root, name)).st_blocks * 512 for root, dirs, files in os.walk(folder) for name in dirs + files)
+    return sum(
+        os.lstat(Path(root, name)).st_blocks * 512
+        for root, dirs, files in os.walk(folder)
+        for name in dirs + files
+    )
 
 
 async def test_eight_memories_do_not_multiply_the_memory_limit(job: Any) -> None:
@@ -93,25 +103,36 @@ async def test_eight_memories_do_not_multiply_the_memory_limit(job: Any) -> None
         "cannot instantiate module: resource limit exceeded: memory count too high at 8"
         " (a job gets at most 1 linear memory and 4 tables)"
     )
-    two_small = "(module (memory 1) (memory 1) (func (export \"_start\")))"
-    assert "memory count too high" in failed(await WasiExecutor().run(job(two_small, memory_bytes=64 * MIB)))
+    two_small = '(module (memory 1) (memory 1) (func (export "_start")))'
+    assert "memory count too high" in failed(
+        await WasiExecutor().run(job(two_small, memory_bytes=64 * MIB))
+    )
 
 
 async def test_tables_count_against_the_memory_limit(job: Any) -> None:
     # 10M elements of 8 bytes: 80 MB of table under a 64 MiB limit.
     large = '(module (table 10000000 funcref) (func (export "_start")))'
     error = failed(await WasiExecutor().run(job(large, memory_bytes=64 * MIB)))
-    assert error == "cannot instantiate module: table minimum size of 10000000 elements exceeds table limits"
+    assert (
+        error
+        == "cannot instantiate module: table minimum size of 10000000 elements exceeds table limits"
+    )
     many = "(module " + "(table 1 funcref) " * 5 + '(func (export "_start")))'
-    assert "table count too high at 5" in failed(await WasiExecutor().run(job(many, memory_bytes=64 * MIB)))
+    assert "table count too high at 5" in failed(
+        await WasiExecutor().run(job(many, memory_bytes=64 * MIB))
+    )
     # A table grown at run time is refused past the budget: table.grow answers -1, the guest traps.
     grower = """(module (table 1 funcref)
       (func (export "_start")
         (if (i32.eq (table.grow (ref.null func) (i32.const 10000000)) (i32.const -1)) (then unreachable))))"""
-    assert failed(await WasiExecutor().run(job(grower, memory_bytes=64 * MIB))).startswith("trap: wasm `unreachable`")
+    assert failed(await WasiExecutor().run(job(grower, memory_bytes=64 * MIB))).startswith(
+        "trap: wasm `unreachable`"
+    )
     # Memory and tables together stay within the limit: a full-size memory still fits beside the tables.
     fits = '(module (memory 960) (table 1000 funcref) (func (export "_start")))'
-    assert failed(await WasiExecutor().run(job(fits, memory_bytes=64 * MIB))).startswith("workflow wrote non-JSON")
+    assert failed(await WasiExecutor().run(job(fits, memory_bytes=64 * MIB))).startswith(
+        "workflow wrote non-JSON"
+    )
 
 
 async def test_node_maxima_cap_what_a_job_asks(job: Any) -> None:
@@ -119,8 +140,14 @@ async def test_node_maxima_cap_what_a_job_asks(job: Any) -> None:
     # A job asking 1 TiB of memory gets the node's 1 MiB: 20 pages do not fit.
     huge = '(module (memory 20) (func (export "_start")))'
     result = await executor.run(job(huge, memory_bytes=1 << 40))
-    assert failed(result) == "cannot instantiate module: memory minimum size of 20 pages exceeds memory limits"
-    assert "[p2pnode] memory limit of 1099511627776 bytes lowered to this node's maximum of 1048576 bytes" in result.logs
+    assert (
+        failed(result)
+        == "cannot instantiate module: memory minimum size of 20 pages exceeds memory limits"
+    )
+    assert (
+        "[p2pnode] memory limit of 1099511627776 bytes lowered to this node's maximum of 1048576 bytes"
+        in result.logs
+    )
     # 1e6 s and 1e30 fuel become the node's 0.5 s and 10**6.
     result = await executor.run(job("spin", time_s=1e6, fuel=10**30, memory_bytes=MIB))
     assert failed(result) == "out of fuel (limit 1000000)"
@@ -141,8 +168,12 @@ async def test_node_maxima_cap_what_a_job_asks(job: Any) -> None:
 async def test_output_cap_stops_a_writer_while_it_writes(job: Any, tmp_path: Path) -> None:
     cap = 4 * MIB
     executor = WasiExecutor(maxima=JobMaxima(output_bytes=cap))
-    forever = files_module("(call $fill (call $create $name0) (i32.const -1)) (call $done)", ["big.bin"])
-    result = await executor.run(job(forever, time_s=10, fuel=10**18))  # bounded even if the guard failed
+    forever = files_module(
+        "(call $fill (call $create $name0) (i32.const -1)) (call $done)", ["big.bin"]
+    )
+    result = await executor.run(
+        job(forever, time_s=10, fuel=10**18)
+    )  # bounded even if the guard failed
     assert failed(result) == f"outputs exceed this node's limit of {cap} bytes"
     written = disk_bytes(tmp_path / "out")
     assert cap < written <= cap + 64 * MIB, written
@@ -151,19 +182,28 @@ async def test_output_cap_stops_a_writer_while_it_writes(job: Any, tmp_path: Pat
     under = files_module("(call $fill (call $create $name0) (i32.const 64)) (call $done)", ["x"])
     assert (await executor.run(job(under, out="under"))).ok
     over = files_module("(call $fill (call $create $name0) (i32.const 65)) (call $done)", ["y"])
-    assert failed(await executor.run(job(over, out="over"))) == f"outputs exceed this node's limit of {cap} bytes"
+    assert (
+        failed(await executor.run(job(over, out="over")))
+        == f"outputs exceed this node's limit of {cap} bytes"
+    )
 
 
 async def test_sparse_output_counts_at_its_published_size(job: Any, tmp_path: Path) -> None:
     # 1 TiB of holes takes no disk but would be a 1 TiB blob.
-    sparse = files_module("(drop (call $set_size (call $create $name0) (i64.const 1099511627776))) (call $done)", ["holes"])
+    sparse = files_module(
+        "(drop (call $set_size (call $create $name0) (i64.const 1099511627776))) (call $done)",
+        ["holes"],
+    )
     result = await WasiExecutor(maxima=JobMaxima(output_bytes=MIB)).run(job(sparse))
     assert failed(result) == f"outputs exceed this node's limit of {MIB} bytes"
 
 
 async def test_too_many_output_files_fail_the_job(job: Any) -> None:
     names = [f"f{i}" for i in range(MAX_OUTPUTS + 1)]
-    body = "".join(f"(drop (call $create (i32.const {1024 + 8 * i}) (i32.const {len(n)})))" for i, n in enumerate(names))
+    body = "".join(
+        f"(drop (call $create (i32.const {1024 + 8 * i}) (i32.const {len(n)})))"
+        for i, n in enumerate(names)
+    )
     data = "".join(f'(data (i32.const {1024 + 8 * i}) "{n}")' for i, n in enumerate(names))
     module = f'(module {FILES} {data} (func (export "_start") {body} (call $done)))'
     assert failed(await WasiExecutor().run(job(module))) == f"more than {MAX_OUTPUTS} output files"

@@ -14,17 +14,27 @@ from p2pnode.blobs.fetch import block_ranges
 from p2pnode.blobs.protocol import BlobHeader, BlobReply, BlobRequest, parse_header, requested_spans
 from p2pnode.executors.base import MAX_OUTPUT_NAME, OutputName
 
-SMALL = BlockList(size=3 * BLOCK_SIZE + 5, hashes=tuple(blake3.blake3(bytes([i])).digest() for i in range(4)))
+SMALL = BlockList(
+    size=3 * BLOCK_SIZE + 5, hashes=tuple(blake3.blake3(bytes([i])).digest() for i in range(4))
+)
 EMPTY = BlockList(size=0, hashes=())
 any_int = st.integers(min_value=-(1 << 70), max_value=1 << 70)
-hex_text = st.one_of(st.text(max_size=200), st.binary(max_size=200).map(bytes.hex), st.sampled_from([SMALL.to_bytes().hex(), EMPTY.to_bytes().hex()]))
+hex_text = st.one_of(
+    st.text(max_size=200),
+    st.binary(max_size=200).map(bytes.hex),
+    st.sampled_from([SMALL.to_bytes().hex(), EMPTY.to_bytes().hex()]),
+)
 sizes = st.one_of(any_int, st.sampled_from([SMALL.size, 0]))
-roots = st.one_of(st.none(), st.sampled_from([SMALL.root_hex, EMPTY.root_hex, "00" * 32, "not hex"]))
+roots = st.one_of(
+    st.none(), st.sampled_from([SMALL.root_hex, EMPTY.root_hex, "00" * 32, "not hex"])
+)
 
 
 @settings(max_examples=500, deadline=None)
 @given(sizes, hex_text, roots, st.one_of(st.none(), sizes))
-def test_parse_header_survives_any_header(size: int, block_list: str, root: str | None, expected: int | None) -> None:
+def test_parse_header_survives_any_header(
+    size: int, block_list: str, root: str | None, expected: int | None
+) -> None:
     header = BlobHeader(size=size, block_list=block_list)
     try:
         parsed = parse_header(header, "ab" * 32, root, expected)

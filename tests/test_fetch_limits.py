@@ -41,7 +41,9 @@ async def serve(endpoint: iroh.Endpoint, behave: Behaviour) -> None:
 
 
 @pytest.fixture
-async def fake_provider(nursery: trio.Nursery) -> AsyncIterator[Callable[[Behaviour], Awaitable[PeerAddr]]]:
+async def fake_provider(
+    nursery: trio.Nursery,
+) -> AsyncIterator[Callable[[Behaviour], Awaitable[PeerAddr]]]:
     endpoints: list[iroh.Endpoint] = []
 
     async def start(behave: Behaviour) -> PeerAddr:
@@ -57,7 +59,9 @@ async def fake_provider(nursery: trio.Nursery) -> AsyncIterator[Callable[[Behavi
 
 
 @pytest.fixture
-async def stranger(tmp_path: Path) -> AsyncIterator[tuple[BlobStore, Callable[[PeerAddr], Awaitable[iroh.Connection]]]]:
+async def stranger(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[BlobStore, Callable[[PeerAddr], Awaitable[iroh.Connection]]]]:
     """A fetcher outside any cluster: a store and a dial of its own."""
     endpoint = await bind_loopback([BLOBS_ALPN])
     store = await BlobStore.open(tmp_path / "fetcher-store")
@@ -86,7 +90,9 @@ def stalls_after(block_list: BlockList, data: bytes = b"") -> Behaviour:
     return behave
 
 
-async def test_stalled_provider_is_left_for_the_next(start_node, fake_provider, stranger, tmp_path: Path, caplog) -> None:
+async def test_stalled_provider_is_left_for_the_next(
+    start_node, fake_provider, stranger, tmp_path: Path, caplog
+) -> None:
     store, dial = stranger
     honest = await start_node()
     content = os.urandom(3 * BLOCK_SIZE + 99)
@@ -96,20 +102,30 @@ async def test_stalled_provider_is_left_for_the_next(start_node, fake_provider, 
     _, block_list = hash_file(tmp_path / "blob")
     silent = await fake_provider(stalls_after(block_list))
     one_block = await fake_provider(stalls_after(block_list, content[:BLOCK_SIZE]))
-    fetch = dict(root=info.root, size=info.size, capability=ticket.capability.hex(), stall_timeout=0.5)
+    fetch = dict(
+        root=info.root, size=info.size, capability=ticket.capability.hex(), stall_timeout=0.5
+    )
     caplog.set_level(logging.WARNING)
 
     with trio.fail_after(30), pytest.raises(FetchError, match=r"sent nothing for 0.5 s"):
         await fetch_blob(store, dial, info.hash, [silent], **fetch)
     # One verified block from the second, which then stalls too; the honest provider finishes.
     with trio.fail_after(30):
-        fetched = await fetch_blob(store, dial, info.hash, [silent, one_block, PeerAddr.from_ticket(ticket.provider)], **fetch)
+        fetched = await fetch_blob(
+            store,
+            dial,
+            info.hash,
+            [silent, one_block, PeerAddr.from_ticket(ticket.provider)],
+            **fetch,
+        )
     assert fetched.hash == info.hash
     await store.export(info.hash, tmp_path / "out")
     assert (tmp_path / "out").read_bytes() == content
     stalls = [r.getMessage() for r in caplog.records if "sent nothing" in r.getMessage()]
     assert len(stalls) == 3 and all("\n" not in message for message in stalls)
-    assert honest.blobs.provider.served_bytes == len(content) - BLOCK_SIZE  # resumed after the first block
+    assert (
+        honest.blobs.provider.served_bytes == len(content) - BLOCK_SIZE
+    )  # resumed after the first block
 
 
 async def test_ticket_size_must_match_its_root(start_node, tmp_path: Path) -> None:
@@ -119,16 +135,22 @@ async def test_ticket_size_must_match_its_root(start_node, tmp_path: Path) -> No
     info = await provider.blobs.add(tmp_path / "blob")
     ticket = tickets.parse_blob(provider.blobs.ticket(info))
     lying = ticket.model_copy(update={"size": 10})
-    with pytest.raises(FetchError, match=f"should be 10 bytes but its block list commits to {2 * BLOCK_SIZE}"):
+    with pytest.raises(
+        FetchError, match=f"should be 10 bytes but its block list commits to {2 * BLOCK_SIZE}"
+    ):
         await fetcher.blobs.fetch_ticket(lying)
     assert await fetcher.blobs.store.partial_progress(info.hash) is None  # nothing reserved
     assert (await fetcher.blobs.fetch_ticket(ticket)).hash == info.hash
 
 
-async def test_blob_bigger_than_free_disk_is_refused_before_preallocating(fake_provider, stranger) -> None:
+async def test_blob_bigger_than_free_disk_is_refused_before_preallocating(
+    fake_provider, stranger
+) -> None:
     store, dial = stranger
     free = shutil.disk_usage(store.root).free
-    size = free + 1024 * BLOCK_SIZE  # more than the disk holds, so preallocating would fail or fill it
+    size = (
+        free + 1024 * BLOCK_SIZE
+    )  # more than the disk holds, so preallocating would fail or fill it
     if size // BLOCK_SIZE * 32 * 2 > 15 << 20:
         pytest.skip("the disk is too large for a block list that fits a header frame")
     hashes = tuple(os.urandom(32) for _ in range(-(-size // BLOCK_SIZE)))
@@ -146,5 +168,10 @@ async def test_header_larger_than_the_size_needs_is_not_read(fake_provider, stra
     big = BlockList(size=2000 * BLOCK_SIZE, hashes=tuple(os.urandom(32) for _ in range(2000)))
     provider = await fake_provider(stalls_after(big))
     # A ticket for a 10-byte blob needs a one-hash header; 128 KB of block list is not even read.
-    with trio.fail_after(30), pytest.raises(FetchError, match=r"frame of \d+ bytes exceeds the limit of 4176"):
-        await fetch_blob(store, dial, "ab" * 32, [provider], root=big.root_hex, size=10, stall_timeout=5)
+    with (
+        trio.fail_after(30),
+        pytest.raises(FetchError, match=r"frame of \d+ bytes exceeds the limit of 4176"),
+    ):
+        await fetch_blob(
+            store, dial, "ab" * 32, [provider], root=big.root_hex, size=10, stall_timeout=5
+        )

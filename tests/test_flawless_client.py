@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -215,7 +215,10 @@ async def test_unknown_workflow_and_missing_name(fake_flawless: Served, tmp_path
         executor = FlawlessExecutor(client)
         unknown = await executor.run(_request(tmp_path, workflow="nope"))
         unnamed = await executor.run(_request(tmp_path, workflow=None))
-    assert unknown.error == "start of workflow 'nope': Flawless reported an error: workflow nope not found"
+    assert (
+        unknown.error
+        == "start of workflow 'nope': Flawless reported an error: workflow nope not found"
+    )
     assert unnamed.error == "a Flawless job must name its workflow"
 
 
@@ -238,7 +241,9 @@ async def test_node_maximum_caps_the_time_a_job_asks(fake_flawless: Served, tmp_
             result = await executor.run(_request(tmp_path, time_s=1e6))
     assert result.error == "timed out after 0.3 s waiting for Flawless"
     # Memory and fuel are the server's to govern: only the time cap is noted.
-    assert result.logs == "[p2pnode] time limit of 1e+06 s lowered to this node's maximum of 0.3 s\n"
+    assert (
+        result.logs == "[p2pnode] time limit of 1e+06 s lowered to this node's maximum of 0.3 s\n"
+    )
 
 
 async def test_non_json_workflow_response(fake_flawless: Served, tmp_path: Path) -> None:
@@ -254,4 +259,6 @@ async def test_missing_module_file(fake_flawless: Served, tmp_path: Path) -> Non
     request = _request(tmp_path).model_copy(update={"module_path": tmp_path / "missing.wasm"})
     async with FlawlessClient(url) as client:
         result = await FlawlessExecutor(client).run(request)
-    assert result.error == f"cannot read module {tmp_path / 'missing.wasm'}: No such file or directory"
+    assert (
+        result.error == f"cannot read module {tmp_path / 'missing.wasm'}: No such file or directory"
+    )

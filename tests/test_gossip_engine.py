@@ -71,7 +71,15 @@ class Sim:
     def add(self, via: str | None = None) -> str:
         key = iroh.SecretKey.from_bytes(self.rng.randbytes(32))
         node = key.public().to_bytes().hex()
-        engine = GossipEngine(node, TOPIC, key, {"node": node}, self.config, random.Random(self.rng.random()), clock=lambda: self.now)
+        engine = GossipEngine(
+            node,
+            TOPIC,
+            key,
+            {"node": node},
+            self.config,
+            random.Random(self.rng.random()),
+            clock=lambda: self.now,
+        )
         self.engines[node] = engine
         self.delivered[node] = Counter()
         if via is not None:
@@ -83,7 +91,9 @@ class Sim:
         return [n for n in self.engines if n not in self.dead]
 
     def reachable(self, a: str, b: str) -> bool:
-        return a not in self.dead and b not in self.dead and self.side.get(a, 0) == self.side.get(b, 0)
+        return (
+            a not in self.dead and b not in self.dead and self.side.get(a, 0) == self.side.get(b, 0)
+        )
 
     def schedule(self, channel: tuple[str, ...], event: Callable[[], None]) -> None:
         self.channels.setdefault(("fifo",) if self.fifo else channel, deque()).append(event)
@@ -103,11 +113,18 @@ class Sim:
                 if (src, action.peer_id) not in self.links:
                     self.lost += 1
                     continue
-                self.schedule(("stream", src, action.peer_id), self._carry(src, action.peer_id, action.msg))
+                self.schedule(
+                    ("stream", src, action.peer_id), self._carry(src, action.peer_id, action.msg)
+                )
             elif isinstance(action, SendOnce):
-                self.schedule(("once", src, action.peer_id), self._carry(src, action.peer_id, action.msg))
+                self.schedule(
+                    ("once", src, action.peer_id), self._carry(src, action.peer_id, action.msg)
+                )
             elif isinstance(action, Connect):
-                self.schedule(("dial", src, action.peer_id), functools.partial(self._dial, src, action.peer_id))
+                self.schedule(
+                    ("dial", src, action.peer_id),
+                    functools.partial(self._dial, src, action.peer_id),
+                )
             elif isinstance(action, Disconnect):
                 self.links.discard((src, action.peer_id))
             elif isinstance(action, Deliver):
@@ -191,7 +208,9 @@ class Sim:
         for node in nodes or self.alive():
             expected = {i: 1 for i in ids if self.origin[i] != node}
             got = {i: c for i, c in self.delivered[node].items() if i in ids}
-            assert got == expected, f"{node[:8]}: missing {set(expected) - set(got)}, repeated {[i for i, c in got.items() if c > 1]}"
+            assert got == expected, (
+                f"{node[:8]}: missing {set(expected) - set(got)}, repeated {[i for i, c in got.items() if c > 1]}"
+            )
 
     def assert_views_sound(self) -> None:
         """Bounded views, every live node has a neighbour, and the neighbour graph is connected."""
@@ -252,7 +271,9 @@ def test_kill_a_fifth_while_publishing_survivors_get_everything_and_views_heal()
     sim = build(20, seed=3)
     ids: list[str] = []
     for victim in sim.rng.sample(sim.alive(), 4):
-        ids += [sim.publish(sim.rng.choice(sim.alive()), len(ids) + i, settle=False) for i in range(5)]
+        ids += [
+            sim.publish(sim.rng.choice(sim.alive()), len(ids) + i, settle=False) for i in range(5)
+        ]
         sim.run(steps=40)  # the victim dies with announcements in flight, some through it
         sim.kill(victim)
         ids += [sim.publish(sim.rng.choice(sim.alive()), len(ids), settle=False)]
@@ -262,7 +283,9 @@ def test_kill_a_fifth_while_publishing_survivors_get_everything_and_views_heal()
     sim.assert_got_exactly_once([i for i in ids if sim.origin[i] not in sim.dead])
     sim.assert_views_sound()
     for node in sim.alive():
-        assert not set(sim.engines[node].stats().active) & sim.dead, "a neighbour is still a dead node"
+        assert not set(sim.engines[node].stats().active) & sim.dead, (
+            "a neighbour is still a dead node"
+        )
 
 
 def test_partition_then_heal_converges_via_anti_entropy() -> None:
@@ -322,11 +345,21 @@ def pair() -> tuple[GossipEngine, str, list[float]]:
     clock = [1_800_000_000.0]
     key = iroh.SecretKey.from_bytes(bytes([1]) * 32)
     engine = GossipEngine(
-        key.public().to_bytes().hex(), TOPIC, key, {}, GossipConfig(digest_every=1), random.Random(1), clock=lambda: clock[0]
+        key.public().to_bytes().hex(),
+        TOPIC,
+        key,
+        {},
+        GossipConfig(digest_every=1),
+        random.Random(1),
+        clock=lambda: clock[0],
     )
     peer = iroh.SecretKey.from_bytes(bytes([2]) * 32).public().to_bytes().hex()
     assert engine.join_via(peer, {}) == [Connect(peer, {})]
-    assert [type(a) for a in engine.peer_connected(peer)] == [NeighborUp, Send, Send]  # Join, Digest
+    assert [type(a) for a in engine.peer_connected(peer)] == [
+        NeighborUp,
+        Send,
+        Send,
+    ]  # Join, Digest
     return engine, peer, clock
 
 
@@ -345,7 +378,9 @@ def test_retired_envelopes_are_neither_offered_nor_served() -> None:
     assert [m.envelope.id for m in served if isinstance(m, Gossip)] == [y.id]
     pushed = sent(engine.on_message(peer, Digest(ids=[])))  # the peer's complete digest lacks y
     assert [m.envelope.id for m in pushed if isinstance(m, Gossip)] == [y.id]
-    assert all(m.envelope.hops == engine.config.hops for m in served + pushed if isinstance(m, Gossip))
+    assert all(
+        m.envelope.hops == engine.config.hops for m in served + pushed if isinstance(m, Gossip)
+    )
 
 
 def test_replays_forgeries_and_garbage_are_dropped_and_counted() -> None:
@@ -367,7 +402,15 @@ def test_replays_forgeries_and_garbage_are_dropped_and_counted() -> None:
     ]
     for envelope in bad:
         assert gossip(envelope) == []
-    garbage: list[object] = [b"\xff not json", "{}", {"type": "nope"}, {"type": "want", "ids": "x"}, object(), None, 42]
+    garbage: list[object] = [
+        b"\xff not json",
+        "{}",
+        {"type": "nope"},
+        {"type": "want", "ids": "x"},
+        object(),
+        None,
+        42,
+    ]
     for junk in garbage:
         assert engine.on_message(peer, junk) == []
     assert engine.stats().dropped == {
@@ -382,7 +425,9 @@ def test_replays_forgeries_and_garbage_are_dropped_and_counted() -> None:
 
     delivered = gossip(good.model_copy(update={"hops": 2}))
     assert delivered[0] == Deliver(good.model_copy(update={"hops": 2}))
-    assert [m.envelope.hops for m in sent(delivered) if isinstance(m, Gossip)] == []  # no other neighbour
+    assert [
+        m.envelope.hops for m in sent(delivered) if isinstance(m, Gossip)
+    ] == []  # no other neighbour
     assert gossip(good) == [] and engine.stats().duplicates == 1  # a replay within the window
     assert engine.on_message(peer, wire.dump_json(Gossip(envelope=good))) == []  # raw frames too
     assert engine.stats().duplicates == 2 and engine.stats().delivered == 1
@@ -410,19 +455,29 @@ messages = st.one_of(
     st.builds(Digest, ids=ids),
     st.builds(Want, ids=ids),
     st.binary(max_size=16),
-    st.dictionaries(st.sampled_from(["type", "ids", "addr"]), st.sampled_from(["join", "want", 3, None, []])),
+    st.dictionaries(
+        st.sampled_from(["type", "ids", "addr"]), st.sampled_from(["join", "want", 3, None, []])
+    ),
 )
 steps = st.lists(
-    st.tuples(st.sampled_from(["msg", "msg", "msg", "up", "down", "tick", "join", "reach"]), peers, messages),
+    st.tuples(
+        st.sampled_from(["msg", "msg", "msg", "up", "down", "tick", "join", "reach"]),
+        peers,
+        messages,
+    ),
     max_size=40,
 )
 
 
 @settings(max_examples=150, deadline=None)
 @given(steps=steps, seed=st.integers(0, 2**16))
-def test_any_input_sequence_keeps_views_sound(steps: list[tuple[str, str, object]], seed: int) -> None:
+def test_any_input_sequence_keeps_views_sound(
+    steps: list[tuple[str, str, object]], seed: int
+) -> None:
     config = GossipConfig(active_size=3, passive_size=4, shuffle_every=2, digest_every=1)
-    engine = GossipEngine(POOL[0], TOPIC, SELF_KEY, {}, config, random.Random(seed), clock=lambda: 1_800_000_000.0)
+    engine = GossipEngine(
+        POOL[0], TOPIC, SELF_KEY, {}, config, random.Random(seed), clock=lambda: 1_800_000_000.0
+    )
     for op, peer, msg in steps:
         before = set(engine.stats().active)
         if op == "msg":
@@ -438,7 +493,9 @@ def test_any_input_sequence_keeps_views_sound(steps: list[tuple[str, str, object
         else:
             actions = engine.reach_out(peer, {})
         connected = set(engine.stats().active)
-        assert len(engine.active) <= config.active_size and len(engine.passive) <= config.passive_size
+        assert (
+            len(engine.active) <= config.active_size and len(engine.passive) <= config.passive_size
+        )
         assert POOL[0] not in engine.active and POOL[0] not in engine.passive
         assert not set(engine.active) & set(engine.passive) and connected <= set(engine.active)
         # Sends only go out on open streams (a Leave goes out on one just being closed).

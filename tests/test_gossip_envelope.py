@@ -17,9 +17,9 @@ KEY = iroh.SecretKey.from_bytes(bytes(range(32)))
 
 
 def make(**fields: object) -> Envelope:
-    return Envelope.create(KEY, TOPIC, "job.announced", {"job": "j1", "cpu": 2, "tags": ["a", "é"]}, hops=6, now=NOW).model_copy(
-        update=fields
-    )
+    return Envelope.create(
+        KEY, TOPIC, "job.announced", {"job": "j1", "cpu": 2, "tags": ["a", "é"]}, hops=6, now=NOW
+    ).model_copy(update=fields)
 
 
 def reason(envelope: Envelope, **limits: float) -> str | None:
@@ -28,13 +28,17 @@ def reason(envelope: Envelope, **limits: float) -> str | None:
 
 def test_round_trip_with_a_fresh_key_survives_the_wire() -> None:
     key = iroh.SecretKey.generate()
-    envelope = Envelope.create(key, TOPIC, "k", {"nested": {"x": [1, 2.5, None, True]}, "n": 2**70}, hops=3)
+    envelope = Envelope.create(
+        key, TOPIC, "k", {"nested": {"x": [1, 2.5, None, True]}, "n": 2**70}, hops=3
+    )
     envelope.verify()
     assert envelope.origin == key.public().to_bytes().hex()
     parsed = Envelope.model_validate_json(envelope.model_dump_json())
     parsed.verify()
     assert parsed == envelope
-    assert reason(parsed.model_copy(update={"timestamp": NOW})) == "bad_signature"  # the clock is signed
+    assert (
+        reason(parsed.model_copy(update={"timestamp": NOW})) == "bad_signature"
+    )  # the clock is signed
     assert validate_incoming(parsed, topic=TOPIC, now=parsed.timestamp) is None
 
 
@@ -42,7 +46,9 @@ def test_signature_is_domain_separated_and_canonical() -> None:
     envelope = make()
     assert envelope.signed_bytes().startswith(DOMAIN)
     # Key order of the payload does not matter: both encodings sort keys.
-    reordered = envelope.model_copy(update={"payload": dict(reversed(list(envelope.payload.items())))})
+    reordered = envelope.model_copy(
+        update={"payload": dict(reversed(list(envelope.payload.items())))}
+    )
     reordered.verify()
     plain = envelope.signed_bytes()[len(DOMAIN) :]
     signature = iroh.Signature.from_bytes(bytes.fromhex(envelope.signature))
@@ -111,15 +117,26 @@ def test_payload_is_normalised_to_what_receivers_parse() -> None:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
 
 @settings(max_examples=60, deadline=None)
-@given(payload=st.dictionaries(st.text(max_size=6), json_values, max_size=5), kind=st.text(min_size=1, max_size=20))
-def test_any_json_payload_verifies_after_a_wire_round_trip(payload: dict[str, object], kind: str) -> None:
+@given(
+    payload=st.dictionaries(st.text(max_size=6), json_values, max_size=5),
+    kind=st.text(min_size=1, max_size=20),
+)
+def test_any_json_payload_verifies_after_a_wire_round_trip(
+    payload: dict[str, object], kind: str
+) -> None:
     envelope = Envelope.create(KEY, TOPIC, kind, payload, hops=2, now=NOW)
     parsed = Envelope.model_validate_json(envelope.model_dump_json())
     assert reason(parsed) is None

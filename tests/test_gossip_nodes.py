@@ -36,14 +36,23 @@ class Cluster:
         self.changed = trio.Event()
 
     async def add(self, join: Node | None) -> Node:
-        node = Node(Settings(data_dir=self._tmp / f"n{len(self.nodes)}", http_port=0, bind="127.0.0.1:0", relay="disabled"))
+        node = Node(
+            Settings(
+                data_dir=self._tmp / f"n{len(self.nodes)}",
+                http_port=0,
+                bind="127.0.0.1:0",
+                relay="disabled",
+            )
+        )
         scope = trio.CancelScope()
         ticket = tickets.parse_join(join.join_ticket()) if join else None
 
         async def run(task_status: trio.TaskStatus[None]) -> None:
             with scope:
                 async with trio.open_nursery() as inner:
-                    await inner.start(lambda task_status: node.run(join_ticket=ticket, task_status=task_status))
+                    await inner.start(
+                        lambda task_status: node.run(join_ticket=ticket, task_status=task_status)
+                    )
                     self.received[node.id] = set()
                     inner.start_soon(self._record, node)
                     task_status.started()
@@ -87,20 +96,27 @@ async def build(nursery: trio.Nursery, tmp_path: Path, size: int, rng: random.Ra
     return cluster
 
 
-async def test_twenty_nodes_every_announcement_reaches_all(nursery: trio.Nursery, tmp_path: Path) -> None:
+async def test_twenty_nodes_every_announcement_reaches_all(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
     rng = random.Random(20)
     cluster = await build(nursery, tmp_path, 20, rng)
     for n in range(40):
         cluster.publish(rng.choice(cluster.nodes), n)
     everything = set(range(40))
-    await cluster.until(lambda: all(got == everything for got in cluster.received.values()), "every node to hear every ping")
+    await cluster.until(
+        lambda: all(got == everything for got in cluster.received.values()),
+        "every node to hear every ping",
+    )
     for node in cluster.nodes:
         stats = node.gossip.stats()
         assert stats is not None and 1 <= len(stats.active) <= 5
     nursery.cancel_scope.cancel()
 
 
-async def test_kill_a_fifth_survivors_hear_everything_after(nursery: trio.Nursery, tmp_path: Path) -> None:
+async def test_kill_a_fifth_survivors_hear_everything_after(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
     rng = random.Random(5)
     cluster = await build(nursery, tmp_path, 15, rng)
     dead = rng.sample(cluster.nodes[1:], 3)
@@ -111,7 +127,8 @@ async def test_kill_a_fifth_survivors_hear_everything_after(nursery: trio.Nurser
         cluster.publish(rng.choice(cluster.alive()), n)
     everything = set(range(30))
     await cluster.until(
-        lambda: all(cluster.received[n.id] >= everything for n in cluster.alive()), "every survivor to hear every ping"
+        lambda: all(cluster.received[n.id] >= everything for n in cluster.alive()),
+        "every survivor to hear every ping",
     )
 
     def healed() -> bool:
@@ -122,7 +139,9 @@ async def test_kill_a_fifth_survivors_hear_everything_after(nursery: trio.Nurser
     nursery.cancel_scope.cancel()
 
 
-async def test_partition_heals_and_both_halves_converge(nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_partition_heals_and_both_halves_converge(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rng = random.Random(8)
     cluster = await build(nursery, tmp_path, 8, rng)
     halves = [cluster.nodes[:4], cluster.nodes[4:]]
@@ -138,7 +157,13 @@ async def test_partition_heals_and_both_halves_converge(nursery: trio.Nursery, t
             return await real_dial(addr, alpn)
 
         monkeypatch.setattr(node.dialer, "dial", dial)
-        monkeypatch.setattr(node.router, "_authorize", lambda peer, alpn: not (cut and side[peer] != side[node.id]) and real_authorize(peer, alpn))
+        monkeypatch.setattr(
+            node.router,
+            "_authorize",
+            lambda peer, alpn: (
+                not (cut and side[peer] != side[node.id]) and real_authorize(peer, alpn)
+            ),
+        )
 
     for node in cluster.nodes:
         block(node)
@@ -154,13 +179,20 @@ async def test_partition_heals_and_both_halves_converge(nursery: trio.Nursery, t
 
     nursery.start_soon(enforce_cut)
     await cluster.until_polled(
-        lambda: all(side[p] == side[n.id] for n in cluster.nodes for p in n.gossip.stats().active), "the overlay to split"
+        lambda: all(side[p] == side[n.id] for n in cluster.nodes for p in n.gossip.stats().active),
+        "the overlay to split",
     )
     cluster.publish(halves[0][0], 1)
     cluster.publish(halves[1][0], 2)
-    await cluster.until(lambda: all(cluster.received[n.id] >= {1} for n in halves[0]), "left half to hear 1")
+    await cluster.until(
+        lambda: all(cluster.received[n.id] >= {1} for n in halves[0]), "left half to hear 1"
+    )
     assert all(2 not in cluster.received[n.id] for n in halves[0])
 
     cut = False
-    await cluster.until(lambda: all(got >= {1, 2} for got in cluster.received.values()), "both halves to converge", timeout=90)
+    await cluster.until(
+        lambda: all(got >= {1, 2} for got in cluster.received.values()),
+        "both halves to converge",
+        timeout=90,
+    )
     nursery.cancel_scope.cancel()

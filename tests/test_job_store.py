@@ -269,7 +269,9 @@ def test_lease_token_is_redacted_outside_the_store(store: JobStore) -> None:
     assert parsed.job.lease is not None and parsed.job.lease.token == ""
 
 
-def test_unreadable_and_cached_rows_never_stop_the_store(tmp_path: Path, clock: FakeClock, caplog) -> None:
+def test_unreadable_and_cached_rows_never_stop_the_store(
+    tmp_path: Path, clock: FakeClock, caplog
+) -> None:
     """Rows an older version cached from gossip are dropped on open; a row that no longer parses
     is quarantined on open (logged once), so no read, sweep or claim ever meets it."""
     path = tmp_path / "jobs.db"
@@ -278,7 +280,10 @@ def test_unreadable_and_cached_rows_never_stop_the_store(tmp_path: Path, clock: 
     bad_id, cached_id = "job_" + "1" * 26, "job_" + "2" * 26
     db = sqlite3.connect(path)
     with db:
-        for job_id, local, body in [(bad_id, 1, '{"id": 1}'), (cached_id, 0, good.model_dump_json())]:
+        for job_id, local, body in [
+            (bad_id, 1, '{"id": 1}'),
+            (cached_id, 0, good.model_dump_json()),
+        ]:
             db.execute(
                 "INSERT INTO jobs VALUES (?, ?, ?, 'running', 'wasi', 0, ?, 0, 0, ?)",
                 (job_id, ORIGIN, local, clock() - 1, body),
@@ -456,7 +461,15 @@ def test_submitted_jobs_survive_sigkill(tmp_path: Path) -> None:
 
 def test_report_result_is_bounded() -> None:
     """A worker's report carries at most MAX_RESULT_BYTES of result; the frame limit is sized for it."""
-    fits = Report(job_id="job_" + "1" * 26, lease_token="0" * 32, ok=True, result="x" * (MAX_RESULT_BYTES - 2), logs="\x00" * MAX_LOG_CHARS)
+    fits = Report(
+        job_id="job_" + "1" * 26,
+        lease_token="0" * 32,
+        ok=True,
+        result="x" * (MAX_RESULT_BYTES - 2),
+        logs="\x00" * MAX_LOG_CHARS,
+    )
     assert len(fits.model_dump_json()) < MAX_CONTROL_FRAME
     with pytest.raises(ValidationError, match="exceeds"):
-        Report(job_id="job_" + "1" * 26, lease_token="0" * 32, ok=True, result="x" * MAX_RESULT_BYTES)
+        Report(
+            job_id="job_" + "1" * 26, lease_token="0" * 32, ok=True, result="x" * MAX_RESULT_BYTES
+        )

@@ -45,7 +45,16 @@ def show(node: NodeProcess, job_id: str) -> dict:
 
 
 def wait(node: NodeProcess, job_id: str) -> dict:
-    while not (job := httpx.post(f"{node.api}/jobs/{job_id}/wait", params={"timeout": 30}, headers=node.headers, timeout=40).json())["state"] in TERMINAL:
+    while (
+        (
+            job := httpx.post(
+                f"{node.api}/jobs/{job_id}/wait",
+                params={"timeout": 30},
+                headers=node.headers,
+                timeout=40,
+            ).json()
+        )["state"] not in TERMINAL
+    ):
         pass
     return job
 
@@ -65,7 +74,9 @@ def test_job_with_artifact_runs_on_worker_and_outputs_come_back(nodes, tmp_path:
     worker = nodes(tmp_path / "b", "--join", origin.ticket)
     text = tmp_path / "text.txt"
     text.write_text("the quick brown fox\njumps over the lazy dog\n")
-    job_id = submit(origin, "--module", str(EXAMPLES / "wordcount.wat"), "--artifact", f"text={text}", "--wait")
+    job_id = submit(
+        origin, "--module", str(EXAMPLES / "wordcount.wat"), "--artifact", f"text={text}", "--wait"
+    )
     job = json.loads(origin.cli("job", "show", job_id, "--json").stdout)
     assert job["state"] == "succeeded", job
     assert job["result"] == {"words": 9}
@@ -77,7 +88,10 @@ def test_job_with_artifact_runs_on_worker_and_outputs_come_back(nodes, tmp_path:
 def test_three_workers_run_every_job_exactly_once(nodes, tmp_path: Path) -> None:
     origin = nodes(tmp_path / "origin", "--max-jobs", "0")
     workers = [nodes(tmp_path / f"w{i}", "--join", origin.ticket) for i in range(3)]
-    jobs = [submit(origin, "--module", str(EXAMPLES / "echo.wat"), "--input", json.dumps({"n": i})) for i in range(12)]
+    jobs = [
+        submit(origin, "--module", str(EXAMPLES / "echo.wat"), "--input", json.dumps({"n": i}))
+        for i in range(12)
+    ]
     for i, job_id in enumerate(jobs):
         record = wait(origin, job_id)
         assert record["result"] == {"n": i}
@@ -90,18 +104,26 @@ def test_killed_worker_job_reruns_elsewhere(nodes, tmp_path: Path) -> None:
     origin = nodes(tmp_path / "origin", "--max-jobs", "0")
     doomed = nodes(tmp_path / "doomed", "--join", origin.ticket)
     job_id = submit(origin, "--module", str(MODULES / "slow.wat"), "--fuel", str(10**12))
-    wait_until(lambda: show(origin, job_id)["state"] == "running", "the job to run on the first worker")
+    wait_until(
+        lambda: show(origin, job_id)["state"] == "running", "the job to run on the first worker"
+    )
     assert show(origin, job_id)["worker"] == doomed.id
     doomed.stop(signal.SIGKILL)
     rescuer = nodes(tmp_path / "rescuer", "--join", origin.ticket)
     assert origin.cli("job", "wait", job_id).stdout.strip() == json.dumps({"done": 1})
     record = show(origin, job_id)
-    assert record["state"] == "succeeded" and record["worker"] == rescuer.id and record["attempts"] == 2
+    assert (
+        record["state"] == "succeeded"
+        and record["worker"] == rescuer.id
+        and record["attempts"] == 2
+    )
 
 
 def test_origin_killed_and_restarted_loses_no_job(nodes, tmp_path: Path) -> None:
     origin = nodes(tmp_path / "origin", "--max-jobs", "0")
-    jobs = [submit(origin, "--module", str(EXAMPLES / "echo.wat"), "--input", str(i)) for i in range(5)]
+    jobs = [
+        submit(origin, "--module", str(EXAMPLES / "echo.wat"), "--input", str(i)) for i in range(5)
+    ]
     origin.stop(signal.SIGKILL)
     origin = nodes(tmp_path / "origin", "--max-jobs", "0")
     listed = origin.cli("job", "ls").stdout
@@ -118,7 +140,9 @@ def test_origin_killed_and_restarted_loses_no_job(nodes, tmp_path: Path) -> None
         (EXAMPLES / "spin.wat", ["--fuel", "100000"], "out of fuel"),
     ],
 )
-def test_bad_modules_fail_with_a_reason(nodes, tmp_path: Path, module: Path, extra: list[str], reason: str) -> None:
+def test_bad_modules_fail_with_a_reason(
+    nodes, tmp_path: Path, module: Path, extra: list[str], reason: str
+) -> None:
     node = nodes(tmp_path / "solo", "--max-jobs", "1")
     job_id = submit(node, "--module", str(module), "--attempts", "1", *extra)
     result = node.cli("job", "wait", job_id, check=False)
@@ -129,10 +153,15 @@ def test_bad_modules_fail_with_a_reason(nodes, tmp_path: Path, module: Path, ext
 
 def test_bad_module_is_refused_at_submit(nodes, tmp_path: Path) -> None:
     node = nodes(tmp_path / "solo", "--max-jobs", "1")
-    for args in (["--module", str(MODULES / "malformed.wasm")], ["--module", str(EXAMPLES / "echo.wat"), "--workflow", "nope"]):
+    for args in (
+        ["--module", str(MODULES / "malformed.wasm")],
+        ["--module", str(EXAMPLES / "echo.wat"), "--workflow", "nope"],
+    ):
         result = node.cli("job", "submit", *args, check=False)
         assert result.returncode != 0 and result.stdout == ""
-        assert result.stderr.startswith("error: cannot use module") and result.stderr.count("\n") == 1, result.stderr
+        assert (
+            result.stderr.startswith("error: cannot use module") and result.stderr.count("\n") == 1
+        ), result.stderr
     assert node.cli("job", "ls").stdout == ""
 
 
@@ -142,10 +171,16 @@ def test_large_input_runs_and_the_origin_restarts_after_kill(nodes, tmp_path: Pa
     origin = nodes(tmp_path / "origin", "--max-jobs", "0")
     big = {"data": "x" * 70_000}
     (tmp_path / "big.json").write_text(json.dumps(big))
-    jobs = [submit(origin, "--module", str(EXAMPLES / "echo.wat"), "--input", input_) for input_ in (f"@{tmp_path / 'big.json'}", "1")]
+    jobs = [
+        submit(origin, "--module", str(EXAMPLES / "echo.wat"), "--input", input_)
+        for input_ in (f"@{tmp_path / 'big.json'}", "1")
+    ]
     origin.stop(signal.SIGKILL)
     with sqlite3.connect(tmp_path / "origin" / "jobs.sqlite") as db:
-        db.execute("INSERT INTO jobs VALUES ('job_0', ?, 1, 'pending', 'wasi', 0, NULL, 0, 0, 'garbage')", (origin.id,))
+        db.execute(
+            "INSERT INTO jobs VALUES ('job_0', ?, 1, 'pending', 'wasi', 0, NULL, 0, 0, 'garbage')",
+            (origin.id,),
+        )
     db.close()
     origin = nodes(tmp_path / "origin", "--max-jobs", "0")
     listed = origin.cli("job", "ls").stdout
@@ -171,4 +206,8 @@ def test_stopped_worker_hands_its_job_back(nodes, tmp_path: Path) -> None:
     assert record["state"] == "pending" and record["attempts"] == 0, record
     rescuer = nodes(tmp_path / "rescuer", "--join", origin.ticket, env=long_lease)
     record = wait(origin, job_id)
-    assert record["state"] == "succeeded" and record["attempts"] == 1 and record["worker"] == rescuer.id, record
+    assert (
+        record["state"] == "succeeded"
+        and record["attempts"] == 1
+        and record["worker"] == rescuer.id
+    ), record

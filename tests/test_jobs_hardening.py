@@ -24,12 +24,18 @@ MODULES = Path(__file__).resolve().parent / "modules"
 
 
 def api_client(node, timeout: float = 5.0) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=node.api_url, timeout=timeout, headers={"Authorization": f"Bearer {node.api_token}"})
+    return httpx.AsyncClient(
+        base_url=node.api_url,
+        timeout=timeout,
+        headers={"Authorization": f"Bearer {node.api_token}"},
+    )
 
 
 async def upload(client: httpx.AsyncClient, path: Path) -> str:
     """Put a file into the node's store the way the CLI does; returns its hash."""
-    response = await client.put("/blobs", content=path.read_bytes(), headers={"Content-Type": "application/octet-stream"})
+    response = await client.put(
+        "/blobs", content=path.read_bytes(), headers={"Content-Type": "application/octet-stream"}
+    )
     assert response.status_code == 200, response.text
     return response.json()["blob"]["hash"]
 
@@ -60,7 +66,9 @@ async def test_large_input_runs_and_large_result_and_outputs_come_home(start_nod
     await wait_for(lambda: origin.blobs.store.has(output.hash), "the output to be collected")
 
 
-async def test_input_up_to_the_limit_runs_over_it_is_413_and_result_over_the_limit_fails(start_node, tmp_path: Path) -> None:
+async def test_input_up_to_the_limit_runs_over_it_is_413_and_result_over_the_limit_fails(
+    start_node, tmp_path: Path
+) -> None:
     origin = await start_node(max_jobs=0)
     worker = await start_node(join=origin.join_ticket())
     text = tmp_path / "text"
@@ -70,12 +78,16 @@ async def test_input_up_to_the_limit_runs_over_it_is_413_and_result_over_the_lim
             "module_blob": await upload(client, EXAMPLES / "wordcount.wat"),
             "artifact_blobs": {"text": await upload(client, text)},
         }
-        response = await client.post("/jobs", json={**body, "input": "x" * (model.MAX_INPUT_BYTES + 1)})
+        response = await client.post(
+            "/jobs", json={**body, "input": "x" * (model.MAX_INPUT_BYTES + 1)}
+        )
         assert response.status_code == 413
         detail = response.json()["detail"]
         assert "exceeds" in detail and "\n" not in detail
         assert origin.jobs.store.list() == []
-        response = await client.post("/jobs", json={**body, "input": "x" * (model.MAX_INPUT_BYTES - 2)})
+        response = await client.post(
+            "/jobs", json={**body, "input": "x" * (model.MAX_INPUT_BYTES - 2)}
+        )
     assert response.status_code == 200, response.text
     job = model.Job.model_validate(response.json())
     assert job.spec.input_blob is not None and job.spec.input_blob.size == model.MAX_INPUT_BYTES
@@ -84,14 +96,18 @@ async def test_input_up_to_the_limit_runs_over_it_is_413_and_result_over_the_lim
     assert done is not None and done.result == {"words": 2} and done.worker == worker.id, done
 
     big = "y" * (model.MAX_RESULT_BYTES + 1)
-    job = await origin.jobs.submit_files(JobSubmission(module=MODULES / "tee.wat", input=big, max_attempts=1))
+    job = await origin.jobs.submit_files(
+        JobSubmission(module=MODULES / "tee.wat", input=big, max_attempts=1)
+    )
     with trio.fail_after(30):
         done = await origin.jobs.wait(job.id)
     assert done is not None and done.state == JobState.FAILED
     assert "exceeds" in (done.error or "") and "/out" in (done.error or ""), done.error
 
 
-async def test_forged_job_end_and_announcement_from_a_third_member_are_ignored(start_node, caplog) -> None:
+async def test_forged_job_end_and_announcement_from_a_third_member_are_ignored(
+    start_node, caplog
+) -> None:
     origin = await start_node(max_jobs=0, lease_s=30)
     worker = await start_node(join=origin.join_ticket(), lease_s=30)
     third = await start_node(join=origin.join_ticket(), max_jobs=0)
@@ -102,7 +118,9 @@ async def test_forged_job_end_and_announcement_from_a_third_member_are_ignored(s
     record = origin.jobs.store.get(job.id)
     assert record is not None
     caplog.set_level(logging.WARNING)
-    third.gossip.publish(JobFinished(job=record.summary().model_copy(update={"state": JobState.CANCELLED})))
+    third.gossip.publish(
+        JobFinished(job=record.summary().model_copy(update={"state": JobState.CANCELLED}))
+    )
     third.gossip.publish(JobAnnounced(job=record.summary(), origin_addr=third.addr()))
 
     def ignored(what: str) -> int:
@@ -110,7 +128,10 @@ async def test_forged_job_end_and_announcement_from_a_third_member_are_ignored(s
 
     # Both the origin and the worker hear the forgeries (the third member does not hear itself).
     await wait_for(lambda: ignored("ignored the end of job") == 2, "the forged end to be ignored")
-    await wait_for(lambda: ignored("ignored an announcement of job") == 2, "the forged announcement to be ignored")
+    await wait_for(
+        lambda: ignored("ignored an announcement of job") == 2,
+        "the forged announcement to be ignored",
+    )
     assert job.id in worker.jobs.worker.running
     assert origin.jobs.store.get(job.id).state == JobState.RUNNING  # type: ignore[union-attr]
     await origin.jobs.cancel(job.id)
@@ -150,11 +171,16 @@ async def test_outputs_are_stored_while_the_lease_is_renewed(start_node, monkeyp
         # A slow disk: the lease the job had when storing began runs out (and the origin's sweep
         # has had its chance) before the outputs are stored.
         lease = origin.jobs.store.get(job.id).lease
-        await wait_for(lambda: time.time() > lease.expires_at + 2 * SWEEP_INTERVAL_S, "the first lease to run out")
+        await wait_for(
+            lambda: time.time() > lease.expires_at + 2 * SWEEP_INTERVAL_S,
+            "the first lease to run out",
+        )
         return await store_outputs(self, result)
 
     monkeypatch.setattr(Worker, "_store_outputs", slow_store_outputs)
-    job = await origin.jobs.submit_files(JobSubmission(module=MODULES / "tee.wat", input={"n": 1}, max_attempts=1))
+    job = await origin.jobs.submit_files(
+        JobSubmission(module=MODULES / "tee.wat", input={"n": 1}, max_attempts=1)
+    )
     with trio.fail_after(30):
         done = await origin.jobs.wait(job.id)
     assert done is not None and done.state == JobState.SUCCEEDED, done.error
@@ -165,7 +191,10 @@ async def test_outputs_are_stored_while_the_lease_is_renewed(start_node, monkeyp
     ("fields", "message"),
     [
         ({"module": MODULES / "malformed.wasm"}, "cannot use module blob"),
-        ({"module": EXAMPLES / "echo.wat", "workflow": "nope"}, "no workflow 'nope' (available: main)"),
+        (
+            {"module": EXAMPLES / "echo.wat", "workflow": "nope"},
+            "no workflow 'nope' (available: main)",
+        ),
         ({"module_blob": "ab" * 32}, "the module blob abab"),
     ],
 )
@@ -187,7 +216,9 @@ async def test_submit_by_blob(start_node) -> None:
     node = await start_node(max_jobs=1)
     wat = await node.blobs.store.add_bytes((EXAMPLES / "wordcount.wat").read_bytes())
     text = await node.blobs.store.add_bytes(b"one two three\n")
-    job = await node.jobs.submit_files(JobSubmission(module_blob=wat.hash, artifact_blobs={"text": text.hash}))
+    job = await node.jobs.submit_files(
+        JobSubmission(module_blob=wat.hash, artifact_blobs={"text": text.hash})
+    )
     assert job.spec.module.hash != wat.hash  # the assembled binary
     assert job.spec.artifacts["text"].hash == text.hash
     assert {wat.hash, text.hash} <= {b.hash for b in await node.blobs.store.list() if b.pinned}
@@ -215,9 +246,15 @@ async def test_a_job_backing_off_does_not_hold_a_worker_slot(start_node) -> None
     """A failed attempt's retry is considered at once (not at the re-announce 30 s later), and with
     one slot, a job waiting out its retry back-off (5 s) must not keep another job waiting."""
     node = await start_node(max_jobs=1)
-    failing = await node.jobs.submit_files(JobSubmission(module=EXAMPLES / "fail.wat", max_attempts=2))
-    await wait_for(lambda: node.jobs.store.get(failing.id).not_before > 0, "the first attempt to fail")
-    await wait_for(lambda: failing.id in node.jobs.worker._considering, "the worker to wait for the retry")
+    failing = await node.jobs.submit_files(
+        JobSubmission(module=EXAMPLES / "fail.wat", max_attempts=2)
+    )
+    await wait_for(
+        lambda: node.jobs.store.get(failing.id).not_before > 0, "the first attempt to fail"
+    )
+    await wait_for(
+        lambda: failing.id in node.jobs.worker._considering, "the worker to wait for the retry"
+    )
     other = await node.jobs.submit_files(JobSubmission(module=EXAMPLES / "echo.wat", input=1))
     with trio.fail_after(30):
         done = await node.jobs.wait(other.id)

@@ -29,7 +29,12 @@ async def test_flawless_job_runs_on_the_worker_with_flawless(start_node, fake_fl
     assert "flawless" not in plain.jobs.worker.executors
 
     job = await origin.jobs.submit_files(
-        JobSubmission(module=EXAMPLES / "echo.wat", workflow="echo", input={"hello": "flawless"}, executor="flawless")
+        JobSubmission(
+            module=EXAMPLES / "echo.wat",
+            workflow="echo",
+            input={"hello": "flawless"},
+            executor="flawless",
+        )
     )
     with trio.fail_after(30):
         done = await origin.jobs.wait(job.id)
@@ -46,7 +51,13 @@ async def test_dead_flawless_fails_the_attempt_with_a_reason(start_node, fake_fl
     await wait_for_executor(node, "flawless")
     state.misbehave["start"] = "http_500"
     job = await node.jobs.submit_files(
-        JobSubmission(module=EXAMPLES / "echo.wat", workflow="echo", input=1, executor="flawless", max_attempts=1)
+        JobSubmission(
+            module=EXAMPLES / "echo.wat",
+            workflow="echo",
+            input=1,
+            executor="flawless",
+            max_attempts=1,
+        )
     )
     with trio.fail_after(30):
         done = await node.jobs.wait(job.id)
@@ -59,7 +70,11 @@ async def test_cancelled_running_job_is_abandoned_by_its_worker(start_node) -> N
     origin = await start_node(max_jobs=0, lease_s=1.5)
     worker = await start_node(join=origin.join_ticket(), lease_s=1.5)
     job = await origin.jobs.submit_files(
-        JobSubmission(module=Path(__file__).parent / "modules" / "slow.wat", limits={"fuel": 10**12}, max_attempts=1)
+        JobSubmission(
+            module=Path(__file__).parent / "modules" / "slow.wat",
+            limits={"fuel": 10**12},
+            max_attempts=1,
+        )
     )
     with trio.fail_after(30):
         while job.id not in worker.jobs.worker.running:

@@ -46,7 +46,9 @@ async def ask(connection: iroh.Connection, n: int) -> Echo:
     return await recv_model(bi.recv(), Echo)
 
 
-async def test_reused_connection_that_fails_a_request_is_redialled_at_once(nursery: trio.Nursery) -> None:
+async def test_reused_connection_that_fails_a_request_is_redialled_at_once(
+    nursery: trio.Nursery,
+) -> None:
     server, client = await bind_loopback(), await bind_loopback()
     accepted: list[iroh.Connection] = []
     nursery.start_soon(serve, server, accepted)

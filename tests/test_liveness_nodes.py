@@ -47,7 +47,11 @@ def test_killed_peer_turns_down_within_seconds_and_is_logged_once(tmp_path: Path
         lines = [line for line in err.splitlines() if b.id[:10] in line]
         assert sum(f"member {b.id[:10]} lost" in line for line in lines) == 1, err
         assert sum(f"member {b.id[:10]} is back" in line for line in lines) == 1, err
-        assert not [line for line in err.splitlines() if ".rs:" in line or "Traceback" in line or line.startswith(" ")], err
+        assert not [
+            line
+            for line in err.splitlines()
+            if ".rs:" in line or "Traceback" in line or line.startswith(" ")
+        ], err
     finally:
         a.kill()
         b.kill()
@@ -57,11 +61,17 @@ def test_restarted_origin_gets_new_jobs_claimed_within_2s(tmp_path: Path) -> Non
     origin = NodeProcess(tmp_path / "origin", "--max-jobs", "0")
     worker = NodeProcess(tmp_path / "worker", "--join", origin.ticket)
     try:
-        first = origin.cli("job", "submit", "--module", str(EXAMPLES / "echo.wat"), "--input", "1", "--wait").stdout
-        assert json.loads(first.splitlines()[-1]) == 1  # the worker holds a cached connection to the origin now
+        first = origin.cli(
+            "job", "submit", "--module", str(EXAMPLES / "echo.wat"), "--input", "1", "--wait"
+        ).stdout
+        assert (
+            json.loads(first.splitlines()[-1]) == 1
+        )  # the worker holds a cached connection to the origin now
         origin.stop(signal.SIGKILL)
         origin = NodeProcess(tmp_path / "origin", "--max-jobs", "0")
-        job_id = origin.cli("job", "submit", "--module", str(EXAMPLES / "echo.wat"), "--input", "2").stdout.strip()
+        job_id = origin.cli(
+            "job", "submit", "--module", str(EXAMPLES / "echo.wat"), "--input", "2"
+        ).stdout.strip()
         assert origin.cli("job", "wait", job_id).returncode == 0
         job = json.loads(origin.cli("job", "show", job_id, "--json").stdout)
         assert job["worker"] == worker.id

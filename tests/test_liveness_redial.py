@@ -62,8 +62,14 @@ async def test_bind_error_is_one_line_without_rust_paths() -> None:
     bridge.install()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
-        options = iroh.EndpointOptions(preset=iroh.preset_minimal(), bind_addr=f"127.0.0.1:{taken.getsockname()[1]}")
+        options = iroh.EndpointOptions(
+            preset=iroh.preset_minimal(), bind_addr=f"127.0.0.1:{taken.getsockname()[1]}"
+        )
         with pytest.raises(iroh.IrohError) as caught:
             await iroh.Endpoint.bind(options)
-    assert "\n" in caught.value.message() and ".rs:" in caught.value.message()  # what the bindings give
-    assert iroh_message(caught.value) == "Failed to bind sockets: Address already in use (os error 98)"
+    assert (
+        "\n" in caught.value.message() and ".rs:" in caught.value.message()
+    )  # what the bindings give
+    assert (
+        iroh_message(caught.value) == "Failed to bind sockets: Address already in use (os error 98)"
+    )

@@ -40,13 +40,30 @@ def test_member_ls_and_rm_refuse_the_removed_node_for_good(tmp_path: Path) -> No
         a = NodeProcess(tmp_path / "a")
         b.stop()
         again = run_cli(
-            "start", "--data", str(tmp_path / "b"), "--http-port", "0", "--bind", "127.0.0.1:0",
-            "--relay", "disabled", "--join", a.ticket, check=False,
+            "start",
+            "--data",
+            str(tmp_path / "b"),
+            "--http-port",
+            "0",
+            "--bind",
+            "127.0.0.1:0",
+            "--relay",
+            "disabled",
+            "--join",
+            a.ticket,
+            check=False,
         )
         assert again.returncode == 1
-        assert again.stderr.strip().splitlines()[-1].endswith("refused to admit us: this node removed you from its members")
+        assert (
+            again.stderr.strip()
+            .splitlines()[-1]
+            .endswith("refused to admit us: this node removed you from its members")
+        )
         b = NodeProcess(tmp_path / "b")  # still lists `a`, which refuses its greeting
-        wait_for(lambda: [m["state"] for m in b.status()["members"]] == ["down"], "b to find itself refused")
+        wait_for(
+            lambda: [m["state"] for m in b.status()["members"]] == ["down"],
+            "b to find itself refused",
+        )
         assert a.status()["members"] == []
         _, err = b.stop()
         assert sum(f"member {a.id[:10]} lost" in line for line in err.splitlines()) == 1, err

@@ -30,15 +30,31 @@ def test_failed_join_keeps_cluster_and_members(tmp_path: Path) -> None:
         foreign_ticket = other.ticket
         other.stop()
         worker.stop()
-        cluster_file, members_file = tmp_path / "worker" / "cluster.json", tmp_path / "worker" / "members.json"
+        cluster_file, members_file = (
+            tmp_path / "worker" / "cluster.json",
+            tmp_path / "worker" / "members.json",
+        )
         cluster_before = cluster_file.read_bytes()
 
         result = run_cli(
-            "start", "--data", str(tmp_path / "worker"), "--http-port", "0", "--bind", "127.0.0.1:0",
-            "--relay", "disabled", "--join", foreign_ticket, check=False, env={"P2PNODE_CONNECT_TIMEOUT": "1"},
+            "start",
+            "--data",
+            str(tmp_path / "worker"),
+            "--http-port",
+            "0",
+            "--bind",
+            "127.0.0.1:0",
+            "--relay",
+            "disabled",
+            "--join",
+            foreign_ticket,
+            check=False,
+            env={"P2PNODE_CONNECT_TIMEOUT": "1"},
         )
         assert result.returncode == 1
-        assert result.stderr.strip().splitlines()[-1].startswith("error: could not join through"), result.stderr
+        assert result.stderr.strip().splitlines()[-1].startswith("error: could not join through"), (
+            result.stderr
+        )
         # The origin may have said hello meanwhile (a fresher last_seen); who the members are is unchanged.
         assert cluster_file.read_bytes() == cluster_before
         assert set(json.loads(members_file.read_text())["members"]) == {origin.id}
@@ -82,7 +98,10 @@ def test_taken_port_falls_back_and_members_learn_the_new_address(tmp_path: Path)
 
         def moved() -> bool:
             (known,) = a.status()["members"]
-            return f"127.0.0.1:{new_port}" in known["addresses"] and f"127.0.0.1:{old_port}" not in known["addresses"]
+            return (
+                f"127.0.0.1:{new_port}" in known["addresses"]
+                and f"127.0.0.1:{old_port}" not in known["addresses"]
+            )
 
         wait_for(moved, "a to learn b's new port")
         code, err = b.stop()

@@ -53,9 +53,21 @@ def test_fresh_ticket_from_running_node(node_a: NodeProcess) -> None:
     assert ticket.node.direct_addresses, "a relay-less ticket must carry direct addresses"
 
 
-@pytest.mark.parametrize("mangle", [lambda t: t[:-5], lambda t: t[:20] + ("a" if t[20] != "a" else "b") + t[21:], lambda t: "p2pblob" + t[7:], lambda t: "hello"])
-def test_mangled_ticket_is_one_clear_line_and_exit_2(node_a: NodeProcess, tmp_path: Path, mangle) -> None:
-    result = run_cli("start", "--data", str(tmp_path / "c"), "--join", mangle(node_a.ticket), check=False)
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda t: t[:-5],
+        lambda t: t[:20] + ("a" if t[20] != "a" else "b") + t[21:],
+        lambda t: "p2pblob" + t[7:],
+        lambda t: "hello",
+    ],
+)
+def test_mangled_ticket_is_one_clear_line_and_exit_2(
+    node_a: NodeProcess, tmp_path: Path, mangle
+) -> None:
+    result = run_cli(
+        "start", "--data", str(tmp_path / "c"), "--join", mangle(node_a.ticket), check=False
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: invalid join ticket:"), result.stderr
@@ -70,7 +82,10 @@ def test_sigint_stops_cleanly(node_a: NodeProcess) -> None:
 def test_cli_without_node_says_so() -> None:
     result = run_cli("--api", "http://127.0.0.1:9", "status", check=False)
     assert result.returncode == 1
-    assert result.stderr.strip() == "error: no p2pnode answering at http://127.0.0.1:9 (start one with `p2pnode start`, or pass --api)"
+    assert (
+        result.stderr.strip()
+        == "error: no p2pnode answering at http://127.0.0.1:9 (start one with `p2pnode start`, or pass --api)"
+    )
 
 
 async def test_stranger_with_wrong_secret_is_refused(node_a: NodeProcess, tmp_path: Path) -> None:
@@ -80,7 +95,9 @@ async def test_stranger_with_wrong_secret_is_refused(node_a: NodeProcess, tmp_pa
     try:
         forged = Membership(tmp_path / "stranger", stranger.id().to_bytes().hex())
         forged.cluster = forged.cluster.model_copy(update={"cluster_id": real.cluster_id.hex()})
-        connection = await stranger.connect(PeerAddr.from_ticket(real.node).to_endpoint(), JOIN_ALPN)
+        connection = await stranger.connect(
+            PeerAddr.from_ticket(real.node).to_endpoint(), JOIN_ALPN
+        )
         with pytest.raises(JoinError, match="wrong join secret"):
             await join(forged, connection, PeerAddr.from_endpoint(stranger.addr(), None))
     finally:
@@ -90,7 +107,21 @@ async def test_stranger_with_wrong_secret_is_refused(node_a: NodeProcess, tmp_pa
 
 def test_taken_api_port_is_one_clear_line(node_a: NodeProcess, tmp_path: Path) -> None:
     port = node_a.api.rsplit(":", 1)[1]
-    result = run_cli("start", "--data", str(tmp_path / "c"), "--http-port", port, "--bind", "127.0.0.1:0", "--relay", "disabled", check=False)
+    result = run_cli(
+        "start",
+        "--data",
+        str(tmp_path / "c"),
+        "--http-port",
+        port,
+        "--bind",
+        "127.0.0.1:0",
+        "--relay",
+        "disabled",
+        check=False,
+    )
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == f"error: cannot listen on http://127.0.0.1:{port}: Address already in use"
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == f"error: cannot listen on http://127.0.0.1:{port}: Address already in use"
+    )
     assert "Traceback" not in result.stderr

@@ -43,7 +43,7 @@ async def test_member_sending_garbage_gossip_is_contained(start_node) -> None:
     a = await start_node()
     b = await start_node(join=a.join_ticket())
     connection = await b.dialer.connect(a.addr(), GOSSIP_ALPN)
-    for junk in [b"\xff\xff\xff\xff", b"\x00\x00\x00\x03abc", b"\x00\x00\x00\x10{\"type\":\"x\"}"]:
+    for junk in [b"\xff\xff\xff\xff", b"\x00\x00\x00\x03abc", b'\x00\x00\x00\x10{"type":"x"}']:
         stream = await connection.open_uni()
         await stream.write_all(junk)
         await stream.finish()
@@ -54,7 +54,9 @@ async def test_member_sending_garbage_gossip_is_contained(start_node) -> None:
     newcomer = "ee" * 32
     received = a.gossip.stats().received
     stream = await connection.open_uni()
-    bad = ForwardJoin(peer=PeerEntry(id=newcomer, addr={"node_id": "not an id", "direct_addresses": 7}), ttl=0)
+    bad = ForwardJoin(
+        peer=PeerEntry(id=newcomer, addr={"node_id": "not an id", "direct_addresses": 7}), ttl=0
+    )
     await write_frame(stream, wire_message.dump_json(bad))
     await stream.finish()
     with trio.fail_after(10):

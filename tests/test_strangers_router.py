@@ -34,13 +34,18 @@ async def stream_is_reset(bi: iroh.BiStream) -> bool:
     return False
 
 
-async def test_stranger_connections_are_capped_per_peer_and_in_total(start_node, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_stranger_connections_are_capped_per_peer_and_in_total(
+    start_node, monkeypatch: pytest.MonkeyPatch
+) -> None:
     node = await start_node()
     member = await start_node(join=node.join_ticket())
     target = node.addr().to_endpoint()
     one, other = await bind_loopback([JOIN_ALPN]), await bind_loopback([JOIN_ALPN])
     try:
-        held = [await one.connect(target, JOIN_ALPN) for _ in range(endpoint.STRANGER_CONNECTIONS_PER_PEER)]
+        held = [
+            await one.connect(target, JOIN_ALPN)
+            for _ in range(endpoint.STRANGER_CONNECTIONS_PER_PEER)
+        ]
         extra = await one.connect(target, JOIN_ALPN)
         assert "too many connections from you" in await wait_closed(extra)
         monkeypatch.setattr(endpoint, "STRANGER_CONNECTIONS", len(held))
@@ -64,7 +69,9 @@ async def test_stranger_connections_are_capped_per_peer_and_in_total(start_node,
     assert node.status().refused_connections == 2
 
 
-async def test_stranger_parks_few_streams_and_not_for_long(start_node, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_stranger_parks_few_streams_and_not_for_long(
+    start_node, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(membership, "JOIN_TIMEOUT_S", 1.0)
     node = await start_node()
     stranger = await bind_loopback([JOIN_ALPN])
@@ -120,7 +127,9 @@ async def test_join_handshake_times_out(start_node, monkeypatch: pytest.MonkeyPa
         connection = await stranger.connect(node.addr().to_endpoint(), JOIN_ALPN)
         bi = await connection.open_bi()
         me = PeerAddr.from_endpoint(stranger.addr(), None)
-        request = membership.JoinRequest(cluster_id=node.membership.cluster.cluster_id, nonce="00", addr=me)
+        request = membership.JoinRequest(
+            cluster_id=node.membership.cluster.cluster_id, nonce="00", addr=me
+        )
         await framing.send_model(bi.send(), request)
         challenge = await framing.recv_model(bi.recv(), membership.ServerReply)
         assert isinstance(challenge, membership.JoinChallenge)
@@ -132,19 +141,25 @@ async def test_join_handshake_times_out(start_node, monkeypatch: pytest.MonkeyPa
         await stranger.close()
 
 
-async def test_failed_joins_back_off_per_peer(start_node, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_failed_joins_back_off_per_peer(
+    start_node, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     node = await start_node()
     guesser = await bind_loopback([JOIN_ALPN])
     try:
         forged = Membership(tmp_path / "guesser", guesser.id().to_bytes().hex())
-        forged.cluster = forged.cluster.model_copy(update={"cluster_id": node.membership.cluster.cluster_id})
+        forged.cluster = forged.cluster.model_copy(
+            update={"cluster_id": node.membership.cluster.cluster_id}
+        )
         me = PeerAddr.from_endpoint(guesser.addr(), None)
         with pytest.raises(JoinError, match="wrong join secret"):
             await join(forged, await guesser.connect(node.addr().to_endpoint(), JOIN_ALPN), me)
         with caplog.at_level(logging.INFO, logger="p2pnode"):
             for _ in range(20):
                 with pytest.raises(JoinError, match=r"too many failed joins: try again in \d+ s"):
-                    await join(forged, await guesser.connect(node.addr().to_endpoint(), JOIN_ALPN), me)
+                    await join(
+                        forged, await guesser.connect(node.addr().to_endpoint(), JOIN_ALPN), me
+                    )
         # Twenty refusals, one log line: the rest wait for the interval's summary.
         assert len([r for r in caplog.records if "in back-off" in r.getMessage()]) == 1
     finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from benchmarks.strangers import measure
 
 
@@ -20,6 +19,10 @@ from benchmarks.strangers import measure
     ],
     ids=["parked-within-limit", "oversized-burst"],
 )
-async def test_parked_half_frames_cost_bounded_memory_and_member_is_served(declared: int, sent: int, limit_mb: int) -> None:
-    m = await measure(streams=1000, ids=50, declared=declared, sent=sent)  # raises unless the member got the blob
+async def test_parked_half_frames_cost_bounded_memory_and_member_is_served(
+    declared: int, sent: int, limit_mb: int
+) -> None:
+    m = await measure(
+        streams=1000, ids=50, declared=declared, sent=sent
+    )  # raises unless the member got the blob
     assert m.rss_peak_mb - m.rss_before_mb < limit_mb, m

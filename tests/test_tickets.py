@@ -14,7 +14,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tickets
-from tickets import BlobTicket, JoinTicket, NodeAddr, TicketError, encode, parse, parse_blob, parse_join
+from tickets import (
+    BlobTicket,
+    JoinTicket,
+    NodeAddr,
+    TicketError,
+    encode,
+    parse,
+    parse_blob,
+    parse_join,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE32 = "abcdefghijklmnopqrstuvwxyz234567"
@@ -38,7 +47,11 @@ def unframe(text: str) -> tuple[str, bytes]:
 ports = st.integers(0, 65535)
 ipv4 = st.builds(lambda ip, port: f"{ip}:{port}", st.ip_addresses(v=4), ports)
 ipv6 = st.builds(lambda ip, port: f"[{ip}]:{port}", st.ip_addresses(v=6), ports)
-relay_urls = st.none() | st.text(min_size=1, max_size=40) | st.builds("https://{}/".format, st.text(max_size=20))
+relay_urls = (
+    st.none()
+    | st.text(min_size=1, max_size=40)
+    | st.builds("https://{}/".format, st.text(max_size=20))
+)
 node_addrs = st.builds(
     NodeAddr,
     node_id=st.binary(min_size=32, max_size=32),
@@ -140,7 +153,12 @@ def test_hex_helpers_and_secret_not_in_repr() -> None:
 
 def test_case_and_surrounding_whitespace_are_ignored() -> None:
     text = encode(JOIN)
-    for variant in (text.upper(), text.swapcase(), f"  \n\t{text}\r\n ", text[:20].upper() + text[20:]):
+    for variant in (
+        text.upper(),
+        text.swapcase(),
+        f"  \n\t{text}\r\n ",
+        text[:20].upper() + text[20:],
+    ):
         assert parse_join(variant) == JOIN
 
 
@@ -162,7 +180,9 @@ def test_every_truncation_is_rejected(ticket: JoinTicket | BlobTicket) -> None:
 
 @settings(max_examples=50)
 @given(any_tickets, st.data())
-def test_random_truncation_is_rejected(ticket: JoinTicket | BlobTicket, data: st.DataObject) -> None:
+def test_random_truncation_is_rejected(
+    ticket: JoinTicket | BlobTicket, data: st.DataObject
+) -> None:
     text = encode(ticket)
     rejected(text[: data.draw(st.integers(0, len(text) - 1))])
 
@@ -177,7 +197,9 @@ def test_every_single_character_substitution_is_rejected(ticket: JoinTicket | Bl
 
 
 @given(any_tickets, st.data())
-def test_random_substitution_is_rejected(ticket: JoinTicket | BlobTicket, data: st.DataObject) -> None:
+def test_random_substitution_is_rejected(
+    ticket: JoinTicket | BlobTicket, data: st.DataObject
+) -> None:
     text = encode(ticket)
     i = data.draw(st.integers(0, len(text) - 1))
     # The text is lowercase ASCII, so its ASCII uppercase is the only accepted spelling variant.
@@ -213,16 +235,22 @@ def test_non_canonical_last_character_is_rejected() -> None:
 
 
 def test_wrong_kind() -> None:
-    with pytest.raises(TicketError, match=r"not a join ticket: it starts with 'p2pblob' \(a blob ticket\)"):
+    with pytest.raises(
+        TicketError, match=r"not a join ticket: it starts with 'p2pblob' \(a blob ticket\)"
+    ):
         parse_join(encode(BLOB))
-    with pytest.raises(TicketError, match=r"not a blob ticket: it starts with 'p2pjoin' \(a join ticket\)"):
+    with pytest.raises(
+        TicketError, match=r"not a blob ticket: it starts with 'p2pjoin' \(a join ticket\)"
+    ):
         parse_blob(encode(JOIN))
 
 
 def test_unknown_version() -> None:
     _, raw = unframe(encode(JOIN))
     text = frame("p2pjoin", b"\x02" + raw[1:-4])
-    with pytest.raises(TicketError, match=r"unknown ticket version 2 \(this p2pnode understands version 1\)"):
+    with pytest.raises(
+        TicketError, match=r"unknown ticket version 2 \(this p2pnode understands version 1\)"
+    ):
         parse_join(text)
     assert "version 2" in rejected(text)
 
@@ -260,7 +288,9 @@ def test_garbage_messages(text: str, message: str) -> None:
 
 
 def test_parse_join_on_garbage_names_expected_prefix() -> None:
-    with pytest.raises(TicketError, match="not a join ticket: expected a ticket starting with p2pjoin"):
+    with pytest.raises(
+        TicketError, match="not a join ticket: expected a ticket starting with p2pjoin"
+    ):
         parse_join("nonsense")
 
 
@@ -343,7 +373,9 @@ def test_bad_direct_addresses_are_rejected(addr: str) -> None:
 
 
 def test_direct_addresses_are_canonicalised() -> None:
-    node = NodeAddr(node_id=bytes(32), direct_addresses=["[::0001]:4433", "[2001:DB8::1]:01", "10.0.0.1:0"])
+    node = NodeAddr(
+        node_id=bytes(32), direct_addresses=["[::0001]:4433", "[2001:DB8::1]:01", "10.0.0.1:0"]
+    )
     assert node.direct_addresses == ["[::1]:4433", "[2001:db8::1]:1", "10.0.0.1:0"]
 
 

@@ -54,7 +54,9 @@ def test_capabilities_are_per_blob_and_per_provider_key() -> None:
     blob, blob2 = "ab" * 32, "cd" * 32
     capability = mine.issue(blob)
     assert mine.check(blob, capability.hex())
-    assert Capabilities(iroh.SecretKey.from_bytes(one.to_bytes())).check(blob, capability.hex())  # survives a restart
+    assert Capabilities(iroh.SecretKey.from_bytes(one.to_bytes())).check(
+        blob, capability.hex()
+    )  # survives a restart
     assert not mine.check(blob2, capability.hex())
     assert not theirs.check(blob, capability.hex())
     for bad in ["", "zz", capability.hex()[:-2], capability.hex() + "00"]:
@@ -80,13 +82,21 @@ async def test_ticket_opens_one_blob_at_one_provider(start_node, tmp_path: Path)
 
     try:
         with pytest.raises(FetchError, match="not authorised"):
-            await fetch_blob(store, dial, shared.hash, [other.addr()], root=shared.root, capability=capability)
+            await fetch_blob(
+                store, dial, shared.hash, [other.addr()], root=shared.root, capability=capability
+            )
         with pytest.raises(FetchError, match="not authorised"):
-            await fetch_blob(store, dial, private.hash, [issuer.addr()], root=private.root, capability=capability)
+            await fetch_blob(
+                store, dial, private.hash, [issuer.addr()], root=private.root, capability=capability
+            )
         with pytest.raises(FetchError, match="not authorised"):
-            await fetch_blob(store, dial, shared.hash, [issuer.addr()], root=shared.root, capability="not hex")
+            await fetch_blob(
+                store, dial, shared.hash, [issuer.addr()], root=shared.root, capability="not hex"
+            )
         assert not store.has(shared.hash) and not store.has(private.hash)
-        fetched = await fetch_blob(store, dial, shared.hash, [issuer.addr()], root=shared.root, capability=capability)
+        fetched = await fetch_blob(
+            store, dial, shared.hash, [issuer.addr()], root=shared.root, capability=capability
+        )
         assert fetched.hash == shared.hash
     finally:
         store.close()
@@ -94,7 +104,9 @@ async def test_ticket_opens_one_blob_at_one_provider(start_node, tmp_path: Path)
     assert other.blobs.provider.refused == 1 and issuer.blobs.provider.refused == 2
 
 
-async def test_block_list_must_match_the_trusted_root_before_any_block_is_taken(start_node, tmp_path: Path) -> None:
+async def test_block_list_must_match_the_trusted_root_before_any_block_is_taken(
+    start_node, tmp_path: Path
+) -> None:
     """A provider that swaps in another blob, consistently (its block list, its bytes), is refused at the header."""
     liar = await start_node()
     fetcher = await start_node(join=liar.join_ticket())

@@ -20,6 +20,8 @@ def test_size_must_fit_the_u64_wire_form() -> None:
     with pytest.raises(ValidationError) as refused:
         BlockList(size=1 << 64, hashes=())
     assert refused.value.errors()[0]["loc"] == ("size",)
-    with pytest.raises(ValidationError) as shape:  # the largest size passes the field check, then the shape check
+    with pytest.raises(
+        ValidationError
+    ) as shape:  # the largest size passes the field check, then the shape check
         BlockList(size=(1 << 64) - 1, hashes=())
     assert shape.value.errors()[0]["loc"] == ()

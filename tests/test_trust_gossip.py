@@ -29,7 +29,9 @@ def node_id(key: iroh.SecretKey) -> str:
 def resigned(envelope: Envelope, key: iroh.SecretKey, **changes: object) -> Envelope:
     """`envelope` with `changes`, signed again by `key` (which may not be the origin's)."""
     changed = envelope.model_copy(update=changes)
-    return changed.model_copy(update={"signature": key.sign(changed.signed_bytes()).to_bytes().hex()})
+    return changed.model_copy(
+        update={"signature": key.sign(changed.signed_bytes()).to_bytes().hex()}
+    )
 
 
 async def test_member_cannot_forge_or_alter_what_others_said(start_node) -> None:
@@ -55,12 +57,18 @@ async def test_member_cannot_forge_or_alter_what_others_said(start_node) -> None
     ]
     try:
         connection = await relay.connect(node.addr().to_endpoint(), GOSSIP_ALPN)
-        for envelope in [*forgeries, honest.model_copy(update={"hops": 1})]:  # hops alone may change
+        for envelope in [
+            *forgeries,
+            honest.model_copy(update={"hops": 1}),
+        ]:  # hops alone may change
             stream = await connection.open_uni()
             await write_frame(stream, wire_message.dump_json(Gossip(envelope=envelope)))
             await stream.finish()
         with trio.fail_after(10):
-            while node.gossip.stats().dropped.get("bad_signature", 0) < len(forgeries) or not node.gossip.stats().delivered:
+            while (
+                node.gossip.stats().dropped.get("bad_signature", 0) < len(forgeries)
+                or not node.gossip.stats().delivered
+            ):
                 await trio.sleep(0.02)
     finally:
         await relay.close()
@@ -84,17 +92,31 @@ TOPIC = "ab" * 32
 
 def test_signatures_use_the_wire_domain() -> None:
     """The prefix is part of the wire format: every node of every version must sign the same bytes."""
-    assert Envelope.create(AUTHOR, TOPIC, KIND, {}, hops=1).signed_bytes().startswith(b"p2pnode-gossip-v1\0{")
+    assert (
+        Envelope.create(AUTHOR, TOPIC, KIND, {}, hops=1)
+        .signed_bytes()
+        .startswith(b"p2pnode-gossip-v1\0{")
+    )
 
 
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("id", "0" * 31), ("id", "G" * 32), ("id", None),
-        ("origin", "0" * 63), ("origin", "0" * 65), ("origin", None),
-        ("topic", ""), ("topic", "t" * 129), ("topic", None),
-        ("kind", ""), ("kind", "k" * 65), ("kind", None),
-        ("signature", "0" * 127), ("signature", "x" * 128), ("signature", None),
+        ("id", "0" * 31),
+        ("id", "G" * 32),
+        ("id", None),
+        ("origin", "0" * 63),
+        ("origin", "0" * 65),
+        ("origin", None),
+        ("topic", ""),
+        ("topic", "t" * 129),
+        ("topic", None),
+        ("kind", ""),
+        ("kind", "k" * 65),
+        ("kind", None),
+        ("signature", "0" * 127),
+        ("signature", "x" * 128),
+        ("signature", None),
     ],
 )
 def test_malformed_fields_are_refused_by_the_parser(field: str, value: object) -> None:
@@ -131,8 +153,14 @@ def test_signed_bytes_are_canonical_json_known_answer() -> None:
     """Every node must sign and check the very same bytes: sorted keys, no spaces, UTF-8 as is,
     everything but hops and the signature."""
     envelope = Envelope(
-        id="0" * 32, origin=node_id(AUTHOR), topic=TOPIC, kind=KIND, payload={"b": [1, "é"], "a": 2.5},
-        timestamp=NOW, hops=3, signature="0" * 128,
+        id="0" * 32,
+        origin=node_id(AUTHOR),
+        topic=TOPIC,
+        kind=KIND,
+        payload={"b": [1, "é"], "a": 2.5},
+        timestamp=NOW,
+        hops=3,
+        signature="0" * 128,
     )
     expected = (
         '{"id":"' + "0" * 32 + '","kind":"test.trust","origin":"' + node_id(AUTHOR) + '",'
@@ -144,4 +172,7 @@ def test_signed_bytes_are_canonical_json_known_answer() -> None:
 def test_age_window_edges_are_inclusive() -> None:
     for timestamp in (NOW - 3600, NOW + 60):
         envelope = Envelope.create(AUTHOR, TOPIC, KIND, {}, hops=1, now=timestamp)
-        assert validate_incoming(envelope, topic=TOPIC, now=NOW, max_age=3600, max_future_skew=60) is None
+        assert (
+            validate_incoming(envelope, topic=TOPIC, now=NOW, max_age=3600, max_future_skew=60)
+            is None
+        )

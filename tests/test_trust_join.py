@@ -30,8 +30,8 @@ from p2pnode.membership import (
     Membership,
     PeerAddr,
     ServerReply,
-    proof,
     join,
+    proof,
 )
 from p2pnode.net.framing import recv_model, send_model
 from tests.conftest import accept_connection, bind_loopback
@@ -87,7 +87,9 @@ async def test_joiner_cannot_claim_another_id(start_node, tmp_path: Path) -> Non
     victim_addr = host.membership.members[victim.id].addr
     impostor = await bind_loopback([JOIN_ALPN])
     try:
-        membership = membership_in(tmp_path / "impostor", endpoint_id(impostor), cluster_of(host.join_ticket()))
+        membership = membership_in(
+            tmp_path / "impostor", endpoint_id(impostor), cluster_of(host.join_ticket())
+        )
         own = PeerAddr.from_endpoint(impostor.addr(), None)
         for claimed in (victim.id, "cc" * 32):
             lie = own.model_copy(update={"node_id": claimed})
@@ -107,12 +109,22 @@ Forge = Callable[[Membership, str, str, str, str], str]
 """(host's membership, host id, joiner id, joiner's nonce, joiner's proof) -> the welcome's proof."""
 
 FORGERIES: dict[str, Forge] = {
-    "wrong-role": lambda m, host, joiner, nonce, _p: proof(m.cluster, b"member", host, joiner, nonce),
-    "prover-and-verifier-swapped": lambda m, host, joiner, nonce, _p: proof(m.cluster, b"host", joiner, host, nonce),
-    "for-another-joiner": lambda m, host, _j, nonce, _p: proof(m.cluster, b"host", host, "cc" * 32, nonce),
-    "stale-nonce": lambda m, host, joiner, _n, _p: proof(m.cluster, b"host", host, joiner, os.urandom(16).hex()),
+    "wrong-role": lambda m, host, joiner, nonce, _p: proof(
+        m.cluster, b"member", host, joiner, nonce
+    ),
+    "prover-and-verifier-swapped": lambda m, host, joiner, nonce, _p: proof(
+        m.cluster, b"host", joiner, host, nonce
+    ),
+    "for-another-joiner": lambda m, host, _j, nonce, _p: proof(
+        m.cluster, b"host", host, "cc" * 32, nonce
+    ),
+    "stale-nonce": lambda m, host, joiner, _n, _p: proof(
+        m.cluster, b"host", host, joiner, os.urandom(16).hex()
+    ),
     "reflected": lambda _m, _h, _j, _n, joiner_proof: joiner_proof,
-    "without-the-secret": lambda m, host, joiner, nonce, _p: proof(_stranger(m).cluster, b"host", host, joiner, nonce),
+    "without-the-secret": lambda m, host, joiner, nonce, _p: proof(
+        _stranger(m).cluster, b"host", host, joiner, nonce
+    ),
     "empty": lambda _m, _h, _j, _n, _p: "",
 }
 
@@ -133,7 +145,9 @@ async def fake_host(endpoint: iroh.Endpoint, membership: Membership, forge: Forg
     request = await recv_model(recv, JoinRequest, FRAME)
     await send_model(send, JoinChallenge(nonce=request.nonce))
     answer = await recv_model(recv, JoinProof, FRAME)
-    forged = forge(membership, membership.self_id, request.addr.node_id, request.nonce, answer.proof)
+    forged = forge(
+        membership, membership.self_id, request.addr.node_id, request.nonce, answer.proof
+    )
     await send_model(send, JoinWelcome(proof=forged, members=[]))
     await send.finish()
     with trio.move_on_after(10):
@@ -141,22 +155,34 @@ async def fake_host(endpoint: iroh.Endpoint, membership: Membership, forge: Forg
 
 
 @pytest.mark.parametrize("forgery", ["honest", *FORGERIES])
-async def test_joiner_refuses_a_host_that_cannot_prove_the_secret(tmp_path: Path, forgery: str) -> None:
+async def test_joiner_refuses_a_host_that_cannot_prove_the_secret(
+    tmp_path: Path, forgery: str
+) -> None:
     host_ep, joiner_ep = await bind_loopback([JOIN_ALPN]), await bind_loopback([JOIN_ALPN])
     cluster = ClusterIdentity.new()
     joiner = membership_in(tmp_path / "joiner", endpoint_id(joiner_ep), cluster)
     host = membership_in(tmp_path / "host", endpoint_id(host_ep), cluster)
-    honest: Forge = lambda m, host_id, joiner_id, nonce, _p: proof(m.cluster, b"host", host_id, joiner_id, nonce)
+    honest: Forge = lambda m, host_id, joiner_id, nonce, _p: proof(
+        m.cluster, b"host", host_id, joiner_id, nonce
+    )
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(fake_host, host_ep, host, FORGERIES.get(forgery, honest))
             connection = await joiner_ep.connect(host_ep.addr(), JOIN_ALPN)
             with trio.fail_after(10):
                 if forgery == "honest":
-                    assert (await join(joiner, connection, PeerAddr.from_endpoint(joiner_ep.addr(), None))).members == []
+                    assert (
+                        await join(
+                            joiner, connection, PeerAddr.from_endpoint(joiner_ep.addr(), None)
+                        )
+                    ).members == []
                 else:
-                    with pytest.raises(JoinError, match="could not prove it knows the cluster secret"):
-                        await join(joiner, connection, PeerAddr.from_endpoint(joiner_ep.addr(), None))
+                    with pytest.raises(
+                        JoinError, match="could not prove it knows the cluster secret"
+                    ):
+                        await join(
+                            joiner, connection, PeerAddr.from_endpoint(joiner_ep.addr(), None)
+                        )
             connection.close(0, b"done")
     finally:
         await joiner_ep.close()
@@ -177,12 +203,21 @@ async def test_proof_relayed_from_a_member_does_not_admit_the_relay(start_node) 
         to_host = await relay.connect(host.addr().to_endpoint(), JOIN_ALPN)
         upstream = await to_host.open_bi()
         up_send, up_recv = upstream.send(), upstream.recv()
-        await send_model(up_send, JoinRequest(cluster_id=cluster_id, nonce=os.urandom(16).hex(), addr=PeerAddr.from_endpoint(relay.addr(), None)))
+        await send_model(
+            up_send,
+            JoinRequest(
+                cluster_id=cluster_id,
+                nonce=os.urandom(16).hex(),
+                addr=PeerAddr.from_endpoint(relay.addr(), None),
+            ),
+        )
         challenge = await recv_model(up_recv, ServerReply, FRAME)
         assert isinstance(challenge, JoinChallenge)
 
         async def lure_member() -> None:
-            connection = await member.dialer.dial(PeerAddr.from_endpoint(relay.addr(), None), JOIN_ALPN)
+            connection = await member.dialer.dial(
+                PeerAddr.from_endpoint(relay.addr(), None), JOIN_ALPN
+            )
             with pytest.raises(JoinError):
                 await join(member.membership, connection, member.addr())
 
@@ -215,7 +250,10 @@ async def test_host_proves_nothing_before_the_joiner_has(start_node) -> None:
         bi = await connection.open_bi()
         send, recv = bi.send(), bi.recv()
         addr = PeerAddr.from_endpoint(stranger.addr(), None)
-        await send_model(send, JoinRequest(cluster_id=host.membership.cluster.cluster_id, nonce="00" * 16, addr=addr))
+        await send_model(
+            send,
+            JoinRequest(cluster_id=host.membership.cluster.cluster_id, nonce="00" * 16, addr=addr),
+        )
         with trio.fail_after(10):
             assert isinstance(await recv_model(recv, ServerReply, FRAME), JoinChallenge)
             await send_model(send, JoinProof(proof="00" * 32))
@@ -245,7 +283,9 @@ def test_proof_is_the_documented_hmac_known_answer(tmp_path: Path) -> None:
     """Every node must compute the same proof: HMAC-SHA256 under the join secret of the |-joined fields."""
     cluster = ClusterIdentity(cluster_id="c1" * 16, join_secret="5e" * 32)
     membership = membership_in(tmp_path, "aa" * 32, cluster)
-    message = b"|".join([b"p2pnode-join-v1", b"member", cluster.cluster_id.encode(), b"aa" * 32, b"bb" * 32, b"n1"])
+    message = b"|".join(
+        [b"p2pnode-join-v1", b"member", cluster.cluster_id.encode(), b"aa" * 32, b"bb" * 32, b"n1"]
+    )
     expected = hmac.new(bytes.fromhex(cluster.join_secret), message, hashlib.sha256).hexdigest()
     assert proof(membership.cluster, b"member", "aa" * 32, "bb" * 32, "n1") == expected
 
@@ -255,10 +295,14 @@ async def test_welcome_lists_the_other_members_not_the_joiner(start_node, tmp_pa
     member = await start_node(join=host.join_ticket())
     joiner = await bind_loopback([JOIN_ALPN])
     try:
-        membership = membership_in(tmp_path / "joiner", endpoint_id(joiner), cluster_of(host.join_ticket()))
+        membership = membership_in(
+            tmp_path / "joiner", endpoint_id(joiner), cluster_of(host.join_ticket())
+        )
         connection = await joiner.connect(host.addr().to_endpoint(), JOIN_ALPN)
         with trio.fail_after(10):
-            others = (await join(membership, connection, PeerAddr.from_endpoint(joiner.addr(), None))).members
+            others = (
+                await join(membership, connection, PeerAddr.from_endpoint(joiner.addr(), None))
+            ).members
     finally:
         await joiner.close()
     assert [p.node_id for p in others] == [member.id]

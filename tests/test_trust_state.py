@@ -54,32 +54,60 @@ def folder(path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "damage", "reason"),
     [
-        ("members.json", lambda p: p.write_text('{"members": {"' + "ab" * 32 + '": {"addr": '), " is damaged (Invalid JSON: EOF"),
-        ("members.json", lambda p: p.write_text('{"members": []}'), " is damaged (Input should be an object)"),
+        (
+            "members.json",
+            lambda p: p.write_text('{"members": {"' + "ab" * 32 + '": {"addr": '),
+            " is damaged (Invalid JSON: EOF",
+        ),
+        (
+            "members.json",
+            lambda p: p.write_text('{"members": []}'),
+            " is damaged (Input should be an object)",
+        ),
         ("members.json", folder, " is damaged (Is a directory)"),
         ("cluster.json", garbage, " is damaged (Invalid JSON: expected value"),
         ("cluster.json", truncate, " is damaged (Invalid JSON: EOF"),
-        ("cluster.json", lambda p: p.write_text('{"cluster_id": 7}'), " is damaged (Input should be a valid string)"),
+        (
+            "cluster.json",
+            lambda p: p.write_text('{"cluster_id": 7}'),
+            " is damaged (Input should be a valid string)",
+        ),
         ("secret.key", lambda p: p.write_bytes(b"not a key"), " is not a node key"),
         ("jobs.sqlite", garbage, ": file is not a database"),
         ("iroh-blobs/meta.sqlite", garbage, " is damaged (file is not a database)"),
     ],
-    ids=["members-truncated", "members-wrong-shape", "members-folder", "cluster-garbage", "cluster-truncated",
-         "cluster-wrong-shape", "key-corrupt", "jobs-db-garbage", "blob-meta-garbage"],
+    ids=[
+        "members-truncated",
+        "members-wrong-shape",
+        "members-folder",
+        "cluster-garbage",
+        "cluster-truncated",
+        "cluster-wrong-shape",
+        "key-corrupt",
+        "jobs-db-garbage",
+        "blob-meta-garbage",
+    ],
 )
-def test_damaged_state_file_is_one_error_line_naming_it(data: Path, name: str, damage, reason: str) -> None:
+def test_damaged_state_file_is_one_error_line_naming_it(
+    data: Path, name: str, damage, reason: str
+) -> None:
     path = data / name
     if not path.exists():  # members.json appears only once a node has members
         path.write_text("{}")
     damage(path)
     result = subprocess.run(
-        [sys.executable, "-m", "p2pnode", *START, "--data", str(data)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "p2pnode", *START, "--data", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode != 0
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"error: {path}{reason}") or lines[0].startswith("error: cannot"), lines[0]
+    assert lines[0].startswith(f"error: {path}{reason}") or lines[0].startswith("error: cannot"), (
+        lines[0]
+    )
     assert f"{path}{reason}" in lines[0], lines[0]
 
 
@@ -89,7 +117,10 @@ def spec() -> JobSpec:
 
 def insert_damaged_row(db: Path, job_id: str, body: str) -> None:
     with sqlite3.connect(db) as conn:
-        conn.execute("INSERT INTO jobs VALUES (?, ?, 1, 'pending', 'wasi', 0, NULL, 0, 0, ?)", (job_id, "0" * 64, body))
+        conn.execute(
+            "INSERT INTO jobs VALUES (?, ?, 1, 'pending', 'wasi', 0, NULL, 0, 0, ?)",
+            (job_id, "0" * 64, body),
+        )
 
 
 def quarantined(db: Path) -> list[tuple[str, str]]:
@@ -97,7 +128,9 @@ def quarantined(db: Path) -> list[tuple[str, str]]:
         return conn.execute("SELECT id, body FROM jobs_quarantine ORDER BY id").fetchall()
 
 
-def test_damaged_job_rows_are_quarantined_and_the_rest_kept(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_damaged_job_rows_are_quarantined_and_the_rest_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     db = tmp_path / "jobs.sqlite"
     with JobStore(db) as store:
         good = store.submit("0" * 64, spec())
@@ -133,7 +166,9 @@ def test_secrets_are_written_owner_only(tmp_path: Path) -> None:
     """The node key and the join secret are the node's and the cluster's whole identity."""
     load_or_create_secret_key(tmp_path)
     membership = Membership(tmp_path, "aa" * 32)
-    modes = {name: (tmp_path / name).stat().st_mode & 0o777 for name in ("secret.key", "cluster.json")}
+    modes = {
+        name: (tmp_path / name).stat().st_mode & 0o777 for name in ("secret.key", "cluster.json")
+    }
     membership.adopt(ClusterIdentity.new())
     assert modes == {"secret.key": 0o600, "cluster.json": 0o600}
     assert (tmp_path / "cluster.json").stat().st_mode & 0o777 == 0o600

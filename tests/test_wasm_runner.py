@@ -144,7 +144,9 @@ async def test_memory_hungry_module_hits_limit(executor: WasiExecutor, job: Any)
     )
     too_big = '(module (memory 100) (func (export "_start")))'
     error = failed(await executor.run(job(too_big, limits={"memory_bytes": 1 << 20})))
-    assert error == "cannot instantiate module: memory minimum size of 100 pages exceeds memory limits"
+    assert (
+        error == "cannot instantiate module: memory minimum size of 100 pages exceeds memory limits"
+    )
 
 
 async def test_wall_time_limit(executor: WasiExecutor, job: Any) -> None:
@@ -183,8 +185,11 @@ async def test_runs_are_isolated(executor: WasiExecutor, job: Any) -> None:
         (b"\0asm\x01\0\0\0garbage", ".wasm", "invalid module: failed to parse WebAssembly module"),
         (b"\xff\xfe\x00\x01", ".wasm", "invalid module: neither a WebAssembly binary nor WAT text"),
         (b"(module (func", ".wat", "invalid module: cannot assemble WAT: "),
-        (b'(module (import "env" "f" (func)) (func (export "_start")))', ".wat",
-         "cannot instantiate module: unknown import: `env::f` has not been defined"),
+        (
+            b'(module (import "env" "f" (func)) (func (export "_start")))',
+            ".wat",
+            "cannot instantiate module: unknown import: `env::f` has not been defined",
+        ),
     ],
 )
 async def test_bad_modules(
@@ -194,7 +199,9 @@ async def test_bad_modules(
 
 
 async def test_missing_module_file(executor: WasiExecutor, job: Any, tmp_path: Path) -> None:
-    req = job("echo").model_copy(update={"module_path": tmp_path / "gone.wasm", "module_hash": "00"})
+    req = job("echo").model_copy(
+        update={"module_path": tmp_path / "gone.wasm", "module_hash": "00"}
+    )
     error = failed(await executor.run(req))
     assert error == f"cannot read module {tmp_path / 'gone.wasm'}: No such file or directory"
 
@@ -229,8 +236,12 @@ async def test_stdout_and_stderr_are_bounded(executor: WasiExecutor, job: Any) -
     error = failed(await executor.run(job(flood(1, STDOUT_LIMIT // 65536 + 1))))
     assert error == f"workflow wrote more than {STDOUT_LIMIT} bytes to stdout"
     # "1" as the result, after 1 MiB of stderr
-    noisy = flood(2, 16, then='(i32.store8 (i32.const 2000) (i32.const 49)) '
-                            '(call $write (i32.const 1) (i32.const 2000) (i32.const 1))')
+    noisy = flood(
+        2,
+        16,
+        then="(i32.store8 (i32.const 2000) (i32.const 49)) "
+        "(call $write (i32.const 1) (i32.const 2000) (i32.const 1))",
+    )
     result = await executor.run(job(noisy))
     assert result.ok and result.result == 1
     assert 64 * 1024 <= len(result.logs) < 65 * 1024

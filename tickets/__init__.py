@@ -7,7 +7,16 @@ write tickets without starting a node.
 from __future__ import annotations
 
 from tickets.codec import VERSION, TicketError
-from tickets.kinds import BlobTicket, JoinTicket, NodeAddr, Ticket, encode, parse, parse_blob, parse_join
+from tickets.kinds import (
+    BlobTicket,
+    JoinTicket,
+    NodeAddr,
+    Ticket,
+    encode,
+    parse,
+    parse_blob,
+    parse_join,
+)
 
 __all__ = [
     "VERSION",

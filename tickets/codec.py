@@ -53,7 +53,9 @@ def unseal(text: str) -> Reader:
     if len(raw) < 1 + CHECKSUM_LEN:
         raise TicketError("ticket is truncated")
     if raw[0] != VERSION:
-        raise TicketError(f"unknown ticket version {raw[0]} (this p2pnode understands version {VERSION})")
+        raise TicketError(
+            f"unknown ticket version {raw[0]} (this p2pnode understands version {VERSION})"
+        )
     body, check = raw[:-CHECKSUM_LEN], raw[-CHECKSUM_LEN:]
     if checksum(body) != check:
         raise TicketError("ticket checksum does not match (was it copied completely?)")

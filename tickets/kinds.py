@@ -244,7 +244,9 @@ def _identify(text: str) -> tuple[type[Ticket] | None, str]:
 def _parse_as(kind: type[_T], text: str) -> _T:
     found, payload = _identify(text)
     if found is None:
-        raise TicketError(f"not a {kind.KIND} ticket: expected a ticket starting with {kind.PREFIX}")
+        raise TicketError(
+            f"not a {kind.KIND} ticket: expected a ticket starting with {kind.PREFIX}"
+        )
     if found is not kind:
         raise TicketError(
             f"not a {kind.KIND} ticket: it starts with {found.PREFIX!r} (a {found.KIND} ticket)"

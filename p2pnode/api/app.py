@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from http import HTTPStatus
 from collections.abc import AsyncIterator, Iterator
+from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 
@@ -53,6 +53,7 @@ from p2pnode.jobs.worker import provider_addrs
 
 if TYPE_CHECKING:
     from p2pnode.node import Node
+
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """Error answers as OpenAPI documents them: always JSON `{"detail": "<one line>"}`."""
@@ -102,7 +103,14 @@ def create_app(node: Node) -> FastAPI:
     @api.put(
         "/blobs",
         responses=_errors(400, 415),
-        openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                },
+            }
+        },
     )
     async def upload_blob(request: Request, pin: bool = True) -> BlobAdded:
         """Add the request body (application/octet-stream, streamed, any size) as a blob."""
@@ -130,7 +138,10 @@ def create_app(node: Node) -> FastAPI:
     @api.get(
         "/blobs/{blob_hash}",
         response_class=Response,
-        responses={200: {"content": {"application/octet-stream": {}}, "description": "The blob's bytes."}, **_errors(404)},
+        responses={
+            200: {"content": {"application/octet-stream": {}}, "description": "The blob's bytes."},
+            **_errors(404),
+        },
     )
     async def download_blob(blob_hash: Hex64) -> StreamingResponse:
         """The blob's content, streamed (Content-Length set); the blob stays in use while it is read."""
@@ -177,11 +188,15 @@ def create_app(node: Node) -> FastAPI:
     @api.post("/blobs/{blob_hash}/export", responses={**_errors(400, 403, 404, 409), **BODY_ERRORS})
     async def export_blob(blob_hash: Hex64, request: ExportRequest) -> BlobInfo:
         """Write a blob to a file of the node's own user (not in its data folder); an existing file only with `force`."""
-        dest = _outside_private_dirs(node, Path(os.path.realpath(request.path.parent)) / request.path.name)
+        dest = _outside_private_dirs(
+            node, Path(os.path.realpath(request.path.parent)) / request.path.name
+        )
         with contextlib.suppress(FileNotFoundError):
             mode = os.lstat(dest).st_mode
             if not request.force:
-                raise HTTPException(409, f"{request.path} exists; export with force to overwrite it")
+                raise HTTPException(
+                    409, f"{request.path} exists; export with force to overwrite it"
+                )
             if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
                 raise HTTPException(400, f"{request.path} is not a regular file")
         with store_errors():
@@ -191,7 +206,10 @@ def create_app(node: Node) -> FastAPI:
         "/blobs/fetch",
         response_class=NdjsonResponse,
         responses={
-            200: {"model": FetchEvent, "description": "NDJSON, one FetchEvent per line: progress, then a last line with `blob` or `error`."},
+            200: {
+                "model": FetchEvent,
+                "description": "NDJSON, one FetchEvent per line: progress, then a last line with `blob` or `error`.",
+            },
             **BODY_ERRORS,
         },
     )
@@ -214,7 +232,9 @@ def create_app(node: Node) -> FastAPI:
             with fetching:
                 async with send:
                     try:
-                        info = await node.blobs.fetch_ticket(ticket, lambda p: emit(FetchEvent(progress=p)))
+                        info = await node.blobs.fetch_ticket(
+                            ticket, lambda p: emit(FetchEvent(progress=p))
+                        )
                     except (FetchError, StoreError) as exc:
                         final = FetchEvent(error=str(exc))
                     else:
@@ -236,8 +256,13 @@ def create_app(node: Node) -> FastAPI:
     @api.post("/jobs", responses={**_errors(400), **BODY_ERRORS})
     async def submit_job(request: JobSubmission) -> Job:
         """Submit a job; 413 when the input is over the limit, 400 when a module or blob cannot be used."""
-        if request.module is not None or request.artifacts:  # the node opens no caller-chosen path for a job
-            raise HTTPException(422, "upload the module and artifacts first (PUT /blobs) and send module_blob and artifact_blobs")
+        if (
+            request.module is not None or request.artifacts
+        ):  # the node opens no caller-chosen path for a job
+            raise HTTPException(
+                422,
+                "upload the module and artifacts first (PUT /blobs) and send module_blob and artifact_blobs",
+            )
         try:
             return await node.jobs.submit_files(request)
         except SubmissionTooLarge as exc:
@@ -246,7 +271,9 @@ def create_app(node: Node) -> FastAPI:
             raise HTTPException(400, str(exc)) from None
 
     @api.get("/jobs")
-    async def list_jobs(state: JobState | None = None, limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> list[Job]:
+    async def list_jobs(
+        state: JobState | None = None, limit: Annotated[int, Query(ge=1, le=10_000)] = 100
+    ) -> list[Job]:
         return node.jobs.store.list(state=state, limit=limit)
 
     @api.get("/jobs/{job_id}", responses=_errors(404))
@@ -275,12 +302,16 @@ def create_app(node: Node) -> FastAPI:
         `GET /blobs/{hash}` then downloads each."""
         job = _job_or_404(node, job_id)
         if job.state != JobState.SUCCEEDED:
-            raise HTTPException(409, f"job {job_id} is {job.state.value}; only a succeeded job has outputs")
+            raise HTTPException(
+                409, f"job {job_id} is {job.state.value}; only a succeeded job has outputs"
+            )
         outputs: dict[str, BlobInfo] = {}
         with store_errors():
             for name, ref in job.outputs.items():
                 try:
-                    await node.blobs.fetch(ref.hash, provider_addrs(ref, node.peer_addr), root=ref.root)
+                    await node.blobs.fetch(
+                        ref.hash, provider_addrs(ref, node.peer_addr), root=ref.root
+                    )
                 except FetchError as exc:
                     raise HTTPException(502, str(exc)) from None
                 await node.blobs.store.pin(ref.hash)
@@ -319,7 +350,9 @@ def _outside_private_dirs(node: Node, path: Path) -> Path:
     the node's key, secrets and token, which a path-based add or export must never reach."""
     for private in (node.settings.data_dir, node.settings.blobs_dir):
         if path.is_relative_to(os.path.realpath(private)):
-            raise HTTPException(403, f"refused: {path} is inside the node's data folder or blob store")
+            raise HTTPException(
+                403, f"refused: {path} is inside the node's data folder or blob store"
+            )
     return path
 
 
@@ -346,21 +379,29 @@ async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
     error = exc.errors()[0]
     where = ".".join(str(part) for part in error["loc"][1:]) or str(error["loc"][0])
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return JSONResponse({"detail": _one_line(f"invalid {where}: {error['msg']}{more}")}, status_code=422)
+    return JSONResponse(
+        {"detail": _one_line(f"invalid {where}: {error['msg']}{more}")}, status_code=422
+    )
 
 
 async def _refused(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code in (204, 304):
         return Response(status_code=exc.status_code, headers=exc.headers)
-    return JSONResponse({"detail": _one_line(str(exc.detail))}, status_code=exc.status_code, headers=exc.headers)
+    return JSONResponse(
+        {"detail": _one_line(str(exc.detail))}, status_code=exc.status_code, headers=exc.headers
+    )
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
     """The generated schema plus the bearer scheme, so /docs' Authorize button sends the token."""
     if app.openapi_schema is None:
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer"}
+        }
         for path, operations in schema["paths"].items():
             for operation in operations.values():
                 operation["security"] = [] if path in PUBLIC_PATHS else [{"bearer": []}]

@@ -81,13 +81,18 @@ class ApiGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        refusal = self._refusal(scope, {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]})
+        refusal = self._refusal(
+            scope, {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        )
         if refusal is None:
             await self.app(scope, receive, send)
             return
         status, detail = refusal
         body = json.dumps({"detail": detail}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
         if status == 401:
             headers.append((b"www-authenticate", b"Bearer"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -95,8 +100,14 @@ class ApiGuard:
 
     def _refusal(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str] | None:
         if not self._own_host(headers.get("host", "")):
-            return 421, f"this API answers only to its own address (http://{self._netloc()}), not Host {headers.get('host', '')!r}"
-        if headers.get("sec-fetch-site", "none") not in ("same-origin", "none") or not self._own_origin(headers.get("origin")):
+            return (
+                421,
+                f"this API answers only to its own address (http://{self._netloc()}), not Host {headers.get('host', '')!r}",
+            )
+        if headers.get("sec-fetch-site", "none") not in (
+            "same-origin",
+            "none",
+        ) or not self._own_origin(headers.get("origin")):
             return 403, "cross-site requests are refused"
         path = scope["path"]
         if path not in PUBLIC_PATHS and not path.startswith(DOCS_ASSETS):
@@ -107,13 +118,19 @@ class ApiGuard:
                 return 401, "wrong API token: it is not this node's DATA/api-token"
         return self._body_refusal(scope["method"], path, headers)
 
-    def _body_refusal(self, method: str, path: str, headers: dict[str, str]) -> tuple[int, str] | None:
+    def _body_refusal(
+        self, method: str, path: str, headers: dict[str, str]
+    ) -> tuple[int, str] | None:
         length = headers.get("content-length")
         if (length is None or length == "0") and "transfer-encoding" not in headers:
             return None
         content_type = headers.get("content-type", "").partition(";")[0].strip().lower()
         if method == "PUT" and path in UPLOAD_PATHS:
-            return None if content_type == "application/octet-stream" else (415, "upload the content as application/octet-stream")
+            return (
+                None
+                if content_type == "application/octet-stream"
+                else (415, "upload the content as application/octet-stream")
+            )
         if content_type != "application/json":
             return 415, "request bodies must be JSON sent as application/json"
         if length is None:
@@ -146,4 +163,3 @@ class ApiGuard:
 
     def _netloc(self) -> str:
         return f"[{self._ip}]:{self._port}" if self._ip.version == 6 else f"{self._ip}:{self._port}"
-

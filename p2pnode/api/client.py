@@ -55,20 +55,32 @@ class ApiClient:
     """Talks to one node; its token comes from `token`, else from `token_file` when first needed."""
 
     def __init__(
-        self, base_url: str, *, token: str | None = None, token_file: Path | None = None, timeout: float = 30.0
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        token_file: Path | None = None,
+        timeout: float = 30.0,
     ) -> None:
         self.base_url = normalize_url(base_url)
         self._timeout = timeout
         self._token = token
         self._token_file = token_file
-        self._token_source = "--api-token / P2PNODE_API_TOKEN" if token is not None else str(token_file)
+        self._token_source = (
+            "--api-token / P2PNODE_API_TOKEN" if token is not None else str(token_file)
+        )
         self._no_token: str | None = None
         parts = urllib.parse.urlsplit(self.base_url)
         try:
             self._port = parts.port
         except ValueError:
             raise self._bad_url() from None
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.query
+            or parts.fragment
+        ):
             raise self._bad_url()
         self._https = parts.scheme == "https"
         self._host = parts.hostname
@@ -92,7 +104,9 @@ class ApiClient:
             while chunk := response.read(DOWNLOAD_CHUNK):
                 yield chunk
 
-    def upload(self, path: str, content: Iterable[bytes], size: int, model: type[T], **kwargs: Any) -> T:
+    def upload(
+        self, path: str, content: Iterable[bytes], size: int, model: type[T], **kwargs: Any
+    ) -> T:
         """PUT a raw body streamed from `content` (`size` bytes in all)."""
         if not self._auth():  # the node would refuse the body at once, which reads as a broken pipe
             raise ApiError(self._no_token or "no API token")
@@ -132,7 +146,9 @@ class ApiClient:
         """Send one request; yields a successful response, raises ApiError for everything else."""
         target = self._prefix + path
         if params:
-            target += "?" + urllib.parse.urlencode({k: str(v).lower() if isinstance(v, bool) else v for k, v in params.items()})
+            target += "?" + urllib.parse.urlencode(
+                {k: str(v).lower() if isinstance(v, bool) else v for k, v in params.items()}
+            )
         body: bytes | Iterable[bytes] | None = content
         sent = {"Accept": "application/json"} | self._auth()
         if json is not None:
@@ -145,11 +161,20 @@ class ApiClient:
             try:
                 connection.connect()
             except OSError:
-                raise ApiError(f"no p2pnode answering at {self.base_url} (start one with `p2pnode start`, or pass --api)") from None
+                raise ApiError(
+                    f"no p2pnode answering at {self.base_url} (start one with `p2pnode start`, or pass --api)"
+                ) from None
             with self._errors():
                 connection.request(method, target, body=body, headers=sent)
                 response = connection.getresponse()
-                log.info("%s %s%s: HTTP %d in %.0f ms", method, self.base_url, path, response.status, (time.monotonic() - started) * 1e3)
+                log.info(
+                    "%s %s%s: HTTP %d in %.0f ms",
+                    method,
+                    self.base_url,
+                    path,
+                    response.status,
+                    (time.monotonic() - started) * 1e3,
+                )
                 if response.status >= 400:
                     self._raise_for_status(response.status, response.read())
                 yield response
@@ -167,8 +192,13 @@ class ApiClient:
             yield
         except TimeoutError:
             raise ApiError(f"the node at {self.base_url} did not answer in time") from None
-        except (http.client.HTTPException, OSError) as exc:  # the other end speaks something, but not our HTTP
-            raise ApiError(f"the server at {self.base_url} broke off the exchange ({type(exc).__name__}); is it a p2pnode?") from None
+        except (
+            http.client.HTTPException,
+            OSError,
+        ) as exc:  # the other end speaks something, but not our HTTP
+            raise ApiError(
+                f"the server at {self.base_url} broke off the exchange ({type(exc).__name__}); is it a p2pnode?"
+            ) from None
 
     def _auth(self) -> dict[str, str]:
         """The bearer header. Without a token the request still goes: a node that is not there
@@ -183,23 +213,35 @@ class ApiClient:
         return {} if self._token is None else {"Authorization": f"Bearer {self._token}"}
 
     def _bad_url(self) -> ApiError:
-        return ApiError(f"--api {self.base_url} is not an API URL such as http://127.0.0.1:3020", EXIT_BAD_INPUT)
+        return ApiError(
+            f"--api {self.base_url} is not an API URL such as http://127.0.0.1:3020", EXIT_BAD_INPUT
+        )
 
     def _parse(self, content: bytes, model: type[T]) -> T:
         try:
             return model.model_validate_json(content)
         except ValidationError:
-            raise ApiError(f"the server at {self.base_url} answered {_describe_body(content)}, not a p2pnode reply; is it a p2pnode?") from None
+            raise ApiError(
+                f"the server at {self.base_url} answered {_describe_body(content)}, not a p2pnode reply; is it a p2pnode?"
+            ) from None
 
     def _raise_for_status(self, status: int, content: bytes) -> None:
         code = EXIT_BAD_INPUT if status in BAD_INPUT_STATUS else EXIT_FAILURE
         try:
             detail = jsonlib.loads(content)["detail"]
         except (ValueError, KeyError, TypeError):
-            raise ApiError(f"the server at {self.base_url} answered HTTP {status} with {_describe_body(content)}; is it a p2pnode?", code) from None
+            raise ApiError(
+                f"the server at {self.base_url} answered HTTP {status} with {_describe_body(content)}; is it a p2pnode?",
+                code,
+            ) from None
         if status == 401:
-            raise ApiError(self._no_token or f"the node refused the API token ({_describe_detail(detail)}); the token came from {self._token_source}")
-        raise ApiError(_describe_detail(detail) or f"the node refused the request (HTTP {status})", code)
+            raise ApiError(
+                self._no_token
+                or f"the node refused the API token ({_describe_detail(detail)}); the token came from {self._token_source}"
+            )
+        raise ApiError(
+            _describe_detail(detail) or f"the node refused the request (HTTP {status})", code
+        )
 
 
 def _describe_detail(detail: Any) -> str:
@@ -207,7 +249,11 @@ def _describe_detail(detail: Any) -> str:
     if isinstance(detail, str):
         return " ".join(detail.split())
     if isinstance(detail, list):
-        problems = [f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg', '')}" for e in detail if isinstance(e, dict)]
+        problems = [
+            f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg', '')}"
+            for e in detail
+            if isinstance(e, dict)
+        ]
         return "request refused: " + "; ".join(problems) if problems else ""
     return ""
 

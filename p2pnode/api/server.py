@@ -21,7 +21,9 @@ class ApiBindError(Exception):
     """The API port is taken or not allowed; the message names it."""
 
 
-async def serve_api(node: Node, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+async def serve_api(
+    node: Node, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+) -> None:
     """Bind first (so a taken port is a clear error, and port 0 picks a free one), then serve."""
     host, port = node.settings.http_host, node.settings.http_port
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)

@@ -78,7 +78,9 @@ class BlockList(BaseModel):
         (size,) = _SIZE.unpack_from(data)
         expected = _SIZE.size + HASH_LEN * block_count(size)
         if len(data) != expected:
-            raise ValueError(f"block list for {size} bytes must be {expected} bytes, got {len(data)}")
+            raise ValueError(
+                f"block list for {size} bytes must be {expected} bytes, got {len(data)}"
+            )
         hashes = tuple(data[i : i + HASH_LEN] for i in range(_SIZE.size, expected, HASH_LEN))
         return cls(size=size, hashes=hashes)
 

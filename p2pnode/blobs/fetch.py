@@ -119,10 +119,18 @@ class _Download:
             except ProviderFailed as exc:
                 log.warning("provider %s failed for blob %s: %s", who, self.hash[:12], exc)
                 failures.append(f"{who}: {exc}")
-            except BlobCorrupt:  # the whole-content hash did not match at commit; the partial is gone
-                log.warning("provider %s delivered content that does not hash to blob %s", who, self.hash[:12])
+            except (
+                BlobCorrupt
+            ):  # the whole-content hash did not match at commit; the partial is gone
+                log.warning(
+                    "provider %s delivered content that does not hash to blob %s",
+                    who,
+                    self.hash[:12],
+                )
                 failures.append(f"{who}: delivered content that does not hash to the blob")
-        raise FetchError(f"could not fetch blob {self.hash[:12]}: " + ("; ".join(failures) or "no providers"))
+        raise FetchError(
+            f"could not fetch blob {self.hash[:12]}: " + ("; ".join(failures) or "no providers")
+        )
 
     def close(self) -> None:
         if self.partial is not None:
@@ -148,7 +156,10 @@ class _Download:
                 bi = await connection.open_bi()
                 missing = self.partial.missing_blocks() if self.partial is not None else None
                 ranges = None if missing is None else block_ranges(missing)
-                await send_model(bi.send(), BlobRequest(hash=self.hash, capability=self.capability, blocks=ranges))
+                await send_model(
+                    bi.send(),
+                    BlobRequest(hash=self.hash, capability=self.capability, blocks=ranges),
+                )
                 await bi.send().finish()
                 reply = await recv_model(bi.recv(), BlobReply, reply_limit(self.size))
                 self._heard_from(stall)
@@ -186,10 +197,17 @@ class _Download:
         free = shutil.disk_usage(self.store.root).free
         if block_list.size > free:
             error = FetchError if self.root is not None or self.size is not None else ProviderFailed
-            raise error(f"blob {self.hash[:12]} is {block_list.size} bytes, more than the {free} bytes free at {self.store.root}")
+            raise error(
+                f"blob {self.hash[:12]} is {block_list.size} bytes, more than the {free} bytes free at {self.store.root}"
+            )
 
     async def _receive_blocks(
-        self, recv: iroh.RecvStream, block_list: BlockList, indices: list[int], provider: PeerAddr, stall: trio.CancelScope
+        self,
+        recv: iroh.RecvStream,
+        block_list: BlockList,
+        indices: list[int],
+        provider: PeerAddr,
+        stall: trio.CancelScope,
     ) -> None:
         partial = self.partial
         assert partial is not None
@@ -212,14 +230,23 @@ class _Download:
             async with receive_channel, flush_send:
                 async for index, data in receive_channel:
                     await partial.write_block(index, data)
-                    self._heard_from(stall)  # a slow disk holding the pipeline up is not the provider's silence
+                    self._heard_from(
+                        stall
+                    )  # a slow disk holding the pipeline up is not the provider's silence
                     done += len(data)
                     unflushed += len(data)
                     if unflushed >= FLUSH_EVERY:
                         with contextlib.suppress(trio.WouldBlock):  # a flush is already due
                             flush_send.send_nowait(None)
                         unflushed = 0
-                    self.on_progress(FetchProgress(hash=self.hash, size=block_list.size, bytes_done=done, provider=provider.node_id))
+                    self.on_progress(
+                        FetchProgress(
+                            hash=self.hash,
+                            size=block_list.size,
+                            bytes_done=done,
+                            provider=provider.node_id,
+                        )
+                    )
 
         async def flush_blocks() -> None:
             async with flush_receive:

@@ -109,7 +109,9 @@ def byte_range_blocks(offset: int, length: int) -> tuple[int, int]:
 class BlobProvider:
     """Serves blobs from the store to members and capability holders."""
 
-    def __init__(self, store: BlobStore, capabilities: Capabilities, is_member: Callable[[str], bool]) -> None:
+    def __init__(
+        self, store: BlobStore, capabilities: Capabilities, is_member: Callable[[str], bool]
+    ) -> None:
         self._store = store
         self._capabilities = capabilities
         self._is_member = is_member
@@ -120,14 +122,24 @@ class BlobProvider:
     async def handle_stream(self, connection: iroh.Connection, bi: iroh.BiStream) -> None:
         send, recv = bi.send(), bi.recv()
         request = await recv_model(recv, BlobRequest, MAX_REQUEST_FRAME)
-        await stop_quietly(recv)  # the request is all a fetcher sends; nothing else may pile up while we serve
+        await stop_quietly(
+            recv
+        )  # the request is all a fetcher sends; nothing else may pile up while we serve
         peer = connection.remote_id().to_bytes().hex()
-        if not (self._is_member(peer) or self._capabilities.check(request.hash, request.capability)):
+        if not (
+            self._is_member(peer) or self._capabilities.check(request.hash, request.capability)
+        ):
             self.refused += 1
             self._peer_log.event(
-                "blob requests refused", peer, "refused blob %s to %s: neither a member nor a valid ticket", request.hash[:12], peer[:10]
+                "blob requests refused",
+                peer,
+                "refused blob %s to %s: neither a member nor a valid ticket",
+                request.hash[:12],
+                peer[:10],
             )
-            await self._refuse(send, "not authorised: join the cluster or use a blob ticket from this node")
+            await self._refuse(
+                send, "not authorised: join the cluster or use a blob ticket from this node"
+            )
             return
         with self._store.in_use(request.hash):
             try:
@@ -135,9 +147,13 @@ class BlobProvider:
             except BlobNotFound:
                 await self._refuse(send, f"this node does not have blob {request.hash}")
                 return
-            await send_model(send, BlobHeader(size=block_list.size, block_list=block_list.to_bytes().hex()))
+            await send_model(
+                send, BlobHeader(size=block_list.size, block_list=block_list.to_bytes().hex())
+            )
             for offset, length in requested_spans(request, block_list):
-                async with contextlib.aclosing(self._store.read_range(request.hash, offset, length)) as chunks:
+                async with contextlib.aclosing(
+                    self._store.read_range(request.hash, offset, length)
+                ) as chunks:
                     async for chunk in chunks:
                         await send.write_all(chunk)
                         self.served_bytes += len(chunk)
@@ -157,14 +173,20 @@ def reply_limit(size: int | None) -> int:
     return min(MAX_HEADER_FRAME, _REPLY_SLACK + 2 * (8 + HASH_LEN * block_count(size)))
 
 
-def parse_header(header: BlobHeader, blob_hash: str, root: str | None, size: int | None = None) -> BlockList:
+def parse_header(
+    header: BlobHeader, blob_hash: str, root: str | None, size: int | None = None
+) -> BlockList:
     """Trust the provider's block list only if it matches the root and the size we were given
     (when we have them); raises ValueError, whatever the header holds."""
     block_list = BlockList.from_bytes(bytes.fromhex(header.block_list))
     if block_list.size != header.size:
         raise ValueError("block list does not match the announced size")
     if root is not None and block_list.root_hex != normalize_hash(root):
-        raise ValueError(f"block list does not match the verification root of blob {blob_hash[:12]}")
+        raise ValueError(
+            f"block list does not match the verification root of blob {blob_hash[:12]}"
+        )
     if size is not None and block_list.size != size:
-        raise ValueError(f"blob {blob_hash[:12]} should be {size} bytes but its block list commits to {block_list.size}")
+        raise ValueError(
+            f"blob {blob_hash[:12]} should be {size} bytes but its block list commits to {block_list.size}"
+        )
     return block_list

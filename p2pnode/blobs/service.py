@@ -18,7 +18,14 @@ from p2pnode.net.dialer import Dialer
 
 
 class BlobService:
-    def __init__(self, store: BlobStore, secret_key: iroh.SecretKey, membership: Membership, dialer: Dialer, self_addr: Callable[[], PeerAddr]) -> None:
+    def __init__(
+        self,
+        store: BlobStore,
+        secret_key: iroh.SecretKey,
+        membership: Membership,
+        dialer: Dialer,
+        self_addr: Callable[[], PeerAddr],
+    ) -> None:
         self.store = store
         self.capabilities = Capabilities(secret_key)
         self.provider = BlobProvider(store, self.capabilities, membership.is_member)
@@ -44,7 +51,9 @@ class BlobService:
 
     async def _dial(self, addr: PeerAddr) -> iroh.Connection:
         # Members introduce themselves so the provider serves them without a ticket.
-        return await self._dialer.connect(addr, BLOBS_ALPN, introduce=self._membership.is_member(addr.node_id))
+        return await self._dialer.connect(
+            addr, BLOBS_ALPN, introduce=self._membership.is_member(addr.node_id)
+        )
 
     async def fetch(
         self,
@@ -61,13 +70,24 @@ class BlobService:
         try:
             async with lock:
                 return await fetch_blob(
-                    self.store, self._dial, blob_hash, providers, root=root, size=size, capability=capability, on_progress=on_progress
+                    self.store,
+                    self._dial,
+                    blob_hash,
+                    providers,
+                    root=root,
+                    size=size,
+                    capability=capability,
+                    on_progress=on_progress,
                 )
         finally:
             if not lock.locked() and lock.statistics().tasks_waiting == 0:
                 self._fetching.pop(blob_hash, None)
 
-    async def fetch_ticket(self, ticket: tickets.BlobTicket, on_progress: Callable[[FetchProgress], None] = lambda _p: None) -> BlobInfo:
+    async def fetch_ticket(
+        self,
+        ticket: tickets.BlobTicket,
+        on_progress: Callable[[FetchProgress], None] = lambda _p: None,
+    ) -> BlobInfo:
         return await self.fetch(
             ticket.hash_hex,
             [PeerAddr.from_ticket(ticket.provider)],

@@ -36,8 +36,8 @@ from pathlib import Path
 import blake3
 import trio
 
-from .model import BlobInfo, GcResult, PartialProgress
 from .blocks import BLOCK_SIZE, HASH_LEN, READ_CHUNK, BlobHasher, BlockList, block_count, hash_file
+from .model import BlobInfo, GcResult, PartialProgress
 
 __all__ = [
     "BlobCorrupt",
@@ -147,7 +147,9 @@ class BlobStore:
         with _os_errors(f"opening blob store {self.root}"):
             for d in (self._data, self._blocks, self._tmp, self._partial):
                 d.mkdir(parents=True, exist_ok=True)
-            self._lock_fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            self._lock_fd = os.open(
+                self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+            )
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -157,7 +159,9 @@ class BlobStore:
         self._in_use: Counter[str] = Counter()
         self._open_partials: set[str] = set()
         try:
-            self._db = sqlite3.connect(self.root / "meta.sqlite", check_same_thread=False, isolation_level=None)
+            self._db = sqlite3.connect(
+                self.root / "meta.sqlite", check_same_thread=False, isolation_level=None
+            )
             self._db.executescript(
                 """
                 PRAGMA journal_mode = WAL;
@@ -171,7 +175,9 @@ class BlobStore:
                 self._recover()
         except sqlite3.DatabaseError as exc:
             self.close()
-            raise StoreError(f"{self.root / 'meta.sqlite'} is damaged ({exc}); restore it or move it away (tags and pins are lost)") from None
+            raise StoreError(
+                f"{self.root / 'meta.sqlite'} is damaged ({exc}); restore it or move it away (tags and pins are lost)"
+            ) from None
         except BaseException:
             self.close()
             raise
@@ -262,7 +268,10 @@ class BlobStore:
     def _refs(self, h: str) -> tuple[bool, tuple[str, ...]]:
         """(pinned, tags) of a hash; caller holds self._lock."""
         pinned = self._db.execute("SELECT 1 FROM pins WHERE hash = ?", (h,)).fetchone() is not None
-        tags = tuple(r[0] for r in self._db.execute("SELECT name FROM tags WHERE hash = ? ORDER BY name", (h,)))
+        tags = tuple(
+            r[0]
+            for r in self._db.execute("SELECT name FROM tags WHERE hash = ? ORDER BY name", (h,))
+        )
         return pinned, tags
 
     def _add_refs(self, h: str, tag: str | None, pin: bool) -> None:
@@ -302,12 +311,16 @@ class BlobStore:
 
     # -- adding -----------------------------------------------------------------------------
 
-    async def add_path(self, path: str | Path, *, tag: str | None = None, pin: bool = False) -> BlobInfo:
+    async def add_path(
+        self, path: str | Path, *, tag: str | None = None, pin: bool = False
+    ) -> BlobInfo:
         """Copy a file into the store (constant memory); ``tag``/``pin`` apply atomically so GC
         cannot take the new blob between the add and the tagging."""
         return await trio.to_thread.run_sync(self._add_sync, Path(path), tag, pin)
 
-    async def add_bytes(self, data: bytes, *, tag: str | None = None, pin: bool = False) -> BlobInfo:
+    async def add_bytes(
+        self, data: bytes, *, tag: str | None = None, pin: bool = False
+    ) -> BlobInfo:
         return await trio.to_thread.run_sync(self._add_sync, memoryview(data), tag, pin)
 
     def _add_sync(self, source: Path | memoryview, tag: str | None, pin: bool) -> BlobInfo:
@@ -335,7 +348,9 @@ class BlobStore:
         finally:
             _unlink(tmp)
 
-    async def add_stream(self, chunks: AsyncIterable[bytes], *, tag: str | None = None, pin: bool = False) -> BlobInfo:
+    async def add_stream(
+        self, chunks: AsyncIterable[bytes], *, tag: str | None = None, pin: bool = False
+    ) -> BlobInfo:
         """Add what an async byte stream (an HTTP upload) yields, in constant memory; a stream that
         fails or is cancelled midway leaves nothing behind."""
         tmp = self._tmp_path()
@@ -499,7 +514,9 @@ class BlobStore:
                 if hasher.hexdigest() != h:
                     with self._lock:
                         self._delete_blob(h)
-                    raise BlobCorrupt(f"blob {h} was damaged on disk and has been removed; fetch it again")
+                    raise BlobCorrupt(
+                        f"blob {h} was damaged on disk and has been removed; fetch it again"
+                    )
                 os.replace(tmp, dest)
                 _fsync_dir(dest.parent)
         finally:
@@ -533,7 +550,9 @@ class BlobStore:
                 raise BlobNotFound(f"blob {h} is not in the store")
             if not force:
                 if self._in_use[h]:
-                    raise BlobInUse(f"blob {h} is in use (being read, served or written); retry later or force")
+                    raise BlobInUse(
+                        f"blob {h} is in use (being read, served or written); retry later or force"
+                    )
                 pinned, tags = self._refs(h)
                 if pinned or tags:
                     why = ", ".join((["pinned"] if pinned else []) + [f"tag {t!r}" for t in tags])
@@ -551,7 +570,12 @@ class BlobStore:
 
     async def delete_tag(self, name: str) -> bool:
         """Returns whether the tag existed."""
-        return await trio.to_thread.run_sync(self._locked_sql, "DELETE FROM tags WHERE name = ?", (name,)) > 0
+        return (
+            await trio.to_thread.run_sync(
+                self._locked_sql, "DELETE FROM tags WHERE name = ?", (name,)
+            )
+            > 0
+        )
 
     async def tags(self) -> dict[str, str]:
         def query() -> dict[str, str]:
@@ -566,7 +590,9 @@ class BlobStore:
         await trio.to_thread.run_sync(self._pin_sync, normalize_hash(hash))
 
     def _pin_sync(self, h: str) -> None:
-        with self._lock:  # removal and GC take the lock too: the blob cannot go between check and pin
+        with (
+            self._lock
+        ):  # removal and GC take the lock too: the blob cannot go between check and pin
             if not self.has(h):
                 raise BlobNotFound(f"blob {h} is not in the store")
             self._db.execute("INSERT OR IGNORE INTO pins (hash) VALUES (?)", (h,))
@@ -574,7 +600,10 @@ class BlobStore:
     async def unpin(self, hash: str) -> bool:
         """Returns whether the hash was pinned."""
         h = normalize_hash(hash)
-        return await trio.to_thread.run_sync(self._locked_sql, "DELETE FROM pins WHERE hash = ?", (h,)) > 0
+        return (
+            await trio.to_thread.run_sync(self._locked_sql, "DELETE FROM pins WHERE hash = ?", (h,))
+            > 0
+        )
 
     def _locked_sql(self, sql: str, args: tuple[str, ...]) -> int:
         with self._lock:
@@ -669,7 +698,12 @@ class BlobStore:
         return bl, [i for (i,) in _INDEX.iter_unpack(records) if i < len(bl)]
 
     def _write_state(self, h: str, bl: BlockList, done: set[int]) -> None:
-        body = _STATE_MAGIC + bytes.fromhex(h) + bl.to_bytes() + b"".join(_INDEX.pack(i) for i in sorted(done))
+        body = (
+            _STATE_MAGIC
+            + bytes.fromhex(h)
+            + bl.to_bytes()
+            + b"".join(_INDEX.pack(i) for i in sorted(done))
+        )
         self._write_atomic(self._partial_paths(h)[1], body)
 
     def _open_partial_sync(self, h: str, block_list: BlockList | None) -> PartialBlob:
@@ -700,7 +734,9 @@ class BlobStore:
                     os.posix_fallocate(fd, 0, bl.size)
                 self._write_state(h, bl, done)
                 _fsync_dir(self._partial)
-                state_fd = os.open(self._partial_paths(h)[1], os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+                state_fd = os.open(
+                    self._partial_paths(h)[1], os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+                )
             except BaseException:
                 os.close(fd)
                 raise
@@ -735,7 +771,9 @@ class PartialBlob:
     any order and from several tasks at once.
     """
 
-    def __init__(self, store: BlobStore, h: str, bl: BlockList, fd: int, state_fd: int, done: set[int]) -> None:
+    def __init__(
+        self, store: BlobStore, h: str, bl: BlockList, fd: int, state_fd: int, done: set[int]
+    ) -> None:
         self.hash = h
         self.block_list = bl
         self._store = store
@@ -770,7 +808,9 @@ class PartialBlob:
 
     def _write_block_sync(self, index: int, data: bytes) -> None:
         if not self.block_list.verify_block(index, data):
-            raise BlobCorrupt(f"block {index} of blob {self.hash} failed verification; nothing written")
+            raise BlobCorrupt(
+                f"block {index} of blob {self.hash} failed verification; nothing written"
+            )
         with _os_errors(f"writing block {index} of blob {self.hash}"):
             _pwrite_all(self._fd, memoryview(data), index * BLOCK_SIZE)
             with self._state_lock:
@@ -796,7 +836,9 @@ class PartialBlob:
         download is deleted and BlobCorrupt raised. Closes the download."""
         self._check_open()
         if missing := self.missing_blocks():
-            raise StoreError(f"cannot commit blob {self.hash}: {len(missing)} of {len(self.block_list)} blocks missing")
+            raise StoreError(
+                f"cannot commit blob {self.hash}: {len(missing)} of {len(self.block_list)} blocks missing"
+            )
         return await trio.to_thread.run_sync(self._commit_sync, tag, pin)
 
     def _commit_sync(self, tag: str | None, pin: bool) -> BlobInfo:
@@ -815,7 +857,9 @@ class PartialBlob:
                 self.close()
                 with store._lock:
                     store._delete_partial_files(h)
-                raise BlobCorrupt(f"downloaded content does not hash to {h}; the download was discarded")
+                raise BlobCorrupt(
+                    f"downloaded content does not hash to {h}; the download was discarded"
+                )
             os.fsync(self._fd)
             info = store._install(data_path, h, self.block_list, tag, pin)
             _unlink(data_path)  # only left when the blob was already stored

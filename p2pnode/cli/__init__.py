@@ -66,7 +66,10 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        problems = [f"{_setting_name(Settings, str(e['loc'][0]))}={e['input']!r}: {e['msg']}" for e in exc.errors()]
+        problems = [
+            f"{_setting_name(Settings, str(e['loc'][0]))}={e['input']!r}: {e['msg']}"
+            for e in exc.errors()
+        ]
         fail("invalid setting " + "; ".join(problems), EXIT_USAGE)
 
 
@@ -88,8 +91,14 @@ class _Verbose:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.params.append(  # type: ignore[attr-defined]
-            click.Option(["-v", "--verbose"], is_flag=True, expose_value=False, is_eager=True, callback=_verbose,
-                         help="Log what the command does on stderr.")
+            click.Option(
+                ["-v", "--verbose"],
+                is_flag=True,
+                expose_value=False,
+                is_eager=True,
+                callback=_verbose,
+                help="Log what the command does on stderr.",
+            )
         )
 
 
@@ -102,7 +111,9 @@ class Group(_Verbose, click.Group):
     group_class = type  # subgroups are of this class too
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.option(
     "--api",
     envvar="P2PNODE_API",
@@ -124,7 +135,9 @@ class Group(_Verbose, click.Group):
     type=click.Path(file_okay=False, path_type=Path),
     help="Data folder of the node: where its API token is read (env P2PNODE_DATA).",
 )
-@click.version_option(__version__, "-V", "--version", prog_name="p2pnode", message="%(prog)s %(version)s")
+@click.version_option(
+    __version__, "-V", "--version", prog_name="p2pnode", message="%(prog)s %(version)s"
+)
 @click.pass_context
 def cli(ctx: click.Context, api: str, api_token: str | None, data_dir: Path) -> None:
     """A peer-to-peer compute node.
@@ -147,12 +160,18 @@ from p2pnode.cli import blob_cmds, job_cmds, member_cmds, node_cmds  # noqa: E40
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.ERROR, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.ERROR,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     try:
         cli.main(prog_name="p2pnode", standalone_mode=False)
     except click.exceptions.Abort:
         sys.exit(130)
-    except click.exceptions.NoArgsIsHelpError as exc:  # `p2pnode`, `p2pnode blob`: the help is the answer
+    except (
+        click.exceptions.NoArgsIsHelpError
+    ) as exc:  # `p2pnode`, `p2pnode blob`: the help is the answer
         exc.show()
         sys.exit(exc.exit_code)
     except click.UsageError as exc:

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 import click
 from pydantic import RootModel
 
-from p2pnode.api.schemas import BlobAdded, Done, FetchEvent
 from p2pnode.api.client import ApiClient
+from p2pnode.api.schemas import BlobAdded, Done, FetchEvent
 from p2pnode.blobs.model import BlobInfo, GcResult
 from p2pnode.cli import EXIT_USAGE, cli, fail, load_settings, parse_blob_ticket
 from p2pnode.cli.progress import TransferProgress
@@ -79,7 +79,14 @@ def upload(api: ApiClient, path: Path) -> BlobAdded:
         fail(f"cannot read {path}: {exc.strerror}", EXIT_USAGE)
     with f:
         size = os.fstat(f.fileno()).st_size
-        return api.upload("/blobs", iter(lambda: f.read(UPLOAD_CHUNK), b""), size, BlobAdded, params={"pin": True}, timeout=None)
+        return api.upload(
+            "/blobs",
+            iter(lambda: f.read(UPLOAD_CHUNK), b""),
+            size,
+            BlobAdded,
+            params={"pin": True},
+            timeout=None,
+        )
 
 
 def download(api: ApiClient, blob_hash: str, dest: Path, *, force: bool) -> None:
@@ -114,7 +121,13 @@ def download(api: ApiClient, blob_hash: str, dest: Path, *, force: bool) -> None
 
 @blob.command()
 @click.argument("ticket")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, writable=True, path_type=Path), help="Where to write the blob.")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Where to write the blob.",
+)
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.pass_obj
 def get(api: ApiClient, ticket: str, output: Path, force: bool) -> None:
@@ -165,7 +178,9 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "p2pnode" / "blobs"
 
 
-async def _standalone_store(stack: contextlib.AsyncExitStack, settings: Settings) -> tuple[BlobStore, bool]:
+async def _standalone_store(
+    stack: contextlib.AsyncExitStack, settings: Settings
+) -> tuple[BlobStore, bool]:
     """The store a fetch without a node goes through, and whether the blob stays there.
 
     IROH_BLOBS_PATH when set (the blob stays). Otherwise the user's cache folder, never ./data
@@ -195,7 +210,9 @@ async def _standalone_store(stack: contextlib.AsyncExitStack, settings: Settings
     return store, False
 
 
-async def _fetch_standalone(ticket: tickets.BlobTicket, output: Path, progress: TransferProgress) -> BlobInfo:
+async def _fetch_standalone(
+    ticket: tickets.BlobTicket, output: Path, progress: TransferProgress
+) -> BlobInfo:
     import iroh
 
     from p2pnode.blobs.fetch import FetchError, fetch_blob
@@ -208,9 +225,13 @@ async def _fetch_standalone(ticket: tickets.BlobTicket, output: Path, progress: 
     settings = load_settings()
     async with contextlib.AsyncExitStack() as stack:
         store, keep = await _standalone_store(stack, settings)
-        endpoint = await bind_endpoint(iroh.SecretKey.generate(), settings.bind, settings.relay, [BLOBS_ALPN])
+        endpoint = await bind_endpoint(
+            iroh.SecretKey.generate(), settings.bind, settings.relay, [BLOBS_ALPN]
+        )
         stack.push_async_callback(close_endpoint, endpoint)
-        dialer = Dialer(endpoint, connect_timeout_s=settings.connect_timeout_s)  # not a member: tickets only
+        dialer = Dialer(
+            endpoint, connect_timeout_s=settings.connect_timeout_s
+        )  # not a member: tickets only
         stack.callback(dialer.close_all)
 
         async def dial(addr: PeerAddr) -> iroh.Connection:
@@ -221,10 +242,18 @@ async def _fetch_standalone(ticket: tickets.BlobTicket, output: Path, progress: 
             return connection
 
         provider = PeerAddr.from_ticket(ticket.provider)
-        log.info("fetching blob %s (%d bytes) from provider %s", ticket.hash_hex[:12], ticket.size, provider.node_id[:10])
+        log.info(
+            "fetching blob %s (%d bytes) from provider %s",
+            ticket.hash_hex[:12],
+            ticket.size,
+            provider.node_id[:10],
+        )
         try:
             info = await fetch_blob(
-                store, dial, ticket.hash_hex, [provider],
+                store,
+                dial,
+                ticket.hash_hex,
+                [provider],
                 root=ticket.root_hex,
                 size=ticket.size,
                 capability=ticket.capability.hex(),
@@ -279,7 +308,9 @@ def gc(api: ApiClient) -> None:
       p2pnode blob gc
     """
     result = api.post("/blobs/gc", GcResult)
-    click.echo(f"removed {len(result.removed)} blobs and {len(result.removed_partials)} partial downloads, {result.freed_bytes} bytes")
+    click.echo(
+        f"removed {len(result.removed)} blobs and {len(result.removed_partials)} partial downloads, {result.freed_bytes} bytes"
+    )
 
 
 @blob.command()

@@ -78,19 +78,79 @@ def _module_bytes(module: Path) -> bytes:
 
 
 @job.command()
-@click.option("--module", "module", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Workflow module: .wasm binary or .wat text.")
-@click.option("--workflow", help="Workflow to run; may be left out when the module has exactly one.")
-@click.option("--input", "input_", metavar="JSON|@FILE", help="Job input as JSON, or @file to read it from a file.")
-@click.option("--artifact", "artifacts", multiple=True, metavar="NAME=PATH", help="Input file, visible to the workflow as /in/NAME. Repeatable.")
-@click.option("--executor", type=click.Choice(["wasi", "flawless"]), default="wasi", show_default=True, help="wasi: the embedded runner (every node has it); flawless: a worker's local Flawless server.")
-@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True, help="Seconds one attempt may run.")
-@click.option("--fuel", type=click.IntRange(min=1), default=10_000_000_000, show_default=True, help="WASM instructions (fuel) one attempt may use.")
-@click.option("--memory-mib", type=click.IntRange(min=1), default=256, show_default=True, help="Memory one attempt may use.")
-@click.option("--attempts", type=click.IntRange(1, 100), default=3, show_default=True, help="Attempts before the job fails for good.")
+@click.option(
+    "--module",
+    "module",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Workflow module: .wasm binary or .wat text.",
+)
+@click.option(
+    "--workflow", help="Workflow to run; may be left out when the module has exactly one."
+)
+@click.option(
+    "--input",
+    "input_",
+    metavar="JSON|@FILE",
+    help="Job input as JSON, or @file to read it from a file.",
+)
+@click.option(
+    "--artifact",
+    "artifacts",
+    multiple=True,
+    metavar="NAME=PATH",
+    help="Input file, visible to the workflow as /in/NAME. Repeatable.",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["wasi", "flawless"]),
+    default="wasi",
+    show_default=True,
+    help="wasi: the embedded runner (every node has it); flawless: a worker's local Flawless server.",
+)
+@click.option(
+    "--time-limit",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds one attempt may run.",
+)
+@click.option(
+    "--fuel",
+    type=click.IntRange(min=1),
+    default=10_000_000_000,
+    show_default=True,
+    help="WASM instructions (fuel) one attempt may use.",
+)
+@click.option(
+    "--memory-mib",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Memory one attempt may use.",
+)
+@click.option(
+    "--attempts",
+    type=click.IntRange(1, 100),
+    default=3,
+    show_default=True,
+    help="Attempts before the job fails for good.",
+)
 @click.option("--wait", is_flag=True, help="Wait for the job to finish and show its result.")
 @click.pass_obj
-def submit(api: ApiClient, module: Path, workflow: str | None, input_: str | None, artifacts: tuple[str, ...], executor: str,
-           time_limit: float, fuel: int, memory_mib: int, attempts: int, wait: bool) -> None:
+def submit(
+    api: ApiClient,
+    module: Path,
+    workflow: str | None,
+    input_: str | None,
+    artifacts: tuple[str, ...],
+    executor: str,
+    time_limit: float,
+    fuel: int,
+    memory_mib: int,
+    attempts: int,
+    wait: bool,
+) -> None:
     """Submit a job; prints its id. The module and artifacts travel to the worker as blobs.
 
     \b
@@ -100,10 +160,14 @@ def submit(api: ApiClient, module: Path, workflow: str | None, input_: str | Non
     artifact_paths = _parse_artifacts(artifacts)
     wasm = _module_bytes(module)
     body = {
-        "module_blob": api.upload("/blobs", [wasm], len(wasm), BlobAdded, params={"pin": True}).blob.hash,
+        "module_blob": api.upload(
+            "/blobs", [wasm], len(wasm), BlobAdded, params={"pin": True}
+        ).blob.hash,
         "workflow": workflow,
         "input": job_input,
-        "artifact_blobs": {name: upload(api, path).blob.hash for name, path in artifact_paths.items()},
+        "artifact_blobs": {
+            name: upload(api, path).blob.hash for name, path in artifact_paths.items()
+        },
         "executor": executor,
         "limits": {"time_s": time_limit, "fuel": fuel, "memory_bytes": memory_mib << 20},
         "max_attempts": attempts,
@@ -115,7 +179,9 @@ def submit(api: ApiClient, module: Path, workflow: str | None, input_: str | Non
 
 
 @job.command(name="ls")
-@click.option("--state", type=click.Choice([s.value for s in JobState]), help="Only jobs in this state.")
+@click.option(
+    "--state", type=click.Choice([s.value for s in JobState]), help="Only jobs in this state."
+)
 @click.pass_obj
 def list_jobs(api: ApiClient, state: str | None) -> None:
     """List jobs this node knows, newest first.
@@ -126,7 +192,9 @@ def list_jobs(api: ApiClient, state: str | None) -> None:
     """
     params = {"state": state} if state else {}
     for j in api.get("/jobs", _JobList, params=params).root:
-        click.echo(f"{j.id}  {j.state.value:9}  attempts {j.attempts}  {j.spec.workflow or '-':12}  origin {j.origin[:10]}")
+        click.echo(
+            f"{j.id}  {j.state.value:9}  attempts {j.attempts}  {j.spec.workflow or '-':12}  origin {j.origin[:10]}"
+        )
 
 
 @job.command()
@@ -148,7 +216,9 @@ def show(api: ApiClient, job_id: str, as_json: bool) -> None:
     click.echo(f"state     {j.state.value}  (attempts {j.attempts} of {j.spec.max_attempts})")
     click.echo(f"origin    {j.origin}")
     click.echo(f"worker    {j.worker or '-'}")
-    click.echo(f"executor  {j.spec.requirements.executor}  workflow {j.spec.workflow or '(only one)'}")
+    click.echo(
+        f"executor  {j.spec.requirements.executor}  workflow {j.spec.workflow or '(only one)'}"
+    )
     if j.result is not None:
         click.echo(f"result    {json.dumps(j.result)}")
     if j.error:
@@ -160,7 +230,11 @@ def show(api: ApiClient, job_id: str, as_json: bool) -> None:
 
 
 def _wait(api: ApiClient, job_id: str) -> Job:
-    while not (j := api.post(f"/jobs/{job_id}/wait", Job, params={"timeout": WAIT_POLL_S}, timeout=WAIT_POLL_S + 10)).state.terminal:
+    while not (
+        j := api.post(
+            f"/jobs/{job_id}/wait", Job, params={"timeout": WAIT_POLL_S}, timeout=WAIT_POLL_S + 10
+        )
+    ).state.terminal:
         pass
     return j
 
@@ -202,7 +276,13 @@ def cancel(api: ApiClient, job_id: str) -> None:
 
 @job.command()
 @click.argument("job_id", metavar="ID")
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the output files.")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the output files.",
+)
 @click.option("--force", is_flag=True, help="Overwrite output files that exist.")
 @click.pass_obj
 def get(api: ApiClient, job_id: str, output: Path, force: bool) -> None:
@@ -222,6 +302,11 @@ def get(api: ApiClient, job_id: str, output: Path, force: bool) -> None:
 def output_path(folder: Path, name: str) -> Path:
     """Where output `name` goes inside `folder`: it may name subfolders (`sub/x.txt`), never leave the folder."""
     parts = PurePosixPath(name).parts
-    if not parts or PurePosixPath(name).is_absolute() or any(part in ("..", ".") for part in parts) or "\\" in name:
+    if (
+        not parts
+        or PurePosixPath(name).is_absolute()
+        or any(part in ("..", ".") for part in parts)
+        or "\\" in name
+    ):
         fail(f"refusing output name {name!r}: it would leave the output folder")
     return folder.joinpath(*parts)

@@ -9,8 +9,8 @@ from pydantic import RootModel, TypeAdapter, ValidationError
 
 from p2pnode.api.client import ApiClient
 from p2pnode.api.schemas import Done, MemberStatus
-from p2pnode.jobs.model import NodeId
 from p2pnode.cli import EXIT_USAGE, cli, fail
+from p2pnode.jobs.model import NodeId
 
 
 class _MemberList(RootModel[list[MemberStatus]]):
@@ -46,7 +46,9 @@ def list_members(api: ApiClient, as_json: bool) -> None:
         return
     now = time.time()
     for m in members.root:
-        click.echo(f"{m.id}  {m.state:9}  seen {_ago(now - m.last_seen):>8}  {', '.join(m.addresses) or m.relay_url or '-'}")
+        click.echo(
+            f"{m.id}  {m.state:9}  seen {_ago(now - m.last_seen):>8}  {', '.join(m.addresses) or m.relay_url or '-'}"
+        )
 
 
 @member.command("rm")
@@ -64,7 +66,10 @@ def remove_member(api: ApiClient, node_id: str) -> None:
     try:
         node_id = TypeAdapter(NodeId).validate_python(node_id.lower())
     except ValidationError:
-        fail(f"invalid member id {node_id!r}: expected the 64 hex digits `p2pnode member ls` shows", EXIT_USAGE)
+        fail(
+            f"invalid member id {node_id!r}: expected the 64 hex digits `p2pnode member ls` shows",
+            EXIT_USAGE,
+        )
     api.delete(f"/members/{node_id}", Done)
     click.echo(f"removed {node_id}")
     click.echo(

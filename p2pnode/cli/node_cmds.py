@@ -18,14 +18,51 @@ if TYPE_CHECKING:
 
 
 @cli.command()
-@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), help="Data folder (env P2PNODE_DATA, default ./data).")
-@click.option("--http-port", type=click.IntRange(0, 65535), help="Port of the local API on 127.0.0.1 (env HTTP_PORT, default 3020; 0 picks a free one).")
-@click.option("--bind", help="UDP address for the iroh endpoint (env P2PNODE_BIND, default 0.0.0.0:0).")
-@click.option("--relay", help="Relay servers: default, disabled, or a relay URL (env P2PNODE_RELAY, default: default).")
-@click.option("--join", "join_ticket", metavar="TICKET", help="Join the cluster of the node that printed this ticket.")
-@click.option("--max-jobs", type=click.IntRange(min=0), help="Jobs this node runs at once; 0 makes it submit-only (env P2PNODE_MAX_JOBS, default 2).")
-@click.option("--max-job-memory", "max_job_memory_mib", type=click.IntRange(min=1), metavar="MIB", help="Most memory any job gets here, in MiB (env P2PNODE_MAX_JOB_MEMORY_MIB, default 1024).")
-def start(data_dir: Path | None, http_port: int | None, bind: str | None, relay: str | None, join_ticket: str | None, max_jobs: int | None, max_job_memory_mib: int | None) -> None:
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Data folder (env P2PNODE_DATA, default ./data).",
+)
+@click.option(
+    "--http-port",
+    type=click.IntRange(0, 65535),
+    help="Port of the local API on 127.0.0.1 (env HTTP_PORT, default 3020; 0 picks a free one).",
+)
+@click.option(
+    "--bind", help="UDP address for the iroh endpoint (env P2PNODE_BIND, default 0.0.0.0:0)."
+)
+@click.option(
+    "--relay",
+    help="Relay servers: default, disabled, or a relay URL (env P2PNODE_RELAY, default: default).",
+)
+@click.option(
+    "--join",
+    "join_ticket",
+    metavar="TICKET",
+    help="Join the cluster of the node that printed this ticket.",
+)
+@click.option(
+    "--max-jobs",
+    type=click.IntRange(min=0),
+    help="Jobs this node runs at once; 0 makes it submit-only (env P2PNODE_MAX_JOBS, default 2).",
+)
+@click.option(
+    "--max-job-memory",
+    "max_job_memory_mib",
+    type=click.IntRange(min=1),
+    metavar="MIB",
+    help="Most memory any job gets here, in MiB (env P2PNODE_MAX_JOB_MEMORY_MIB, default 1024).",
+)
+def start(
+    data_dir: Path | None,
+    http_port: int | None,
+    bind: str | None,
+    relay: str | None,
+    join_ticket: str | None,
+    max_jobs: int | None,
+    max_job_memory_mib: int | None,
+) -> None:
     """Run a node in the foreground until Ctrl-C.
 
     Prints the node id, its API and a join ticket; writes the id and API URL to
@@ -44,9 +81,16 @@ def start(data_dir: Path | None, http_port: int | None, bind: str | None, relay:
     from p2pnode.node import Node, StartupError
 
     ticket = parse_join_ticket(join_ticket) if join_ticket else None
-    data_dir = data_dir or click.get_current_context().find_root().params["data_dir"]  # `p2pnode --data DIR start`
+    data_dir = (
+        data_dir or click.get_current_context().find_root().params["data_dir"]
+    )  # `p2pnode --data DIR start`
     settings = load_settings(
-        data_dir=data_dir, http_port=http_port, bind=bind, relay=relay, max_jobs=max_jobs, max_job_memory_mib=max_job_memory_mib
+        data_dir=data_dir,
+        http_port=http_port,
+        bind=bind,
+        relay=relay,
+        max_jobs=max_jobs,
+        max_job_memory_mib=max_job_memory_mib,
     )
     logging.getLogger().setLevel(logging.INFO)  # a running node reports what it does
     try:
@@ -61,14 +105,21 @@ async def _run_node(node: Any, ticket: tickets.JoinTicket | None) -> None:
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            info = await nursery.start(lambda task_status: node.run(join_ticket=ticket, task_status=task_status))
+            info = await nursery.start(
+                lambda task_status: node.run(join_ticket=ticket, task_status=task_status)
+            )
             click.echo(f"node id:     {info.id}")
             click.echo(f"local API:   {info.api_url}")
             click.echo(f"join ticket: {node.join_ticket()}")
-            click.echo(f"(written to {node.settings.data_dir / 'node.json'}; Ctrl-C stops the node)", err=True)
+            click.echo(
+                f"(written to {node.settings.data_dir / 'node.json'}; Ctrl-C stops the node)",
+                err=True,
+            )
             sys.stdout.flush()
             async for signum in signals:
-                logging.getLogger("p2pnode").info("%s received, shutting down", signal.Signals(signum).name)
+                logging.getLogger("p2pnode").info(
+                    "%s received, shutting down", signal.Signals(signum).name
+                )
                 nursery.cancel_scope.cancel()
                 break
 

@@ -25,11 +25,21 @@ class TransferProgress:
 
     def __enter__(self) -> TransferProgress:
         if self._tty:
-            from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn  # only on a terminal
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )  # only on a terminal
 
             self._bar = Progress(
-                "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                TimeRemainingColumn(), transient=False,
+                "[progress.description]{task.description}",
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                transient=False,
             )
             self._bar.start()
             self._task = self._bar.add_task(self._label, total=self._total)
@@ -41,9 +51,14 @@ class TransferProgress:
             return
         fraction = done / self._total if self._total else 1.0
         if fraction >= self._next_report:
-            click.echo(f"{self._label}: {done / 1e6:.1f} of {self._total / 1e6:.1f} MB ({fraction:.0%})", err=True)
+            click.echo(
+                f"{self._label}: {done / 1e6:.1f} of {self._total / 1e6:.1f} MB ({fraction:.0%})",
+                err=True,
+            )
             self._next_report = fraction + PLAIN_STEP
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._bar is not None:
             self._bar.stop()

@@ -83,7 +83,10 @@ class JobMaxima(BaseModel):
         )
         shown = {
             "time_s": (f"time limit of {asked.time_s:g} s", f"{self.time_s:g} s"),
-            "memory_bytes": (f"memory limit of {asked.memory_bytes} bytes", f"{self.memory_bytes} bytes"),
+            "memory_bytes": (
+                f"memory limit of {asked.memory_bytes} bytes",
+                f"{self.memory_bytes} bytes",
+            ),
             "fuel": (f"fuel limit of {asked.fuel}", str(self.fuel)),
         }
         notes = {
@@ -143,4 +146,3 @@ class Executor(Protocol):
     async def run(self, req: ExecutionRequest) -> ExecutionResult:
         """Run one job; never raises except for trio cancellation."""
         ...
-

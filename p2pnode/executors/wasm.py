@@ -381,7 +381,9 @@ class _Run:
         if code == wasmtime.TrapCode.OUT_OF_FUEL:
             return _Outcome(error=f"out of fuel (limit {self.req.limits.fuel})")
         causes = _causes(trap.message)
-        main = next((c for c in causes if c.startswith("wasm trap: ")), causes[-1] if causes else "")
+        main = next(
+            (c for c in causes if c.startswith("wasm trap: ")), causes[-1] if causes else ""
+        )
         extra = [c for c in causes if c != main]
         error = "trap: " + main.removeprefix("wasm trap: ")
         if extra:

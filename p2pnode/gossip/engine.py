@@ -26,8 +26,8 @@ from typing import Annotated, Any, Literal
 import iroh
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from p2pnode.gossip.stats import GossipStats
 from p2pnode.gossip.envelope import MAX_HOPS, Envelope, validate_incoming
+from p2pnode.gossip.stats import GossipStats
 
 
 class GossipConfig(BaseModel):
@@ -38,7 +38,9 @@ class GossipConfig(BaseModel):
     shuffle_every: int = 10  # ticks
     digest_every: int = 5  # ticks
     shuffle_sample: int = 8
-    hops: int = Field(default=12, ge=1, le=MAX_HOPS)  # budget of a new envelope, and of one re-sent for catch-up
+    hops: int = Field(
+        default=12, ge=1, le=MAX_HOPS
+    )  # budget of a new envelope, and of one re-sent for catch-up
     max_age_s: float = 3600.0  # older envelopes are neither accepted nor re-sent: replay protection
     max_future_s: float = 60.0
     max_envelope_bytes: int = 64 * 1024
@@ -101,7 +103,8 @@ class Want(BaseModel):
 
 
 WireMessage = Annotated[
-    Join | ForwardJoin | Neighbor | Leave | Shuffle | ShuffleReply | Gossip | Digest | Want, Field(discriminator="type")
+    Join | ForwardJoin | Neighbor | Leave | Shuffle | ShuffleReply | Gossip | Digest | Want,
+    Field(discriminator="type"),
 ]
 _WIRE_TYPES = (Join, ForwardJoin, Neighbor, Leave, Shuffle, ShuffleReply, Gossip, Digest, Want)
 _wire: TypeAdapter[WireMessage] = TypeAdapter(WireMessage)
@@ -229,9 +232,13 @@ class GossipEngine:
         return [NeighborDown(peer_id), *self._refill()]
 
     def publish(self, kind: str, payload: dict[str, Any]) -> tuple[Envelope, list[Action]]:
-        envelope = Envelope.create(self._key, self.topic, kind, payload, hops=self.config.hops, now=self._clock())
+        envelope = Envelope.create(
+            self._key, self.topic, kind, payload, hops=self.config.hops, now=self._clock()
+        )
         if envelope.size() > self.config.max_envelope_bytes:
-            raise ValueError(f"announcement of {envelope.size()} bytes exceeds {self.config.max_envelope_bytes}")
+            raise ValueError(
+                f"announcement of {envelope.size()} bytes exceeds {self.config.max_envelope_bytes}"
+            )
         self._remember(envelope)
         return envelope, self._push(envelope, exclude=None)
 
@@ -246,7 +253,11 @@ class GossipEngine:
         self._counts["received"] += 1
         if not isinstance(msg, _WIRE_TYPES):
             try:
-                msg = _wire.validate_json(msg) if isinstance(msg, (bytes, str)) else _wire.validate_python(msg)
+                msg = (
+                    _wire.validate_json(msg)
+                    if isinstance(msg, (bytes, str))
+                    else _wire.validate_python(msg)
+                )
             except ValidationError:
                 self._dropped["malformed"] += 1
                 return []
@@ -292,13 +303,19 @@ class GossipEngine:
         if newcomer.id == self.id:
             return []
         if msg.ttl == 0 or len(self.active) <= 1:
-            return self._add_active(newcomer.id, newcomer.addr, Neighbor(addr=self._addr, urgent=False))
+            return self._add_active(
+                newcomer.id, newcomer.addr, Neighbor(addr=self._addr, urgent=False)
+            )
         if msg.ttl == self.config.passive_walk:
             self._add_passive(newcomer.id, newcomer.addr)
         candidates = sorted(self._connected - {peer_id, newcomer.id})
         if not candidates:
-            return self._add_active(newcomer.id, newcomer.addr, Neighbor(addr=self._addr, urgent=False))
-        return [self._send(self._rng.choice(candidates), ForwardJoin(peer=newcomer, ttl=msg.ttl - 1))]
+            return self._add_active(
+                newcomer.id, newcomer.addr, Neighbor(addr=self._addr, urgent=False)
+            )
+        return [
+            self._send(self._rng.choice(candidates), ForwardJoin(peer=newcomer, ttl=msg.ttl - 1))
+        ]
 
     def _on_neighbor(self, peer_id: str, msg: Neighbor) -> list[Action]:
         if peer_id in self.active:
@@ -307,7 +324,9 @@ class GossipEngine:
             return self._add_active(peer_id, msg.addr, None)
         self._add_passive(peer_id, msg.addr)
         self._counts["sent"] += 1
-        return [SendOnce(peer_id, msg.addr, Leave())]  # views stay symmetric: the asker must drop us
+        return [
+            SendOnce(peer_id, msg.addr, Leave())
+        ]  # views stay symmetric: the asker must drop us
 
     def _on_leave(self, peer_id: str, _msg: Leave) -> list[Action]:
         addr = self.active.pop(peer_id, None)
@@ -365,7 +384,9 @@ class GossipEngine:
     def _sample(self) -> list[PeerEntry]:
         known = {**self.passive, **self.active}
         chosen = self._rng.sample(sorted(known), min(self.config.shuffle_sample - 1, len(known)))
-        return [PeerEntry(id=self.id, addr=self._addr)] + [PeerEntry(id=p, addr=known[p]) for p in chosen]
+        return [PeerEntry(id=self.id, addr=self._addr)] + [
+            PeerEntry(id=p, addr=known[p]) for p in chosen
+        ]
 
     def _merge(self, sample: list[PeerEntry]) -> None:
         for entry in sample:
@@ -401,13 +422,19 @@ class GossipEngine:
         actions: list[Action] = [self._send(peer_id, Want(ids=missing))] if missing else []
         if len(msg.ids) < self.config.max_digest_ids:
             theirs = set(msg.ids)
-            actions += [self._send(peer_id, self._catch_up(e)) for i, e in self._live.items() if i not in theirs]
+            actions += [
+                self._send(peer_id, self._catch_up(e))
+                for i, e in self._live.items()
+                if i not in theirs
+            ]
         return actions
 
     def _on_want(self, peer_id: str, msg: Want) -> list[Action]:
         if peer_id not in self._connected:
             return []
-        return [self._send(peer_id, self._catch_up(self._live[i])) for i in msg.ids if i in self._live]
+        return [
+            self._send(peer_id, self._catch_up(self._live[i])) for i in msg.ids if i in self._live
+        ]
 
     def _catch_up(self, envelope: Envelope) -> Gossip:
         """A stored envelope re-sent with a fresh hop budget: the receiver is typically the first of
@@ -418,7 +445,9 @@ class GossipEngine:
         if envelope.hops == 0:
             return []
         onward = envelope.model_copy(update={"hops": envelope.hops - 1})
-        return [self._send(p, Gossip(envelope=onward)) for p in sorted(self._connected) if p != exclude]
+        return [
+            self._send(p, Gossip(envelope=onward)) for p in sorted(self._connected) if p != exclude
+        ]
 
     def _remember(self, envelope: Envelope) -> None:
         self._seen[envelope.id] = envelope.timestamp
@@ -427,7 +456,9 @@ class GossipEngine:
             self._seen.popitem(last=False)
 
     def _digest(self) -> Digest:
-        newest = sorted(self._live.values(), key=lambda e: e.timestamp)[-self.config.max_digest_ids :]
+        newest = sorted(self._live.values(), key=lambda e: e.timestamp)[
+            -self.config.max_digest_ids :
+        ]
         return Digest(ids=[e.id for e in newest])
 
     def _expire(self, now: float) -> None:

@@ -75,15 +75,24 @@ class Envelope(BaseModel):
         """The canonical bytes the origin signs; ValueError if the fields cannot be encoded
         canonically (a non-finite number or a lone surrogate in the payload)."""
         fields = self.model_dump(mode="python", exclude={"hops", "signature"})
-        return DOMAIN + json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+        return (
+            DOMAIN
+            + json.dumps(
+                fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            ).encode()
+        )
 
     def verify(self) -> None:
         """Raise `InvalidSignature` unless `origin` signed these fields (hops excepted)."""
         try:
             origin = iroh.EndpointId.from_bytes(bytes.fromhex(self.origin))
-            origin.verify(self.signed_bytes(), iroh.Signature.from_bytes(bytes.fromhex(self.signature)))
+            origin.verify(
+                self.signed_bytes(), iroh.Signature.from_bytes(bytes.fromhex(self.signature))
+            )
         except (iroh.IrohError, ValueError) as exc:
-            raise InvalidSignature(f"envelope {self.id} is not signed by {self.origin[:16]}") from exc
+            raise InvalidSignature(
+                f"envelope {self.id} is not signed by {self.origin[:16]}"
+            ) from exc
 
     def size(self) -> int:
         return len(self.model_dump_json())

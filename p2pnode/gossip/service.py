@@ -105,7 +105,9 @@ class GossipService:
                 self._bootstrap_if_alone()
                 if ticks % REACH_OUT_EVERY == 0 and self._membership.members:
                     member = random.choice(list(self._membership.members.values()))
-                    self._apply(self.engine.reach_out(member.addr.node_id, member.addr.model_dump()))
+                    self._apply(
+                        self.engine.reach_out(member.addr.node_id, member.addr.model_dump())
+                    )
                 self._apply(self.engine.tick(time.time()))
 
     def _bootstrap_if_alone(self) -> None:
@@ -136,7 +138,9 @@ class GossipService:
             try:
                 subscriber.send_nowait(event)
             except trio.WouldBlock:
-                log.warning("a gossip subscriber is not keeping up; dropped a %s", type(event).__name__)
+                log.warning(
+                    "a gossip subscriber is not keeping up; dropped a %s", type(event).__name__
+                )
             except trio.BrokenResourceError:
                 self._subscribers.remove(subscriber)
 
@@ -186,12 +190,16 @@ class GossipService:
 
     async def _send_once(self, action: SendOnce) -> None:
         try:
-            connection = await self._dialer.connect(PeerAddr.model_validate(action.addr), GOSSIP_ALPN)
+            connection = await self._dialer.connect(
+                PeerAddr.model_validate(action.addr), GOSSIP_ALPN
+            )
             stream = await connection.open_uni()
             await write_frame(stream, wire_message.dump_json(action.msg))
             await stream.finish()
         except (*PEER_ERRORS, ValidationError) as exc:
-            log.debug("gossip: could not tell %s: %s", action.peer_id[:10], describe(exc))  # the node logs a lost member once
+            log.debug(
+                "gossip: could not tell %s: %s", action.peer_id[:10], describe(exc)
+            )  # the node logs a lost member once
 
     async def _connect(self, peer_id: str, addr: dict[str, Any]) -> None:
         if peer_id in self._outboxes:
@@ -201,7 +209,9 @@ class GossipService:
             connection = await self._dialer.connect(PeerAddr.model_validate(addr), GOSSIP_ALPN)
             stream = await connection.open_uni()
         except (*PEER_ERRORS, ValidationError) as exc:
-            log.debug("gossip: cannot reach %s: %s", peer_id[:10], describe(exc))  # the node logs a lost member once
+            log.debug(
+                "gossip: cannot reach %s: %s", peer_id[:10], describe(exc)
+            )  # the node logs a lost member once
             self._dialer.forget(peer_id)
             self._apply(self.engine.peer_disconnected(peer_id))  # type: ignore[union-attr]
             return

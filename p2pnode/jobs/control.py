@@ -65,7 +65,9 @@ class ControlServer:
                 job = store.claim(request.job_id, peer, self._lease_s)
                 await self._on_change(job)
                 assert job.lease is not None
-                return model.ClaimGrant(job=job, lease_token=job.lease.token, lease_expires_in=self._lease_s)
+                return model.ClaimGrant(
+                    job=job, lease_token=job.lease.token, lease_expires_in=self._lease_s
+                )
             if isinstance(request, model.Renew):
                 self._check_worker(request.job_id, peer)
                 store.renew(request.job_id, request.lease_token, self._lease_s)
@@ -78,7 +80,13 @@ class ControlServer:
             if isinstance(request, model.Report):
                 self._check_worker(request.job_id, peer)
                 job = store.complete(
-                    request.job_id, request.lease_token, request.ok, request.result, request.error, request.logs, request.outputs
+                    request.job_id,
+                    request.lease_token,
+                    request.ok,
+                    request.result,
+                    request.error,
+                    request.logs,
+                    request.outputs,
                 )
                 await self._on_change(job)
                 return model.ReportAck()
@@ -109,7 +117,9 @@ class ControlClient:
     """Worker side: one request, one reply, on a cached connection to the origin (`Dialer.request`:
     a connection that fails is replaced at once)."""
 
-    def __init__(self, request: Callable[[PeerAddr, bytes, Exchange], Awaitable[model.ControlMessage]]) -> None:
+    def __init__(
+        self, request: Callable[[PeerAddr, bytes, Exchange], Awaitable[model.ControlMessage]]
+    ) -> None:
         self._request = request
         self._local: tuple[str, ControlServer] | None = None
 
@@ -130,4 +140,6 @@ class ControlClient:
         try:
             return await self._request(origin, JOBS_ALPN, exchange)
         except PEER_ERRORS as exc:
-            raise ControlError(f"origin {origin.node_id[:10]} did not answer: {describe(exc)}") from None
+            raise ControlError(
+                f"origin {origin.node_id[:10]} did not answer: {describe(exc)}"
+            ) from None

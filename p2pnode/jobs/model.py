@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 import time
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import pydantic_core
 from pydantic import (
@@ -342,21 +342,7 @@ class Ack(_Message):
 
 
 ControlMessage = Annotated[
-    Union[
-        ClaimRequest,
-        ClaimGrant,
-        ClaimRefused,
-        Renew,
-        RenewOk,
-        RenewRefused,
-        Started,
-        Report,
-        ReportAck,
-        ReportRefused,
-        Release,
-        StopRun,
-        Ack,
-    ],
+    ClaimRequest | ClaimGrant | ClaimRefused | Renew | RenewOk | RenewRefused | Started | Report | ReportAck | ReportRefused | Release | StopRun | Ack,
     Field(discriminator="type"),
 ]
 

@@ -115,7 +115,9 @@ class JobService:
                     await self._changed(job)
                 if sweep % REANNOUNCE_EVERY == 0:
                     for job in self.store.claimable(get_args(model.Executor), origin=self.id):
-                        self._announce(job)  # nobody took it: workers that joined or freed up since hear of it
+                        self._announce(
+                            job
+                        )  # nobody took it: workers that joined or freed up since hear of it
                 await trio.sleep(SWEEP_INTERVAL_S)
 
     # -- origin side -------------------------------------------------------------------------
@@ -139,7 +141,9 @@ class JobService:
             artifacts[name] = await self._pinned(blob_hash, f"artifact {name!r}")
         job_input, input_blob = request.input, None
         if len(input_json) > model.INLINE_INPUT_BYTES:
-            input_blob = model.BlobRef.held_by(await self._blobs.store.add_bytes(input_json, pin=True), self.id)
+            input_blob = model.BlobRef.held_by(
+                await self._blobs.store.add_bytes(input_json, pin=True), self.id
+            )
             job_input = None
         spec = model.JobSpec(
             workflow=request.workflow,
@@ -161,7 +165,9 @@ class JobService:
             source, what = request.module_blob, f"module blob {request.module_blob[:12]}"
             await self._pinned(request.module_blob, "module")
         try:
-            wasm = await trio.to_thread.run_sync(self._checked_module, source, request.workflow, request.executor)
+            wasm = await trio.to_thread.run_sync(
+                self._checked_module, source, request.workflow, request.executor
+            )
         except (OSError, StoreError, InvalidModule) as exc:
             raise SubmissionError(f"cannot use {what}: {exc}") from None
         return model.BlobRef.held_by(await self._blobs.store.add_bytes(wasm, pin=True), self.id)
@@ -178,7 +184,9 @@ class JobService:
             if workflow is not None and workflow not in workflows:
                 raise InvalidModule(f"no workflow {workflow!r} (available: {available})")
             if workflow is None and len(workflows) != 1:
-                raise InvalidModule(f"name the workflow to run with --workflow (available: {available})")
+                raise InvalidModule(
+                    f"name the workflow to run with --workflow (available: {available})"
+                )
         return wasm
 
     async def _pinned(self, blob_hash: str, what: str) -> model.BlobRef:
@@ -186,7 +194,9 @@ class JobService:
             info = await self._blobs.store.info(blob_hash)
             await self._blobs.store.pin(blob_hash)
         except BlobNotFound:
-            raise SubmissionError(f"the {what} blob {blob_hash} is not on this node; upload it first") from None
+            raise SubmissionError(
+                f"the {what} blob {blob_hash} is not on this node; upload it first"
+            ) from None
         except StoreError as exc:
             raise SubmissionError(f"cannot use {what}: {exc}") from None
         return model.BlobRef.held_by(info, self.id)
@@ -211,7 +221,12 @@ class JobService:
         try:
             await self._client.ask(addr, model.StopRun(job_id=job_id))
         except ControlError as exc:
-            log.info("could not tell %s to stop job %s (its lease renewal will): %s", worker[:10], job_id, exc)
+            log.info(
+                "could not tell %s to stop job %s (its lease renewal will): %s",
+                worker[:10],
+                job_id,
+                exc,
+            )
 
     async def wait(self, job_id: str) -> model.Job | None:
         """Return once the job is terminal (or unknown)."""
@@ -263,7 +278,9 @@ class JobService:
         """A job up for grabs; believed only when its origin signed it and is where we claim."""
         job = announcement.job
         if signer != job.origin or announcement.origin_addr.node_id != job.origin:
-            log.warning("ignored an announcement of job %s by %s, not its origin", job.id, signer[:10])
+            log.warning(
+                "ignored an announcement of job %s by %s, not its origin", job.id, signer[:10]
+            )
             return
         if self.worker.wants(job) and self._nursery is not None:
             self._nursery.start_soon(self.worker.consider, announcement)
@@ -272,7 +289,9 @@ class JobService:
         """A job ended: if we run it (it was cancelled), stop; believed only from its origin."""
         job = finished.job
         if signer != job.origin:
-            log.warning("ignored the end of job %s announced by %s, not its origin", job.id, signer[:10])
+            log.warning(
+                "ignored the end of job %s announced by %s, not its origin", job.id, signer[:10]
+            )
             return
         if job.origin != self.id and job.state.terminal:
             self.worker.stop_run(job.id, job.origin)

@@ -133,10 +133,17 @@ class JobStore:
             except ValidationError as exc:
                 damaged.append((job_id, body, exc.errors()[0]["msg"]))
         if damaged:
-            self._db.execute("CREATE TABLE IF NOT EXISTS jobs_quarantine (id TEXT, body TEXT, reason TEXT, at REAL)")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS jobs_quarantine (id TEXT, body TEXT, reason TEXT, at REAL)"
+            )
         for job_id, body, reason in damaged:
-            log.warning("job %s in %s is damaged (%s): moved to table jobs_quarantine", job_id, path, reason)
-            self._db.execute("INSERT INTO jobs_quarantine VALUES (?, ?, ?, ?)", (job_id, body, reason, self._clock()))
+            log.warning(
+                "job %s in %s is damaged (%s): moved to table jobs_quarantine", job_id, path, reason
+            )
+            self._db.execute(
+                "INSERT INTO jobs_quarantine VALUES (?, ?, ?, ?)",
+                (job_id, body, reason, self._clock()),
+            )
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
     def close(self) -> None:
@@ -287,7 +294,9 @@ class JobStore:
             for job_id, body in rows:
                 job = _parse(body)
                 if job.lease is None:  # a leased state always has a lease; never sweep a row twice
-                    self._db.execute("UPDATE jobs SET lease_expires_at = NULL WHERE id = ?", (job_id,))
+                    self._db.execute(
+                        "UPDATE jobs SET lease_expires_at = NULL WHERE id = ?", (job_id,)
+                    )
                     continue
                 worker = job.lease.worker
                 job.lease = None

@@ -22,9 +22,9 @@ from p2pnode.blobs.service import BlobService
 from p2pnode.blobs.store import StoreError
 from p2pnode.executors.base import ExecutionRequest, ExecutionResult, Executor
 from p2pnode.jobs import model
-from p2pnode.jobs.model import WorkerStatus
 from p2pnode.jobs.announcements import JobAnnounced
 from p2pnode.jobs.control import ControlClient, ControlError
+from p2pnode.jobs.model import WorkerStatus
 from p2pnode.membership import PeerAddr
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,9 @@ class Worker:
             return reply
         if isinstance(reply, model.ClaimRefused) and reply.retry_after is not None:
             return reply.retry_after
-        log.debug("claim of %s refused: %s", announcement.job.id, getattr(reply, "reason", reply.type))
+        log.debug(
+            "claim of %s refused: %s", announcement.job.id, getattr(reply, "reason", reply.type)
+        )
         return None
 
     async def _execute(self, grant: model.ClaimGrant, origin: PeerAddr) -> None:
@@ -144,7 +146,9 @@ class Worker:
             with trio.CancelScope() as stopped:  # lease lost, or the origin cancelled the job
                 self._runs[job.id] = (job.origin, stopped)
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._keep_lease, job, token, origin, grant.lease_expires_in, stopped)
+                    nursery.start_soon(
+                        self._keep_lease, job, token, origin, grant.lease_expires_in, stopped
+                    )
                     result = await self._run(job, origin, workdir)
                     result, outputs = await self._finish(result)
                     nursery.cancel_scope.cancel()
@@ -155,7 +159,13 @@ class Worker:
             # From here a retry of this job (announced as our report lands) is a new candidate.
             self._considering.pop(job.id, None)
             report = model.Report(
-                job_id=job.id, lease_token=token, ok=result.ok, result=result.result, error=result.error, logs=result.logs, outputs=outputs
+                job_id=job.id,
+                lease_token=token,
+                ok=result.ok,
+                result=result.result,
+                error=result.error,
+                logs=result.logs,
+                outputs=outputs,
             )
             reply = await self._control.ask(origin, report)
             if result.ok:
@@ -163,12 +173,20 @@ class Worker:
             else:
                 self.failed += 1
             if not isinstance(reply, model.ReportAck):
-                log.warning("origin refused the report of job %s: %s", job.id, getattr(reply, "reason", reply.type))
+                log.warning(
+                    "origin refused the report of job %s: %s",
+                    job.id,
+                    getattr(reply, "reason", reply.type),
+                )
         except ControlError as exc:
             log.warning("could not report job %s: %s", job.id, exc)
         finally:
-            if trio.current_effective_deadline() == -math.inf:  # the node is stopping: hand the job back
-                with trio.CancelScope(deadline=trio.current_time() + RELEASE_TIMEOUT_S, shield=True):
+            if (
+                trio.current_effective_deadline() == -math.inf
+            ):  # the node is stopping: hand the job back
+                with trio.CancelScope(
+                    deadline=trio.current_time() + RELEASE_TIMEOUT_S, shield=True
+                ):
                     await self._release(job, token, origin)
             self._runs.pop(job.id, None)
             self.running.discard(job.id)
@@ -183,17 +201,28 @@ class Worker:
         if isinstance(reply, model.Ack):
             log.info("handed job %s back to its origin", job.id)
 
-    async def _finish(self, result: ExecutionResult) -> tuple[ExecutionResult, dict[str, model.BlobRef]]:
+    async def _finish(
+        self, result: ExecutionResult
+    ) -> tuple[ExecutionResult, dict[str, model.BlobRef]]:
         """Store the outputs and bound the result: what is reported is always reportable."""
         if result.ok and (size := model.json_size(result.result)) > model.MAX_RESULT_BYTES:
-            message = f"result of {size} bytes exceeds {model.MAX_RESULT_BYTES}: write large data to /out"
+            message = (
+                f"result of {size} bytes exceeds {model.MAX_RESULT_BYTES}: write large data to /out"
+            )
             return ExecutionResult.failure(message, result.logs), {}
         try:
             return result, await self._store_outputs(result)
         except StoreError as exc:
             return ExecutionResult.failure(f"could not store the outputs: {exc}", result.logs), {}
 
-    async def _keep_lease(self, job: model.Job, token: str, origin: PeerAddr, lease_s: float, stopped: trio.CancelScope) -> None:
+    async def _keep_lease(
+        self,
+        job: model.Job,
+        token: str,
+        origin: PeerAddr,
+        lease_s: float,
+        stopped: trio.CancelScope,
+    ) -> None:
         """Renew until the origin refuses; an origin that does not answer is retried, not given up on."""
         request: model.ControlMessage = model.Started(job_id=job.id, lease_token=token)
         while True:
@@ -222,7 +251,9 @@ class Worker:
             if spec.input_blob is not None:
                 input_path = workdir / "input.json"
                 await self._materialize(spec.input_blob, origin, input_path)
-                job_input = await trio.to_thread.run_sync(lambda: json.loads(input_path.read_bytes()))
+                job_input = await trio.to_thread.run_sync(
+                    lambda: json.loads(input_path.read_bytes())
+                )
         except (FetchError, StoreError) as exc:
             return ExecutionResult.failure(f"could not fetch job inputs: {exc}")
         except ValueError as exc:
@@ -240,7 +271,9 @@ class Worker:
         return await executor.run(request)
 
     async def _materialize(self, ref: model.BlobRef, origin: PeerAddr, dest: Path) -> None:
-        info = await self._blobs.fetch(ref.hash, provider_addrs(ref, self._resolve, first=origin), root=ref.root)
+        info = await self._blobs.fetch(
+            ref.hash, provider_addrs(ref, self._resolve, first=origin), root=ref.root
+        )
         await self._blobs.store.export(info.hash, dest)
 
     async def _store_outputs(self, result: ExecutionResult) -> dict[str, model.BlobRef]:

@@ -76,7 +76,9 @@ class TrioEventLoop:
     def create_future(self) -> _TrioFuture:
         return _TrioFuture(trio.lowlevel.current_trio_token())
 
-    def call_soon_threadsafe(self, callback: Callable[..., Any], future: _TrioFuture, *args: Any) -> None:
+    def call_soon_threadsafe(
+        self, callback: Callable[..., Any], future: _TrioFuture, *args: Any
+    ) -> None:
         try:
             future._token.run_sync_soon(callback, future, *args)
         except trio.RunFinishedError:
@@ -99,7 +101,9 @@ _installed = False
 def _check_bindings() -> None:
     version = importlib.metadata.version("iroh")
     if not version.startswith(SUPPORTED_IROH):
-        raise BridgeError(f"p2pnode's iroh bridge supports iroh {SUPPORTED_IROH[0]}x, found {version}")
+        raise BridgeError(
+            f"p2pnode's iroh bridge supports iroh {SUPPORTED_IROH[0]}x, found {version}"
+        )
     for name in ("_UniffiRustBufferBuilder", "uniffi_set_event_loop", "_uniffi_rust_call_async"):
         if not hasattr(iroh_ffi, name):
             raise BridgeError(f"iroh {version} bindings lack {name}; the bridge needs updating")

@@ -61,7 +61,9 @@ class Dialer:
         self._introduced: set[str] = set()
         self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
 
-    async def connect(self, addr: PeerAddr, alpn: bytes, *, introduce: bool = True) -> iroh.Connection:
+    async def connect(
+        self, addr: PeerAddr, alpn: bytes, *, introduce: bool = True
+    ) -> iroh.Connection:
         key = (addr.node_id, alpn)
         async with self._locks[addr.node_id]:
             cached = self._connections.get(key)
@@ -75,7 +77,9 @@ class Dialer:
                 self._liveness.watch(connection)
             return connection
 
-    async def request(self, addr: PeerAddr, alpn: bytes, exchange: Callable[[iroh.Connection], Awaitable[T]]) -> T:
+    async def request(
+        self, addr: PeerAddr, alpn: bytes, exchange: Callable[[iroh.Connection], Awaitable[T]]
+    ) -> T:
         """Run `exchange` on the cached connection; if a reused connection fails it, drop it and run
         `exchange` once more on a fresh one at once (the peer may have restarted since)."""
         key = (addr.node_id, alpn)
@@ -125,7 +129,9 @@ class Dialer:
             self._connections.pop(key).close(0, b"forgotten")
 
     def connected_peers(self) -> set[str]:
-        return {peer for (peer, _), conn in self._connections.items() if conn.close_reason() is None}
+        return {
+            peer for (peer, _), conn in self._connections.items() if conn.close_reason() is None
+        }
 
     def close_all(self) -> None:
         for connection in self._connections.values():

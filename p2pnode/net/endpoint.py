@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 
 STRANGER_CONNECTIONS_PER_PEER = 4  # a join, and a few blob fetches of a ticket holder at once
 STRANGER_CONNECTIONS = 16  # all strangers together: what a flood of fresh ids can hold
-STRANGER_STREAMS = 4  # concurrent bi streams per stranger connection (the open protocols use 1 per request)
+STRANGER_STREAMS = (
+    4  # concurrent bi streams per stranger connection (the open protocols use 1 per request)
+)
 
 Handler = Callable[[iroh.Connection], Awaitable[None]]
 Authorizer = Callable[[str, bytes], bool]
@@ -48,7 +50,11 @@ def relay_mode(setting: str) -> iroh.RelayMode:
 
 
 async def bind_endpoint(
-    secret_key: iroh.SecretKey, bind_addr: str, relay: str, alpns: list[bytes], preferred_port: int | None = None
+    secret_key: iroh.SecretKey,
+    bind_addr: str,
+    relay: str,
+    alpns: list[bytes],
+    preferred_port: int | None = None,
 ) -> iroh.Endpoint:
     """Bind the node's endpoint. With relays disabled nothing is contacted (tests, offline LANs).
 
@@ -61,7 +67,11 @@ async def bind_endpoint(
 
     async def bind(addr: str) -> iroh.Endpoint:
         options = iroh.EndpointOptions(
-            preset=preset, bind_addr=addr, secret_key=secret_key.to_bytes(), alpns=alpns, relay_mode=relay_mode(relay)
+            preset=preset,
+            bind_addr=addr,
+            secret_key=secret_key.to_bytes(),
+            alpns=alpns,
+            relay_mode=relay_mode(relay),
         )
         return await iroh.Endpoint.bind(options)
 
@@ -129,7 +139,9 @@ class Router:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.peer_log.run)
             async with trio.open_nursery() as connections:
-                while (incoming := await self._endpoint.accept_next()) is not None:  # None: endpoint closed
+                while (
+                    incoming := await self._endpoint.accept_next()
+                ) is not None:  # None: endpoint closed
                     connections.start_soon(self._handle, incoming)
             nursery.cancel_scope.cancel()
 
@@ -138,7 +150,10 @@ class Router:
             connection = await (await incoming.accept()).connect()
         except iroh.IrohError as exc:
             self.peer_log.event(
-                "incoming connections failed during the handshake", "?", "incoming connection failed during handshake: %s", iroh_message(exc)
+                "incoming connections failed during the handshake",
+                "?",
+                "incoming connection failed during handshake: %s",
+                iroh_message(exc),
             )
             return
         alpn = connection.alpn()
@@ -146,7 +161,12 @@ class Router:
         route = self._routes.get(alpn)
         member = route is not None and self._authorize(peer, alpn)
         if route is None or not (member or route.open_to_all):
-            self._refuse(connection, peer, "not a cluster member", b"not a cluster member: join with a ticket first")
+            self._refuse(
+                connection,
+                peer,
+                "not a cluster member",
+                b"not a cluster member: join with a ticket first",
+            )
             return
         if not member and not self._admit_stranger(connection, peer):
             return
@@ -158,7 +178,12 @@ class Router:
             else:
                 await _without_uni_streams(connection, route.handler)
         except iroh.IrohError as exc:
-            log.info("connection from %s on %s ended: %s", peer[:10], alpn.decode(errors="replace"), iroh_message(exc))
+            log.info(
+                "connection from %s on %s ended: %s",
+                peer[:10],
+                alpn.decode(errors="replace"),
+                iroh_message(exc),
+            )
         except Exception:  # a bug in one protocol handler must not take the node down
             log.exception("protocol handler failed on a connection from %s", peer[:10])
         finally:
@@ -175,10 +200,17 @@ class Router:
         closes a connection whose first burst opens more than the cap.
         """
         if self._strangers.get(peer, 0) >= STRANGER_CONNECTIONS_PER_PEER:
-            self._refuse(connection, peer, "too many connections from one stranger", b"busy: too many connections from you")
+            self._refuse(
+                connection,
+                peer,
+                "too many connections from one stranger",
+                b"busy: too many connections from you",
+            )
             return False
         if sum(self._strangers.values()) >= STRANGER_CONNECTIONS:
-            self._refuse(connection, peer, "too many connections from strangers", b"busy: try again later")
+            self._refuse(
+                connection, peer, "too many connections from strangers", b"busy: try again later"
+            )
             return False
         self._strangers[peer] = self._strangers.get(peer, 0) + 1
         connection.set_max_concurrent_bi_streams(STRANGER_STREAMS)
@@ -188,7 +220,9 @@ class Router:
     def _refuse(self, connection: iroh.Connection, peer: str, why: str, reason: bytes) -> None:
         self.refused += 1
         alpn = connection.alpn().decode(errors="replace")
-        self.peer_log.event(f"refused connections ({why})", peer, "refused %s on %s: %s", peer[:10], alpn, why)
+        self.peer_log.event(
+            f"refused connections ({why})", peer, "refused %s on %s: %s", peer[:10], alpn, why
+        )
         connection.close(ERR_REFUSED, reason)
 
     def connected_peers(self) -> set[str]:
@@ -246,8 +280,11 @@ async def serve_streams(connection: iroh.Connection, handle_stream: StreamHandle
                 return
             if admission.streams is not None and running >= admission.streams:
                 _note(
-                    admission.peer_log, connection, "connections closed for too many streams",
-                    "closed connection from %s on %s: more than %d streams at once", admission.streams,
+                    admission.peer_log,
+                    connection,
+                    "connections closed for too many streams",
+                    "closed connection from %s on %s: more than %d streams at once",
+                    admission.streams,
                 )
                 connection.close(ERR_REFUSED, b"too many streams at once")
                 return
@@ -256,7 +293,12 @@ async def serve_streams(connection: iroh.Connection, handle_stream: StreamHandle
 
 
 def _note(
-    peer_log: PeerLog | None, connection: iroh.Connection, kind: str, message: str, *args: object, level: int = logging.INFO
+    peer_log: PeerLog | None,
+    connection: iroh.Connection,
+    kind: str,
+    message: str,
+    *args: object,
+    level: int = logging.INFO,
 ) -> None:
     """Log what a peer did (`message` gets the peer and the ALPN first), aggregated when a router runs."""
     peer = connection.remote_id().fmt_short()
@@ -268,18 +310,36 @@ def _note(
 
 
 async def _guarded_stream(
-    connection: iroh.Connection, bi: iroh.BiStream, handle_stream: StreamHandler, peer_log: PeerLog | None
+    connection: iroh.Connection,
+    bi: iroh.BiStream,
+    handle_stream: StreamHandler,
+    peer_log: PeerLog | None,
 ) -> None:
     try:
         with collapse_groups():
             await handle_stream(connection, bi)
     except FrameError as exc:
-        _note(peer_log, connection, "streams reset for broken framing", "reset stream from %s on %s: %s", exc, level=logging.WARNING)
+        _note(
+            peer_log,
+            connection,
+            "streams reset for broken framing",
+            "reset stream from %s on %s: %s",
+            exc,
+            level=logging.WARNING,
+        )
         await reset_quietly(bi)
     except iroh.IrohError as exc:
-        _note(peer_log, connection, "streams ended by an error", "stream from %s on %s ended: %s", iroh_message(exc))
+        _note(
+            peer_log,
+            connection,
+            "streams ended by an error",
+            "stream from %s on %s ended: %s",
+            iroh_message(exc),
+        )
     except Exception:  # a bug in one protocol handler must not take the node down
-        log.exception("protocol handler failed on a stream from %s", connection.remote_id().fmt_short())
+        log.exception(
+            "protocol handler failed on a stream from %s", connection.remote_id().fmt_short()
+        )
         await reset_quietly(bi)
 
 

@@ -32,7 +32,10 @@ def _clean(line: str) -> str:
         return _words(variant.group(1))
     if reset := _RESET.match(line):
         return f"stream reset by the peer (code {reset.group(1)})"
-    line = _CLOSE.sub(lambda m: f"closed by the peer ({m.group(1)}{': ' + m.group(2) if m.group(2) else ''})", line)
+    line = _CLOSE.sub(
+        lambda m: f"closed by the peer ({m.group(1)}{': ' + m.group(2) if m.group(2) else ''})",
+        line,
+    )
     opened = len(_CALL.findall(line))
     line = _CALL.sub(lambda m: _words(m.group(1)) + ": ", line)
     if opened and line.endswith(")" * opened):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 from contextlib import suppress
-from functools import lru_cache
+from functools import cache
 from typing import Any, TypeVar
 
 import iroh
@@ -49,7 +49,9 @@ async def read_exact(recv: iroh.RecvStream, n: int) -> bytes:
     try:
         return await recv.read_exact(n)
     except iroh.IrohError as exc:
-        raise FrameError(f"stream ended or was reset while {n} bytes were expected ({iroh_message(exc)})") from None
+        raise FrameError(
+            f"stream ended or was reset while {n} bytes were expected ({iroh_message(exc)})"
+        ) from None
 
 
 async def _read_some(recv: iroh.RecvStream, n: int) -> bytes:
@@ -74,7 +76,9 @@ async def _read_incrementally(recv: iroh.RecvStream, n: int) -> bytes:
     return bytes(data)
 
 
-async def read_frame(recv: iroh.RecvStream, max_size: int = DEFAULT_MAX_FRAME, timeout: float = FRAME_TIMEOUT_S) -> bytes:
+async def read_frame(
+    recv: iroh.RecvStream, max_size: int = DEFAULT_MAX_FRAME, timeout: float = FRAME_TIMEOUT_S
+) -> bytes:
     """The one frame a request or answer consists of: it must start within `timeout`, and then
     arrive whole on the frame's own deadline."""
     head = None
@@ -99,7 +103,9 @@ async def read_frame_or_end(
     return await _rest_of_frame(recv, head, max_size, timeout) if head else None
 
 
-async def _rest_of_frame(recv: iroh.RecvStream, head: bytes, max_size: int, timeout: float) -> bytes:
+async def _rest_of_frame(
+    recv: iroh.RecvStream, head: bytes, max_size: int, timeout: float
+) -> bytes:
     """The frame whose first bytes are `head`, due `timeout` after its start plus its length at a
     slow link's rate: a small frame cannot be dribbled for long, a big one may take its time."""
     with trio.move_on_after(timeout) as deadline:
@@ -121,7 +127,10 @@ async def send_model(send: iroh.SendStream, model: BaseModel) -> None:
 
 
 async def recv_model(
-    recv: iroh.RecvStream, schema: type[T] | TypeAdapter[T], max_size: int = DEFAULT_MAX_FRAME, timeout: float = FRAME_TIMEOUT_S
+    recv: iroh.RecvStream,
+    schema: type[T] | TypeAdapter[T],
+    max_size: int = DEFAULT_MAX_FRAME,
+    timeout: float = FRAME_TIMEOUT_S,
 ) -> T:
     """Read one frame and validate it as `schema` (a model class or a TypeAdapter for unions)."""
     payload = await read_frame(recv, max_size, timeout)
@@ -130,10 +139,12 @@ async def recv_model(
         return adapter.validate_json(payload)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise FrameError(f"malformed message: {first['msg']} at {'.'.join(map(str, first['loc'])) or 'top level'}") from None
+        raise FrameError(
+            f"malformed message: {first['msg']} at {'.'.join(map(str, first['loc'])) or 'top level'}"
+        ) from None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _adapter(schema: type[Any]) -> TypeAdapter[Any]:
     return TypeAdapter(schema)
 

@@ -46,7 +46,9 @@ class Liveness:
     def watch(self, connection: iroh.Connection) -> None:
         peer = connection.remote_id().to_bytes().hex()
         received = connection.stats().udp_rx_datagrams
-        self._watched[connection.stable_id()] = _Watched(connection, peer, received, trio.current_time())
+        self._watched[connection.stable_id()] = _Watched(
+            connection, peer, received, trio.current_time()
+        )
 
     def unwatch(self, connection: iroh.Connection) -> None:
         self._watched.pop(connection.stable_id(), None)

@@ -26,13 +26,20 @@ class _Window:
 
 
 class PeerLog:
-    def __init__(self, logger: logging.Logger, interval: float = LOG_INTERVAL_S, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float = LOG_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._log = logger
         self._interval = interval
         self._clock = clock
         self._windows: dict[str, _Window] = {}
 
-    def event(self, kind: str, peer: str, message: str, *args: object, level: int = logging.INFO) -> None:
+    def event(
+        self, kind: str, peer: str, message: str, *args: object, level: int = logging.INFO
+    ) -> None:
         """Record one event of `kind` caused by `peer`; `message % args` is logged if it opens an interval."""
         now = self._clock()
         self.flush(now)
@@ -56,8 +63,14 @@ class PeerLog:
                 peers = len(window.peers)
                 at_least = "at least " if peers >= _PEERS_COUNTED else ""
                 self._log.log(
-                    window.level, "%s: %d more from %s%d peer%s in the last %.0f s",
-                    kind, window.more, at_least, peers, "" if peers == 1 else "s", now - window.start,
+                    window.level,
+                    "%s: %d more from %s%d peer%s in the last %.0f s",
+                    kind,
+                    window.more,
+                    at_least,
+                    peers,
+                    "" if peers == 1 else "s",
+                    now - window.start,
                 )
 
     async def run(self) -> None:
