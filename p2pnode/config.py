@@ -1,4 +1,5 @@
-"""Node settings: environment variables, overridden by command-line flags, with zero-config defaults."""
+"""Node settings: environment variables, overridden by command-line flags, with zero-config
+defaults."""
 
 from __future__ import annotations
 
@@ -8,9 +9,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from p2pnode import DEFAULT_DATA
-from p2pnode.executors.base import MIB, JobMaxima
-
-_MAXIMA = JobMaxima()
+from p2pnode.executors.base import DEFAULT_MAXIMA, MIB, JobMaxima
 
 
 class Settings(BaseSettings):
@@ -41,24 +40,24 @@ class Settings(BaseSettings):
     max_jobs: int = Field(2, ge=0, validation_alias=AliasChoices("max_jobs", "P2PNODE_MAX_JOBS"))
     # The most any job gets here, whatever it asks; defaults from JobMaxima.
     max_job_memory_mib: int = Field(
-        _MAXIMA.memory_bytes // MIB,
+        DEFAULT_MAXIMA.memory_bytes // MIB,
         ge=1,
         validation_alias=AliasChoices("max_job_memory_mib", "P2PNODE_MAX_JOB_MEMORY_MIB"),
     )
     max_job_time_s: float = Field(
-        _MAXIMA.time_s,
+        DEFAULT_MAXIMA.time_s,
         gt=0,
         allow_inf_nan=False,
         validation_alias=AliasChoices("max_job_time_s", "P2PNODE_MAX_JOB_TIME"),
     )
     max_job_fuel: int = Field(
-        _MAXIMA.fuel,
+        DEFAULT_MAXIMA.fuel,
         ge=1,
         lt=1 << 64,
         validation_alias=AliasChoices("max_job_fuel", "P2PNODE_MAX_JOB_FUEL"),
     )
     max_job_output_mib: int = Field(
-        _MAXIMA.output_bytes // MIB,
+        DEFAULT_MAXIMA.output_bytes // MIB,
         ge=0,
         validation_alias=AliasChoices("max_job_output_mib", "P2PNODE_MAX_JOB_OUTPUT_MIB"),
     )

@@ -12,7 +12,8 @@ KEY_FILE = "secret.key"
 
 
 def load_or_create_secret_key(data_dir: Path) -> iroh.SecretKey:
-    """Return the node's key, creating it on first start; the endpoint id is stable across restarts."""
+    """Return the node's key, creating it on first start; the endpoint id is stable across
+    restarts."""
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / KEY_FILE
     if not path.exists():
@@ -20,6 +21,7 @@ def load_or_create_secret_key(data_dir: Path) -> iroh.SecretKey:
     raw = path.read_bytes()
     if len(raw) != 32:
         raise ValueError(
-            f"{path} is not a node key (expected 32 bytes, found {len(raw)}); move it away to start afresh"
+            f"{path} is not a node key (expected 32 bytes, found {len(raw)}); move it away to "
+            "start afresh"
         )
     return iroh.SecretKey.from_bytes(raw)

@@ -162,8 +162,9 @@ class Membership:
         return node_id in self._members.removed
 
     def adopt(self, cluster: ClusterIdentity) -> None:
-        """Switch to the cluster of a ticket whose handshake just succeeded; members of another cluster
-        are forgotten. The member list names its cluster, so a crash between the two writes voids it."""
+        """Switch to the cluster of a ticket whose handshake just succeeded; members of another
+        cluster are forgotten. The member list names its cluster, so a crash between the two writes
+        voids it."""
         if cluster == self.cluster:
             return
         self._members = MemberList(cluster_id=cluster.cluster_id)
@@ -179,7 +180,8 @@ class Membership:
         return new
 
     def remove(self, node_id: str) -> bool:
-        """Forget a member and refuse it from now on; False when the id was neither member nor removed."""
+        """Forget a member and refuse it from now on; False when the id was neither member nor
+        removed."""
         if node_id in self._members.removed:
             return True
         if self._members.members.pop(node_id, None) is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import string
 from collections.abc import Iterable
-from typing import Annotated, ClassVar, Self, TypeVar
+from typing import Annotated, ClassVar, Self, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
 
@@ -49,7 +49,8 @@ def _parse_socket_addr(addr: str) -> tuple[_IPAddress, int]:
             ip = ipaddress.IPv4Address(host)
     except ValueError:
         raise ValueError(
-            f"direct address {addr!r} is not an IP socket address like '127.0.0.1:4433' or '[::1]:4433'"
+            f"direct address {addr!r} is not an IP socket address like '127.0.0.1:4433' or "
+            "'[::1]:4433'"
         ) from None
     return ip, int(port)
 
@@ -257,9 +258,10 @@ def _parse_as(kind: type[_T], text: str) -> _T:
 def _decode(kind: type[_T], payload: str) -> _T:
     reader = unseal(payload)
     try:
-        ticket = kind._read(reader)
+        ticket = cast(_T, kind._read(reader))  # `_read` returns Self: the class asked for
     except ValidationError as e:
-        # Only reachable with a correct checksum, i.e. a ticket crafted or written by a buggy encoder.
+        # Only reachable with a correct checksum, i.e. a ticket crafted or written by a buggy
+        # encoder.
         first = e.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise TicketError(f"ticket contains an invalid {where}: {first['msg']}") from e

@@ -85,7 +85,8 @@ async def fetch_blob(
 
 
 class _Download:
-    """One fetch across providers; the partial blob (verified blocks on disk) survives each failure."""
+    """One fetch across providers; the partial blob (verified blocks on disk) survives each
+    failure."""
 
     def __init__(
         self,
@@ -198,7 +199,8 @@ class _Download:
         if block_list.size > free:
             error = FetchError if self.root is not None or self.size is not None else ProviderFailed
             raise error(
-                f"blob {self.hash[:12]} is {block_list.size} bytes, more than the {free} bytes free at {self.store.root}"
+                f"blob {self.hash[:12]} is {block_list.size} bytes, more than the {free} bytes "
+                f"free at {self.store.root}"
             )
 
     async def _receive_blocks(

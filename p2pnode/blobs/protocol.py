@@ -89,7 +89,8 @@ class Capabilities:
 
 
 def requested_spans(request: BlobRequest, block_list: BlockList) -> list[tuple[int, int]]:
-    """(offset, length) byte spans of the blocks a request names, clipped to the blob, in its order."""
+    """(offset, length) byte spans of the blocks a request names, clipped to the blob, in its
+    order."""
     count = len(block_list)
     spans = []
     for start, end in request.blocks if request.blocks is not None else [(0, count)]:
@@ -187,6 +188,7 @@ def parse_header(
         )
     if size is not None and block_list.size != size:
         raise ValueError(
-            f"blob {blob_hash[:12]} should be {size} bytes but its block list commits to {block_list.size}"
+            f"blob {blob_hash[:12]} should be {size} bytes but its block list commits to "
+            f"{block_list.size}"
         )
     return block_list

@@ -30,7 +30,7 @@ import struct
 import threading
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, Iterator
 from pathlib import Path
 
 import blake3
@@ -176,7 +176,8 @@ class BlobStore:
         except sqlite3.DatabaseError as exc:
             self.close()
             raise StoreError(
-                f"{self.root / 'meta.sqlite'} is damaged ({exc}); restore it or move it away (tags and pins are lost)"
+                f"{self.root / 'meta.sqlite'} is damaged ({exc}); restore it or move it away "
+                "(tags and pins are lost)"
             ) from None
         except BaseException:
             self.close()
@@ -299,7 +300,8 @@ class BlobStore:
             raise BlobCorrupt(f"block list of blob {h} is damaged: {exc}") from None
 
     def _delete_blob(self, h: str) -> int:
-        """Unlink data then blocks (never data without blocks); returns freed bytes. Caller locks."""
+        """Unlink data then blocks (never data without blocks); returns freed bytes. Caller
+        locks."""
         path = self._data / h
         try:
             size = path.stat().st_size
@@ -473,7 +475,7 @@ class BlobStore:
 
     async def read_range(
         self, hash: str, offset: int = 0, length: int | None = None, *, chunk_size: int = BLOCK_SIZE
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes]:
         """Stream bytes [offset, offset+length) in chunks; wrap in contextlib.aclosing so an
         early exit releases the in-use mark at once rather than at garbage collection."""
         with self.open_read(hash) as f:
@@ -730,7 +732,8 @@ class BlobStore:
                         done.add(i)
             try:
                 os.ftruncate(fd, bl.size)
-                if bl.size:  # reserve the space now: a full disk fails here, and block writes skip allocation
+                # Reserve the space now: a full disk fails here, and block writes skip allocation.
+                if bl.size:
                     os.posix_fallocate(fd, 0, bl.size)
                 self._write_state(h, bl, done)
                 _fsync_dir(self._partial)
@@ -837,7 +840,8 @@ class PartialBlob:
         self._check_open()
         if missing := self.missing_blocks():
             raise StoreError(
-                f"cannot commit blob {self.hash}: {len(missing)} of {len(self.block_list)} blocks missing"
+                f"cannot commit blob {self.hash}: {len(missing)} of {len(self.block_list)} "
+                "blocks missing"
             )
         return await trio.to_thread.run_sync(self._commit_sync, tag, pin)
 

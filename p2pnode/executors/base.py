@@ -18,7 +18,8 @@ ExecutorKind = Literal["wasi", "flawless"]
 
 MIB = 1024 * 1024
 LOG_LIMIT = 64 * 1024
-"""Bytes of a job's stderr kept in ``ExecutionResult.logs`` (the tail, where the error usually is)."""
+"""Bytes of a job's stderr kept in ``ExecutionResult.logs`` (the tail, where the error usually
+is)."""
 MAX_OUTPUTS = 256
 """Output files one job may produce; a report with more could not be represented."""
 MAX_OUTPUT_NAME = 512
@@ -75,7 +76,8 @@ class JobMaxima(BaseModel):
     output_bytes: int = Field(default=256 * MIB, ge=0)
 
     def cap(self, asked: ExecutionLimits) -> tuple[ExecutionLimits, dict[str, str]]:
-        """The limits a job runs under, and a note for its logs per limit lowered here (by field)."""
+        """The limits a job runs under, and a note for its logs per limit lowered here (by
+        field)."""
         capped = ExecutionLimits(
             time_s=min(asked.time_s, self.time_s),
             memory_bytes=min(asked.memory_bytes, self.memory_bytes),
@@ -95,6 +97,10 @@ class JobMaxima(BaseModel):
             if getattr(capped, field) != getattr(asked, field)
         }
         return capped, notes
+
+
+DEFAULT_MAXIMA = JobMaxima()
+"""What a node allows any job when nothing is configured."""
 
 
 class ExecutionRequest(BaseModel):

@@ -28,7 +28,13 @@ import httpx
 import trio
 from pydantic import BaseModel, ConfigDict, RootModel, ValidationError
 
-from p2pnode.executors.base import ExecutionRequest, ExecutionResult, ExecutorKind, JobMaxima
+from p2pnode.executors.base import (
+    DEFAULT_MAXIMA,
+    ExecutionRequest,
+    ExecutionResult,
+    ExecutorKind,
+    JobMaxima,
+)
 
 DEFAULT_URL = "http://localhost:27288"
 PROBE_TIMEOUT = 2.0
@@ -233,7 +239,7 @@ class FlawlessExecutor:
 
     kind: ExecutorKind = "flawless"
 
-    def __init__(self, client: FlawlessClient, *, maxima: JobMaxima = JobMaxima()) -> None:
+    def __init__(self, client: FlawlessClient, *, maxima: JobMaxima = DEFAULT_MAXIMA) -> None:
         self._client = client
         self.maxima = maxima
 

@@ -36,6 +36,7 @@ import wasmtime
 from pydantic import TypeAdapter, ValidationError
 
 from p2pnode.executors.base import (
+    DEFAULT_MAXIMA,
     LOG_LIMIT,
     MAX_OUTPUTS,
     MIB,
@@ -58,7 +59,8 @@ _WASI = "wasi_snapshot_preview1"
 _DETAIL_LIMIT = 4096
 """Characters of wasmtime's backtrace kept in the logs (deep recursion makes huge ones)."""
 _ENOSYS = 52
-"""WASI errno returned by our ``poll_oneoff``: a guest blocked in a host sleep can't be interrupted."""
+"""WASI errno returned by our ``poll_oneoff``: a guest blocked in a host sleep can't be
+interrupted."""
 _MAX_TABLES = 4
 _TABLE_ELEMENT = 8
 """Bytes wasmtime's limiter counts per table element."""
@@ -167,7 +169,7 @@ class WasiExecutor:
 
     kind: ExecutorKind = "wasi"
 
-    def __init__(self, *, maxima: JobMaxima = JobMaxima(), cache_size: int = 32) -> None:
+    def __init__(self, *, maxima: JobMaxima = DEFAULT_MAXIMA, cache_size: int = 32) -> None:
         self.maxima = maxima
         self._cache: OrderedDict[str, _Compiled] = OrderedDict()
         self._cache_size = cache_size

@@ -194,7 +194,7 @@ class GossipEngine:
         return self._add_active(peer_id, addr, Join(addr=self._addr))
 
     def reach_out(self, peer_id: str, addr: dict[str, Any]) -> list[Action]:
-        """Link to a member the overlay has lost track of (how cut-off halves find each other again).
+        """Link to a member the overlay has lost track of (how cut-off halves find each other).
 
         The neighbour request is urgent, so the member accepts even with a full view.
         """
@@ -415,7 +415,8 @@ class GossipEngine:
         return [Deliver(envelope), *self._push(envelope, exclude=peer_id)]
 
     def _on_digest(self, peer_id: str, msg: Digest) -> list[Action]:
-        """Ask for what the peer has and we lack; send what we have and its (complete) digest lacks."""
+        """Ask for what the peer has and we lack; send what we have and its (complete) digest
+        lacks."""
         if peer_id not in self._connected:
             return []
         missing = [i for i in msg.ids if i not in self._seen]

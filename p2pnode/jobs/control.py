@@ -124,7 +124,8 @@ class ControlClient:
         self._local: tuple[str, ControlServer] | None = None
 
     def answer_locally(self, node_id: str, server: ControlServer) -> None:
-        """A node claiming its own job asks its own origin side directly instead of dialling itself."""
+        """A node claiming its own job asks its own origin side directly instead of dialling
+        itself."""
         self._local = (node_id, server)
 
     async def ask(self, origin: PeerAddr, request: model.ControlMessage) -> model.ControlMessage:

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 MAX_INPUT_BYTES = 16 * MIB
 """Largest job input (JSON); bigger data goes as artifacts."""
 INLINE_INPUT_BYTES = 32 * 1024
-"""Inputs above this travel as a pinned blob the worker fetches, so records and frames stay small."""
+"""Inputs above this travel as a pinned blob the worker fetches, so records and frames stay
+small."""
 MAX_RESULT_BYTES = 1 * MIB
 """Largest job result (JSON); bigger products go as output files."""
 MAX_LOG_CHARS = 64 * 1024
@@ -323,7 +324,8 @@ class ReportRefused(_Message):
 
 
 class Release(_Message):
-    """A stopping worker hands its leased job back: pending again at once, the attempt not counted."""
+    """A stopping worker hands its leased job back: pending again at once, the attempt not
+    counted."""
 
     type: Literal["release"] = "release"
     job_id: JobId
@@ -342,7 +344,19 @@ class Ack(_Message):
 
 
 ControlMessage = Annotated[
-    ClaimRequest | ClaimGrant | ClaimRefused | Renew | RenewOk | RenewRefused | Started | Report | ReportAck | ReportRefused | Release | StopRun | Ack,
+    ClaimRequest
+    | ClaimGrant
+    | ClaimRefused
+    | Renew
+    | RenewOk
+    | RenewRefused
+    | Started
+    | Report
+    | ReportAck
+    | ReportRefused
+    | Release
+    | StopRun
+    | Ack,
     Field(discriminator="type"),
 ]
 

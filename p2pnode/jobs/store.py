@@ -134,7 +134,8 @@ class JobStore:
                 damaged.append((job_id, body, exc.errors()[0]["msg"]))
         if damaged:
             self._db.execute(
-                "CREATE TABLE IF NOT EXISTS jobs_quarantine (id TEXT, body TEXT, reason TEXT, at REAL)"
+                "CREATE TABLE IF NOT EXISTS jobs_quarantine (id TEXT, body TEXT, reason TEXT, "
+                "at REAL)"
             )
         for job_id, body, reason in damaged:
             log.warning(
@@ -158,7 +159,7 @@ class JobStore:
 
     def backoff(self, attempts: int) -> float:
         """Delay before a job that failed `attempts` times may be claimed again."""
-        return min(self._backoff_cap, self._backoff_base * 2 ** max(0, attempts - 1))
+        return min(self._backoff_cap, self._backoff_base * 2.0 ** max(0, attempts - 1))
 
     # --- reads --------------------------------------------------------------
 
@@ -270,7 +271,8 @@ class JobStore:
         return job
 
     def release(self, job_id: str, token: str) -> Job:
-        """The lease holder hands the job back (it is stopping): pending at once, the attempt not counted."""
+        """The lease holder hands the job back (it is stopping): pending at once, the attempt not
+        counted."""
         with self._write():
             job, lease, now = self._load_leased(job_id, token)
             job.lease = None
@@ -410,7 +412,8 @@ class JobStore:
 
 
 def _parse(body: str) -> Job:
-    """A stored record: every row parses, since damaged ones are quarantined when the store opens."""
+    """A stored record: every row parses, since damaged ones are quarantined when the store
+    opens."""
     return Job.model_validate_json(body)
 
 

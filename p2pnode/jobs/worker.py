@@ -223,7 +223,8 @@ class Worker:
         lease_s: float,
         stopped: trio.CancelScope,
     ) -> None:
-        """Renew until the origin refuses; an origin that does not answer is retried, not given up on."""
+        """Renew until the origin refuses; an origin that does not answer is retried, not given
+        up on."""
         request: model.ControlMessage = model.Started(job_id=job.id, lease_token=token)
         while True:
             try:

@@ -66,7 +66,8 @@ class _TrioFuture:
         if self._done:
             return self._result
         self._task = trio.lowlevel.current_task()
-        return (yield from trio.lowlevel.wait_task_rescheduled(self._abort).__await__())
+        # Awaited: `yield from` its __await__ is how a future's __await__ awaits (ruff can't tell).
+        return (yield from trio.lowlevel.wait_task_rescheduled(self._abort).__await__())  # noqa: ASYNC105
 
 
 class TrioEventLoop:
@@ -115,15 +116,17 @@ def install() -> None:
     if _installed:
         return
     _check_bindings()
-    iroh_ffi._UniffiRustBufferBuilder.write = _fast_write
-    iroh_ffi.uniffi_set_event_loop(TrioEventLoop())
+    # Patching the generated code is this module's one job; the loop is duck-typed (the bindings
+    # only call create_future and call_soon_threadsafe on it).
+    iroh_ffi._UniffiRustBufferBuilder.write = _fast_write  # type: ignore[method-assign]
+    iroh_ffi.uniffi_set_event_loop(TrioEventLoop())  # type: ignore[arg-type]
     _installed = True
 
 
 def uninstall_send_fix() -> None:
     """Restore the generated send path; only the benchmark uses this, to measure the difference."""
-    iroh_ffi._UniffiRustBufferBuilder.write = _original_write
+    iroh_ffi._UniffiRustBufferBuilder.write = _original_write  # type: ignore[method-assign]
 
 
 def reinstall_send_fix() -> None:
-    iroh_ffi._UniffiRustBufferBuilder.write = _fast_write
+    iroh_ffi._UniffiRustBufferBuilder.write = _fast_write  # type: ignore[method-assign]

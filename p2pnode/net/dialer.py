@@ -26,7 +26,8 @@ class PeerUnreachable(Exception):
 
 
 PEER_ERRORS = (PeerUnreachable, JoinError, FrameError, iroh.IrohError)
-"""What asking a peer anything can fail with: no answer, refused membership, broken framing, transport."""
+"""What asking a peer anything can fail with: no answer, refused membership, broken framing,
+transport."""
 
 
 def describe(exc: BaseException) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 from contextlib import suppress
 from functools import cache
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import iroh
 import trio
@@ -66,7 +66,8 @@ async def _read_some(recv: iroh.RecvStream, n: int) -> bytes:
 
 
 async def _read_incrementally(recv: iroh.RecvStream, n: int) -> bytes:
-    """Exactly `n` bytes, asking for at most `_READ_CHUNK` at a time: nothing is reserved up front."""
+    """Exactly `n` bytes, asking for at most `_READ_CHUNK` at a time: nothing is reserved up
+    front."""
     data = bytearray()
     while len(data) < n:
         chunk = await _read_some(recv, min(n - len(data), _READ_CHUNK))
@@ -134,18 +135,21 @@ async def recv_model(
 ) -> T:
     """Read one frame and validate it as `schema` (a model class or a TypeAdapter for unions)."""
     payload = await read_frame(recv, max_size, timeout)
-    adapter = schema if isinstance(schema, TypeAdapter) else _adapter(schema)
+    adapter: TypeAdapter[T] = (
+        schema if isinstance(schema, TypeAdapter) else _adapter(cast(Any, schema))
+    )
     try:
         return adapter.validate_json(payload)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise FrameError(
-            f"malformed message: {first['msg']} at {'.'.join(map(str, first['loc'])) or 'top level'}"
+            f"malformed message: {first['msg']} at "
+            f"{'.'.join(map(str, first['loc'])) or 'top level'}"
         ) from None
 
 
 @cache
-def _adapter(schema: type[Any]) -> TypeAdapter[Any]:
+def _adapter(schema: Any) -> TypeAdapter[Any]:
     return TypeAdapter(schema)
 
 
@@ -156,7 +160,8 @@ async def stop_quietly(recv: iroh.RecvStream, code: int = ERR_SHUTDOWN) -> None:
 
 
 async def reset_quietly(bi: iroh.BiStream, code: int = ERR_PROTOCOL) -> None:
-    """Abort both directions of a stream whose peer misbehaved; errors here mean it is gone already."""
+    """Abort both directions of a stream whose peer misbehaved; errors here mean it is gone
+    already."""
     for action in (bi.send().reset, bi.recv().stop):
         try:
             await action(code)

@@ -40,7 +40,8 @@ class PeerLog:
     def event(
         self, kind: str, peer: str, message: str, *args: object, level: int = logging.INFO
     ) -> None:
-        """Record one event of `kind` caused by `peer`; `message % args` is logged if it opens an interval."""
+        """Record one event of `kind` caused by `peer`; `message % args` is logged if it opens an
+        interval."""
         now = self._clock()
         self.flush(now)
         window = self._windows.get(kind)
