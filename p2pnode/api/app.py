@@ -73,8 +73,8 @@ def create_app(node: Node) -> FastAPI:
     app = FastAPIOffline(
         title="p2pnode",
         version=p2pnode.__version__,
-        description="Local control API of one p2pnode. Every endpoint but /health (and these docs) needs "
-        "`Authorization: Bearer <token>`, the token being the node's DATA/api-token.",
+        description="Local control API of one p2pnode. Every endpoint but /health (and these docs) "
+        "needs `Authorization: Bearer <token>`, the token being the node's DATA/api-token.",
         responses=COMMON_ERRORS,
         static_url=DOCS_ASSETS.rstrip("/"),
     )
@@ -124,7 +124,8 @@ def create_app(node: Node) -> FastAPI:
     @api.post("/blobs", responses={**_errors(400, 403), **BODY_ERRORS})
     async def add_blob(request: PathRequest) -> BlobAdded:
         """Add a regular file the node can read (its own user's; never inside its data folder)."""
-        source = _outside_private_dirs(node, Path(os.path.realpath(request.path)))
+        real = await trio.to_thread.run_sync(os.path.realpath, request.path)
+        source = _outside_private_dirs(node, Path(real))
         try:
             f = open_regular(source)
         except NotRegularFile as exc:
@@ -144,7 +145,8 @@ def create_app(node: Node) -> FastAPI:
         },
     )
     async def download_blob(blob_hash: Hex64) -> StreamingResponse:
-        """The blob's content, streamed (Content-Length set); the blob stays in use while it is read."""
+        """The blob's content, streamed (Content-Length set); the blob stays in use while it is
+        read."""
         with store_errors():
             info = await node.blobs.store.info(blob_hash)
 
@@ -182,15 +184,16 @@ def create_app(node: Node) -> FastAPI:
 
     @api.post("/blobs/gc")
     async def collect_garbage() -> GcResult:
-        """Remove unpinned, untagged blobs that no live job needs (the node also does this every 10 min)."""
+        """Remove unpinned, untagged blobs that no live job needs (the node also does this every
+        10 min)."""
         return await node.collect_garbage()
 
     @api.post("/blobs/{blob_hash}/export", responses={**_errors(400, 403, 404, 409), **BODY_ERRORS})
     async def export_blob(blob_hash: Hex64, request: ExportRequest) -> BlobInfo:
-        """Write a blob to a file of the node's own user (not in its data folder); an existing file only with `force`."""
-        dest = _outside_private_dirs(
-            node, Path(os.path.realpath(request.path.parent)) / request.path.name
-        )
+        """Write a blob to a file of the node's own user (not in its data folder); an existing file
+        only with `force`."""
+        real_parent = await trio.to_thread.run_sync(os.path.realpath, request.path.parent)
+        dest = _outside_private_dirs(node, Path(real_parent) / request.path.name)
         with contextlib.suppress(FileNotFoundError):
             mode = os.lstat(dest).st_mode
             if not request.force:
@@ -208,14 +211,15 @@ def create_app(node: Node) -> FastAPI:
         responses={
             200: {
                 "model": FetchEvent,
-                "description": "NDJSON, one FetchEvent per line: progress, then a last line with `blob` or `error`.",
+                "description": "NDJSON, one FetchEvent per line: progress, then a last line with "
+                "`blob` or `error`.",
             },
             **BODY_ERRORS,
         },
     )
     async def fetch_blob(request: BlobFetchRequest) -> NdjsonResponse:
-        """Fetch by blob ticket into the store. A client that goes away stops the fetch (the verified
-        blocks stay, so the next fetch resumes)."""
+        """Fetch by blob ticket into the store. A client that goes away stops the fetch (the
+        verified blocks stay, so the next fetch resumes)."""
         try:
             ticket = tickets.parse_blob(request.ticket)
         except tickets.TicketError as exc:
@@ -255,13 +259,14 @@ def create_app(node: Node) -> FastAPI:
 
     @api.post("/jobs", responses={**_errors(400), **BODY_ERRORS})
     async def submit_job(request: JobSubmission) -> Job:
-        """Submit a job; 413 when the input is over the limit, 400 when a module or blob cannot be used."""
-        if (
-            request.module is not None or request.artifacts
-        ):  # the node opens no caller-chosen path for a job
+        """Submit a job; 413 when the input is over the limit, 400 when a module or blob cannot be
+        used."""
+        # The node opens no caller-chosen path for a job.
+        if request.module is not None or request.artifacts:
             raise HTTPException(
                 422,
-                "upload the module and artifacts first (PUT /blobs) and send module_blob and artifact_blobs",
+                "upload the module and artifacts first (PUT /blobs) "
+                "and send module_blob and artifact_blobs",
             )
         try:
             return await node.jobs.submit_files(request)
@@ -282,7 +287,8 @@ def create_app(node: Node) -> FastAPI:
 
     @api.post("/jobs/{job_id}/wait", responses=_errors(404))
     async def wait_job(job_id: JobId, timeout: Annotated[float, Query(ge=0, le=600)] = 30.0) -> Job:
-        """Long poll: answers when the job is terminal, or with its current state after `timeout` s."""
+        """Long poll: answers when the job is terminal, or with its current state after
+        `timeout` s."""
         _job_or_404(node, job_id)
         with trio.move_on_after(timeout):
             await node.jobs.wait(job_id)
@@ -374,7 +380,8 @@ def _one_line(text: str) -> str:
 
 
 async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
-    """A 422 as one line naming the first bad part, e.g. `invalid blob_hash: String should match ...`."""
+    """A 422 as one line naming the first bad part, e.g.
+    `invalid blob_hash: String should match ...`."""
     assert isinstance(exc, RequestValidationError)
     error = exc.errors()[0]
     where = ".".join(str(part) for part in error["loc"][1:]) or str(error["loc"][0])

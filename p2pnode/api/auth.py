@@ -69,7 +69,8 @@ def read_token(path: Path) -> str:
 
 
 class ApiGuard:
-    """ASGI middleware in front of the whole API; every refusal is one JSON line `{"detail": ...}`."""
+    """ASGI middleware in front of the whole API; every refusal is one JSON line
+    `{"detail": ...}`."""
 
     def __init__(self, app: Asgi, *, token: str, host: str, port: int) -> None:
         self.app = app
@@ -102,7 +103,8 @@ class ApiGuard:
         if not self._own_host(headers.get("host", "")):
             return (
                 421,
-                f"this API answers only to its own address (http://{self._netloc()}), not Host {headers.get('host', '')!r}",
+                f"this API answers only to its own address (http://{self._netloc()}), "
+                f"not Host {headers.get('host', '')!r}",
             )
         if headers.get("sec-fetch-site", "none") not in (
             "same-origin",

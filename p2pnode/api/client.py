@@ -1,4 +1,5 @@
-"""The CLI's side of the local API: a thin typed client that turns every failure into one clear line.
+"""The CLI's side of the local API: a thin typed client that turns every failure into one clear
+line.
 
 Built on the standard library's `http.client` on purpose: a CLI call to the local node is one small
 loopback request, and httpx drags in httpcore, trio, h2 and rich (about 0.3 s of imports here),
@@ -162,7 +163,8 @@ class ApiClient:
                 connection.connect()
             except OSError:
                 raise ApiError(
-                    f"no p2pnode answering at {self.base_url} (start one with `p2pnode start`, or pass --api)"
+                    f"no p2pnode answering at {self.base_url} "
+                    "(start one with `p2pnode start`, or pass --api)"
                 ) from None
             with self._errors():
                 connection.request(method, target, body=body, headers=sent)
@@ -192,12 +194,11 @@ class ApiClient:
             yield
         except TimeoutError:
             raise ApiError(f"the node at {self.base_url} did not answer in time") from None
-        except (
-            http.client.HTTPException,
-            OSError,
-        ) as exc:  # the other end speaks something, but not our HTTP
+        except (http.client.HTTPException, OSError) as exc:
+            # The other end speaks something, but not our HTTP.
             raise ApiError(
-                f"the server at {self.base_url} broke off the exchange ({type(exc).__name__}); is it a p2pnode?"
+                f"the server at {self.base_url} broke off the exchange ({type(exc).__name__}); "
+                "is it a p2pnode?"
             ) from None
 
     def _auth(self) -> dict[str, str]:
@@ -209,7 +210,10 @@ class ApiClient:
                     raise TokenError("no API token")
                 self._token = read_token(self._token_file)
             except TokenError as exc:
-                self._no_token = f"{exc} (pass --data with the node's data folder, --api-token, or set P2PNODE_API_TOKEN)"
+                self._no_token = (
+                    f"{exc} (pass --data with the node's data folder, --api-token, "
+                    "or set P2PNODE_API_TOKEN)"
+                )
         return {} if self._token is None else {"Authorization": f"Bearer {self._token}"}
 
     def _bad_url(self) -> ApiError:
@@ -222,7 +226,8 @@ class ApiClient:
             return model.model_validate_json(content)
         except ValidationError:
             raise ApiError(
-                f"the server at {self.base_url} answered {_describe_body(content)}, not a p2pnode reply; is it a p2pnode?"
+                f"the server at {self.base_url} answered {_describe_body(content)}, "
+                "not a p2pnode reply; is it a p2pnode?"
             ) from None
 
     def _raise_for_status(self, status: int, content: bytes) -> None:
@@ -231,13 +236,15 @@ class ApiClient:
             detail = jsonlib.loads(content)["detail"]
         except (ValueError, KeyError, TypeError):
             raise ApiError(
-                f"the server at {self.base_url} answered HTTP {status} with {_describe_body(content)}; is it a p2pnode?",
+                f"the server at {self.base_url} answered HTTP {status} "
+                f"with {_describe_body(content)}; is it a p2pnode?",
                 code,
             ) from None
         if status == 401:
             raise ApiError(
                 self._no_token
-                or f"the node refused the API token ({_describe_detail(detail)}); the token came from {self._token_source}"
+                or f"the node refused the API token ({_describe_detail(detail)}); "
+                f"the token came from {self._token_source}"
             )
         raise ApiError(
             _describe_detail(detail) or f"the node refused the request (HTTP {status})", code
@@ -245,7 +252,8 @@ class ApiClient:
 
 
 def _describe_detail(detail: Any) -> str:
-    """FastAPI's detail in one line: our own message, or its validation errors as `field: problem`."""
+    """FastAPI's detail in one line: our own message, or its validation errors as
+    `field: problem`."""
     if isinstance(detail, str):
         return " ".join(detail.split())
     if isinstance(detail, list):

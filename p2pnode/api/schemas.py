@@ -91,7 +91,8 @@ class NodeInfo(BaseModel):
 
 
 class MemberStatus(BaseModel):
-    """`connected`: a live connection now; `idle`: none needed lately; `down`: unreachable, redialled with back-off."""
+    """`connected`: a live connection now; `idle`: none needed lately; `down`: unreachable,
+    redialled with back-off."""
 
     id: str
     addresses: list[str]

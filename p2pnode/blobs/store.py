@@ -475,7 +475,7 @@ class BlobStore:
 
     async def read_range(
         self, hash: str, offset: int = 0, length: int | None = None, *, chunk_size: int = BLOCK_SIZE
-    ) -> AsyncGenerator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Stream bytes [offset, offset+length) in chunks; wrap in contextlib.aclosing so an
         early exit releases the in-use mark at once rather than at garbage collection."""
         with self.open_read(hash) as f:

@@ -1,8 +1,9 @@
-"""`p2pnode`: start a node, hand out tickets, inspect it. Every user mistake is one line, never a traceback.
+"""`p2pnode`: start a node, hand out tickets, inspect it. Every user mistake is one line, never a
+traceback.
 
-Imports stay light: a command that talks to a running node loads click, the stdlib HTTP client and the API's pydantic
-schemas, never the node, the transport (iroh, trio) or the progress bar (rich); commands import
-those where they need them.
+Imports stay light: a command that talks to a running node loads click, the stdlib HTTP client and
+the API's pydantic schemas, never the node, the transport (iroh, trio) or the progress bar (rich);
+commands import those where they need them.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn
 
 import click
 
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     import tickets
     from p2pnode.config import Settings
 
-EXIT_USAGE = 2
+EXIT_USAGE: Final = 2
 DEFAULT_API = "http://127.0.0.1:3020"
 
 
@@ -33,10 +34,15 @@ class UserError(click.ClickException):
         click.echo(f"error: {self.message}", err=True)
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
-    error = UserError(message)
-    error.exit_code = code
-    raise error
+class BadInput(UserError):
+    """A `UserError` caused by what was typed: exit 2, like click's own usage errors."""
+
+    exit_code = EXIT_USAGE
+
+
+def fail(message: str, code: Literal[1, 2] = 1) -> NoReturn:
+    """Raise the `UserError` that exits with `code` (click reads the exit code from the class)."""
+    raise (BadInput if code == EXIT_USAGE else UserError)(message)
 
 
 def parse_join_ticket(text: str) -> tickets.JoinTicket:
@@ -58,7 +64,7 @@ def parse_blob_ticket(text: str) -> tickets.BlobTicket:
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment and the given flags; a bad value is one line naming its variable."""
+    """Settings from the environment and the flags; a bad value is one line naming its variable."""
     from pydantic import ValidationError
 
     from p2pnode.config import Settings
@@ -119,7 +125,8 @@ class Group(_Verbose, click.Group):
     envvar="P2PNODE_API",
     default=DEFAULT_API,
     show_default=True,
-    help="Local API of the running node that commands talk to; the scheme may be left out (env P2PNODE_API).",
+    help="Local API of the running node that commands talk to; the scheme may be left out "
+    "(env P2PNODE_API).",
 )
 @click.option(
     "--api-token",
@@ -149,14 +156,16 @@ def cli(ctx: click.Context, api: str, api_token: str | None, data_dir: Path) -> 
     Print a fresh ticket:      p2pnode ticket
     Share a file:              p2pnode blob add FILE
     Fetch it anywhere:         p2pnode blob get <blob ticket> -o FILE
-    Run a job:                 p2pnode job submit --module examples/wordcount.wat --artifact text=README.md --wait
+    Run a job:                 p2pnode job submit --module examples/wordcount.wat \\
+                                 --artifact text=README.md --wait
 
     Add -v to any command to see what it does.
     """
     ctx.obj = ApiClient(api, token=api_token, token_file=token_path(data_dir))
 
 
-from p2pnode.cli import blob_cmds, job_cmds, member_cmds, node_cmds  # noqa: E402, F401  (commands register on `cli`)
+# The commands register on `cli` when imported.
+from p2pnode.cli import blob_cmds, job_cmds, member_cmds, node_cmds  # noqa: E402, F401
 
 
 def main() -> None:
@@ -169,10 +178,8 @@ def main() -> None:
         cli.main(prog_name="p2pnode", standalone_mode=False)
     except click.exceptions.Abort:
         sys.exit(130)
-    except (
-        click.exceptions.NoArgsIsHelpError
-    ) as exc:  # `p2pnode`, `p2pnode blob`: the help is the answer
-        exc.show()
+    except click.exceptions.NoArgsIsHelpError as exc:
+        exc.show()  # `p2pnode`, `p2pnode blob`: the help is the answer
         sys.exit(exc.exit_code)
     except click.UsageError as exc:
         where = f" (see `{exc.ctx.command_path} -h`)" if exc.ctx is not None else ""

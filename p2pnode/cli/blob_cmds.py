@@ -90,8 +90,8 @@ def upload(api: ApiClient, path: Path) -> BlobAdded:
 
 
 def download(api: ApiClient, blob_hash: str, dest: Path, *, force: bool) -> None:
-    """Write a blob from the node's store to `dest` through a temp file beside it, checking its hash;
-    an existing `dest` is replaced only with `force`."""
+    """Write a blob from the node's store to `dest` through a temp file beside it, checking its
+    hash; an existing `dest` is replaced only with `force`."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:12]}.part")
     try:
@@ -309,7 +309,8 @@ def gc(api: ApiClient) -> None:
     """
     result = api.post("/blobs/gc", GcResult)
     click.echo(
-        f"removed {len(result.removed)} blobs and {len(result.removed_partials)} partial downloads, {result.freed_bytes} bytes"
+        f"removed {len(result.removed)} blobs and {len(result.removed_partials)} partial "
+        f"downloads, {result.freed_bytes} bytes"
     )
 
 

@@ -106,7 +106,8 @@ def _module_bytes(module: Path) -> bytes:
     type=click.Choice(["wasi", "flawless"]),
     default="wasi",
     show_default=True,
-    help="wasi: the embedded runner (every node has it); flawless: a worker's local Flawless server.",
+    help="wasi: the embedded runner (every node has it); "
+    "flawless: a worker's local Flawless server.",
 )
 @click.option(
     "--time-limit",
@@ -193,7 +194,8 @@ def list_jobs(api: ApiClient, state: str | None) -> None:
     params = {"state": state} if state else {}
     for j in api.get("/jobs", _JobList, params=params).root:
         click.echo(
-            f"{j.id}  {j.state.value:9}  attempts {j.attempts}  {j.spec.workflow or '-':12}  origin {j.origin[:10]}"
+            f"{j.id}  {j.state.value:9}  attempts {j.attempts}  "
+            f"{j.spec.workflow or '-':12}  origin {j.origin[:10]}"
         )
 
 
@@ -300,7 +302,8 @@ def get(api: ApiClient, job_id: str, output: Path, force: bool) -> None:
 
 
 def output_path(folder: Path, name: str) -> Path:
-    """Where output `name` goes inside `folder`: it may name subfolders (`sub/x.txt`), never leave the folder."""
+    """Where output `name` goes inside `folder`: it may name subfolders (`sub/x.txt`), never
+    leave the folder."""
     parts = PurePosixPath(name).parts
     if (
         not parts

@@ -47,7 +47,8 @@ def list_members(api: ApiClient, as_json: bool) -> None:
     now = time.time()
     for m in members.root:
         click.echo(
-            f"{m.id}  {m.state:9}  seen {_ago(now - m.last_seen):>8}  {', '.join(m.addresses) or m.relay_url or '-'}"
+            f"{m.id}  {m.state:9}  seen {_ago(now - m.last_seen):>8}  "
+            f"{', '.join(m.addresses) or m.relay_url or '-'}"
         )
 
 
@@ -73,9 +74,9 @@ def remove_member(api: ApiClient, node_id: str) -> None:
     api.delete(f"/members/{node_id}", Done)
     click.echo(f"removed {node_id}")
     click.echo(
-        "this node now refuses it (connections and join handshakes, also after a restart); other members still "
-        "accept it until it is removed on each of them, and a node holding the cluster's join ticket can still "
-        "join under a new id",
+        "this node now refuses it (connections and join handshakes, also after a restart); "
+        "other members still accept it until it is removed on each of them, and a node holding "
+        "the cluster's join ticket can still join under a new id",
         err=True,
     )
 

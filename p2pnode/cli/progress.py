@@ -1,4 +1,5 @@
-"""Progress of long transfers: a live bar with rate and ETA on a terminal, plain lines when piped."""
+"""Progress of long transfers: a live bar with rate and ETA on a terminal, plain lines when
+piped."""
 
 from __future__ import annotations
 
