@@ -42,7 +42,8 @@ def main(runs: int) -> None:
     print(f"{runs} runs each, one process per run")
     for label, times in (("p2pnode status", status), ("python -c pass", floor)):
         print(
-            f"  {label:16} median {statistics.median(times) * 1e3:.0f} ms, slowest {max(times) * 1e3:.0f} ms"
+            f"  {label:16} median {statistics.median(times) * 1e3:.0f} ms,"
+            f" slowest {max(times) * 1e3:.0f} ms"
         )
 
 

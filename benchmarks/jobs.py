@@ -1,4 +1,5 @@
-"""Job throughput: one origin and three worker processes on loopback, tiny jobs on the embedded runner.
+"""Job throughput: one origin and three worker processes on loopback, tiny jobs on the embedded
+runner.
 
     python benchmarks/jobs.py [--jobs 500] [--workers 3]
 

@@ -1,4 +1,5 @@
-"""What strangers parking half-sent frames on the open join protocol cost a node, while a member fetches.
+"""What strangers parking half-sent frames on the open join protocol cost a node, while a member
+fetches.
 
     python benchmarks/strangers.py [--streams 2000] [--ids 100] [--frames 8192:4096,262144:131072]
 
@@ -77,7 +78,8 @@ async def _stranger(
 async def parked_half_frames(
     target: PeerAddr, *, ids: int, streams: int, declared: int, sent: int
 ) -> AsyncIterator[Parked]:
-    """Strangers parking `streams` half-sent frames in all on `target`'s join protocol, until exit."""
+    """Strangers parking `streams` half-sent frames in all on `target`'s join protocol, until
+    exit."""
     frame = struct.pack(">I", declared) + b"{" * sent
     parked = Parked()
     endpoints = [await bind_loopback([JOIN_ALPN]) for _ in range(ids)]
@@ -165,14 +167,16 @@ async def measure(streams: int, ids: int, declared: int, sent: int) -> Measureme
 async def run(streams: int, ids: int, declared: int, sent: int) -> None:
     m = await measure(streams, ids, declared, sent)
     print(
-        f"strangers: {ids} ids, {streams} streams attempted, each a {declared}-byte frame header and {sent} bytes"
+        f"strangers: {ids} ids, {streams} streams attempted,"
+        f" each a {declared}-byte frame header and {sent} bytes"
     )
     print(
         f"streams opened and sent before the node reset them or the connection {m.streams_sent}; "
         f"connections the node refused {m.refused_connections}; attack set up in {m.attack_s:.1f} s"
     )
     print(
-        f"provider RSS before {m.rss_before_mb:.1f} MB; during the attack {m.rss_during_mb:.1f} MB (+{m.rss_during_mb - m.rss_before_mb:.1f} MB), "
+        f"provider RSS before {m.rss_before_mb:.1f} MB; during the attack {m.rss_during_mb:.1f} MB"
+        f" (+{m.rss_during_mb - m.rss_before_mb:.1f} MB), "
         f"peak {m.rss_peak_mb:.1f} MB (+{m.rss_peak_mb - m.rss_before_mb:.1f} MB)"
     )
     print(f"member fetched 16 MiB from the provider meanwhile in {m.fetch_s:.2f} s")

@@ -1,4 +1,5 @@
-"""Real `p2pnode start` processes for scenario tests, each with its own data folder and free ports."""
+"""Real `p2pnode start` processes for scenario tests, each with its own data folder and free
+ports."""
 
 from __future__ import annotations
 

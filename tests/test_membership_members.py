@@ -1,4 +1,5 @@
-"""Scenario: `member ls`, `member rm` and their API on real node processes; a removed member stays refused."""
+"""Scenario: `member ls`, `member rm` and their API on real node processes; a removed member
+stays refused."""
 
 from __future__ import annotations
 

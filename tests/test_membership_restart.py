@@ -1,4 +1,5 @@
-"""Scenario: joins that fail change nothing, and restarted nodes keep their port and tickets (real processes)."""
+"""Scenario: joins that fail change nothing, and restarted nodes keep their port and tickets
+(real processes)."""
 
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ def test_failed_join_keeps_cluster_and_members(tmp_path: Path) -> None:
         assert result.stderr.strip().splitlines()[-1].startswith("error: could not join through"), (
             result.stderr
         )
-        # The origin may have said hello meanwhile (a fresher last_seen); who the members are is unchanged.
+        # The origin may have said hello meanwhile (a fresher last_seen); who the members are is
+        # unchanged.
         assert cluster_file.read_bytes() == cluster_before
         assert set(json.loads(members_file.read_text())["members"]) == {origin.id}
 
