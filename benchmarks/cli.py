@@ -9,7 +9,6 @@ status` shows where the time goes.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import subprocess
 import sys
@@ -20,6 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.nodeproc import NodeProcess  # noqa: E402
+
+from benchmarks import script  # noqa: E402
 
 
 def timed(args: list[str], runs: int) -> list[float]:
@@ -48,9 +49,7 @@ def main(runs: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script.parser(__doc__)
     parser.add_argument("--runs", type=int, default=30)
     args = parser.parse_args()
     main(args.runs)

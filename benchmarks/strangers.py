@@ -14,7 +14,6 @@ and how long the member's fetch took.
 
 from __future__ import annotations
 
-import argparse
 import struct
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from tests.conftest import bind_loopback  # noqa: E402
 from tests.nodeproc import NodeProcess  # noqa: E402
 
 import tickets  # noqa: E402
+from benchmarks import script  # noqa: E402
 from p2pnode.membership import JOIN_ALPN, PeerAddr  # noqa: E402
 
 OPEN_TIMEOUT_S = (
@@ -183,9 +183,7 @@ async def run(streams: int, ids: int, declared: int, sent: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script.parser(__doc__)
     parser.add_argument("--streams", type=int, default=2000)
     parser.add_argument("--ids", type=int, default=100)
     parser.add_argument(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import tickets
-from tests.nodeproc import NodeProcess, run_cli, wait_for
+from tests.nodeproc import NodeProcess, run_start, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -37,20 +37,8 @@ def test_failed_join_keeps_cluster_and_members(tmp_path: Path) -> None:
         )
         cluster_before = cluster_file.read_bytes()
 
-        result = run_cli(
-            "start",
-            "--data",
-            str(tmp_path / "worker"),
-            "--http-port",
-            "0",
-            "--bind",
-            "127.0.0.1:0",
-            "--relay",
-            "disabled",
-            "--join",
-            foreign_ticket,
-            check=False,
-            env={"P2PNODE_CONNECT_TIMEOUT": "1"},
+        result = run_start(
+            tmp_path / "worker", "--join", foreign_ticket, env={"P2PNODE_CONNECT_TIMEOUT": "1"}
         )
         assert result.returncode == 1
         assert result.stderr.strip().splitlines()[-1].startswith("error: could not join through"), (
