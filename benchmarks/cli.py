@@ -36,7 +36,8 @@ def main(runs: int) -> None:
     with tempfile.TemporaryDirectory(prefix="p2pnode-cli-") as tmp:
         node = NodeProcess(Path(tmp) / "node")
         try:
-            status = timed([sys.executable, "-m", "p2pnode", "--api", node.api, "status"], runs)
+            command = ["--api", node.api, "--data", str(node.data_dir), "status"]
+            status = timed([sys.executable, "-m", "p2pnode", *command], runs)
         finally:
             node.kill()
     floor = timed([sys.executable, "-c", "pass"], runs)
