@@ -9,7 +9,6 @@ the fetch/raw ratio, and the fetching node's peak RSS (VmHWM: the whole process,
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -23,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.nodeproc import NodeProcess  # noqa: E402
 
+from benchmarks import script  # noqa: E402
 from benchmarks.stream_throughput import measure  # noqa: E402
 from p2pnode.net import bridge  # noqa: E402
 
@@ -79,8 +79,6 @@ def main(mib: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script.parser(__doc__)
     parser.add_argument("--mib", type=int, default=256)
     main(parser.parse_args().mib)

@@ -9,7 +9,6 @@ status` shows where the time goes.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import subprocess
 import sys
@@ -20,6 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.nodeproc import NodeProcess  # noqa: E402
+
+from benchmarks import script  # noqa: E402
 
 
 def timed(args: list[str], runs: int) -> list[float]:
@@ -35,21 +36,21 @@ def main(runs: int) -> None:
     with tempfile.TemporaryDirectory(prefix="p2pnode-cli-") as tmp:
         node = NodeProcess(Path(tmp) / "node")
         try:
-            status = timed([sys.executable, "-m", "p2pnode", "--api", node.api, "status"], runs)
+            command = ["--api", node.api, "--data", str(node.data_dir), "status"]
+            status = timed([sys.executable, "-m", "p2pnode", *command], runs)
         finally:
             node.kill()
     floor = timed([sys.executable, "-c", "pass"], runs)
     print(f"{runs} runs each, one process per run")
     for label, times in (("p2pnode status", status), ("python -c pass", floor)):
         print(
-            f"  {label:16} median {statistics.median(times) * 1e3:.0f} ms, slowest {max(times) * 1e3:.0f} ms"
+            f"  {label:16} median {statistics.median(times) * 1e3:.0f} ms,"
+            f" slowest {max(times) * 1e3:.0f} ms"
         )
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script.parser(__doc__)
     parser.add_argument("--runs", type=int, default=30)
     args = parser.parse_args()
     main(args.runs)

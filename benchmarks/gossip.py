@@ -85,7 +85,8 @@ def main(sizes: list[int], messages: int) -> None:
             ratio, latencies = trio.run(run, size, messages, Path(tmp))
             q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
             print(
-                f"{size:>5} {ratio:>10.1%} {q[49] * 1e3:>8.1f} {q[98] * 1e3:>8.1f} {max(latencies, default=0) * 1e3:>8.1f}"
+                f"{size:>5} {ratio:>10.1%} {q[49] * 1e3:>8.1f} {q[98] * 1e3:>8.1f}"
+                f" {max(latencies, default=0) * 1e3:>8.1f}"
             )
 
 

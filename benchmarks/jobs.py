@@ -1,4 +1,5 @@
-"""Job throughput: one origin and three worker processes on loopback, tiny jobs on the embedded runner.
+"""Job throughput: one origin and three worker processes on loopback, tiny jobs on the embedded
+runner.
 
     python benchmarks/jobs.py [--jobs 500] [--workers 3]
 
@@ -9,7 +10,6 @@ both taken from the origin's own job records (one clock).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.nodeproc import NodeProcess  # noqa: E402
 
+from benchmarks import script  # noqa: E402
 from p2pnode.executors.wasm import load_module_bytes  # noqa: E402
 
 ECHO = Path(__file__).resolve().parent.parent / "examples" / "echo.wat"
@@ -63,9 +64,7 @@ def main(jobs: int, workers: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script.parser(__doc__)
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--workers", type=int, default=3)
     args = parser.parse_args()

@@ -1,4 +1,5 @@
-"""What strangers parking half-sent frames on the open join protocol cost a node, while a member fetches.
+"""What strangers parking half-sent frames on the open join protocol cost a node, while a member
+fetches.
 
     python benchmarks/strangers.py [--streams 2000] [--ids 100] [--frames 8192:4096,262144:131072]
 
@@ -13,7 +14,6 @@ and how long the member's fetch took.
 
 from __future__ import annotations
 
-import argparse
 import struct
 import sys
 import tempfile
@@ -34,6 +34,7 @@ from tests.conftest import bind_loopback  # noqa: E402
 from tests.nodeproc import NodeProcess  # noqa: E402
 
 import tickets  # noqa: E402
+from benchmarks import script  # noqa: E402
 from p2pnode.membership import JOIN_ALPN, PeerAddr  # noqa: E402
 
 OPEN_TIMEOUT_S = (
@@ -77,7 +78,8 @@ async def _stranger(
 async def parked_half_frames(
     target: PeerAddr, *, ids: int, streams: int, declared: int, sent: int
 ) -> AsyncIterator[Parked]:
-    """Strangers parking `streams` half-sent frames in all on `target`'s join protocol, until exit."""
+    """Strangers parking `streams` half-sent frames in all on `target`'s join protocol, until
+    exit."""
     frame = struct.pack(">I", declared) + b"{" * sent
     parked = Parked()
     endpoints = [await bind_loopback([JOIN_ALPN]) for _ in range(ids)]
@@ -165,23 +167,23 @@ async def measure(streams: int, ids: int, declared: int, sent: int) -> Measureme
 async def run(streams: int, ids: int, declared: int, sent: int) -> None:
     m = await measure(streams, ids, declared, sent)
     print(
-        f"strangers: {ids} ids, {streams} streams attempted, each a {declared}-byte frame header and {sent} bytes"
+        f"strangers: {ids} ids, {streams} streams attempted,"
+        f" each a {declared}-byte frame header and {sent} bytes"
     )
     print(
         f"streams opened and sent before the node reset them or the connection {m.streams_sent}; "
         f"connections the node refused {m.refused_connections}; attack set up in {m.attack_s:.1f} s"
     )
     print(
-        f"provider RSS before {m.rss_before_mb:.1f} MB; during the attack {m.rss_during_mb:.1f} MB (+{m.rss_during_mb - m.rss_before_mb:.1f} MB), "
+        f"provider RSS before {m.rss_before_mb:.1f} MB; during the attack {m.rss_during_mb:.1f} MB"
+        f" (+{m.rss_during_mb - m.rss_before_mb:.1f} MB), "
         f"peak {m.rss_peak_mb:.1f} MB (+{m.rss_peak_mb - m.rss_before_mb:.1f} MB)"
     )
     print(f"member fetched 16 MiB from the provider meanwhile in {m.fetch_s:.2f} s")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script.parser(__doc__)
     parser.add_argument("--streams", type=int, default=2000)
     parser.add_argument("--ids", type=int, default=100)
     parser.add_argument(

@@ -28,7 +28,7 @@ async def bind() -> iroh.Endpoint:
 
 
 async def measure(total: int) -> float:
-    """Send `total` bytes client -> server on one stream; MB/s from first write to last byte read."""
+    """Send `total` bytes client -> server on one stream; MB/s from first write to last read."""
     server, client = await bind(), await bind()
     payload = os.urandom(CHUNK)
     done = trio.Event()

@@ -1,4 +1,5 @@
-"""Real `p2pnode start` processes for scenario tests, each with its own data folder and free ports."""
+"""Real `p2pnode start` processes for scenario tests, each with its own data folder and free
+ports."""
 
 from __future__ import annotations
 
@@ -28,24 +29,8 @@ class NodeProcess:
         """`prefix` runs the node and its CLI calls inside something, e.g. `ip netns exec NS`."""
         self.data_dir = data_dir
         self.prefix = prefix
-        args = [
-            *prefix,
-            sys.executable,
-            "-m",
-            "p2pnode",
-            "start",
-            "--data",
-            str(data_dir),
-            "--http-port",
-            "0",
-            "--bind",
-            bind,
-            "--relay",
-            "disabled",
-            *extra,
-        ]
         self.proc = subprocess.Popen(
-            args,
+            [*prefix, sys.executable, "-m", "p2pnode", *start_args(data_dir, *extra, bind=bind)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -86,6 +71,29 @@ class NodeProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.communicate()
+
+
+def start_args(data_dir: Path, *extra: str, bind: str = "127.0.0.1:0") -> list[str]:
+    """`p2pnode start` as scenario tests run it: a free API port, loopback, no relay."""
+    return [
+        "start",
+        "--data",
+        str(data_dir),
+        "--http-port",
+        "0",
+        "--bind",
+        bind,
+        "--relay",
+        "disabled",
+        *extra,
+    ]
+
+
+def run_start(
+    data_dir: Path, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """A `p2pnode start` that should exit by itself (a join that fails), run to its end."""
+    return run_cli(*start_args(data_dir, *extra), check=False, env=env)
 
 
 def run_cli(

@@ -1,4 +1,5 @@
-"""A real HTTP server that is not a p2pnode, for the CLI's error tests: `python -m tests.not_a_node`.
+"""A real HTTP server that is not a p2pnode, for the CLI's error tests:
+`python -m tests.not_a_node`.
 
 It prints its port, then answers every request from its path `/STATUS/KIND/...`: KIND `html` is an
 HTML page, `text` a plain-text line, `empty` nothing, `json` a JSON object of another API, `detail`

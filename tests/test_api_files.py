@@ -225,7 +225,8 @@ def test_cli_token_errors_are_one_line(tmp_path: Path) -> None:
 
 
 async def test_abandoned_fetch_stops(node, api, nursery) -> None:
-    """A client that leaves a fetch stops it (a fetch from a provider that never answers would otherwise hold on)."""
+    """A client that leaves a fetch stops it (a fetch from a provider that never answers would
+    otherwise hold on)."""
     import tickets
     from p2pnode.blobs.protocol import BLOBS_ALPN
     from p2pnode.membership import PeerAddr

@@ -168,12 +168,14 @@ async def test_oversized_or_unmeasured_json_body_is_refused(node) -> None:
     auth = f"Authorization: Bearer {node.api_token}"
     status, reply = await raw_request(
         node,
-        f"POST /jobs HTTP/1.1\nHost: 127.0.0.1:{port}\n{auth}\nContent-Type: application/json\nContent-Length: {MAX_JSON_BODY + 1}\n",
+        f"POST /jobs HTTP/1.1\nHost: 127.0.0.1:{port}\n{auth}\nContent-Type: application/json\n"
+        f"Content-Length: {MAX_JSON_BODY + 1}\n",
     )
     assert status == 413 and reply["detail"] == "request body over 17 MiB"
     status, reply = await raw_request(
         node,
-        f"POST /jobs HTTP/1.1\nHost: 127.0.0.1:{port}\n{auth}\nContent-Type: application/json\nTransfer-Encoding: chunked\n",
+        f"POST /jobs HTTP/1.1\nHost: 127.0.0.1:{port}\n{auth}\nContent-Type: application/json\n"
+        "Transfer-Encoding: chunked\n",
         b"0\r\n\r\n",
     )
     assert status == 411

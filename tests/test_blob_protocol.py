@@ -1,4 +1,5 @@
-"""The blob protocol between real nodes: verified fetch, lying providers, authorisation, several providers."""
+"""The blob protocol between real nodes: verified fetch, lying providers, authorisation, several
+providers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The trio bridge: payloads survive the patched send path, and cancellation leaves nothing hanging."""
+"""The trio bridge: payloads survive the patched send path, and cancellation leaves nothing
+hanging."""
 
 from __future__ import annotations
 

@@ -105,7 +105,8 @@ def test_usage_errors_are_one_line() -> None:
     [
         (
             {"HTTP_PORT": "abc"},
-            "HTTP_PORT='abc': Input should be a valid integer, unable to parse string as an integer",
+            "HTTP_PORT='abc': Input should be a valid integer,"
+            " unable to parse string as an integer",
         ),
         (
             {"P2PNODE_MAX_JOBS": "-1"},

@@ -61,7 +61,8 @@ def test_self_join_is_explained(node: NodeProcess) -> None:
     result = run_cli("start", "--data", str(node.data_dir), "--join", node.ticket, check=False)
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
-        f"error: this join ticket was printed by this node ({node.id[:10]}) itself; to join a cluster, pass a ticket of another node"
+        f"error: this join ticket was printed by this node ({node.id[:10]}) itself;"
+        " to join a cluster, pass a ticket of another node"
     ]
 
 
@@ -97,7 +98,8 @@ def standalone_get(
 
 
 def test_standalone_get_leaves_no_hidden_copy(node: NodeProcess, tmp_path: Path) -> None:
-    """Run where ./data is a running node's (locked) store: the fetch must neither use nor blame it."""
+    """Run where ./data is a running node's (locked) store: the fetch must neither use nor blame
+    it."""
     data = os.urandom(2_500_000)
     (tmp_path / "in.bin").write_bytes(data)
     added = dict(

@@ -24,12 +24,15 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 FILES = """
   (import "wasi_snapshot_preview1" "path_open"
     (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "path_create_directory" (func $mkdir (param i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_create_directory"
+    (func $mkdir (param i32 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "fd_filestat_set_size" (func $set_size (param i32 i64) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_filestat_set_size"
+    (func $set_size (param i32 i64) (result i32)))
   (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
   (memory (export "memory") 2)
-  ;; create the file named at [ptr, ptr+len) under /out (fd 4) and return its fd; exit with the errno on failure
+  ;; create the file named at [ptr, ptr+len) under /out (fd 4) and return its fd;
+  ;; exit with the errno on failure
   (func $create (param $ptr i32) (param $len i32) (result i32)
     (local $err i32)
     (local.set $err (call $path_open (i32.const 4) (i32.const 0) (local.get $ptr) (local.get $len)
@@ -66,8 +69,8 @@ def files_module(body: str, names: list[str]) -> str:
     return f'(module {FILES} {" ".join(data)} (func (export "_start") {body}))'
 
 
-@pytest.fixture
-def job(tmp_path: Path):
+@pytest.fixture(name="job")
+def job_fixture(tmp_path: Path):
     def make(module: str, out: str = "out", **limits: Any) -> ExecutionRequest:
         path = EXAMPLES / f"{module}.wat" if not module.startswith("(") else tmp_path / "module.wat"
         if module.startswith("("):
@@ -124,11 +127,13 @@ async def test_tables_count_against_the_memory_limit(job: Any) -> None:
     # A table grown at run time is refused past the budget: table.grow answers -1, the guest traps.
     grower = """(module (table 1 funcref)
       (func (export "_start")
-        (if (i32.eq (table.grow (ref.null func) (i32.const 10000000)) (i32.const -1)) (then unreachable))))"""
+        (if (i32.eq (table.grow (ref.null func) (i32.const 10000000)) (i32.const -1))
+          (then unreachable))))"""
     assert failed(await WasiExecutor().run(job(grower, memory_bytes=64 * MIB))).startswith(
         "trap: wasm `unreachable`"
     )
-    # Memory and tables together stay within the limit: a full-size memory still fits beside the tables.
+    # Memory and tables together stay within the limit: a full-size memory still fits beside the
+    # tables.
     fits = '(module (memory 960) (table 1000 funcref) (func (export "_start")))'
     assert failed(await WasiExecutor().run(job(fits, memory_bytes=64 * MIB))).startswith(
         "workflow wrote non-JSON"
@@ -145,15 +150,16 @@ async def test_node_maxima_cap_what_a_job_asks(job: Any) -> None:
         == "cannot instantiate module: memory minimum size of 20 pages exceeds memory limits"
     )
     assert (
-        "[p2pnode] memory limit of 1099511627776 bytes lowered to this node's maximum of 1048576 bytes"
-        in result.logs
+        "[p2pnode] memory limit of 1099511627776 bytes lowered to this node's maximum"
+        " of 1048576 bytes" in result.logs
     )
     # 1e6 s and 1e30 fuel become the node's 0.5 s and 10**6.
     result = await executor.run(job("spin", time_s=1e6, fuel=10**30, memory_bytes=MIB))
     assert failed(result) == "out of fuel (limit 1000000)"
     assert result.logs.endswith(
         "[p2pnode] time limit of 1e+06 s lowered to this node's maximum of 0.5 s\n"
-        "[p2pnode] fuel limit of 1000000000000000000000000000000 lowered to this node's maximum of 1000000\n"
+        "[p2pnode] fuel limit of 1000000000000000000000000000000 lowered to this node's maximum"
+        " of 1000000\n"
     )
     timed = WasiExecutor(maxima=JobMaxima(time_s=0.5))
     result = await timed.run(job("spin", time_s=1e6, fuel=10**18))

@@ -15,12 +15,13 @@ from p2pnode.executors.base import OutputName
 from p2pnode.executors.wasm import WasiExecutor
 from p2pnode.jobs.model import JobState, Report
 from p2pnode.jobs.service import JobSubmission
-from tests.test_exec_limits import failed, files_module, job  # noqa: F401  (job is a fixture)
+from tests.test_exec_limits import failed, files_module, job_fixture  # noqa: F401  (fixture `job`)
 
 output_name = TypeAdapter(OutputName)
 
 NESTED = files_module(
-    "(drop (call $mkdir (i32.const 4) $name0)) (call $fill (call $create $name1) (i32.const 1)) (call $done)",
+    "(drop (call $mkdir (i32.const 4) $name0))"
+    " (call $fill (call $create $name1) (i32.const 1)) (call $done)",
     ["sub", "sub/x y.txt"],
 )
 
@@ -79,8 +80,8 @@ async def test_nested_outputs_are_named_by_their_path(job: Any, tmp_path: Path) 
 async def test_unrepresentable_names_fail_the_job(job: Any, tmp_path: Path) -> None:
     error = failed(await WasiExecutor().run(job(writes("tab\there"), out="tab")))
     assert (
-        error
-        == "output 'tab\\there' cannot be published: output name must not contain control characters"
+        error == "output 'tab\\there' cannot be published:"
+        " output name must not contain control characters"
     )
     # A name that is not UTF-8 (a guest can't make one through WASI, but the folder is the host's).
     (tmp_path / "raw").mkdir()
@@ -104,7 +105,7 @@ async def test_worker_reports_nested_outputs_and_fails_bad_names_cleanly(
     start_node, tmp_path: Path
 ) -> None:
     origin = await start_node(max_jobs=0)
-    worker = await start_node(join=origin.join_ticket())
+    await start_node(join=origin.join_ticket())
     (tmp_path / "nested.wat").write_text(NESTED)
     (tmp_path / "bad.wat").write_text(writes("new\nline"))
     good = await origin.jobs.submit_files(
@@ -118,8 +119,8 @@ async def test_worker_reports_nested_outputs_and_fails_bad_names_cleanly(
     assert list(done.outputs) == ["sub/x y.txt"] and done.outputs["sub/x y.txt"].size == 65536
     assert broken is not None and broken.state == JobState.FAILED
     assert (
-        broken.error
-        == "output 'new\\nline' cannot be published: output name must not contain control characters"
+        broken.error == "output 'new\\nline' cannot be published:"
+        " output name must not contain control characters"
     )
     with trio.fail_after(30):  # the origin brings the output home
         while not origin.blobs.store.has(done.outputs["sub/x y.txt"].hash):

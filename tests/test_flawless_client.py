@@ -36,7 +36,7 @@ MODULE = b"\0asm\x01\0\0\0fake flawless module"
 def dead_url() -> Iterator[str]:
     """A loopback URL where nothing listens (the port stays reserved during the test)."""
     with reserved_socket() as sock:
-        yield "http://127.0.0.1:%d" % sock.getsockname()[1]
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 def _request(tmp_path: Path, workflow: str | None = "echo", input: Any = None, **limits: Any):
@@ -134,7 +134,7 @@ async def test_bearer_token_on_every_call(tmp_path: Path) -> None:
 
 async def test_wait_ready_backs_off_until_server_starts() -> None:
     sock = reserved_socket()
-    url = "http://127.0.0.1:%d" % sock.getsockname()[1]
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     attempts = 0
     refused_twice = trio.Event()
 

@@ -152,7 +152,7 @@ class Sim:
         self.apply(src, self.engines[src].peer_connected(dst))
 
     def _cut(self, src: str, dst: str) -> None:
-        """A stream dies under its sender, who hears of it (unless it has opened a new one since)."""
+        """A stream dies under its sender, who hears of it (unless it opened a new one since)."""
         self.links.discard((src, dst))
 
         def down() -> None:
@@ -208,8 +208,9 @@ class Sim:
         for node in nodes or self.alive():
             expected = {i: 1 for i in ids if self.origin[i] != node}
             got = {i: c for i, c in self.delivered[node].items() if i in ids}
+            repeated = [i for i, c in got.items() if c > 1]
             assert got == expected, (
-                f"{node[:8]}: missing {set(expected) - set(got)}, repeated {[i for i, c in got.items() if c > 1]}"
+                f"{node[:8]}: missing {set(expected) - set(got)}, repeated {repeated}"
             )
 
     def assert_views_sound(self) -> None:

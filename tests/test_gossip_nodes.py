@@ -169,7 +169,8 @@ async def test_partition_heals_and_both_halves_converge(
         block(node)
 
     async def enforce_cut() -> None:
-        """Like a real cut, drop every cross-half connection, also any that a dial in flight completes later."""
+        """Like a real cut, drop every cross-half connection, also any that a dial in flight
+        completes later."""
         while cut:
             for a in halves[0]:
                 for b in halves[1]:

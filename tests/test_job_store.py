@@ -416,7 +416,7 @@ def test_claim_exactly_once_across_processes(tmp_path: Path) -> None:
         p.stdin.write("go\n")
         p.stdin.flush()
     won = {}
-    for worker, p in zip(workers, procs):
+    for worker, p in zip(workers, procs, strict=True):
         out, _ = p.communicate(timeout=30)
         assert p.returncode == 0
         won[worker] = json.loads(out)
@@ -460,7 +460,8 @@ def test_submitted_jobs_survive_sigkill(tmp_path: Path) -> None:
 
 
 def test_report_result_is_bounded() -> None:
-    """A worker's report carries at most MAX_RESULT_BYTES of result; the frame limit is sized for it."""
+    """A worker's report carries at most MAX_RESULT_BYTES of result; the frame limit is sized for
+    it."""
     fits = Report(
         job_id="job_" + "1" * 26,
         lease_token="0" * 32,

@@ -52,7 +52,8 @@ async def running_on(worker, job_id: str) -> None:
 
 
 async def test_large_input_runs_and_large_result_and_outputs_come_home(start_node) -> None:
-    """A 100 KB input travels as a blob; the 100 KB result is acknowledged and the outputs collected."""
+    """A 100 KB input travels as a blob; the 100 KB result is acknowledged and the outputs
+    collected."""
     origin = await start_node(max_jobs=0)
     worker = await start_node(join=origin.join_ticket())
     payload = {"data": "x" * 100_000}

@@ -1,4 +1,5 @@
-"""The dialer on real loopback endpoints: a reused connection that fails a request is replaced at once."""
+"""The dialer on real loopback endpoints: a reused connection that fails a request is replaced at
+once."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ class Echo(BaseModel):
 
 
 async def serve(endpoint: iroh.Endpoint, accepted: list[iroh.Connection]) -> None:
-    """Echo every request, except that the first connection's second stream is reset (it "breaks")."""
+    """Echo every request, except that the first connection's second stream is reset (it
+    "breaks")."""
     async with trio.open_nursery() as nursery:
         while True:
             connection = await accept_connection(endpoint)

@@ -1,4 +1,5 @@
-"""Scenario: real node processes losing a peer (kill -9) and getting it back: liveness, redial, restart."""
+"""Scenario: real node processes losing a peer (kill -9) and getting it back: liveness, redial,
+restart."""
 
 from __future__ import annotations
 

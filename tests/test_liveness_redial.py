@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from itertools import pairwise
 
 import iroh
 import pytest
@@ -24,7 +25,7 @@ def test_back_off_doubles_up_to_the_cap_and_the_loss_is_reported_once() -> None:
         assert redial.due(now) == []  # in flight: not due twice
         retries.append(now)
         assert redial.failed("p", now) is False
-    gaps = [b - a for a, b in zip(retries, retries[1:])]
+    gaps = [b - a for a, b in pairwise(retries)]
     assert gaps == [2.0, 4.0, 8.0, 8.0, 8.0]
     assert redial.is_down("p")
     assert redial.reached("p", now) is True

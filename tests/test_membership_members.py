@@ -1,4 +1,5 @@
-"""Scenario: `member ls`, `member rm` and their API on real node processes; a removed member stays refused."""
+"""Scenario: `member ls`, `member rm` and their API on real node processes; a removed member
+stays refused."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.nodeproc import NodeProcess, run_cli, wait_for
+from tests.nodeproc import NodeProcess, run_start, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -39,20 +40,7 @@ def test_member_ls_and_rm_refuse_the_removed_node_for_good(tmp_path: Path) -> No
         a.stop()
         a = NodeProcess(tmp_path / "a")
         b.stop()
-        again = run_cli(
-            "start",
-            "--data",
-            str(tmp_path / "b"),
-            "--http-port",
-            "0",
-            "--bind",
-            "127.0.0.1:0",
-            "--relay",
-            "disabled",
-            "--join",
-            a.ticket,
-            check=False,
-        )
+        again = run_start(tmp_path / "b", "--join", a.ticket)
         assert again.returncode == 1
         assert (
             again.stderr.strip()

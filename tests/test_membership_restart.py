@@ -1,4 +1,5 @@
-"""Scenario: joins that fail change nothing, and restarted nodes keep their port and tickets (real processes)."""
+"""Scenario: joins that fail change nothing, and restarted nodes keep their port and tickets
+(real processes)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import tickets
-from tests.nodeproc import NodeProcess, run_cli, wait_for
+from tests.nodeproc import NodeProcess, run_start, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -36,26 +37,15 @@ def test_failed_join_keeps_cluster_and_members(tmp_path: Path) -> None:
         )
         cluster_before = cluster_file.read_bytes()
 
-        result = run_cli(
-            "start",
-            "--data",
-            str(tmp_path / "worker"),
-            "--http-port",
-            "0",
-            "--bind",
-            "127.0.0.1:0",
-            "--relay",
-            "disabled",
-            "--join",
-            foreign_ticket,
-            check=False,
-            env={"P2PNODE_CONNECT_TIMEOUT": "1"},
+        result = run_start(
+            tmp_path / "worker", "--join", foreign_ticket, env={"P2PNODE_CONNECT_TIMEOUT": "1"}
         )
         assert result.returncode == 1
         assert result.stderr.strip().splitlines()[-1].startswith("error: could not join through"), (
             result.stderr
         )
-        # The origin may have said hello meanwhile (a fresher last_seen); who the members are is unchanged.
+        # The origin may have said hello meanwhile (a fresher last_seen); who the members are is
+        # unchanged.
         assert cluster_file.read_bytes() == cluster_before
         assert set(json.loads(members_file.read_text())["members"]) == {origin.id}
 

@@ -1,4 +1,5 @@
-"""Scenario: real node processes joining by ticket, refusing strangers, restarting, and stopping cleanly."""
+"""Scenario: real node processes joining by ticket, refusing strangers, restarting, and stopping
+cleanly."""
 
 from __future__ import annotations
 
@@ -83,8 +84,8 @@ def test_cli_without_node_says_so() -> None:
     result = run_cli("--api", "http://127.0.0.1:9", "status", check=False)
     assert result.returncode == 1
     assert (
-        result.stderr.strip()
-        == "error: no p2pnode answering at http://127.0.0.1:9 (start one with `p2pnode start`, or pass --api)"
+        result.stderr.strip() == "error: no p2pnode answering at http://127.0.0.1:9"
+        " (start one with `p2pnode start`, or pass --api)"
     )
 
 

@@ -1,4 +1,5 @@
-"""The router in front of every protocol: strangers refused, unknown ALPNs refused, bad frames contained."""
+"""The router in front of every protocol: strangers refused, unknown ALPNs refused, bad frames
+contained."""
 
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ async def test_member_sending_garbage_gossip_is_contained(start_node) -> None:
     with trio.fail_after(10):
         while a.gossip.stats().dropped.get("bad_frame", 0) < 3:
             await trio.sleep(0.05)
-    # A well-framed forwarded join whose address does not parse: the dial it leads to fails, quietly.
+    # A well-framed forwarded join whose address does not parse: the dial it leads to fails,
+    # quietly.
     newcomer = "ee" * 32
     received = a.gossip.stats().received
     stream = await connection.open_uni()

@@ -1,4 +1,5 @@
-"""Strangers on the open protocols are bounded: connections, streams, frame time, failed joins, log lines."""
+"""Strangers on the open protocols are bounded: connections, streams, frame time, failed joins,
+log lines."""
 
 from __future__ import annotations
 

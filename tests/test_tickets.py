@@ -80,7 +80,8 @@ BLOB = BlobTicket(provider=NODE, hash=b"h" * 32, size=12345, root=b"r" * 32, cap
 
 
 def rejected(text: str) -> str:
-    """Assert every parser rejects `text` with TicketError (and nothing else); return parse's message."""
+    """Assert every parser rejects `text` with TicketError (and nothing else); return parse's
+    message."""
     for parser in (parse, parse_join, parse_blob):
         with pytest.raises(TicketError):
             parser(text)
@@ -384,7 +385,9 @@ def test_field_limits() -> None:
     with pytest.raises(ValueError):
         NodeAddr(node_id=bytes(32), direct_addresses=["1.1.1.1:1"] * 256)
     long_url = "é" * (65535 // 2)
-    assert parse(encode(JoinTicket(node=NodeAddr(node_id=bytes(32), relay_url=long_url), cluster_id=bytes(16), join_secret=bytes(32)))).node.relay_url == long_url  # fmt: skip
+    node = NodeAddr(node_id=bytes(32), relay_url=long_url)
+    ticket = JoinTicket(node=node, cluster_id=bytes(16), join_secret=bytes(32))
+    assert parse(encode(ticket)).node.relay_url == long_url
     for bad in ("x" * 65536, "", "\ud800"):
         with pytest.raises(ValueError):
             NodeAddr(node_id=bytes(32), relay_url=bad)

@@ -64,7 +64,8 @@ def test_capabilities_are_per_blob_and_per_provider_key() -> None:
 
 
 async def test_ticket_opens_one_blob_at_one_provider(start_node, tmp_path: Path) -> None:
-    """Two unrelated nodes hold the same blob; a ticket from one is refused by the other and for other blobs."""
+    """Two unrelated nodes hold the same blob; a ticket from one is refused by the other and for
+    other blobs."""
     issuer, other = await start_node(), await start_node()
     (tmp_path / "shared.bin").write_bytes(os.urandom(70_000))
     (tmp_path / "private.bin").write_bytes(os.urandom(50_000))
@@ -107,7 +108,8 @@ async def test_ticket_opens_one_blob_at_one_provider(start_node, tmp_path: Path)
 async def test_block_list_must_match_the_trusted_root_before_any_block_is_taken(
     start_node, tmp_path: Path
 ) -> None:
-    """A provider that swaps in another blob, consistently (its block list, its bytes), is refused at the header."""
+    """A provider that swaps in another blob, consistently (its block list, its bytes), is refused
+    at the header."""
     liar = await start_node()
     fetcher = await start_node(join=liar.join_ticket())
     (tmp_path / "wanted.bin").write_bytes(os.urandom(2 * (1 << 20) + 3))

@@ -1,4 +1,5 @@
-"""Block lists are what a fetcher trusts once their root matches: they must not change afterwards."""
+"""Block lists are what a fetcher trusts once their root matches: they must not change
+afterwards."""
 
 from __future__ import annotations
 

@@ -91,7 +91,8 @@ TOPIC = "ab" * 32
 
 
 def test_signatures_use_the_wire_domain() -> None:
-    """The prefix is part of the wire format: every node of every version must sign the same bytes."""
+    """The prefix is part of the wire format: every node of every version must sign the same
+    bytes."""
     assert (
         Envelope.create(AUTHOR, TOPIC, KIND, {}, hops=1)
         .signed_bytes()

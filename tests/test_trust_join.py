@@ -81,7 +81,8 @@ def test_proof_binds_role_cluster_prover_verifier_nonce_and_secret(tmp_path: Pat
 
 
 async def test_joiner_cannot_claim_another_id(start_node, tmp_path: Path) -> None:
-    """An impostor holding a valid ticket asks to be recorded under a member's id with its own address."""
+    """An impostor holding a valid ticket asks to be recorded under a member's id with its own
+    address."""
     host = await start_node()
     victim = await start_node(join=host.join_ticket())
     victim_addr = host.membership.members[victim.id].addr
@@ -106,7 +107,8 @@ async def test_joiner_cannot_claim_another_id(start_node, tmp_path: Path) -> Non
 # -- mutual proof: the joiner checks the host --------------------------------------------------
 
 Forge = Callable[[Membership, str, str, str, str], str]
-"""(host's membership, host id, joiner id, joiner's nonce, joiner's proof) -> the welcome's proof."""
+"""(host's membership, host id, joiner id, joiner's nonce, joiner's proof) -> the welcome's
+proof."""
 
 FORGERIES: dict[str, Forge] = {
     "wrong-role": lambda m, host, joiner, nonce, _p: proof(
@@ -162,9 +164,10 @@ async def test_joiner_refuses_a_host_that_cannot_prove_the_secret(
     cluster = ClusterIdentity.new()
     joiner = membership_in(tmp_path / "joiner", endpoint_id(joiner_ep), cluster)
     host = membership_in(tmp_path / "host", endpoint_id(host_ep), cluster)
-    honest: Forge = lambda m, host_id, joiner_id, nonce, _p: proof(
-        m.cluster, b"host", host_id, joiner_id, nonce
-    )
+
+    def honest(m: Membership, host_id: str, joiner_id: str, nonce: str, _p: str) -> str:
+        return proof(m.cluster, b"host", host_id, joiner_id, nonce)
+
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(fake_host, host_ep, host, FORGERIES.get(forgery, honest))
@@ -193,7 +196,8 @@ async def test_joiner_refuses_a_host_that_cannot_prove_the_secret(
 
 
 async def test_proof_relayed_from_a_member_does_not_admit_the_relay(start_node) -> None:
-    """A stranger asks the host for a challenge, gets a real member to answer it, and forwards the answer."""
+    """A stranger asks the host for a challenge, gets a real member to answer it, and forwards the
+    answer."""
     host = await start_node()
     member = await start_node(join=host.join_ticket())
     relay = await bind_loopback([JOIN_ALPN])
@@ -242,7 +246,8 @@ async def test_proof_relayed_from_a_member_does_not_admit_the_relay(start_node) 
 
 
 async def test_host_proves_nothing_before_the_joiner_has(start_node) -> None:
-    """A stranger that asks with the right cluster id gets a challenge, never a proof it could reuse."""
+    """A stranger that asks with the right cluster id gets a challenge, never a proof it could
+    reuse."""
     host = await start_node()
     stranger = await bind_loopback([JOIN_ALPN])
     try:
@@ -280,7 +285,8 @@ def test_admit_records_members_under_their_id_and_persists(tmp_path: Path) -> No
 
 
 def test_proof_is_the_documented_hmac_known_answer(tmp_path: Path) -> None:
-    """Every node must compute the same proof: HMAC-SHA256 under the join secret of the |-joined fields."""
+    """Every node must compute the same proof: HMAC-SHA256 under the join secret of the |-joined
+    fields."""
     cluster = ClusterIdentity(cluster_id="c1" * 16, join_secret="5e" * 32)
     membership = membership_in(tmp_path, "aa" * 32, cluster)
     message = b"|".join(

@@ -1,4 +1,5 @@
-"""Damaged state in the data folder: one `error:` line naming the file, or (one bad job row) a skip and a log line."""
+"""Damaged state in the data folder: one `error:` line naming the file, or (one bad job row) a
+skip and a log line."""
 
 from __future__ import annotations
 
@@ -176,7 +177,8 @@ def test_secrets_are_written_owner_only(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("damage", [garbage, folder], ids=["garbage", "folder"])
 def test_damaged_port_file_only_costs_the_preferred_port(data: Path, damage) -> None:
-    """endpoint.json is a preference (the last UDP port), not state: damaged, the node still starts."""
+    """endpoint.json is a preference (the last UDP port), not state: damaged, the node still
+    starts."""
     damage(data / "endpoint.json")
     node = NodeProcess(data)
     code, err = node.stop()
