@@ -46,15 +46,13 @@ def show(node: NodeProcess, job_id: str) -> dict:
 
 def wait(node: NodeProcess, job_id: str) -> dict:
     while (
-        (
-            job := httpx.post(
-                f"{node.api}/jobs/{job_id}/wait",
-                params={"timeout": 30},
-                headers=node.headers,
-                timeout=40,
-            ).json()
-        )["state"] not in TERMINAL
-    ):
+        job := httpx.post(
+            f"{node.api}/jobs/{job_id}/wait",
+            params={"timeout": 30},
+            headers=node.headers,
+            timeout=40,
+        ).json()
+    )["state"] not in TERMINAL:
         pass
     return job
 
