@@ -7,6 +7,7 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import iroh
@@ -16,20 +17,19 @@ from pydantic import BaseModel, Field, ValidationError
 import tickets
 from p2pnode.api.auth import TokenError, load_or_create_token
 from p2pnode.api.schemas import MemberStatus, NodeInfo, NodeStatus
-from p2pnode.blobs.protocol import BLOBS_ALPN
 from p2pnode.blobs.service import BlobService
 from p2pnode.blobs.store import BlobStore, GcResult, StoreError
 from p2pnode.config import Settings
 from p2pnode.executors.flawless import FlawlessClient, FlawlessExecutor
 from p2pnode.executors.wasm import WasiExecutor
 from p2pnode.fsutil import save_model
-from p2pnode.gossip.service import GOSSIP_ALPN, GossipEvent, GossipService, Received
+from p2pnode.gossip.service import GossipService
 from p2pnode.identity import load_or_create_secret_key
-from p2pnode.jobs.announcements import JobAnnounced, JobFinished
-from p2pnode.jobs.control import JOBS_ALPN, ControlClient
+from p2pnode.jobs.control import ControlClient
 from p2pnode.jobs.service import JobService
 from p2pnode.jobs.store import JobStore
 from p2pnode.jobs.worker import Worker
+from p2pnode.join_protocol import JoinProtocol
 from p2pnode.membership import (
     JOIN_ALPN,
     ClusterIdentity,
@@ -38,21 +38,20 @@ from p2pnode.membership import (
     JoinLimiter,
     Membership,
     PeerAddr,
-    handle_join,
     join,
 )
 from p2pnode.net.dialer import PEER_ERRORS, Dialer, PeerUnreachable, describe
 from p2pnode.net.endpoint import (
-    Handler,
+    ProtocolHandler,
     Router,
     bind_endpoint,
     bound_port,
     close_endpoint,
     configured_relay_url,
-    serve_streams,
 )
 from p2pnode.net.errors import iroh_message
 from p2pnode.net.liveness import REDIAL_CAP_S, Liveness, Redial
+from p2pnode.net.peerlog import PeerLog
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +103,8 @@ class Node:
         ):  # whatever started is stopped, even on a failed start
             self.endpoint = await self._bind(key)
             cleanup.push_async_callback(close_endpoint, self.endpoint)
-            self.router = Router(self.endpoint, lambda peer, _alpn: self.membership.is_member(peer))
-            self.join_limiter = JoinLimiter(self.router.peer_log)
+            peer_log = PeerLog(log)
+            self.join_limiter = JoinLimiter(peer_log)
             self.dialer = Dialer(
                 self.endpoint,
                 self._introduce,
@@ -125,16 +124,17 @@ class Node:
             self.gossip = GossipService(key, self.membership, self.dialer, self.addr)
             self.jobs = self._jobs_service(settings)
             cleanup.callback(self.jobs.store.close)
-            self.router.register(JOIN_ALPN, self._serve_join, open_to_all=True)
-            self.router.register(
-                BLOBS_ALPN,
-                self._watched(lambda c: serve_streams(c, self.blobs.provider.handle_stream)),
-                open_to_all=True,
-            )
-            self.router.register(GOSSIP_ALPN, self._watched(self.gossip.handle_connection))
-            self.router.register(
-                JOBS_ALPN,
-                self._watched(lambda c: serve_streams(c, self.jobs.control.handle_stream)),
+            self.router = Router(
+                self.endpoint,
+                lambda peer, _alpn: self.membership.is_member(peer),
+                [
+                    JoinProtocol(self.membership, self.join_limiter, self._welcomed),
+                    *(
+                        _Watched(protocol, self.liveness, self._heard_from)
+                        for protocol in (self.blobs, self.gossip, self.jobs)
+                    ),
+                ],
+                peer_log,
             )
             async with trio.open_nursery() as nursery:
                 self.background = nursery
@@ -144,7 +144,6 @@ class Node:
                 if join_ticket is not None:
                     await self.join(join_ticket)
                 await nursery.start(self.gossip.run)
-                nursery.start_soon(self._follow_gossip, self.gossip.subscribe())
                 await nursery.start(self.jobs.run)
                 nursery.start_soon(self._watch_flawless)
                 nursery.start_soon(self._collect_garbage_periodically)
@@ -237,20 +236,6 @@ class Node:
                 )
             await trio.sleep(FLAWLESS_PROBE_S)
 
-    async def _follow_gossip(self, events: trio.MemoryReceiveChannel[GossipEvent]) -> None:
-        async for event in events:
-            if not isinstance(event, Received):
-                continue
-            try:
-                if event.kind == JobAnnounced.KIND:
-                    self.jobs.on_announced(JobAnnounced.model_validate(event.payload), event.origin)
-                elif event.kind == JobFinished.KIND:
-                    self.jobs.on_finished(JobFinished.model_validate(event.payload), event.origin)
-            except ValidationError as exc:
-                log.warning(
-                    "ignored a malformed %s announcement: %s", event.kind, exc.errors()[0]["msg"]
-                )
-
     async def collect_garbage(self) -> GcResult:
         """Drop unpinned, untagged blobs nobody uses, keeping everything a live job still needs."""
         return await self.blobs.store.gc(protected=self.jobs.protected_blobs())
@@ -317,14 +302,6 @@ class Node:
             if not self.membership.is_member(other.node_id):
                 self.membership.admit(other)
 
-    async def _serve_join(self, connection: iroh.Connection) -> None:
-        await serve_streams(
-            connection,
-            lambda conn, bi: handle_join(
-                self.membership, self.join_limiter, conn, bi, self._welcomed
-            ),
-        )
-
     def _welcomed(self, peer: str, new_session: bool) -> None:
         self._heard_from(peer)
         if new_session:
@@ -345,19 +322,6 @@ class Node:
         return True
 
     # -- liveness and redial -----------------------------------------------------------------
-
-    def _watched(self, handler: Handler) -> Handler:
-        """Let liveness watch an incoming connection while its protocol handler runs."""
-
-        async def run(connection: iroh.Connection) -> None:
-            self.liveness.watch(connection)
-            self._heard_from(connection.remote_id().to_bytes().hex())
-            try:
-                await handler(connection)
-            finally:
-                self.liveness.unwatch(connection)
-
-        return run
 
     def _heard_from(self, peer: str) -> None:
         if self.membership.is_member(peer) and self.redial.reached(peer, trio.current_time()):
@@ -445,6 +409,28 @@ class Node:
             )
             for node_id, m in sorted(self.membership.members.items())
         ]
+
+
+class _Watched:
+    """A protocol whose connections liveness watches while they run: a peer that connects to us
+    is heard from, and one that falls silent mid-connection is noticed."""
+
+    def __init__(
+        self, protocol: ProtocolHandler, liveness: Liveness, heard_from: Callable[[str], None]
+    ) -> None:
+        self._protocol = protocol
+        self._liveness = liveness
+        self._heard_from = heard_from
+        self.alpn = protocol.alpn
+        self.open_to_strangers = protocol.open_to_strangers
+
+    async def handle(self, connection: iroh.Connection) -> None:
+        self._liveness.watch(connection)
+        self._heard_from(connection.remote_id().to_bytes().hex())
+        try:
+            await self._protocol.handle(connection)
+        finally:
+            self._liveness.unwatch(connection)
 
 
 def _last_port(path: Path) -> int | None:

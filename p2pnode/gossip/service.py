@@ -69,6 +69,11 @@ GossipEvent = Received | NeighbourChange
 
 
 class GossipService:
+    """Also the gossip protocol's handler on the router (members only)."""
+
+    alpn = GOSSIP_ALPN
+    open_to_strangers = False
+
     def __init__(
         self,
         secret_key: iroh.SecretKey,
@@ -266,7 +271,7 @@ class GossipService:
 
     # -- incoming ------------------------------------------------------------------------------
 
-    async def handle_connection(self, connection: iroh.Connection) -> None:
+    async def handle(self, connection: iroh.Connection) -> None:
         peer_id = connection.remote_id().to_bytes().hex()
         async with trio.open_nursery() as nursery:
             while True:
