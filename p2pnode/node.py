@@ -37,9 +37,9 @@ from p2pnode.membership import (
     JoinError,
     JoinLimiter,
     Membership,
-    PeerAddr,
     join,
 )
+from p2pnode.net.addr import PeerAddr
 from p2pnode.net.dialer import PEER_ERRORS, Dialer, PeerUnreachable, describe
 from p2pnode.net.endpoint import (
     ProtocolHandler,

@@ -13,7 +13,8 @@ import tickets
 from p2pnode.blobs.fetch import FetchProgress, fetch_blob
 from p2pnode.blobs.protocol import BLOBS_ALPN, BlobProvider, Capabilities
 from p2pnode.blobs.store import BlobInfo, BlobStore
-from p2pnode.membership import Membership, PeerAddr
+from p2pnode.membership import Membership
+from p2pnode.net.addr import PeerAddr
 from p2pnode.net.dialer import Dialer
 from p2pnode.net.endpoint import serve_streams
 

@@ -34,7 +34,8 @@ from p2pnode.gossip.engine import (
     SendOnce,
     WireMessage,
 )
-from p2pnode.membership import Membership, PeerAddr
+from p2pnode.membership import Membership
+from p2pnode.net.addr import PeerAddr
 from p2pnode.net.dialer import PEER_ERRORS, Dialer, describe
 from p2pnode.net.errors import one_line
 from p2pnode.net.framing import FrameError, read_frame_or_end, write_frame

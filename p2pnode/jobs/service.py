@@ -33,7 +33,7 @@ from p2pnode.jobs.announcements import JobAnnounced, JobFinished
 from p2pnode.jobs.control import JOBS_ALPN, ControlClient, ControlError, ControlServer
 from p2pnode.jobs.store import JobStore
 from p2pnode.jobs.worker import Worker, provider_addrs
-from p2pnode.membership import PeerAddr
+from p2pnode.net.addr import PeerAddr
 from p2pnode.net.endpoint import serve_streams
 
 log = logging.getLogger(__name__)
