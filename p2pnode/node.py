@@ -9,6 +9,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import iroh
 import trio
@@ -72,9 +73,18 @@ class StartupError(Exception):
     """The node cannot start or cannot join; the message says why, for a person."""
 
 
+class ServeApi(Protocol):
+    """Serves the node's local API and reports its URL (`p2pnode.api.app.serve_node_api`).
+
+    The API lives a layer above the node, so the node is handed it rather than importing it."""
+
+    async def __call__(self, node: Node, *, task_status: trio.TaskStatus[str]) -> None: ...
+
+
 class Node:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, serve_api: ServeApi) -> None:
         self.settings = settings
+        self._serve_api = serve_api
         self.api_url = ""
         self._started = time.time()
         self.liveness = Liveness(self._went_silent)
@@ -86,8 +96,6 @@ class Node:
         join_ticket: tickets.JoinTicket | None = None,
         task_status: trio.TaskStatus[NodeInfo] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        from p2pnode.api.server import serve_api
-
         settings = self.settings
         key = self._identity()
         if join_ticket is not None and join_ticket.node.node_id.hex() == self.id:
@@ -140,7 +148,7 @@ class Node:
                 self.background = nursery
                 nursery.start_soon(self.router.serve)
                 nursery.start_soon(self.liveness.run)
-                self.api_url = await nursery.start(serve_api, self)
+                self.api_url = await nursery.start(self._serve_api, self)
                 if join_ticket is not None:
                     await self.join(join_ticket)
                 await nursery.start(self.gossip.run)
