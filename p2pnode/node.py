@@ -100,7 +100,8 @@ class Node:
         key = self._identity()
         if join_ticket is not None and join_ticket.node.node_id.hex() == self.id:
             raise StartupError(
-                f"this join ticket was printed by this node ({self.id[:10]}) itself; to join a cluster, pass a ticket of another node"
+                f"this join ticket was printed by this node ({self.id[:10]}) itself; "
+                "to join a cluster, pass a ticket of another node"
             )
         try:
             self.membership = Membership(settings.data_dir, self.id)
@@ -172,7 +173,7 @@ class Node:
         return key
 
     async def _bind(self, key: iroh.SecretKey) -> iroh.Endpoint:
-        """Bind, preferring the UDP port of the last run so that tickets printed before keep working."""
+        """Bind, preferring the UDP port of the last run, so tickets printed before keep working."""
         path = self.settings.data_dir / PORT_FILE
         last = _last_port(path)
         try:
@@ -290,7 +291,7 @@ class Node:
             ) from None
 
     async def _introduce(self, peer: PeerAddr, cluster: ClusterIdentity | None = None) -> None:
-        """Prove our membership to `peer` (or join `cluster` through it); learn the members it knows."""
+        """Prove our membership to `peer` (or join `cluster` through it); learn its members."""
         if self.membership.is_removed(peer.node_id):
             raise JoinError(f"node {peer.node_id[:10]} was removed from this node's members")
         connection = await self.dialer.dial(peer, JOIN_ALPN)
@@ -316,7 +317,7 @@ class Node:
             self._drop_connections(peer)
 
     def _drop_connections(self, peer: str) -> None:
-        """The peer restarted: cached connections lead to its previous run and would only time out."""
+        """The peer restarted: cached connections lead to its previous run, and would time out."""
         self.dialer.forget(peer, keep_introduction=True)
 
     def remove_member(self, node_id: str) -> bool:
@@ -359,7 +360,7 @@ class Node:
         self._unreachable(peer, "stopped answering")
 
     async def _keep_members(self) -> None:
-        """Greet every member after a start, so they see us back; then redial the ones that are down."""
+        """Greet every member after a start, so they see us back; then redial the ones down."""
         async with trio.open_nursery() as nursery:
             for member in list(self.membership.members.values()):
                 nursery.start_soon(self._greet, member.addr)
@@ -453,7 +454,8 @@ def _last_port(path: Path) -> int | None:
 
 
 def _make_private(folder: Path) -> None:
-    """The data folder holds the node key, the cluster secret and the API token: only its owner may enter."""
+    """The data folder holds the node key, the cluster secret and the API token: only its owner
+    may enter."""
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     if folder.stat().st_mode & 0o077:
         os.chmod(folder, 0o700)

@@ -102,7 +102,8 @@ async def bind_endpoint(
             return await bind(f"{host}:{preferred_port}")
         except iroh.IrohError as exc:
             log.warning(
-                "UDP port %d of the last run is not available (%s); bound a fresh port, so tickets printed before no longer reach this node",
+                "UDP port %d of the last run is not available (%s); bound a fresh port, "
+                "so tickets printed before no longer reach this node",
                 preferred_port,
                 iroh_message(exc),
             )
@@ -131,7 +132,8 @@ class _Admission:
 
 
 # Set by the router in each connection's task, so the stream loop a handler runs knows its caps.
-_admission: ContextVar[_Admission] = ContextVar("admission", default=_Admission(None, None))
+_OUTSIDE_ROUTER = _Admission(None, None)  # frozen, so one default serves every context
+_admission: ContextVar[_Admission] = ContextVar("admission", default=_OUTSIDE_ROUTER)
 
 
 class Router:
@@ -214,7 +216,7 @@ class Router:
             connection.close(ERR_SHUTDOWN, b"done")
 
     def _admit_stranger(self, connection: iroh.Connection, peer: str) -> bool:
-        """Count a stranger's connection against the caps, or refuse it; admitted, it gets few streams.
+        """Count a stranger's connection against the caps, or refuse it; admitted, few streams.
 
         QUIC granted 100 streams of each kind at the handshake (the bindings do not let us configure
         less) and cannot take them back: lowering the limit withholds new ones, and `serve_streams`
@@ -281,7 +283,8 @@ async def serve_streams(connection: iroh.Connection, handle_stream: StreamHandle
 
     At most the connection's stream cap run at once (see `Router`): a peer opening more loses
     the connection, and with it whatever QUIC buffered for its streams. A peer that breaks the
-    framing gets that stream reset and a log line (aggregated); the connection and the node carry on.
+    framing gets that stream reset and a log line (aggregated); the connection and the node
+    carry on.
     """
     admission = _admission.get()
     running = 0
@@ -321,7 +324,8 @@ def _note(
     *args: object,
     level: int = logging.INFO,
 ) -> None:
-    """Log what a peer did (`message` gets the peer and the ALPN first), aggregated when a router runs."""
+    """Log what a peer did (`message` gets the peer and the ALPN first), aggregated when a
+    router runs."""
     peer = connection.remote_id().fmt_short()
     args = (peer, connection.alpn().decode(errors="replace"), *args)
     if peer_log is None:
