@@ -22,6 +22,7 @@ from p2pnode.blobs.service import BlobService
 from p2pnode.blobs.store import BlobStore, GcResult, StoreError
 from p2pnode.config import Settings
 from p2pnode.executors.flawless import FlawlessClient, FlawlessExecutor
+from p2pnode.executors.registry import ExecutorRegistry
 from p2pnode.executors.wasm import WasiExecutor
 from p2pnode.fsutil import save_model
 from p2pnode.gossip.service import GossipService
@@ -58,7 +59,6 @@ log = logging.getLogger(__name__)
 
 NODE_FILE = "node.json"
 PORT_FILE = "endpoint.json"
-FLAWLESS_PROBE_S = 30.0
 GC_INTERVAL_S = 600.0
 REDIAL_TICK_S = 1.0
 
@@ -153,8 +153,8 @@ class Node:
                 if join_ticket is not None:
                     await self.join(join_ticket)
                 await nursery.start(self.gossip.run)
+                await nursery.start(self.executors.run)
                 await nursery.start(self.jobs.run)
-                nursery.start_soon(self._watch_flawless)
                 nursery.start_soon(self._collect_garbage_periodically)
                 info = NodeInfo(id=self.id, api_url=self.api_url, pid=os.getpid())
                 save_model(settings.data_dir / NODE_FILE, info)
@@ -204,10 +204,11 @@ class Node:
             FlawlessClient(settings.flawless_url, settings.flawless_token),
             maxima=settings.job_maxima,
         )
+        self.executors = ExecutorRegistry([WasiExecutor(maxima=settings.job_maxima), self.flawless])
         control = ControlClient(self.dialer.request)
         worker = Worker(
             self.id,
-            {"wasi": WasiExecutor(maxima=settings.job_maxima)},
+            self.executors.offered,
             self.blobs,
             control,
             self.peer_addr,
@@ -227,23 +228,6 @@ class Node:
         )
         control.answer_locally(self.id, service.control)
         return service
-
-    async def _watch_flawless(self) -> None:
-        """Offer the `flawless` executor exactly while a local Flawless answers."""
-        executors = self.jobs.worker.executors
-        while True:
-            if await self.flawless.available():
-                if "flawless" not in executors:
-                    log.info(
-                        "Flawless answering at %s: taking flawless jobs", self.settings.flawless_url
-                    )
-                executors["flawless"] = self.flawless
-            elif executors.pop("flawless", None) is not None:
-                log.warning(
-                    "Flawless at %s stopped answering: no longer taking flawless jobs",
-                    self.settings.flawless_url,
-                )
-            await trio.sleep(FLAWLESS_PROBE_S)
 
     async def collect_garbage(self) -> GcResult:
         """Drop unpinned, untagged blobs nobody uses, keeping everything a live job still needs."""
