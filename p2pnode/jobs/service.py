@@ -113,11 +113,12 @@ class JobService:
         self._announcements: dict[str, str] = {}
         self._change = trio.Event()
         self._nursery: trio.Nursery | None = None
+        self._events = gossip.subscribe()  # from now: nothing gossip hears before `run` is lost
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            nursery.start_soon(self._follow_gossip, self._gossip.subscribe())
+            nursery.start_soon(self._follow_gossip)
             for job in self.store.list(model.JobState.PENDING, limit=10_000, origin=self.id):
                 self._announce(job)  # after a restart, nothing submitted stays unknown
             task_status.started()
@@ -289,8 +290,8 @@ class JobService:
 
     # -- from gossip -------------------------------------------------------------------------
 
-    async def _follow_gossip(self, events: trio.MemoryReceiveChannel[GossipEvent]) -> None:
-        async for event in events:
+    async def _follow_gossip(self) -> None:
+        async for event in self._events:
             if not isinstance(event, Received):
                 continue
             try:
