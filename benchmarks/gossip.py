@@ -22,6 +22,7 @@ import trio
 from pydantic import BaseModel
 
 import tickets
+from p2pnode.api.app import serve_node_api
 from p2pnode.config import Settings
 from p2pnode.gossip.service import Received
 from p2pnode.node import Node
@@ -58,7 +59,8 @@ async def run(size: int, messages: int, work: Path) -> tuple[float, list[float]]
             node = Node(
                 Settings(
                     data_dir=work / f"{size}-{i}", http_port=0, bind="127.0.0.1:0", relay="disabled"
-                )
+                ),
+                serve_node_api,
             )
             ticket = tickets.parse_join(rng.choice(nodes).join_ticket()) if nodes else None
             await nursery.start(

@@ -35,7 +35,8 @@ from tests.nodeproc import NodeProcess  # noqa: E402
 
 import tickets  # noqa: E402
 from benchmarks import script  # noqa: E402
-from p2pnode.membership import JOIN_ALPN, PeerAddr  # noqa: E402
+from p2pnode.membership import JOIN_ALPN  # noqa: E402
+from p2pnode.net.addr import PeerAddr  # noqa: E402
 
 OPEN_TIMEOUT_S = (
     5.0  # a stream QUIC will not let a stranger open (no credit) is given up after this

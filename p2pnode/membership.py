@@ -27,6 +27,8 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 import tickets
 from p2pnode.fsutil import save_model
+from p2pnode.net.addr import PeerAddr
+from p2pnode.net.dialer import IntroductionRefused
 from p2pnode.net.framing import FrameError, recv_model, send_model
 from p2pnode.net.peerlog import PeerLog
 
@@ -53,45 +55,6 @@ class ClusterIdentity(BaseModel):
     @classmethod
     def new(cls) -> ClusterIdentity:
         return cls(cluster_id=secrets.token_hex(16), join_secret=secrets.token_hex(32))
-
-
-class PeerAddr(BaseModel):
-    """Where a peer can be reached: the JSON twin of `tickets.NodeAddr`."""
-
-    node_id: str
-    relay_url: str | None = None
-    direct_addresses: list[str] = []
-
-    @classmethod
-    def from_ticket(cls, addr: tickets.NodeAddr) -> PeerAddr:
-        return cls(
-            node_id=addr.node_id.hex(),
-            relay_url=addr.relay_url,
-            direct_addresses=list(addr.direct_addresses),
-        )
-
-    @classmethod
-    def from_endpoint(cls, addr: iroh.EndpointAddr, relay_url: str | None) -> PeerAddr:
-        return cls(
-            node_id=addr.id().to_bytes().hex(),
-            relay_url=addr.relay_url() or relay_url,
-            # Link-local IPv6 addresses carry a zone id that only means something on this host.
-            direct_addresses=[a for a in addr.direct_addresses() if "%" not in a],
-        )
-
-    def to_ticket(self) -> tickets.NodeAddr:
-        return tickets.NodeAddr(
-            node_id=bytes.fromhex(self.node_id),
-            relay_url=self.relay_url,
-            direct_addresses=self.direct_addresses,
-        )
-
-    def to_endpoint(self) -> iroh.EndpointAddr:
-        return iroh.EndpointAddr(
-            iroh.EndpointId.from_bytes(bytes.fromhex(self.node_id)),
-            self.relay_url,
-            self.direct_addresses,
-        )
 
 
 class Member(BaseModel):
@@ -273,7 +236,7 @@ ServerReply = TypeAdapter(
 )
 
 
-class JoinError(Exception):
+class JoinError(IntroductionRefused):
     """The handshake failed: wrong cluster, bad proof, or the node refused us."""
 
 

@@ -7,7 +7,9 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import iroh
 import trio
@@ -16,20 +18,20 @@ from pydantic import BaseModel, Field, ValidationError
 import tickets
 from p2pnode.api.auth import TokenError, load_or_create_token
 from p2pnode.api.schemas import MemberStatus, NodeInfo, NodeStatus
-from p2pnode.blobs.protocol import BLOBS_ALPN
 from p2pnode.blobs.service import BlobService
 from p2pnode.blobs.store import BlobStore, GcResult, StoreError
 from p2pnode.config import Settings
 from p2pnode.executors.flawless import FlawlessClient, FlawlessExecutor
+from p2pnode.executors.registry import ExecutorRegistry
 from p2pnode.executors.wasm import WasiExecutor
 from p2pnode.fsutil import save_model
-from p2pnode.gossip.service import GOSSIP_ALPN, GossipEvent, GossipService, Received
+from p2pnode.gossip.service import GossipService
 from p2pnode.identity import load_or_create_secret_key
-from p2pnode.jobs.announcements import JobAnnounced, JobFinished
-from p2pnode.jobs.control import JOBS_ALPN, ControlClient
+from p2pnode.jobs.control import ControlClient
 from p2pnode.jobs.service import JobService
 from p2pnode.jobs.store import JobStore
 from p2pnode.jobs.worker import Worker
+from p2pnode.join_protocol import JoinProtocol
 from p2pnode.membership import (
     JOIN_ALPN,
     ClusterIdentity,
@@ -37,28 +39,26 @@ from p2pnode.membership import (
     JoinError,
     JoinLimiter,
     Membership,
-    PeerAddr,
-    handle_join,
     join,
 )
+from p2pnode.net.addr import PeerAddr
 from p2pnode.net.dialer import PEER_ERRORS, Dialer, PeerUnreachable, describe
 from p2pnode.net.endpoint import (
-    Handler,
+    ProtocolHandler,
     Router,
     bind_endpoint,
     bound_port,
     close_endpoint,
     configured_relay_url,
-    serve_streams,
 )
 from p2pnode.net.errors import iroh_message
 from p2pnode.net.liveness import REDIAL_CAP_S, Liveness, Redial
+from p2pnode.net.peerlog import PeerLog
 
 log = logging.getLogger(__name__)
 
 NODE_FILE = "node.json"
 PORT_FILE = "endpoint.json"
-FLAWLESS_PROBE_S = 30.0
 GC_INTERVAL_S = 600.0
 REDIAL_TICK_S = 1.0
 
@@ -73,9 +73,18 @@ class StartupError(Exception):
     """The node cannot start or cannot join; the message says why, for a person."""
 
 
+class ServeApi(Protocol):
+    """Serves the node's local API and reports its URL (`p2pnode.api.app.serve_node_api`).
+
+    The API lives a layer above the node, so the node is handed it rather than importing it."""
+
+    async def __call__(self, node: Node, *, task_status: trio.TaskStatus[str]) -> None: ...
+
+
 class Node:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, serve_api: ServeApi) -> None:
         self.settings = settings
+        self._serve_api = serve_api
         self.api_url = ""
         self._started = time.time()
         self.liveness = Liveness(self._went_silent)
@@ -87,13 +96,12 @@ class Node:
         join_ticket: tickets.JoinTicket | None = None,
         task_status: trio.TaskStatus[NodeInfo] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        from p2pnode.api.server import serve_api
-
         settings = self.settings
         key = self._identity()
         if join_ticket is not None and join_ticket.node.node_id.hex() == self.id:
             raise StartupError(
-                f"this join ticket was printed by this node ({self.id[:10]}) itself; to join a cluster, pass a ticket of another node"
+                f"this join ticket was printed by this node ({self.id[:10]}) itself; "
+                "to join a cluster, pass a ticket of another node"
             )
         try:
             self.membership = Membership(settings.data_dir, self.id)
@@ -104,8 +112,8 @@ class Node:
         ):  # whatever started is stopped, even on a failed start
             self.endpoint = await self._bind(key)
             cleanup.push_async_callback(close_endpoint, self.endpoint)
-            self.router = Router(self.endpoint, lambda peer, _alpn: self.membership.is_member(peer))
-            self.join_limiter = JoinLimiter(self.router.peer_log)
+            peer_log = PeerLog(log)
+            self.join_limiter = JoinLimiter(peer_log)
             self.dialer = Dialer(
                 self.endpoint,
                 self._introduce,
@@ -125,28 +133,28 @@ class Node:
             self.gossip = GossipService(key, self.membership, self.dialer, self.addr)
             self.jobs = self._jobs_service(settings)
             cleanup.callback(self.jobs.store.close)
-            self.router.register(JOIN_ALPN, self._serve_join, open_to_all=True)
-            self.router.register(
-                BLOBS_ALPN,
-                self._watched(lambda c: serve_streams(c, self.blobs.provider.handle_stream)),
-                open_to_all=True,
-            )
-            self.router.register(GOSSIP_ALPN, self._watched(self.gossip.handle_connection))
-            self.router.register(
-                JOBS_ALPN,
-                self._watched(lambda c: serve_streams(c, self.jobs.control.handle_stream)),
+            self.router = Router(
+                self.endpoint,
+                lambda peer, _alpn: self.membership.is_member(peer),
+                [
+                    JoinProtocol(self.membership, self.join_limiter, self._welcomed),
+                    *(
+                        _Watched(protocol, self.liveness, self._heard_from)
+                        for protocol in (self.blobs, self.gossip, self.jobs)
+                    ),
+                ],
+                peer_log,
             )
             async with trio.open_nursery() as nursery:
                 self.background = nursery
                 nursery.start_soon(self.router.serve)
                 nursery.start_soon(self.liveness.run)
-                self.api_url = await nursery.start(serve_api, self)
+                self.api_url = await nursery.start(self._serve_api, self)
                 if join_ticket is not None:
                     await self.join(join_ticket)
                 await nursery.start(self.gossip.run)
-                nursery.start_soon(self._follow_gossip, self.gossip.subscribe())
+                await nursery.start(self.executors.run)
                 await nursery.start(self.jobs.run)
-                nursery.start_soon(self._watch_flawless)
                 nursery.start_soon(self._collect_garbage_periodically)
                 info = NodeInfo(id=self.id, api_url=self.api_url, pid=os.getpid())
                 save_model(settings.data_dir / NODE_FILE, info)
@@ -165,7 +173,7 @@ class Node:
         return key
 
     async def _bind(self, key: iroh.SecretKey) -> iroh.Endpoint:
-        """Bind, preferring the UDP port of the last run so that tickets printed before keep working."""
+        """Bind, preferring the UDP port of the last run, so tickets printed before keep working."""
         path = self.settings.data_dir / PORT_FILE
         last = _last_port(path)
         try:
@@ -196,10 +204,11 @@ class Node:
             FlawlessClient(settings.flawless_url, settings.flawless_token),
             maxima=settings.job_maxima,
         )
+        self.executors = ExecutorRegistry([WasiExecutor(maxima=settings.job_maxima), self.flawless])
         control = ControlClient(self.dialer.request)
         worker = Worker(
             self.id,
-            {"wasi": WasiExecutor(maxima=settings.job_maxima)},
+            self.executors.offered,
             self.blobs,
             control,
             self.peer_addr,
@@ -219,37 +228,6 @@ class Node:
         )
         control.answer_locally(self.id, service.control)
         return service
-
-    async def _watch_flawless(self) -> None:
-        """Offer the `flawless` executor exactly while a local Flawless answers."""
-        executors = self.jobs.worker.executors
-        while True:
-            if await self.flawless.available():
-                if "flawless" not in executors:
-                    log.info(
-                        "Flawless answering at %s: taking flawless jobs", self.settings.flawless_url
-                    )
-                executors["flawless"] = self.flawless
-            elif executors.pop("flawless", None) is not None:
-                log.warning(
-                    "Flawless at %s stopped answering: no longer taking flawless jobs",
-                    self.settings.flawless_url,
-                )
-            await trio.sleep(FLAWLESS_PROBE_S)
-
-    async def _follow_gossip(self, events: trio.MemoryReceiveChannel[GossipEvent]) -> None:
-        async for event in events:
-            if not isinstance(event, Received):
-                continue
-            try:
-                if event.kind == JobAnnounced.KIND:
-                    self.jobs.on_announced(JobAnnounced.model_validate(event.payload), event.origin)
-                elif event.kind == JobFinished.KIND:
-                    self.jobs.on_finished(JobFinished.model_validate(event.payload), event.origin)
-            except ValidationError as exc:
-                log.warning(
-                    "ignored a malformed %s announcement: %s", event.kind, exc.errors()[0]["msg"]
-                )
 
     async def collect_garbage(self) -> GcResult:
         """Drop unpinned, untagged blobs nobody uses, keeping everything a live job still needs."""
@@ -297,7 +275,7 @@ class Node:
             ) from None
 
     async def _introduce(self, peer: PeerAddr, cluster: ClusterIdentity | None = None) -> None:
-        """Prove our membership to `peer` (or join `cluster` through it); learn the members it knows."""
+        """Prove our membership to `peer` (or join `cluster` through it); learn its members."""
         if self.membership.is_removed(peer.node_id):
             raise JoinError(f"node {peer.node_id[:10]} was removed from this node's members")
         connection = await self.dialer.dial(peer, JOIN_ALPN)
@@ -317,21 +295,13 @@ class Node:
             if not self.membership.is_member(other.node_id):
                 self.membership.admit(other)
 
-    async def _serve_join(self, connection: iroh.Connection) -> None:
-        await serve_streams(
-            connection,
-            lambda conn, bi: handle_join(
-                self.membership, self.join_limiter, conn, bi, self._welcomed
-            ),
-        )
-
     def _welcomed(self, peer: str, new_session: bool) -> None:
         self._heard_from(peer)
         if new_session:
             self._drop_connections(peer)
 
     def _drop_connections(self, peer: str) -> None:
-        """The peer restarted: cached connections lead to its previous run and would only time out."""
+        """The peer restarted: cached connections lead to its previous run, and would time out."""
         self.dialer.forget(peer, keep_introduction=True)
 
     def remove_member(self, node_id: str) -> bool:
@@ -345,19 +315,6 @@ class Node:
         return True
 
     # -- liveness and redial -----------------------------------------------------------------
-
-    def _watched(self, handler: Handler) -> Handler:
-        """Let liveness watch an incoming connection while its protocol handler runs."""
-
-        async def run(connection: iroh.Connection) -> None:
-            self.liveness.watch(connection)
-            self._heard_from(connection.remote_id().to_bytes().hex())
-            try:
-                await handler(connection)
-            finally:
-                self.liveness.unwatch(connection)
-
-        return run
 
     def _heard_from(self, peer: str) -> None:
         if self.membership.is_member(peer) and self.redial.reached(peer, trio.current_time()):
@@ -387,7 +344,7 @@ class Node:
         self._unreachable(peer, "stopped answering")
 
     async def _keep_members(self) -> None:
-        """Greet every member after a start, so they see us back; then redial the ones that are down."""
+        """Greet every member after a start, so they see us back; then redial the ones down."""
         async with trio.open_nursery() as nursery:
             for member in list(self.membership.members.values()):
                 nursery.start_soon(self._greet, member.addr)
@@ -447,6 +404,28 @@ class Node:
         ]
 
 
+class _Watched:
+    """A protocol whose connections liveness watches while they run: a peer that connects to us
+    is heard from, and one that falls silent mid-connection is noticed."""
+
+    def __init__(
+        self, protocol: ProtocolHandler, liveness: Liveness, heard_from: Callable[[str], None]
+    ) -> None:
+        self._protocol = protocol
+        self._liveness = liveness
+        self._heard_from = heard_from
+        self.alpn = protocol.alpn
+        self.open_to_strangers = protocol.open_to_strangers
+
+    async def handle(self, connection: iroh.Connection) -> None:
+        self._liveness.watch(connection)
+        self._heard_from(connection.remote_id().to_bytes().hex())
+        try:
+            await self._protocol.handle(connection)
+        finally:
+            self._liveness.unwatch(connection)
+
+
 def _last_port(path: Path) -> int | None:
     """The port of the last run; a damaged file only costs that preference, never the start."""
     try:
@@ -459,7 +438,8 @@ def _last_port(path: Path) -> int | None:
 
 
 def _make_private(folder: Path) -> None:
-    """The data folder holds the node key, the cluster secret and the API token: only its owner may enter."""
+    """The data folder holds the node key, the cluster secret and the API token: only its owner
+    may enter."""
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     if folder.stat().st_mode & 0o077:
         os.chmod(folder, 0o700)

@@ -57,6 +57,7 @@ async def connect_pair(
 @pytest.fixture
 async def start_node(tmp_path, nursery):
     """Start real in-process nodes (own data folder, loopback endpoint, API on a free port)."""
+    from p2pnode.api.app import serve_node_api
     from p2pnode.config import Settings
     from p2pnode.node import Node
 
@@ -72,7 +73,7 @@ async def start_node(tmp_path, nursery):
             relay="disabled",
             **overrides,
         )
-        node = Node(settings)
+        node = Node(settings, serve_node_api)
         ticket = tickets.parse_join(join) if join else None
         await nursery.start(
             lambda task_status: node.run(join_ticket=ticket, task_status=task_status)

@@ -229,7 +229,7 @@ async def test_abandoned_fetch_stops(node, api, nursery) -> None:
     otherwise hold on)."""
     import tickets
     from p2pnode.blobs.protocol import BLOBS_ALPN
-    from p2pnode.membership import PeerAddr
+    from p2pnode.net.addr import PeerAddr
     from tests.conftest import accept_connection, bind_loopback
 
     stalled = await bind_loopback([BLOBS_ALPN])

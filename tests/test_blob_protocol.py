@@ -24,7 +24,7 @@ from p2pnode.blobs.protocol import (
     BlobRequest,
 )
 from p2pnode.blobs.store import BlobStore
-from p2pnode.membership import PeerAddr
+from p2pnode.net.addr import PeerAddr
 from p2pnode.net.framing import recv_model, send_model, write_frame
 from tests.conftest import bind_loopback
 

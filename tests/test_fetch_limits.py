@@ -19,7 +19,7 @@ from p2pnode.blobs.blocks import BLOCK_SIZE, BlockList, hash_file
 from p2pnode.blobs.fetch import FetchError, fetch_blob
 from p2pnode.blobs.protocol import BLOBS_ALPN, BlobHeader, BlobRequest
 from p2pnode.blobs.store import BlobStore
-from p2pnode.membership import PeerAddr
+from p2pnode.net.addr import PeerAddr
 from p2pnode.net.framing import recv_model, send_model
 from tests.conftest import accept_connection, bind_loopback
 

@@ -11,6 +11,7 @@ import trio
 from pydantic import BaseModel
 
 import tickets
+from p2pnode.api.app import serve_node_api
 from p2pnode.config import Settings
 from p2pnode.gossip.service import Received
 from p2pnode.net.dialer import PeerUnreachable
@@ -42,7 +43,8 @@ class Cluster:
                 http_port=0,
                 bind="127.0.0.1:0",
                 relay="disabled",
-            )
+            ),
+            serve_node_api,
         )
         scope = trio.CancelScope()
         ticket = tickets.parse_join(join.join_ticket()) if join else None

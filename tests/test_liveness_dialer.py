@@ -7,7 +7,7 @@ import iroh
 import trio
 from pydantic import BaseModel
 
-from p2pnode.membership import PeerAddr
+from p2pnode.net.addr import PeerAddr
 from p2pnode.net.dialer import Dialer
 from p2pnode.net.framing import recv_model, reset_quietly, send_model
 from tests.conftest import TEST_ALPN, accept_connection, bind_loopback

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import tickets
-from p2pnode.membership import JOIN_ALPN, JoinError, Membership, PeerAddr, join
+from p2pnode.membership import JOIN_ALPN, JoinError, Membership, join
+from p2pnode.net.addr import PeerAddr
 from tests.conftest import bind_loopback
 from tests.nodeproc import NodeProcess, run_cli
 

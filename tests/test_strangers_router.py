@@ -12,8 +12,9 @@ import pytest
 import trio
 
 from p2pnode import membership
-from p2pnode.membership import JOIN_ALPN, JoinError, Membership, PeerAddr, join
+from p2pnode.membership import JOIN_ALPN, JoinError, Membership, join
 from p2pnode.net import endpoint, framing
+from p2pnode.net.addr import PeerAddr
 from p2pnode.net.peerlog import PeerLog
 from tests.conftest import bind_loopback, connect_pair
 

@@ -15,7 +15,8 @@ from p2pnode.blobs.fetch import FetchError, fetch_blob
 from p2pnode.blobs.protocol import BLOBS_ALPN, Capabilities
 from p2pnode.blobs.store import BlobStore
 from p2pnode.jobs.control import JOBS_ALPN
-from p2pnode.membership import ClusterIdentity, PeerAddr
+from p2pnode.membership import ClusterIdentity
+from p2pnode.net.addr import PeerAddr
 from tests.conftest import bind_loopback
 
 

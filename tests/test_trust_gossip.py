@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from p2pnode.gossip.engine import Gossip
 from p2pnode.gossip.envelope import DEFAULT_MAX_BYTES, MAX_HOPS, Envelope, validate_incoming
 from p2pnode.gossip.service import GOSSIP_ALPN, Received, wire_message
-from p2pnode.membership import PeerAddr
+from p2pnode.net.addr import PeerAddr
 from p2pnode.net.endpoint import bind_endpoint
 from p2pnode.net.framing import write_frame
 

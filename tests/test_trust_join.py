@@ -28,11 +28,11 @@ from p2pnode.membership import (
     JoinRequest,
     JoinWelcome,
     Membership,
-    PeerAddr,
     ServerReply,
     join,
     proof,
 )
+from p2pnode.net.addr import PeerAddr
 from p2pnode.net.framing import recv_model, send_model
 from tests.conftest import accept_connection, bind_loopback
 

@@ -15,7 +15,7 @@ import stat
 from collections.abc import AsyncIterator, Iterator
 from http import HTTPStatus
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
+from typing import Annotated, Any, BinaryIO
 
 import trio
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Response
@@ -42,6 +42,7 @@ from p2pnode.api.schemas import (
     NodeStatus,
     PathRequest,
 )
+from p2pnode.api.server import serve_api
 from p2pnode.blobs.blocks import READ_CHUNK
 from p2pnode.blobs.fetch import FetchError
 from p2pnode.blobs.store import BlobInfo, BlobInUse, BlobNotFound, GcResult, StoreError
@@ -50,9 +51,21 @@ from p2pnode.jobs.model import Hex64, Job, JobId, JobState, NodeId
 from p2pnode.jobs.service import JobSubmission, SubmissionError, SubmissionTooLarge
 from p2pnode.jobs.store import Refused
 from p2pnode.jobs.worker import provider_addrs
+from p2pnode.node import Node
 
-if TYPE_CHECKING:
-    from p2pnode.node import Node
+
+async def serve_node_api(
+    node: Node, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """The node's local API, on its configured address, behind the token in its data folder."""
+    settings = node.settings
+    await serve_api(
+        create_app(node),
+        settings.http_host,
+        settings.http_port,
+        node.api_token,
+        task_status=task_status,
+    )
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:

@@ -1,20 +1,20 @@
-"""Serves the local API with hypercorn on trio, inside the node's nursery."""
+"""Serves an ASGI app with hypercorn on trio, behind the API guard, inside the caller's nursery.
+
+It gets an app and an address, never the node: `app.serve_node_api` puts the two together.
+"""
 
 from __future__ import annotations
 
 import logging
 import socket
-from typing import TYPE_CHECKING
+from typing import cast
 
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
+from hypercorn.typing import ASGIFramework
 
-from p2pnode.api.app import create_app
-from p2pnode.api.auth import ApiGuard
-
-if TYPE_CHECKING:
-    from p2pnode.node import Node
+from p2pnode.api.auth import ApiGuard, Asgi
 
 
 class ApiBindError(Exception):
@@ -22,10 +22,15 @@ class ApiBindError(Exception):
 
 
 async def serve_api(
-    node: Node, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+    app: Asgi,
+    host: str,
+    port: int,
+    token: str,
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Bind first (so a taken port is a clear error, and port 0 picks a free one), then serve."""
-    host, port = node.settings.http_host, node.settings.http_port
+    """Bind first (so a taken port is a clear error, and port 0 picks a free one), then serve
+    `app` to requests bearing `token`; reports the URL it serves on."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -41,5 +46,6 @@ async def serve_api(
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     task_status.started(url)
-    app = ApiGuard(create_app(node), token=node.api_token, host=bound_ip, port=bound_port)
-    await serve(app, config, mode="asgi")
+    guarded = ApiGuard(app, token=token, host=bound_ip, port=bound_port)
+    # The guard speaks ASGI with starlette's loose types; hypercorn's are stricter TypedDicts.
+    await serve(cast(ASGIFramework, guarded), config, mode="asgi")

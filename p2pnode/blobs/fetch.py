@@ -25,7 +25,7 @@ from p2pnode.blobs.model import FetchProgress
 from p2pnode.blobs.protocol import BlobHeader, BlobReply, BlobRequest, parse_header, reply_limit
 from p2pnode.blobs.store import BlobCorrupt, BlobInfo, BlobStore, PartialBlob, normalize_hash
 from p2pnode.concurrency import collapse_groups
-from p2pnode.membership import PeerAddr
+from p2pnode.net.addr import PeerAddr
 from p2pnode.net.dialer import PEER_ERRORS, describe
 from p2pnode.net.framing import read_exact, recv_model, reset_quietly, send_model
 

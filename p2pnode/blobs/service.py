@@ -13,11 +13,19 @@ import tickets
 from p2pnode.blobs.fetch import FetchProgress, fetch_blob
 from p2pnode.blobs.protocol import BLOBS_ALPN, BlobProvider, Capabilities
 from p2pnode.blobs.store import BlobInfo, BlobStore
-from p2pnode.membership import Membership, PeerAddr
+from p2pnode.membership import Membership
+from p2pnode.net.addr import PeerAddr
 from p2pnode.net.dialer import Dialer
+from p2pnode.net.endpoint import serve_streams
 
 
 class BlobService:
+    """The blob protocol's handler too: open to strangers, whose requests the provider checks
+    against the blob ticket's capability."""
+
+    alpn = BLOBS_ALPN
+    open_to_strangers = True
+
     def __init__(
         self,
         store: BlobStore,
@@ -33,6 +41,9 @@ class BlobService:
         self._dialer = dialer
         self._self_addr = self_addr
         self._fetching: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
+
+    async def handle(self, connection: iroh.Connection) -> None:
+        await serve_streams(connection, self.provider.handle_stream)
 
     async def add(self, path: Path, *, pin: bool = True) -> BlobInfo:
         """Blobs added by a person are pinned: GC only collects what the node fetched for jobs."""

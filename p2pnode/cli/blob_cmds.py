@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import tickets
     from p2pnode.blobs.store import BlobStore
     from p2pnode.config import Settings
-    from p2pnode.membership import PeerAddr
+    from p2pnode.net.addr import PeerAddr
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ async def _fetch_standalone(
     from p2pnode.blobs.fetch import FetchError, fetch_blob
     from p2pnode.blobs.protocol import BLOBS_ALPN
     from p2pnode.blobs.store import StoreError
-    from p2pnode.membership import PeerAddr
+    from p2pnode.net.addr import PeerAddr
     from p2pnode.net.dialer import Dialer
     from p2pnode.net.endpoint import bind_endpoint, close_endpoint
 

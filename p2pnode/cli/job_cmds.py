@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, get_args
 
 import click
 from pydantic import RootModel
@@ -14,6 +14,7 @@ from p2pnode.api.schemas import BlobAdded
 from p2pnode.blobs.model import BlobInfo
 from p2pnode.cli import EXIT_USAGE, cli, fail
 from p2pnode.cli.blob_cmds import download, upload
+from p2pnode.executors.base import ExecutorKind
 from p2pnode.jobs.model import Job, JobState
 
 WAIT_POLL_S = 30.0
@@ -103,7 +104,7 @@ def _module_bytes(module: Path) -> bytes:
 )
 @click.option(
     "--executor",
-    type=click.Choice(["wasi", "flawless"]),
+    type=click.Choice(get_args(ExecutorKind)),
     default="wasi",
     show_default=True,
     help="wasi: the embedded runner (every node has it); "

@@ -76,6 +76,7 @@ def start(
     """
     import trio
 
+    from p2pnode.api.app import serve_node_api
     from p2pnode.api.server import ApiBindError
     from p2pnode.concurrency import collapse_groups
     from p2pnode.node import Node, StartupError
@@ -95,7 +96,7 @@ def start(
     logging.getLogger().setLevel(logging.INFO)  # a running node reports what it does
     try:
         with collapse_groups():
-            trio.run(_run_node, Node(settings), ticket)
+            trio.run(_run_node, Node(settings, serve_node_api), ticket)
     except (StartupError, ApiBindError) as exc:
         fail(str(exc))
 

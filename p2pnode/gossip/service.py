@@ -34,7 +34,8 @@ from p2pnode.gossip.engine import (
     SendOnce,
     WireMessage,
 )
-from p2pnode.membership import Membership, PeerAddr
+from p2pnode.membership import Membership
+from p2pnode.net.addr import PeerAddr
 from p2pnode.net.dialer import PEER_ERRORS, Dialer, describe
 from p2pnode.net.errors import one_line
 from p2pnode.net.framing import FrameError, read_frame_or_end, write_frame
@@ -69,6 +70,11 @@ GossipEvent = Received | NeighbourChange
 
 
 class GossipService:
+    """Also the gossip protocol's handler on the router (members only)."""
+
+    alpn = GOSSIP_ALPN
+    open_to_strangers = False
+
     def __init__(
         self,
         secret_key: iroh.SecretKey,
@@ -266,7 +272,7 @@ class GossipService:
 
     # -- incoming ------------------------------------------------------------------------------
 
-    async def handle_connection(self, connection: iroh.Connection) -> None:
+    async def handle(self, connection: iroh.Connection) -> None:
         peer_id = connection.remote_id().to_bytes().hex()
         async with trio.open_nursery() as nursery:
             while True:

@@ -11,7 +11,7 @@ from typing import ClassVar
 from pydantic import BaseModel
 
 from p2pnode.jobs.model import JobSummary
-from p2pnode.membership import PeerAddr
+from p2pnode.net.addr import PeerAddr
 
 
 class JobAnnounced(BaseModel):

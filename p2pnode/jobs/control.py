@@ -15,7 +15,7 @@ from pydantic import TypeAdapter
 
 from p2pnode.jobs import model
 from p2pnode.jobs.store import ClaimRefused, JobStore, Refused
-from p2pnode.membership import PeerAddr
+from p2pnode.net.addr import PeerAddr
 from p2pnode.net.dialer import PEER_ERRORS, describe
 from p2pnode.net.framing import recv_model, send_model
 

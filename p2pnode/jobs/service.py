@@ -1,5 +1,8 @@
 """The node's jobs service: submit and track jobs as their origin, and feed announcements to the worker.
 
+It is also the jobs control protocol's handler on the router (members only), and it subscribes
+to gossip itself for the announcements it follows.
+
 The origin is the single source of truth for its jobs (SQLite, durable before `submit` returns);
 gossip only tells the cluster, in a bounded summary, that a job exists or ended, and only the
 job's origin may say so. A sweeper returns lapsed leases to pending and re-announces them, so a
@@ -15,20 +18,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, get_args
 
+import iroh
 import pydantic_core
 import trio
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
 
 from p2pnode.blobs.fetch import FetchError
 from p2pnode.blobs.service import BlobService
 from p2pnode.blobs.store import BlobNotFound, StoreError
 from p2pnode.executors.wasm import InvalidModule, assemble, list_workflows, load_module_bytes
+from p2pnode.gossip.service import GossipEvent, Received
 from p2pnode.jobs import model
 from p2pnode.jobs.announcements import JobAnnounced, JobFinished
-from p2pnode.jobs.control import ControlClient, ControlError, ControlServer
+from p2pnode.jobs.control import JOBS_ALPN, ControlClient, ControlError, ControlServer
 from p2pnode.jobs.store import JobStore
 from p2pnode.jobs.worker import Worker, provider_addrs
-from p2pnode.membership import PeerAddr
+from p2pnode.net.addr import PeerAddr
+from p2pnode.net.endpoint import serve_streams
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +82,13 @@ class Gossip(Protocol):
 
     def retire(self, envelope_id: str) -> None: ...
 
+    def subscribe(self) -> trio.MemoryReceiveChannel[GossipEvent]: ...
+
 
 class JobService:
+    alpn = JOBS_ALPN
+    open_to_strangers = False
+
     def __init__(
         self,
         node_id: str,
@@ -102,10 +113,12 @@ class JobService:
         self._announcements: dict[str, str] = {}
         self._change = trio.Event()
         self._nursery: trio.Nursery | None = None
+        self._events = gossip.subscribe()  # from now: nothing gossip hears before `run` is lost
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._follow_gossip)
             for job in self.store.list(model.JobState.PENDING, limit=10_000, origin=self.id):
                 self._announce(job)  # after a restart, nothing submitted stays unknown
             task_status.started()
@@ -119,6 +132,9 @@ class JobService:
                             job
                         )  # nobody took it: workers that joined or freed up since hear of it
                 await trio.sleep(SWEEP_INTERVAL_S)
+
+    async def handle(self, connection: iroh.Connection) -> None:
+        await serve_streams(connection, self.control.handle_stream)
 
     # -- origin side -------------------------------------------------------------------------
 
@@ -273,6 +289,20 @@ class JobService:
                 log.warning("could not collect output %r of job %s: %s", name, job.id, exc)
 
     # -- from gossip -------------------------------------------------------------------------
+
+    async def _follow_gossip(self) -> None:
+        async for event in self._events:
+            if not isinstance(event, Received):
+                continue
+            try:
+                if event.kind == JobAnnounced.KIND:
+                    self.on_announced(JobAnnounced.model_validate(event.payload), event.origin)
+                elif event.kind == JobFinished.KIND:
+                    self.on_finished(JobFinished.model_validate(event.payload), event.origin)
+            except ValidationError as exc:
+                log.warning(
+                    "ignored a malformed %s announcement: %s", event.kind, exc.errors()[0]["msg"]
+                )
 
     def on_announced(self, announcement: JobAnnounced, signer: str) -> None:
         """A job up for grabs; believed only when its origin signed it and is where we claim."""

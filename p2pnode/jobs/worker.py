@@ -25,7 +25,7 @@ from p2pnode.jobs import model
 from p2pnode.jobs.announcements import JobAnnounced
 from p2pnode.jobs.control import ControlClient, ControlError
 from p2pnode.jobs.model import WorkerStatus
-from p2pnode.membership import PeerAddr
+from p2pnode.net.addr import PeerAddr
 
 log = logging.getLogger(__name__)
 

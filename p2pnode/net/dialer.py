@@ -10,7 +10,7 @@ from typing import TypeVar
 import iroh
 import trio
 
-from p2pnode.membership import JoinError, PeerAddr
+from p2pnode.net.addr import PeerAddr
 from p2pnode.net.errors import iroh_message
 from p2pnode.net.framing import FrameError
 from p2pnode.net.liveness import Liveness
@@ -25,7 +25,11 @@ class PeerUnreachable(Exception):
     """No connection could be made to a peer within the timeout."""
 
 
-PEER_ERRORS = (PeerUnreachable, JoinError, FrameError, iroh.IrohError)
+class IntroductionRefused(Exception):
+    """The peer did not accept our introduction (membership's `JoinError` is one)."""
+
+
+PEER_ERRORS = (PeerUnreachable, IntroductionRefused, FrameError, iroh.IrohError)
 """What asking a peer anything can fail with: no answer, refused membership, broken framing,
 transport."""
 

@@ -15,9 +15,10 @@ caps x frame limits, and members are never counted against those caps.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Protocol
 
 import iroh
 import trio
@@ -36,8 +37,28 @@ STRANGER_STREAMS = (
     4  # concurrent bi streams per stranger connection (the open protocols use 1 per request)
 )
 
-Handler = Callable[[iroh.Connection], Awaitable[None]]
 Authorizer = Callable[[str, bytes], bool]
+
+
+class ProtocolHandler(Protocol):
+    """One protocol on the router, like iroh's `ProtocolHandler`: its ALPN, who may connect, and
+    how it serves a connection. Each service implements it; the node only lists them.
+
+    `handle` runs in the router's nursery for as long as the connection lives; an `IrohError` it
+    raises ends that connection with one log line, anything else is a bug, logged, never fatal.
+    There is no separate shutdown: `handle` returns when its connection closes (closing the
+    endpoint closes them all) and is cancelled with the router's nursery.
+    """
+
+    @property
+    def alpn(self) -> bytes: ...
+
+    @property
+    def open_to_strangers(self) -> bool:
+        """Whether non-members reach `handle` (within the stranger caps), not only members."""
+        ...
+
+    async def handle(self, connection: iroh.Connection) -> None: ...
 
 
 def relay_mode(setting: str) -> iroh.RelayMode:
@@ -81,7 +102,8 @@ async def bind_endpoint(
             return await bind(f"{host}:{preferred_port}")
         except iroh.IrohError as exc:
             log.warning(
-                "UDP port %d of the last run is not available (%s); bound a fresh port, so tickets printed before no longer reach this node",
+                "UDP port %d of the last run is not available (%s); bound a fresh port, "
+                "so tickets printed before no longer reach this node",
                 preferred_port,
                 iroh_message(exc),
             )
@@ -101,12 +123,6 @@ def configured_relay_url(relay: str) -> str | None:
     return sorted(urls)[0] if urls else None
 
 
-@dataclass
-class Route:
-    handler: Handler
-    open_to_all: bool  # the join handshake and the ticket-checked blob protocol
-
-
 @dataclass(frozen=True)
 class _Admission:
     """What the router decided about a connection, read by `serve_streams` running inside it."""
@@ -116,24 +132,31 @@ class _Admission:
 
 
 # Set by the router in each connection's task, so the stream loop a handler runs knows its caps.
-_admission: ContextVar[_Admission] = ContextVar("admission", default=_Admission(None, None))
+_OUTSIDE_ROUTER = _Admission(None, None)  # frozen, so one default serves every context
+_admission: ContextVar[_Admission] = ContextVar("admission", default=_OUTSIDE_ROUTER)
 
 
 class Router:
-    """Accepts incoming connections and runs each ALPN's handler in the router's nursery."""
+    """Accepts incoming connections and runs each ALPN's handler in the router's nursery.
 
-    def __init__(self, endpoint: iroh.Endpoint, authorize: Authorizer) -> None:
+    `peer_log` aggregates what peers cause; the router runs it, and protocols may share it.
+    """
+
+    def __init__(
+        self,
+        endpoint: iroh.Endpoint,
+        authorize: Authorizer,
+        handlers: Sequence[ProtocolHandler],
+        peer_log: PeerLog,
+    ) -> None:
         self._endpoint = endpoint
         self._authorize = authorize
-        self._routes: dict[bytes, Route] = {}
+        self._routes = {handler.alpn: handler for handler in handlers}
         self._live: dict[str, int] = {}
         self._strangers: dict[str, int] = {}
         self.refused = 0
-        self.peer_log = PeerLog(log)
-
-    def register(self, alpn: bytes, handler: Handler, *, open_to_all: bool = False) -> None:
-        self._routes[alpn] = Route(handler, open_to_all)
-        self._endpoint.set_alpns(list(self._routes))
+        self.peer_log = peer_log
+        endpoint.set_alpns(list(self._routes))
 
     async def serve(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -160,7 +183,7 @@ class Router:
         peer = connection.remote_id().to_bytes().hex()
         route = self._routes.get(alpn)
         member = route is not None and self._authorize(peer, alpn)
-        if route is None or not (member or route.open_to_all):
+        if route is None or not (member or route.open_to_strangers):
             self._refuse(
                 connection,
                 peer,
@@ -174,9 +197,9 @@ class Router:
         _admission.set(_Admission(None if member else STRANGER_STREAMS, self.peer_log))
         try:
             if member:
-                await route.handler(connection)
+                await route.handle(connection)
             else:
-                await _without_uni_streams(connection, route.handler)
+                await _without_uni_streams(connection, route)
         except iroh.IrohError as exc:
             log.info(
                 "connection from %s on %s ended: %s",
@@ -193,7 +216,7 @@ class Router:
             connection.close(ERR_SHUTDOWN, b"done")
 
     def _admit_stranger(self, connection: iroh.Connection, peer: str) -> bool:
-        """Count a stranger's connection against the caps, or refuse it; admitted, it gets few streams.
+        """Count a stranger's connection against the caps, or refuse it; admitted, few streams.
 
         QUIC granted 100 streams of each kind at the handshake (the bindings do not let us configure
         less) and cannot take them back: lowering the limit withholds new ones, and `serve_streams`
@@ -235,7 +258,7 @@ def _forget(counts: dict[str, int], peer: str) -> None:
         del counts[peer]
 
 
-async def _without_uni_streams(connection: iroh.Connection, handler: Handler) -> None:
+async def _without_uni_streams(connection: iroh.Connection, handler: ProtocolHandler) -> None:
     """Run a stranger's connection, stopping every uni stream it opens: the open protocols use
     none, and an unread stream would keep what QUIC buffered for it."""
 
@@ -248,7 +271,7 @@ async def _without_uni_streams(connection: iroh.Connection, handler: Handler) ->
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(stop_uni_streams)
-        await handler(connection)
+        await handler.handle(connection)
         nursery.cancel_scope.cancel()
 
 
@@ -260,7 +283,8 @@ async def serve_streams(connection: iroh.Connection, handle_stream: StreamHandle
 
     At most the connection's stream cap run at once (see `Router`): a peer opening more loses
     the connection, and with it whatever QUIC buffered for its streams. A peer that breaks the
-    framing gets that stream reset and a log line (aggregated); the connection and the node carry on.
+    framing gets that stream reset and a log line (aggregated); the connection and the node
+    carry on.
     """
     admission = _admission.get()
     running = 0
@@ -300,7 +324,8 @@ def _note(
     *args: object,
     level: int = logging.INFO,
 ) -> None:
-    """Log what a peer did (`message` gets the peer and the ALPN first), aggregated when a router runs."""
+    """Log what a peer did (`message` gets the peer and the ALPN first), aggregated when a
+    router runs."""
     peer = connection.remote_id().fmt_short()
     args = (peer, connection.alpn().decode(errors="replace"), *args)
     if peer_log is None:
