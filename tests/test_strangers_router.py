@@ -81,12 +81,18 @@ async def test_stranger_parks_few_streams_and_not_for_long(
         target = node.addr().to_endpoint()
 
         async def park(connection: iroh.Connection, count: int) -> list[iroh.BiStream]:
-            streams = []
+            # The caller keeps the streams (and their send halves) alive: a dropped send stream is
+            # finished, which the node would rightly count as a failed join, not a parked one.
+            streams, sends = [], []
             for _ in range(count):
                 bi = await connection.open_bi()
-                await bi.send().write_all(HALF_FRAME)
+                sends.append(bi.send())
+                await sends[-1].write_all(HALF_FRAME)
                 streams.append(bi)
+            parked_sends.extend(sends)
             return streams
+
+        parked_sends: list[iroh.SendStream] = []
 
         # Parked streams end when the handshake times out.
         for bi in await park(await stranger.connect(target, JOIN_ALPN), endpoint.STRANGER_STREAMS):
@@ -99,7 +105,7 @@ async def test_stranger_parks_few_streams_and_not_for_long(
         monkeypatch.setattr(membership, "JOIN_TIMEOUT_S", 60.0)
         other = await bind_loopback([JOIN_ALPN])
         connection = await other.connect(target, JOIN_ALPN)
-        await park(connection, endpoint.STRANGER_STREAMS + 1)
+        parked = await park(connection, endpoint.STRANGER_STREAMS + 1)  # noqa: F841 (kept open)
         assert "too many streams at once" in await wait_closed(connection)
         await other.close()
     finally:

@@ -10,7 +10,8 @@ import iroh
 import trio
 
 import tickets
-from p2pnode.blobs.fetch import FetchProgress, fetch_blob
+from p2pnode.blobs.fetch import fetch_blob
+from p2pnode.blobs.model import FetchProgress
 from p2pnode.blobs.protocol import BLOBS_ALPN, BlobProvider, Capabilities
 from p2pnode.blobs.store import BlobInfo, BlobStore
 from p2pnode.membership import Membership

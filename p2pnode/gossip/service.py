@@ -27,13 +27,13 @@ from p2pnode.gossip.engine import (
     Disconnect,
     GossipConfig,
     GossipEngine,
-    GossipStats,
     NeighborDown,
     NeighborUp,
     Send,
     SendOnce,
     WireMessage,
 )
+from p2pnode.gossip.stats import GossipStats
 from p2pnode.membership import Membership
 from p2pnode.net.addr import PeerAddr
 from p2pnode.net.dialer import PEER_ERRORS, Dialer, describe
@@ -117,7 +117,8 @@ class GossipService:
                 self._apply(self.engine.tick(time.time()))
 
     def _bootstrap_if_alone(self) -> None:
-        """Known members seed an empty view: at start, and after a join or losing every neighbour."""
+        """Known members seed an empty view: at start, and after a join or losing every
+        neighbour."""
         assert self.engine is not None
         if not self.engine.stats().active:
             for member in self._membership.members.values():
@@ -126,7 +127,8 @@ class GossipService:
     # -- API for the rest of the node ----------------------------------------------------------
 
     def publish(self, message: BaseModel) -> str:
-        """Announce a typed message (a model with a `KIND` class attribute); returns its envelope id."""
+        """Announce a typed message (a model with a `KIND` class attribute); returns its envelope
+        id."""
         assert self.engine is not None, "gossip is not running"
         envelope, actions = self.engine.publish(message.KIND, message.model_dump(mode="json"))  # type: ignore[attr-defined]
         self._apply(actions)
@@ -134,7 +136,8 @@ class GossipService:
 
     def subscribe(self, buffer: int = 1024) -> trio.MemoryReceiveChannel[GossipEvent]:
         """Announcements from others and neighbour changes, in order; a subscriber that falls
-        `buffer` events behind loses the overflow (anti-entropy cannot replay what was delivered)."""
+        `buffer` events behind loses the overflow (anti-entropy cannot replay what was
+        delivered)."""
         send, receive = trio.open_memory_channel[GossipEvent](buffer)
         self._subscribers.append(send)
         return receive

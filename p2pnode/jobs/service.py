@@ -1,4 +1,5 @@
-"""The node's jobs service: submit and track jobs as their origin, and feed announcements to the worker.
+"""The node's jobs service: submit and track jobs as their origin, and feed announcements to the
+worker.
 
 It is also the jobs control protocol's handler on the router (members only), and it subscribes
 to gossip itself for the announcements it follows.
@@ -26,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, m
 from p2pnode.blobs.fetch import FetchError
 from p2pnode.blobs.service import BlobService
 from p2pnode.blobs.store import BlobNotFound, StoreError
+from p2pnode.executors.base import ExecutionLimits
 from p2pnode.executors.wasm import InvalidModule, assemble, list_workflows, load_module_bytes
 from p2pnode.gossip.service import GossipEvent, Received
 from p2pnode.jobs import model
@@ -55,7 +57,7 @@ class JobSubmission(BaseModel):
     artifacts: dict[model.ArtifactName, Path] = {}
     artifact_blobs: dict[model.ArtifactName, model.Hex64] = {}
     executor: model.Executor = "wasi"
-    limits: model.Limits = model.Limits()
+    limits: ExecutionLimits = ExecutionLimits()
     max_attempts: int = Field(3, ge=1, le=100)
 
     @model_validator(mode="after")
@@ -140,11 +142,13 @@ class JobService:
 
     async def submit_files(self, request: JobSubmission) -> model.Job:
         """Pin the module, artifacts and a large input as blobs, then submit. The module is checked
-        (valid binary or WAT, assembled; the workflow exists) so a bad one fails now, not at run time."""
+        (valid binary or WAT, assembled; the workflow exists) so a bad one fails now, not at run
+        time."""
         input_json = pydantic_core.to_json(request.input)
         if len(input_json) > model.MAX_INPUT_BYTES:
             raise SubmissionTooLarge(
-                f"input of {len(input_json)} bytes exceeds {model.MAX_INPUT_BYTES}: send large data as an artifact"
+                f"input of {len(input_json)} bytes exceeds {model.MAX_INPUT_BYTES}: send large "
+                "data as an artifact"
             )
         module = await self._module(request)
         artifacts = {}
@@ -173,7 +177,9 @@ class JobService:
         return await self.submit(spec)
 
     async def _module(self, request: JobSubmission) -> model.BlobRef:
-        """The module as a pinned binary blob, checked off the trio thread (compiling takes a while)."""
+        """The module as a pinned binary blob, checked off the trio thread (compiling takes a
+        while)."""
+        source: Path | str
         if request.module is not None:
             source, what = request.module, f"module {request.module}"
         else:
