@@ -11,6 +11,7 @@ from pathlib import Path
 import blake3
 import iroh
 import pytest
+import trio
 
 import tickets
 from p2pnode.blobs.fetch import FetchError, fetch_blob
@@ -145,7 +146,7 @@ async def test_unreachable_provider_then_good_one(start_node, tmp_path: Path) ->
     assert fetched.hash == info.hash
 
 
-async def test_garbage_request_resets_stream_and_node_carries_on(
+async def test_garbage_request_closes_a_strangers_connection_and_node_carries_on(
     start_node, tmp_path: Path
 ) -> None:
     a = await start_node()
@@ -153,14 +154,17 @@ async def test_garbage_request_resets_stream_and_node_carries_on(
     info = await a.blobs.add(tmp_path / "input.bin")
     peer = await bind_loopback([BLOBS_ALPN])
     try:
-        connection = await peer.connect(a.addr().to_endpoint(), BLOBS_ALPN)
         for junk in [b"\xff\xff\xff\xff" + b"x" * 10, b"\x00\x00\x00\x05{nope", b"\x00\x00"]:
+            connection = await peer.connect(a.addr().to_endpoint(), BLOBS_ALPN)
             bi = await connection.open_bi()
             await bi.send().write_all(junk)
             await bi.send().finish()
             with pytest.raises(iroh.IrohError):
                 await bi.recv().read_exact(4)
-        # Same connection, a well-formed request still gets a proper answer.
+            with trio.fail_after(10):
+                assert "broken framing" in await connection.closed()
+        # A new connection with a well-formed request still gets a proper answer.
+        connection = await peer.connect(a.addr().to_endpoint(), BLOBS_ALPN)
         bi = await connection.open_bi()
         await send_model(bi.send(), BlobRequest(hash=info.hash))
         await bi.send().finish()
@@ -201,7 +205,9 @@ async def test_request_with_repeated_overlapping_or_too_many_ranges_is_refused(
         with pytest.raises(iroh.IrohError):
             await bi.recv().read_exact(4)
         assert a.blobs.provider.served_bytes == 0
-        # Disjoint ranges in order are served, each block once.
+        # Disjoint ranges in order are served, each block once (on a new connection: a stranger
+        # that broke the framing lost the old one).
+        connection = await peer.connect(a.addr().to_endpoint(), BLOBS_ALPN)
         bi = await connection.open_bi()
         await send_model(
             bi.send(), BlobRequest(hash=info.hash, capability=capability, blocks=[(0, 1), (2, 3)])

@@ -26,7 +26,14 @@ import trio
 from p2pnode.concurrency import collapse_groups
 from p2pnode.net import bridge
 from p2pnode.net.errors import iroh_message
-from p2pnode.net.framing import ERR_REFUSED, ERR_SHUTDOWN, FrameError, reset_quietly, stop_quietly
+from p2pnode.net.framing import (
+    ERR_PROTOCOL,
+    ERR_REFUSED,
+    ERR_SHUTDOWN,
+    FrameError,
+    reset_quietly,
+    stop_quietly,
+)
 from p2pnode.net.peerlog import PeerLog
 
 log = logging.getLogger(__name__)
@@ -292,7 +299,13 @@ async def serve_streams(connection: iroh.Connection, handle_stream: StreamHandle
     async def guarded(bi: iroh.BiStream) -> None:
         nonlocal running
         try:
-            await _guarded_stream(connection, bi, handle_stream, admission.peer_log)
+            await _guarded_stream(
+                connection,
+                bi,
+                handle_stream,
+                admission.peer_log,
+                stranger=admission.streams is not None,
+            )
         finally:
             running -= 1
 
@@ -339,7 +352,13 @@ async def _guarded_stream(
     bi: iroh.BiStream,
     handle_stream: StreamHandler,
     peer_log: PeerLog | None,
+    *,
+    stranger: bool = False,
 ) -> None:
+    """Run one stream's handler; broken framing resets the stream, and a stranger's whole
+    connection: nothing a stranger sends needs a second chance, and closing drops at once what
+    QUIC buffered for its other streams (measured: 2,000 256 KiB half frames from 100 ids cost
+    +23-55 MB with resets alone, +12-14 MB with the close)."""
     try:
         with collapse_groups():
             await handle_stream(connection, bi)
@@ -353,6 +372,8 @@ async def _guarded_stream(
             level=logging.WARNING,
         )
         await reset_quietly(bi)
+        if stranger:
+            connection.close(ERR_PROTOCOL, b"broken framing")
     except iroh.IrohError as exc:
         _note(
             peer_log,
