@@ -15,18 +15,25 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write, fsync, rename: after a crash the file holds either the old or the new content."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _write_synced(tmp, data, mode)
     os.replace(tmp, path)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _write_synced(path: Path, data: bytes, mode: int) -> None:
+    """`data` on disk (fsynced) in a file created with `mode`, however short the writes come."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def save_model(path: Path, model: BaseModel, mode: int = 0o644) -> None:
@@ -37,12 +44,7 @@ def create_once(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Create a private file whole: `mode` from the first instant, published by a hard link, so a
     reader never sees it half written and of two racing creators the first one's content wins."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _write_synced(tmp, data, mode)
     with contextlib.suppress(FileExistsError):
         os.link(tmp, path)
     os.unlink(tmp)
