@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import httpx
 import iroh
 import pytest
 
@@ -81,3 +82,18 @@ async def start_node(tmp_path, nursery):
         return node
 
     return start
+
+
+@pytest.fixture
+async def node(start_node):
+    """One in-process node, for API tests."""
+    return await start_node()
+
+
+@pytest.fixture
+async def api(node):
+    """An HTTP client of `node`'s API, with its token."""
+    async with httpx.AsyncClient(
+        base_url=node.api_url, headers={"Authorization": f"Bearer {node.api_token}"}, timeout=30
+    ) as client:
+        yield client

@@ -20,19 +20,6 @@ MB = 1_000_000
 CLI_TIMEOUT_S = 60
 
 
-@pytest.fixture
-async def node(start_node):
-    return await start_node()
-
-
-@pytest.fixture
-async def api(node):
-    async with httpx.AsyncClient(
-        base_url=node.api_url, headers={"Authorization": f"Bearer {node.api_token}"}, timeout=30
-    ) as client:
-        yield client
-
-
 async def cli(node, *args: str) -> trio.Process:
     """The real CLI against the in-process node (run_process, so the node keeps answering)."""
     with trio.fail_after(CLI_TIMEOUT_S):

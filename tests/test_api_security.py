@@ -18,19 +18,6 @@ pytestmark = pytest.mark.trio
 HASH = "ab" * 32
 
 
-@pytest.fixture
-async def node(start_node):
-    return await start_node()
-
-
-@pytest.fixture
-async def api(node):
-    async with httpx.AsyncClient(
-        base_url=node.api_url, headers={"Authorization": f"Bearer {node.api_token}"}
-    ) as client:
-        yield client
-
-
 def one_line_detail(response: httpx.Response) -> str:
     detail = response.json()["detail"]
     assert isinstance(detail, str) and "\n" not in detail, detail
