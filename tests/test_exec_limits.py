@@ -80,6 +80,7 @@ def job_fixture(tmp_path: Path):
             module_hash=hashlib.sha256(path.read_bytes()).hexdigest(),
             artifacts_dir=tmp_path / "in",
             output_dir=tmp_path / out,
+            scratch_dir=tmp_path / f"{out}.scratch",
             limits=ExecutionLimits(**limits),
         )
 

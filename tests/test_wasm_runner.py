@@ -74,6 +74,7 @@ def job(tmp_path: Path):
             module_hash=hashlib.sha256(path.read_bytes()).hexdigest(),
             artifacts_dir=tmp_path / "in",
             output_dir=tmp_path / "out",
+            scratch_dir=tmp_path / "scratch",
             limits=limits,
             **fields,
         )
@@ -261,13 +262,35 @@ async def test_exit_codes(executor: WasiExecutor, job: Any) -> None:
     assert result.ok and result.result is True
 
 
-async def test_host_sleep_is_refused(executor: WasiExecutor, job: Any) -> None:
-    # A guest blocked in a host call could not be interrupted, so poll_oneoff says ENOSYS.
-    sleeper = wasi_module(
-        '(func (export "_start") (call $proc_exit (call $poll_oneoff (i32.const 0) (i32.const 64)'
-        " (i32.const 1) (i32.const 128))))"
+def sleeping(ns: int) -> str:
+    """Sleeps ``ns`` with one relative clock subscription; prints true if its event came back."""
+    return wasi_module(
+        f"""
+        (func (export "_start")
+          (i64.store (i32.const 64) (i64.const 7))
+          (i32.store8 (i32.const 72) (i32.const 0))
+          (i32.store (i32.const 80) (i32.const 1))
+          (i64.store (i32.const 88) (i64.const {ns}))
+          (drop (call $poll_oneoff (i32.const 64) (i32.const 128) (i32.const 1) (i32.const 200)))
+          (if (i32.and (i32.eq (i32.load (i32.const 200)) (i32.const 1))
+                       (i64.eq (i64.load (i32.const 128)) (i64.const 7)))
+            (then (call $write (i32.const 1) (i32.const 1024) (i32.const 4)))))
+        """,
+        b"true",
     )
-    assert failed(await executor.run(job(sleeper))) == "workflow exited with code 52"
+
+
+async def test_host_sleep_works(executor: WasiExecutor, job: Any) -> None:
+    result = await executor.run(job(sleeping(20_000_000)))
+    assert result.ok and result.result is True, result
+
+
+async def test_host_sleep_is_interrupted_by_the_time_limit(
+    executor: WasiExecutor, job: Any
+) -> None:
+    with trio.fail_after(60):  # the guest asks for an hour
+        result = await executor.run(job(sleeping(3600 * 10**9), limits={"time_s": 0.5}))
+    assert failed(result) == "timed out after 0.5 s"
 
 
 async def test_workflow_selection(executor: WasiExecutor, job: Any) -> None:

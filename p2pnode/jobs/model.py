@@ -24,6 +24,7 @@ from pydantic import (
     StringConstraints,
     TypeAdapter,
     field_serializer,
+    model_validator,
 )
 
 from p2pnode.executors.base import MAX_OUTPUTS, MIB, ExecutorKind, OutputName
@@ -42,6 +43,9 @@ MAX_RESULT_BYTES = 1 * MIB
 MAX_LOG_CHARS = 64 * 1024
 MAX_ERROR_CHARS = 4096
 MAX_NOTE_CHARS = 200
+MAX_COMMAND_BYTES = 256 * 1024
+"""Largest argv plus environment of a command job (UTF-8 bytes), like a typical ARG_MAX: the
+command travels in the claim grant's frame."""
 MAX_HISTORY = 32
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -142,6 +146,34 @@ class BlobRef(BaseModel):
         return cls(hash=info.hash, size=info.size, root=info.root, providers=[node_id])
 
 
+def _no_nul(text: str) -> str:
+    if "\0" in text:
+        raise ValueError("must not contain NUL")
+    return text
+
+
+Arg = Annotated[str, AfterValidator(_no_nul)]
+EnvName = Annotated[str, StringConstraints(pattern=r"^[^=\x00]+$")]
+
+
+class Command(BaseModel):
+    """An ordinary WASI program run as a job: ``_start`` with exactly this argv and environment
+    (nothing of the worker's own), stdin from a blob; see ``p2pnode.executors.wasm``."""
+
+    argv: list[Arg] = Field(min_length=1, max_length=4096)
+    env: dict[EnvName, Arg] = Field(default_factory=dict, max_length=1024)
+    stdin: BlobRef | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Command:
+        size = sum(len(arg.encode()) + 1 for arg in self.argv) + sum(
+            len(name.encode()) + len(value.encode()) + 2 for name, value in self.env.items()
+        )
+        if size > MAX_COMMAND_BYTES:
+            raise ValueError(f"argv and environment of {size} bytes exceed {MAX_COMMAND_BYTES}")
+        return self
+
+
 class Requirements(BaseModel):
     executor: Executor = "wasi"
     limits: Limits = Field(default_factory=Limits)
@@ -156,6 +188,8 @@ class JobSpec(BaseModel):
     input_blob: BlobRef | None = None
     """The input as a JSON blob instead, when it is larger than `INLINE_INPUT_BYTES`."""
     artifacts: dict[ArtifactName, BlobRef] = Field(default_factory=dict, max_length=256)
+    command: Command | None = None
+    """Run the module as a command (argv, env, stdin) instead of a workflow."""
     requirements: Requirements = Field(default_factory=Requirements)
     max_attempts: int = Field(default=3, ge=1, le=100)
 

@@ -20,7 +20,7 @@ import trio
 from p2pnode.blobs.fetch import FetchError
 from p2pnode.blobs.service import BlobService
 from p2pnode.blobs.store import StoreError
-from p2pnode.executors.base import ExecutionRequest, ExecutionResult, Executor
+from p2pnode.executors.base import ExecutionRequest, ExecutionResult, Executor, Invocation
 from p2pnode.jobs import model
 from p2pnode.jobs.announcements import JobAnnounced
 from p2pnode.jobs.control import ControlClient, ControlError
@@ -245,10 +245,17 @@ class Worker:
         outputs.mkdir(parents=True, exist_ok=True)
         module_path = workdir / "module.wasm"
         job_input = spec.input
+        command = None
         try:
             await self._materialize(spec.module, origin, module_path)
             for name, ref in spec.artifacts.items():
                 await self._materialize(ref, origin, inputs / name)
+            if spec.command is not None:
+                stdin = None
+                if spec.command.stdin is not None:
+                    stdin = workdir / "stdin"
+                    await self._materialize(spec.command.stdin, origin, stdin)
+                command = Invocation(argv=spec.command.argv, env=spec.command.env, stdin=stdin)
             if spec.input_blob is not None:
                 input_path = workdir / "input.json"
                 await self._materialize(spec.input_blob, origin, input_path)
@@ -267,6 +274,8 @@ class Worker:
             input=job_input,
             artifacts_dir=inputs,
             output_dir=outputs,
+            scratch_dir=workdir / "scratch",
+            command=command,
             limits=spec.requirements.limits,
         )
         return await executor.run(request)
