@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,7 @@ def job(tmp_path: Path):
             module_hash=hashlib.sha256(path.read_bytes()).hexdigest(),
             artifacts_dir=tmp_path / "in",
             output_dir=tmp_path / "out",
-            scratch_dir=tmp_path / "scratch",
+            scratch_dir=Path(tempfile.mkdtemp(dir=tmp_path, prefix="scratch-")),  # one per run
             limits=limits,
             **fields,
         )

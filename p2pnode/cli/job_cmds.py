@@ -34,9 +34,10 @@ def job() -> None:
     \b
     Examples:
       p2pnode job submit --module examples/wordcount.wat --artifact text=README.md --wait
+      p2pnode job submit --module tool.wasm --env LANG=C --stdin in.txt --wait -- -v x.txt
       p2pnode job ls --state running
       p2pnode job show ID; p2pnode job wait ID; p2pnode job cancel ID
-      p2pnode job get ID -o out/                     the output files of a succeeded job
+      p2pnode job get ID -o out/                     the output files of a finished job
     """
 
 
@@ -65,6 +66,16 @@ def _parse_artifacts(values: tuple[str, ...]) -> dict[str, Path]:
             fail(f"--artifact {name}: no file at {path}", EXIT_USAGE)
         artifacts[name] = Path(path)
     return artifacts
+
+
+def _parse_env(values: tuple[str, ...]) -> dict[str, str]:
+    env = {}
+    for value in values:
+        name, sep, setting = value.partition("=")
+        if not sep or not name:
+            fail(f"--env wants NAME=VALUE, got {value!r}", EXIT_USAGE)
+        env[name] = setting
+    return env
 
 
 def _module_bytes(module: Path) -> bytes:
@@ -137,7 +148,27 @@ def _module_bytes(module: Path) -> bytes:
     show_default=True,
     help="Attempts before the job fails for good.",
 )
+@click.option(
+    "--env",
+    "env",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Command mode: an environment variable (the only ones it sees). Repeatable.",
+)
+@click.option(
+    "--stdin",
+    "stdin",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Command mode: a file whose bytes are the program's stdin.",
+)
+@click.option(
+    "--command",
+    "command",
+    is_flag=True,
+    help="Run the module as a command even without ARGS, --env or --stdin.",
+)
 @click.option("--wait", is_flag=True, help="Wait for the job to finish and show its result.")
+@click.argument("args", nargs=-1)
 @click.pass_obj
 def submit(
     api: ApiClient,
@@ -150,16 +181,31 @@ def submit(
     fuel: int,
     memory_mib: int,
     attempts: int,
+    env: tuple[str, ...],
+    stdin: Path | None,
+    command: bool,
     wait: bool,
+    args: tuple[str, ...],
 ) -> None:
     """Submit a job; prints its id. The module and artifacts travel to the worker as blobs.
 
+    With ARGS, --env, --stdin or --command the module runs as an ordinary WASI program
+    (command mode): argv is the module's file name and ARGS, stdout and stderr become the
+    outputs `stdout` and `stderr`, the result is {"exit_code": N} and exit code 0 is success.
+
     \b
     p2pnode job submit --module examples/wordcount.wat --artifact text=README.md --wait
+    p2pnode job submit --module tool.wasm --env K=V --stdin in.txt --wait -- -v ARG
     """
     job_input = _parse_input(input_)
     artifact_paths = _parse_artifacts(artifacts)
+    environment = _parse_env(env)
     wasm = _module_bytes(module)
+    command_fields: dict[str, Any] = {}
+    if args or env or stdin or command:
+        command_fields = {"args": list(args), "argv0": module.name, "env": environment}
+        if stdin is not None:
+            command_fields["stdin_blob"] = upload(api, stdin).blob.hash
     body = {
         "module_blob": api.upload(
             "/blobs", [wasm], len(wasm), BlobAdded, params={"pin": True}
@@ -172,6 +218,7 @@ def submit(
         "executor": executor,
         "limits": {"time_s": time_limit, "fuel": fuel, "memory_bytes": memory_mib << 20},
         "max_attempts": attempts,
+        **command_fields,
     }
     submitted = api.post("/jobs", Job, json=body)
     click.echo(submitted.id)
@@ -288,7 +335,8 @@ def cancel(api: ApiClient, job_id: str) -> None:
 @click.option("--force", is_flag=True, help="Overwrite output files that exist.")
 @click.pass_obj
 def get(api: ApiClient, job_id: str, output: Path, force: bool) -> None:
-    """Fetch a succeeded job's output artifacts into a folder.
+    """Fetch a finished job's output files into a folder (a failed one's are those of its last
+    attempt: a command's partial outputs, stdout and stderr).
 
     \b
     Example:

@@ -27,8 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from p2pnode.executors.base import MAX_OUTPUTS, MIB, ExecutorKind, OutputName
-from p2pnode.executors.base import ExecutionLimits as Limits
+from p2pnode.executors.base import MAX_OUTPUTS, MIB, ExecutionLimits, ExecutorKind, OutputName
 
 if TYPE_CHECKING:
     from p2pnode.blobs.model import BlobInfo
@@ -129,6 +128,7 @@ class JobState(StrEnum):
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
 Executor = ExecutorKind
+Limits = ExecutionLimits
 
 
 class BlobRef(BaseModel):

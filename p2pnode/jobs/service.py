@@ -1,4 +1,4 @@
-"""The node's jobs service: submit and track jobs as their origin, and feed announcements to the worker.
+"""The node's jobs service: submit and track jobs as their origin, feed announcements to the worker.
 
 The origin is the single source of truth for its jobs (SQLite, durable before `submit` returns);
 gossip only tells the cluster, in a bounded summary, that a job exists or ended, and only the
@@ -17,12 +17,18 @@ from typing import Protocol, get_args
 
 import pydantic_core
 import trio
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
 
 from p2pnode.blobs.fetch import FetchError
 from p2pnode.blobs.service import BlobService
 from p2pnode.blobs.store import BlobNotFound, StoreError
-from p2pnode.executors.wasm import InvalidModule, assemble, list_workflows, load_module_bytes
+from p2pnode.executors.wasm import (
+    MAIN_WORKFLOW,
+    InvalidModule,
+    assemble,
+    list_workflows,
+    load_module_bytes,
+)
 from p2pnode.jobs import model
 from p2pnode.jobs.announcements import JobAnnounced, JobFinished
 from p2pnode.jobs.control import ControlClient, ControlError, ControlServer
@@ -38,7 +44,9 @@ REANNOUNCE_EVERY = 30  # sweeps
 
 class JobSubmission(BaseModel):
     """A job as a person submits it: local files or blobs already in the node's store, which
-    the node pins and references. Exactly one of `module` and `module_blob`."""
+    the node pins and references. Exactly one of `module` and `module_blob`. Any of `args`,
+    `env` and `stdin_blob` makes it a command job: `_start` runs with argv `[argv0, *args]`
+    (argv0 defaults to the module's file name), exactly `env`, and `stdin_blob` as stdin."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -48,6 +56,10 @@ class JobSubmission(BaseModel):
     input: JsonValue = None
     artifacts: dict[model.ArtifactName, Path] = {}
     artifact_blobs: dict[model.ArtifactName, model.Hex64] = {}
+    args: list[model.Arg] | None = None
+    argv0: model.Arg | None = None
+    env: dict[model.EnvName, model.Arg] = {}
+    stdin_blob: model.Hex64 | None = None
     executor: model.Executor = "wasi"
     limits: model.Limits = model.Limits()
     max_attempts: int = Field(3, ge=1, le=100)
@@ -58,7 +70,25 @@ class JobSubmission(BaseModel):
             raise ValueError("give exactly one of module and module_blob")
         if both := sorted(self.artifacts.keys() & self.artifact_blobs.keys()):
             raise ValueError(f"artifact {both[0]!r} given both as a path and as a blob")
+        if self.is_command:
+            if self.workflow is not None or self.input is not None:
+                raise ValueError("a command job takes args, env and stdin, not workflow or input")
+            if self.executor != "wasi":
+                raise ValueError("command jobs run on the wasi executor")
         return self
+
+    @property
+    def is_command(self) -> bool:
+        return (
+            self.args is not None
+            or self.argv0 is not None
+            or bool(self.env)
+            or self.stdin_blob is not None
+        )
+
+    def argv(self) -> list[str]:
+        default = self.module.name if self.module is not None else "module.wasm"
+        return [self.argv0 or default, *(self.args or [])]
 
 
 class SubmissionError(Exception):
@@ -124,11 +154,13 @@ class JobService:
 
     async def submit_files(self, request: JobSubmission) -> model.Job:
         """Pin the module, artifacts and a large input as blobs, then submit. The module is checked
-        (valid binary or WAT, assembled; the workflow exists) so a bad one fails now, not at run time."""
+        (valid binary or WAT, assembled; the workflow exists) so a bad one fails now, not at run
+        time."""
         input_json = pydantic_core.to_json(request.input)
         if len(input_json) > model.MAX_INPUT_BYTES:
             raise SubmissionTooLarge(
-                f"input of {len(input_json)} bytes exceeds {model.MAX_INPUT_BYTES}: send large data as an artifact"
+                f"input of {len(input_json)} bytes exceeds {model.MAX_INPUT_BYTES}: "
+                "send large data as an artifact"
             )
         module = await self._module(request)
         artifacts = {}
@@ -145,19 +177,33 @@ class JobService:
                 await self._blobs.store.add_bytes(input_json, pin=True), self.id
             )
             job_input = None
+        command = None
+        if request.is_command:
+            stdin = request.stdin_blob
+            try:
+                command = model.Command(
+                    argv=request.argv(),
+                    env=request.env,
+                    stdin=None if stdin is None else await self._pinned(stdin, "stdin"),
+                )
+            except ValidationError as exc:
+                raise SubmissionError(f"cannot use the command: {exc.errors()[0]['msg']}") from None
         spec = model.JobSpec(
             workflow=request.workflow,
             module=module,
             input=job_input,
             input_blob=input_blob,
             artifacts=artifacts,
+            command=command,
             requirements=model.Requirements(executor=request.executor, limits=request.limits),
             max_attempts=request.max_attempts,
         )
         return await self.submit(spec)
 
     async def _module(self, request: JobSubmission) -> model.BlobRef:
-        """The module as a pinned binary blob, checked off the trio thread (compiling takes a while)."""
+        """The module as a pinned binary blob, checked off the trio thread (compiling takes a
+        while)."""
+        source: Path | str
         if request.module is not None:
             source, what = request.module, f"module {request.module}"
         else:
@@ -165,21 +211,23 @@ class JobService:
             source, what = request.module_blob, f"module blob {request.module_blob[:12]}"
             await self._pinned(request.module_blob, "module")
         try:
-            wasm = await trio.to_thread.run_sync(
-                self._checked_module, source, request.workflow, request.executor
-            )
+            wasm = await trio.to_thread.run_sync(self._checked_module, source, request)
         except (OSError, StoreError, InvalidModule) as exc:
             raise SubmissionError(f"cannot use {what}: {exc}") from None
         return model.BlobRef.held_by(await self._blobs.store.add_bytes(wasm, pin=True), self.id)
 
-    def _checked_module(self, source: Path | str, workflow: str | None, executor: str) -> bytes:
+    def _checked_module(self, source: Path | str, request: JobSubmission) -> bytes:
         if isinstance(source, Path):
             wasm = load_module_bytes(source)
         else:
             with self._blobs.store.open_read(source) as f:
                 wasm = assemble(f.read())
         workflows = list_workflows(wasm)
-        if executor == "wasi":  # Flawless modules follow Flawless's own conventions for workflows
+        workflow = request.workflow
+        if request.is_command:
+            if MAIN_WORKFLOW not in workflows:
+                raise InvalidModule("a command job needs a module that exports _start")
+        elif request.executor == "wasi":  # Flawless modules follow Flawless's own conventions
             available = ", ".join(workflows) or "none"
             if workflow is not None and workflow not in workflows:
                 raise InvalidModule(f"no workflow {workflow!r} (available: {available})")
@@ -245,7 +293,7 @@ class JobService:
             if envelope := self._announcements.pop(job.id, None):
                 self._gossip.retire(envelope)
             self._publish(JobFinished(job=job.summary()))
-            if job.state == model.JobState.SUCCEEDED and job.outputs and self._nursery is not None:
+            if job.outputs and self._nursery is not None:  # a failed command keeps its outputs
                 self._nursery.start_soon(self._collect_outputs, job)
 
     def _announce(self, job: model.Job) -> None:
@@ -305,4 +353,6 @@ class JobService:
                 keep.update(ref.hash for ref in job.spec.artifacts.values())
                 if job.spec.input_blob is not None:
                     keep.add(job.spec.input_blob.hash)
+                if job.spec.command is not None and job.spec.command.stdin is not None:
+                    keep.add(job.spec.command.stdin.hash)
         return keep

@@ -1,0 +1,45 @@
+"""Scenario (#11.1): a command job from the CLI, `p2pnode job submit ... -- ARG...`, and its
+outputs, stdout and stderr fetched with `job get`, for a failed job too."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.nodeproc import NodeProcess
+
+pytestmark = pytest.mark.slow
+
+COMMAND = Path(__file__).resolve().parent.parent / "examples" / "command.wat"
+
+
+@pytest.fixture
+def node(tmp_path: Path):
+    started = NodeProcess(tmp_path / "node")
+    yield started
+    started.kill()
+
+
+def test_command_job_from_the_cli(node: NodeProcess, tmp_path: Path) -> None:
+    stdin = tmp_path / "stdin.txt"
+    stdin.write_text("typed in\n")
+    common = ["job", "submit", "--module", str(COMMAND), "--env", "LANG=C", "--stdin", str(stdin)]
+    ok = node.cli(*common, "--wait", "--", "0", "--flag")
+    job_id, result = ok.stdout.splitlines()
+    assert json.loads(result) == {"exit_code": 0}
+    failed = node.cli(*common, "--attempts", "1", "--wait", "--", "3", check=False)
+    failed_id = failed.stdout.splitlines()[0]
+    assert failed.returncode == 1
+    assert failed.stderr.strip() == f"error: job {failed_id} failed: command exited with code 3"
+
+    for got, argv in ((job_id, "0\n--flag\n"), (failed_id, "3\n")):
+        out = tmp_path / got
+        node.cli("job", "get", got, "-o", str(out))
+        assert (out / "stdout").read_text() == f"command.wat\n{argv}LANG=C\ntyped in\n"
+        assert (out / "stderr").read_text() == "done\n"
+        assert (out / "sub" / "f.txt").read_text() == "partial\n"
+    shown = json.loads(node.cli("job", "show", failed_id, "--json").stdout)
+    assert shown["result"] == {"exit_code": 3}
+    assert shown["spec"]["command"]["argv"] == ["command.wat", "3"]
