@@ -13,6 +13,7 @@ from tests.nodeproc import NodeProcess
 pytestmark = pytest.mark.slow
 
 COMMAND = Path(__file__).resolve().parent.parent / "examples" / "command.wat"
+MODULES = Path(__file__).resolve().parent / "modules"
 
 
 @pytest.fixture
@@ -43,3 +44,25 @@ def test_command_job_from_the_cli(node: NodeProcess, tmp_path: Path) -> None:
     shown = json.loads(node.cli("job", "show", failed_id, "--json").stdout)
     assert shown["result"] == {"exit_code": 3}
     assert shown["spec"]["command"]["argv"] == ["command.wat", "3"]
+
+
+def test_mounts_from_the_cli(node: NodeProcess, tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    (folder / "sub" / "deeper").mkdir(parents=True)
+    (folder / "sub" / "deeper" / "x.txt").write_text("nested\n")
+    (folder / "top.txt").write_text("top\n")
+    cat = str(MODULES / "cat.wat")
+    for mount, args in (
+        (f"data={folder}", ["3", "data/sub/deeper/x.txt"]),
+        (f"tree={folder}:/srv/tree", ["6", "top.txt"]),
+        (f"one={folder / 'top.txt'}:/etc/one/top.txt", ["6", "top.txt"]),
+    ):
+        ran = node.cli("job", "submit", "--module", cat, "--mount", mount, "--wait", "--", *args)
+        job_id = ran.stdout.splitlines()[0]
+        out = tmp_path / job_id
+        node.cli("job", "get", job_id, "-o", str(out))
+        assert (out / "stdout").read_text() == (folder / args[1].removeprefix("data/")).read_text()
+    bad = node.cli("job", "submit", "--module", cat, "--mount", "x=/nonexistent", check=False)
+    assert bad.returncode == 2 and bad.stderr.strip() == (
+        "error: --mount x: no file or folder at /nonexistent"
+    )

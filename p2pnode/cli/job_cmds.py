@@ -7,14 +7,14 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import click
-from pydantic import RootModel
+from pydantic import RootModel, ValidationError
 
 from p2pnode.api.client import ApiClient
 from p2pnode.api.schemas import BlobAdded
 from p2pnode.blobs.model import BlobInfo
 from p2pnode.cli import EXIT_USAGE, cli, fail
 from p2pnode.cli.blob_cmds import download, upload
-from p2pnode.jobs.model import Job, JobState
+from p2pnode.jobs.model import Job, JobState, Manifest, ManifestEntry
 
 WAIT_POLL_S = 30.0
 
@@ -78,6 +78,44 @@ def _parse_env(values: tuple[str, ...]) -> dict[str, str]:
     return env
 
 
+def _upload_mounts(api: ApiClient, values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """`NAME=PATH[:GUEST_PATH]` each: a file as its blob, a folder as the blob of its manifest
+    plus one blob per file (an unchanged file or tree uploads to the same blobs)."""
+    mounts: dict[str, dict[str, Any]] = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        path, colon, guest = rest.rpartition(":/")
+        path, guest_path = (path, "/" + guest) if colon else (rest, None)
+        source = Path(path)
+        if not sep or not name or not path:
+            fail(f"--mount wants NAME=PATH[:GUEST_PATH], got {value!r}", EXIT_USAGE)
+        if source.is_file():
+            blob = upload(api, source).blob.hash
+        elif source.is_dir():
+            blob = _upload_tree(api, name, source)
+        else:
+            fail(f"--mount {name}: no file or folder at {path}", EXIT_USAGE)
+        mounts[name] = {"blob": blob, "directory": source.is_dir(), "guest_path": guest_path}
+    return mounts
+
+
+def _upload_tree(api: ApiClient, name: str, folder: Path) -> str:
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    try:
+        entries = [
+            ManifestEntry(
+                path=path.relative_to(folder).as_posix(),
+                **upload(api, path).blob.model_dump(include={"hash", "size", "root"}),
+            )
+            for path in files
+        ]
+        manifest = Manifest(files=entries).model_dump_json().encode()
+    except ValidationError as exc:
+        fail(f"--mount {name}: cannot ship {folder}: {exc.errors()[0]['msg']}", EXIT_USAGE)
+    added = api.upload("/blobs", [manifest], len(manifest), BlobAdded, params={"pin": True})
+    return added.blob.hash
+
+
 def _module_bytes(module: Path) -> bytes:
     """The module as a WebAssembly binary; `.wat` text is assembled here, before it travels."""
     from p2pnode.executors.wasm import InvalidModule, load_module_bytes
@@ -111,6 +149,13 @@ def _module_bytes(module: Path) -> bytes:
     multiple=True,
     metavar="NAME=PATH",
     help="Input file, visible to the workflow as /in/NAME. Repeatable.",
+)
+@click.option(
+    "--mount",
+    "mounts",
+    multiple=True,
+    metavar="NAME=PATH[:GUEST_PATH]",
+    help="A file or a whole folder, read-only at GUEST_PATH (default /in/NAME). Repeatable.",
 )
 @click.option(
     "--executor",
@@ -176,6 +221,7 @@ def submit(
     workflow: str | None,
     input_: str | None,
     artifacts: tuple[str, ...],
+    mounts: tuple[str, ...],
     executor: str,
     time_limit: float,
     fuel: int,
@@ -215,6 +261,7 @@ def submit(
         "artifact_blobs": {
             name: upload(api, path).blob.hash for name, path in artifact_paths.items()
         },
+        "mounts": _upload_mounts(api, mounts),
         "executor": executor,
         "limits": {"time_s": time_limit, "fuel": fuel, "memory_bytes": memory_mib << 20},
         "max_attempts": attempts,

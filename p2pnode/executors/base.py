@@ -131,6 +131,9 @@ class ExecutionRequest(BaseModel):
         "and stderr); the caller removes it once the outputs are stored"
     )
     command: Invocation | None = None
+    mounts: dict[str, Path] = Field(
+        default_factory=dict, description="read-only folders by guest path, besides /in"
+    )
     limits: ExecutionLimits = ExecutionLimits()
 
 

@@ -6,6 +6,7 @@ Guest contract:
 - the job input is JSON on stdin, the result is the JSON the workflow writes to stdout;
 - the artifacts directory is preopened read-only at ``/in`` (fd 3), the output directory
   read-write at ``/out`` (fd 4); regular files left in ``/out`` become the job's outputs;
+  mounts outside ``/in`` are further read-only preopens (fd 6 on, in guest path order);
 - exit status 0 is success; anything else, and every trap, is a failure with a reason.
 
 Command mode (``ExecutionRequest.command``) runs an ordinary WASI program unmodified instead:
@@ -428,6 +429,8 @@ class _Run:
         wasi.preopen_dir(str(req.artifacts_dir), "/in", False)  # fd 3
         wasi.preopen_dir(str(req.output_dir), "/out", True)  # fd 4
         wasi.preopen_dir(str(_tmp_dir(req)), "/tmp", True)  # fd 5
+        for guest_path, host_dir in sorted(req.mounts.items()):
+            wasi.preopen_dir(str(host_dir), guest_path, False)
         self.store.set_wasi(wasi)
 
         linker = wasmtime.Linker(self.engine)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import time
 from enum import StrEnum
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import pydantic_core
@@ -174,6 +175,70 @@ class Command(BaseModel):
         return self
 
 
+MAX_MOUNTS = 64
+MAX_MOUNT_FILES = 10_000
+MAX_MANIFEST_BYTES = 4 * MIB
+_WRITABLE_DIRS = ("/out", "/tmp")
+
+
+class ManifestEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: OutputName
+    """Relative POSIX path inside the mounted folder."""
+    hash: Hex64
+    size: int = Field(ge=0)
+    root: Hex64
+
+
+class Manifest(BaseModel):
+    """A folder tree as one blob: its files' paths and blobs. An unchanged tree has the same
+    manifest hash and identical files the same blob, so a worker fetches each once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    files: list[ManifestEntry] = Field(max_length=MAX_MOUNT_FILES)
+
+    @model_validator(mode="after")
+    def _a_tree(self) -> Manifest:
+        paths = {entry.path for entry in self.files}
+        if len(paths) != len(self.files):
+            raise ValueError("a manifest names a file twice")
+        for path in paths:
+            if any(str(parent) in paths for parent in PurePosixPath(path).parents):
+                raise ValueError(f"manifest entry {path!r} is inside another file")
+        return self
+
+
+def _check_guest_path(path: str) -> str:
+    pure = PurePosixPath(path)
+    if not pure.is_absolute() or any(part in (".", "..") for part in path.split("/")[1:]):
+        raise ValueError("a guest path is absolute, without '.' or '..' parts")
+    if str(pure) != path or "\0" in path:
+        raise ValueError("a guest path is written plainly (no '//', trailing '/' or NUL)")
+    if path in ("/", "/in") or any(path == d or path.startswith(d + "/") for d in _WRITABLE_DIRS):
+        raise ValueError("a guest path may not be /, /in, or inside /out or /tmp")
+    return path
+
+
+GuestPath = Annotated[str, StringConstraints(max_length=1024), AfterValidator(_check_guest_path)]
+
+
+class Mount(BaseModel):
+    """A file, or a folder as its manifest blob, visible read-only to the job at ``guest_path``
+    (``/in/NAME`` by default)."""
+
+    source: BlobRef
+    directory: bool = False
+    guest_path: GuestPath | None = None
+
+    @model_validator(mode="after")
+    def _file_in_a_folder(self) -> Mount:
+        if not self.directory and self.guest_path and self.guest_path.count("/") < 2:
+            raise ValueError("a mounted file goes into a folder: /FOLDER/NAME at least")
+        return self
+
+
 class Requirements(BaseModel):
     executor: Executor = "wasi"
     limits: Limits = Field(default_factory=Limits)
@@ -190,8 +255,25 @@ class JobSpec(BaseModel):
     artifacts: dict[ArtifactName, BlobRef] = Field(default_factory=dict, max_length=256)
     command: Command | None = None
     """Run the module as a command (argv, env, stdin) instead of a workflow."""
+    mounts: dict[ArtifactName, Mount] = Field(default_factory=dict, max_length=MAX_MOUNTS)
     requirements: Requirements = Field(default_factory=Requirements)
     max_attempts: int = Field(default=3, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _apart(self) -> JobSpec:
+        """Artifacts and mounts never overlap: none is inside or on top of another."""
+        targets = [f"/in/{name}" for name in self.artifacts] + [
+            mount.guest_path or f"/in/{name}" for name, mount in self.mounts.items()
+        ]
+        for path in targets:
+            inside = [other for other in targets if other == path or other.startswith(path + "/")]
+            if len(inside) > 1:
+                raise ValueError(f"{inside[1]} would be hidden by another input at {path}")
+        return self
+
+    def guest_path(self, name: str) -> str:
+        mount = self.mounts[name]
+        return mount.guest_path or f"/in/{name}"
 
 
 class Lease(BaseModel):

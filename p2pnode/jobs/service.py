@@ -42,6 +42,18 @@ SWEEP_INTERVAL_S = 1.0
 REANNOUNCE_EVERY = 30  # sweeps
 
 
+class MountSubmission(BaseModel):
+    """A file or folder uploaded as blobs, visible read-only to the job at `guest_path`
+    (default `/in/NAME`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    blob: model.Hex64
+    """The file's blob, or for a folder the blob of its `model.Manifest` (JSON)."""
+    directory: bool = False
+    guest_path: model.GuestPath | None = None
+
+
 class JobSubmission(BaseModel):
     """A job as a person submits it: local files or blobs already in the node's store, which
     the node pins and references. Exactly one of `module` and `module_blob`. Any of `args`,
@@ -56,6 +68,7 @@ class JobSubmission(BaseModel):
     input: JsonValue = None
     artifacts: dict[model.ArtifactName, Path] = {}
     artifact_blobs: dict[model.ArtifactName, model.Hex64] = {}
+    mounts: dict[model.ArtifactName, MountSubmission] = Field({}, max_length=model.MAX_MOUNTS)
     args: list[model.Arg] | None = None
     argv0: model.Arg | None = None
     env: dict[model.EnvName, model.Arg] = {}
@@ -188,17 +201,50 @@ class JobService:
                 )
             except ValidationError as exc:
                 raise SubmissionError(f"cannot use the command: {exc.errors()[0]['msg']}") from None
-        spec = model.JobSpec(
-            workflow=request.workflow,
-            module=module,
-            input=job_input,
-            input_blob=input_blob,
-            artifacts=artifacts,
-            command=command,
-            requirements=model.Requirements(executor=request.executor, limits=request.limits),
-            max_attempts=request.max_attempts,
-        )
+        mounts = {name: await self._mount(name, mount) for name, mount in request.mounts.items()}
+        try:
+            spec = model.JobSpec(
+                workflow=request.workflow,
+                module=module,
+                input=job_input,
+                input_blob=input_blob,
+                artifacts=artifacts,
+                command=command,
+                mounts=mounts,
+                requirements=model.Requirements(executor=request.executor, limits=request.limits),
+                max_attempts=request.max_attempts,
+            )
+        except ValidationError as exc:
+            raise SubmissionError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
         return await self.submit(spec)
+
+    async def _mount(self, name: str, request: MountSubmission) -> model.Mount:
+        """A mount whose blobs (for a folder: its manifest and every file) are here, pinned."""
+        what = f"mount {name!r}"
+        source = await self._pinned(request.blob, what)
+        if request.directory:
+            if source.size > model.MAX_MANIFEST_BYTES:
+                limit = model.MAX_MANIFEST_BYTES
+                raise SubmissionError(f"the {what} manifest is over {limit} bytes")
+            try:
+                manifest = model.Manifest.model_validate_json(
+                    await trio.to_thread.run_sync(self._read_blob, request.blob)
+                )
+            except ValidationError as exc:
+                raise SubmissionError(
+                    f"the {what} manifest is invalid: {exc.errors()[0]['msg']}"
+                ) from None
+            for entry in manifest.files:
+                ref = await self._pinned(entry.hash, f"{what} file {entry.path!r}")
+                if (ref.size, ref.root) != (entry.size, entry.root):
+                    raise SubmissionError(f"the {what} manifest misstates {entry.path!r}")
+        return model.Mount(
+            source=source, directory=request.directory, guest_path=request.guest_path
+        )
+
+    def _read_blob(self, blob_hash: str) -> bytes:
+        with self._blobs.store.open_read(blob_hash) as f:
+            return f.read()
 
     async def _module(self, request: JobSubmission) -> model.BlobRef:
         """The module as a pinned binary blob, checked off the trio thread (compiling takes a
@@ -220,8 +266,7 @@ class JobService:
         if isinstance(source, Path):
             wasm = load_module_bytes(source)
         else:
-            with self._blobs.store.open_read(source) as f:
-                wasm = assemble(f.read())
+            wasm = assemble(self._read_blob(source))
         workflows = list_workflows(wasm)
         workflow = request.workflow
         if request.is_command:
@@ -355,4 +400,5 @@ class JobService:
                     keep.add(job.spec.input_blob.hash)
                 if job.spec.command is not None and job.spec.command.stdin is not None:
                     keep.add(job.spec.command.stdin.hash)
+                keep.update(mount.source.hash for mount in job.spec.mounts.values())
         return keep
