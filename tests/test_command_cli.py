@@ -4,6 +4,8 @@ outputs, stdout and stderr fetched with `job get`, for a failed job too."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,3 +68,33 @@ def test_mounts_from_the_cli(node: NodeProcess, tmp_path: Path) -> None:
     assert bad.returncode == 2 and bad.stderr.strip() == (
         "error: --mount x: no file or folder at /nonexistent"
     )
+
+
+def test_job_run_follows_the_job_and_writes_its_outputs(node: NodeProcess, tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "top.txt").write_text("top\n")
+    ran = node.cli(
+        "job", "run", "--module", str(COMMAND), "--mount", f"data={folder}", "-o",
+        str(tmp_path / "ok"), "--env", "A=B", "--", "0", "x",
+    )  # fmt: skip
+    job_id = ran.stdout.splitlines()[0]
+    assert json.loads(ran.stdout.splitlines()[-1]) == {"exit_code": 0}
+    states = [line.split()[1] for line in ran.stderr.splitlines() if line.startswith(job_id)]
+    assert states[0] == "pending" and states[-1] == "succeeded", ran.stderr
+    assert (tmp_path / "ok" / "stdout").read_text() == "command.wat\n0\nx\nA=B\n"
+    assert (tmp_path / "ok" / "sub" / "f.txt").read_text() == "partial\n"
+
+    # Without -o the outputs go to out/JOB_ID, for a failed program too.
+    failed = subprocess.run(
+        [sys.executable, "-m", "p2pnode", "--api", node.api, "--data", str(node.data_dir)]
+        + ["job", "run", "--module", str(COMMAND), "--attempts", "1", "--", "3"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    job_id = failed.stdout.splitlines()[0]
+    assert failed.returncode == 1, failed.stderr
+    assert (
+        failed.stderr.splitlines()[-1] == f"error: job {job_id} failed: command exited with code 3"
+    )
+    assert (tmp_path / "out" / job_id / "stdout").read_text() == "command.wat\n3\n"
+    assert (tmp_path / "out" / job_id / "stderr").read_text() == "done\n"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from pydantic import RootModel, ValidationError
@@ -17,6 +18,8 @@ from p2pnode.cli.blob_cmds import download, upload
 from p2pnode.jobs.model import Job, JobState, Manifest, ManifestEntry
 
 WAIT_POLL_S = 30.0
+FOLLOW_POLL_S = 1.0
+"""How long `job run` lets the node hold one wait: state changes show within this."""
 
 
 class _JobList(RootModel[list[Job]]):
@@ -35,6 +38,7 @@ def job() -> None:
     Examples:
       p2pnode job submit --module examples/wordcount.wat --artifact text=README.md --wait
       p2pnode job submit --module tool.wasm --env LANG=C --stdin in.txt --wait -- -v x.txt
+      p2pnode job run --module tool.wasm --mount data=./data -o out/ -- ARG...
       p2pnode job ls --state running
       p2pnode job show ID; p2pnode job wait ID; p2pnode job cancel ID
       p2pnode job get ID -o out/                     the output files of a finished job
@@ -126,129 +130,106 @@ def _module_bytes(module: Path) -> bytes:
         fail(f"cannot use module {module}: {exc}", EXIT_USAGE)
 
 
-@job.command()
-@click.option(
-    "--module",
-    "module",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Workflow module: .wasm binary or .wat text.",
-)
-@click.option(
-    "--workflow", help="Workflow to run; may be left out when the module has exactly one."
-)
-@click.option(
-    "--input",
-    "input_",
-    metavar="JSON|@FILE",
-    help="Job input as JSON, or @file to read it from a file.",
-)
-@click.option(
-    "--artifact",
-    "artifacts",
-    multiple=True,
-    metavar="NAME=PATH",
-    help="Input file, visible to the workflow as /in/NAME. Repeatable.",
-)
-@click.option(
-    "--mount",
-    "mounts",
-    multiple=True,
-    metavar="NAME=PATH[:GUEST_PATH]",
-    help="A file or a whole folder, read-only at GUEST_PATH (default /in/NAME). Repeatable.",
-)
-@click.option(
-    "--executor",
-    type=click.Choice(["wasi", "flawless"]),
-    default="wasi",
-    show_default=True,
-    help="wasi: the embedded runner (every node has it); "
-    "flawless: a worker's local Flawless server.",
-)
-@click.option(
-    "--time-limit",
-    type=click.FloatRange(min=0, min_open=True),
-    default=60.0,
-    show_default=True,
-    help="Seconds one attempt may run.",
-)
-@click.option(
-    "--fuel",
-    type=click.IntRange(min=1),
-    default=10_000_000_000,
-    show_default=True,
-    help="WASM instructions (fuel) one attempt may use.",
-)
-@click.option(
-    "--memory-mib",
-    type=click.IntRange(min=1),
-    default=256,
-    show_default=True,
-    help="Memory one attempt may use.",
-)
-@click.option(
-    "--attempts",
-    type=click.IntRange(1, 100),
-    default=3,
-    show_default=True,
-    help="Attempts before the job fails for good.",
-)
-@click.option(
-    "--env",
-    "env",
-    multiple=True,
-    metavar="NAME=VALUE",
-    help="Command mode: an environment variable (the only ones it sees). Repeatable.",
-)
-@click.option(
-    "--stdin",
-    "stdin",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Command mode: a file whose bytes are the program's stdin.",
-)
-@click.option(
-    "--command",
-    "command",
-    is_flag=True,
-    help="Run the module as a command even without ARGS, --env or --stdin.",
-)
-@click.option("--wait", is_flag=True, help="Wait for the job to finish and show its result.")
-@click.argument("args", nargs=-1)
-@click.pass_obj
-def submit(
+_JOB_OPTIONS = [
+    click.option(
+        "--module",
+        "module",
+        required=True,
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="The module: .wasm binary or .wat text.",
+    ),
+    click.option(
+        "--artifact",
+        "artifacts",
+        multiple=True,
+        metavar="NAME=PATH",
+        help="Input file, visible to the job as /in/NAME. Repeatable.",
+    ),
+    click.option(
+        "--mount",
+        "mounts",
+        multiple=True,
+        metavar="NAME=PATH[:GUEST_PATH]",
+        help="A file or a whole folder, read-only at GUEST_PATH (default /in/NAME). Repeatable.",
+    ),
+    click.option(
+        "--env",
+        "env",
+        multiple=True,
+        metavar="NAME=VALUE",
+        help="Command mode: an environment variable (the only ones it sees). Repeatable.",
+    ),
+    click.option(
+        "--stdin",
+        "stdin",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="Command mode: a file whose bytes are the program's stdin.",
+    ),
+    click.option(
+        "--time-limit",
+        type=click.FloatRange(min=0, min_open=True),
+        default=60.0,
+        show_default=True,
+        help="Seconds one attempt may run.",
+    ),
+    click.option(
+        "--fuel",
+        type=click.IntRange(min=1),
+        default=10_000_000_000,
+        show_default=True,
+        help="WASM instructions (fuel) one attempt may use.",
+    ),
+    click.option(
+        "--memory-mib",
+        type=click.IntRange(min=1),
+        default=256,
+        show_default=True,
+        help="Memory one attempt may use.",
+    ),
+    click.option(
+        "--attempts",
+        type=click.IntRange(1, 100),
+        default=3,
+        show_default=True,
+        help="Attempts before the job fails for good.",
+    ),
+    click.argument("args", nargs=-1),
+]
+_Command = TypeVar("_Command", bound=Callable[..., None])
+
+
+def _job_options(f: _Command) -> _Command:
+    """The options `job submit` and `job run` share."""
+    for option in reversed(_JOB_OPTIONS):
+        f = option(f)
+    return f
+
+
+def _submit(
     api: ApiClient,
+    *,
     module: Path,
-    workflow: str | None,
-    input_: str | None,
     artifacts: tuple[str, ...],
     mounts: tuple[str, ...],
-    executor: str,
+    env: tuple[str, ...],
+    stdin: Path | None,
     time_limit: float,
     fuel: int,
     memory_mib: int,
     attempts: int,
-    env: tuple[str, ...],
-    stdin: Path | None,
-    command: bool,
-    wait: bool,
     args: tuple[str, ...],
-) -> None:
-    """Submit a job; prints its id. The module and artifacts travel to the worker as blobs.
-
-    With ARGS, --env, --stdin or --command the module runs as an ordinary WASI program
-    (command mode): argv is the module's file name and ARGS, stdout and stderr become the
-    outputs `stdout` and `stderr`, the result is {"exit_code": N} and exit code 0 is success.
-
-    \b
-    p2pnode job submit --module examples/wordcount.wat --artifact text=README.md --wait
-    p2pnode job submit --module tool.wasm --env K=V --stdin in.txt --wait -- -v ARG
-    """
+    command: bool,
+    workflow: str | None = None,
+    input_: str | None = None,
+    executor: str = "wasi",
+) -> Job:
+    """Upload what the job needs and submit it; a command job runs `[module name, *args]`."""
     job_input = _parse_input(input_)
     artifact_paths = _parse_artifacts(artifacts)
     environment = _parse_env(env)
     wasm = _module_bytes(module)
     command_fields: dict[str, Any] = {}
-    if args or env or stdin or command:
+    if command:
         command_fields = {"args": list(args), "argv0": module.name, "env": environment}
         if stdin is not None:
             command_fields["stdin_blob"] = upload(api, stdin).blob.hash
@@ -267,10 +248,96 @@ def submit(
         "max_attempts": attempts,
         **command_fields,
     }
-    submitted = api.post("/jobs", Job, json=body)
+    return api.post("/jobs", Job, json=body)
+
+
+@job.command()
+@_job_options
+@click.option(
+    "--workflow", help="Workflow to run; may be left out when the module has exactly one."
+)
+@click.option(
+    "--input",
+    "input_",
+    metavar="JSON|@FILE",
+    help="Job input as JSON, or @file to read it from a file.",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["wasi", "flawless"]),
+    default="wasi",
+    show_default=True,
+    help="wasi: the embedded runner (every node has it); "
+    "flawless: a worker's local Flawless server.",
+)
+@click.option(
+    "--command",
+    "command",
+    is_flag=True,
+    help="Run the module as a command even without ARGS, --env or --stdin.",
+)
+@click.option("--wait", is_flag=True, help="Wait for the job to finish and show its result.")
+@click.pass_obj
+def submit(api: ApiClient, /, command: bool, wait: bool, **options: Any) -> None:
+    """Submit a job; prints its id. The module and artifacts travel to the worker as blobs.
+
+    With ARGS, --env, --stdin or --command the module runs as an ordinary WASI program
+    (command mode): argv is the module's file name and ARGS, stdout and stderr become the
+    outputs `stdout` and `stderr`, the result is {"exit_code": N} and exit code 0 is success.
+
+    \b
+    p2pnode job submit --module examples/wordcount.wat --artifact text=README.md --wait
+    p2pnode job submit --module tool.wasm --env K=V --stdin in.txt --wait -- -v ARG
+    """
+    command = command or bool(options["args"] or options["env"] or options["stdin"])
+    submitted = _submit(api, command=command, **options)
     click.echo(submitted.id)
     if wait:
         _finish(_wait(api, submitted.id))
+
+
+@job.command()
+@_job_options
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the outputs, stdout and stderr.  [default: out/JOB_ID]",
+)
+@click.option("--force", is_flag=True, help="Overwrite output files that exist.")
+@click.pass_obj
+def run(api: ApiClient, /, output: Path | None, force: bool, **options: Any) -> None:
+    """Run a WASI program on the cluster, like `wasmtime run`: submit it as a command job, show
+    its state changes (on stderr), wait, and write its outputs (with `stdout` and `stderr`) into
+    a folder. Exits 0 when the program exited 0, 1 otherwise.
+
+    \b
+    p2pnode job run --module tool.wasm --mount data=./data -o out/ -- --input /in/data/x.txt
+    """
+    submitted = _submit(api, command=True, **options)
+    click.echo(submitted.id)
+    done = _follow(api, submitted.id)
+    if done.state != JobState.CANCELLED:
+        _get_outputs(api, done.id, output or Path("out", done.id), force=force)
+    _finish(done)
+
+
+def _follow(api: ApiClient, job_id: str) -> Job:
+    """Wait for the job to end, showing each state change of its history once it happens."""
+    shown = 0.0
+    while True:
+        j = api.post(
+            f"/jobs/{job_id}/wait",
+            Job,
+            params={"timeout": FOLLOW_POLL_S},
+            timeout=FOLLOW_POLL_S + 10,
+        )
+        for event in j.history:
+            if event.at > shown:
+                click.echo(f"{job_id}  {event.state.value}  {event.note}".rstrip(), err=True)
+                shown = event.at
+        if j.state.terminal:
+            return j
 
 
 @job.command(name="ls")
@@ -389,6 +456,10 @@ def get(api: ApiClient, job_id: str, output: Path, force: bool) -> None:
     Example:
       p2pnode job get job_01M8CRH8D5H83H6EVKWEVXEHTJ -o out/
     """
+    _get_outputs(api, job_id, output, force=force)
+
+
+def _get_outputs(api: ApiClient, job_id: str, output: Path, *, force: bool) -> None:
     outputs = api.post(f"/jobs/{job_id}/outputs", _Outputs, timeout=None).root
     targets = {name: output_path(output, name) for name in outputs}
     for name, info in outputs.items():
