@@ -11,10 +11,11 @@ import pytest
 import trio
 from pydantic import ValidationError
 
-from p2pnode.executors.base import ExecutionRequest, Invocation
+from p2pnode.executors.base import MIB, ExecutionRequest, Invocation
 from p2pnode.executors.wasm import WasiExecutor
 from p2pnode.jobs.model import JobState
 from p2pnode.jobs.service import JobSubmission
+from tests.test_exec_limits import files_module
 
 COMMAND = Path(__file__).resolve().parent.parent / "examples" / "command.wat"
 
@@ -60,6 +61,19 @@ async def test_command_streams_count_against_the_output_maximum(tmp_path: Path) 
     result = await executor.run(request(tmp_path, stdin=stdin))
     assert not result.ok and result.outputs == {}
     assert result.error == "outputs exceed this node's limit of 1000 bytes"
+
+
+async def test_tmp_is_bounded_like_the_outputs(tmp_path: Path) -> None:
+    endless = files_module("(call $fill (call $create $name0) (i32.const -1))", ["big"])
+    module = tmp_path / "fill-tmp.wat"  # the same writer, into /tmp (fd 5) instead of /out
+    module.write_text(
+        endless.replace("(call $path_open (i32.const 4)", "(call $path_open (i32.const 5)")
+    )
+    executor = WasiExecutor(maxima=WasiExecutor().maxima.model_copy(update={"output_bytes": MIB}))
+    with trio.fail_after(60):
+        result = await executor.run(request(tmp_path, module=module))
+    assert result.error == f"/tmp exceeds this node's limit of {MIB} bytes"
+    assert not (tmp_path / "scratch" / "tmp").exists()
 
 
 async def test_command_names_its_missing_start(tmp_path: Path) -> None:

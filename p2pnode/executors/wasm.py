@@ -474,13 +474,12 @@ class _Run:
         self, wasi: wasmtime.WasiConfig, command: Invocation, empty: Path
     ) -> None:
         """Exactly the command's argv and environment (the worker's own never leaks in: nothing
-        is inherited), its stdin, and stdout/stderr straight into files the output guard sums."""
+        is inherited), its stdin (``empty``, an empty file, without one), and stdout/stderr straight
+        into files the output guard sums."""
         streams = _streams_dir(self.req)
         streams.mkdir(parents=True, exist_ok=True)
         wasi.argv = command.argv
         wasi.env = list(command.env.items())
-        if command.stdin is None:
-            empty.write_bytes(b"")
         wasi.stdin_file = str(command.stdin or empty)
         wasi.stdout_file = str(streams / "stdout")
         wasi.stderr_file = str(streams / "stderr")
