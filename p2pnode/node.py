@@ -199,7 +199,11 @@ class Node:
         control = ControlClient(self.dialer.request)
         worker = Worker(
             self.id,
-            {"wasi": WasiExecutor(maxima=settings.job_maxima)},
+            {
+                "wasi": WasiExecutor(
+                    maxima=settings.job_maxima, cache_dir=settings.data_dir / "compiled"
+                )
+            },
             self.blobs,
             control,
             self.peer_addr,

@@ -116,6 +116,9 @@ async def test_command_job_between_nodes_keeps_outputs_of_a_failure(start_node) 
     assert failed is not None and failed.state == JobState.FAILED, failed
     assert failed.result == {"exit_code": 3} and failed.error == "command exited with code 3"
     assert failed.worker == worker.id
+    # One compilation for both jobs, kept in the worker's data folder for its next start.
+    assert len(list((worker.settings.data_dir / "compiled").glob("*.cwasm"))) == 1
+    assert worker.jobs.worker.executors["wasi"].compilations == 1
     assert sorted(failed.outputs) == ["stderr", "stdout", "sub/f.txt"]
     # The origin brings a failed job's outputs home too.
     stdout = failed.outputs["stdout"]

@@ -355,7 +355,7 @@ async def test_stack_overflow_keeps_logs_small(executor: WasiExecutor, job: Any)
 
 
 async def test_compiled_modules_are_cached_by_hash(job: Any, tmp_path: Path) -> None:
-    executor = WasiExecutor(cache_size=1)
+    executor = WasiExecutor(cache_dir=tmp_path / "compiled", cache_bytes=1)  # room for the newest
     first = job(printing('"first"'))
     second = job(printing('"second"'))
     assert (await executor.run(first)).result == "first"
@@ -363,3 +363,40 @@ async def test_compiled_modules_are_cached_by_hash(job: Any, tmp_path: Path) -> 
     assert (await executor.run(first)).result == "first"  # from the cache, file not needed
     assert (await executor.run(second)).result == "second"  # evicts the first
     assert failed(await executor.run(first)).startswith("cannot read module ")
+
+
+async def test_compile_cache_survives_a_restart(job: Any, tmp_path: Path) -> None:
+    cache = tmp_path / "compiled"
+    req = job(printing('"cached"'))
+    before = WasiExecutor(cache_dir=cache)
+    assert (await before.run(req)).result == "cached" and before.compilations == 1
+    [artifact] = cache.glob("*.cwasm")
+    assert artifact.name.startswith(req.module_hash)
+    req.module_path.unlink()  # only the cache can run it now
+    after = WasiExecutor(cache_dir=cache)
+    assert (await after.run(req)).result == "cached" and after.compilations == 0
+
+
+async def test_concurrent_jobs_of_a_new_module_compile_it_once(job: Any, tmp_path: Path) -> None:
+    executor = WasiExecutor(cache_dir=tmp_path / "compiled")
+    req = job(printing('"once"'))
+    results: list[ExecutionResult] = []
+
+    async def run() -> None:
+        results.append(await executor.run(req))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(4):
+            nursery.start_soon(run)
+    assert [r.result for r in results] == ["once"] * 4
+    assert executor.compilations == 1
+
+
+async def test_damaged_cache_entry_is_compiled_again(job: Any, tmp_path: Path) -> None:
+    cache = tmp_path / "compiled"
+    req = job(printing('"fresh"'))
+    await WasiExecutor(cache_dir=cache).run(req)
+    [artifact] = cache.glob("*.cwasm")
+    artifact.write_bytes(b"not machine code")
+    executor = WasiExecutor(cache_dir=cache)
+    assert (await executor.run(req)).result == "fresh" and executor.compilations == 1

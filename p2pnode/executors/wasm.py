@@ -26,11 +26,16 @@ so a guard sums ``/out`` (with a command's stdout and stderr), and on its own ``
 overshoot is what the guest writes in one poll interval), and a final check runs on the tree.
 
 Each run gets its own engine, so the watchdogs can interrupt exactly that run (epochs are per
-engine). Compiled machine code is cached per module hash and loaded into the run's engine.
+engine). Compiled machine code (wasmtime's own serialization) is cached on disk, keyed by module
+hash, wasmtime version and engine settings, bounded in bytes with least-recently-used eviction;
+each run maps it into its engine, so it survives restarts and costs no memory between runs. Jobs
+of one module wait for its single compilation.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import json
 import os
 import re
@@ -40,7 +45,7 @@ import struct
 import tempfile
 import threading
 import time
-from collections import OrderedDict
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +68,8 @@ from p2pnode.executors.base import (
 )
 
 MAIN_WORKFLOW = "main"
+CACHE_BYTES = 4 * 1024 * MIB
+"""Default bound of the compile cache on disk (a 70 MB module compiles to ~200 MB)."""
 STDOUT_LIMIT = 4 * MIB
 """Largest result a workflow may print; bigger products belong in output files."""
 
@@ -156,8 +163,8 @@ class _Head:
 
 @dataclass(frozen=True)
 class _Compiled:
-    artifact: bytes
-    """``Module.serialize()`` output, loaded into each run's own engine."""
+    artifact: Path
+    """``Module.serialize()`` output on disk, mapped into each run's own engine."""
     workflows: dict[str, str]
     """workflow name -> export name"""
 
@@ -199,10 +206,23 @@ class WasiExecutor:
 
     kind: ExecutorKind = "wasi"
 
-    def __init__(self, *, maxima: JobMaxima = DEFAULT_MAXIMA, cache_size: int = 32) -> None:
+    def __init__(
+        self,
+        *,
+        maxima: JobMaxima = DEFAULT_MAXIMA,
+        cache_dir: Path | None = None,
+        cache_bytes: int = CACHE_BYTES,
+    ) -> None:
+        """``cache_dir``: where compiled modules are kept (None: a temporary folder, for as long
+        as this executor lives)."""
         self.maxima = maxima
-        self._cache: OrderedDict[str, _Compiled] = OrderedDict()
-        self._cache_size = cache_size
+        if cache_dir is None:
+            self._tmp_cache = tempfile.TemporaryDirectory(prefix="p2pnode-compiled-")
+            cache_dir = Path(self._tmp_cache.name)
+        self._cache = _DiskCache(cache_dir, cache_bytes)
+        self._compiling: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
+        self.compilations = 0
+        """Modules compiled (not found in the cache) since this executor started."""
 
     async def available(self) -> bool:
         return True
@@ -355,19 +375,82 @@ class WasiExecutor:
         return dict(sorted(outputs.items()))
 
     async def _compiled(self, req: ExecutionRequest) -> _Compiled:
-        if (hit := self._cache.get(req.module_hash)) is not None:
-            self._cache.move_to_end(req.module_hash)
-            return hit
+        """The module's machine code: from the cache, or compiled once however many jobs ask."""
+        key = req.module_hash.lower()
+        lock = self._compiling[key]
         try:
-            compiled = await trio.to_thread.run_sync(_compile_file, req.module_path)
-        except InvalidModule as exc:
-            raise _Failure(f"invalid module: {exc}") from None
-        except OSError as exc:
-            raise _Failure(f"cannot read module {req.module_path}: {exc.strerror or exc}") from None
-        self._cache[req.module_hash] = compiled
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return compiled
+            async with lock:
+                if (hit := await trio.to_thread.run_sync(self._cache.get, key)) is not None:
+                    return hit
+                try:
+                    compiled = await trio.to_thread.run_sync(self._cache.put, key, req.module_path)
+                except InvalidModule as exc:
+                    raise _Failure(f"invalid module: {exc}") from None
+                except OSError as exc:
+                    reason = exc.strerror or exc
+                    raise _Failure(f"cannot read module {req.module_path}: {reason}") from None
+                self.compilations += 1
+                return compiled
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._compiling.pop(key, None)
+
+
+class _DiskCache:
+    """Compiled modules as files named by their key, evicted least recently used first once
+    they total more than ``limit`` bytes (the newest always stays). Blocking: call in a thread."""
+
+    def __init__(self, folder: Path, limit: int) -> None:
+        self._folder = folder
+        self._limit = limit
+        self._workflows: dict[str, dict[str, str]] = {}
+        """key -> the module's workflows, known without loading it again"""
+
+    def get(self, module_hash: str) -> _Compiled | None:
+        path = self._path(module_hash)
+        try:
+            os.utime(path)  # recently used
+            workflows = self._workflows.get(module_hash)
+            if workflows is None:
+                module = wasmtime.Module.deserialize_file(_new_engine(), str(path))
+                workflows = self._workflows[module_hash] = _workflows(module)
+        except FileNotFoundError:
+            return None
+        except wasmtime.WasmtimeError:  # damaged, or made by another wasmtime: compile again
+            path.unlink(missing_ok=True)
+            return None
+        return _Compiled(artifact=path, workflows=workflows)
+
+    def put(self, module_hash: str, module_path: Path) -> _Compiled:
+        module = _compile(_new_engine(), load_module_bytes(module_path))
+        path = self._path(module_hash)
+        self._folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".part")
+        tmp.write_bytes(module.serialize())
+        tmp.replace(path)
+        workflows = self._workflows[module_hash] = _workflows(module)
+        self._evict(keep=path)
+        return _Compiled(artifact=path, workflows=workflows)
+
+    def _path(self, module_hash: str) -> Path:
+        return self._folder / f"{module_hash}-{_ENGINE_KEY}.cwasm"
+
+    def _evict(self, keep: Path) -> None:
+        entries = []
+        for path in self._folder.glob("*.cwasm"):
+            try:
+                info = path.stat()
+            except FileNotFoundError:
+                continue
+            entries.append((info.st_mtime, info.st_size, path))
+        total = sum(size for _, size, _ in entries)
+        for _, size, path in sorted(entries):
+            if total <= self._limit:
+                break
+            if path != keep:
+                path.unlink(missing_ok=True)
+                self._workflows.pop(path.name.partition("-")[0], None)
+                total -= size
 
 
 class _Run:
@@ -378,7 +461,7 @@ class _Run:
         engine: wasmtime.Engine,
         store: wasmtime.Store,
         budget: _StoreBudget,
-        artifact: bytes,
+        artifact: Path,
         export: str,
         stdin: bytes,
         req: ExecutionRequest,
@@ -447,7 +530,7 @@ class _Run:
 
         instance: wasmtime.Instance | None = None
         try:
-            module = wasmtime.Module.deserialize(self.engine, self.artifact)
+            module = wasmtime.Module.deserialize_file(self.engine, str(self.artifact))
             instance = linker.instantiate(self.store, module)
             exports = instance.exports(self.store)
             initialize = exports.get(_INITIALIZE)
@@ -543,10 +626,17 @@ class _Run:
         return memory.data_len(self.store) + _PAGE > self.budget.memory_bytes
 
 
+_ENGINE_SETTINGS = {"consume_fuel": True, "epoch_interruption": True}
+_ENGINE_KEY = hashlib.sha256(
+    json.dumps([importlib.metadata.version("wasmtime"), _ENGINE_SETTINGS]).encode()
+).hexdigest()[:16]
+"""What changes the machine code besides the module: part of every compile cache key."""
+
+
 def _new_engine() -> wasmtime.Engine:
     config = wasmtime.Config()
-    config.consume_fuel = True
-    config.epoch_interruption = True
+    for setting, value in _ENGINE_SETTINGS.items():
+        setattr(config, setting, value)
     return wasmtime.Engine(config)
 
 
@@ -568,11 +658,6 @@ def _compile(engine: wasmtime.Engine, wasm: bytes) -> wasmtime.Module:
         return wasmtime.Module(engine, wasm)
     except wasmtime.WasmtimeError as exc:
         raise InvalidModule(_oneline(str(exc))) from None
-
-
-def _compile_file(path: Path) -> _Compiled:
-    module = _compile(_new_engine(), load_module_bytes(path))
-    return _Compiled(artifact=bytes(module.serialize()), workflows=_workflows(module))
 
 
 def _workflows(module: wasmtime.Module) -> dict[str, str]:
