@@ -316,7 +316,8 @@ class Worker:
                     await trio.to_thread.run_sync(listing.read_bytes)
                 )
             except ValidationError as exc:
-                raise _BadManifest(f"the manifest of mount {name!r} is invalid: {exc}") from None
+                reason = exc.errors()[0]["msg"]
+                raise _BadManifest(f"the manifest of mount {name!r} is invalid: {reason}") from None
             await trio.to_thread.run_sync(_make_dirs, dest)  # an empty folder mounts too
             for entry in manifest.files:
                 ref = model.BlobRef(
