@@ -204,7 +204,8 @@ class Node:
             FlawlessClient(settings.flawless_url, settings.flawless_token),
             maxima=settings.job_maxima,
         )
-        self.executors = ExecutorRegistry([WasiExecutor(maxima=settings.job_maxima), self.flawless])
+        wasi = WasiExecutor(maxima=settings.job_maxima, cache_dir=settings.data_dir / "compiled")
+        self.executors = ExecutorRegistry([wasi, self.flawless])
         control = ControlClient(self.dialer.request)
         worker = Worker(
             self.id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,7 @@ def job_fixture(tmp_path: Path):
             module_hash=hashlib.sha256(path.read_bytes()).hexdigest(),
             artifacts_dir=tmp_path / "in",
             output_dir=tmp_path / out,
+            scratch_dir=Path(tempfile.mkdtemp(dir=tmp_path, prefix="scratch-")),
             limits=ExecutionLimits(**limits),
         )
 

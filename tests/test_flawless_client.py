@@ -49,6 +49,7 @@ def _request(tmp_path: Path, workflow: str | None = "echo", input: Any = None, *
         input=input,
         artifacts_dir=tmp_path / "in",
         output_dir=tmp_path / "out",
+        scratch_dir=tmp_path / "scratch",
         limits=ExecutionLimits(**limits),
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,7 @@ def job(tmp_path: Path):
             module_hash=hashlib.sha256(path.read_bytes()).hexdigest(),
             artifacts_dir=tmp_path / "in",
             output_dir=tmp_path / "out",
+            scratch_dir=Path(tempfile.mkdtemp(dir=tmp_path, prefix="scratch-")),  # one per run
             limits=limits,
             **fields,
         )
@@ -261,13 +263,35 @@ async def test_exit_codes(executor: WasiExecutor, job: Any) -> None:
     assert result.ok and result.result is True
 
 
-async def test_host_sleep_is_refused(executor: WasiExecutor, job: Any) -> None:
-    # A guest blocked in a host call could not be interrupted, so poll_oneoff says ENOSYS.
-    sleeper = wasi_module(
-        '(func (export "_start") (call $proc_exit (call $poll_oneoff (i32.const 0) (i32.const 64)'
-        " (i32.const 1) (i32.const 128))))"
+def sleeping(ns: int) -> str:
+    """Sleeps ``ns`` with one relative clock subscription; prints true if its event came back."""
+    return wasi_module(
+        f"""
+        (func (export "_start")
+          (i64.store (i32.const 64) (i64.const 7))
+          (i32.store8 (i32.const 72) (i32.const 0))
+          (i32.store (i32.const 80) (i32.const 1))
+          (i64.store (i32.const 88) (i64.const {ns}))
+          (drop (call $poll_oneoff (i32.const 64) (i32.const 128) (i32.const 1) (i32.const 200)))
+          (if (i32.and (i32.eq (i32.load (i32.const 200)) (i32.const 1))
+                       (i64.eq (i64.load (i32.const 128)) (i64.const 7)))
+            (then (call $write (i32.const 1) (i32.const 1024) (i32.const 4)))))
+        """,
+        b"true",
     )
-    assert failed(await executor.run(job(sleeper))) == "workflow exited with code 52"
+
+
+async def test_host_sleep_works(executor: WasiExecutor, job: Any) -> None:
+    result = await executor.run(job(sleeping(20_000_000)))
+    assert result.ok and result.result is True, result
+
+
+async def test_host_sleep_is_interrupted_by_the_time_limit(
+    executor: WasiExecutor, job: Any
+) -> None:
+    with trio.fail_after(60):  # the guest asks for an hour
+        result = await executor.run(job(sleeping(3600 * 10**9), limits={"time_s": 0.5}))
+    assert failed(result) == "timed out after 0.5 s"
 
 
 async def test_workflow_selection(executor: WasiExecutor, job: Any) -> None:
@@ -331,7 +355,7 @@ async def test_stack_overflow_keeps_logs_small(executor: WasiExecutor, job: Any)
 
 
 async def test_compiled_modules_are_cached_by_hash(job: Any, tmp_path: Path) -> None:
-    executor = WasiExecutor(cache_size=1)
+    executor = WasiExecutor(cache_dir=tmp_path / "compiled", cache_bytes=1)  # room for the newest
     first = job(printing('"first"'))
     second = job(printing('"second"'))
     assert (await executor.run(first)).result == "first"
@@ -339,3 +363,40 @@ async def test_compiled_modules_are_cached_by_hash(job: Any, tmp_path: Path) -> 
     assert (await executor.run(first)).result == "first"  # from the cache, file not needed
     assert (await executor.run(second)).result == "second"  # evicts the first
     assert failed(await executor.run(first)).startswith("cannot read module ")
+
+
+async def test_compile_cache_survives_a_restart(job: Any, tmp_path: Path) -> None:
+    cache = tmp_path / "compiled"
+    req = job(printing('"cached"'))
+    before = WasiExecutor(cache_dir=cache)
+    assert (await before.run(req)).result == "cached" and before.compilations == 1
+    [artifact] = cache.glob("*.cwasm")
+    assert artifact.name.startswith(req.module_hash)
+    req.module_path.unlink()  # only the cache can run it now
+    after = WasiExecutor(cache_dir=cache)
+    assert (await after.run(req)).result == "cached" and after.compilations == 0
+
+
+async def test_concurrent_jobs_of_a_new_module_compile_it_once(job: Any, tmp_path: Path) -> None:
+    executor = WasiExecutor(cache_dir=tmp_path / "compiled")
+    req = job(printing('"once"'))
+    results: list[ExecutionResult] = []
+
+    async def run() -> None:
+        results.append(await executor.run(req))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(4):
+            nursery.start_soon(run)
+    assert [r.result for r in results] == ["once"] * 4
+    assert executor.compilations == 1
+
+
+async def test_damaged_cache_entry_is_compiled_again(job: Any, tmp_path: Path) -> None:
+    cache = tmp_path / "compiled"
+    req = job(printing('"fresh"'))
+    await WasiExecutor(cache_dir=cache).run(req)
+    [artifact] = cache.glob("*.cwasm")
+    artifact.write_bytes(b"not machine code")
+    executor = WasiExecutor(cache_dir=cache)
+    assert (await executor.run(req)).result == "fresh" and executor.compilations == 1

@@ -318,11 +318,12 @@ def create_app(node: Node) -> FastAPI:
     @api.post("/jobs/{job_id}/outputs", responses=_errors(404, 409, 502))
     async def get_outputs(job_id: JobId) -> dict[str, BlobInfo]:
         """Bring the job's output artifacts into this node's store (pinned), from whoever has them;
-        `GET /blobs/{hash}` then downloads each."""
+        `GET /blobs/{hash}` then downloads each. A failed job has those of its last attempt (a
+        command's partial outputs, stdout and stderr)."""
         job = _job_or_404(node, job_id)
-        if job.state != JobState.SUCCEEDED:
+        if job.state not in (JobState.SUCCEEDED, JobState.FAILED):
             raise HTTPException(
-                409, f"job {job_id} is {job.state.value}; only a succeeded job has outputs"
+                409, f"job {job_id} is {job.state.value}; only a finished job has outputs"
             )
         outputs: dict[str, BlobInfo] = {}
         with store_errors():

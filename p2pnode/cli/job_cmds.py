@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Any, get_args
+from typing import Any, TypeVar, get_args
 
 import click
-from pydantic import RootModel
+from pydantic import RootModel, ValidationError
 
 from p2pnode.api.client import ApiClient
 from p2pnode.api.schemas import BlobAdded
@@ -15,9 +16,11 @@ from p2pnode.blobs.model import BlobInfo
 from p2pnode.cli import EXIT_USAGE, cli, fail
 from p2pnode.cli.blob_cmds import download, upload
 from p2pnode.executors.base import ExecutorKind
-from p2pnode.jobs.model import Job, JobState
+from p2pnode.jobs.model import Job, JobState, Manifest, ManifestEntry
 
 WAIT_POLL_S = 30.0
+FOLLOW_POLL_S = 1.0
+"""How long `job run` lets the node hold one wait: state changes show within this."""
 
 
 class _JobList(RootModel[list[Job]]):
@@ -35,9 +38,11 @@ def job() -> None:
     \b
     Examples:
       p2pnode job submit --module examples/wordcount.wat --artifact text=README.md --wait
+      p2pnode job submit --module tool.wasm --env LANG=C --stdin in.txt --wait -- -v x.txt
+      p2pnode job run --module tool.wasm --mount data=./data -o out/ -- ARG...
       p2pnode job ls --state running
       p2pnode job show ID; p2pnode job wait ID; p2pnode job cancel ID
-      p2pnode job get ID -o out/                     the output files of a succeeded job
+      p2pnode job get ID -o out/                     the output files of a finished job
     """
 
 
@@ -68,6 +73,54 @@ def _parse_artifacts(values: tuple[str, ...]) -> dict[str, Path]:
     return artifacts
 
 
+def _parse_env(values: tuple[str, ...]) -> dict[str, str]:
+    env = {}
+    for value in values:
+        name, sep, setting = value.partition("=")
+        if not sep or not name:
+            fail(f"--env wants NAME=VALUE, got {value!r}", EXIT_USAGE)
+        env[name] = setting
+    return env
+
+
+def _upload_mounts(api: ApiClient, values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """`NAME=PATH[:GUEST_PATH]` each: a file as its blob, a folder as the blob of its manifest
+    plus one blob per file (an unchanged file or tree uploads to the same blobs)."""
+    mounts: dict[str, dict[str, Any]] = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        path, colon, guest = rest.rpartition(":/")
+        path, guest_path = (path, "/" + guest) if colon else (rest, None)
+        source = Path(path)
+        if not sep or not name or not path:
+            fail(f"--mount wants NAME=PATH[:GUEST_PATH], got {value!r}", EXIT_USAGE)
+        if source.is_file():
+            blob = upload(api, source).blob.hash
+        elif source.is_dir():
+            blob = _upload_tree(api, name, source)
+        else:
+            fail(f"--mount {name}: no file or folder at {path}", EXIT_USAGE)
+        mounts[name] = {"blob": blob, "directory": source.is_dir(), "guest_path": guest_path}
+    return mounts
+
+
+def _upload_tree(api: ApiClient, name: str, folder: Path) -> str:
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    try:
+        entries = [
+            ManifestEntry(
+                path=path.relative_to(folder).as_posix(),
+                **upload(api, path).blob.model_dump(include={"hash", "size", "root"}),
+            )
+            for path in files
+        ]
+        manifest = Manifest(files=entries).model_dump_json().encode()
+    except ValidationError as exc:
+        fail(f"--mount {name}: cannot ship {folder}: {exc.errors()[0]['msg']}", EXIT_USAGE)
+    added = api.upload("/blobs", [manifest], len(manifest), BlobAdded, params={"pin": True})
+    return added.blob.hash
+
+
 def _module_bytes(module: Path) -> bytes:
     """The module as a WebAssembly binary; `.wat` text is assembled here, before it travels."""
     from p2pnode.executors.wasm import InvalidModule, load_module_bytes
@@ -78,14 +131,129 @@ def _module_bytes(module: Path) -> bytes:
         fail(f"cannot use module {module}: {exc}", EXIT_USAGE)
 
 
+_JOB_OPTIONS = [
+    click.option(
+        "--module",
+        "module",
+        required=True,
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="The module: .wasm binary or .wat text.",
+    ),
+    click.option(
+        "--artifact",
+        "artifacts",
+        multiple=True,
+        metavar="NAME=PATH",
+        help="Input file, visible to the job as /in/NAME. Repeatable.",
+    ),
+    click.option(
+        "--mount",
+        "mounts",
+        multiple=True,
+        metavar="NAME=PATH[:GUEST_PATH]",
+        help="A file or a whole folder, read-only at GUEST_PATH (default /in/NAME). Repeatable.",
+    ),
+    click.option(
+        "--env",
+        "env",
+        multiple=True,
+        metavar="NAME=VALUE",
+        help="Command mode: an environment variable (the only ones it sees). Repeatable.",
+    ),
+    click.option(
+        "--stdin",
+        "stdin",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="Command mode: a file whose bytes are the program's stdin.",
+    ),
+    click.option(
+        "--time-limit",
+        type=click.FloatRange(min=0, min_open=True),
+        default=60.0,
+        show_default=True,
+        help="Seconds one attempt may run.",
+    ),
+    click.option(
+        "--fuel",
+        type=click.IntRange(min=1),
+        default=10_000_000_000,
+        show_default=True,
+        help="WASM instructions (fuel) one attempt may use.",
+    ),
+    click.option(
+        "--memory-mib",
+        type=click.IntRange(min=1),
+        default=256,
+        show_default=True,
+        help="Memory one attempt may use.",
+    ),
+    click.option(
+        "--attempts",
+        type=click.IntRange(1, 100),
+        default=3,
+        show_default=True,
+        help="Attempts before the job fails for good.",
+    ),
+    click.argument("args", nargs=-1),
+]
+_Command = TypeVar("_Command", bound=Callable[..., None])
+
+
+def _job_options(f: _Command) -> _Command:
+    """The options `job submit` and `job run` share."""
+    for option in reversed(_JOB_OPTIONS):
+        f = option(f)
+    return f
+
+
+def _submit(
+    api: ApiClient,
+    *,
+    module: Path,
+    artifacts: tuple[str, ...],
+    mounts: tuple[str, ...],
+    env: tuple[str, ...],
+    stdin: Path | None,
+    time_limit: float,
+    fuel: int,
+    memory_mib: int,
+    attempts: int,
+    args: tuple[str, ...],
+    command: bool,
+    workflow: str | None = None,
+    input_: str | None = None,
+    executor: str = "wasi",
+) -> Job:
+    """Upload what the job needs and submit it; a command job runs `[module name, *args]`."""
+    job_input = _parse_input(input_)
+    artifact_paths = _parse_artifacts(artifacts)
+    environment = _parse_env(env)
+    wasm = _module_bytes(module)
+    command_fields: dict[str, Any] = {}
+    if command:
+        command_fields = {"args": list(args), "argv0": module.name, "env": environment}
+        if stdin is not None:
+            command_fields["stdin_blob"] = upload(api, stdin).blob.hash
+    body = {
+        "module_blob": api.upload(
+            "/blobs", [wasm], len(wasm), BlobAdded, params={"pin": True}
+        ).blob.hash,
+        "workflow": workflow,
+        "input": job_input,
+        "artifact_blobs": {
+            name: upload(api, path).blob.hash for name, path in artifact_paths.items()
+        },
+        "mounts": _upload_mounts(api, mounts),
+        "executor": executor,
+        "limits": {"time_s": time_limit, "fuel": fuel, "memory_bytes": memory_mib << 20},
+        "max_attempts": attempts,
+        **command_fields,
+    }
+    return api.post("/jobs", Job, json=body)
+
+
 @job.command()
-@click.option(
-    "--module",
-    "module",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Workflow module: .wasm binary or .wat text.",
-)
+@_job_options
 @click.option(
     "--workflow", help="Workflow to run; may be left out when the module has exactly one."
 )
@@ -96,13 +264,6 @@ def _module_bytes(module: Path) -> bytes:
     help="Job input as JSON, or @file to read it from a file.",
 )
 @click.option(
-    "--artifact",
-    "artifacts",
-    multiple=True,
-    metavar="NAME=PATH",
-    help="Input file, visible to the workflow as /in/NAME. Repeatable.",
-)
-@click.option(
     "--executor",
     type=click.Choice(get_args(ExecutorKind)),
     default="wasi",
@@ -111,73 +272,73 @@ def _module_bytes(module: Path) -> bytes:
     "flawless: a worker's local Flawless server.",
 )
 @click.option(
-    "--time-limit",
-    type=click.FloatRange(min=0, min_open=True),
-    default=60.0,
-    show_default=True,
-    help="Seconds one attempt may run.",
-)
-@click.option(
-    "--fuel",
-    type=click.IntRange(min=1),
-    default=10_000_000_000,
-    show_default=True,
-    help="WASM instructions (fuel) one attempt may use.",
-)
-@click.option(
-    "--memory-mib",
-    type=click.IntRange(min=1),
-    default=256,
-    show_default=True,
-    help="Memory one attempt may use.",
-)
-@click.option(
-    "--attempts",
-    type=click.IntRange(1, 100),
-    default=3,
-    show_default=True,
-    help="Attempts before the job fails for good.",
+    "--command",
+    "command",
+    is_flag=True,
+    help="Run the module as a command even without ARGS, --env or --stdin.",
 )
 @click.option("--wait", is_flag=True, help="Wait for the job to finish and show its result.")
 @click.pass_obj
-def submit(
-    api: ApiClient,
-    module: Path,
-    workflow: str | None,
-    input_: str | None,
-    artifacts: tuple[str, ...],
-    executor: str,
-    time_limit: float,
-    fuel: int,
-    memory_mib: int,
-    attempts: int,
-    wait: bool,
-) -> None:
+def submit(api: ApiClient, /, command: bool, wait: bool, **options: Any) -> None:
     """Submit a job; prints its id. The module and artifacts travel to the worker as blobs.
+
+    With ARGS, --env, --stdin or --command the module runs as an ordinary WASI program
+    (command mode): argv is the module's file name and ARGS, stdout and stderr become the
+    outputs `stdout` and `stderr`, the result is {"exit_code": N} and exit code 0 is success.
 
     \b
     p2pnode job submit --module examples/wordcount.wat --artifact text=README.md --wait
+    p2pnode job submit --module tool.wasm --env K=V --stdin in.txt --wait -- -v ARG
     """
-    job_input = _parse_input(input_)
-    artifact_paths = _parse_artifacts(artifacts)
-    wasm = _module_bytes(module)
-    body = {
-        "module_blob": api.upload(
-            "/blobs", [wasm], len(wasm), BlobAdded, params={"pin": True}
-        ).blob.hash,
-        "workflow": workflow,
-        "input": job_input,
-        "artifact_blobs": {
-            name: upload(api, path).blob.hash for name, path in artifact_paths.items()
-        },
-        "executor": executor,
-        "limits": {"time_s": time_limit, "fuel": fuel, "memory_bytes": memory_mib << 20},
-        "max_attempts": attempts,
-    }
-    submitted = api.post("/jobs", Job, json=body)
+    command = command or bool(options["args"] or options["env"] or options["stdin"])
+    submitted = _submit(api, command=command, **options)
     click.echo(submitted.id)
     if wait:
         _finish(_wait(api, submitted.id))
+
+
+@job.command()
+@_job_options
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the outputs, stdout and stderr.  [default: out/JOB_ID]",
+)
+@click.option("--force", is_flag=True, help="Overwrite output files that exist.")
+@click.pass_obj
+def run(api: ApiClient, /, output: Path | None, force: bool, **options: Any) -> None:
+    """Run a WASI program on the cluster, like `wasmtime run`: submit it as a command job, show
+    its state changes (on stderr), wait, and write its outputs (with `stdout` and `stderr`) into
+    a folder. Exits 0 when the program exited 0, 1 otherwise.
+
+    \b
+    p2pnode job run --module tool.wasm --mount data=./data -o out/ -- --input /in/data/x.txt
+    """
+    submitted = _submit(api, command=True, **options)
+    click.echo(submitted.id)
+    done = _follow(api, submitted.id)
+    if done.state != JobState.CANCELLED:
+        _get_outputs(api, done.id, output or Path("out", done.id), force=force)
+    _finish(done)
+
+
+def _follow(api: ApiClient, job_id: str) -> Job:
+    """Wait for the job to end, showing each state change of its history once it happens."""
+    shown = 0.0
+    while True:
+        j = api.post(
+            f"/jobs/{job_id}/wait",
+            Job,
+            params={"timeout": FOLLOW_POLL_S},
+            timeout=FOLLOW_POLL_S + 10,
+        )
+        for event in j.history:
+            if event.at > shown:
+                click.echo(f"{job_id}  {event.state.value}  {event.note}".rstrip(), err=True)
+                shown = event.at
+        if j.state.terminal:
+            return j
 
 
 @job.command(name="ls")
@@ -289,12 +450,17 @@ def cancel(api: ApiClient, job_id: str) -> None:
 @click.option("--force", is_flag=True, help="Overwrite output files that exist.")
 @click.pass_obj
 def get(api: ApiClient, job_id: str, output: Path, force: bool) -> None:
-    """Fetch a succeeded job's output artifacts into a folder.
+    """Fetch a finished job's output files into a folder (a failed one's are those of its last
+    attempt: a command's partial outputs, stdout and stderr).
 
     \b
     Example:
       p2pnode job get job_01M8CRH8D5H83H6EVKWEVXEHTJ -o out/
     """
+    _get_outputs(api, job_id, output, force=force)
+
+
+def _get_outputs(api: ApiClient, job_id: str, output: Path, *, force: bool) -> None:
     outputs = api.post(f"/jobs/{job_id}/outputs", _Outputs, timeout=None).root
     targets = {name: output_path(output, name) for name in outputs}
     for name, info in outputs.items():

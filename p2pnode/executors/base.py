@@ -103,8 +103,20 @@ DEFAULT_MAXIMA = JobMaxima()
 """What a node allows any job when nothing is configured."""
 
 
+class Invocation(BaseModel):
+    """How a command job's ``_start`` is called: exactly this argv and environment (nothing of
+    the worker's own), and stdin from a local file (empty without one)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    argv: list[str] = Field(min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    stdin: Path | None = None
+
+
 class ExecutionRequest(BaseModel):
-    """One run of one workflow of one module, with its inputs already on local disk."""
+    """One run of one workflow of one module (or of one command, see ``Invocation``), with its
+    inputs already on local disk."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -114,6 +126,14 @@ class ExecutionRequest(BaseModel):
     input: Any = None
     artifacts_dir: Path = Field(description="read-only inputs, one file per artifact name")
     output_dir: Path
+    scratch_dir: Path = Field(
+        description="the runner's own files for this run (the guest's /tmp, a command's stdout "
+        "and stderr); the caller removes it once the outputs are stored"
+    )
+    command: Invocation | None = None
+    mounts: dict[str, Path] = Field(
+        default_factory=dict, description="read-only folders by guest path, besides /in"
+    )
     limits: ExecutionLimits = ExecutionLimits()
 
 

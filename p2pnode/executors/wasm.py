@@ -6,27 +6,46 @@ Guest contract:
 - the job input is JSON on stdin, the result is the JSON the workflow writes to stdout;
 - the artifacts directory is preopened read-only at ``/in`` (fd 3), the output directory
   read-write at ``/out`` (fd 4); regular files left in ``/out`` become the job's outputs;
+  mounts outside ``/in`` are further read-only preopens (fd 6 on, in guest path order);
 - exit status 0 is success; anything else, and every trap, is a failure with a reason.
+
+Command mode (``ExecutionRequest.command``) runs an ordinary WASI program unmodified instead:
+``_start`` with exactly the given argv and environment, stdin from a file; its stdout and stderr
+are kept whole as the outputs ``stdout`` and ``stderr``, the result is ``{"exit_code": N}``,
+success is exit status 0, and the files in ``/out`` are kept on failure too.
+
+Every job gets a writable scratch ``/tmp`` (fd 5), removed after the run. Blocking
+``poll_oneoff`` (sleep, clock waits) sleeps on the host, woken early when the run is stopped.
 
 Limits: the node's ``JobMaxima`` cap what a job asks (each lowered limit is noted in its logs).
 The memory limit covers the whole store: one linear memory and at most ``_MAX_TABLES`` tables,
 with a sixteenth of the budget (at most 16 MiB) for table elements, enforced by wasmtime's store
 limiter. Output bytes are enforced while the guest writes: WASI writes go straight to host files,
-so a guard sums ``/out`` every ``OUTPUT_POLL_S`` and interrupts the guest once it is over the cap
-(the overshoot is what the guest writes in one poll interval), and a final check runs on the tree.
+so a guard sums ``/out`` (with a command's stdout and stderr), and on its own ``/tmp``, every
+``OUTPUT_POLL_S`` and interrupts the guest once either is over the node's output maximum (the
+overshoot is what the guest writes in one poll interval), and a final check runs on the tree.
 
 Each run gets its own engine, so the watchdogs can interrupt exactly that run (epochs are per
-engine). Compiled machine code is cached per module hash and loaded into the run's engine.
+engine). Compiled machine code (wasmtime's own serialization) is cached on disk, keyed by module
+hash, wasmtime version and engine settings, bounded in bytes with least-recently-used eviction;
+each run maps it into its engine, so it survives restarts and costs no memory between runs. Jobs
+of one module wait for its single compilation.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import json
 import os
 import re
+import shutil
 import stat
+import struct
 import tempfile
-from collections import OrderedDict
+import threading
+import time
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,11 +62,14 @@ from p2pnode.executors.base import (
     ExecutionRequest,
     ExecutionResult,
     ExecutorKind,
+    Invocation,
     JobMaxima,
     OutputName,
 )
 
 MAIN_WORKFLOW = "main"
+CACHE_BYTES = 4 * 1024 * MIB
+"""Default bound of the compile cache on disk (a 70 MB module compiles to ~200 MB)."""
 STDOUT_LIMIT = 4 * MIB
 """Largest result a workflow may print; bigger products belong in output files."""
 
@@ -58,9 +80,17 @@ _PAGE = 64 * 1024
 _WASI = "wasi_snapshot_preview1"
 _DETAIL_LIMIT = 4096
 """Characters of wasmtime's backtrace kept in the logs (deep recursion makes huge ones)."""
-_ENOSYS = 52
-"""WASI errno returned by our ``poll_oneoff``: a guest blocked in a host sleep can't be
-interrupted."""
+_EINVAL = 28
+_SUBSCRIPTION = struct.Struct("<QB7xI4xQQH6x")
+"""A WASI ``subscription``: userdata, tag, then for a clock: id, timeout, precision, flags (for
+fd events the fd sits where the clock id does)."""
+_EVENT = struct.Struct("<QHB5xQH6x")
+"""A WASI ``event``: userdata, error, type, then nbytes and flags for fd events."""
+_CLOCK_TAG = 0
+_ABSTIME = 1
+_REALTIME = 0
+_STREAMS = ("stdout", "stderr")
+"""A command's output names for its standard streams; ``/out`` files may not take them."""
 _MAX_TABLES = 4
 _TABLE_ELEMENT = 8
 """Bytes wasmtime's limiter counts per table element."""
@@ -76,6 +106,11 @@ class InvalidModule(ValueError):
 
 class _Failure(Exception):
     """A job failure with its reason, raised to short-cut a run."""
+
+
+class _Stopped(Exception):
+    """Raised by a host call to unwind a guest that was stopped while it slept: a guest that
+    returns without another call or loop would never meet its epoch deadline."""
 
 
 def load_module_bytes(path: Path) -> bytes:
@@ -128,8 +163,8 @@ class _Head:
 
 @dataclass(frozen=True)
 class _Compiled:
-    artifact: bytes
-    """``Module.serialize()`` output, loaded into each run's own engine."""
+    artifact: Path
+    """``Module.serialize()`` output on disk, mapped into each run's own engine."""
     workflows: dict[str, str]
     """workflow name -> export name"""
 
@@ -159,6 +194,8 @@ class _StoreBudget:
 @dataclass
 class _Outcome:
     error: str | None = None
+    exit_code: int | None = None
+    """How the guest ended (0 also when ``_start`` returned); None after a trap."""
     interrupted: bool = False
     detail: str = ""
     """wasmtime's full message (with backtrace), for the logs."""
@@ -169,10 +206,23 @@ class WasiExecutor:
 
     kind: ExecutorKind = "wasi"
 
-    def __init__(self, *, maxima: JobMaxima = DEFAULT_MAXIMA, cache_size: int = 32) -> None:
+    def __init__(
+        self,
+        *,
+        maxima: JobMaxima = DEFAULT_MAXIMA,
+        cache_dir: Path | None = None,
+        cache_bytes: int = CACHE_BYTES,
+    ) -> None:
+        """``cache_dir``: where compiled modules are kept (None: a temporary folder, for as long
+        as this executor lives)."""
         self.maxima = maxima
-        self._cache: OrderedDict[str, _Compiled] = OrderedDict()
-        self._cache_size = cache_size
+        if cache_dir is None:
+            self._tmp_cache = tempfile.TemporaryDirectory(prefix="p2pnode-compiled-")
+            cache_dir = Path(self._tmp_cache.name)
+        self._cache = _DiskCache(cache_dir, cache_bytes)
+        self._compiling: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
+        self.compilations = 0
+        """Modules compiled (not found in the cache) since this executor started."""
 
     async def available(self) -> bool:
         return True
@@ -189,11 +239,17 @@ class WasiExecutor:
 
     async def _run(self, req: ExecutionRequest) -> ExecutionResult:
         compiled = await self._compiled(req)
-        export = _select(compiled.workflows, req.workflow)
-        try:
-            stdin = json.dumps(req.input).encode()
-        except (TypeError, ValueError) as exc:
-            raise _Failure(f"job input is not JSON: {exc}") from None
+        if req.command is not None:
+            if compiled.workflows.get(MAIN_WORKFLOW) != _START:
+                raise _Failure("a command job needs a module that exports _start")
+            export = _START
+            stdin = b""
+        else:
+            export = _select(compiled.workflows, req.workflow)
+            try:
+                stdin = json.dumps(req.input).encode()
+            except (TypeError, ValueError) as exc:
+                raise _Failure(f"job input is not JSON: {exc}") from None
 
         # The deadline is armed before the watchdogs exist: an early tick can't be missed.
         engine = _new_engine()
@@ -207,7 +263,7 @@ class WasiExecutor:
 
         def interrupt(reason: str) -> None:
             stopped_because.append(reason)
-            engine.increment_epoch()
+            run.stop()
 
         async def deadline() -> None:
             try:
@@ -216,13 +272,13 @@ class WasiExecutor:
             finally:
                 # On cancellation too this stops the guest at its next loop head or call;
                 # after a normal end it is harmless.
-                engine.increment_epoch()
+                run.stop()
 
         async def output_guard() -> None:
             while True:
                 await trio.sleep(OUTPUT_POLL_S)
-                usage = await trio.to_thread.run_sync(_output_usage, req.output_dir)
-                if (excess := self._output_excess(*usage)) is not None:
+                excess = await trio.to_thread.run_sync(self._excess, req)
+                if excess is not None:
                     interrupt(excess)
                     return
 
@@ -232,15 +288,21 @@ class WasiExecutor:
             outcome = await trio.to_thread.run_sync(run.execute)
             nursery.cancel_scope.cancel()
 
-        logs = run.stderr.text()
+        if req.command is None:
+            logs = run.stderr.text()
+        else:
+            logs = await trio.to_thread.run_sync(_file_tail, _streams_dir(req) / "stderr")
         if outcome.detail:
             separator = "\n" if logs and not logs.endswith("\n") else ""
             logs += f"{separator}[wasmtime] {outcome.detail.strip()[:_DETAIL_LIMIT]}"
-        if outcome.interrupted:
-            # A cancelled run re-raises Cancelled when the nursery exits, so a watchdog stopped it.
-            return ExecutionResult.failure(stopped_because[0], logs)
-        if outcome.error is not None:
-            return ExecutionResult.failure(outcome.error, logs)
+        # A cancelled run re-raises Cancelled when the nursery exits, so a watchdog stopped it.
+        error = stopped_because[0] if outcome.interrupted else outcome.error
+        if req.command is not None:
+            return await self._command_result(req, outcome, error, logs)
+        if error is None and outcome.exit_code:
+            error = f"workflow exited with code {outcome.exit_code}"
+        if error is not None:
+            return ExecutionResult.failure(error, logs)
         if run.stdout.overflow:
             return ExecutionResult.failure(
                 f"workflow wrote more than {STDOUT_LIMIT} bytes to stdout", logs
@@ -250,10 +312,34 @@ class WasiExecutor:
         except _Failure as failure:
             return ExecutionResult.failure(str(failure), logs)
         try:
-            outputs = await trio.to_thread.run_sync(self._collect_outputs, req.output_dir)
+            outputs = await trio.to_thread.run_sync(self._collect_outputs, req)
         except _Failure as failure:
             return ExecutionResult.failure(str(failure), logs)
         return ExecutionResult(ok=True, result=result, logs=logs, outputs=outputs)
+
+    async def _command_result(
+        self, req: ExecutionRequest, outcome: _Outcome, error: str | None, logs: str
+    ) -> ExecutionResult:
+        """A command's exit code and outputs, kept on failure too: partial outputs help
+        debugging. Outputs that break the node's bounds fail it and are dropped."""
+        result = None if outcome.exit_code is None else {"exit_code": outcome.exit_code}
+        if error is None and outcome.exit_code:
+            error = f"command exited with code {outcome.exit_code}"
+        try:
+            outputs = await trio.to_thread.run_sync(self._collect_outputs, req)
+        except _Failure as failure:
+            error, outputs = error or str(failure), {}
+        return ExecutionResult(
+            ok=error is None, result=result, error=error, logs=logs, outputs=outputs
+        )
+
+    def _excess(self, req: ExecutionRequest) -> str | None:
+        """Why what the guest wrote so far breaks the node's bounds, if it does (blocking)."""
+        return self._output_excess(*_output_usage(req.output_dir, _streams_dir(req))) or (
+            f"/tmp exceeds this node's limit of {self.maxima.output_bytes} bytes"
+            if _output_usage(_tmp_dir(req))[0] > self.maxima.output_bytes
+            else None
+        )
 
     def _output_excess(self, size: int, files: list[Path]) -> str | None:
         """Why the outputs so far break the node's bounds, if they do."""
@@ -263,37 +349,108 @@ class WasiExecutor:
             return f"more than {MAX_OUTPUTS} output files"
         return None
 
-    def _collect_outputs(self, output_dir: Path) -> dict[str, Path]:
-        """Regular files under ``output_dir`` by relative POSIX name (blocking). Symlinks are never
-        followed, so a guest can't make the node publish a host file; a name that cannot be an
-        ``OutputName`` fails the job rather than the report."""
-        size, files = _output_usage(output_dir)
+    def _collect_outputs(self, req: ExecutionRequest) -> dict[str, Path]:
+        """Regular files under the output folder by relative POSIX name, and a command's
+        ``stdout`` and ``stderr`` (blocking). Symlinks are never followed, so a guest can't make
+        the node publish a host file; a name that cannot be an ``OutputName`` fails the job rather
+        than the report."""
+        streams = _streams_dir(req)
+        size, files = _output_usage(req.output_dir, streams)
         if (excess := self._output_excess(size, files)) is not None:
             raise _Failure(excess)
         outputs: dict[str, Path] = {}
         for path in files:
-            name = path.relative_to(output_dir).as_posix()
+            if path.parent == streams:
+                continue
+            name = path.relative_to(req.output_dir).as_posix()
+            if req.command is not None and name in _STREAMS:
+                raise _Failure(f"output {name!r} is reserved for the command's {name}")
             try:
                 outputs[_output_name.validate_python(name)] = path
             except ValidationError as exc:
                 reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
                 raise _Failure(f"output {name!r} cannot be published: {reason}") from None
+        if req.command is not None:
+            outputs.update((name, streams / name) for name in _STREAMS)
         return dict(sorted(outputs.items()))
 
     async def _compiled(self, req: ExecutionRequest) -> _Compiled:
-        if (hit := self._cache.get(req.module_hash)) is not None:
-            self._cache.move_to_end(req.module_hash)
-            return hit
+        """The module's machine code: from the cache, or compiled once however many jobs ask."""
+        key = req.module_hash.lower()
+        lock = self._compiling[key]
         try:
-            compiled = await trio.to_thread.run_sync(_compile_file, req.module_path)
-        except InvalidModule as exc:
-            raise _Failure(f"invalid module: {exc}") from None
-        except OSError as exc:
-            raise _Failure(f"cannot read module {req.module_path}: {exc.strerror or exc}") from None
-        self._cache[req.module_hash] = compiled
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return compiled
+            async with lock:
+                if (hit := await trio.to_thread.run_sync(self._cache.get, key)) is not None:
+                    return hit
+                try:
+                    compiled = await trio.to_thread.run_sync(self._cache.put, key, req.module_path)
+                except InvalidModule as exc:
+                    raise _Failure(f"invalid module: {exc}") from None
+                except OSError as exc:
+                    reason = exc.strerror or exc
+                    raise _Failure(f"cannot read module {req.module_path}: {reason}") from None
+                self.compilations += 1
+                return compiled
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._compiling.pop(key, None)
+
+
+class _DiskCache:
+    """Compiled modules as files named by their key, evicted least recently used first once
+    they total more than ``limit`` bytes (the newest always stays). Blocking: call in a thread."""
+
+    def __init__(self, folder: Path, limit: int) -> None:
+        self._folder = folder
+        self._limit = limit
+        self._workflows: dict[str, dict[str, str]] = {}
+        """key -> the module's workflows, known without loading it again"""
+
+    def get(self, module_hash: str) -> _Compiled | None:
+        path = self._path(module_hash)
+        try:
+            os.utime(path)  # recently used
+            workflows = self._workflows.get(module_hash)
+            if workflows is None:
+                module = wasmtime.Module.deserialize_file(_new_engine(), str(path))
+                workflows = self._workflows[module_hash] = _workflows(module)
+        except FileNotFoundError:
+            return None
+        except wasmtime.WasmtimeError:  # damaged, or made by another wasmtime: compile again
+            path.unlink(missing_ok=True)
+            return None
+        return _Compiled(artifact=path, workflows=workflows)
+
+    def put(self, module_hash: str, module_path: Path) -> _Compiled:
+        module = _compile(_new_engine(), load_module_bytes(module_path))
+        path = self._path(module_hash)
+        self._folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".part")
+        tmp.write_bytes(module.serialize())
+        tmp.replace(path)
+        workflows = self._workflows[module_hash] = _workflows(module)
+        self._evict(keep=path)
+        return _Compiled(artifact=path, workflows=workflows)
+
+    def _path(self, module_hash: str) -> Path:
+        return self._folder / f"{module_hash}-{_ENGINE_KEY}.cwasm"
+
+    def _evict(self, keep: Path) -> None:
+        entries = []
+        for path in self._folder.glob("*.cwasm"):
+            try:
+                info = path.stat()
+            except FileNotFoundError:
+                continue
+            entries.append((info.st_mtime, info.st_size, path))
+        total = sum(size for _, size, _ in entries)
+        for _, size, path in sorted(entries):
+            if total <= self._limit:
+                break
+            if path != keep:
+                path.unlink(missing_ok=True)
+                self._workflows.pop(path.name.partition("-")[0], None)
+                total -= size
 
 
 class _Run:
@@ -304,7 +461,7 @@ class _Run:
         engine: wasmtime.Engine,
         store: wasmtime.Store,
         budget: _StoreBudget,
-        artifact: bytes,
+        artifact: Path,
         export: str,
         stdin: bytes,
         req: ExecutionRequest,
@@ -318,9 +475,16 @@ class _Run:
         self.req = req
         self.stdout = _Head(STDOUT_LIMIT)
         self.stderr = _Tail()
+        self._stopped = threading.Event()
+
+    def stop(self) -> None:
+        """Interrupt the guest (from trio): at its next loop head or call, or in a host sleep."""
+        self._stopped.set()
+        self.engine.increment_epoch()
 
     def execute(self) -> _Outcome:
         """Never raises: an exception here would reach trio wrapped in an exception group."""
+        tmp_dir = _tmp_dir(self.req)
         try:
             with tempfile.TemporaryDirectory(prefix="p2pnode-wasi-") as tmp:
                 stdin_path = Path(tmp, "stdin.json")
@@ -330,18 +494,26 @@ class _Run:
             return _Outcome(error=f"runner error: {exc!r}")
         finally:
             self.store.close()  # frees the linear memory now, not whenever the GC runs
+            shutil.rmtree(tmp_dir, ignore_errors=True)
 
     def _call(self, stdin_path: Path) -> _Outcome:
         req = self.req
         req.artifacts_dir.mkdir(parents=True, exist_ok=True)
         req.output_dir.mkdir(parents=True, exist_ok=True)
+        _tmp_dir(req).mkdir(parents=True, exist_ok=True)
         wasi = wasmtime.WasiConfig()
-        wasi.argv = [self.export]
-        wasi.stdin_file = str(stdin_path)
-        wasi.stdout_custom = self.stdout.write
-        wasi.stderr_custom = self.stderr.write
+        if req.command is None:
+            wasi.argv = [self.export]
+            wasi.stdin_file = str(stdin_path)
+            wasi.stdout_custom = self.stdout.write
+            wasi.stderr_custom = self.stderr.write
+        else:
+            self._configure_command(wasi, req.command, stdin_path)
         wasi.preopen_dir(str(req.artifacts_dir), "/in", False)  # fd 3
         wasi.preopen_dir(str(req.output_dir), "/out", True)  # fd 4
+        wasi.preopen_dir(str(_tmp_dir(req)), "/tmp", True)  # fd 5
+        for guest_path, host_dir in sorted(req.mounts.items()):
+            wasi.preopen_dir(str(host_dir), guest_path, False)
         self.store.set_wasi(wasi)
 
         linker = wasmtime.Linker(self.engine)
@@ -349,12 +521,16 @@ class _Run:
         linker.allow_shadowing = True
         i32 = wasmtime.ValType.i32()
         linker.define_func(
-            _WASI, "poll_oneoff", wasmtime.FuncType([i32] * 4, [i32]), lambda *_: _ENOSYS
+            _WASI,
+            "poll_oneoff",
+            wasmtime.FuncType([i32] * 4, [i32]),
+            self._poll_oneoff,
+            access_caller=True,
         )
 
         instance: wasmtime.Instance | None = None
         try:
-            module = wasmtime.Module.deserialize(self.engine, self.artifact)
+            module = wasmtime.Module.deserialize_file(self.engine, str(self.artifact))
             instance = linker.instantiate(self.store, module)
             exports = instance.exports(self.store)
             initialize = exports.get(_INITIALIZE)
@@ -364,8 +540,9 @@ class _Run:
             assert isinstance(workflow, wasmtime.Func)  # _workflows() only lists functions
             workflow(self.store)
         except wasmtime.ExitTrap as exit_:
-            if exit_.code != 0:
-                return _Outcome(error=f"workflow exited with code {exit_.code}")
+            return _Outcome(exit_code=exit_.code)
+        except _Stopped:
+            return _Outcome(interrupted=True)
         except wasmtime.Trap as trap:
             return self._trap_outcome(trap, instance)
         except wasmtime.WasmtimeError as exc:
@@ -374,7 +551,53 @@ class _Run:
             if "resource limit exceeded" in error:
                 error += f" (a job gets at most 1 linear memory and {_MAX_TABLES} tables)"
             return _Outcome(error=error)
-        return _Outcome()
+        return _Outcome(exit_code=0)
+
+    def _configure_command(
+        self, wasi: wasmtime.WasiConfig, command: Invocation, empty: Path
+    ) -> None:
+        """Exactly the command's argv and environment (the worker's own never leaks in: nothing
+        is inherited), its stdin (``empty``, an empty file, without one), and stdout/stderr straight
+        into files the output guard sums."""
+        streams = _streams_dir(self.req)
+        streams.mkdir(parents=True, exist_ok=True)
+        wasi.argv = command.argv
+        wasi.env = list(command.env.items())
+        wasi.stdin_file = str(command.stdin or empty)
+        wasi.stdout_file = str(streams / "stdout")
+        wasi.stderr_file = str(streams / "stderr")
+
+    def _poll_oneoff(
+        self, caller: wasmtime.Caller, in_ptr: int, out_ptr: int, count: int, nevents_ptr: int
+    ) -> int:
+        """WASI ``poll_oneoff``: fd subscriptions are ready at once (files never block), clock
+        subscriptions sleep on the host until the earliest is due, or until the run is stopped
+        (which unwinds the guest)."""
+        memory = caller.get("memory")
+        if not isinstance(memory, wasmtime.Memory) or count <= 0:
+            return _EINVAL
+        raw = bytes(memory.read(caller, in_ptr, in_ptr + count * _SUBSCRIPTION.size))
+        subscriptions = list(_SUBSCRIPTION.iter_unpack(raw))
+        start = time.monotonic_ns()
+        due: dict[int, int] = {}
+        for index, (_, tag, clock, timeout, _, flags) in enumerate(subscriptions):
+            if tag == _CLOCK_TAG:
+                # An absolute deadline is taken against the host's clock of that kind.
+                if flags & _ABSTIME:
+                    timeout -= time.time_ns() if clock == _REALTIME else start
+                due[index] = start + max(timeout, 0)
+        if len(due) == count:
+            if self._stopped.wait((min(due.values()) - start) / 1e9):
+                raise _Stopped
+        now = time.monotonic_ns()
+        events = b"".join(
+            _EVENT.pack(userdata, 0, tag, 0, 0)
+            for index, (userdata, tag, *_) in enumerate(subscriptions)
+            if due.get(index, now) <= now
+        )
+        memory.write(caller, events, out_ptr)
+        memory.write(caller, struct.pack("<I", len(events) // _EVENT.size), nevents_ptr)
+        return 0
 
     def _trap_outcome(self, trap: wasmtime.Trap, instance: wasmtime.Instance | None) -> _Outcome:
         code = trap.trap_code
@@ -403,10 +626,17 @@ class _Run:
         return memory.data_len(self.store) + _PAGE > self.budget.memory_bytes
 
 
+_ENGINE_SETTINGS = {"consume_fuel": True, "epoch_interruption": True}
+_ENGINE_KEY = hashlib.sha256(
+    json.dumps([importlib.metadata.version("wasmtime"), _ENGINE_SETTINGS]).encode()
+).hexdigest()[:16]
+"""What changes the machine code besides the module: part of every compile cache key."""
+
+
 def _new_engine() -> wasmtime.Engine:
     config = wasmtime.Config()
-    config.consume_fuel = True
-    config.epoch_interruption = True
+    for setting, value in _ENGINE_SETTINGS.items():
+        setattr(config, setting, value)
     return wasmtime.Engine(config)
 
 
@@ -428,11 +658,6 @@ def _compile(engine: wasmtime.Engine, wasm: bytes) -> wasmtime.Module:
         return wasmtime.Module(engine, wasm)
     except wasmtime.WasmtimeError as exc:
         raise InvalidModule(_oneline(str(exc))) from None
-
-
-def _compile_file(path: Path) -> _Compiled:
-    module = _compile(_new_engine(), load_module_bytes(path))
-    return _Compiled(artifact=bytes(module.serialize()), workflows=_workflows(module))
 
 
 def _workflows(module: wasmtime.Module) -> dict[str, str]:
@@ -474,13 +699,35 @@ def _parse_result(stdout: bytes) -> Any:
         raise _Failure(f"workflow wrote non-JSON output: {snippet!r} ({exc})") from None
 
 
-def _output_usage(output_dir: Path) -> tuple[int, list[Path]]:
-    """Bytes under ``output_dir`` (each entry's apparent or allocated size, whichever is larger,
-    so sparse files count at the size they would publish) and its regular files; symlinks are
+def _streams_dir(req: ExecutionRequest) -> Path:
+    """Where a command's stdout and stderr go."""
+    return req.scratch_dir / "streams"
+
+
+def _tmp_dir(req: ExecutionRequest) -> Path:
+    """The guest's ``/tmp``."""
+    return req.scratch_dir / "tmp"
+
+
+def _file_tail(path: Path) -> str:
+    """The last ``LOG_LIMIT`` bytes of a file as text, marked when cut; "" if there is none."""
+    tail = _Tail()
+    try:
+        with path.open("rb") as f:
+            f.seek(max(f.seek(0, os.SEEK_END) - LOG_LIMIT - 1, 0))
+            tail.write(f.read())
+    except FileNotFoundError:
+        return ""
+    return tail.text()
+
+
+def _output_usage(*dirs: Path) -> tuple[int, list[Path]]:
+    """Bytes under ``dirs`` (each entry's apparent or allocated size, whichever is larger, so
+    sparse files count at the size they would publish) and their regular files; symlinks are
     counted, never followed. Entries vanishing mid-walk are skipped: the guest is still running."""
     size = 0
     files: list[Path] = []
-    pending = [output_dir]
+    pending = list(dirs)
     while pending:
         try:
             entries = list(os.scandir(pending.pop()))

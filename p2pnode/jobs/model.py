@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import time
 from enum import StrEnum
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import pydantic_core
@@ -24,10 +25,10 @@ from pydantic import (
     StringConstraints,
     TypeAdapter,
     field_serializer,
+    model_validator,
 )
 
-from p2pnode.executors.base import MAX_OUTPUTS, MIB, ExecutorKind, OutputName
-from p2pnode.executors.base import ExecutionLimits as Limits
+from p2pnode.executors.base import MAX_OUTPUTS, MIB, ExecutionLimits, ExecutorKind, OutputName
 
 if TYPE_CHECKING:
     from p2pnode.blobs.model import BlobInfo
@@ -42,6 +43,9 @@ MAX_RESULT_BYTES = 1 * MIB
 MAX_LOG_CHARS = 64 * 1024
 MAX_ERROR_CHARS = 4096
 MAX_NOTE_CHARS = 200
+MAX_COMMAND_BYTES = 256 * 1024
+"""Largest argv plus environment of a command job (UTF-8 bytes), like a typical ARG_MAX: the
+command travels in the claim grant's frame."""
 MAX_HISTORY = 32
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -125,6 +129,7 @@ class JobState(StrEnum):
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
 Executor = ExecutorKind
+Limits = ExecutionLimits
 
 
 class BlobRef(BaseModel):
@@ -142,6 +147,98 @@ class BlobRef(BaseModel):
         return cls(hash=info.hash, size=info.size, root=info.root, providers=[node_id])
 
 
+def _no_nul(text: str) -> str:
+    if "\0" in text:
+        raise ValueError("must not contain NUL")
+    return text
+
+
+Arg = Annotated[str, AfterValidator(_no_nul)]
+EnvName = Annotated[str, StringConstraints(pattern=r"^[^=\x00]+$")]
+
+
+class Command(BaseModel):
+    """An ordinary WASI program run as a job: ``_start`` with exactly this argv and environment
+    (nothing of the worker's own), stdin from a blob; see ``p2pnode.executors.wasm``."""
+
+    argv: list[Arg] = Field(min_length=1, max_length=4096)
+    env: dict[EnvName, Arg] = Field(default_factory=dict, max_length=1024)
+    stdin: BlobRef | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Command:
+        size = sum(len(arg.encode()) + 1 for arg in self.argv) + sum(
+            len(name.encode()) + len(value.encode()) + 2 for name, value in self.env.items()
+        )
+        if size > MAX_COMMAND_BYTES:
+            raise ValueError(f"argv and environment of {size} bytes exceed {MAX_COMMAND_BYTES}")
+        return self
+
+
+MAX_MOUNTS = 64
+MAX_MOUNT_FILES = 10_000
+MAX_MANIFEST_BYTES = 4 * MIB
+_WRITABLE_DIRS = ("/out", "/tmp")
+
+
+class ManifestEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: OutputName
+    """Relative POSIX path inside the mounted folder."""
+    hash: Hex64
+    size: int = Field(ge=0)
+    root: Hex64
+
+
+class Manifest(BaseModel):
+    """A folder tree as one blob: its files' paths and blobs. An unchanged tree has the same
+    manifest hash and identical files the same blob, so a worker fetches each once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    files: list[ManifestEntry] = Field(max_length=MAX_MOUNT_FILES)
+
+    @model_validator(mode="after")
+    def _a_tree(self) -> Manifest:
+        paths = {entry.path for entry in self.files}
+        if len(paths) != len(self.files):
+            raise ValueError("a manifest names a file twice")
+        for path in paths:
+            if any(str(parent) in paths for parent in PurePosixPath(path).parents):
+                raise ValueError(f"manifest entry {path!r} is inside another file")
+        return self
+
+
+def _check_guest_path(path: str) -> str:
+    pure = PurePosixPath(path)
+    if not pure.is_absolute() or any(part in (".", "..") for part in path.split("/")[1:]):
+        raise ValueError("a guest path is absolute, without '.' or '..' parts")
+    if str(pure) != path or "\0" in path:
+        raise ValueError("a guest path is written plainly (no '//', trailing '/' or NUL)")
+    if path in ("/", "/in") or any(path == d or path.startswith(d + "/") for d in _WRITABLE_DIRS):
+        raise ValueError("a guest path may not be /, /in, or inside /out or /tmp")
+    return path
+
+
+GuestPath = Annotated[str, StringConstraints(max_length=1024), AfterValidator(_check_guest_path)]
+
+
+class Mount(BaseModel):
+    """A file, or a folder as its manifest blob, visible read-only to the job at ``guest_path``
+    (``/in/NAME`` by default)."""
+
+    source: BlobRef
+    directory: bool = False
+    guest_path: GuestPath | None = None
+
+    @model_validator(mode="after")
+    def _file_in_a_folder(self) -> Mount:
+        if not self.directory and self.guest_path and self.guest_path.count("/") < 2:
+            raise ValueError("a mounted file goes into a folder: /FOLDER/NAME at least")
+        return self
+
+
 class Requirements(BaseModel):
     executor: Executor = "wasi"
     limits: Limits = Field(default_factory=Limits)
@@ -156,8 +253,27 @@ class JobSpec(BaseModel):
     input_blob: BlobRef | None = None
     """The input as a JSON blob instead, when it is larger than `INLINE_INPUT_BYTES`."""
     artifacts: dict[ArtifactName, BlobRef] = Field(default_factory=dict, max_length=256)
+    command: Command | None = None
+    """Run the module as a command (argv, env, stdin) instead of a workflow."""
+    mounts: dict[ArtifactName, Mount] = Field(default_factory=dict, max_length=MAX_MOUNTS)
     requirements: Requirements = Field(default_factory=Requirements)
     max_attempts: int = Field(default=3, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _apart(self) -> JobSpec:
+        """Artifacts and mounts never overlap: none is inside or on top of another."""
+        targets = [f"/in/{name}" for name in self.artifacts] + [
+            mount.guest_path or f"/in/{name}" for name, mount in self.mounts.items()
+        ]
+        for path in targets:
+            inside = [other for other in targets if other == path or other.startswith(path + "/")]
+            if len(inside) > 1:
+                raise ValueError(f"{inside[1]} would be hidden by another input at {path}")
+        return self
+
+    def guest_path(self, name: str) -> str:
+        mount = self.mounts[name]
+        return mount.guest_path or f"/in/{name}"
 
 
 class Lease(BaseModel):

@@ -28,7 +28,13 @@ from p2pnode.blobs.fetch import FetchError
 from p2pnode.blobs.service import BlobService
 from p2pnode.blobs.store import BlobNotFound, StoreError
 from p2pnode.executors.base import ExecutionLimits
-from p2pnode.executors.wasm import InvalidModule, assemble, list_workflows, load_module_bytes
+from p2pnode.executors.wasm import (
+    MAIN_WORKFLOW,
+    InvalidModule,
+    assemble,
+    list_workflows,
+    load_module_bytes,
+)
 from p2pnode.gossip.service import GossipEvent, Received
 from p2pnode.jobs import model
 from p2pnode.jobs.announcements import JobAnnounced, JobFinished
@@ -44,9 +50,23 @@ SWEEP_INTERVAL_S = 1.0
 REANNOUNCE_EVERY = 30  # sweeps
 
 
+class MountSubmission(BaseModel):
+    """A file or folder uploaded as blobs, visible read-only to the job at `guest_path`
+    (default `/in/NAME`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    blob: model.Hex64
+    """The file's blob, or for a folder the blob of its `model.Manifest` (JSON)."""
+    directory: bool = False
+    guest_path: model.GuestPath | None = None
+
+
 class JobSubmission(BaseModel):
     """A job as a person submits it: local files or blobs already in the node's store, which
-    the node pins and references. Exactly one of `module` and `module_blob`."""
+    the node pins and references. Exactly one of `module` and `module_blob`. Any of `args`,
+    `env` and `stdin_blob` makes it a command job: `_start` runs with argv `[argv0, *args]`
+    (argv0 defaults to the module's file name), exactly `env`, and `stdin_blob` as stdin."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -56,6 +76,11 @@ class JobSubmission(BaseModel):
     input: JsonValue = None
     artifacts: dict[model.ArtifactName, Path] = {}
     artifact_blobs: dict[model.ArtifactName, model.Hex64] = {}
+    mounts: dict[model.ArtifactName, MountSubmission] = Field({}, max_length=model.MAX_MOUNTS)
+    args: list[model.Arg] | None = None
+    argv0: model.Arg | None = None
+    env: dict[model.EnvName, model.Arg] = {}
+    stdin_blob: model.Hex64 | None = None
     executor: model.Executor = "wasi"
     limits: ExecutionLimits = ExecutionLimits()
     max_attempts: int = Field(3, ge=1, le=100)
@@ -66,7 +91,25 @@ class JobSubmission(BaseModel):
             raise ValueError("give exactly one of module and module_blob")
         if both := sorted(self.artifacts.keys() & self.artifact_blobs.keys()):
             raise ValueError(f"artifact {both[0]!r} given both as a path and as a blob")
+        if self.is_command:
+            if self.workflow is not None or self.input is not None:
+                raise ValueError("a command job takes args, env and stdin, not workflow or input")
+            if self.executor != "wasi":
+                raise ValueError("command jobs run on the wasi executor")
         return self
+
+    @property
+    def is_command(self) -> bool:
+        return (
+            self.args is not None
+            or self.argv0 is not None
+            or bool(self.env)
+            or self.stdin_blob is not None
+        )
+
+    def argv(self) -> list[str]:
+        default = self.module.name if self.module is not None else "module.wasm"
+        return [self.argv0 or default, *(self.args or [])]
 
 
 class SubmissionError(Exception):
@@ -165,16 +208,61 @@ class JobService:
                 await self._blobs.store.add_bytes(input_json, pin=True), self.id
             )
             job_input = None
-        spec = model.JobSpec(
-            workflow=request.workflow,
-            module=module,
-            input=job_input,
-            input_blob=input_blob,
-            artifacts=artifacts,
-            requirements=model.Requirements(executor=request.executor, limits=request.limits),
-            max_attempts=request.max_attempts,
-        )
+        command = None
+        if request.is_command:
+            stdin = request.stdin_blob
+            try:
+                command = model.Command(
+                    argv=request.argv(),
+                    env=request.env,
+                    stdin=None if stdin is None else await self._pinned(stdin, "stdin"),
+                )
+            except ValidationError as exc:
+                raise SubmissionError(f"cannot use the command: {exc.errors()[0]['msg']}") from None
+        mounts = {name: await self._mount(name, mount) for name, mount in request.mounts.items()}
+        try:
+            spec = model.JobSpec(
+                workflow=request.workflow,
+                module=module,
+                input=job_input,
+                input_blob=input_blob,
+                artifacts=artifacts,
+                command=command,
+                mounts=mounts,
+                requirements=model.Requirements(executor=request.executor, limits=request.limits),
+                max_attempts=request.max_attempts,
+            )
+        except ValidationError as exc:
+            raise SubmissionError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
         return await self.submit(spec)
+
+    async def _mount(self, name: str, request: MountSubmission) -> model.Mount:
+        """A mount whose blobs (for a folder: its manifest and every file) are here, pinned."""
+        what = f"mount {name!r}"
+        source = await self._pinned(request.blob, what)
+        if request.directory:
+            if source.size > model.MAX_MANIFEST_BYTES:
+                limit = model.MAX_MANIFEST_BYTES
+                raise SubmissionError(f"the {what} manifest is over {limit} bytes")
+            try:
+                manifest = model.Manifest.model_validate_json(
+                    await trio.to_thread.run_sync(self._read_blob, request.blob)
+                )
+            except ValidationError as exc:
+                raise SubmissionError(
+                    f"the {what} manifest is invalid: {exc.errors()[0]['msg']}"
+                ) from None
+            for entry in manifest.files:
+                ref = await self._pinned(entry.hash, f"{what} file {entry.path!r}")
+                if (ref.size, ref.root) != (entry.size, entry.root):
+                    raise SubmissionError(f"the {what} manifest misstates {entry.path!r}")
+        return model.Mount(
+            source=source, directory=request.directory, guest_path=request.guest_path
+        )
+
+    def _read_blob(self, blob_hash: str) -> bytes:
+        with self._blobs.store.open_read(blob_hash) as f:
+            return f.read()
 
     async def _module(self, request: JobSubmission) -> model.BlobRef:
         """The module as a pinned binary blob, checked off the trio thread (compiling takes a
@@ -187,21 +275,22 @@ class JobService:
             source, what = request.module_blob, f"module blob {request.module_blob[:12]}"
             await self._pinned(request.module_blob, "module")
         try:
-            wasm = await trio.to_thread.run_sync(
-                self._checked_module, source, request.workflow, request.executor
-            )
+            wasm = await trio.to_thread.run_sync(self._checked_module, source, request)
         except (OSError, StoreError, InvalidModule) as exc:
             raise SubmissionError(f"cannot use {what}: {exc}") from None
         return model.BlobRef.held_by(await self._blobs.store.add_bytes(wasm, pin=True), self.id)
 
-    def _checked_module(self, source: Path | str, workflow: str | None, executor: str) -> bytes:
+    def _checked_module(self, source: Path | str, request: JobSubmission) -> bytes:
         if isinstance(source, Path):
             wasm = load_module_bytes(source)
         else:
-            with self._blobs.store.open_read(source) as f:
-                wasm = assemble(f.read())
+            wasm = assemble(self._read_blob(source))
         workflows = list_workflows(wasm)
-        if executor == "wasi":  # Flawless modules follow Flawless's own conventions for workflows
+        workflow = request.workflow
+        if request.is_command:
+            if MAIN_WORKFLOW not in workflows:
+                raise InvalidModule("a command job needs a module that exports _start")
+        elif request.executor == "wasi":  # Flawless modules follow Flawless's own conventions
             available = ", ".join(workflows) or "none"
             if workflow is not None and workflow not in workflows:
                 raise InvalidModule(f"no workflow {workflow!r} (available: {available})")
@@ -267,7 +356,7 @@ class JobService:
             if envelope := self._announcements.pop(job.id, None):
                 self._gossip.retire(envelope)
             self._publish(JobFinished(job=job.summary()))
-            if job.state == model.JobState.SUCCEEDED and job.outputs and self._nursery is not None:
+            if job.outputs and self._nursery is not None:  # a failed command keeps its outputs
                 self._nursery.start_soon(self._collect_outputs, job)
 
     def _announce(self, job: model.Job) -> None:
@@ -341,4 +430,7 @@ class JobService:
                 keep.update(ref.hash for ref in job.spec.artifacts.values())
                 if job.spec.input_blob is not None:
                     keep.add(job.spec.input_blob.hash)
+                if job.spec.command is not None and job.spec.command.stdin is not None:
+                    keep.add(job.spec.command.stdin.hash)
+                keep.update(mount.source.hash for mount in job.spec.mounts.values())
         return keep

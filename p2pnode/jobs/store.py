@@ -263,6 +263,8 @@ class JobStore:
                 job.result, job.error, job.outputs = result, None, outputs or {}
                 self._finish(job, JobState.SUCCEEDED, now, "succeeded")
             else:
+                # A command's exit code and partial outputs help debugging its failure.
+                job.result, job.outputs = result, outputs or {}
                 job.error = error or "failed without an error message"
                 self._retry_or_fail(job, now, "attempt failed")
             # Re-validate: the report's fields are untrusted and logs/error get clipped.

@@ -13,14 +13,15 @@ import logging
 import math
 import shutil
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import trio
+from pydantic import ValidationError
 
 from p2pnode.blobs.fetch import FetchError
 from p2pnode.blobs.service import BlobService
 from p2pnode.blobs.store import StoreError
-from p2pnode.executors.base import ExecutionRequest, ExecutionResult, Executor
+from p2pnode.executors.base import ExecutionRequest, ExecutionResult, Executor, Invocation
 from p2pnode.jobs import model
 from p2pnode.jobs.announcements import JobAnnounced
 from p2pnode.jobs.control import ControlClient, ControlError
@@ -43,6 +44,10 @@ def provider_addrs(
         if (addr := resolve(node_id)) is not None and all(a.node_id != node_id for a in addrs):
             addrs.append(addr)
     return addrs
+
+
+class _BadManifest(Exception):
+    """A mounted folder's manifest is unusable; the message names the mount."""
 
 
 class Worker:
@@ -245,10 +250,18 @@ class Worker:
         outputs.mkdir(parents=True, exist_ok=True)
         module_path = workdir / "module.wasm"
         job_input = spec.input
+        command = None
         try:
             await self._materialize(spec.module, origin, module_path)
             for name, ref in spec.artifacts.items():
                 await self._materialize(ref, origin, inputs / name)
+            mounts = await self._mount(spec, origin, inputs, workdir / "mounts")
+            if spec.command is not None:
+                stdin = None
+                if spec.command.stdin is not None:
+                    stdin = workdir / "stdin"
+                    await self._materialize(spec.command.stdin, origin, stdin)
+                command = Invocation(argv=spec.command.argv, env=spec.command.env, stdin=stdin)
             if spec.input_blob is not None:
                 input_path = workdir / "input.json"
                 await self._materialize(spec.input_blob, origin, input_path)
@@ -257,6 +270,8 @@ class Worker:
                 )
         except (FetchError, StoreError) as exc:
             return ExecutionResult.failure(f"could not fetch job inputs: {exc}")
+        except _BadManifest as exc:
+            return ExecutionResult.failure(str(exc))
         except ValueError as exc:
             return ExecutionResult.failure(f"the job input blob is not JSON: {exc}")
         executor = self.executors[spec.requirements.executor]
@@ -267,14 +282,58 @@ class Worker:
             input=job_input,
             artifacts_dir=inputs,
             output_dir=outputs,
+            scratch_dir=workdir / "scratch",
+            command=command,
+            mounts=mounts,
             limits=spec.requirements.limits,
         )
         return await executor.run(request)
+
+    async def _mount(
+        self, spec: model.JobSpec, origin: PeerAddr, inputs: Path, root: Path
+    ) -> dict[str, Path]:
+        """Place each mount's files, and return the folders to preopen by guest path: a mount
+        inside /in lands in the artifacts folder, any other in a folder of its own (a file's is
+        its parent folder, shared by files mounted side by side)."""
+        preopens: dict[str, Path] = {}
+        for name, mount in spec.mounts.items():
+            target = PurePosixPath(spec.guest_path(name))
+            if target.is_relative_to("/in"):
+                dest = inputs / target.relative_to("/in")
+            else:
+                folder = str(target if mount.directory else target.parent)
+                host = preopens.setdefault(folder, root / str(len(preopens)))
+                dest = host if mount.directory else host / target.name
+            if not mount.directory:
+                await self._materialize(mount.source, origin, dest)
+                continue
+            listing = root / f"{name}.manifest"
+            if mount.source.size > model.MAX_MANIFEST_BYTES:
+                raise _BadManifest(f"the manifest of mount {name!r} is over its size limit")
+            await self._materialize(mount.source, origin, listing)
+            try:
+                manifest = model.Manifest.model_validate_json(
+                    await trio.to_thread.run_sync(listing.read_bytes)
+                )
+            except ValidationError as exc:
+                reason = exc.errors()[0]["msg"]
+                raise _BadManifest(f"the manifest of mount {name!r} is invalid: {reason}") from None
+            await trio.to_thread.run_sync(_make_dirs, dest)  # an empty folder mounts too
+            for entry in manifest.files:
+                ref = model.BlobRef(
+                    hash=entry.hash,
+                    size=entry.size,
+                    root=entry.root,
+                    providers=mount.source.providers,
+                )
+                await self._materialize(ref, origin, dest / entry.path)
+        return preopens
 
     async def _materialize(self, ref: model.BlobRef, origin: PeerAddr, dest: Path) -> None:
         info = await self._blobs.fetch(
             ref.hash, provider_addrs(ref, self._resolve, first=origin), root=ref.root
         )
+        await trio.to_thread.run_sync(_make_dirs, dest.parent)
         await self._blobs.store.export(info.hash, dest)
 
     async def _store_outputs(self, result: ExecutionResult) -> dict[str, model.BlobRef]:
@@ -283,3 +342,7 @@ class Worker:
             info = await self._blobs.store.add_path(path, pin=True)
             refs[name] = model.BlobRef.held_by(info, self.id)
         return refs
+
+
+def _make_dirs(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
