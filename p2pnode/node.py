@@ -31,6 +31,7 @@ from p2pnode.jobs.control import ControlClient
 from p2pnode.jobs.service import JobService
 from p2pnode.jobs.store import JobStore
 from p2pnode.jobs.worker import Worker
+from p2pnode.jobs.workers import Workers, heartbeat_of
 from p2pnode.join_protocol import JoinProtocol
 from p2pnode.membership import (
     JOIN_ALPN,
@@ -132,6 +133,13 @@ class Node:
             self.blobs = BlobService(store, key, self.membership, self.dialer, self.addr)
             self.gossip = GossipService(key, self.membership, self.dialer, self.addr)
             self.jobs = self._jobs_service(settings)
+            self.workers = Workers(
+                self.id,
+                self.gossip,
+                lambda: heartbeat_of(
+                    self.id, self.jobs.worker, self.executors.offered, self._started
+                ),
+            )
             cleanup.callback(self.jobs.store.close)
             self.router = Router(
                 self.endpoint,
@@ -155,6 +163,7 @@ class Node:
                 await nursery.start(self.gossip.run)
                 await nursery.start(self.executors.run)
                 await nursery.start(self.jobs.run)
+                await nursery.start(self.workers.run)
                 nursery.start_soon(self._collect_garbage_periodically)
                 info = NodeInfo(id=self.id, api_url=self.api_url, pid=os.getpid())
                 save_model(settings.data_dir / NODE_FILE, info)

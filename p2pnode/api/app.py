@@ -37,6 +37,7 @@ from p2pnode.api.schemas import (
     ExportRequest,
     FetchEvent,
     Health,
+    JobView,
     JoinTicketReply,
     MemberStatus,
     NodeStatus,
@@ -47,6 +48,7 @@ from p2pnode.blobs.blocks import READ_CHUNK
 from p2pnode.blobs.fetch import FetchError
 from p2pnode.blobs.store import BlobInfo, BlobInUse, BlobNotFound, GcResult, StoreError
 from p2pnode.fsutil import NotRegularFile, open_regular
+from p2pnode.jobs.heartbeat import WorkerView
 from p2pnode.jobs.model import Hex64, Job, JobId, JobState, NodeId
 from p2pnode.jobs.service import JobSubmission, SubmissionError, SubmissionTooLarge
 from p2pnode.jobs.store import Refused
@@ -295,17 +297,19 @@ def create_app(node: Node) -> FastAPI:
         return node.jobs.store.list(state=state, limit=limit)
 
     @api.get("/jobs/{job_id}", responses=_errors(404))
-    async def show_job(job_id: JobId) -> Job:
-        return _job_or_404(node, job_id)
+    async def show_job(job_id: JobId) -> JobView:
+        return _job_view(node, _job_or_404(node, job_id))
 
     @api.post("/jobs/{job_id}/wait", responses=_errors(404))
-    async def wait_job(job_id: JobId, timeout: Annotated[float, Query(ge=0, le=600)] = 30.0) -> Job:
+    async def wait_job(
+        job_id: JobId, timeout: Annotated[float, Query(ge=0, le=600)] = 30.0
+    ) -> JobView:
         """Long poll: answers when the job is terminal, or with its current state after
         `timeout` s."""
         _job_or_404(node, job_id)
         with trio.move_on_after(timeout):
             await node.jobs.wait(job_id)
-        return _job_or_404(node, job_id)
+        return _job_view(node, _job_or_404(node, job_id))
 
     @api.post("/jobs/{job_id}/cancel", responses=_errors(404, 409))
     async def cancel_job(job_id: JobId) -> Job:
@@ -349,6 +353,12 @@ def create_app(node: Node) -> FastAPI:
             raise HTTPException(404, f"no member {member_id} on this node")
         return Done()
 
+    @api.get("/workers")
+    async def list_workers() -> list[WorkerView]:
+        """Every node's latest heartbeat as this node heard it (itself included), with its state:
+        `ready`, `busy` (no free slot) or `down` (3 heartbeats missed)."""
+        return node.workers.workers()
+
     app.include_router(api)
     return app
 
@@ -363,6 +373,10 @@ def _job_or_404(node: Node, job_id: str) -> Job:
     if job is None:
         raise HTTPException(404, f"no job {job_id} on this node")
     return job
+
+
+def _job_view(node: Node, job: Job) -> JobView:
+    return JobView(**dict(job), waiting_for=node.workers.waiting_for(job))
 
 
 def _outside_private_dirs(node: Node, path: Path) -> Path:

@@ -13,7 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from p2pnode.blobs.model import BlobInfo, FetchProgress
 from p2pnode.gossip.stats import GossipStats
-from p2pnode.jobs.model import WorkerStatus
+from p2pnode.jobs.model import Job, WorkerStatus
 
 
 class Health(BaseModel):
@@ -113,3 +113,10 @@ class NodeStatus(BaseModel):
     refused_connections: int
     gossip: GossipStats | None
     jobs: WorkerStatus
+
+
+class JobView(Job):
+    """A job as the API shows it: the stored record, plus why it still waits when the node can
+    tell (no live worker offers its executor)."""
+
+    waiting_for: str | None = None

@@ -11,7 +11,7 @@ import click
 from pydantic import RootModel, ValidationError
 
 from p2pnode.api.client import ApiClient
-from p2pnode.api.schemas import BlobAdded
+from p2pnode.api.schemas import BlobAdded, JobView
 from p2pnode.blobs.model import BlobInfo
 from p2pnode.cli import EXIT_USAGE, cli, fail
 from p2pnode.cli.blob_cmds import download, upload
@@ -372,7 +372,7 @@ def show(api: ApiClient, job_id: str, as_json: bool) -> None:
     Example:
       p2pnode job show job_01M8CRH8D5H83H6EVKWEVXEHTJ --json
     """
-    j = api.get(f"/jobs/{job_id}", Job)
+    j = api.get(f"/jobs/{job_id}", JobView)
     if as_json:
         click.echo(j.model_dump_json(indent=2))
         return
@@ -383,6 +383,8 @@ def show(api: ApiClient, job_id: str, as_json: bool) -> None:
     click.echo(
         f"executor  {j.spec.requirements.executor}  workflow {j.spec.workflow or '(only one)'}"
     )
+    if j.waiting_for:
+        click.echo(f"waiting   {j.waiting_for}")
     if j.result is not None:
         click.echo(f"result    {json.dumps(j.result)}")
     if j.error:
@@ -394,12 +396,19 @@ def show(api: ApiClient, job_id: str, as_json: bool) -> None:
 
 
 def _wait(api: ApiClient, job_id: str) -> Job:
-    while not (
-        j := api.post(
-            f"/jobs/{job_id}/wait", Job, params={"timeout": WAIT_POLL_S}, timeout=WAIT_POLL_S + 10
+    """Long-poll until the job ends; say once on stderr if the node knows it cannot start."""
+    j = api.get(f"/jobs/{job_id}", JobView)
+    told = False
+    while not j.state.terminal:
+        if j.waiting_for and not told:
+            click.echo(f"waiting: {j.waiting_for}", err=True)
+            told = True
+        j = api.post(
+            f"/jobs/{job_id}/wait",
+            JobView,
+            params={"timeout": WAIT_POLL_S},
+            timeout=WAIT_POLL_S + 10,
         )
-    ).state.terminal:
-        pass
     return j
 
 

@@ -58,6 +58,7 @@ class Received:
     kind: str
     payload: dict[str, Any]
     origin: str
+    envelope_id: str  # to retire it once superseded
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,9 @@ class GossipService:
                 self._close_outbox(action.peer_id)
             elif isinstance(action, Deliver):
                 envelope = action.envelope
-                self._notify(Received(envelope.kind, envelope.payload, envelope.origin))
+                self._notify(
+                    Received(envelope.kind, envelope.payload, envelope.origin, envelope.id)
+                )
             elif isinstance(action, (NeighborUp, NeighborDown)):
                 up = isinstance(action, NeighborUp)
                 log.info("gossip neighbour %s: %s", "up" if up else "down", action.peer_id[:10])

@@ -1,0 +1,146 @@
+"""Heartbeats: send ours every few seconds, keep the latest of every node, say who is up.
+
+Each node's heartbeat replaces its previous one: the sender retires the envelope of the last one,
+and so does every receiver when a newer one arrives, so gossip holds one heartbeat per node and
+catch-up never replays a node's history. A heartbeat is believed only from the node it names.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import get_args
+
+import trio
+from pydantic import ValidationError
+
+import p2pnode
+from p2pnode.gossip.service import Received
+from p2pnode.jobs import model
+from p2pnode.jobs.heartbeat import (
+    DOWN_AFTER_S,
+    HEARTBEAT_INTERVAL_S,
+    MAX_RUNNING_LISTED,
+    ExecutorOffer,
+    Heartbeat,
+    WorkerState,
+    WorkerView,
+)
+from p2pnode.jobs.service import Gossip
+from p2pnode.jobs.worker import Worker
+
+log = logging.getLogger(__name__)
+
+MAX_CLOCK_SKEW_S = 60.0
+"""Clocks may differ this much (as gossip allows); a heartbeat older than that on arrival (caught
+up from a node long gone) counts as that much older."""
+
+
+@dataclass(frozen=True)
+class _Latest:
+    heartbeat: Heartbeat
+    envelope_id: str
+    received_at: float  # trio clock, backdated for a heartbeat that arrived stale
+
+
+def heartbeat_of(
+    node_id: str, worker: Worker, offered: Collection[str], started: float
+) -> Heartbeat:
+    """This node's heartbeat now: every executor kind, whether it answers, and the worker's load."""
+    now = time.time()
+    return Heartbeat(
+        node_id=node_id,
+        sent_at=now,
+        executors=[
+            ExecutorOffer(kind=kind, answers=kind in offered) for kind in get_args(model.Executor)
+        ],
+        slots_total=worker.max_jobs,
+        slots_free=max(worker.max_jobs - len(worker.running), 0),
+        running=sorted(worker.running)[:MAX_RUNNING_LISTED],
+        version=p2pnode.__version__,
+        uptime_s=max(now - started, 0.0),
+    )
+
+
+class Workers:
+    """The latest heartbeat of every node, this one included."""
+
+    def __init__(self, node_id: str, gossip: Gossip, beat: Callable[[], Heartbeat]) -> None:
+        self.id = node_id
+        self._gossip = gossip
+        self._beat = beat
+        self._latest: dict[str, _Latest] = {}
+        self._events = gossip.subscribe()  # from now: nothing gossip hears before `run` is lost
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._follow_gossip)
+            self._send()
+            task_status.started()
+            while True:
+                await trio.sleep(HEARTBEAT_INTERVAL_S)
+                self._send()
+
+    def workers(self) -> list[WorkerView]:
+        now = trio.current_time()
+        views = []
+        for node_id in sorted(self._latest):
+            latest = self._latest[node_id]
+            age = max(now - latest.received_at, 0.0)
+            heartbeat = latest.heartbeat
+            state: WorkerState = (
+                "down" if age > DOWN_AFTER_S else "busy" if heartbeat.slots_free == 0 else "ready"
+            )
+            views.append(WorkerView(**dict(heartbeat), state=state, age_s=age))
+        return views
+
+    def waiting_for(self, job: model.Job) -> str | None:
+        """Why a pending job waits, when this node can tell: no live worker offers its executor."""
+        kind = job.spec.requirements.executor
+        if job.state != model.JobState.PENDING or any(
+            w.state != "down" and w.answers(kind) for w in self.workers()
+        ):
+            return None
+        return f"no live worker offers the {kind} executor (see `p2pnode workers`)"
+
+    def _send(self) -> None:
+        heartbeat = self._beat()
+        try:
+            envelope_id = self._gossip.publish(heartbeat)
+        except ValueError as exc:  # bounded by its model; this is a last line of defence
+            log.warning("could not send a heartbeat: %s", exc)
+            return
+        self._record(heartbeat, envelope_id, trio.current_time())
+
+    def _record(self, heartbeat: Heartbeat, envelope_id: str, received_at: float) -> None:
+        last = self._latest.get(heartbeat.node_id)
+        if last is not None and heartbeat.sent_at <= last.heartbeat.sent_at:
+            self._gossip.retire(envelope_id)  # an older one, late: ours is newer
+            return
+        if last is not None:
+            self._gossip.retire(last.envelope_id)
+        self._latest[heartbeat.node_id] = _Latest(heartbeat, envelope_id, received_at)
+
+    async def _follow_gossip(self) -> None:
+        async for event in self._events:
+            if not isinstance(event, Received) or event.kind != Heartbeat.KIND:
+                continue
+            try:
+                heartbeat = Heartbeat.model_validate(event.payload)
+            except ValidationError as exc:
+                log.warning("ignored a malformed heartbeat: %s", exc.errors()[0]["msg"])
+                continue
+            if heartbeat.node_id != event.origin:
+                log.warning(
+                    "ignored a heartbeat for %s signed by %s",
+                    heartbeat.node_id[:10],
+                    event.origin[:10],
+                )
+                self._gossip.retire(event.envelope_id)
+                continue
+            if heartbeat.node_id == self.id:
+                continue
+            stale_by = max(time.time() - heartbeat.sent_at - MAX_CLOCK_SKEW_S, 0.0)
+            self._record(heartbeat, event.envelope_id, trio.current_time() - stale_by)
