@@ -8,10 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import blake3
 import pytest
 
 from p2pnode.blobs.store import BlobStore
 from tests.nodeproc import NodeProcess, run_cli
+
+EXAMPLES = Path(__file__).parents[1] / "examples"
 
 pytestmark = pytest.mark.slow
 
@@ -131,3 +134,27 @@ def test_standalone_get_leaves_no_hidden_copy(node: NodeProcess, tmp_path: Path)
         in again.stderr
     )
     assert (tmp_path / "again.bin").read_bytes() == data
+
+
+def test_nothing_from_the_data_folder_is_shared(node: NodeProcess, tmp_path: Path) -> None:
+    """The node's key, secrets and token never become blobs, however the CLI is asked."""
+    key = node.data_dir / "secret.key"
+    for args in (
+        ["blob", "add", str(key)],
+        ["job", "submit", "--module", str(EXAMPLES / "command.wat"), "--stdin", str(key)],
+        [
+            "job",
+            "submit",
+            "--module",
+            str(EXAMPLES / "command.wat"),
+            "--mount",
+            f"d={node.data_dir}",
+        ],
+    ):
+        refused = node.cli(*args, check=False)
+        assert refused.returncode == 2, (args, refused.stderr)
+        assert (
+            refused.stderr.startswith("error: refusing to share ")
+            and refused.stderr.count("\n") == 1
+        )
+    assert blake3.blake3(key.read_bytes()).hexdigest() not in node.cli("blob", "ls").stdout

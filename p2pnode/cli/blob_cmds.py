@@ -70,7 +70,15 @@ def add(api: ApiClient, path: Path) -> None:
 
 
 def upload(api: ApiClient, path: Path) -> BlobAdded:
-    """Stream a regular file's content to the node, which never opens the path itself."""
+    """Stream a regular file's content to the node, which never opens the path itself.
+
+    Nothing from the node's data folder: its key, cluster secret and API token would become a
+    blob any ticket holder or job could read."""
+    data_dir = Path(click.get_current_context().find_root().params["data_dir"]).resolve()
+    if path.resolve().is_relative_to(data_dir):
+        fail(
+            f"refusing to share {path}: it is inside the node's data folder {data_dir}", EXIT_USAGE
+        )
     try:
         f = open_regular(path)
     except NotRegularFile as exc:
