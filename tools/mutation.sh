@@ -14,9 +14,9 @@ PY=$ROOT/.venv/bin/python
 
 # module -> "functions and classes to mutate | tests that guard them"
 declare -A SCOPE=(
-  [p2pnode/membership.py]="Membership.__init__,Membership.is_member,Membership.adopt,Membership.admit,Membership.proof,_load,handle_join,join | tests/test_trust_join.py tests/test_trust_access.py tests/test_trust_state.py::test_damaged_state_file_is_one_error_line_naming_it tests/test_trust_state.py::test_secrets_are_written_owner_only"
+  [p2pnode/membership.py]="Membership.__init__,Membership.is_member,Membership.adopt,Membership.admit,proof,_load,JoinLimiter,handle_join,_verify_joiner,join | tests/test_trust_join.py tests/test_trust_access.py tests/test_trust_state.py::test_damaged_state_file_is_one_error_line_naming_it tests/test_trust_state.py::test_secrets_are_written_owner_only"
   [p2pnode/blobs/protocol.py]="Capabilities,BlobProvider.handle_stream,parse_header | tests/test_trust_access.py tests/test_blob_protocol.py"
-  [p2pnode/net/endpoint.py]="Router | tests/test_trust_access.py tests/test_router.py"
+  [p2pnode/net/endpoint.py]="Router,serve_streams,_guarded_stream | tests/test_trust_access.py tests/test_router.py"
   [p2pnode/gossip/envelope.py]="Envelope,validate_incoming | tests/test_gossip_envelope.py tests/test_trust_gossip.py"
   [p2pnode/blobs/blocks.py]="block_count,BlockList | tests/test_trust_blocks.py tests/test_blob_blocks.py tests/test_blob_protocol.py"
 )
