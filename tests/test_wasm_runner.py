@@ -379,16 +379,18 @@ async def test_compile_cache_survives_a_restart(job: Any, tmp_path: Path) -> Non
 
 async def test_concurrent_jobs_of_a_new_module_compile_it_once(job: Any, tmp_path: Path) -> None:
     executor = WasiExecutor(cache_dir=tmp_path / "compiled")
-    req = job(printing('"once"'))
+    module = printing('"once"')
     results: list[ExecutionResult] = []
 
-    async def run() -> None:
+    async def run(i: int) -> None:
+        # Four jobs of one module, each with its own folders, as four workers' jobs would have.
+        req = job(module).model_copy(update={"output_dir": tmp_path / f"out{i}"})
         results.append(await executor.run(req))
 
     async with trio.open_nursery() as nursery:
-        for _ in range(4):
-            nursery.start_soon(run)
-    assert [r.result for r in results] == ["once"] * 4
+        for i in range(4):
+            nursery.start_soon(run, i)
+    assert [r.result for r in results] == ["once"] * 4, [r.error for r in results]
     assert executor.compilations == 1
 
 
