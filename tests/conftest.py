@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 
 import httpx
@@ -82,6 +83,19 @@ async def start_node(tmp_path, nursery):
         return node
 
     return start
+
+
+def cli_argv(node) -> list[str]:
+    """The real CLI, pointed at an in-process node (its API and its data folder's token)."""
+    return [
+        sys.executable,
+        "-m",
+        "p2pnode",
+        "--api",
+        node.api_url,
+        "--data",
+        str(node.settings.data_dir),
+    ]
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
 import blake3
@@ -14,6 +13,7 @@ import pytest
 import trio
 import wasmtime
 
+from tests.conftest import cli_argv
 from tests.nodeproc import NodeProcess, run_cli
 
 MB = 1_000_000
@@ -24,16 +24,7 @@ async def cli(node, *args: str) -> trio.Process:
     """The real CLI against the in-process node (run_process, so the node keeps answering)."""
     with trio.fail_after(CLI_TIMEOUT_S):
         return await trio.run_process(
-            [
-                sys.executable,
-                "-m",
-                "p2pnode",
-                "--api",
-                node.api_url,
-                "--data",
-                str(node.settings.data_dir),
-                *args,
-            ],
+            [*cli_argv(node), *args],
             capture_stdout=True,
             capture_stderr=True,
             check=False,

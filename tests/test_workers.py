@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,12 +17,14 @@ from pydantic import BaseModel
 import tickets
 from p2pnode.api.app import serve_node_api
 from p2pnode.config import Settings
+from p2pnode.executors.base import ExecutorKind
 from p2pnode.gossip.service import GossipEvent, Received
 from p2pnode.jobs.heartbeat import DOWN_AFTER_S, HEARTBEAT_INTERVAL_S, ExecutorOffer, Heartbeat
 from p2pnode.jobs.model import JobState
 from p2pnode.jobs.service import JobSubmission
 from p2pnode.jobs.workers import Workers
 from p2pnode.node import Node
+from tests.conftest import cli_argv
 from tests.nodeproc import NodeProcess, wait_for
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -115,16 +116,7 @@ async def test_a_forged_heartbeat_for_another_node_is_ignored(start_node, caplog
     a = await start_node()
     b = await start_node(join=a.join_ticket())
     forged_id = "ab" * 32
-    forged = Heartbeat(
-        node_id=forged_id,
-        sent_at=time.time(),
-        executors=[ExecutorOffer(kind="flawless", answers=True)],
-        slots_total=8,
-        slots_free=8,
-        running=[],
-        version="0.1.0",
-        uptime_s=1.0,
-    )
+    forged = _heartbeat(forged_id, time.time(), kind="flawless", slots=8)
 
     async def a_hears_b() -> bool:
         return b.id in await workers(a)
@@ -154,12 +146,12 @@ async def test_a_job_nobody_can_run_says_so_in_show_and_wait(start_node) -> None
         assert "no live worker offers the flawless executor" in answer["waiting_for"]
 
     show = await trio.run_process(
-        [*_cli(node), "job", "show", job.id], capture_stdout=True, capture_stderr=True
+        [*cli_argv(node), "job", "show", job.id], capture_stdout=True, capture_stderr=True
     )
     assert "waiting   no live worker offers the flawless executor" in show.stdout.decode()
 
     wait = await trio.lowlevel.open_process(
-        [*_cli(node), "job", "wait", job.id], stderr=subprocess.PIPE
+        [*cli_argv(node), "job", "wait", job.id], stderr=subprocess.PIPE
     )
     told = b""
     try:
@@ -228,29 +220,19 @@ async def test_a_heartbeat_caught_up_long_after_it_was_sent_counts_as_down(nurse
     assert {w.node_id: w.state for w in table.workers()}[stale.node_id] == "down"
 
 
-def _heartbeat(node_id: str, sent_at: float) -> Heartbeat:
+def _heartbeat(
+    node_id: str, sent_at: float, kind: ExecutorKind = "wasi", slots: int = 1
+) -> Heartbeat:
     return Heartbeat(
         node_id=node_id,
         sent_at=sent_at,
-        executors=[ExecutorOffer(kind="wasi", answers=True)],
-        slots_total=1,
-        slots_free=1,
+        executors=[ExecutorOffer(kind=kind, answers=True)],
+        slots_total=slots,
+        slots_free=slots,
         running=[],
         version="0.1.0",
         uptime_s=1.0,
     )
-
-
-def _cli(node: Node) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "p2pnode",
-        "--api",
-        node.api_url,
-        "--data",
-        str(node.settings.data_dir),
-    ]
 
 
 def test_workers_command_against_node_processes(tmp_path: Path) -> None:

@@ -108,6 +108,11 @@ def _write_all(fd: int, data: memoryview) -> None:
         data = data[os.write(fd, data) :]
 
 
+def _create(path: Path) -> int:
+    """A new file (never an existing one) for this process alone: temp files become blobs."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+
+
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
     while data.nbytes:
         n = os.pwrite(fd, data, offset)
@@ -255,7 +260,7 @@ class BlobStore:
         """Write a small file via tmp/ + fsync + rename; the caller fsyncs dest's folder."""
         tmp = self._tmp_path()
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = _create(tmp)
             try:
                 _write_all(fd, memoryview(data))
                 os.fsync(fd)
@@ -331,7 +336,7 @@ class BlobStore:
         tmp = self._tmp_path()
         try:
             with _os_errors(f"writing blob to {tmp}"):
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                fd = _create(tmp)
                 try:
                     hasher = BlobHasher()
                     if isinstance(source, Path):
@@ -358,7 +363,7 @@ class BlobStore:
         tmp = self._tmp_path()
         try:
             with _os_errors(f"writing blob to {tmp}"):
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                fd = _create(tmp)
             try:
                 hasher = BlobHasher()
                 pending = bytearray()
@@ -501,7 +506,7 @@ class BlobStore:
         tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:12]}.part")
         try:
             with self.open_read(h) as src, _os_errors(f"exporting blob {h} to {dest}"):
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                fd = _create(tmp)
                 try:
                     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
                     buf = bytearray(READ_CHUNK)
