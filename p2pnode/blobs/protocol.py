@@ -22,7 +22,7 @@ from typing import Annotated, Literal
 import iroh
 from pydantic import AfterValidator, BaseModel, Field, TypeAdapter
 
-from p2pnode.blobs.blocks import BLOCK_SIZE, HASH_LEN, BlockList, block_count
+from p2pnode.blobs.blocks import HASH_LEN, BlockList, block_count
 from p2pnode.blobs.store import BlobNotFound, BlobStore, normalize_hash
 from p2pnode.net.framing import recv_model, send_model, stop_quietly
 from p2pnode.net.peerlog import PeerLog
@@ -100,11 +100,6 @@ def requested_spans(request: BlobRequest, block_list: BlockList) -> list[tuple[i
             last_offset, last_length = block_list.block_range(end - 1)
             spans.append((offset, last_offset + last_length - offset))
     return spans
-
-
-def byte_range_blocks(offset: int, length: int) -> tuple[int, int]:
-    """The half-open block range covering bytes [offset, offset + length)."""
-    return offset // BLOCK_SIZE, -(-(offset + length) // BLOCK_SIZE)
 
 
 class BlobProvider:
