@@ -29,6 +29,7 @@ from starlette.requests import ClientDisconnect
 import p2pnode
 import tickets
 from p2pnode.api.auth import DOCS_ASSETS, PUBLIC_PATHS
+from p2pnode.api.log_routes import log_routes
 from p2pnode.api.schemas import (
     BlobAdded,
     BlobFetchRequest,
@@ -360,6 +361,7 @@ def create_app(node: Node) -> FastAPI:
         return node.workers.workers()
 
     app.include_router(api)
+    app.include_router(log_routes(node, lambda job_id: _job_or_404(node, job_id)))
     return app
 
 

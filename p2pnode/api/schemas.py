@@ -13,7 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from p2pnode.blobs.model import BlobInfo, FetchProgress
 from p2pnode.gossip.stats import GossipStats
-from p2pnode.jobs.model import Job, WorkerStatus
+from p2pnode.jobs.model import Job, JobState, LogStream, WorkerStatus
 
 
 class Health(BaseModel):
@@ -120,3 +120,14 @@ class JobView(Job):
     tell (no live worker offers its executor)."""
 
     waiting_for: str | None = None
+
+
+class LogEvent(BaseModel):
+    """One line of `GET /jobs/{id}/logs`: text a job wrote to one of its streams, or a note from
+    the node (output dropped, a new attempt), or last of all the job's state when the stream
+    ended."""
+
+    stream: LogStream | None = None
+    text: str = ""
+    note: str | None = None
+    state: JobState | None = None

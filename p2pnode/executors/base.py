@@ -136,6 +136,12 @@ class ExecutionRequest(BaseModel):
     )
     limits: ExecutionLimits = ExecutionLimits()
 
+    @property
+    def streams_dir(self) -> Path:
+        """Where the run's stdout and stderr files grow while it runs (an executor that writes
+        them there gets live logs: the worker tails them)."""
+        return self.scratch_dir / "streams"
+
 
 class ExecutionResult(BaseModel):
     """Outcome of a run; ``error`` is a human-readable reason whenever ``ok`` is false."""

@@ -21,7 +21,7 @@ Limits: the node's ``JobMaxima`` cap what a job asks (each lowered limit is note
 The memory limit covers the whole store: one linear memory and at most ``_MAX_TABLES`` tables,
 with a sixteenth of the budget (at most 16 MiB) for table elements, enforced by wasmtime's store
 limiter. Output bytes are enforced while the guest writes: WASI writes go straight to host files,
-so a guard sums ``/out`` (with a command's stdout and stderr), and on its own ``/tmp``, every
+so a guard sums ``/out`` (and the stdout and stderr files), and on its own ``/tmp``, every
 ``OUTPUT_POLL_S`` and interrupts the guest once either is over the node's output maximum (the
 overshoot is what the guest writes in one poll interval), and a final check runs on the tree.
 
@@ -288,10 +288,7 @@ class WasiExecutor:
             outcome = await trio.to_thread.run_sync(run.execute)
             nursery.cancel_scope.cancel()
 
-        if req.command is None:
-            logs = run.stderr.text()
-        else:
-            logs = await trio.to_thread.run_sync(_file_tail, _streams_dir(req) / "stderr")
+        logs = await trio.to_thread.run_sync(_file_tail, _streams_dir(req) / "stderr")
         if outcome.detail:
             separator = "\n" if logs and not logs.endswith("\n") else ""
             logs += f"{separator}[wasmtime] {outcome.detail.strip()[:_DETAIL_LIMIT]}"
@@ -474,7 +471,6 @@ class _Run:
         self.stdin = stdin
         self.req = req
         self.stdout = _Head(STDOUT_LIMIT)
-        self.stderr = _Tail()
         self._stopped = threading.Event()
 
     def stop(self) -> None:
@@ -506,7 +502,8 @@ class _Run:
             wasi.argv = [self.export]
             wasi.stdin_file = str(stdin_path)
             wasi.stdout_custom = self.stdout.write
-            wasi.stderr_custom = self.stderr.write
+            _streams_dir(req).mkdir(parents=True, exist_ok=True)
+            wasi.stderr_file = str(_streams_dir(req) / "stderr")  # a file, for live logs
         else:
             self._configure_command(wasi, req.command, stdin_path)
         wasi.preopen_dir(str(req.artifacts_dir), "/in", False)  # fd 3
@@ -700,8 +697,8 @@ def _parse_result(stdout: bytes) -> Any:
 
 
 def _streams_dir(req: ExecutionRequest) -> Path:
-    """Where a command's stdout and stderr go."""
-    return req.scratch_dir / "streams"
+    """Where a command's stdout and stderr go, and a workflow's stderr."""
+    return req.streams_dir
 
 
 def _tmp_dir(req: ExecutionRequest) -> Path:

@@ -2,7 +2,9 @@
 
 Members only (the router enforces it). One request frame and one reply frame per bi stream;
 the origin checks that the worker named in a claim is the authenticated peer, so nobody can
-claim on another node's behalf. The one message in the other direction, `StopRun`, goes from
+claim on another node's behalf. While a job runs, its lease holder also sends `LogChunk`s of
+its output, checked like a report (the peer holds the lease, the token is live). The one message
+in the other direction, `StopRun`, goes from
 an origin to the worker running a job it cancelled; the worker obeys only the job's origin.
 """
 
@@ -35,7 +37,8 @@ class ControlError(Exception):
 
 class ControlServer:
     """Origin side, plus `StopRun` for the local worker. `on_change` runs after every recorded
-    change (announce, gossip completion, fetch outputs); `stop_run(job_id, origin)` stops a run."""
+    change (announce, gossip completion, fetch outputs); `stop_run(job_id, origin)` stops a run;
+    `on_log(job, chunk)` takes the live output of a job from its lease holder."""
 
     def __init__(
         self,
@@ -43,11 +46,13 @@ class ControlServer:
         lease_s: float,
         on_change: Callable[[model.Job], Awaitable[None]],
         stop_run: Callable[[str, str], object],
+        on_log: Callable[[model.Job, model.LogChunk], None],
     ) -> None:
         self._store = store
         self._lease_s = lease_s
         self._on_change = on_change
         self._stop_run = stop_run
+        self._on_log = on_log
 
     async def handle_stream(self, connection: iroh.Connection, bi: iroh.BiStream) -> None:
         peer = connection.remote_id().to_bytes().hex()
@@ -94,6 +99,10 @@ class ControlServer:
                 self._check_worker(request.job_id, peer)
                 job = store.release(request.job_id, request.lease_token)
                 await self._on_change(job)
+                return model.Ack()
+            if isinstance(request, model.LogChunk):
+                self._check_worker(request.job_id, peer)
+                self._on_log(self._store.leased(request.job_id, request.lease_token), request)
                 return model.Ack()
             if isinstance(request, model.StopRun):
                 self._stop_run(request.job_id, peer)

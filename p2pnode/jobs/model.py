@@ -459,6 +459,26 @@ class Ack(_Message):
     type: Literal["ack"] = "ack"
 
 
+MAX_LOG_CHUNK = 16 * 1024
+"""Bytes of output one `LogChunk` carries at most (so its text has at most this many
+characters)."""
+LogStream = Literal["stdout", "stderr"]
+
+
+class LogChunk(_Message):
+    """From a job's lease holder to its origin while the job runs: `size` bytes its run wrote to
+    `stream`, from byte `offset` of this attempt's stream, as text (cut between characters). The
+    origin keeps them for live logs only (see `p2pnode.jobs.logs`); it answers `Ack`."""
+
+    type: Literal["log_chunk"] = "log_chunk"
+    job_id: JobId
+    lease_token: LeaseToken
+    stream: LogStream
+    offset: int = Field(ge=0)
+    size: int = Field(ge=0, le=MAX_LOG_CHUNK)
+    text: str = Field(max_length=MAX_LOG_CHUNK)
+
+
 ControlMessage = Annotated[
     ClaimRequest
     | ClaimGrant
@@ -472,7 +492,8 @@ ControlMessage = Annotated[
     | ReportRefused
     | Release
     | StopRun
-    | Ack,
+    | Ack
+    | LogChunk,
     Field(discriminator="type"),
 ]
 

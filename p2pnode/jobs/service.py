@@ -39,6 +39,7 @@ from p2pnode.gossip.service import GossipEvent, Received
 from p2pnode.jobs import model
 from p2pnode.jobs.announcements import JobAnnounced, JobFinished
 from p2pnode.jobs.control import JOBS_ALPN, ControlClient, ControlError, ControlServer
+from p2pnode.jobs.logs import JobLogs
 from p2pnode.jobs.store import JobStore
 from p2pnode.jobs.worker import Worker, provider_addrs
 from p2pnode.net.addr import PeerAddr
@@ -154,7 +155,8 @@ class JobService:
         self._client = client
         self._self_addr = self_addr
         self._resolve = resolve
-        self.control = ControlServer(store, lease_s, self._changed, worker.stop_run)
+        self.logs = JobLogs()
+        self.control = ControlServer(store, lease_s, self._changed, worker.stop_run, self._on_log)
         self._announcements: dict[str, str] = {}
         self._change = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -353,11 +355,16 @@ class JobService:
         if job.state == model.JobState.PENDING:
             self._announce(job)
         elif job.state.terminal:
+            self.logs.ended(job.id)
             if envelope := self._announcements.pop(job.id, None):
                 self._gossip.retire(envelope)
             self._publish(JobFinished(job=job.summary()))
             if job.outputs and self._nursery is not None:  # a failed command keeps its outputs
                 self._nursery.start_soon(self._collect_outputs, job)
+
+    def _on_log(self, job: model.Job, chunk: model.LogChunk) -> None:
+        if job.origin == self.id:
+            self.logs.buffer(job.id).append(job.attempts, chunk)
 
     def _announce(self, job: model.Job) -> None:
         if old := self._announcements.pop(job.id, None):

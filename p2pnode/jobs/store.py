@@ -272,6 +272,12 @@ class JobStore:
             self._save(job, now=now)
         return job
 
+    def leased(self, job_id: str, token: str) -> Job:
+        """The job, when `token` is its live lease (read only; refused as a renewal would be)."""
+        with self._lock:
+            job, _, _ = self._load_leased(job_id, token)
+        return job
+
     def release(self, job_id: str, token: str) -> Job:
         """The lease holder hands the job back (it is stopping): pending at once, the attempt not
         counted."""

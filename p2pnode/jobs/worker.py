@@ -4,6 +4,9 @@ A worker takes at most `max_jobs` jobs at once (further candidates queue on the 
 its lease while a job runs (and while it stores the outputs), and abandons the run the moment a
 renewal is refused or the origin says the job was cancelled: finishing it would be wasted work
 whose result is refused. A worker that is stopped hands its running jobs back to their origins.
+While a job runs, the worker tails the stdout and stderr files its executor writes and sends the
+origin what is new, a bounded chunk per stream every `LOG_INTERVAL_S` (live logs, best effort:
+the whole streams are output blobs at the end).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import get_args
 
 import trio
 from pydantic import ValidationError
@@ -33,6 +37,9 @@ log = logging.getLogger(__name__)
 MAX_CLAIM_RETRIES = 5
 RELEASE_TIMEOUT_S = 3.0
 """How long a stopping worker tries to hand a job back before it leaves the lease to lapse."""
+LOG_INTERVAL_S = 0.25
+"""How often a running job's new output goes to its origin: at most `model.MAX_LOG_CHUNK` bytes
+per stream each time."""
 
 
 def provider_addrs(
@@ -154,7 +161,7 @@ class Worker:
                     nursery.start_soon(
                         self._keep_lease, job, token, origin, grant.lease_expires_in, stopped
                     )
-                    result = await self._run(job, origin, workdir)
+                    result = await self._run(job, token, origin, workdir)
                     result, outputs = await self._finish(result)
                     nursery.cancel_scope.cancel()
             if stopped.cancelled_caught:
@@ -243,7 +250,9 @@ class Worker:
             request = model.Renew(job_id=job.id, lease_token=token)
         stopped.cancel()
 
-    async def _run(self, job: model.Job, origin: PeerAddr, workdir: Path) -> ExecutionResult:
+    async def _run(
+        self, job: model.Job, token: str, origin: PeerAddr, workdir: Path
+    ) -> ExecutionResult:
         spec = job.spec
         inputs, outputs = workdir / "in", workdir / "out"
         inputs.mkdir(parents=True, exist_ok=True)
@@ -287,7 +296,37 @@ class Worker:
             mounts=mounts,
             limits=spec.requirements.limits,
         )
-        return await executor.run(request)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._send_logs, job.id, token, origin, request.streams_dir)
+            result = await executor.run(request)
+            nursery.cancel_scope.cancel()
+        return result
+
+    async def _send_logs(self, job_id: str, token: str, origin: PeerAddr, streams: Path) -> None:
+        """Send the origin what the run writes, until it ends or the origin refuses."""
+        offsets = dict.fromkeys(get_args(model.LogStream), 0)
+        while True:
+            await trio.sleep(LOG_INTERVAL_S)  # a rate limit, not a synchronisation
+            for stream, offset in offsets.items():
+                data = await trio.to_thread.run_sync(_read_chunk, streams / stream, offset)
+                if not data:
+                    continue
+                offsets[stream] += len(data)
+                chunk = model.LogChunk(
+                    job_id=job_id,
+                    lease_token=token,
+                    stream=stream,
+                    offset=offset,
+                    size=len(data),
+                    text=data.decode("utf-8", errors="replace"),
+                )
+                try:
+                    reply = await self._control.ask(origin, chunk)
+                except ControlError as exc:  # lost: live logs are best effort
+                    log.debug("could not send output of job %s: %s", job_id, exc)
+                    continue
+                if not isinstance(reply, model.Ack):
+                    return
 
     async def _mount(
         self, spec: model.JobSpec, origin: PeerAddr, inputs: Path, root: Path
@@ -346,3 +385,26 @@ class Worker:
 
 def _make_dirs(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
+
+
+def _read_chunk(path: Path, offset: int) -> bytes:
+    """Up to `model.MAX_LOG_CHUNK` bytes of a growing file from `offset`, ending between UTF-8
+    characters (a character cut off is sent whole with the next chunk); b"" if none yet."""
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            data = f.read(model.MAX_LOG_CHUNK)
+    except FileNotFoundError:
+        return b""
+    return data[: _whole_chars(data)]
+
+
+def _whole_chars(data: bytes) -> int:
+    """The length of `data` without a UTF-8 sequence that its end cuts short."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 != 0x80:  # not a continuation byte: where the last sequence starts
+            wanted = 2 if byte >> 5 == 0b110 else 3 if byte >> 4 == 0b1110 else 4
+            cut = byte >= 0xC0 and byte < 0xF8 and back < wanted
+            return len(data) - back if cut else len(data)
+    return len(data)

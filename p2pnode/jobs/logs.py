@@ -1,0 +1,134 @@
+"""Live output of running jobs, as their origin holds it: a bounded buffer per job that followers
+read and wait on.
+
+The lease holder sends what its run writes, in `model.LogChunk`s; the origin keeps the newest
+`BUFFER_CHARS` of them per job in memory, dropping the oldest (a follower is told how many it
+missed), and closes and forgets a job's buffer when the job ends: its whole stdout and stderr are
+then output blobs. So what workers send costs at most one buffer per job this node originates.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import trio
+
+from p2pnode.jobs.model import LogChunk, LogStream
+
+BUFFER_CHARS = 1 << 20
+"""Characters of live output an origin keeps per job (the newest)."""
+PIECE_COST = 64
+"""What one piece costs besides its text, so a flood of empty chunks is bounded too."""
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One chunk as the origin keeps it, stamped with the attempt that sent it."""
+
+    attempt: int
+    stream: LogStream
+    offset: int
+    size: int
+    text: str
+
+    @property
+    def cost(self) -> int:
+        return len(self.text) + PIECE_COST
+
+    @property
+    def end(self) -> int:
+        """Where the next byte of this attempt's stream starts."""
+        return self.offset + self.size
+
+
+class LogBuffer:
+    """The newest pieces of one job's output, numbered from 0 in arrival order."""
+
+    def __init__(self, limit: int = BUFFER_CHARS) -> None:
+        self._limit = limit
+        self._pieces: deque[Piece] = deque()
+        self._held = 0
+        self.end = 0
+        """Number of the next piece."""
+        self.closed = False
+        self._changed = trio.Event()
+
+    @property
+    def start(self) -> int:
+        """Number of the oldest piece held."""
+        return self.end - len(self._pieces)
+
+    @property
+    def held(self) -> int:
+        """What the held pieces cost, never more than the limit."""
+        return self._held
+
+    def append(self, attempt: int, chunk: LogChunk) -> None:
+        piece = Piece(attempt, chunk.stream, chunk.offset, chunk.size, chunk.text)
+        self._pieces.append(piece)
+        self._held += piece.cost
+        self.end += 1
+        while self._held > self._limit:
+            self._held -= self._pieces.popleft().cost
+        self._wake()
+
+    def since(self, number: int) -> tuple[int, list[Piece]]:
+        """How many pieces from `number` on were dropped, and those held from there."""
+        skip = max(number - self.start, 0)
+        return max(self.start - number, 0), list(itertools.islice(self._pieces, skip, None))
+
+    async def wait(self, number: int) -> None:
+        """Return once piece `number` arrived or the buffer is closed."""
+        while number >= self.end and not self.closed:
+            await self._changed.wait()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+
+async def read(buffer: LogBuffer, follow: bool) -> AsyncIterator[Piece | int]:
+    """The pieces held, and with `follow` those that arrive, until the buffer closes; an int
+    says how many pieces were dropped before the next one could be read (first: since the job
+    began)."""
+    number = 0
+    while True:
+        dropped, pieces = buffer.since(number)
+        if dropped:
+            yield dropped
+        number += dropped
+        for piece in pieces:
+            number += 1
+            yield piece
+        if not follow or buffer.closed:
+            return
+        await buffer.wait(number)
+
+
+class JobLogs:
+    """The buffers of the jobs this node originates that have sent output or have followers."""
+
+    def __init__(self, limit: int = BUFFER_CHARS) -> None:
+        self._limit = limit
+        self._buffers: dict[str, LogBuffer] = {}
+
+    def buffer(self, job_id: str) -> LogBuffer:
+        """The job's buffer; only for a job that has not ended (`ended` forgets it)."""
+        if (buffer := self._buffers.get(job_id)) is None:
+            buffer = self._buffers[job_id] = LogBuffer(self._limit)
+        return buffer
+
+    def ended(self, job_id: str) -> None:
+        """The job is over: its followers finish what is held, and the buffer goes."""
+        if (buffer := self._buffers.pop(job_id, None)) is not None:
+            buffer.close()
+
+    def __len__(self) -> int:
+        return len(self._buffers)
