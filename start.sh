@@ -3,5 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
-[ -x .venv/bin/p2pnode ] || { "$PY" -m venv .venv && .venv/bin/python -m pip install --quiet --disable-pip-version-check -e .; }
+if [ ! -x .venv/bin/p2pnode ]; then
+  # First run: say what the wait is for, and let pip show its progress (on stderr: stdout is the node's).
+  echo "start.sh: first run: installing p2pnode and its dependencies into .venv (takes about a minute)" >&2
+  "$PY" -m venv .venv
+  .venv/bin/python -m pip install --disable-pip-version-check -e . >&2
+fi
 exec .venv/bin/p2pnode start "$@"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar, get_args
@@ -20,7 +21,7 @@ from p2pnode.jobs.model import Job, JobState, Manifest, ManifestEntry
 
 WAIT_POLL_S = 30.0
 FOLLOW_POLL_S = 1.0
-"""How long `job run` lets the node hold one wait: state changes show within this."""
+"""How long the node holds one wait while state changes are shown: they show within this."""
 
 
 class _JobList(RootModel[list[Job]]):
@@ -277,7 +278,11 @@ def _submit(
     is_flag=True,
     help="Run the module as a command even without ARGS, --env or --stdin.",
 )
-@click.option("--wait", is_flag=True, help="Wait for the job to finish and show its result.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Wait for the job to finish and show its result (on a terminal, its state changes too).",
+)
 @click.pass_obj
 def submit(api: ApiClient, /, command: bool, wait: bool, **options: Any) -> None:
     """Submit a job; prints its id. The module and artifacts travel to the worker as blobs.
@@ -294,7 +299,7 @@ def submit(api: ApiClient, /, command: bool, wait: bool, **options: Any) -> None
     submitted = _submit(api, command=command, **options)
     click.echo(submitted.id)
     if wait:
-        _finish(_wait(api, submitted.id))
+        _finish(_wait(api, submitted.id, progress=sys.stderr.isatty()))
 
 
 @job.command()
@@ -317,28 +322,10 @@ def run(api: ApiClient, /, output: Path | None, force: bool, **options: Any) -> 
     """
     submitted = _submit(api, command=True, **options)
     click.echo(submitted.id)
-    done = _follow(api, submitted.id)
+    done = _wait(api, submitted.id, progress=True)
     if done.state != JobState.CANCELLED:
         _get_outputs(api, done.id, output or Path("out", done.id), force=force)
     _finish(done)
-
-
-def _follow(api: ApiClient, job_id: str) -> Job:
-    """Wait for the job to end, showing each state change of its history once it happens."""
-    shown = 0.0
-    while True:
-        j = api.post(
-            f"/jobs/{job_id}/wait",
-            Job,
-            params={"timeout": FOLLOW_POLL_S},
-            timeout=FOLLOW_POLL_S + 10,
-        )
-        for event in j.history:
-            if event.at > shown:
-                click.echo(f"{job_id}  {event.state.value}  {event.note}".rstrip(), err=True)
-                shown = event.at
-        if j.state.terminal:
-            return j
 
 
 @job.command(name="ls")
@@ -395,21 +382,25 @@ def show(api: ApiClient, job_id: str, as_json: bool) -> None:
         click.echo("logs:\n" + j.logs.rstrip())
 
 
-def _wait(api: ApiClient, job_id: str) -> Job:
-    """Long-poll until the job ends; say once on stderr if the node knows it cannot start."""
+def _wait(api: ApiClient, job_id: str, *, progress: bool = False) -> Job:
+    """Long-poll until the job ends; say once on stderr if the node knows it cannot start. With
+    `progress`, also each state change as it happens, one line each on stderr (pending, claimed
+    by a worker, running, succeeded or failed; a failure's reason follows from `_finish`)."""
+    poll = FOLLOW_POLL_S if progress else WAIT_POLL_S
     j = api.get(f"/jobs/{job_id}", JobView)
     told = False
-    while not j.state.terminal:
+    shown = 0.0
+    while True:
+        for event in j.history if progress else ():
+            if event.at > shown:
+                click.echo(f"{job_id}  {event.state.value}  {event.note}".rstrip(), err=True)
+                shown = event.at
+        if j.state.terminal:
+            return j
         if j.waiting_for and not told:
             click.echo(f"waiting: {j.waiting_for}", err=True)
             told = True
-        j = api.post(
-            f"/jobs/{job_id}/wait",
-            JobView,
-            params={"timeout": WAIT_POLL_S},
-            timeout=WAIT_POLL_S + 10,
-        )
-    return j
+        j = api.post(f"/jobs/{job_id}/wait", JobView, params={"timeout": poll}, timeout=poll + 10)
 
 
 def _finish(j: Job) -> None:
