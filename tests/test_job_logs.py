@@ -84,6 +84,30 @@ async def test_follow_shows_output_while_the_job_runs_then_the_rest(start_node) 
     assert missing.status_code == 404
 
 
+async def test_a_workflow_shows_its_stderr_live_and_its_logs_once_ended(start_node) -> None:
+    """A workflow's stdout is its result, so only its stderr is live; once ended, the logs."""
+    origin, (worker,) = await cluster(start_node)
+    job = await origin.jobs.submit_files(JobSubmission(module=HOLD, max_attempts=1))
+    await running_on(worker, job.id)
+    async with api_client(origin, timeout=60) as client:
+        url = f"/jobs/{job.id}/logs"
+        events: list[dict] = []
+        async with client.stream("GET", url, params={"follow": True}) as response:
+            async for line in response.aiter_lines():
+                events.append(json.loads(line))
+                if len(events) == 1:
+                    assert events[0] == {"stream": "stderr", "text": "waiting for release\n"}
+                    assert origin.jobs.store.get(job.id).state == JobState.RUNNING
+                    release(worker, job.id)
+        assert texts(events) == {"stdout": "", "stderr": "waiting for release\n"}
+        assert events[-1] == {"state": "failed"}  # "hello from the guest" is no JSON result
+        ended = await client.get(url)
+    assert texts([json.loads(line) for line in ended.text.splitlines()]) == {
+        "stdout": "",
+        "stderr": "waiting for release\n",
+    }
+
+
 async def test_a_flood_stays_bounded_and_only_the_lease_holder_is_heard(start_node) -> None:
     origin, (worker, other) = await cluster(start_node, members=2)
     job = await held_job(origin, worker)

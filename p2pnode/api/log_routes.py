@@ -99,7 +99,7 @@ async def _rest(
     """What a reader has not seen of an ended job's streams."""
     if job.spec.command is None:
         if "stderr" in streams and not any(name == "stderr" for _, name in seen) and job.logs:
-            yield LogEvent(stream="stderr", text=job.logs)
+            yield LogEvent(stream="stderr", text=job.logs.rstrip("\n") + "\n")
         return
     for name in streams:
         ref = job.outputs.get(name)
