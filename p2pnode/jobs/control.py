@@ -4,8 +4,8 @@ Members only (the router enforces it). One request frame and one reply frame per
 the origin checks that the worker named in a claim is the authenticated peer, so nobody can
 claim on another node's behalf. While a job runs, its lease holder also sends `LogChunk`s of
 its output, checked like a report (the peer holds the lease, the token is live). The one message
-in the other direction, `StopRun`, goes from
-an origin to the worker running a job it cancelled; the worker obeys only the job's origin.
+in the other direction, `StopRun`, goes from an origin to the worker running a job it
+cancelled; the worker obeys only the job's origin.
 """
 
 from __future__ import annotations
