@@ -30,6 +30,19 @@ _SIZE = struct.Struct(">Q")
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
 
+def normalize_hash(value: str) -> str:
+    """Lowercase 64-digit hex, or ValueError: names become paths, so they must be checked."""
+    h = value.strip().lower()
+    if len(h) != 2 * HASH_LEN or h.strip("0123456789abcdef"):
+        raise ValueError(f"not a blob hash (64 hex digits): {value!r}")
+    return h
+
+
+def is_hash(name: str) -> bool:
+    """Whether a file name in the store is a blob hash as the store writes it."""
+    return len(name) == 2 * HASH_LEN and name == name.lower() and not name.strip("0123456789abcdef")
+
+
 def block_count(size: int) -> int:
     """Number of blocks of a blob of ``size`` bytes (zero for the empty blob)."""
     return -(-size // BLOCK_SIZE)
