@@ -138,7 +138,9 @@ def create_app(node: Node) -> FastAPI:
 
     @api.post("/blobs", responses={**_errors(400, 403), **BODY_ERRORS})
     async def add_blob(request: PathRequest) -> BlobAdded:
-        """Add a regular file the node can read (its own user's; never inside its data folder)."""
+        """Add a regular file the node can read (its own user's; never inside its data folder);
+        with `in_place`, without copying it: the node then serves from the file, verifying each
+        block, and the blob goes missing if the file changes."""
         real = await trio.to_thread.run_sync(os.path.realpath, request.path)
         source = _outside_private_dirs(node, Path(real))
         try:
@@ -148,7 +150,10 @@ def create_app(node: Node) -> FastAPI:
         except OSError as exc:
             raise HTTPException(400, f"cannot read {request.path}: {exc.strerror}") from None
         with f, store_errors():
-            info = await node.blobs.add_stream(_chunks(f), pin=request.pin)
+            if request.in_place:
+                info = await node.blobs.add_in_place(source, pin=request.pin)
+            else:
+                info = await node.blobs.add_stream(_chunks(f), pin=request.pin)
         return BlobAdded(blob=info, ticket=node.blobs.ticket(info))
 
     @api.get(

@@ -58,6 +58,10 @@ class BlobService:
     async def add_bytes(self, data: bytes, *, pin: bool = True) -> BlobInfo:
         return await self.store.add_bytes(data, pin=pin)
 
+    async def add_in_place(self, path: Path, *, pin: bool = True) -> BlobInfo:
+        """Hash a file and serve it from where it is, never copied (see BlobStore.add_in_place)."""
+        return await self.store.add_in_place(path, pin=pin)
+
     async def add_stream(self, chunks: AsyncIterable[bytes], *, pin: bool = True) -> BlobInfo:
         return await self.store.add_stream(chunks, pin=pin)
 

@@ -417,7 +417,7 @@ class BlobStore:
     def _add_in_place_sync(self, path: Path, tag: str | None, pin: bool) -> BlobInfo:
         path = path.resolve()
         with os_errors(f"reading {path}"):
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         try:
             before = os.fstat(fd)
             if not stat.S_ISREG(before.st_mode):
