@@ -15,7 +15,7 @@ import stat
 from collections.abc import AsyncIterator, Iterator
 from http import HTTPStatus
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO
+from typing import Annotated, Any
 
 import trio
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Response
@@ -44,7 +44,6 @@ from p2pnode.api.schemas import (
     PathRequest,
 )
 from p2pnode.api.server import serve_api
-from p2pnode.blobs.blocks import READ_CHUNK
 from p2pnode.blobs.fetch import FetchError
 from p2pnode.blobs.store import BlobInfo, BlobInUse, BlobNotFound, GcResult, StoreError
 from p2pnode.fsutil import NotRegularFile, open_regular
@@ -153,7 +152,7 @@ def create_app(node: Node) -> FastAPI:
             if request.in_place:
                 info = await node.blobs.add_in_place(source, pin=request.pin)
             else:
-                info = await node.blobs.add_stream(_chunks(f), pin=request.pin)
+                info = await node.blobs.add_file(f, pin=request.pin)
         return BlobAdded(blob=info, ticket=node.blobs.ticket(info))
 
     @api.get(
@@ -365,11 +364,6 @@ def create_app(node: Node) -> FastAPI:
 
     app.include_router(api)
     return app
-
-
-async def _chunks(f: BinaryIO) -> AsyncIterator[bytes]:
-    while chunk := await trio.to_thread.run_sync(f.read, READ_CHUNK):
-        yield chunk
 
 
 def _job_or_404(node: Node, job_id: str) -> Job:

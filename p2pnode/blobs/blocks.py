@@ -133,9 +133,19 @@ class BlobHasher:
         self.size = 0
 
     def update(self, data: Buffer) -> None:
+        self.update_whole(data)
+        self.update_blocks(data)
+
+    def update_whole(self, data: Buffer) -> None:
+        """The whole-blob half of `update`; may run in one thread while `update_blocks` runs in
+        another (blake3 releases the GIL), but each half's calls must come in content order."""
         view = memoryview(data).cast("B")
         self._whole.update(view)
         self.size += view.nbytes
+
+    def update_blocks(self, data: Buffer) -> None:
+        """The block-hash half of `update`."""
+        view = memoryview(data).cast("B")
         while view.nbytes:
             take = min(BLOCK_SIZE - self._block_fill, view.nbytes)
             if take == BLOCK_SIZE:

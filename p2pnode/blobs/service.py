@@ -7,6 +7,7 @@ import functools
 from collections import defaultdict
 from collections.abc import AsyncGenerator, AsyncIterable, Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import iroh
 import trio
@@ -61,6 +62,10 @@ class BlobService:
     async def add_in_place(self, path: Path, *, pin: bool = True) -> BlobInfo:
         """Hash a file and serve it from where it is, never copied (see BlobStore.add_in_place)."""
         return await self.store.add_in_place(path, pin=pin)
+
+    async def add_file(self, f: BinaryIO, *, pin: bool = True) -> BlobInfo:
+        """Copy an open file (one the caller checked) into the store."""
+        return await self.store.add_file(f, pin=pin)
 
     async def add_stream(self, chunks: AsyncIterable[bytes], *, pin: bool = True) -> BlobInfo:
         return await self.store.add_stream(chunks, pin=pin)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import fcntl
+import functools
 import io
 import os
 import shutil
@@ -36,19 +37,22 @@ import stat
 import threading
 import uuid
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 import blake3
 import trio
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from p2pnode.concurrency import collapse_groups
 
 from .blocks import (
     BLOCK_SIZE,
     READ_CHUNK,
     BlobHasher,
     BlockList,
+    Buffer,
     hash_file,
     is_hash,
     normalize_hash,
@@ -58,6 +62,8 @@ from .errors import BlobCorrupt, BlobInUse, BlobNotFound, StoreError, os_errors
 from .model import BlobInfo, GcResult, PartialProgress
 from .partial import PartialBlob, PartialFiles, progress
 from .refs import RefTable
+
+_STREAM_BATCH = 4 * BLOCK_SIZE  # an upload's small chunks, gathered for the hashing threads
 
 _T = TypeVar("_T")
 
@@ -134,6 +140,46 @@ class _Content:
         if offset == start and length == len(data):
             return data
         return bytes(view[offset - start : offset - start + length])
+
+
+async def _hash_chunks(chunks: AsyncIterator[Buffer], fd: int | None, doing: str) -> BlobHasher:
+    """Hash what ``chunks`` yields, writing it to ``fd`` too unless that is None.
+
+    The next chunk is read while this one is hashed twice (the whole-blob hash and the block
+    hashes) and written, each in its own worker thread: blake3 and os.write release the GIL.
+    (Pushing data to disk along the way with fdatasync measured slower: writes then wait.)
+    """
+    hasher = BlobHasher()
+    ready_send, ready = trio.open_memory_channel[Buffer](1)
+
+    async def read() -> None:
+        async with ready_send:
+            async for chunk in chunks:
+                await ready_send.send(chunk)
+
+    async def consume() -> None:
+        async with ready:
+            async for chunk in ready:
+                with os_errors(doing), collapse_groups():
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(trio.to_thread.run_sync, hasher.update_whole, chunk)
+                        if fd is None:
+                            await trio.to_thread.run_sync(hasher.update_blocks, chunk)
+                        else:
+                            nursery.start_soon(trio.to_thread.run_sync, hasher.update_blocks, chunk)
+                            await trio.to_thread.run_sync(write_all, fd, memoryview(chunk))
+
+    with collapse_groups():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            nursery.start_soon(consume)
+    return hasher
+
+
+async def _read_chunks(read: Callable[[int], bytes], doing: str) -> AsyncIterator[bytes]:
+    with os_errors(doing):
+        while chunk := await trio.to_thread.run_sync(read, READ_CHUNK):
+            yield chunk
 
 
 class BlobStore:
@@ -304,56 +350,55 @@ class BlobStore:
     ) -> BlobInfo:
         """Copy a file into the store (constant memory); ``tag``/``pin`` apply atomically so GC
         cannot take the new blob between the add and the tagging."""
-        return await trio.to_thread.run_sync(self._add_sync, Path(path), tag, pin)
+        source = Path(path)
+        with os_errors(f"reading {source}"):
+            f = await trio.to_thread.run_sync(source.open, "rb")
+        with f:
+            return await self.add_file(f, tag=tag, pin=pin)
+
+    async def add_file(self, f: BinaryIO, *, tag: str | None = None, pin: bool = False) -> BlobInfo:
+        """Copy an open file from its current position to its end (the API opens the file
+        itself, so that what it checked is what gets read)."""
+
+        doing = f"reading {getattr(f, 'name', 'the file')}"
+        return await self._ingest(_read_chunks(f.read, doing), tag, pin)
 
     async def add_bytes(
         self, data: bytes, *, tag: str | None = None, pin: bool = False
     ) -> BlobInfo:
-        return await trio.to_thread.run_sync(self._add_sync, memoryview(data), tag, pin)
+        async def chunks() -> AsyncIterator[memoryview]:
+            view = memoryview(data)
+            for off in range(0, view.nbytes, READ_CHUNK):
+                yield view[off : off + READ_CHUNK]
 
-    def _add_sync(self, source: Path | memoryview, tag: str | None, pin: bool) -> BlobInfo:
-        """Runs in a trio worker thread; polls for cancellation between chunks so a cancelled
-        add of a huge file stops promptly (and leaves no temp file)."""
-        tmp = tmp_path(self._tmp)
-        try:
-            with os_errors(f"writing blob to {tmp}"):
-                fd = create(tmp)
-                try:
-                    hasher = BlobHasher()
-                    if isinstance(source, Path):
-                        self._copy_file(source, fd, hasher)
-                    else:
-                        for off in range(0, source.nbytes, READ_CHUNK):
-                            trio.from_thread.check_cancelled()
-                            chunk = source[off : off + READ_CHUNK]
-                            hasher.update(chunk)
-                            write_all(fd, chunk)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            digest, bl = hasher.finish()
-            return self.install(tmp, digest.hex(), bl, tag, pin)
-        finally:
-            unlink(tmp)
+        return await self._ingest(chunks(), tag, pin)
 
     async def add_stream(
         self, chunks: AsyncIterable[bytes], *, tag: str | None = None, pin: bool = False
     ) -> BlobInfo:
         """Add what an async byte stream (an HTTP upload) yields, in constant memory; a stream that
         fails or is cancelled midway leaves nothing behind."""
+
+        async def batches() -> AsyncIterator[bytearray]:
+            pending = bytearray()
+            async for chunk in chunks:
+                pending += chunk
+                if len(pending) >= _STREAM_BATCH:
+                    yield pending
+                    pending = bytearray()
+            yield pending
+
+        return await self._ingest(batches(), tag, pin)
+
+    async def _ingest(self, chunks: AsyncIterator[Buffer], tag: str | None, pin: bool) -> BlobInfo:
+        """Write, hash and install what ``chunks`` yields, at the disk's pace (see
+        `_hash_chunks`); cancelled or failed, it leaves no temp file."""
         tmp = tmp_path(self._tmp)
         try:
             with os_errors(f"writing blob to {tmp}"):
                 fd = create(tmp)
             try:
-                hasher = BlobHasher()
-                pending = bytearray()
-                async for chunk in chunks:
-                    pending += chunk
-                    if len(pending) >= BLOCK_SIZE:
-                        data, pending = pending, bytearray()
-                        await trio.to_thread.run_sync(self._hash_and_write, fd, hasher, data, tmp)
-                await trio.to_thread.run_sync(self._hash_and_write, fd, hasher, pending, tmp)
+                hasher = await _hash_chunks(chunks, fd, f"writing blob to {tmp}")
                 with os_errors(f"writing blob to {tmp}"):
                     await trio.to_thread.run_sync(os.fsync, fd)
             finally:
@@ -362,28 +407,6 @@ class BlobStore:
             return await trio.to_thread.run_sync(self.install, tmp, digest.hex(), bl, tag, pin)
         finally:
             unlink(tmp)
-
-    @staticmethod
-    def _hash_and_write(fd: int, hasher: BlobHasher, data: bytearray, tmp: Path) -> None:
-        hasher.update(data)
-        with os_errors(f"writing blob to {tmp}"):
-            write_all(fd, memoryview(data))
-
-    @staticmethod
-    def _copy_file(source: Path, fd: int, hasher: BlobHasher) -> None:
-        buf = bytearray(READ_CHUNK)
-        view = memoryview(buf)
-        with os_errors(f"reading {source}"):
-            f = open(source, "rb", buffering=0)
-        with f:
-            while True:
-                trio.from_thread.check_cancelled()
-                with os_errors(f"reading {source}"):
-                    n = f.readinto(buf)
-                if not n:
-                    break
-                hasher.update(view[:n])
-                write_all(fd, view[:n])
 
     def install(self, tmp: Path, h: str, bl: BlockList, tag: str | None, pin: bool) -> BlobInfo:
         """Move a fully written, fsynced, hashed file into data/ (blocks file first); a blob
@@ -412,31 +435,34 @@ class BlobStore:
     ) -> BlobInfo:
         """Add a regular file without copying it: the store records where it is, its size,
         mtime and inode, and its block hashes, and serves from it, verifying as it reads."""
-        return await trio.to_thread.run_sync(self._add_in_place_sync, Path(path), tag, pin)
-
-    def _add_in_place_sync(self, path: Path, tag: str | None, pin: bool) -> BlobInfo:
-        path = path.resolve()
-        with os_errors(f"reading {path}"):
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        source = await trio.to_thread.run_sync(Path(path).resolve)
+        doing = f"reading {source}"
+        with os_errors(doing):
+            # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
+            flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+            fd = await trio.to_thread.run_sync(os.open, source, flags)
         try:
             before = os.fstat(fd)
             if not stat.S_ISREG(before.st_mode):
-                raise StoreError(f"{path} is not a regular file")
-            hasher = BlobHasher()
-            buf = bytearray(READ_CHUNK)
-            view = memoryview(buf)
-            with os_errors(f"reading {path}"), open(fd, "rb", buffering=0, closefd=False) as f:
-                while n := f.readinto(buf):
-                    trio.from_thread.check_cancelled()
-                    hasher.update(view[:n])
-                after = os.fstat(fd)
+                raise StoreError(f"{source} is not a regular file")
+            read = functools.partial(os.read, fd)
+            hasher = await _hash_chunks(_read_chunks(read, doing), None, doing)
+            after = os.fstat(fd)
         finally:
             os.close(fd)
-        if not ExternalFile.of(path, before).matches(after) or hasher.size != after.st_size:
-            raise StoreError(f"{path} changed while it was being added; add it again")
+        if not ExternalFile.of(source, before).matches(after) or hasher.size != after.st_size:
+            raise StoreError(f"{source} changed while it was being added; add it again")
         digest, bl = hasher.finish()
-        h = digest.hex()
-        record = ExternalFile.of(path, after).model_dump_json().encode()
+        record = ExternalFile.of(source, after).model_dump_json().encode()
+        return await trio.to_thread.run_sync(
+            self._install_external, digest.hex(), bl, record, tag, pin
+        )
+
+    def _install_external(
+        self, h: str, bl: BlockList, record: bytes, tag: str | None, pin: bool
+    ) -> BlobInfo:
+        """Record a blob added in place (blocks file first); one the store holds a copy of
+        already only gains the refs."""
         with os_errors(f"storing blob {h}"):
             with self._lock:
                 if not (self._data / h).exists():
