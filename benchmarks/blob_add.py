@@ -40,7 +40,7 @@ def best(runs: int, once: Callable[[int], None]) -> float:
 
 def main(mib: int, runs: int) -> None:
     size = mib << 20
-    with tempfile.TemporaryDirectory(prefix="p2pnode-bench-", dir=Path.cwd()) as tmp:
+    with tempfile.TemporaryDirectory(prefix="p2pnode-bench-") as tmp:
         work = Path(tmp)
         source = work / "random.bin"
         with open(source, "wb") as f:

@@ -184,3 +184,17 @@ async def test_cli_add_in_place(start_node, tmp_path: Path) -> None:
     refused = await cli("blob", "add", "--in-place", str(secret))
     assert refused.returncode == 2 and b"data folder" in refused.stderr
     assert b"Traceback" not in refused.stderr
+
+
+async def test_api_in_place_refuses_what_path_add_refuses(node, api, tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo")
+    fifo = await api.post("/blobs", json={"path": str(tmp_path / "fifo"), "in_place": True})
+    assert fifo.status_code == 400 and "regular file" in fifo.json()["detail"]
+    token = str(node.settings.data_dir / "api-token")
+    secret = await api.post("/blobs", json={"path": token, "in_place": True})
+    assert secret.status_code == 403
+    data = write_random(tmp_path / "ok.bin", 1000)
+    added = await api.post("/blobs", json={"path": str(tmp_path / "ok.bin"), "in_place": True})
+    assert added.status_code == 200, added.text
+    assert (await api.get(f"/blobs/{added.json()['blob']['hash']}")).content == data
+    assert os.listdir(node.settings.blobs_dir / "data") == []
