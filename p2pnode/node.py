@@ -241,7 +241,7 @@ class Node:
 
     async def collect_garbage(self) -> GcResult:
         """Drop unpinned, untagged blobs nobody uses, keeping everything a live job still needs."""
-        return await self.blobs.store.gc(protected=self.jobs.protected_blobs())
+        return await self.blobs.gc(protected=self.jobs.protected_blobs())
 
     async def _collect_garbage_periodically(self) -> None:
         while True:

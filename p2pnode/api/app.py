@@ -15,7 +15,7 @@ import stat
 from collections.abc import AsyncIterator, Iterator
 from http import HTTPStatus
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO
+from typing import Annotated, Any
 
 import trio
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Response
@@ -45,7 +45,6 @@ from p2pnode.api.schemas import (
     PathRequest,
 )
 from p2pnode.api.server import serve_api
-from p2pnode.blobs.blocks import READ_CHUNK
 from p2pnode.blobs.fetch import FetchError
 from p2pnode.blobs.store import BlobInfo, BlobInUse, BlobNotFound, GcResult, StoreError
 from p2pnode.fsutil import NotRegularFile, open_regular
@@ -114,7 +113,7 @@ def create_app(node: Node) -> FastAPI:
 
     @api.get("/blobs")
     async def list_blobs() -> list[BlobInfo]:
-        return await node.blobs.store.list()
+        return await node.blobs.list_blobs()
 
     @api.put(
         "/blobs",
@@ -132,14 +131,16 @@ def create_app(node: Node) -> FastAPI:
         """Add the request body (application/octet-stream, streamed, any size) as a blob."""
         try:
             with store_errors():
-                info = await node.blobs.store.add_stream(request.stream(), pin=pin)
+                info = await node.blobs.add_stream(request.stream(), pin=pin)
         except ClientDisconnect:
             raise HTTPException(400, "the upload was abandoned") from None
         return BlobAdded(blob=info, ticket=node.blobs.ticket(info))
 
     @api.post("/blobs", responses={**_errors(400, 403), **BODY_ERRORS})
     async def add_blob(request: PathRequest) -> BlobAdded:
-        """Add a regular file the node can read (its own user's; never inside its data folder)."""
+        """Add a regular file the node can read (its own user's; never inside its data folder);
+        with `in_place`, without copying it: the node then serves from the file, verifying each
+        block, and the blob goes missing if the file changes."""
         real = await trio.to_thread.run_sync(os.path.realpath, request.path)
         source = _outside_private_dirs(node, Path(real))
         try:
@@ -149,7 +150,10 @@ def create_app(node: Node) -> FastAPI:
         except OSError as exc:
             raise HTTPException(400, f"cannot read {request.path}: {exc.strerror}") from None
         with f, store_errors():
-            info = await node.blobs.store.add_stream(_chunks(f), pin=request.pin)
+            if request.in_place:
+                info = await node.blobs.add_in_place(source, pin=request.pin)
+            else:
+                info = await node.blobs.add_file(f, pin=request.pin)
         return BlobAdded(blob=info, ticket=node.blobs.ticket(info))
 
     @api.get(
@@ -164,10 +168,10 @@ def create_app(node: Node) -> FastAPI:
         """The blob's content, streamed (Content-Length set); the blob stays in use while it is
         read."""
         with store_errors():
-            info = await node.blobs.store.info(blob_hash)
+            info = await node.blobs.info(blob_hash)
 
         async def content() -> AsyncIterator[bytes]:
-            async with contextlib.aclosing(node.blobs.store.read_range(blob_hash)) as chunks:
+            async with contextlib.aclosing(node.blobs.read_range(blob_hash)) as chunks:
                 async for chunk in chunks:
                     yield chunk
 
@@ -177,25 +181,25 @@ def create_app(node: Node) -> FastAPI:
     @api.get("/blobs/{blob_hash}/ticket", responses=_errors(404))
     async def blob_ticket(blob_hash: Hex64) -> BlobAdded:
         with store_errors():
-            info = await node.blobs.store.info(blob_hash)
+            info = await node.blobs.info(blob_hash)
         return BlobAdded(blob=info, ticket=node.blobs.ticket(info))
 
     @api.delete("/blobs/{blob_hash}", responses=_errors(404, 409))
     async def remove_blob(blob_hash: Hex64, force: bool = False) -> Done:
         with store_errors():
-            await node.blobs.store.remove(blob_hash, force=force)
+            await node.blobs.remove(blob_hash, force=force)
         return Done()
 
     @api.post("/blobs/{blob_hash}/pin", responses=_errors(404))
     async def pin_blob(blob_hash: Hex64) -> Done:
         with store_errors():
-            await node.blobs.store.pin(blob_hash)
+            await node.blobs.keep(blob_hash)
         return Done()
 
     @api.delete("/blobs/{blob_hash}/pin", responses=_errors(404))
     async def unpin_blob(blob_hash: Hex64) -> Done:
         with store_errors():
-            await node.blobs.store.unpin(blob_hash)
+            await node.blobs.unpin(blob_hash)
         return Done()
 
     @api.post("/blobs/gc")
@@ -219,7 +223,7 @@ def create_app(node: Node) -> FastAPI:
             if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
                 raise HTTPException(400, f"{request.path} is not a regular file")
         with store_errors():
-            return await node.blobs.store.export(blob_hash, dest)
+            return await node.blobs.export(blob_hash, dest)
 
     @api.post(
         "/blobs/fetch",
@@ -339,8 +343,7 @@ def create_app(node: Node) -> FastAPI:
                     )
                 except FetchError as exc:
                     raise HTTPException(502, str(exc)) from None
-                await node.blobs.store.pin(ref.hash)
-                outputs[name] = await node.blobs.store.info(ref.hash)
+                outputs[name] = await node.blobs.keep(ref.hash)
         return outputs
 
     @api.get("/members")
@@ -363,11 +366,6 @@ def create_app(node: Node) -> FastAPI:
     app.include_router(api)
     app.include_router(log_routes(node, lambda job_id: _job_or_404(node, job_id)))
     return app
-
-
-async def _chunks(f: BinaryIO) -> AsyncIterator[bytes]:
-    while chunk := await trio.to_thread.run_sync(f.read, READ_CHUNK):
-        yield chunk
 
 
 def _job_or_404(node: Node, job_id: str) -> Job:

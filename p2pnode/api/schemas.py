@@ -44,6 +44,7 @@ AbsolutePath = Annotated[Path, AfterValidator(_absolute)]
 class PathRequest(Request):
     path: AbsolutePath
     pin: bool = True
+    in_place: bool = False  # no copy: the node serves from the file, verifying what it reads
 
 
 class ExportRequest(Request):

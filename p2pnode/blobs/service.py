@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import iroh
 import trio
 
 import tickets
 from p2pnode.blobs.fetch import fetch_blob
-from p2pnode.blobs.model import FetchProgress
+from p2pnode.blobs.model import FetchProgress, GcResult
 from p2pnode.blobs.protocol import BLOBS_ALPN, BlobProvider, Capabilities
 from p2pnode.blobs.store import BlobInfo, BlobStore
 from p2pnode.membership import Membership
@@ -21,7 +24,10 @@ from p2pnode.net.endpoint import serve_streams
 
 
 class BlobService:
-    """The blob protocol's handler too: open to strangers, whose requests the provider checks
+    """What the other rooms ask of blobs, as verbs (add, keep, read, materialize, collect); the
+    store behind them is this room's business.
+
+    The blob protocol's handler too: open to strangers, whose requests the provider checks
     against the blob ticket's capability."""
 
     alpn = BLOBS_ALPN
@@ -49,6 +55,66 @@ class BlobService:
     async def add(self, path: Path, *, pin: bool = True) -> BlobInfo:
         """Blobs added by a person are pinned: GC only collects what the node fetched for jobs."""
         return await self.store.add_path(path, pin=pin)
+
+    async def add_bytes(self, data: bytes, *, pin: bool = True) -> BlobInfo:
+        return await self.store.add_bytes(data, pin=pin)
+
+    async def add_in_place(self, path: Path, *, pin: bool = True) -> BlobInfo:
+        """Hash a file and serve it from where it is, never copied (see BlobStore.add_in_place)."""
+        return await self.store.add_in_place(path, pin=pin)
+
+    async def add_file(self, f: BinaryIO, *, pin: bool = True) -> BlobInfo:
+        """Copy an open file (one the caller checked) into the store."""
+        return await self.store.add_file(f, pin=pin)
+
+    async def add_stream(self, chunks: AsyncIterable[bytes], *, pin: bool = True) -> BlobInfo:
+        return await self.store.add_stream(chunks, pin=pin)
+
+    async def info(self, blob_hash: str) -> BlobInfo:
+        return await self.store.info(blob_hash)
+
+    async def list_blobs(self) -> list[BlobInfo]:
+        return await self.store.list()
+
+    def read_range(
+        self, blob_hash: str, offset: int = 0, length: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        """The blob's bytes in chunks; wrap in contextlib.aclosing (see BlobStore.read_range)."""
+        return self.store.read_range(blob_hash, offset, length)
+
+    async def read_bytes(self, blob_hash: str) -> bytes:
+        """A small blob (a manifest, a module) whole, in memory."""
+        async with contextlib.aclosing(self.read_range(blob_hash)) as chunks:
+            return b"".join([chunk async for chunk in chunks])
+
+    async def keep(self, blob_hash: str) -> BlobInfo:
+        """Pin a stored blob so GC leaves it, and say what it is (BlobNotFound if not here)."""
+        await self.store.pin(blob_hash)
+        return await self.store.info(blob_hash)
+
+    async def unpin(self, blob_hash: str) -> bool:
+        return await self.store.unpin(blob_hash)
+
+    async def remove(self, blob_hash: str, *, force: bool = False) -> None:
+        await self.store.remove(blob_hash, force=force)
+
+    async def export(self, blob_hash: str, dest: Path) -> BlobInfo:
+        """Copy a stored blob to ``dest``, checking its hash on the way."""
+        return await self.store.export(blob_hash, dest)
+
+    async def materialize(
+        self, blob_hash: str, providers: list[PeerAddr], dest: Path, *, root: str | None = None
+    ) -> BlobInfo:
+        """Make ``dest`` a verified copy of the blob, fetching it from ``providers`` first if
+        this node does not hold it."""
+        info = await self.fetch(blob_hash, providers, root=root)
+        mkdir = functools.partial(dest.parent.mkdir, parents=True, exist_ok=True)
+        await trio.to_thread.run_sync(mkdir)
+        return await self.store.export(info.hash, dest)
+
+    async def gc(self, protected: set[str] | frozenset[str] = frozenset()) -> GcResult:
+        """Drop what nothing keeps, except ``protected`` (what live jobs still need)."""
+        return await self.store.gc(protected)
 
     def ticket(self, info: BlobInfo) -> str:
         return tickets.encode(

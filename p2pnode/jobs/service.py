@@ -206,9 +206,7 @@ class JobService:
             artifacts[name] = await self._pinned(blob_hash, f"artifact {name!r}")
         job_input, input_blob = request.input, None
         if len(input_json) > model.INLINE_INPUT_BYTES:
-            input_blob = model.BlobRef.held_by(
-                await self._blobs.store.add_bytes(input_json, pin=True), self.id
-            )
+            input_blob = model.BlobRef.held_by(await self._blobs.add_bytes(input_json), self.id)
             job_input = None
         command = None
         if request.is_command:
@@ -248,7 +246,7 @@ class JobService:
                 raise SubmissionError(f"the {what} manifest is over {limit} bytes")
             try:
                 manifest = model.Manifest.model_validate_json(
-                    await trio.to_thread.run_sync(self._read_blob, request.blob)
+                    await self._blobs.read_bytes(request.blob)
                 )
             except ValidationError as exc:
                 raise SubmissionError(
@@ -262,31 +260,28 @@ class JobService:
             source=source, directory=request.directory, guest_path=request.guest_path
         )
 
-    def _read_blob(self, blob_hash: str) -> bytes:
-        with self._blobs.store.open_read(blob_hash) as f:
-            return f.read()
-
     async def _module(self, request: JobSubmission) -> model.BlobRef:
         """The module as a pinned binary blob, checked off the trio thread (compiling takes a
         while)."""
-        source: Path | str
-        if request.module is not None:
-            source, what = request.module, f"module {request.module}"
-        else:
-            assert request.module_blob is not None
-            source, what = request.module_blob, f"module blob {request.module_blob[:12]}"
-            await self._pinned(request.module_blob, "module")
+        source: Path | bytes
         try:
+            if request.module is not None:
+                source, what = request.module, f"module {request.module}"
+            else:
+                assert request.module_blob is not None
+                what = f"module blob {request.module_blob[:12]}"
+                await self._pinned(request.module_blob, "module")
+                source = await self._blobs.read_bytes(request.module_blob)
             wasm = await trio.to_thread.run_sync(self._checked_module, source, request)
         except (OSError, StoreError, InvalidModule) as exc:
             raise SubmissionError(f"cannot use {what}: {exc}") from None
-        return model.BlobRef.held_by(await self._blobs.store.add_bytes(wasm, pin=True), self.id)
+        return model.BlobRef.held_by(await self._blobs.add_bytes(wasm), self.id)
 
-    def _checked_module(self, source: Path | str, request: JobSubmission) -> bytes:
+    def _checked_module(self, source: Path | bytes, request: JobSubmission) -> bytes:
         if isinstance(source, Path):
             wasm = load_module_bytes(source)
         else:
-            wasm = assemble(self._read_blob(source))
+            wasm = assemble(source)
         workflows = list_workflows(wasm)
         workflow = request.workflow
         if request.is_command:
@@ -304,8 +299,7 @@ class JobService:
 
     async def _pinned(self, blob_hash: str, what: str) -> model.BlobRef:
         try:
-            info = await self._blobs.store.info(blob_hash)
-            await self._blobs.store.pin(blob_hash)
+            info = await self._blobs.keep(blob_hash)
         except BlobNotFound:
             raise SubmissionError(
                 f"the {what} blob {blob_hash} is not on this node; upload it first"
@@ -386,7 +380,7 @@ class JobService:
         for name, ref in job.outputs.items():
             try:
                 await self._blobs.fetch(ref.hash, provider_addrs(ref, self._resolve), root=ref.root)
-                await self._blobs.store.pin(ref.hash)
+                await self._blobs.keep(ref.hash)
             except (FetchError, StoreError) as exc:
                 log.warning("could not collect output %r of job %s: %s", name, job.id, exc)
 

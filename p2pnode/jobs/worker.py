@@ -369,16 +369,14 @@ class Worker:
         return preopens
 
     async def _materialize(self, ref: model.BlobRef, origin: PeerAddr, dest: Path) -> None:
-        info = await self._blobs.fetch(
-            ref.hash, provider_addrs(ref, self._resolve, first=origin), root=ref.root
+        await self._blobs.materialize(
+            ref.hash, provider_addrs(ref, self._resolve, first=origin), dest, root=ref.root
         )
-        await trio.to_thread.run_sync(_make_dirs, dest.parent)
-        await self._blobs.store.export(info.hash, dest)
 
     async def _store_outputs(self, result: ExecutionResult) -> dict[str, model.BlobRef]:
         refs: dict[str, model.BlobRef] = {}
         for name, path in result.outputs.items():
-            info = await self._blobs.store.add_path(path, pin=True)
+            info = await self._blobs.add(path)
             refs[name] = model.BlobRef.held_by(info, self.id)
         return refs
 
