@@ -16,8 +16,7 @@ import trio
 from pydantic import BaseModel, Field, ValidationError
 
 import tickets
-from p2pnode.api.auth import TokenError, load_or_create_token
-from p2pnode.api.schemas import MemberStatus, NodeInfo, NodeStatus
+from p2pnode.apitoken import TokenError, load_or_create_token
 from p2pnode.blobs.service import BlobService
 from p2pnode.blobs.store import BlobStore, GcResult, StoreError
 from p2pnode.config import Settings
@@ -55,6 +54,7 @@ from p2pnode.net.endpoint import (
 from p2pnode.net.errors import iroh_message
 from p2pnode.net.liveness import REDIAL_CAP_S, Liveness, Redial
 from p2pnode.net.peerlog import PeerLog
+from p2pnode.status import MemberStatus, NodeInfo, NodeStatus
 
 log = logging.getLogger(__name__)
 

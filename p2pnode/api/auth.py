@@ -1,11 +1,12 @@
 """Who may use the local API: the holder of the node's API token, from the node's own origin.
 
-The token lives in `DATA/api-token` (mode 0600 in a 0700 folder), so only the node's own user can
-read it; the CLI sends it as `Authorization: Bearer <token>`. `ApiGuard` is the one place every
-request passes through, before routing: it refuses foreign `Host` names (DNS rebinding), cross-site
-browser requests, missing or wrong tokens, and request bodies of the wrong type or size.
+The token lives in `DATA/api-token` (mode 0600 in a 0700 folder; `p2pnode.apitoken`), so only the
+node's own user can read it; the CLI sends it as `Authorization: Bearer <token>`. `ApiGuard` is the
+one place every request passes through, before routing: it refuses foreign `Host` names (DNS
+rebinding), cross-site browser requests, missing or wrong tokens, and request bodies of the wrong
+type or size.
 
-Light on purpose (stdlib only): the CLI imports it to read the token.
+Light on purpose (stdlib only).
 """
 
 from __future__ import annotations
@@ -13,15 +14,10 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
-import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from p2pnode.fsutil import create_once
-
-TOKEN_FILE = "api-token"
 MAX_JSON_BODY = 17 << 20
 """Bound of a JSON request body: room for a 16 MiB job input and the rest of the submission."""
 
@@ -38,34 +34,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Asgi = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-class TokenError(Exception):
-    """No usable API token; the message says where one was looked for, for a person."""
-
-
-def token_path(data_dir: Path) -> Path:
-    return data_dir / TOKEN_FILE
-
-
-def load_or_create_token(data_dir: Path) -> str:
-    """The node's API token, generated at first start (mode 0600 from the first instant)."""
-    path = token_path(data_dir)
-    if not path.exists():
-        create_once(path, (secrets.token_urlsafe(32) + "\n").encode())
-    return read_token(path)
-
-
-def read_token(path: Path) -> str:
-    try:
-        token = path.read_text().strip()
-    except FileNotFoundError:
-        raise TokenError(f"no API token: {path} does not exist") from None
-    except OSError as exc:
-        raise TokenError(f"no API token: cannot read {path}: {exc.strerror}") from None
-    if not token:
-        raise TokenError(f"no API token: {path} is empty")
-    return token
 
 
 class ApiGuard:

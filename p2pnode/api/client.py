@@ -16,19 +16,20 @@ import time
 import urllib.parse
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from p2pnode.api.auth import TokenError, read_token
+from p2pnode.apitoken import TokenError, read_token
 
 T = TypeVar("T", bound=BaseModel)
 
 log = logging.getLogger(__name__)
 
 BAD_INPUT_STATUS = frozenset({400, 413, 422})
-EXIT_FAILURE = 1
-EXIT_BAD_INPUT = 2
+EXIT_FAILURE: Final = 1
+EXIT_USAGE: Final = 2
+"""What was typed (or sent) is wrong: click's own usage-error code; the CLI uses it too."""
 HEALTH_TIMEOUT_S = 2.0
 DOWNLOAD_CHUNK = 1 << 20
 _DEFAULT = object()
@@ -218,7 +219,7 @@ class ApiClient:
 
     def _bad_url(self) -> ApiError:
         return ApiError(
-            f"--api {self.base_url} is not an API URL such as http://127.0.0.1:3020", EXIT_BAD_INPUT
+            f"--api {self.base_url} is not an API URL such as http://127.0.0.1:3020", EXIT_USAGE
         )
 
     def _parse(self, content: bytes, model: type[T]) -> T:
@@ -231,7 +232,7 @@ class ApiClient:
             ) from None
 
     def _raise_for_status(self, status: int, content: bytes) -> None:
-        code = EXIT_BAD_INPUT if status in BAD_INPUT_STATUS else EXIT_FAILURE
+        code = EXIT_USAGE if status in BAD_INPUT_STATUS else EXIT_FAILURE
         try:
             detail = jsonlib.loads(content)["detail"]
         except (ValueError, KeyError, TypeError):

@@ -7,13 +7,15 @@ transport or runtime code.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from p2pnode.blobs.model import BlobInfo, FetchProgress
-from p2pnode.gossip.stats import GossipStats
-from p2pnode.jobs.model import Job, JobState, LogStream, WorkerStatus
+from p2pnode.jobs.model import Job, JobState, LogStream
+from p2pnode.status import MemberStatus as MemberStatus  # re-exported: served and read here
+from p2pnode.status import NodeInfo as NodeInfo
+from p2pnode.status import NodeStatus as NodeStatus
 
 
 class Health(BaseModel):
@@ -77,43 +79,6 @@ class FetchEvent(BaseModel):
 
 class Done(BaseModel):
     ok: bool = True
-
-
-class NodeInfo(BaseModel):
-    """What `p2pnode start` writes to node.json, so scripts can find the node: public facts only
-    (the join ticket carries the cluster secret; `p2pnode ticket` asks the node for one)."""
-
-    id: str
-    api_url: str
-    pid: int
-
-
-"""A node id as the API and CLI take it: the 64 hex digits of its public key."""
-
-
-class MemberStatus(BaseModel):
-    """`connected`: a live connection now; `idle`: none needed lately; `down`: unreachable,
-    redialled with back-off."""
-
-    id: str
-    addresses: list[str]
-    relay_url: str | None
-    connected: bool
-    last_seen: float
-    state: Literal["connected", "idle", "down"]
-
-
-class NodeStatus(BaseModel):
-    id: str
-    cluster_id: str
-    addresses: list[str]
-    relay_url: str | None
-    api_url: str
-    uptime_s: float
-    members: list[MemberStatus]
-    refused_connections: int
-    gossip: GossipStats | None
-    jobs: WorkerStatus
 
 
 class JobView(Job):

@@ -11,19 +11,19 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import click
 
 from p2pnode import DEFAULT_DATA, __version__
-from p2pnode.api.auth import token_path
+from p2pnode.api.client import EXIT_USAGE as EXIT_USAGE  # re-exported: the commands use it
 from p2pnode.api.client import ApiClient, ApiError
+from p2pnode.apitoken import token_path
 
 if TYPE_CHECKING:
     import tickets
     from p2pnode.config import Settings
 
-EXIT_USAGE: Final = 2
 DEFAULT_API = "http://127.0.0.1:3020"
 
 

@@ -1,0 +1,48 @@
+"""What a node says about itself: node.json, `GET /status` and `GET /members`.
+
+Below the node, which fills these in, so it needs nothing from the API; `api/schemas.py`
+re-exports them as part of the vocabulary the server and the CLI share.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel
+
+from p2pnode.gossip.stats import GossipStats
+from p2pnode.jobs.model import WorkerStatus
+
+
+class NodeInfo(BaseModel):
+    """What `p2pnode start` writes to node.json, so scripts can find the node: public facts only
+    (the join ticket carries the cluster secret; `p2pnode ticket` asks the node for one)."""
+
+    id: str
+    api_url: str
+    pid: int
+
+
+class MemberStatus(BaseModel):
+    """`connected`: a live connection now; `idle`: none needed lately; `down`: unreachable,
+    redialled with back-off."""
+
+    id: str
+    addresses: list[str]
+    relay_url: str | None
+    connected: bool
+    last_seen: float
+    state: Literal["connected", "idle", "down"]
+
+
+class NodeStatus(BaseModel):
+    id: str
+    cluster_id: str
+    addresses: list[str]
+    relay_url: str | None
+    api_url: str
+    uptime_s: float
+    members: list[MemberStatus]
+    refused_connections: int
+    gossip: GossipStats | None
+    jobs: WorkerStatus
