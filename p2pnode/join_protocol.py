@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import iroh
 
+from p2pnode.ids import NodeId
 from p2pnode.membership import JOIN_ALPN, JoinLimiter, Membership, handle_join
 from p2pnode.net.endpoint import serve_streams
 
@@ -19,7 +20,7 @@ class JoinProtocol:
         self,
         membership: Membership,
         limiter: JoinLimiter,
-        on_welcome: Callable[[str, bool], None],
+        on_welcome: Callable[[NodeId, bool], None],
     ) -> None:
         self._membership = membership
         self._limiter = limiter

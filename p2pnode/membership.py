@@ -27,7 +27,8 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 import tickets
 from p2pnode.fsutil import save_model
-from p2pnode.net.addr import PeerAddr
+from p2pnode.ids import NodeId, NodeIdField
+from p2pnode.net.addr import PeerAddr, remote_node_id
 from p2pnode.net.dialer import IntroductionRefused
 from p2pnode.net.framing import FrameError, recv_model, send_model
 from p2pnode.net.peerlog import PeerLog
@@ -67,7 +68,7 @@ class MemberList(BaseModel):
     cluster_id: str | None = (
         None  # the cluster these members belong to; a list of another cluster is void
     )
-    members: dict[str, Member] = {}
+    members: dict[NodeIdField, Member] = {}
     removed: list[
         str
     ] = []  # ids removed by `member rm`: refused by the router and the join handshake
@@ -96,11 +97,11 @@ def _load(path: Path, model: type[_Model]) -> _Model:
 class Membership:
     """The cluster this node belongs to and its known members, persisted in the data folder."""
 
-    def __init__(self, data_dir: Path, self_id: str) -> None:
+    def __init__(self, data_dir: Path, self_id: NodeId) -> None:
         self._dir = data_dir
         self.self_id = self_id
         self.session = secrets.token_hex(8)  # new on every start; members tell a restart by it
-        self._sessions: dict[str, str | None] = {}
+        self._sessions: dict[NodeId, str | None] = {}
         cluster_path = data_dir / CLUSTER_FILE
         if cluster_path.exists():
             self.cluster = _load(cluster_path, ClusterIdentity)
@@ -115,13 +116,13 @@ class Membership:
             )  # a switch of cluster was interrupted between its two writes
 
     @property
-    def members(self) -> dict[str, Member]:
+    def members(self) -> dict[NodeId, Member]:
         return self._members.members
 
-    def is_member(self, node_id: str) -> bool:
+    def is_member(self, node_id: NodeId) -> bool:
         return node_id in self._members.members
 
-    def is_removed(self, node_id: str) -> bool:
+    def is_removed(self, node_id: NodeId) -> bool:
         return node_id in self._members.removed
 
     def adopt(self, cluster: ClusterIdentity) -> None:
@@ -135,14 +136,14 @@ class Membership:
         self.cluster = cluster
         save_model(self._dir / CLUSTER_FILE, cluster, mode=0o600)
 
-    def greeted(self, node_id: str, session: str | None) -> bool:
+    def greeted(self, node_id: NodeId, session: str | None) -> bool:
         """Note the session a member showed in a handshake; True when it is not the one we knew
         (it restarted, or this is our first handshake with it in this run)."""
         new = node_id not in self._sessions or self._sessions[node_id] != session
         self._sessions[node_id] = session
         return new
 
-    def remove(self, node_id: str) -> bool:
+    def remove(self, node_id: NodeId) -> bool:
         """Forget a member and refuse it from now on; False when the id was neither member nor
         removed."""
         if node_id in self._members.removed:
@@ -165,7 +166,7 @@ class Membership:
         )
         self._save()
 
-    def seen(self, node_id: str) -> None:
+    def seen(self, node_id: NodeId) -> None:
         """A member answered at an address we already had: only `last_seen` is news. (The address a
         member declares itself, in the join handshake, is what `admit` records: iroh may reach a
         node that moved through a stale address, which must not overwrite the one it declared.)"""
@@ -251,12 +252,12 @@ class JoinLimiter:
             OrderedDict()
         )  # peer -> (count, retry at)
 
-    def retry_after(self, peer: str) -> float:
+    def retry_after(self, peer: NodeId) -> float:
         """Seconds `peer` must still wait; 0 when it may try."""
         _, retry_at = self._failures.get(peer, (0, 0.0))
         return max(0.0, retry_at - self._clock())
 
-    def failed(self, peer: str, why: str) -> None:
+    def failed(self, peer: NodeId, why: str) -> None:
         count = self._failures.pop(peer, (0, 0.0))[0] + 1
         backoff = min(JOIN_BACKOFF_S * 2 ** (count - 1), JOIN_BACKOFF_MAX_S)
         self._failures[peer] = (count, self._clock() + backoff)
@@ -272,7 +273,7 @@ class JoinLimiter:
             level=logging.WARNING,
         )
 
-    def succeeded(self, peer: str) -> None:
+    def succeeded(self, peer: NodeId) -> None:
         self._failures.pop(peer, None)
 
 
@@ -281,7 +282,7 @@ async def handle_join(
     limiter: JoinLimiter,
     connection: iroh.Connection,
     bi: iroh.BiStream,
-    on_welcome: Callable[[str, bool], None] | None = None,
+    on_welcome: Callable[[NodeId, bool], None] | None = None,
 ) -> None:
     """Server side: verify the peer's proof of the secret, then admit it and share the member list.
 
@@ -290,7 +291,7 @@ async def handle_join(
     every member that proved itself, and whether it showed a session we did not know (see
     `Membership.greeted`).
     """
-    peer = connection.remote_id().to_bytes().hex()
+    peer = remote_node_id(connection)
     send, recv = bi.send(), bi.recv()
     wait = (
         0.0 if membership.is_member(peer) else limiter.retry_after(peer)
@@ -332,10 +333,10 @@ async def handle_join(
 
 async def _verify_joiner(
     membership: Membership,
-    peer: str,
+    peer: NodeId,
     send: iroh.SendStream,
     recv: iroh.RecvStream,
-    on_welcome: Callable[[str, bool], None] | None,
+    on_welcome: Callable[[NodeId, bool], None] | None,
 ) -> str | None:
     """The host's half of the handshake; returns why the peer was refused, None when it joined."""
     request = await recv_model(recv, JoinRequest, _MAX_REQUEST_FRAME)
@@ -381,7 +382,7 @@ async def join(
     """
     cluster = cluster or membership.cluster
     me = membership.self_id
-    host = connection.remote_id().to_bytes().hex()
+    host = remote_node_id(connection)
     bi = await connection.open_bi()
     send, recv = bi.send(), bi.recv()
     nonce = os.urandom(16).hex()

@@ -26,6 +26,7 @@ from p2pnode.executors.wasm import WasiExecutor
 from p2pnode.fsutil import save_model
 from p2pnode.gossip.service import GossipService
 from p2pnode.identity import load_or_create_secret_key
+from p2pnode.ids import NodeId
 from p2pnode.jobs.control import ControlClient
 from p2pnode.jobs.service import JobService
 from p2pnode.jobs.store import JobStore
@@ -41,7 +42,7 @@ from p2pnode.membership import (
     Membership,
     join,
 )
-from p2pnode.net.addr import PeerAddr
+from p2pnode.net.addr import PeerAddr, node_id_of, remote_node_id
 from p2pnode.net.dialer import PEER_ERRORS, Dialer, PeerUnreachable, describe
 from p2pnode.net.endpoint import (
     ProtocolHandler,
@@ -178,7 +179,7 @@ class Node:
             self.api_token = load_or_create_token(data_dir)
         except (OSError, ValueError, TokenError) as exc:
             raise StartupError(f"cannot use data folder {data_dir}: {exc}") from None
-        self.id = key.public().to_bytes().hex()
+        self.id = node_id_of(key.public())
         return key
 
     async def _bind(self, key: iroh.SecretKey) -> iroh.Endpoint:
@@ -252,7 +253,7 @@ class Node:
                     "blob GC freed %d bytes (%d blobs)", result.freed_bytes, len(result.removed)
                 )
 
-    def peer_addr(self, node_id: str) -> PeerAddr | None:
+    def peer_addr(self, node_id: NodeId) -> PeerAddr | None:
         if node_id == self.id:
             return self.addr()
         member = self.membership.members.get(node_id)
@@ -305,16 +306,16 @@ class Node:
             if not self.membership.is_member(other.node_id):
                 self.membership.admit(other)
 
-    def _welcomed(self, peer: str, new_session: bool) -> None:
+    def _welcomed(self, peer: NodeId, new_session: bool) -> None:
         self._heard_from(peer)
         if new_session:
             self._drop_connections(peer)
 
-    def _drop_connections(self, peer: str) -> None:
+    def _drop_connections(self, peer: NodeId) -> None:
         """The peer restarted: cached connections lead to its previous run, and would time out."""
         self.dialer.forget(peer, keep_introduction=True)
 
-    def remove_member(self, node_id: str) -> bool:
+    def remove_member(self, node_id: NodeId) -> bool:
         """Forget a member and refuse it from now on; its open connections are closed."""
         if not self.membership.remove(node_id):
             return False
@@ -326,11 +327,11 @@ class Node:
 
     # -- liveness and redial -----------------------------------------------------------------
 
-    def _heard_from(self, peer: str) -> None:
+    def _heard_from(self, peer: NodeId) -> None:
         if self.membership.is_member(peer) and self.redial.reached(peer, trio.current_time()):
             log.info("member %s is back", peer[:10])
 
-    def _unreachable(self, peer: str, reason: str, tried_at: float | None = None) -> None:
+    def _unreachable(self, peer: NodeId, reason: str, tried_at: float | None = None) -> None:
         if self.membership.is_member(peer) and self.redial.failed(
             peer, trio.current_time(), tried_at
         ):
@@ -341,7 +342,7 @@ class Node:
                 REDIAL_CAP_S / 60,
             )
 
-    def _dialled(self, peer: str, alpn: bytes, error: str | None, began: float) -> None:
+    def _dialled(self, peer: NodeId, alpn: bytes, error: str | None, began: float) -> None:
         if error is not None:
             self._unreachable(peer, error, began)
         elif (
@@ -349,7 +350,7 @@ class Node:
         ):  # a join dial counts once the handshake succeeds (a refusal is no return)
             self._heard_from(peer)
 
-    def _went_silent(self, peer: str) -> None:
+    def _went_silent(self, peer: NodeId) -> None:
         self.dialer.forget(peer)
         self._unreachable(peer, "stopped answering")
 
@@ -419,7 +420,7 @@ class _Watched:
     is heard from, and one that falls silent mid-connection is noticed."""
 
     def __init__(
-        self, protocol: ProtocolHandler, liveness: Liveness, heard_from: Callable[[str], None]
+        self, protocol: ProtocolHandler, liveness: Liveness, heard_from: Callable[[NodeId], None]
     ) -> None:
         self._protocol = protocol
         self._liveness = liveness
@@ -429,7 +430,7 @@ class _Watched:
 
     async def handle(self, connection: iroh.Connection) -> None:
         self._liveness.watch(connection)
-        self._heard_from(connection.remote_id().to_bytes().hex())
+        self._heard_from(remote_node_id(connection))
         try:
             await self._protocol.handle(connection)
         finally:

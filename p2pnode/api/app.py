@@ -48,8 +48,9 @@ from p2pnode.api.server import serve_api
 from p2pnode.blobs.fetch import FetchError
 from p2pnode.blobs.store import BlobInfo, BlobInUse, BlobNotFound, GcResult, StoreError
 from p2pnode.fsutil import NotRegularFile, open_regular
+from p2pnode.ids import BlobHashField, NodeIdField
 from p2pnode.jobs.heartbeat import WorkerView
-from p2pnode.jobs.model import Hex64, Job, JobId, JobState, NodeId
+from p2pnode.jobs.model import Job, JobId, JobState
 from p2pnode.jobs.service import JobSubmission, SubmissionError, SubmissionTooLarge
 from p2pnode.jobs.store import Refused
 from p2pnode.jobs.worker import provider_addrs
@@ -164,7 +165,7 @@ def create_app(node: Node) -> FastAPI:
             **_errors(404),
         },
     )
-    async def download_blob(blob_hash: Hex64) -> StreamingResponse:
+    async def download_blob(blob_hash: BlobHashField) -> StreamingResponse:
         """The blob's content, streamed (Content-Length set); the blob stays in use while it is
         read."""
         with store_errors():
@@ -179,25 +180,25 @@ def create_app(node: Node) -> FastAPI:
         return StreamingResponse(content(), media_type="application/octet-stream", headers=headers)
 
     @api.get("/blobs/{blob_hash}/ticket", responses=_errors(404))
-    async def blob_ticket(blob_hash: Hex64) -> BlobAdded:
+    async def blob_ticket(blob_hash: BlobHashField) -> BlobAdded:
         with store_errors():
             info = await node.blobs.info(blob_hash)
         return BlobAdded(blob=info, ticket=node.blobs.ticket(info))
 
     @api.delete("/blobs/{blob_hash}", responses=_errors(404, 409))
-    async def remove_blob(blob_hash: Hex64, force: bool = False) -> Done:
+    async def remove_blob(blob_hash: BlobHashField, force: bool = False) -> Done:
         with store_errors():
             await node.blobs.remove(blob_hash, force=force)
         return Done()
 
     @api.post("/blobs/{blob_hash}/pin", responses=_errors(404))
-    async def pin_blob(blob_hash: Hex64) -> Done:
+    async def pin_blob(blob_hash: BlobHashField) -> Done:
         with store_errors():
             await node.blobs.keep(blob_hash)
         return Done()
 
     @api.delete("/blobs/{blob_hash}/pin", responses=_errors(404))
-    async def unpin_blob(blob_hash: Hex64) -> Done:
+    async def unpin_blob(blob_hash: BlobHashField) -> Done:
         with store_errors():
             await node.blobs.unpin(blob_hash)
         return Done()
@@ -209,7 +210,7 @@ def create_app(node: Node) -> FastAPI:
         return await node.collect_garbage()
 
     @api.post("/blobs/{blob_hash}/export", responses={**_errors(400, 403, 404, 409), **BODY_ERRORS})
-    async def export_blob(blob_hash: Hex64, request: ExportRequest) -> BlobInfo:
+    async def export_blob(blob_hash: BlobHashField, request: ExportRequest) -> BlobInfo:
         """Write a blob to a file of the node's own user (not in its data folder); an existing file
         only with `force`."""
         real_parent = await trio.to_thread.run_sync(os.path.realpath, request.path.parent)
@@ -351,7 +352,7 @@ def create_app(node: Node) -> FastAPI:
         return node.members()
 
     @api.delete("/members/{member_id}", responses=_errors(404))
-    async def remove_member(member_id: NodeId) -> Done:
+    async def remove_member(member_id: NodeIdField) -> Done:
         """Forget a member and refuse it from then on (router and join handshake; persisted)."""
         if not node.remove_member(member_id):
             raise HTTPException(404, f"no member {member_id} on this node")

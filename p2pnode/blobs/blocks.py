@@ -19,6 +19,8 @@ from typing import Self, TypeAlias
 import blake3
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from p2pnode.ids import BlobHash
+
 BLOCK_SIZE = 1 << 20
 HASH_LEN = 32
 ROOT_DOMAIN = b"p2pnode-blocks-v1"
@@ -28,19 +30,6 @@ READ_CHUNK = 8 * BLOCK_SIZE
 _SIZE = struct.Struct(">Q")
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
-
-
-def normalize_hash(value: str) -> str:
-    """Lowercase 64-digit hex, or ValueError: names become paths, so they must be checked."""
-    h = value.strip().lower()
-    if len(h) != 2 * HASH_LEN or h.strip("0123456789abcdef"):
-        raise ValueError(f"not a blob hash (64 hex digits): {value!r}")
-    return h
-
-
-def is_hash(name: str) -> bool:
-    """Whether a file name in the store is a blob hash as the store writes it."""
-    return len(name) == 2 * HASH_LEN and name == name.lower() and not name.strip("0123456789abcdef")
 
 
 def block_count(size: int) -> int:
@@ -73,8 +62,8 @@ class BlockList(BaseModel):
         return blake3.blake3(ROOT_DOMAIN + _SIZE.pack(self.size) + b"".join(self.hashes)).digest()
 
     @property
-    def root_hex(self) -> str:
-        return self.root.hex()
+    def root_hex(self) -> BlobHash:
+        return BlobHash(self.root.hex())
 
     def __len__(self) -> int:
         return len(self.hashes)

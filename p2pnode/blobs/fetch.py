@@ -23,8 +23,9 @@ import trio
 from p2pnode.blobs.blocks import BlockList
 from p2pnode.blobs.model import FetchProgress
 from p2pnode.blobs.protocol import BlobHeader, BlobReply, BlobRequest, parse_header, reply_limit
-from p2pnode.blobs.store import BlobCorrupt, BlobInfo, BlobStore, PartialBlob, normalize_hash
+from p2pnode.blobs.store import BlobCorrupt, BlobInfo, BlobStore, PartialBlob
 from p2pnode.concurrency import collapse_groups
+from p2pnode.ids import BlobHash
 from p2pnode.net.addr import PeerAddr
 from p2pnode.net.dialer import PEER_ERRORS, describe
 from p2pnode.net.framing import read_exact, recv_model, reset_quietly, send_model
@@ -60,10 +61,10 @@ def block_ranges(indices: list[int]) -> list[tuple[int, int]]:
 async def fetch_blob(
     store: BlobStore,
     dial: Dial,
-    blob_hash: str,
+    blob_hash: BlobHash,
     providers: list[PeerAddr],
     *,
-    root: str | None = None,
+    root: BlobHash | None = None,
     size: int | None = None,
     capability: str = "",
     on_progress: Callable[[FetchProgress], None] = lambda _p: None,
@@ -73,7 +74,7 @@ async def fetch_blob(
 
     `root` and `size` (from a ticket or a job record) are checked against the provider's block list.
     """
-    blob_hash = normalize_hash(blob_hash)
+    blob_hash = blob_hash
     if store.has(blob_hash):
         return await store.info(blob_hash)
     with store.in_use(blob_hash):
@@ -91,8 +92,8 @@ class _Download:
     def __init__(
         self,
         store: BlobStore,
-        blob_hash: str,
-        root: str | None,
+        blob_hash: BlobHash,
+        root: BlobHash | None,
         size: int | None,
         capability: str,
         on_progress: Callable[[FetchProgress], None],
@@ -144,7 +145,7 @@ class _Download:
         if progress is None or (self.size is not None and progress.size != self.size):
             return
         self.partial = await self.store.partial(self.hash)
-        if self.root is not None and self.partial.block_list.root_hex != normalize_hash(self.root):
+        if self.root is not None and self.partial.block_list.root_hex != self.root:
             self.close()
 
     async def _fetch_from(self, dial: Dial, provider: PeerAddr) -> None:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+from p2pnode.ids import BlobHashField
+
 
 class BlobInfo(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    hash: str
+    hash: BlobHashField
     size: int
-    root: str
+    root: BlobHashField
     pinned: bool = False
     tags: tuple[str, ...] = ()
 
@@ -18,7 +20,7 @@ class BlobInfo(BaseModel):
 class PartialProgress(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    hash: str
+    hash: BlobHashField
     size: int
     blocks_total: int
     blocks_done: int
@@ -26,13 +28,13 @@ class PartialProgress(BaseModel):
 
 
 class GcResult(BaseModel):
-    removed: list[str] = []
-    removed_partials: list[str] = []
+    removed: list[BlobHashField] = []
+    removed_partials: list[BlobHashField] = []
     freed_bytes: int = 0
 
 
 class FetchProgress(BaseModel):
-    hash: str
+    hash: BlobHashField
     size: int
     bytes_done: int
     provider: str | None = None

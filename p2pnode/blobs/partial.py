@@ -17,7 +17,9 @@ from typing import Protocol
 import blake3
 import trio
 
-from .blocks import BLOCK_SIZE, HASH_LEN, READ_CHUNK, BlockList, block_count, is_hash
+from p2pnode.ids import BlobHash, is_blob_hash
+
+from .blocks import BLOCK_SIZE, HASH_LEN, READ_CHUNK, BlockList, block_count
 from .diskio import fsync_dir, pwrite_all, unlink, write_atomic
 from .errors import BlobCorrupt, BlobNotFound, StoreError, os_errors
 from .model import BlobInfo, PartialProgress
@@ -29,20 +31,22 @@ _INDEX = struct.Struct(">Q")
 class PartialHost(Protocol):
     """What a download needs from the store that opened it."""
 
-    def install(self, tmp: Path, h: str, bl: BlockList, tag: str | None, pin: bool) -> BlobInfo:
+    def install(
+        self, tmp: Path, h: BlobHash, bl: BlockList, tag: str | None, pin: bool
+    ) -> BlobInfo:
         """Move a fully written, fsynced, verified file into the store."""
         ...
 
-    def discard_partial(self, h: str) -> None:
+    def discard_partial(self, h: BlobHash) -> None:
         """Delete a download's files (its content did not hash to ``h``)."""
         ...
 
-    def release_partial(self, h: str) -> None:
+    def release_partial(self, h: BlobHash) -> None:
         """The download of ``h`` is closed: no longer in use."""
         ...
 
 
-def progress(h: str, bl: BlockList, done: set[int]) -> PartialProgress:
+def progress(h: BlobHash, bl: BlockList, done: set[int]) -> PartialProgress:
     return PartialProgress(
         hash=h,
         size=bl.size,
@@ -59,12 +63,13 @@ class PartialFiles:
         self.folder = folder
         self._tmp = tmp
 
-    def paths(self, h: str) -> tuple[Path, Path]:
+    def paths(self, h: BlobHash) -> tuple[Path, Path]:
         return self.folder / f"{h}.data", self.folder / f"{h}.state"
 
-    def hashes(self) -> list[str]:
+    def hashes(self) -> list[BlobHash]:
         """Hashes with a state file (the downloads GC may consider)."""
-        return [n[: -len(".state")] for n in os.listdir(self.folder) if n.endswith(".state")]
+        stems = (n.removesuffix(".state") for n in os.listdir(self.folder) if n.endswith(".state"))
+        return [h for h in stems if is_blob_hash(h)]
 
     def recover(self) -> None:
         """Delete files without their twin or with a name that is not ``<hash>.data|state``."""
@@ -72,10 +77,10 @@ class PartialFiles:
         for name in names:
             stem, _, ext = name.partition(".")
             twin = f"{stem}.{'state' if ext == 'data' else 'data'}"
-            if not is_hash(stem) or ext not in ("data", "state") or twin not in names:
+            if not is_blob_hash(stem) or ext not in ("data", "state") or twin not in names:
                 (self.folder / name).unlink()
 
-    def delete(self, h: str) -> int:
+    def delete(self, h: BlobHash) -> int:
         """Remove a download's files; returns the bytes they held on disk."""
         data, state = self.paths(h)
         try:
@@ -86,7 +91,7 @@ class PartialFiles:
         unlink(state)
         return size
 
-    def read_state(self, h: str) -> tuple[BlockList, list[int]] | None:
+    def read_state(self, h: BlobHash) -> tuple[BlockList, list[int]] | None:
         """(block list, recorded block indices) from a state file; None if absent or damaged."""
         try:
             raw = self.paths(h)[1].read_bytes()
@@ -104,7 +109,7 @@ class PartialFiles:
         records = raw[end : end + (len(raw) - end) // 8 * 8]  # a torn last record is dropped
         return bl, [i for (i,) in _INDEX.iter_unpack(records) if i < len(bl)]
 
-    def _write_state(self, h: str, bl: BlockList, done: set[int]) -> None:
+    def _write_state(self, h: BlobHash, bl: BlockList, done: set[int]) -> None:
         body = (
             _STATE_MAGIC
             + bytes.fromhex(h)
@@ -113,7 +118,7 @@ class PartialFiles:
         )
         write_atomic(self._tmp, self.paths(h)[1], body)
 
-    def open(self, host: PartialHost, h: str, block_list: BlockList | None) -> PartialBlob:
+    def open(self, host: PartialHost, h: BlobHash, block_list: BlockList | None) -> PartialBlob:
         """Start (with ``block_list``) or resume a download; blocking. Blocks recorded as
         written are re-verified from disk, so a torn write is never trusted."""
         data_path, state_path = self.paths(h)
@@ -160,7 +165,7 @@ class PartialBlob:
         self,
         host: PartialHost,
         data_path: Path,
-        h: str,
+        h: BlobHash,
         bl: BlockList,
         fd: int,
         state_fd: int,

@@ -23,7 +23,9 @@ import iroh
 from pydantic import AfterValidator, BaseModel, Field, TypeAdapter
 
 from p2pnode.blobs.blocks import HASH_LEN, BlockList, block_count
-from p2pnode.blobs.store import BlobNotFound, BlobStore, StoreError, normalize_hash
+from p2pnode.blobs.store import BlobNotFound, BlobStore, StoreError
+from p2pnode.ids import BlobHash, BlobHashField, NodeId
+from p2pnode.net.addr import remote_node_id
 from p2pnode.net.framing import recv_model, reset_quietly, send_model, stop_quietly
 from p2pnode.net.peerlog import PeerLog
 
@@ -54,7 +56,7 @@ BlockRanges = Annotated[
 
 
 class BlobRequest(BaseModel):
-    hash: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    hash: BlobHashField
     capability: Annotated[str, Field(max_length=512)] = ""
     blocks: BlockRanges = None  # half-open block-index ranges; None = the whole blob
 
@@ -79,10 +81,10 @@ class Capabilities:
     def __init__(self, secret_key: iroh.SecretKey) -> None:
         self._key = hashlib.blake2b(secret_key.to_bytes(), person=b"p2pnode-blobcap").digest()
 
-    def issue(self, blob_hash: str) -> bytes:
+    def issue(self, blob_hash: BlobHash) -> bytes:
         return hmac.new(self._key, bytes.fromhex(blob_hash), hashlib.sha256).digest()
 
-    def check(self, blob_hash: str, capability_hex: str) -> bool:
+    def check(self, blob_hash: BlobHash, capability_hex: str) -> bool:
         with contextlib.suppress(ValueError):
             return hmac.compare_digest(self.issue(blob_hash), bytes.fromhex(capability_hex))
         return False
@@ -106,7 +108,7 @@ class BlobProvider:
     """Serves blobs from the store to members and capability holders."""
 
     def __init__(
-        self, store: BlobStore, capabilities: Capabilities, is_member: Callable[[str], bool]
+        self, store: BlobStore, capabilities: Capabilities, is_member: Callable[[NodeId], bool]
     ) -> None:
         self._store = store
         self._capabilities = capabilities
@@ -121,7 +123,7 @@ class BlobProvider:
         await stop_quietly(
             recv
         )  # the request is all a fetcher sends; nothing else may pile up while we serve
-        peer = connection.remote_id().to_bytes().hex()
+        peer = remote_node_id(connection)
         if not (
             self._is_member(peer) or self._capabilities.check(request.hash, request.capability)
         ):
@@ -180,14 +182,14 @@ def reply_limit(size: int | None) -> int:
 
 
 def parse_header(
-    header: BlobHeader, blob_hash: str, root: str | None, size: int | None = None
+    header: BlobHeader, blob_hash: BlobHash, root: BlobHash | None, size: int | None = None
 ) -> BlockList:
     """Trust the provider's block list only if it matches the root and the size we were given
     (when we have them); raises ValueError, whatever the header holds."""
     block_list = BlockList.from_bytes(bytes.fromhex(header.block_list))
     if block_list.size != header.size:
         raise ValueError("block list does not match the announced size")
-    if root is not None and block_list.root_hex != normalize_hash(root):
+    if root is not None and block_list.root_hex != root:
         raise ValueError(
             f"block list does not match the verification root of blob {blob_hash[:12]}"
         )

@@ -17,6 +17,7 @@ from p2pnode.blobs.fetch import fetch_blob
 from p2pnode.blobs.model import FetchProgress, GcResult
 from p2pnode.blobs.protocol import BLOBS_ALPN, BlobProvider, Capabilities
 from p2pnode.blobs.store import BlobInfo, BlobStore
+from p2pnode.ids import BlobHash
 from p2pnode.membership import Membership
 from p2pnode.net.addr import PeerAddr
 from p2pnode.net.dialer import Dialer
@@ -70,40 +71,45 @@ class BlobService:
     async def add_stream(self, chunks: AsyncIterable[bytes], *, pin: bool = True) -> BlobInfo:
         return await self.store.add_stream(chunks, pin=pin)
 
-    async def info(self, blob_hash: str) -> BlobInfo:
+    async def info(self, blob_hash: BlobHash) -> BlobInfo:
         return await self.store.info(blob_hash)
 
     async def list_blobs(self) -> list[BlobInfo]:
         return await self.store.list()
 
     def read_range(
-        self, blob_hash: str, offset: int = 0, length: int | None = None
+        self, blob_hash: BlobHash, offset: int = 0, length: int | None = None
     ) -> AsyncGenerator[bytes, None]:
         """The blob's bytes in chunks; wrap in contextlib.aclosing (see BlobStore.read_range)."""
         return self.store.read_range(blob_hash, offset, length)
 
-    async def read_bytes(self, blob_hash: str) -> bytes:
+    async def read_bytes(self, blob_hash: BlobHash) -> bytes:
         """A small blob (a manifest, a module) whole, in memory."""
         async with contextlib.aclosing(self.read_range(blob_hash)) as chunks:
             return b"".join([chunk async for chunk in chunks])
 
-    async def keep(self, blob_hash: str) -> BlobInfo:
+    async def keep(self, blob_hash: BlobHash) -> BlobInfo:
         """Pin a stored blob so GC leaves it, and say what it is (BlobNotFound if not here)."""
         await self.store.pin(blob_hash)
         return await self.store.info(blob_hash)
 
-    async def unpin(self, blob_hash: str) -> bool:
+    async def unpin(self, blob_hash: BlobHash) -> bool:
         return await self.store.unpin(blob_hash)
 
-    async def remove(self, blob_hash: str, *, force: bool = False) -> None:
+    async def remove(self, blob_hash: BlobHash, *, force: bool = False) -> None:
         await self.store.remove(blob_hash, force=force)
 
-    async def export(self, blob_hash: str, dest: Path) -> BlobInfo:
+    async def export(self, blob_hash: BlobHash, dest: Path) -> BlobInfo:
         """Copy a stored blob to ``dest``, checking its hash on the way."""
         return await self.store.export(blob_hash, dest)
 
     async def materialize(
-        self, blob_hash: str, providers: list[PeerAddr], dest: Path, *, root: str | None = None
+        self,
+        blob_hash: BlobHash,
+        providers: list[PeerAddr],
+        dest: Path,
+        *,
+        root: BlobHash | None = None,
     ) -> BlobInfo:
         """Make ``dest`` a verified copy of the blob, fetching it from ``providers`` first if
         this node does not hold it."""
@@ -112,7 +118,7 @@ class BlobService:
         await trio.to_thread.run_sync(mkdir)
         return await self.store.export(info.hash, dest)
 
-    async def gc(self, protected: set[str] | frozenset[str] = frozenset()) -> GcResult:
+    async def gc(self, protected: set[BlobHash] | frozenset[BlobHash] = frozenset()) -> GcResult:
         """Drop what nothing keeps, except ``protected`` (what live jobs still need)."""
         return await self.store.gc(protected)
 
@@ -135,10 +141,10 @@ class BlobService:
 
     async def fetch(
         self,
-        blob_hash: str,
+        blob_hash: BlobHash,
         providers: list[PeerAddr],
         *,
-        root: str | None = None,
+        root: BlobHash | None = None,
         size: int | None = None,
         capability: str = "",
         on_progress: Callable[[FetchProgress], None] = lambda _p: None,
@@ -167,9 +173,9 @@ class BlobService:
         on_progress: Callable[[FetchProgress], None] = lambda _p: None,
     ) -> BlobInfo:
         return await self.fetch(
-            ticket.hash_hex,
+            BlobHash(ticket.hash_hex),  # 32 bytes the ticket's codec checked
             [PeerAddr.from_ticket(ticket.provider)],
-            root=ticket.root_hex,
+            root=BlobHash(ticket.root_hex),
             size=ticket.size,
             capability=ticket.capability.hex(),
             on_progress=on_progress,

@@ -46,6 +46,7 @@ import trio
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from p2pnode.concurrency import collapse_groups
+from p2pnode.ids import BlobHash, is_blob_hash
 
 from .blocks import (
     BLOCK_SIZE,
@@ -54,8 +55,6 @@ from .blocks import (
     BlockList,
     Buffer,
     hash_file,
-    is_hash,
-    normalize_hash,
 )
 from .diskio import create, fsync_dir, tmp_path, unlink, write_all, write_atomic
 from .errors import BlobCorrupt, BlobInUse, BlobNotFound, StoreError, os_errors
@@ -77,7 +76,6 @@ __all__ = [
     "PartialBlob",
     "PartialProgress",
     "StoreError",
-    "normalize_hash",
 ]
 
 
@@ -111,7 +109,7 @@ class _Content:
     """An open blob. The store's own files are trusted as written (export and verify re-hash
     them); a file added in place is verified block by block on every read."""
 
-    def __init__(self, h: str, fd: int, size: int, blocks: BlockList | None) -> None:
+    def __init__(self, h: BlobHash, fd: int, size: int, blocks: BlockList | None) -> None:
         self.hash = h
         self.fd = fd
         self.size = size
@@ -259,12 +257,12 @@ class BlobStore:
         for name in block_names - data_names - external_names:
             (self._blocks / name).unlink()
         for name in data_names:
-            if not is_hash(name):
+            if not is_blob_hash(name):
                 (self._data / name).unlink()
             elif self._load_block_list(name) is None:
                 self._reverify(name)
         for name in external_names:
-            if name in data_names or not is_hash(name) or name not in block_names:
+            if name in data_names or not is_blob_hash(name) or name not in block_names:
                 (self._external / name).unlink()
             elif self._external_file(name) is None:
                 self._delete_blob(name)
@@ -272,7 +270,7 @@ class BlobStore:
         for d in (self._data, self._external, self._blocks, self._partials.folder):
             fsync_dir(d)
 
-    def _load_block_list(self, h: str) -> BlockList | None:
+    def _load_block_list(self, h: BlobHash) -> BlockList | None:
         """The stored BlockList if it parses and fits the data file's size, else None."""
         try:
             bl = BlockList.from_bytes((self._blocks / h).read_bytes())
@@ -280,7 +278,7 @@ class BlobStore:
         except (OSError, ValueError):
             return None
 
-    def _reverify(self, h: str) -> None:
+    def _reverify(self, h: BlobHash) -> None:
         """Keep data/<h> only if it hashes to h, rebuilding its block list."""
         digest, bl = hash_file(self._data / h)
         if digest.hex() == h:
@@ -291,7 +289,7 @@ class BlobStore:
 
     # -- small helpers ----------------------------------------------------------------------
 
-    def _external_file(self, h: str) -> ExternalFile | None:
+    def _external_file(self, h: BlobHash) -> ExternalFile | None:
         """The record of a blob added in place, if there is one and its file still looks as it
         did when it was hashed (size, mtime, inode)."""
         try:
@@ -301,10 +299,10 @@ class BlobStore:
             return None
         return record if stat.S_ISREG(st.st_mode) and record.matches(st) else None
 
-    def _stored(self, h: str) -> bool:
+    def _stored(self, h: BlobHash) -> bool:
         return (self._data / h).exists() or self._external_file(h) is not None
 
-    def _info_sync(self, h: str, bl: BlockList | None = None) -> BlobInfo:
+    def _info_sync(self, h: BlobHash, bl: BlockList | None = None) -> BlobInfo:
         if bl is None:
             if not self._stored(h):
                 raise BlobNotFound(f"blob {h} is not in the store")
@@ -313,7 +311,7 @@ class BlobStore:
             pinned, tags = self._refs.of(h)
         return BlobInfo(hash=h, size=bl.size, root=bl.root_hex, pinned=pinned, tags=tags)
 
-    def _read_block_list(self, h: str) -> BlockList:
+    def _read_block_list(self, h: BlobHash) -> BlockList:
         try:
             data = (self._blocks / h).read_bytes()
         except FileNotFoundError:
@@ -323,7 +321,7 @@ class BlobStore:
         except ValueError as exc:
             raise BlobCorrupt(f"block list of blob {h} is damaged: {exc}") from None
 
-    def _delete_blob(self, h: str) -> int:
+    def _delete_blob(self, h: BlobHash) -> int:
         """Unlink the content (or the in-place record) then blocks, never the other way round;
         returns the bytes freed. Caller locks."""
         path = self._data / h
@@ -336,12 +334,13 @@ class BlobStore:
         unlink(self._blocks / h)
         return size
 
-    def _forget(self, h: str) -> None:
+    def _forget(self, h: BlobHash) -> None:
         with self._lock:
             self._delete_blob(h)
 
-    def _names(self) -> builtins.list[str]:
-        return sorted(set(os.listdir(self._data)) | set(os.listdir(self._external)))
+    def _names(self) -> builtins.list[BlobHash]:
+        names = set(os.listdir(self._data)) | set(os.listdir(self._external))
+        return sorted(n for n in names if is_blob_hash(n))  # open() deleted any other
 
     # -- adding -----------------------------------------------------------------------------
 
@@ -404,11 +403,15 @@ class BlobStore:
             finally:
                 os.close(fd)
             digest, bl = hasher.finish()
-            return await trio.to_thread.run_sync(self.install, tmp, digest.hex(), bl, tag, pin)
+            return await trio.to_thread.run_sync(
+                self.install, tmp, BlobHash(digest.hex()), bl, tag, pin
+            )
         finally:
             unlink(tmp)
 
-    def install(self, tmp: Path, h: str, bl: BlockList, tag: str | None, pin: bool) -> BlobInfo:
+    def install(
+        self, tmp: Path, h: BlobHash, bl: BlockList, tag: str | None, pin: bool
+    ) -> BlobInfo:
         """Move a fully written, fsynced, hashed file into data/ (blocks file first); a blob
         held in place until now is from then on the store's own copy."""
         blocks_tmp = tmp_path(self._tmp)
@@ -455,11 +458,11 @@ class BlobStore:
         digest, bl = hasher.finish()
         record = ExternalFile.of(source, after).model_dump_json().encode()
         return await trio.to_thread.run_sync(
-            self._install_external, digest.hex(), bl, record, tag, pin
+            self._install_external, BlobHash(digest.hex()), bl, record, tag, pin
         )
 
     def _install_external(
-        self, h: str, bl: BlockList, record: bytes, tag: str | None, pin: bool
+        self, h: BlobHash, bl: BlockList, record: bytes, tag: str | None, pin: bool
     ) -> BlobInfo:
         """Record a blob added in place (blocks file first); one the store holds a copy of
         already only gains the refs."""
@@ -475,14 +478,14 @@ class BlobStore:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def has(self, hash: str) -> bool:
-        return self._stored(normalize_hash(hash))
+    def has(self, hash: BlobHash) -> bool:
+        return self._stored(hash)
 
-    async def info(self, hash: str) -> BlobInfo:
-        return await trio.to_thread.run_sync(self._info_sync, normalize_hash(hash))
+    async def info(self, hash: BlobHash) -> BlobInfo:
+        return await trio.to_thread.run_sync(self._info_sync, hash)
 
-    async def block_list(self, hash: str) -> BlockList:
-        h = normalize_hash(hash)
+    async def block_list(self, hash: BlobHash) -> BlockList:
+        h = hash
 
         def read() -> BlockList:
             if not self._stored(h):
@@ -502,12 +505,12 @@ class BlobStore:
         return out
 
     @contextlib.contextmanager
-    def in_use(self, hash: str) -> Iterator[None]:
+    def in_use(self, hash: BlobHash) -> Iterator[None]:
         """Mark a hash as in use (reading, serving, fetching): GC and remove leave it alone.
 
         The hash need not be stored yet, so a fetch can hold it from the start.
         """
-        h = normalize_hash(hash)
+        h = hash
         with self._lock:
             self._in_use[h] += 1
         try:
@@ -518,15 +521,15 @@ class BlobStore:
                 if not self._in_use[h]:
                     del self._in_use[h]
 
-    def is_in_use(self, hash: str) -> bool:
+    def is_in_use(self, hash: BlobHash) -> bool:
         with self._lock:
-            return self._in_use[normalize_hash(hash)] > 0
+            return self._in_use[hash] > 0
 
     @contextlib.contextmanager
-    def open_read(self, hash: str) -> Iterator[io.BufferedReader]:
+    def open_read(self, hash: BlobHash) -> Iterator[io.BufferedReader]:
         """The store's own file of a blob, held in use while open (blocking reads: use threads).
         A blob added in place has none: read it with `read_range`, which verifies it."""
-        h = normalize_hash(hash)
+        h = hash
         with self.in_use(h):
             try:
                 f = open(self._data / h, "rb")
@@ -536,7 +539,7 @@ class BlobStore:
                 yield f
 
     @contextlib.contextmanager
-    def _open_content(self, h: str) -> Iterator[_Content]:
+    def _open_content(self, h: BlobHash) -> Iterator[_Content]:
         """The blob's bytes, held in use while open: its data file, or its file added in place
         (checked against the record now and per block on every read; forgotten if changed)."""
         with self.in_use(h):
@@ -554,7 +557,7 @@ class BlobStore:
             finally:
                 os.close(fd)
 
-    def _open_external(self, h: str) -> tuple[int, BlockList]:
+    def _open_external(self, h: BlobHash) -> tuple[int, BlockList]:
         """The file of a blob added in place, if it still looks as recorded; else the blob is
         forgotten (missing) and BlobNotFound raised."""
         record = self._external_file(h)
@@ -571,11 +574,16 @@ class BlobStore:
         raise BlobNotFound(f"blob {h} is not in the store")
 
     async def read_range(
-        self, hash: str, offset: int = 0, length: int | None = None, *, chunk_size: int = BLOCK_SIZE
+        self,
+        hash: BlobHash,
+        offset: int = 0,
+        length: int | None = None,
+        *,
+        chunk_size: int = BLOCK_SIZE,
     ) -> AsyncGenerator[bytes, None]:
         """Stream bytes [offset, offset+length) in chunks; wrap in contextlib.aclosing so an
         early exit releases the in-use mark at once rather than at garbage collection."""
-        h = normalize_hash(hash)
+        h = hash
         with self._open_content(h) as content:
             if length is None:
                 length = content.size - offset
@@ -588,11 +596,11 @@ class BlobStore:
                 pos += n
                 yield chunk
 
-    async def export(self, hash: str, dest: str | Path) -> BlobInfo:
+    async def export(self, hash: BlobHash, dest: str | Path) -> BlobInfo:
         """Copy a blob to ``dest`` (temp file + rename there), checking its hash on the way."""
-        return await trio.to_thread.run_sync(self._export_sync, normalize_hash(hash), Path(dest))
+        return await trio.to_thread.run_sync(self._export_sync, hash, Path(dest))
 
-    def _export_sync(self, h: str, dest: Path) -> BlobInfo:
+    def _export_sync(self, h: BlobHash, dest: Path) -> BlobInfo:
         tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:12]}.part")
         try:
             with self._open_content(h) as src, os_errors(f"exporting blob {h} to {dest}"):
@@ -618,12 +626,12 @@ class BlobStore:
             unlink(tmp)
         return self._info_sync(h)
 
-    async def verify(self, hash: str) -> bool:
+    async def verify(self, hash: BlobHash) -> bool:
         """Re-hash a stored blob; a damaged one is removed (one added in place, forgotten) and
         False returned."""
-        return await trio.to_thread.run_sync(self._verify_sync, normalize_hash(hash))
+        return await trio.to_thread.run_sync(self._verify_sync, hash)
 
-    def _verify_sync(self, h: str) -> bool:
+    def _verify_sync(self, h: BlobHash) -> bool:
         try:
             with self._open_content(h) as content:
                 stored = self._read_block_list(h)
@@ -640,13 +648,13 @@ class BlobStore:
 
     # -- removal, tags, pins, GC ------------------------------------------------------------
 
-    async def remove(self, hash: str, *, force: bool = False) -> None:
+    async def remove(self, hash: BlobHash, *, force: bool = False) -> None:
         """Delete a blob (of one added in place, only the record: the file stays). Refuses while
         it is in use, pinned or tagged, unless ``force``, which also drops its pins and tags
         (readers with the file open keep reading on POSIX)."""
-        await trio.to_thread.run_sync(self._remove_sync, normalize_hash(hash), force)
+        await trio.to_thread.run_sync(self._remove_sync, hash, force)
 
-    def _remove_sync(self, h: str, force: bool) -> None:
+    def _remove_sync(self, h: BlobHash, force: bool) -> None:
         with self._lock:
             if not ((self._data / h).exists() or (self._external / h).exists()):
                 raise BlobNotFound(f"blob {h} is not in the store")
@@ -663,9 +671,9 @@ class BlobStore:
                 self._refs.drop(h)
             self._delete_blob(h)
 
-    async def set_tag(self, name: str, hash: str) -> None:
+    async def set_tag(self, name: str, hash: BlobHash) -> None:
         """Point tag ``name`` at a hash (stored or not yet fetched); tags keep blobs from GC."""
-        await trio.to_thread.run_sync(self._locked, self._refs.set_tag, name, normalize_hash(hash))
+        await trio.to_thread.run_sync(self._locked, self._refs.set_tag, name, hash)
 
     async def delete_tag(self, name: str) -> bool:
         """Returns whether the tag existed."""
@@ -674,36 +682,36 @@ class BlobStore:
     async def tags(self) -> dict[str, str]:
         return await trio.to_thread.run_sync(self._locked, self._refs.tags)
 
-    async def pin(self, hash: str) -> None:
+    async def pin(self, hash: BlobHash) -> None:
         """Pin a stored blob: GC never removes it. BlobNotFound if it is not stored, so that a
         mistyped hash is an error rather than a pin that silently keeps nothing."""
-        await trio.to_thread.run_sync(self._pin_sync, normalize_hash(hash))
+        await trio.to_thread.run_sync(self._pin_sync, hash)
 
-    def _pin_sync(self, h: str) -> None:
+    def _pin_sync(self, h: BlobHash) -> None:
         # removal and GC take the lock too: the blob cannot go between check and pin
         with self._lock:
             if not self._stored(h):
                 raise BlobNotFound(f"blob {h} is not in the store")
             self._refs.pin(h)
 
-    async def unpin(self, hash: str) -> bool:
+    async def unpin(self, hash: BlobHash) -> bool:
         """Returns whether the hash was pinned."""
-        return await trio.to_thread.run_sync(self._locked, self._refs.unpin, normalize_hash(hash))
+        return await trio.to_thread.run_sync(self._locked, self._refs.unpin, hash)
 
     def _locked(self, call: Callable[..., _T], *args: str) -> _T:
         with self._lock:
             return call(*args)
 
-    async def gc(self, protected: set[str] | frozenset[str] = frozenset()) -> GcResult:
+    async def gc(self, protected: set[BlobHash] | frozenset[BlobHash] = frozenset()) -> GcResult:
         """Delete blobs and abandoned partial downloads that nothing keeps: not pinned, not
         tagged, not in use, not in ``protected`` (the job layer's live jobs)."""
-        keep = {normalize_hash(h) for h in protected}
+        keep = set(protected)
         return await trio.to_thread.run_sync(self._gc_sync, keep)
 
-    def _gc_sync(self, keep: set[str]) -> GcResult:
+    def _gc_sync(self, keep: set[BlobHash]) -> GcResult:
         result = GcResult()
 
-        def collectable(h: str) -> bool:
+        def collectable(h: BlobHash) -> bool:
             return h not in keep and not self._in_use[h] and not self._refs.keeps(h)
 
         for h in self._names():
@@ -720,7 +728,7 @@ class BlobStore:
 
     # -- partial downloads (PartialHost) ----------------------------------------------------
 
-    async def partial(self, hash: str, block_list: BlockList | None = None) -> PartialBlob:
+    async def partial(self, hash: BlobHash, block_list: BlockList | None = None) -> PartialBlob:
         """Start or resume a verified download of ``hash``.
 
         Without ``block_list`` an existing download is resumed from its state file. A
@@ -729,7 +737,7 @@ class BlobStore:
         re-verified from disk, so a torn write is never trusted. Close the result (or use it
         as a context manager) when done; it holds the hash in use.
         """
-        h = normalize_hash(hash)
+        h = hash
         with self._lock:
             if h in self._open_partials:
                 raise BlobInUse(f"a download of blob {h} is already open")
@@ -741,25 +749,25 @@ class BlobStore:
             self.release_partial(h)
             raise
 
-    def _open_partial_sync(self, h: str, block_list: BlockList | None) -> PartialBlob:
+    def _open_partial_sync(self, h: BlobHash, block_list: BlockList | None) -> PartialBlob:
         if self._stored(h):
             raise StoreError(f"blob {h} is already stored; nothing to download")
         return self._partials.open(self, h, block_list)
 
-    def release_partial(self, h: str) -> None:
+    def release_partial(self, h: BlobHash) -> None:
         with self._lock:
             self._open_partials.discard(h)
             self._in_use[h] -= 1
             if not self._in_use[h]:
                 del self._in_use[h]
 
-    def discard_partial(self, h: str) -> None:
+    def discard_partial(self, h: BlobHash) -> None:
         with self._lock:
             self._partials.delete(h)
 
-    async def partial_progress(self, hash: str) -> PartialProgress | None:
+    async def partial_progress(self, hash: BlobHash) -> PartialProgress | None:
         """Progress of a download, open or not (for a closed one, as recorded, unverified)."""
-        h = normalize_hash(hash)
+        h = hash
 
         def read() -> PartialProgress | None:
             state = self._partials.read_state(h)

@@ -19,6 +19,7 @@ from p2pnode.blobs.model import BlobInfo, GcResult
 from p2pnode.cli import EXIT_USAGE, cli, fail, load_settings, parse_blob_ticket
 from p2pnode.cli.progress import TransferProgress
 from p2pnode.fsutil import NotRegularFile, open_regular
+from p2pnode.ids import BlobHash
 
 if TYPE_CHECKING:
     import iroh
@@ -276,9 +277,9 @@ async def _fetch_standalone(
             info = await fetch_blob(
                 store,
                 dial,
-                ticket.hash_hex,
+                BlobHash(ticket.hash_hex),  # 32 bytes the ticket's codec checked
                 [provider],
-                root=ticket.root_hex,
+                root=BlobHash(ticket.root_hex),
                 size=ticket.size,
                 capability=ticket.capability.hex(),
                 on_progress=lambda p: progress.update(p.bytes_done),

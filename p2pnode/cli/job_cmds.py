@@ -17,6 +17,7 @@ from p2pnode.blobs.model import BlobInfo
 from p2pnode.cli import EXIT_USAGE, cli, fail
 from p2pnode.cli.blob_cmds import download, upload
 from p2pnode.executors.base import ExecutorKind
+from p2pnode.ids import BlobHash
 from p2pnode.jobs.model import Job, JobState, Manifest, ManifestEntry
 
 WAIT_POLL_S = 30.0
@@ -105,7 +106,7 @@ def _upload_mounts(api: ApiClient, values: tuple[str, ...]) -> dict[str, dict[st
     return mounts
 
 
-def _upload_tree(api: ApiClient, name: str, folder: Path) -> str:
+def _upload_tree(api: ApiClient, name: str, folder: Path) -> BlobHash:
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     try:
         entries = [

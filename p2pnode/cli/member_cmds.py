@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 
 import click
-from pydantic import RootModel, TypeAdapter, ValidationError
+from pydantic import RootModel
 
 from p2pnode.api.client import ApiClient
 from p2pnode.api.schemas import Done, MemberStatus
 from p2pnode.cli import EXIT_USAGE, cli, fail
-from p2pnode.jobs.model import NodeId
+from p2pnode.ids import parse_node_id
 
 
 class _MemberList(RootModel[list[MemberStatus]]):
@@ -65,14 +65,14 @@ def remove_member(api: ApiClient, node_id: str) -> None:
       p2pnode member rm f41092dc7c6dcf8fcfc1cd82d677a4fb336ff6d4b31ea42829b4383de1510365
     """
     try:
-        node_id = TypeAdapter(NodeId).validate_python(node_id.lower())
-    except ValidationError:
+        member_id = parse_node_id(node_id)
+    except ValueError:
         fail(
             f"invalid member id {node_id!r}: expected the 64 hex digits `p2pnode member ls` shows",
             EXIT_USAGE,
         )
-    api.delete(f"/members/{node_id}", Done)
-    click.echo(f"removed {node_id}")
+    api.delete(f"/members/{member_id}", Done)
+    click.echo(f"removed {member_id}")
     click.echo(
         "this node now refuses it (connections and join handshakes, also after a restart); "
         "other members still accept it until it is removed on each of them, and a node holding "

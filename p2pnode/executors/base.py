@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from p2pnode.ids import BlobHash
+
 ExecutorKind = Literal["wasi", "flawless"]
 
 MIB = 1024 * 1024
@@ -121,7 +123,7 @@ class ExecutionRequest(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     module_path: Path
-    module_hash: str = Field(pattern=r"^[0-9a-fA-F]+$", description="hex content hash; cache key")
+    module_hash: BlobHash = Field(description="the module's blob hash; cache key")
     workflow: str | None = None
     input: Any = None
     artifacts_dir: Path = Field(description="read-only inputs, one file per artifact name")

@@ -35,6 +35,7 @@ from p2pnode.executors.base import (
     ExecutorKind,
     JobMaxima,
 )
+from p2pnode.ids import BlobHash
 
 DEFAULT_URL = "http://localhost:27288"
 PROBE_TIMEOUT = 2.0
@@ -151,7 +152,7 @@ class FlawlessClient:
                 delay = min(delay * 2, 0.5)
         raise FlawlessUnavailable(self.base_url, cause)
 
-    async def deploy(self, module_hash: str, module: bytes) -> DeployedModule:
+    async def deploy(self, module_hash: BlobHash, module: bytes) -> DeployedModule:
         """Deploy a module once; later calls with the same hash answer from the cache."""
         async with self._deploy_lock:
             if (known := self._deployed.get(module_hash)) is not None:
@@ -167,7 +168,7 @@ class FlawlessClient:
             self._deployed[module_hash] = answer.ok
             return answer.ok
 
-    def forget(self, module_hash: str) -> None:
+    def forget(self, module_hash: BlobHash) -> None:
         """Drop a cached deployment, so the next ``deploy`` really deploys (server restarted?)."""
         self._deployed.pop(module_hash, None)
 

@@ -66,6 +66,7 @@ from p2pnode.executors.base import (
     JobMaxima,
     OutputName,
 )
+from p2pnode.ids import BlobHash
 
 MAIN_WORKFLOW = "main"
 CACHE_BYTES = 4 * 1024 * MIB
@@ -373,7 +374,7 @@ class WasiExecutor:
 
     async def _compiled(self, req: ExecutionRequest) -> _Compiled:
         """The module's machine code: from the cache, or compiled once however many jobs ask."""
-        key = req.module_hash.lower()
+        key = req.module_hash
         lock = self._compiling[key]
         try:
             async with lock:
@@ -403,7 +404,7 @@ class _DiskCache:
         self._workflows: dict[str, dict[str, str]] = {}
         """key -> the module's workflows, known without loading it again"""
 
-    def get(self, module_hash: str) -> _Compiled | None:
+    def get(self, module_hash: BlobHash) -> _Compiled | None:
         path = self._path(module_hash)
         try:
             os.utime(path)  # recently used
@@ -418,7 +419,7 @@ class _DiskCache:
             return None
         return _Compiled(artifact=path, workflows=workflows)
 
-    def put(self, module_hash: str, module_path: Path) -> _Compiled:
+    def put(self, module_hash: BlobHash, module_path: Path) -> _Compiled:
         module = _compile(_new_engine(), load_module_bytes(module_path))
         path = self._path(module_hash)
         self._folder.mkdir(parents=True, exist_ok=True)
@@ -429,7 +430,7 @@ class _DiskCache:
         self._evict(keep=path)
         return _Compiled(artifact=path, workflows=workflows)
 
-    def _path(self, module_hash: str) -> Path:
+    def _path(self, module_hash: BlobHash) -> Path:
         return self._folder / f"{module_hash}-{_ENGINE_KEY}.cwasm"
 
     def _evict(self, keep: Path) -> None:

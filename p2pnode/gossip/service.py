@@ -34,6 +34,7 @@ from p2pnode.gossip.engine import (
     WireMessage,
 )
 from p2pnode.gossip.stats import GossipStats
+from p2pnode.ids import NodeId
 from p2pnode.membership import Membership
 from p2pnode.net.addr import PeerAddr
 from p2pnode.net.dialer import PEER_ERRORS, Dialer, describe
@@ -224,7 +225,7 @@ class GossipService:
             log.debug(
                 "gossip: cannot reach %s: %s", peer_id[:10], describe(exc)
             )  # the node logs a lost member once
-            self._dialer.forget(peer_id)
+            self._dialer.forget(NodeId(peer_id))
             self._apply(self.engine.peer_disconnected(peer_id))  # type: ignore[union-attr]
             return
         send, receive = trio.open_memory_channel[WireMessage](OUTBOX_SIZE)
@@ -266,7 +267,7 @@ class GossipService:
 
     def _peer_down(self, peer_id: str) -> None:
         if self._close_outbox(peer_id):
-            self._dialer.forget(peer_id)
+            self._dialer.forget(NodeId(peer_id))
             self._apply(self.engine.peer_disconnected(peer_id))  # type: ignore[union-attr]
 
     def _close_outbox(self, peer_id: str) -> bool:

@@ -15,9 +15,10 @@ from collections.abc import Awaitable, Callable
 import iroh
 from pydantic import TypeAdapter
 
+from p2pnode.ids import NodeId
 from p2pnode.jobs import model
 from p2pnode.jobs.store import ClaimRefused, JobStore, Refused
-from p2pnode.net.addr import PeerAddr
+from p2pnode.net.addr import PeerAddr, remote_node_id
 from p2pnode.net.dialer import PEER_ERRORS, describe
 from p2pnode.net.framing import recv_model, send_model
 
@@ -45,7 +46,7 @@ class ControlServer:
         store: JobStore,
         lease_s: float,
         on_change: Callable[[model.Job], Awaitable[None]],
-        stop_run: Callable[[str, str], object],
+        stop_run: Callable[[str, NodeId], object],
         on_log: Callable[[model.Job, model.LogChunk], None],
     ) -> None:
         self._store = store
@@ -55,13 +56,13 @@ class ControlServer:
         self._on_log = on_log
 
     async def handle_stream(self, connection: iroh.Connection, bi: iroh.BiStream) -> None:
-        peer = connection.remote_id().to_bytes().hex()
+        peer = remote_node_id(connection)
         request = await recv_model(bi.recv(), control_message, MAX_CONTROL_FRAME)
         reply = await self.answer(peer, request)
         await send_model(bi.send(), reply)
         await bi.send().finish()
 
-    async def answer(self, peer: str, request: model.ControlMessage) -> model.ControlMessage:
+    async def answer(self, peer: NodeId, request: model.ControlMessage) -> model.ControlMessage:
         store = self._store
         try:
             if isinstance(request, model.ClaimRequest):
@@ -116,7 +117,7 @@ class ControlServer:
             return model.RenewRefused(reason=exc.reason)
         return model.RenewRefused(reason=f"unexpected request {request.type}")
 
-    def _check_worker(self, job_id: str, peer: str) -> None:
+    def _check_worker(self, job_id: str, peer: NodeId) -> None:
         job = self._store.get(job_id)
         if job is None or job.lease is None or job.lease.worker != peer:
             raise Refused("lease expired")
@@ -130,9 +131,9 @@ class ControlClient:
         self, request: Callable[[PeerAddr, bytes, Exchange], Awaitable[model.ControlMessage]]
     ) -> None:
         self._request = request
-        self._local: tuple[str, ControlServer] | None = None
+        self._local: tuple[NodeId, ControlServer] | None = None
 
-    def answer_locally(self, node_id: str, server: ControlServer) -> None:
+    def answer_locally(self, node_id: NodeId, server: ControlServer) -> None:
         """A node claiming its own job asks its own origin side directly instead of dialling
         itself."""
         self._local = (node_id, server)

@@ -10,7 +10,8 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
-from p2pnode.jobs.model import Executor, JobId, NodeId
+from p2pnode.ids import NodeIdField
+from p2pnode.jobs.model import Executor, JobId
 
 HEARTBEAT_INTERVAL_S = 3.0
 MISSED_BEFORE_DOWN = 3
@@ -31,7 +32,7 @@ class Heartbeat(BaseModel):
     """What a node offers and how loaded it is; believed only from the node it names."""
 
     KIND: ClassVar[str] = "node.heartbeat"
-    node_id: NodeId
+    node_id: NodeIdField
     sent_at: float = Field(allow_inf_nan=False)
     executors: list[ExecutorOffer] = Field(max_length=16)
     slots_total: int = Field(ge=0)

@@ -29,6 +29,14 @@ from pydantic import (
 )
 
 from p2pnode.executors.base import MAX_OUTPUTS, MIB, ExecutionLimits, ExecutorKind, OutputName
+from p2pnode.ids import (
+    BlobHashField,
+    LeaseToken,
+    LeaseTokenField,
+    NodeId,
+    NodeIdField,
+    NoLeaseTokenField,
+)
 
 if TYPE_CHECKING:
     from p2pnode.blobs.model import BlobInfo
@@ -50,11 +58,7 @@ MAX_HISTORY = 32
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
-Hex64 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-NodeId = Hex64
-"""An iroh node id (ed25519 public key), lowercase hex."""
 JobId = Annotated[str, StringConstraints(pattern=r"^job_[0-9A-HJKMNP-TV-Z]{26}$")]
-LeaseToken = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 
 
 def _clip_tail(limit: int) -> BeforeValidator:
@@ -109,8 +113,8 @@ def new_job_id(now: float | None = None) -> str:
     return "job_" + "".join(chars)
 
 
-def new_lease_token() -> str:
-    return secrets.token_hex(16)
+def new_lease_token() -> LeaseToken:
+    return LeaseToken(secrets.token_hex(16))
 
 
 class JobState(StrEnum):
@@ -135,14 +139,14 @@ Limits = ExecutionLimits
 class BlobRef(BaseModel):
     """A content-addressed blob and where to fetch it."""
 
-    hash: Hex64
+    hash: BlobHashField
     size: int = Field(ge=0)
-    root: Hex64
+    root: BlobHashField
     """Verification root of the blob's hash tree."""
-    providers: list[NodeId] = Field(default_factory=list, max_length=64)
+    providers: list[NodeIdField] = Field(default_factory=list, max_length=64)
 
     @classmethod
-    def held_by(cls, info: BlobInfo, node_id: str) -> BlobRef:
+    def held_by(cls, info: BlobInfo, node_id: NodeId) -> BlobRef:
         """A blob in `node_id`'s store, which is where others fetch it from."""
         return cls(hash=info.hash, size=info.size, root=info.root, providers=[node_id])
 
@@ -186,9 +190,9 @@ class ManifestEntry(BaseModel):
 
     path: OutputName
     """Relative POSIX path inside the mounted folder."""
-    hash: Hex64
+    hash: BlobHashField
     size: int = Field(ge=0)
-    root: Hex64
+    root: BlobHashField
 
 
 class Manifest(BaseModel):
@@ -277,10 +281,8 @@ class JobSpec(BaseModel):
 
 
 class Lease(BaseModel):
-    worker: NodeId
-    token: Annotated[str, StringConstraints(pattern=r"^([0-9a-f]{32})?$")] = Field(
-        default="", repr=False
-    )
+    worker: NodeIdField
+    token: NoLeaseTokenField = Field(default="", repr=False)
     """The lease holder's bearer secret; "" once redacted."""
     expires_at: float
 
@@ -302,7 +304,7 @@ class Job(BaseModel):
     """A job record; the origin's copy is authoritative, other nodes cache it."""
 
     id: JobId
-    origin: NodeId
+    origin: NodeIdField
     spec: JobSpec
     state: JobState = JobState.PENDING
     attempts: int = Field(default=0, ge=0)
@@ -314,7 +316,7 @@ class Job(BaseModel):
     error: ErrorText | None = None
     outputs: dict[OutputName, BlobRef] = Field(default_factory=dict, max_length=MAX_OUTPUTS)
     logs: Logs = ""
-    worker: NodeId | None = None
+    worker: NodeIdField | None = None
     created_at: float
     updated_at: float
     finished_at: float | None = None
@@ -348,12 +350,12 @@ class JobSummary(BaseModel):
     job holds. The record itself travels in the claim grant, and only the origin serves it."""
 
     id: JobId
-    origin: NodeId
+    origin: NodeIdField
     state: JobState
     requirements: Requirements
     workflow: str | None = Field(default=None, max_length=256)
     attempts: int = Field(ge=0)
-    worker: NodeId | None = None
+    worker: NodeIdField | None = None
     input_bytes: int = Field(ge=0)
     artifact_bytes: int = Field(ge=0)
     result_bytes: int = Field(ge=0)
@@ -379,13 +381,13 @@ class _Message(BaseModel):
 class ClaimRequest(_Message):
     type: Literal["claim_request"] = "claim_request"
     job_id: JobId
-    worker: NodeId
+    worker: NodeIdField
 
 
 class ClaimGrant(_Message):
     type: Literal["claim_grant"] = "claim_grant"
     job: Job
-    lease_token: LeaseToken
+    lease_token: LeaseTokenField
     lease_expires_in: float
     """Seconds, relative, because the two nodes' clocks differ."""
 
@@ -400,7 +402,7 @@ class ClaimRefused(_Message):
 class Renew(_Message):
     type: Literal["renew"] = "renew"
     job_id: JobId
-    lease_token: LeaseToken
+    lease_token: LeaseTokenField
 
 
 class RenewOk(_Message):
@@ -416,13 +418,13 @@ class RenewRefused(_Message):
 class Started(_Message):
     type: Literal["started"] = "started"
     job_id: JobId
-    lease_token: LeaseToken
+    lease_token: LeaseTokenField
 
 
 class Report(_Message):
     type: Literal["report"] = "report"
     job_id: JobId
-    lease_token: LeaseToken
+    lease_token: LeaseTokenField
     ok: bool
     result: Annotated[JsonValue, AfterValidator(_bounded_result)] = None
     error: ErrorText | None = None
@@ -445,7 +447,7 @@ class Release(_Message):
 
     type: Literal["release"] = "release"
     job_id: JobId
-    lease_token: LeaseToken
+    lease_token: LeaseTokenField
 
 
 class StopRun(_Message):
@@ -472,7 +474,7 @@ class LogChunk(_Message):
 
     type: Literal["log_chunk"] = "log_chunk"
     job_id: JobId
-    lease_token: LeaseToken
+    lease_token: LeaseTokenField
     stream: LogStream
     offset: int = Field(ge=0)
     size: int = Field(ge=0, le=MAX_LOG_CHUNK)

@@ -36,6 +36,7 @@ from p2pnode.executors.wasm import (
     load_module_bytes,
 )
 from p2pnode.gossip.service import GossipEvent, Received
+from p2pnode.ids import BlobHash, BlobHashField, NodeId
 from p2pnode.jobs import model
 from p2pnode.jobs.announcements import JobAnnounced, JobFinished
 from p2pnode.jobs.control import JOBS_ALPN, ControlClient, ControlError, ControlServer
@@ -57,7 +58,7 @@ class MountSubmission(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    blob: model.Hex64
+    blob: BlobHashField
     """The file's blob, or for a folder the blob of its `model.Manifest` (JSON)."""
     directory: bool = False
     guest_path: model.GuestPath | None = None
@@ -72,16 +73,16 @@ class JobSubmission(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     module: Path | None = None
-    module_blob: model.Hex64 | None = None
+    module_blob: BlobHashField | None = None
     workflow: str | None = Field(None, max_length=256)
     input: JsonValue = None
     artifacts: dict[model.ArtifactName, Path] = {}
-    artifact_blobs: dict[model.ArtifactName, model.Hex64] = {}
+    artifact_blobs: dict[model.ArtifactName, BlobHashField] = {}
     mounts: dict[model.ArtifactName, MountSubmission] = Field({}, max_length=model.MAX_MOUNTS)
     args: list[model.Arg] | None = None
     argv0: model.Arg | None = None
     env: dict[model.EnvName, model.Arg] = {}
-    stdin_blob: model.Hex64 | None = None
+    stdin_blob: BlobHashField | None = None
     executor: model.Executor = "wasi"
     limits: ExecutionLimits = ExecutionLimits()
     max_attempts: int = Field(3, ge=1, le=100)
@@ -137,14 +138,14 @@ class JobService:
 
     def __init__(
         self,
-        node_id: str,
+        node_id: NodeId,
         store: JobStore,
         blobs: BlobService,
         gossip: Gossip,
         worker: Worker,
         client: ControlClient,
         self_addr: Callable[[], PeerAddr],
-        resolve: Callable[[str], PeerAddr | None],
+        resolve: Callable[[NodeId], PeerAddr | None],
         lease_s: float,
     ) -> None:
         self.id = node_id
@@ -297,7 +298,7 @@ class JobService:
                 )
         return wasm
 
-    async def _pinned(self, blob_hash: str, what: str) -> model.BlobRef:
+    async def _pinned(self, blob_hash: BlobHash, what: str) -> model.BlobRef:
         try:
             info = await self._blobs.keep(blob_hash)
         except BlobNotFound:
@@ -322,7 +323,7 @@ class JobService:
             self._nursery.start_soon(self._stop_run, before.lease.worker, job_id)
         return job
 
-    async def _stop_run(self, worker: str, job_id: str) -> None:
+    async def _stop_run(self, worker: NodeId, job_id: str) -> None:
         if (addr := self._resolve(worker)) is None:
             return
         try:
@@ -422,9 +423,9 @@ class JobService:
         if job.origin != self.id and job.state.terminal:
             self.worker.stop_run(job.id, job.origin)
 
-    def protected_blobs(self) -> set[str]:
+    def protected_blobs(self) -> set[BlobHash]:
         """Blobs that live jobs still need: GC must keep them."""
-        keep: set[str] = set()
+        keep: set[BlobHash] = set()
         for job_id in self.store.live_ids():
             if job := self.store.get(job_id):
                 keep.add(job.spec.module.hash)

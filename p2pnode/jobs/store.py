@@ -32,6 +32,7 @@ from typing import Any
 
 from pydantic import JsonValue, ValidationError
 
+from p2pnode.ids import LeaseToken, NodeId
 from p2pnode.jobs.model import (
     TERMINAL_STATES,
     BlobRef,
@@ -169,7 +170,7 @@ class JobStore:
         return None if row is None else _parse(row[1])
 
     def list(
-        self, state: JobState | None = None, limit: int = 100, *, origin: str | None = None
+        self, state: JobState | None = None, limit: int = 100, *, origin: NodeId | None = None
     ) -> builtins.list[Job]:
         """Newest first."""
         where, args = _where(state=state, origin=origin)
@@ -179,7 +180,7 @@ class JobStore:
         )
 
     def claimable(
-        self, executor_kinds: Iterable[str], limit: int = 100, *, origin: str | None = None
+        self, executor_kinds: Iterable[str], limit: int = 100, *, origin: NodeId | None = None
     ) -> builtins.list[Job]:
         """Pending jobs past their back-off, oldest first."""
         kinds = sorted(set(executor_kinds))
@@ -190,7 +191,7 @@ class JobStore:
             (*args, self._clock(), *kinds, limit),
         )
 
-    def live_ids(self, *, origin: str | None = None) -> set[str]:
+    def live_ids(self, *, origin: NodeId | None = None) -> set[str]:
         """Ids of jobs not yet in a terminal state."""
         where, args = _where(origin=origin)
         with self._lock:
@@ -202,7 +203,7 @@ class JobStore:
 
     # --- origin side ----------------------------------------------------------
 
-    def submit(self, origin: str, spec: JobSpec) -> Job:
+    def submit(self, origin: NodeId, spec: JobSpec) -> Job:
         """Create a pending job; it is committed to the WAL before this returns."""
         now = self._clock()
         job = Job(id=new_job_id(now), origin=origin, spec=spec, created_at=now, updated_at=now)
@@ -211,7 +212,7 @@ class JobStore:
             self._save(job)
         return job
 
-    def claim(self, job_id: str, worker: str, lease_s: float) -> Job:
+    def claim(self, job_id: str, worker: NodeId, lease_s: float) -> Job:
         """Grant `worker` a lease; the returned job's `lease.token` is the secret to hand over."""
         with self._write():
             job, now = self._load(job_id, ClaimRefused)
@@ -228,14 +229,14 @@ class JobStore:
             self._save(job, now=now)
         return job
 
-    def renew(self, job_id: str, token: str, lease_s: float) -> Job:
+    def renew(self, job_id: str, token: LeaseToken, lease_s: float) -> Job:
         with self._write():
             job, lease, now = self._load_leased(job_id, token)
             lease.expires_at = now + lease_s
             self._save(job, now=now)
         return job
 
-    def mark_running(self, job_id: str, token: str) -> Job:
+    def mark_running(self, job_id: str, token: LeaseToken) -> Job:
         with self._write():
             job, _, now = self._load_leased(job_id, token)
             if job.state is JobState.CLAIMED:
@@ -247,7 +248,7 @@ class JobStore:
     def complete(
         self,
         job_id: str,
-        token: str,
+        token: LeaseToken,
         ok: bool,
         result: JsonValue = None,
         error: str | None = None,
@@ -272,13 +273,13 @@ class JobStore:
             self._save(job, now=now)
         return job
 
-    def leased(self, job_id: str, token: str) -> Job:
+    def leased(self, job_id: str, token: LeaseToken) -> Job:
         """The job, when `token` is its live lease (read only; refused as a renewal would be)."""
         with self._lock:
             job, _, _ = self._load_leased(job_id, token)
         return job
 
-    def release(self, job_id: str, token: str) -> Job:
+    def release(self, job_id: str, token: LeaseToken) -> Job:
         """The lease holder hands the job back (it is stopping): pending at once, the attempt not
         counted."""
         with self._write():
@@ -356,7 +357,7 @@ class JobStore:
         # Read the clock inside the write lock so decisions are ordered like commits.
         return job, self._clock()
 
-    def _load_leased(self, job_id: str, token: str) -> tuple[Job, Lease, float]:
+    def _load_leased(self, job_id: str, token: LeaseToken) -> tuple[Job, Lease, float]:
         job, now = self._load(job_id, LeaseRefused)
         if job.state not in (JobState.CLAIMED, JobState.RUNNING):
             if job.state.terminal:
@@ -430,7 +431,7 @@ def _marks(values: Iterable[object]) -> str:
 
 
 def _where(
-    *, state: JobState | None = None, origin: str | None = None
+    *, state: JobState | None = None, origin: NodeId | None = None
 ) -> tuple[str, tuple[Any, ...]]:
     """A WHERE body (never empty, so callers can append AND ...) and its arguments."""
     clauses: list[str] = ["1"]

@@ -26,6 +26,7 @@ from p2pnode.blobs.fetch import FetchError
 from p2pnode.blobs.service import BlobService
 from p2pnode.blobs.store import StoreError
 from p2pnode.executors.base import ExecutionRequest, ExecutionResult, Executor, Invocation
+from p2pnode.ids import LeaseToken, NodeId
 from p2pnode.jobs import model
 from p2pnode.jobs.announcements import JobAnnounced
 from p2pnode.jobs.control import ControlClient, ControlError
@@ -43,7 +44,7 @@ per stream each time."""
 
 
 def provider_addrs(
-    ref: model.BlobRef, resolve: Callable[[str], PeerAddr | None], first: PeerAddr | None = None
+    ref: model.BlobRef, resolve: Callable[[NodeId], PeerAddr | None], first: PeerAddr | None = None
 ) -> list[PeerAddr]:
     """Where a blob can be fetched: `first` (usually the job's origin), then its known providers."""
     addrs = [first] if first is not None else []
@@ -60,11 +61,11 @@ class _BadManifest(Exception):
 class Worker:
     def __init__(
         self,
-        node_id: str,
+        node_id: NodeId,
         executors: dict[str, Executor],
         blobs: BlobService,
         control: ControlClient,
-        resolve: Callable[[str], PeerAddr | None],
+        resolve: Callable[[NodeId], PeerAddr | None],
         work_dir: Path,
         max_jobs: int,
     ) -> None:
@@ -124,7 +125,7 @@ class Worker:
             if self._considering.get(job_id) is marker:
                 del self._considering[job_id]
 
-    def stop_run(self, job_id: str, origin: str) -> bool:
+    def stop_run(self, job_id: str, origin: NodeId) -> bool:
         """Abandon a running job because its origin says so (a cancel); anyone else is ignored."""
         run = self._runs.get(job_id)
         if run is None or run[0] != origin:
@@ -204,7 +205,7 @@ class Worker:
             self.running.discard(job.id)
             shutil.rmtree(workdir, ignore_errors=True)
 
-    async def _release(self, job: model.Job, token: str, origin: PeerAddr) -> None:
+    async def _release(self, job: model.Job, token: LeaseToken, origin: PeerAddr) -> None:
         try:
             reply = await self._control.ask(origin, model.Release(job_id=job.id, lease_token=token))
         except ControlError as exc:
@@ -230,7 +231,7 @@ class Worker:
     async def _keep_lease(
         self,
         job: model.Job,
-        token: str,
+        token: LeaseToken,
         origin: PeerAddr,
         lease_s: float,
         stopped: trio.CancelScope,
@@ -251,7 +252,7 @@ class Worker:
         stopped.cancel()
 
     async def _run(
-        self, job: model.Job, token: str, origin: PeerAddr, workdir: Path
+        self, job: model.Job, token: LeaseToken, origin: PeerAddr, workdir: Path
     ) -> ExecutionResult:
         spec = job.spec
         inputs, outputs = workdir / "in", workdir / "out"
@@ -302,7 +303,9 @@ class Worker:
             nursery.cancel_scope.cancel()
         return result
 
-    async def _send_logs(self, job_id: str, token: str, origin: PeerAddr, streams: Path) -> None:
+    async def _send_logs(
+        self, job_id: str, token: LeaseToken, origin: PeerAddr, streams: Path
+    ) -> None:
         """Send the origin what the run writes, until it ends or the origin refuses."""
         offsets = dict.fromkeys(get_args(model.LogStream), 0)
         while True:

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 import p2pnode
 from p2pnode.gossip.service import Received
+from p2pnode.ids import NodeId
 from p2pnode.jobs import model
 from p2pnode.jobs.heartbeat import (
     DOWN_AFTER_S,
@@ -46,7 +47,7 @@ class _Latest:
 
 
 def heartbeat_of(
-    node_id: str, worker: Worker, offered: Collection[str], started: float
+    node_id: NodeId, worker: Worker, offered: Collection[str], started: float
 ) -> Heartbeat:
     """This node's heartbeat now: every executor kind, whether it answers, and the worker's load."""
     now = time.time()
@@ -67,7 +68,7 @@ def heartbeat_of(
 class Workers:
     """The latest heartbeat of every node, this one included."""
 
-    def __init__(self, node_id: str, gossip: Gossip, beat: Callable[[], Heartbeat]) -> None:
+    def __init__(self, node_id: NodeId, gossip: Gossip, beat: Callable[[], Heartbeat]) -> None:
         self.id = node_id
         self._gossip = gossip
         self._beat = beat

@@ -10,6 +10,7 @@ from typing import TypeVar
 import iroh
 import trio
 
+from p2pnode.ids import NodeId
 from p2pnode.net.addr import PeerAddr
 from p2pnode.net.errors import iroh_message
 from p2pnode.net.framing import FrameError
@@ -55,16 +56,16 @@ class Dialer:
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         *,
         liveness: Liveness | None = None,
-        on_dial: Callable[[str, bytes, str | None, float], None] | None = None,
+        on_dial: Callable[[NodeId, bytes, str | None, float], None] | None = None,
     ) -> None:
         self._endpoint = endpoint
         self._timeout = connect_timeout_s
         self._introduce = introduce
         self._liveness = liveness
         self._on_dial = on_dial
-        self._connections: dict[tuple[str, bytes], iroh.Connection] = {}
-        self._introduced: set[str] = set()
-        self._locks: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
+        self._connections: dict[tuple[NodeId, bytes], iroh.Connection] = {}
+        self._introduced: set[NodeId] = set()
+        self._locks: defaultdict[NodeId, trio.Lock] = defaultdict(trio.Lock)
 
     async def connect(
         self, addr: PeerAddr, alpn: bytes, *, introduce: bool = True
@@ -121,11 +122,11 @@ class Dialer:
         self._report(addr.node_id, alpn, reason, began)
         raise PeerUnreachable(f"cannot reach node {addr.node_id[:10]}: {reason}")
 
-    def _report(self, node_id: str, alpn: bytes, error: str | None, began: float) -> None:
+    def _report(self, node_id: NodeId, alpn: bytes, error: str | None, began: float) -> None:
         if self._on_dial is not None:
             self._on_dial(node_id, alpn, error, began)
 
-    def forget(self, node_id: str, *, keep_introduction: bool = False) -> None:
+    def forget(self, node_id: NodeId, *, keep_introduction: bool = False) -> None:
         """Drop cached connections to a peer, so the next use re-dials; unless the peer still knows
         us (`keep_introduction`), the next use also re-introduces us."""
         if not keep_introduction:
@@ -133,7 +134,7 @@ class Dialer:
         for key in [k for k in self._connections if k[0] == node_id]:
             self._connections.pop(key).close(0, b"forgotten")
 
-    def connected_peers(self) -> set[str]:
+    def connected_peers(self) -> set[NodeId]:
         return {
             peer for (peer, _), conn in self._connections.items() if conn.close_reason() is None
         }

@@ -24,7 +24,9 @@ import iroh
 import trio
 
 from p2pnode.concurrency import collapse_groups
+from p2pnode.ids import NodeId
 from p2pnode.net import bridge
+from p2pnode.net.addr import remote_node_id
 from p2pnode.net.errors import iroh_message
 from p2pnode.net.framing import (
     ERR_PROTOCOL,
@@ -44,7 +46,7 @@ STRANGER_STREAMS = (
     4  # concurrent bi streams per stranger connection (the open protocols use 1 per request)
 )
 
-Authorizer = Callable[[str, bytes], bool]
+Authorizer = Callable[[NodeId, bytes], bool]
 
 
 class ProtocolHandler(Protocol):
@@ -159,8 +161,8 @@ class Router:
         self._endpoint = endpoint
         self._authorize = authorize
         self._routes = {handler.alpn: handler for handler in handlers}
-        self._live: dict[str, int] = {}
-        self._strangers: dict[str, int] = {}
+        self._live: dict[NodeId, int] = {}
+        self._strangers: dict[NodeId, int] = {}
         self.refused = 0
         self.peer_log = peer_log
         endpoint.set_alpns(list(self._routes))
@@ -187,7 +189,7 @@ class Router:
             )
             return
         alpn = connection.alpn()
-        peer = connection.remote_id().to_bytes().hex()
+        peer = remote_node_id(connection)
         route = self._routes.get(alpn)
         member = route is not None and self._authorize(peer, alpn)
         if route is None or not (member or route.open_to_strangers):
@@ -222,7 +224,7 @@ class Router:
                 _forget(self._strangers, peer)
             connection.close(ERR_SHUTDOWN, b"done")
 
-    def _admit_stranger(self, connection: iroh.Connection, peer: str) -> bool:
+    def _admit_stranger(self, connection: iroh.Connection, peer: NodeId) -> bool:
         """Count a stranger's connection against the caps, or refuse it; admitted, few streams.
 
         QUIC granted 100 streams of each kind at the handshake (the bindings do not let us configure
@@ -247,7 +249,7 @@ class Router:
         connection.set_max_concurrent_uni_streams(0)
         return True
 
-    def _refuse(self, connection: iroh.Connection, peer: str, why: str, reason: bytes) -> None:
+    def _refuse(self, connection: iroh.Connection, peer: NodeId, why: str, reason: bytes) -> None:
         self.refused += 1
         alpn = connection.alpn().decode(errors="replace")
         self.peer_log.event(
@@ -255,11 +257,11 @@ class Router:
         )
         connection.close(ERR_REFUSED, reason)
 
-    def connected_peers(self) -> set[str]:
+    def connected_peers(self) -> set[NodeId]:
         return set(self._live)
 
 
-def _forget(counts: dict[str, int], peer: str) -> None:
+def _forget(counts: dict[NodeId, int], peer: NodeId) -> None:
     counts[peer] -= 1
     if not counts[peer]:
         del counts[peer]

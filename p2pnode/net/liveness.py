@@ -21,6 +21,9 @@ from dataclasses import dataclass
 import iroh
 import trio
 
+from p2pnode.ids import NodeId
+from p2pnode.net.addr import remote_node_id
+
 log = logging.getLogger(__name__)
 
 CHECK_EVERY_S = 1.0
@@ -31,7 +34,7 @@ ERR_SILENT = 4  # application close code: the peer stopped answering
 @dataclass
 class _Watched:
     connection: iroh.Connection
-    peer: str
+    peer: NodeId
     received: int
     heard_at: float
 
@@ -39,12 +42,12 @@ class _Watched:
 class Liveness:
     """Probes every watched connection; closes the silent ones and reports their peer lost."""
 
-    def __init__(self, on_silent: Callable[[str], None]) -> None:
+    def __init__(self, on_silent: Callable[[NodeId], None]) -> None:
         self._on_silent = on_silent
         self._watched: dict[int, _Watched] = {}
 
     def watch(self, connection: iroh.Connection) -> None:
-        peer = connection.remote_id().to_bytes().hex()
+        peer = remote_node_id(connection)
         received = connection.stats().udp_rx_datagrams
         self._watched[connection.stable_id()] = _Watched(
             connection, peer, received, trio.current_time()
@@ -53,7 +56,7 @@ class Liveness:
     def unwatch(self, connection: iroh.Connection) -> None:
         self._watched.pop(connection.stable_id(), None)
 
-    def close_peer(self, peer: str, reason: bytes) -> None:
+    def close_peer(self, peer: NodeId, reason: bytes) -> None:
         """Close every watched connection with `peer` (a removed member), incoming ones included."""
         for key, watched in list(self._watched.items()):
             if watched.peer == peer:
@@ -66,7 +69,7 @@ class Liveness:
             self.check(trio.current_time())
 
     def check(self, now: float) -> None:
-        silent: set[str] = set()
+        silent: set[NodeId] = set()
         for key, watched in list(self._watched.items()):
             connection = watched.connection
             if connection.close_reason() is not None:
@@ -105,10 +108,10 @@ class Redial:
     def __init__(self, first_s: float = REDIAL_FIRST_S, cap_s: float = REDIAL_CAP_S) -> None:
         self._first = first_s
         self._cap = cap_s
-        self._down: dict[str, _Down] = {}
-        self._reached_at: dict[str, float] = {}
+        self._down: dict[NodeId, _Down] = {}
+        self._reached_at: dict[NodeId, float] = {}
 
-    def failed(self, peer: str, now: float, tried_at: float | None = None) -> bool:
+    def failed(self, peer: NodeId, now: float, tried_at: float | None = None) -> bool:
         """A dial begun at `tried_at` failed, or the peer went silent; True when it was not down yet
         (log its loss). A dial begun before we last heard from the peer says nothing new."""
         if tried_at is not None and tried_at < self._reached_at.get(peer, float("-inf")):
@@ -121,19 +124,19 @@ class Redial:
         down.retry_at = now + down.delay
         return False
 
-    def reached(self, peer: str, now: float) -> bool:
+    def reached(self, peer: NodeId, now: float) -> bool:
         """We heard from the peer; True when it was down (log its return)."""
         self._reached_at[peer] = now
         return self._down.pop(peer, None) is not None
 
-    def forget(self, peer: str) -> None:
+    def forget(self, peer: NodeId) -> None:
         self._down.pop(peer, None)
         self._reached_at.pop(peer, None)
 
-    def is_down(self, peer: str) -> bool:
+    def is_down(self, peer: NodeId) -> bool:
         return peer in self._down
 
-    def due(self, now: float) -> list[str]:
+    def due(self, now: float) -> list[NodeId]:
         """Members to redial now; each is not due again until its redial has failed or succeeded."""
         due = [peer for peer, down in self._down.items() if down.retry_at <= now]
         for peer in due:
