@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 import time
 from enum import StrEnum
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import pydantic_core
@@ -28,7 +28,15 @@ from pydantic import (
     model_validator,
 )
 
-from p2pnode.executors.base import MAX_OUTPUTS, MIB, ExecutionLimits, ExecutorKind, OutputName
+from p2pnode.executors.base import (
+    MAX_OUTPUTS,
+    MIB,
+    ExecutionLimits,
+    ExecutionRequest,
+    ExecutorKind,
+    Invocation,
+    OutputName,
+)
 from p2pnode.ids import (
     BlobHashField,
     LeaseToken,
@@ -278,6 +286,36 @@ class JobSpec(BaseModel):
     def guest_path(self, name: str) -> str:
         mount = self.mounts[name]
         return mount.guest_path or f"/in/{name}"
+
+    def to_request(
+        self,
+        *,
+        module: Path,
+        input: JsonValue,
+        stdin: Path | None,
+        mounts: dict[str, Path],
+        artifacts_dir: Path,
+        output_dir: Path,
+        scratch_dir: Path,
+    ) -> ExecutionRequest:
+        """The executor's request for one run of this job: the one place a spec's fields map to
+        it, given where the worker put its inputs (`input`: the inline input or the parsed
+        `input_blob`) and where the outputs go."""
+        command = None
+        if self.command is not None:
+            command = Invocation(argv=self.command.argv, env=self.command.env, stdin=stdin)
+        return ExecutionRequest(
+            module_path=module,
+            module_hash=self.module.hash,
+            workflow=self.workflow,
+            input=input,
+            artifacts_dir=artifacts_dir,
+            output_dir=output_dir,
+            scratch_dir=scratch_dir,
+            command=command,
+            mounts=mounts,
+            limits=self.requirements.limits,
+        )
 
 
 class Lease(BaseModel):

@@ -113,6 +113,39 @@ class JobSubmission(BaseModel):
         default = self.module.name if self.module is not None else "module.wasm"
         return [self.argv0 or default, *(self.args or [])]
 
+    def to_spec(
+        self,
+        *,
+        module: model.BlobRef,
+        artifacts: dict[model.ArtifactName, model.BlobRef],
+        input_blob: model.BlobRef | None,
+        stdin: model.BlobRef | None,
+        mounts: dict[model.ArtifactName, model.Mount],
+    ) -> model.JobSpec:
+        """The job spec this submission asks for: the one place its fields map to the spec,
+        given its files and blobs as pinned refs (`input_blob`: the input, when too large to
+        travel inline). SubmissionError names what the spec refuses."""
+        command = None
+        if self.is_command:
+            try:
+                command = model.Command(argv=self.argv(), env=self.env, stdin=stdin)
+            except ValidationError as exc:
+                raise SubmissionError(f"cannot use the command: {exc.errors()[0]['msg']}") from None
+        try:
+            return model.JobSpec(
+                workflow=self.workflow,
+                module=module,
+                input=None if input_blob is not None else self.input,
+                input_blob=input_blob,
+                artifacts=artifacts,
+                command=command,
+                mounts=mounts,
+                requirements=model.Requirements(executor=self.executor, limits=self.limits),
+                max_attempts=self.max_attempts,
+            )
+        except ValidationError as exc:
+            raise SubmissionError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+
 
 class SubmissionError(Exception):
     """A module, artifact or input cannot be used; the message names it."""
@@ -205,36 +238,16 @@ class JobService:
                 raise SubmissionError(f"cannot add artifact {name!r} from {path}: {exc}") from None
         for name, blob_hash in request.artifact_blobs.items():
             artifacts[name] = await self._pinned(blob_hash, f"artifact {name!r}")
-        job_input, input_blob = request.input, None
+        input_blob = None
         if len(input_json) > model.INLINE_INPUT_BYTES:
             input_blob = model.BlobRef.held_by(await self._blobs.add_bytes(input_json), self.id)
-            job_input = None
-        command = None
-        if request.is_command:
-            stdin = request.stdin_blob
-            try:
-                command = model.Command(
-                    argv=request.argv(),
-                    env=request.env,
-                    stdin=None if stdin is None else await self._pinned(stdin, "stdin"),
-                )
-            except ValidationError as exc:
-                raise SubmissionError(f"cannot use the command: {exc.errors()[0]['msg']}") from None
+        stdin = None
+        if request.stdin_blob is not None:
+            stdin = await self._pinned(request.stdin_blob, "stdin")
         mounts = {name: await self._mount(name, mount) for name, mount in request.mounts.items()}
-        try:
-            spec = model.JobSpec(
-                workflow=request.workflow,
-                module=module,
-                input=job_input,
-                input_blob=input_blob,
-                artifacts=artifacts,
-                command=command,
-                mounts=mounts,
-                requirements=model.Requirements(executor=request.executor, limits=request.limits),
-                max_attempts=request.max_attempts,
-            )
-        except ValidationError as exc:
-            raise SubmissionError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+        spec = request.to_spec(
+            module=module, artifacts=artifacts, input_blob=input_blob, stdin=stdin, mounts=mounts
+        )
         return await self.submit(spec)
 
     async def _mount(self, name: str, request: MountSubmission) -> model.Mount:

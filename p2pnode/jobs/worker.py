@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from p2pnode.blobs.fetch import FetchError
 from p2pnode.blobs.service import BlobService
 from p2pnode.blobs.store import StoreError
-from p2pnode.executors.base import ExecutionRequest, ExecutionResult, Executor, Invocation
+from p2pnode.executors.base import ExecutionResult, Executor
 from p2pnode.ids import LeaseToken, NodeId
 from p2pnode.jobs import model
 from p2pnode.jobs.announcements import JobAnnounced
@@ -259,19 +259,15 @@ class Worker:
         inputs.mkdir(parents=True, exist_ok=True)
         outputs.mkdir(parents=True, exist_ok=True)
         module_path = workdir / "module.wasm"
-        job_input = spec.input
-        command = None
+        job_input, stdin = spec.input, None
         try:
             await self._materialize(spec.module, origin, module_path)
             for name, ref in spec.artifacts.items():
                 await self._materialize(ref, origin, inputs / name)
             mounts = await self._mount(spec, origin, inputs, workdir / "mounts")
-            if spec.command is not None:
-                stdin = None
-                if spec.command.stdin is not None:
-                    stdin = workdir / "stdin"
-                    await self._materialize(spec.command.stdin, origin, stdin)
-                command = Invocation(argv=spec.command.argv, env=spec.command.env, stdin=stdin)
+            if spec.command is not None and spec.command.stdin is not None:
+                stdin = workdir / "stdin"
+                await self._materialize(spec.command.stdin, origin, stdin)
             if spec.input_blob is not None:
                 input_path = workdir / "input.json"
                 await self._materialize(spec.input_blob, origin, input_path)
@@ -285,17 +281,14 @@ class Worker:
         except ValueError as exc:
             return ExecutionResult.failure(f"the job input blob is not JSON: {exc}")
         executor = self.executors[spec.requirements.executor]
-        request = ExecutionRequest(
-            module_path=module_path,
-            module_hash=spec.module.hash,
-            workflow=spec.workflow,
+        request = spec.to_request(
+            module=module_path,
             input=job_input,
+            stdin=stdin,
+            mounts=mounts,
             artifacts_dir=inputs,
             output_dir=outputs,
             scratch_dir=workdir / "scratch",
-            command=command,
-            mounts=mounts,
-            limits=spec.requirements.limits,
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._send_logs, job.id, token, origin, request.streams_dir)
