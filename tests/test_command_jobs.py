@@ -119,6 +119,12 @@ async def test_command_job_between_nodes_keeps_outputs_of_a_failure(start_node) 
     # One compilation for both jobs, kept in the worker's data folder for its next start.
     assert len(list((worker.settings.data_dir / "compiled").glob("*.cwasm"))) == 1
     assert worker.jobs.worker.executors["wasi"].compilations == 1
+    # The worker's compile time (or its cache hit) is in each job's history.
+    notes = sorted(
+        e.note for job in done.values() if job for e in job.history if "compile" in e.note
+    )
+    assert notes[0] == "compile cache hit" and notes[1].startswith("compiled in "), notes
+    assert len(notes) == 2
     assert sorted(failed.outputs) == ["stderr", "stdout", "sub/f.txt"]
     # The origin brings a failed job's outputs home too.
     stdout = failed.outputs["stdout"]

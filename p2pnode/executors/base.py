@@ -24,6 +24,11 @@ MAX_OUTPUTS = 256
 """Output files one job may produce; a report with more could not be represented."""
 MAX_OUTPUT_NAME = 512
 """UTF-8 bytes of an output name; with ``MAX_OUTPUTS`` it keeps a report well inside a frame."""
+COMPILE_CACHE_BYTES = 4 * 1024 * MIB
+"""Default bound of the embedded runner's compile cache on disk (a 70 MB module compiles to
+~200 MB)."""
+MAX_COMPILE_S = 600.0
+"""Default limit of one compilation, apart from the run's: a 70 MB module takes ~100 s here."""
 _NAME_MAX = 255
 """Bytes of one path component, the usual file-system limit (NAME_MAX)."""
 
@@ -145,6 +150,9 @@ class ExecutionResult(BaseModel):
     error: str | None = None
     logs: str = ""
     outputs: dict[OutputName, Path] = Field(default_factory=dict, max_length=MAX_OUTPUTS)
+    compile_note: str = ""
+    """How the module's machine code was had ("compiled in 1.2 s", "compile cache hit"), for the
+    job's history; "" when the executor does not compile."""
 
     @classmethod
     def failure(cls, error: str, logs: str = "") -> ExecutionResult:

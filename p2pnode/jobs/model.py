@@ -428,6 +428,8 @@ class Report(_Message):
     error: ErrorText | None = None
     logs: Logs = ""
     outputs: dict[OutputName, BlobRef] = Field(default_factory=dict, max_length=MAX_OUTPUTS)
+    compile_note: Note = ""
+    """How the worker had the module's machine code ("compiled in 1.2 s"), for the history."""
 
 
 class ReportAck(_Message):
