@@ -133,3 +133,17 @@ async def test_command_job_between_nodes_keeps_outputs_of_a_failure(start_node) 
             await trio.sleep(0.05)
     with origin.blobs.store.open_read(stdout.hash) as f:
         assert f.read() == b"command.wat\n3\nK=V\npiped\n"
+
+
+async def test_a_failed_command_is_retried_like_any_failure(start_node) -> None:
+    origin = await start_node(max_jobs=0)
+    await start_node(join=origin.join_ticket())
+    job = await origin.jobs.submit_files(JobSubmission(module=COMMAND, args=["3"], max_attempts=2))
+    with trio.fail_after(90):  # one back-off (5 s) between the attempts
+        done = await origin.jobs.wait(job.id)
+    assert done is not None and done.state == JobState.FAILED and done.attempts == 2, done
+    notes = [event.note for event in done.history if event.note.startswith("attempt failed")]
+    assert notes[0].startswith("attempt failed; retry after ")
+    assert notes[1:] == ["attempt failed; 2 attempts exhausted"]
+    assert done.result == {"exit_code": 3} and done.error == "command exited with code 3"
+    assert sorted(done.outputs) == ["stderr", "stdout", "sub/f.txt"]  # the last attempt's
