@@ -29,6 +29,7 @@ from p2pnode.executors.base import ExecutionRequest, Invocation  # noqa: E402
 from p2pnode.executors.wasm import WasiExecutor  # noqa: E402
 
 _FUNCTION_BYTES = 1500
+_WHO = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
 
 
 def leb(n: int) -> bytes:
@@ -85,9 +86,7 @@ def big_module(size: int) -> bytes:
 
 def cpu_seconds() -> float:
     """CPU time of this process and its finished children (the compiler)."""
-    own, children = (
-        resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-    )
+    own, children = (resource.getrusage(who) for who in _WHO)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
