@@ -399,34 +399,33 @@ class WasiExecutor:
                     reason = exc.strerror or exc
                     raise _Failure(f"cannot read module {req.module_path}: {reason}") from None
                 started = time.monotonic()
-                compiled = await self._compile(key, wasm)
+                compiled = await self._compile_in_child(key, wasm)
                 self.compilations += 1
                 return compiled, f"compiled in {time.monotonic() - started:.1f} s"
         finally:
             if not lock.locked() and lock.statistics().tasks_waiting == 0:
                 self._compiling.pop(key, None)
 
-    async def _compile(self, key: str, wasm: bytes) -> _Compiled:
+    async def _compile_in_child(self, key: str, wasm: bytes) -> _Compiled:
         """Compile in a process of its own (see ``compiler.py``), killed once it takes longer
         than ``max_compile_s``, and keep the result in the cache."""
         part = self._cache.part_path(key)
         command = [sys.executable, str(_COMPILER), json.dumps(_ENGINE_SETTINGS), str(part)]
         try:
-            with trio.move_on_after(self.max_compile_s):
+            with trio.move_on_after(self.max_compile_s) as limit:
                 done = await trio.run_process(
                     command, stdin=wasm, capture_stdout=True, capture_stderr=True, check=False
                 )
-                if done.returncode == 1:
-                    raise _Failure(
-                        f"invalid module: {_oneline(done.stderr.decode(errors='replace'))}"
-                    )
-                if done.returncode != 0:
-                    detail = _oneline(done.stderr.decode(errors="replace"))[:_DETAIL_LIMIT]
-                    raise _Failure(f"compiler failed with status {done.returncode}: {detail}")
-                return await trio.to_thread.run_sync(self._cache.put, key, part)
-            raise _Failure(
-                f"compiling the module took longer than the limit of {self.max_compile_s:g} s"
-            )
+            if limit.cancelled_caught:
+                raise _Failure(
+                    f"compiling the module took longer than the limit of {self.max_compile_s:g} s"
+                )
+            detail = _oneline(done.stderr.decode(errors="replace"))[:_DETAIL_LIMIT]
+            if done.returncode == 1:
+                raise _Failure(f"invalid module: {detail}")
+            if done.returncode != 0:
+                raise _Failure(f"compiler failed with status {done.returncode}: {detail}")
+            return await trio.to_thread.run_sync(self._cache.put, key, part)
         finally:
             part.unlink(missing_ok=True)
 
