@@ -147,3 +147,13 @@ async def test_a_failed_command_is_retried_like_any_failure(start_node) -> None:
     assert notes[1:] == ["attempt failed; 2 attempts exhausted"]
     assert done.result == {"exit_code": 3} and done.error == "command exited with code 3"
     assert sorted(done.outputs) == ["stderr", "stdout", "sub/f.txt"]  # the last attempt's
+
+
+async def test_the_compile_time_limit_is_a_node_setting(start_node) -> None:
+    node = await start_node(max_compile_s=0.001)  # far below starting the compiler
+    job = await node.jobs.submit_files(JobSubmission(module=COMMAND, args=["0"], max_attempts=1))
+    with trio.fail_after(60):
+        done = await node.jobs.wait(job.id)
+    assert done is not None and done.state == JobState.FAILED, done
+    assert done.error == "compiling the module took longer than the limit of 0.001 s"
+    assert done.spec.requirements.limits.time_s == 60  # the run's own limit is another
