@@ -9,7 +9,13 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from p2pnode import DEFAULT_DATA
-from p2pnode.executors.base import DEFAULT_MAXIMA, MIB, JobMaxima
+from p2pnode.executors.base import (
+    COMPILE_CACHE_BYTES,
+    DEFAULT_MAXIMA,
+    MAX_COMPILE_S,
+    MIB,
+    JobMaxima,
+)
 
 
 class Settings(BaseSettings):
@@ -60,6 +66,19 @@ class Settings(BaseSettings):
         DEFAULT_MAXIMA.output_bytes // MIB,
         ge=0,
         validation_alias=AliasChoices("max_job_output_mib", "P2PNODE_MAX_JOB_OUTPUT_MIB"),
+    )
+
+    # Embedded runner: compile time limit and compile cache size (issue 11).
+    max_compile_s: float = Field(
+        MAX_COMPILE_S,
+        gt=0,
+        allow_inf_nan=False,
+        validation_alias=AliasChoices("max_compile_s", "P2PNODE_MAX_COMPILE_TIME"),
+    )
+    compile_cache_mib: int = Field(
+        COMPILE_CACHE_BYTES // MIB,
+        ge=0,
+        validation_alias=AliasChoices("compile_cache_mib", "P2PNODE_COMPILE_CACHE_MIB"),
     )
 
     @property

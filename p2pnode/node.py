@@ -21,6 +21,7 @@ from p2pnode.api.schemas import MemberStatus, NodeInfo, NodeStatus
 from p2pnode.blobs.service import BlobService
 from p2pnode.blobs.store import BlobStore, GcResult, StoreError
 from p2pnode.config import Settings
+from p2pnode.executors.base import MIB
 from p2pnode.executors.flawless import FlawlessClient, FlawlessExecutor
 from p2pnode.executors.registry import ExecutorRegistry
 from p2pnode.executors.wasm import WasiExecutor
@@ -213,7 +214,12 @@ class Node:
             FlawlessClient(settings.flawless_url, settings.flawless_token),
             maxima=settings.job_maxima,
         )
-        wasi = WasiExecutor(maxima=settings.job_maxima, cache_dir=settings.data_dir / "compiled")
+        wasi = WasiExecutor(
+            maxima=settings.job_maxima,
+            cache_dir=settings.data_dir / "compiled",
+            cache_bytes=settings.compile_cache_mib * MIB,
+            max_compile_s=settings.max_compile_s,
+        )
         self.executors = ExecutorRegistry([wasi, self.flawless])
         control = ControlClient(self.dialer.request)
         worker = Worker(

@@ -16,7 +16,7 @@ from p2pnode.api.schemas import BlobAdded, JobView
 from p2pnode.blobs.model import BlobInfo
 from p2pnode.cli import EXIT_USAGE, cli, fail
 from p2pnode.cli.blob_cmds import download, upload
-from p2pnode.executors.base import ExecutorKind
+from p2pnode.executors.base import DEFAULT_FUEL, ExecutorKind
 from p2pnode.jobs.model import Job, JobState, Manifest, ManifestEntry
 
 WAIT_POLL_S = 30.0
@@ -177,9 +177,9 @@ _JOB_OPTIONS = [
     click.option(
         "--fuel",
         type=click.IntRange(min=1),
-        default=10_000_000_000,
+        default=DEFAULT_FUEL,
         show_default=True,
-        help="WASM instructions (fuel) one attempt may use.",
+        help="WASM instructions (fuel) one attempt may use; generous, so the time limit governs.",
     ),
     click.option(
         "--memory-mib",

@@ -92,6 +92,7 @@ class ControlServer:
                     request.error,
                     request.logs,
                     request.outputs,
+                    request.compile_note,
                 )
                 await self._on_change(job)
                 return model.ReportAck()

@@ -321,7 +321,11 @@ class Job(BaseModel):
     history: list[HistoryEvent] = Field(default_factory=list)
 
     def record(self, at: float, note: str = "") -> None:
-        """Append a history event for the current state, keeping only the latest few."""
+        """Append a history event for the current state, keeping only the latest few. Times are
+        strictly increasing, so a reader that follows the history by time sees events recorded
+        in the same clock tick (a worker's compile note and its report) too."""
+        if self.history:
+            at = max(at, self.history[-1].at + 1e-6)
         event = HistoryEvent.model_validate({"at": at, "state": self.state, "note": note})
         self.history.append(event)
         del self.history[:-MAX_HISTORY]
@@ -428,6 +432,8 @@ class Report(_Message):
     error: ErrorText | None = None
     logs: Logs = ""
     outputs: dict[OutputName, BlobRef] = Field(default_factory=dict, max_length=MAX_OUTPUTS)
+    compile_note: Note = ""
+    """How the worker had the module's machine code ("compiled in 1.2 s"), for the history."""
 
 
 class ReportAck(_Message):

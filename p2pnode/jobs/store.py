@@ -253,11 +253,14 @@ class JobStore:
         error: str | None = None,
         logs: str = "",
         outputs: dict[str, BlobRef] | None = None,
+        compile_note: str = "",
     ) -> Job:
         """Apply a worker's report: success, a retry after back-off, or final failure."""
         with self._write():
             job, _, now = self._load_leased(job_id, token)
             job.lease = None
+            if compile_note:
+                job.record(now, compile_note)
             job.logs = logs
             if ok:
                 job.result, job.error, job.outputs = result, None, outputs or {}

@@ -178,6 +178,7 @@ class Worker:
                 error=result.error,
                 logs=result.logs,
                 outputs=outputs,
+                compile_note=result.compile_note,
             )
             reply = await self._control.ask(origin, report)
             if result.ok:
