@@ -25,7 +25,7 @@ from p2pnode.executors.base import MIB
 from p2pnode.executors.flawless import FlawlessClient, FlawlessExecutor
 from p2pnode.executors.registry import ExecutorRegistry
 from p2pnode.executors.wasm import WasiExecutor
-from p2pnode.fsutil import save_model
+from p2pnode.fsutil import FolderInUse, lock_folder, save_model
 from p2pnode.gossip.service import GossipService
 from p2pnode.identity import load_or_create_secret_key
 from p2pnode.jobs.control import ControlClient
@@ -100,6 +100,26 @@ class Node:
     ) -> None:
         settings = self.settings
         key = self._identity()
+        try:
+            lock = lock_folder(settings.data_dir)
+        except FolderInUse as exc:
+            raise StartupError(
+                f"{exc}; stop it first, or start this one with another --data"
+            ) from None
+        except OSError as exc:
+            raise StartupError(f"cannot use data folder {settings.data_dir}: {exc}") from None
+        try:
+            await self._run(key, join_ticket, task_status)
+        finally:
+            os.close(lock)
+
+    async def _run(
+        self,
+        key: iroh.SecretKey,
+        join_ticket: tickets.JoinTicket | None,
+        task_status: trio.TaskStatus[NodeInfo],
+    ) -> None:
+        settings = self.settings
         if join_ticket is not None and join_ticket.node.node_id.hex() == self.id:
             raise StartupError(
                 f"this join ticket was printed by this node ({self.id[:10]}) itself; "

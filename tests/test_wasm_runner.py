@@ -439,3 +439,12 @@ async def test_compilation_has_its_own_time_limit(job: Any, tmp_path: Path) -> N
     assert failed(result) == "compiling the module took longer than the limit of 0.001 s"
     assert list((tmp_path / "compiled").iterdir()) == []  # no entry, no partial file
     assert executor.compilations == 0
+
+
+async def test_partial_compilations_of_a_killed_node_are_removed(job: Any, tmp_path: Path) -> None:
+    cache = tmp_path / "compiled"
+    cache.mkdir()
+    (cache / "abc-engine.0123456789abcdef.part").write_bytes(b"half of a compilation")
+    executor = WasiExecutor(cache_dir=cache)
+    assert list(cache.glob("*.part")) == []
+    assert (await executor.run(job(printing('"ok"')))).result == "ok"

@@ -434,6 +434,8 @@ class _DiskCache:
     def __init__(self, folder: Path, limit: int) -> None:
         self._folder = folder
         self._limit = limit
+        for part in folder.glob("*.part"):  # left by a node killed mid-compile; one node per folder
+            part.unlink(missing_ok=True)
         self._workflows: dict[str, dict[str, str]] = {}
         """key -> the module's workflows, known without loading it again"""
 
