@@ -120,3 +120,10 @@ class JobView(Job):
     tell (no live worker offers its executor)."""
 
     waiting_for: str | None = None
+
+
+class DrainStatus(BaseModel):
+    """A node's drain switch and the jobs it still runs (a drained node is empty when none)."""
+
+    draining: bool
+    running: list[str]

@@ -4,6 +4,8 @@ A worker takes at most `max_jobs` jobs at once (further candidates queue on the 
 its lease while a job runs (and while it stores the outputs), and abandons the run the moment a
 renewal is refused or the origin says the job was cancelled: finishing it would be wasted work
 whose result is refused. A worker that is stopped hands its running jobs back to their origins.
+A draining worker claims nothing new but finishes what it runs; the jobs it hears of meanwhile
+are held and considered when it is undrained. The drain flag is a file, so a restart keeps it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 import logging
 import math
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 
 import trio
@@ -31,6 +33,8 @@ from p2pnode.net.addr import PeerAddr
 log = logging.getLogger(__name__)
 
 MAX_CLAIM_RETRIES = 5
+MAX_HELD = 1000
+"""Announcements a draining worker keeps for later; the oldest go first (origins re-announce)."""
 RELEASE_TIMEOUT_S = 3.0
 """How long a stopping worker tries to hand a job back before it leaves the lease to lapse."""
 
@@ -60,6 +64,8 @@ class Worker:
         resolve: Callable[[str], PeerAddr | None],
         work_dir: Path,
         max_jobs: int,
+        labels: Mapping[str, str],
+        drain_flag: Path,
     ) -> None:
         self.id = node_id
         self.executors = executors
@@ -69,7 +75,12 @@ class Worker:
         self._work_dir = work_dir
         self._limiter = trio.CapacityLimiter(max(max_jobs, 1))
         self.max_jobs = max_jobs
+        self.labels = dict(labels)
+        self._drain_flag = drain_flag
+        self.draining = drain_flag.exists()
+        self._held: dict[str, JobAnnounced] = {}
         self.running: set[str] = set()
+        self._run_ended = trio.Event()
         self._runs: dict[str, tuple[str, trio.CancelScope]] = {}
         """job id -> (origin, the scope that stops the run)"""
         self._considering: dict[str, object] = {}
@@ -82,6 +93,8 @@ class Worker:
         return WorkerStatus(
             executors=sorted(self.executors),
             max_jobs=self.max_jobs,
+            labels=self.labels,
+            draining=self.draining,
             running=sorted(self.running),
             executed=self.executed,
             succeeded=self.succeeded,
@@ -93,8 +106,37 @@ class Worker:
             self.max_jobs > 0
             and job.state == model.JobState.PENDING
             and job.requirements.executor in self.executors
+            and job.requirements.admits(self.labels)
             and job.id not in self._considering
         )
+
+    def hold(self, announcement: JobAnnounced) -> bool:
+        """While draining, keep an announcement for `undrain` instead of claiming it now."""
+        if not self.draining:
+            return False
+        self._held.pop(announcement.job.id, None)
+        self._held[announcement.job.id] = announcement
+        while len(self._held) > MAX_HELD:
+            del self._held[next(iter(self._held))]
+        return True
+
+    def drain(self) -> None:
+        """Claim nothing new from now on, also after a restart (the flag file outlives us)."""
+        self._drain_flag.touch()
+        self.draining = True
+
+    async def wait_idle(self) -> None:
+        """Return once no job runs here (what a drain waits for)."""
+        while self.running:
+            await self._run_ended.wait()
+
+    def undrain(self) -> list[JobAnnounced]:
+        """Claim again; returns the announcements held meanwhile, to be considered now."""
+        self._drain_flag.unlink(missing_ok=True)
+        self.draining = False
+        held = list(self._held.values())
+        self._held.clear()
+        return held
 
     async def consider(self, announcement: JobAnnounced) -> None:
         """Try to claim and run one announced job; returns when it is done with it either way.
@@ -104,6 +146,8 @@ class Worker:
         try:
             for _ in range(MAX_CLAIM_RETRIES):
                 async with self._limiter:
+                    if self.hold(announcement):  # drained while it waited for a slot
+                        return
                     reply = await self._claim(announcement)
                     if isinstance(reply, model.ClaimGrant):
                         await self._execute(reply, announcement.origin_addr)
@@ -195,6 +239,8 @@ class Worker:
                     await self._release(job, token, origin)
             self._runs.pop(job.id, None)
             self.running.discard(job.id)
+            self._run_ended.set()
+            self._run_ended = trio.Event()
             shutil.rmtree(workdir, ignore_errors=True)
 
     async def _release(self, job: model.Job, token: str, origin: PeerAddr) -> None:
