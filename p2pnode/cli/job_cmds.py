@@ -246,6 +246,7 @@ def _submit(
     job_input = _parse_input(input_)
     artifact_paths = _parse_artifacts(artifacts)
     environment = _parse_env(env)
+    requirements = [r.model_dump() for r in _parse_requirements(require)]
     wasm = _module_bytes(module)
     command_fields: dict[str, Any] = {}
     if command:
@@ -265,7 +266,7 @@ def _submit(
         "executor": executor,
         "limits": {"time_s": time_limit, "fuel": fuel, "memory_bytes": memory_mib << 20},
         "max_attempts": attempts,
-        "require": [r.model_dump() for r in _parse_requirements(require)],
+        "require": requirements,
         **command_fields,
     }
     return api.post("/jobs", Job, json=body)

@@ -413,11 +413,7 @@ class JobService:
                 "ignored an announcement of job %s by %s, not its origin", job.id, signer[:10]
             )
             return
-        if (
-            self.worker.wants(job)
-            and self._nursery is not None
-            and not self.worker.hold(announcement)
-        ):
+        if self.worker.wants(job) and self._nursery is not None:
             self._nursery.start_soon(self.worker.consider, announcement)
 
     def set_draining(self, draining: bool) -> None:

@@ -146,7 +146,7 @@ class Worker:
         try:
             for _ in range(MAX_CLAIM_RETRIES):
                 async with self._limiter:
-                    if self.hold(announcement):  # drained while it waited for a slot
+                    if self.hold(announcement):  # draining: kept for `undrain`
                         return
                     reply = await self._claim(announcement)
                     if isinstance(reply, model.ClaimGrant):
