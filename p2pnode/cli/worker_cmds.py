@@ -84,6 +84,11 @@ def drain(api: ApiClient, wait: bool, timeout: float | None) -> None:
 @cli.command()
 @click.pass_obj
 def undrain(api: ApiClient) -> None:
-    """Claim jobs here again, starting with the ones announced while drained."""
+    """Claim jobs here again, starting with the ones announced while drained.
+
+    \b
+    Example:
+      p2pnode undrain
+    """
     api.post("/undrain", DrainStatus)
     click.echo("undrained: claiming jobs")
