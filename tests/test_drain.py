@@ -123,7 +123,8 @@ def test_a_job_requiring_a_label_runs_only_on_the_labelled_worker(nodes, tmp_pat
         {"key": "gpu", "op": "=", "value": "yes"}
     ]
     assert waiting["waiting_for"].startswith("no live worker has gpu=yes")
-    assert "waiting   no live worker has gpu=yes" in origin.cli("job", "show", for_gpu).stdout
+    shown = origin.cli("job", "show", for_gpu).stdout
+    assert "requires  gpu=yes\nwaiting   no live worker has gpu=yes" in shown
 
     gpu = nodes(
         tmp_path / "gpu", "--join", origin.ticket, env={"P2PNODE_LABELS": "gpu=yes,zone=eu"}

@@ -403,6 +403,8 @@ def show(api: ApiClient, job_id: str, as_json: bool) -> None:
     click.echo(
         f"executor  {j.spec.requirements.executor}  workflow {j.spec.workflow or '(only one)'}"
     )
+    if requirements := j.spec.requirements.labels:
+        click.echo(f"requires  {', '.join(str(r) for r in requirements)}")
     if j.waiting_for:
         click.echo(f"waiting   {j.waiting_for}")
     if j.result is not None:
