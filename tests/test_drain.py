@@ -11,6 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trio
+import trio.testing
 
 from p2pnode.jobs import model
 from p2pnode.jobs.announcements import JobAnnounced
@@ -156,33 +158,42 @@ def test_bad_labels_and_requirements_are_one_error_line(tmp_path: Path) -> None:
         assert result.stderr.startswith("error: --require: requirement"), result.stderr
 
 
-async def test_a_draining_worker_holds_what_it_hears_and_claims_it_once_undrained(
-    tmp_path: Path,
-) -> None:
-    origin = "11" * 32
-    asked: list[model.ControlMessage] = []
+ORIGIN = "11" * 32
 
-    async def origin_side(_addr: PeerAddr, _alpn: bytes, _exchange: object) -> model.ClaimRefused:
+
+class RefusingOrigin:
+    """A job's origin that refuses every claim (once `answering` is set), recording each."""
+
+    def __init__(self) -> None:
+        self.asked: list[model.ControlMessage] = []
+        self.answering = trio.Event()
+        self.answering.set()
+
+    async def answer(self, _peer: str, request: model.ControlMessage) -> model.ClaimRefused:
+        self.asked.append(request)
+        await self.answering.wait()
+        return model.ClaimRefused(reason="taken")
+
+
+def worker_of(origin: RefusingOrigin, data_dir: Path) -> Worker:
+    """A worker whose claims go to `origin`, never dialled; it never gets to run anything."""
+
+    async def no_dialling(_addr: PeerAddr, _alpn: bytes, _exchange: object) -> model.Ack:
         raise AssertionError("not dialled: the origin answers locally")
 
-    control = ControlClient(origin_side)
+    control = ControlClient(no_dialling)
+    control.answer_locally(ORIGIN, origin)
+    executors: dict = {"wasi": None}
+    return Worker(
+        "22" * 32, executors, None, control, lambda _: None, data_dir, 1, {}, data_dir / "draining"
+    )
 
-    class Refusing:
-        async def answer(self, _peer: str, request: model.ControlMessage) -> model.ClaimRefused:
-            asked.append(request)
-            return model.ClaimRefused(reason="taken")
 
-    control.answer_locally(origin, Refusing())
-    flag = tmp_path / "draining"
-
-    def worker() -> Worker:
-        executors: dict = {"wasi": None}  # never reached: every claim is refused
-        return Worker("22" * 32, executors, None, control, lambda _: None, tmp_path, 1, {}, flag)
-
-    announced = JobAnnounced(
+def announcement() -> JobAnnounced:
+    return JobAnnounced(
         job=model.JobSummary(
             id=model.new_job_id(),
-            origin=origin,
+            origin=ORIGIN,
             state=model.JobState.PENDING,
             requirements=model.Requirements(),
             attempts=0,
@@ -191,15 +202,46 @@ async def test_a_draining_worker_holds_what_it_hears_and_claims_it_once_undraine
             result_bytes=0,
             updated_at=0.0,
         ),
-        origin_addr=PeerAddr(node_id=origin),
+        origin_addr=PeerAddr(node_id=ORIGIN),
     )
-    drained = worker()
+
+
+async def test_a_draining_worker_holds_what_it_hears_and_claims_it_once_undrained(
+    tmp_path: Path,
+) -> None:
+    origin = RefusingOrigin()
+    drained = worker_of(origin, tmp_path)
     drained.drain()
-    await drained.consider(announced)
-    assert asked == [] and flag.exists()
-    assert worker().draining  # the flag outlives the process
+    heard = announcement()
+    await drained.consider(heard)
+    assert origin.asked == [] and (tmp_path / "draining").exists()
+    assert worker_of(origin, tmp_path).draining  # the flag outlives the process
 
     held = drained.undrain()
-    assert held == [announced] and not flag.exists() and not worker().draining
+    assert held == [heard] and not worker_of(origin, tmp_path).draining
     await drained.consider(held[0])
-    assert [type(m) for m in asked] == [model.ClaimRequest]
+    assert [type(m) for m in origin.asked] == [model.ClaimRequest]
+
+
+async def test_a_drain_waits_for_a_claim_already_on_its_way(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    origin = RefusingOrigin()
+    origin.answering = trio.Event()
+    worker = worker_of(origin, tmp_path)
+    nursery.start_soon(worker.consider, announcement())
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(origin.asked) == 1  # the claim is out, unanswered
+    worker.drain()
+    idle = trio.Event()
+
+    async def drain_wait() -> None:
+        await worker.wait_idle()
+        idle.set()
+
+    nursery.start_soon(drain_wait)
+    await trio.testing.wait_all_tasks_blocked()
+    assert not idle.is_set()  # it may yet be granted: not idle
+    origin.answering.set()
+    with trio.fail_after(10):
+        await idle.wait()

@@ -80,7 +80,9 @@ class Worker:
         self.draining = drain_flag.exists()
         self._held: dict[str, JobAnnounced] = {}
         self.running: set[str] = set()
-        self._run_ended = trio.Event()
+        self._claiming = 0
+        self._settled = trio.Event()
+        """Set (and replaced) whenever a claim is answered or a run ends."""
         self._runs: dict[str, tuple[str, trio.CancelScope]] = {}
         """job id -> (origin, the scope that stops the run)"""
         self._considering: dict[str, object] = {}
@@ -126,9 +128,13 @@ class Worker:
         self.draining = True
 
     async def wait_idle(self) -> None:
-        """Return once no job runs here (what a drain waits for)."""
-        while self.running:
-            await self._run_ended.wait()
+        """Return once no job runs here and no claim is on its way (what a drain waits for)."""
+        while self.running or self._claiming:
+            await self._settled.wait()
+
+    def _settle(self) -> None:
+        self._settled.set()
+        self._settled = trio.Event()
 
     def undrain(self) -> list[JobAnnounced]:
         """Claim again; returns the announcements held meanwhile, to be considered now."""
@@ -148,7 +154,12 @@ class Worker:
                 async with self._limiter:
                     if self.hold(announcement):  # draining: kept for `undrain`
                         return
-                    reply = await self._claim(announcement)
+                    self._claiming += 1
+                    try:
+                        reply = await self._claim(announcement)
+                    finally:
+                        self._claiming -= 1
+                        self._settle()  # a grant is in `running` before a waiter wakes
                     if isinstance(reply, model.ClaimGrant):
                         await self._execute(reply, announcement.origin_addr)
                         return
@@ -239,8 +250,7 @@ class Worker:
                     await self._release(job, token, origin)
             self._runs.pop(job.id, None)
             self.running.discard(job.id)
-            self._run_ended.set()
-            self._run_ended = trio.Event()
+            self._settle()
             shutil.rmtree(workdir, ignore_errors=True)
 
     async def _release(self, job: model.Job, token: str, origin: PeerAddr) -> None:
