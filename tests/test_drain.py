@@ -57,7 +57,7 @@ def states(node: NodeProcess) -> dict[str, str]:
     return {w["node_id"]: w["state"] for w in json.loads(node.cli("workers", "--json").stdout)}
 
 
-def release(worker: NodeProcess, job_id: str) -> None:
+def open_gate(worker: NodeProcess, job_id: str) -> None:
     """Let a gated job end: the file it waits for, in its artifacts folder on the worker."""
     (worker.data_dir / "work" / f"{job_id}-1" / "in" / "release").write_text("go")
 
@@ -90,7 +90,7 @@ def test_drain_finishes_the_running_job_and_claims_nothing_until_undrained(
         assert waiting["state"] == "pending", waiting
         assert waiting["waiting_for"].startswith("every worker that could run it is draining")
         assert drain.poll() is None, drain.communicate()  # `--wait`: the gated job still runs
-        release(first, running)
+        open_gate(first, running)
         out, err = drain.communicate(timeout=PATIENT)
     finally:
         drain.kill()
@@ -106,8 +106,16 @@ def test_drain_finishes_the_running_job_and_claims_nothing_until_undrained(
     first.cli("undrain")
     wait_for(lambda: show(origin, later)["state"] == "running", "the held job to run", PATIENT)
     assert show(origin, later)["worker"] == first.id
-    release(first, later)
-    origin.cli("job", "wait", later)
+
+    handed = first.cli("drain", "--release", "--wait").stdout  # its job goes back, unfinished
+    assert handed.strip() == "drained: no job runs here"
+    record = show(origin, later)
+    assert record["state"] == "pending" and record["attempts"] == 0, record
+    assert record["history"][-1]["note"].startswith("handed back by")
+    first.cli("undrain")
+    wait_for(lambda: show(origin, later)["state"] == "running", "the job to run again", PATIENT)
+    open_gate(first, later)
+    assert origin.cli("job", "wait", later).stdout.strip() == json.dumps({"exit_code": 0})
     assert states(origin)[first.id] != "draining"
 
 

@@ -23,10 +23,15 @@ def worker_routes(node: Node) -> APIRouter:
         return node.workers.workers()
 
     @api.post("/drain", responses={500: {"description": "the drain flag cannot be written"}})
-    async def drain(timeout: Annotated[float, Query(ge=0, le=600)] = 0.0) -> DrainStatus:
-        """Claim no new job (also after a restart) and let the running ones finish; answers
-        when none runs any more, or after `timeout` s with the ones still running."""
+    async def drain(
+        timeout: Annotated[float, Query(ge=0, le=600)] = 0.0, release: bool = False
+    ) -> DrainStatus:
+        """Claim no new job (also after a restart) and let the running ones finish, or with
+        `release` hand them back to their origins now; answers when none runs any more, or
+        after `timeout` s with the ones still running."""
         _switch(node, draining=True)
+        if release:
+            node.jobs.worker.hand_back()
         with trio.move_on_after(timeout):
             await node.jobs.worker.wait_idle()
         return _drain_status(node)

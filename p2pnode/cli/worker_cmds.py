@@ -51,14 +51,22 @@ def workers(api: ApiClient, as_json: bool) -> None:
 @cli.command()
 @click.option("--wait", is_flag=True, help="Return only once no job runs here any more.")
 @click.option(
+    "--release",
+    is_flag=True,
+    help="Hand the running jobs back to their origins now, for other workers to run.",
+)
+@click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
     metavar="SECONDS",
     help="With --wait: give up (exit 1) after this long.",
 )
 @click.pass_obj
-def drain(api: ApiClient, wait: bool, timeout: float | None) -> None:
+def drain(api: ApiClient, wait: bool, release: bool, timeout: float | None) -> None:
     """Stop claiming jobs here, letting the running ones finish (maintenance).
+
+    With --release the running jobs stop at once and go back to their origins, which
+    offer them again (the attempt is not counted).
 
     The node stays drained across restarts until `p2pnode undrain`; every member's
     `p2pnode workers` shows it as draining.
@@ -66,9 +74,10 @@ def drain(api: ApiClient, wait: bool, timeout: float | None) -> None:
     \b
     Example:
       p2pnode drain --wait && systemctl reboot
+      p2pnode drain --release --wait
     """
     deadline = None if timeout is None else time.monotonic() + timeout
-    state = api.post("/drain", DrainStatus)
+    state = api.post("/drain", DrainStatus, params={"release": release})
     while wait and state.running:
         left = DRAIN_POLL_S if deadline is None else deadline - time.monotonic()
         if left <= 0:

@@ -4,8 +4,9 @@ A worker takes at most `max_jobs` jobs at once (further candidates queue on the 
 its lease while a job runs (and while it stores the outputs), and abandons the run the moment a
 renewal is refused or the origin says the job was cancelled: finishing it would be wasted work
 whose result is refused. A worker that is stopped hands its running jobs back to their origins.
-A draining worker claims nothing new but finishes what it runs; the jobs it hears of meanwhile
-are held and considered when it is undrained. The drain flag is a file, so a restart keeps it.
+A draining worker claims nothing new but finishes what it runs (or hands it back at once, with
+`hand_back`); the jobs it hears of meanwhile are held and considered when it is undrained. The
+drain flag is a file, so a restart keeps it.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class Worker:
         """Set (and replaced) whenever a claim is answered or a run ends."""
         self._runs: dict[str, tuple[str, trio.CancelScope]] = {}
         """job id -> (origin, the scope that stops the run)"""
+        self._handing_back: set[str] = set()
         self._considering: dict[str, object] = {}
         """job id -> a marker of the `consider` call that has it"""
         self.executed = 0
@@ -126,6 +128,13 @@ class Worker:
         """Claim nothing new from now on, also after a restart (the flag file outlives us)."""
         self._drain_flag.touch()
         self.draining = True
+
+    def hand_back(self) -> None:
+        """Stop every run now and give its job back to its origin (pending again, the attempt
+        not counted), as a stopping node does, so that another worker takes it."""
+        for job_id, (_origin, stopped) in self._runs.items():
+            self._handing_back.add(job_id)
+            stopped.cancel()
 
     async def wait_idle(self) -> None:
         """Return once no job runs here and no claim is on its way (what a drain waits for)."""
@@ -213,7 +222,8 @@ class Worker:
                     result, outputs = await self._finish(result)
                     nursery.cancel_scope.cancel()
             if stopped.cancelled_caught:
-                log.warning("job %s was cancelled or its lease lost; abandoned the run", job.id)
+                if job.id not in self._handing_back:
+                    log.warning("job %s was cancelled or its lease lost; abandoned the run", job.id)
                 return
             self.executed += 1
             # From here a retry of this job (announced as our report lands) is a new candidate.
@@ -241,14 +251,14 @@ class Worker:
         except ControlError as exc:
             log.warning("could not report job %s: %s", job.id, exc)
         finally:
-            if (
-                trio.current_effective_deadline() == -math.inf
-            ):  # the node is stopping: hand the job back
+            # Handed back on request (a drain), or the node is stopping: give the job back.
+            if job.id in self._handing_back or trio.current_effective_deadline() == -math.inf:
                 with trio.CancelScope(
                     deadline=trio.current_time() + RELEASE_TIMEOUT_S, shield=True
                 ):
                     await self._release(job, token, origin)
             self._runs.pop(job.id, None)
+            self._handing_back.discard(job.id)
             self.running.discard(job.id)
             self._settle()
             shutil.rmtree(workdir, ignore_errors=True)
