@@ -4,9 +4,10 @@ defaults."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, BeforeValidator, Field
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from p2pnode import DEFAULT_DATA
 from p2pnode.executors.base import (
@@ -16,6 +17,7 @@ from p2pnode.executors.base import (
     MIB,
     JobMaxima,
 )
+from p2pnode.labels import Labels, labels_from_env
 
 
 class Settings(BaseSettings):
@@ -66,6 +68,10 @@ class Settings(BaseSettings):
         DEFAULT_MAXIMA.output_bytes // MIB,
         ge=0,
         validation_alias=AliasChoices("max_job_output_mib", "P2PNODE_MAX_JOB_OUTPUT_MIB"),
+    )
+    # Placement: what this node says it is (jobs `--require` them); k=v,k2=v2 in the environment.
+    labels: Annotated[Labels, NoDecode, BeforeValidator(labels_from_env)] = Field(
+        {}, validation_alias=AliasChoices("labels", "P2PNODE_LABELS")
     )
 
     # Embedded runner: compile time limit and compile cache size (issue 11).

@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 
 NODE_FILE = "node.json"
 PORT_FILE = "endpoint.json"
+DRAIN_FILE = "draining"
+"""Present while the node is drained (`p2pnode drain`): a restart keeps claiming nothing."""
 GC_INTERVAL_S = 600.0
 REDIAL_TICK_S = 1.0
 
@@ -153,7 +155,6 @@ class Node:
             cleanup.callback(store.close)
             self.blobs = BlobService(store, key, self.membership, self.dialer, self.addr)
             self.gossip = GossipService(key, self.membership, self.dialer, self.addr)
-            self.jobs = self._jobs_service(settings)
             self.workers = Workers(
                 self.id,
                 self.gossip,
@@ -161,6 +162,7 @@ class Node:
                     self.id, self.jobs.worker, self.executors.offered, self._started
                 ),
             )
+            self.jobs = self._jobs_service(settings)
             cleanup.callback(self.jobs.store.close)
             self.router = Router(
                 self.endpoint,
@@ -250,6 +252,8 @@ class Node:
             self.peer_addr,
             settings.data_dir / "work",
             settings.max_jobs,
+            settings.labels,
+            settings.data_dir / DRAIN_FILE,
         )
         service = JobService(
             self.id,
@@ -261,6 +265,7 @@ class Node:
             self.addr,
             self.peer_addr,
             settings.lease_s,
+            self.workers.admit,
         )
         control.answer_locally(self.id, service.control)
         return service

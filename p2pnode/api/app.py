@@ -45,10 +45,10 @@ from p2pnode.api.schemas import (
     PathRequest,
 )
 from p2pnode.api.server import serve_api
+from p2pnode.api.worker_routes import worker_routes
 from p2pnode.blobs.fetch import FetchError
 from p2pnode.blobs.store import BlobInfo, BlobInUse, BlobNotFound, GcResult, StoreError
 from p2pnode.fsutil import NotRegularFile, open_regular
-from p2pnode.jobs.heartbeat import WorkerView
 from p2pnode.jobs.model import Hex64, Job, JobId, JobState, NodeId
 from p2pnode.jobs.service import JobSubmission, SubmissionError, SubmissionTooLarge
 from p2pnode.jobs.store import Refused
@@ -357,14 +357,9 @@ def create_app(node: Node) -> FastAPI:
             raise HTTPException(404, f"no member {member_id} on this node")
         return Done()
 
-    @api.get("/workers")
-    async def list_workers() -> list[WorkerView]:
-        """Every node's latest heartbeat as this node heard it (itself included), with its state:
-        `ready`, `busy` (no free slot) or `down` (3 heartbeats missed)."""
-        return node.workers.workers()
-
     app.include_router(api)
     app.include_router(log_routes(node, lambda job_id: _job_or_404(node, job_id)))
+    app.include_router(worker_routes(node))
     return app
 
 

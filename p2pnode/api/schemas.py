@@ -132,3 +132,10 @@ class LogEvent(BaseModel):
     text: str = ""
     note: str | None = None
     state: JobState | None = None
+
+
+class DrainStatus(BaseModel):
+    """A node's drain switch and the jobs it still runs (a drained node is empty when none)."""
+
+    draining: bool
+    running: list[str]

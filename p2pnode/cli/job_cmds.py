@@ -18,6 +18,7 @@ from p2pnode.cli import EXIT_USAGE, cli, fail
 from p2pnode.cli.blob_cmds import download, upload
 from p2pnode.executors.base import DEFAULT_FUEL, ExecutorKind
 from p2pnode.jobs.model import Job, JobState, Manifest, ManifestEntry
+from p2pnode.labels import MAX_REQUIREMENTS, LabelRequirement
 
 WAIT_POLL_S = 30.0
 FOLLOW_POLL_S = 1.0
@@ -82,6 +83,15 @@ def _parse_env(values: tuple[str, ...]) -> dict[str, str]:
             fail(f"--env wants NAME=VALUE, got {value!r}", EXIT_USAGE)
         env[name] = setting
     return env
+
+
+def _parse_requirements(values: tuple[str, ...]) -> list[LabelRequirement]:
+    if len(values) > MAX_REQUIREMENTS:
+        fail(f"--require: at most {MAX_REQUIREMENTS} requirements", EXIT_USAGE)
+    try:
+        return [LabelRequirement.parse(value) for value in values]
+    except ValueError as exc:
+        fail(f"--require: {exc}", EXIT_USAGE)
 
 
 def _upload_mounts(api: ApiClient, values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
@@ -189,6 +199,13 @@ _JOB_OPTIONS = [
         help="Memory one attempt may use.",
     ),
     click.option(
+        "--require",
+        "require",
+        multiple=True,
+        metavar="KEY=VALUE|KEY!=VALUE|KEY",
+        help="Run only on a worker with this label (!=: without it; KEY: any value). Repeatable.",
+    ),
+    click.option(
         "--attempts",
         type=click.IntRange(1, 100),
         default=3,
@@ -219,6 +236,7 @@ def _submit(
     fuel: int,
     memory_mib: int,
     attempts: int,
+    require: tuple[str, ...],
     args: tuple[str, ...],
     command: bool,
     workflow: str | None = None,
@@ -229,6 +247,7 @@ def _submit(
     job_input = _parse_input(input_)
     artifact_paths = _parse_artifacts(artifacts)
     environment = _parse_env(env)
+    requirements = [r.model_dump() for r in _parse_requirements(require)]
     wasm = _module_bytes(module)
     command_fields: dict[str, Any] = {}
     if command:
@@ -248,6 +267,7 @@ def _submit(
         "executor": executor,
         "limits": {"time_s": time_limit, "fuel": fuel, "memory_bytes": memory_mib << 20},
         "max_attempts": attempts,
+        "require": requirements,
         **command_fields,
     }
     return api.post("/jobs", Job, json=body)
@@ -370,6 +390,8 @@ def show(api: ApiClient, job_id: str, as_json: bool) -> None:
     click.echo(
         f"executor  {j.spec.requirements.executor}  workflow {j.spec.workflow or '(only one)'}"
     )
+    if requirements := j.spec.requirements.labels:
+        click.echo(f"requires  {', '.join(str(r) for r in requirements)}")
     if j.waiting_for:
         click.echo(f"waiting   {j.waiting_for}")
     if j.result is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Annotated, Literal
@@ -29,6 +30,7 @@ from pydantic import (
 )
 
 from p2pnode.executors.base import MAX_OUTPUTS, MIB, ExecutionLimits, ExecutorKind, OutputName
+from p2pnode.labels import MAX_REQUIREMENTS, LabelRequirement, satisfies
 
 if TYPE_CHECKING:
     from p2pnode.blobs.model import BlobInfo
@@ -242,6 +244,11 @@ class Mount(BaseModel):
 class Requirements(BaseModel):
     executor: Executor = "wasi"
     limits: Limits = Field(default_factory=Limits)
+    labels: list[LabelRequirement] = Field(default_factory=list, max_length=MAX_REQUIREMENTS)
+    """Only a worker whose labels satisfy all of these may claim the job."""
+
+    def admits(self, labels: Mapping[str, str]) -> bool:
+        return satisfies(labels, self.labels)
 
 
 class JobSpec(BaseModel):
@@ -367,6 +374,9 @@ class JobSummary(BaseModel):
 class WorkerStatus(BaseModel):
     executors: list[str]
     max_jobs: int
+    labels: dict[str, str] = {}
+    draining: bool = False
+    """Claims no new job (`p2pnode drain`); kept across restarts until `p2pnode undrain`."""
     running: list[str]
     executed: int
     succeeded: int

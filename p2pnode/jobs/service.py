@@ -38,10 +38,11 @@ from p2pnode.executors.wasm import (
 from p2pnode.gossip.service import GossipEvent, Received
 from p2pnode.jobs import model
 from p2pnode.jobs.announcements import JobAnnounced, JobFinished
-from p2pnode.jobs.control import JOBS_ALPN, ControlClient, ControlError, ControlServer
+from p2pnode.jobs.control import JOBS_ALPN, Admit, ControlClient, ControlError, ControlServer
 from p2pnode.jobs.logs import JobLogs
 from p2pnode.jobs.store import JobStore
 from p2pnode.jobs.worker import Worker, provider_addrs
+from p2pnode.labels import MAX_REQUIREMENTS, LabelRequirement
 from p2pnode.net.addr import PeerAddr
 from p2pnode.net.endpoint import serve_streams
 
@@ -84,6 +85,8 @@ class JobSubmission(BaseModel):
     stdin_blob: model.Hex64 | None = None
     executor: model.Executor = "wasi"
     limits: ExecutionLimits = ExecutionLimits()
+    require: list[LabelRequirement] = Field([], max_length=MAX_REQUIREMENTS)
+    """Labels the worker must have (`--require`)."""
     max_attempts: int = Field(3, ge=1, le=100)
 
     @model_validator(mode="after")
@@ -146,6 +149,7 @@ class JobService:
         self_addr: Callable[[], PeerAddr],
         resolve: Callable[[str], PeerAddr | None],
         lease_s: float,
+        admit: Admit,
     ) -> None:
         self.id = node_id
         self.store = store
@@ -156,7 +160,9 @@ class JobService:
         self._self_addr = self_addr
         self._resolve = resolve
         self.logs = JobLogs()
-        self.control = ControlServer(store, lease_s, self._changed, worker.stop_run, self._on_log)
+        self.control = ControlServer(
+            store, lease_s, self._changed, worker.stop_run, self._on_log, admit
+        )
         self._announcements: dict[str, str] = {}
         self._change = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -229,7 +235,9 @@ class JobService:
                 artifacts=artifacts,
                 command=command,
                 mounts=mounts,
-                requirements=model.Requirements(executor=request.executor, limits=request.limits),
+                requirements=model.Requirements(
+                    executor=request.executor, limits=request.limits, labels=request.require
+                ),
                 max_attempts=request.max_attempts,
             )
         except ValidationError as exc:
@@ -410,6 +418,14 @@ class JobService:
             return
         if self.worker.wants(job) and self._nursery is not None:
             self._nursery.start_soon(self.worker.consider, announcement)
+
+    def set_draining(self, draining: bool) -> None:
+        """Drain the worker, or undrain it and consider what it heard of meanwhile."""
+        if draining:
+            self.worker.drain()
+            return
+        for announcement in self.worker.undrain():
+            self.on_announced(announcement, announcement.job.origin)
 
     def on_finished(self, finished: JobFinished, signer: str) -> None:
         """A job ended: if we run it (it was cancelled), stop; believed only from its origin."""
