@@ -120,3 +120,10 @@ class JobView(Job):
     tell (no live worker offers its executor)."""
 
     waiting_for: str | None = None
+
+
+class LoginCode(BaseModel):
+    """A one-time dashboard login code (`GET /login?code=...`), good for `expires_in` seconds."""
+
+    code: str
+    expires_in: float
