@@ -16,6 +16,7 @@ import trio
 from p2pnode.api.auth import LOGIN_CODE_TTL_S, Sessions, session_cookie
 from p2pnode.jobs.model import JobState
 from p2pnode.jobs.service import JobSubmission
+from tests.conftest import cli_argv
 
 pytestmark = pytest.mark.trio
 
@@ -237,3 +238,20 @@ async def test_cluster_view_shows_members_workers_and_the_blob_store(start_node,
         blobs = await node.blobs.store.list()
         pinned = sum(b.pinned for b in blobs)
         assert f'<p id="blobs">{len(blobs)} blobs, ' in fragment and f"{pinned} pinned" in fragment
+
+
+async def test_cli_prints_a_one_time_login_link_without_the_token(node) -> None:
+    with trio.fail_after(60):
+        done = await trio.run_process(
+            [*cli_argv(node), "dashboard"], capture_stdout=True, capture_stderr=True, check=False
+        )
+    assert done.returncode == 0, done.stderr
+    url = done.stdout.decode().strip()
+    assert url.startswith(f"{node.api_url}/login?code=") and node.api_token not in url
+    assert "logs in once" in done.stderr.decode()
+    async with anonymous(node) as browser:
+        answer = await browser.get(url)
+        assert answer.status_code == 303 and "httponly" in cookie_of(answer).lower()
+        assert (await browser.get("/")).status_code == 200
+    async with anonymous(node) as replay:
+        assert (await replay.get(url)).status_code == 400
