@@ -255,3 +255,22 @@ async def test_cli_prints_a_one_time_login_link_without_the_token(node) -> None:
         assert (await browser.get("/")).status_code == 200
     async with anonymous(node) as replay:
         assert (await replay.get(url)).status_code == 400
+
+
+async def test_cancel_button_cancels_a_waiting_job(start_node) -> None:
+    idle = await start_node(max_jobs=0)  # no slot: its job waits until cancelled
+    job = await idle.jobs.submit_files(JobSubmission(module=COMMAND, args=["0"]))
+    async with anonymous(idle) as idle_api:
+        idle_api.headers["Authorization"] = f"Bearer {idle.api_token}"
+        async with logged_in(idle, idle_api) as browser:
+            page = (await browser.get(f"/ui/jobs/{job.id}")).text
+            assert f'hx-post="/ui/jobs/{job.id}/cancel"' in page and 'hx-trigger="every 1s"' in page
+            refused = await browser.post(f"/ui/jobs/{job.id}/cancel")
+            assert refused.status_code == 403
+            assert idle.jobs.store.get(job.id).state == JobState.PENDING
+            done = await browser.post(
+                f"/ui/jobs/{job.id}/cancel", headers={"X-CSRF-Token": csrf_of(page)}
+            )
+            assert done.status_code == 200 and 'id="job-state">cancelled<' in done.text
+            assert "hx-trigger" not in done.text
+    assert idle.jobs.store.get(job.id).state == JobState.CANCELLED
