@@ -46,10 +46,9 @@ LOGIN_PATH = "/login"
 """The dashboard's login page and form: answered without a credential, since it takes one."""
 STATIC_ASSETS = "/static/"
 """The dashboard's stylesheet and vendored htmx: public code, needed by the login page too."""
-PAGES = ("/", "/ui/")
-"""Dashboard pages and fragments: without a credential a browser is sent to the login page."""
-SESSION_POSTS = "/ui/"
-"""Where a session cookie may POST (with its CSRF token): the dashboard's own actions."""
+DASHBOARD = "/ui/"
+"""The dashboard's pages and fragments (and `/`), where a browser without a credential is sent to
+the login page; also the only place a session cookie may POST (with its CSRF token)."""
 CSRF_HEADER = "x-csrf-token"
 MAX_FORM_BODY = 4096
 """Bound of the login form's body (a token, nothing more)."""
@@ -229,7 +228,7 @@ class ApiGuard:
             return 401, "no valid session: log in again at /login"
         method = scope["method"]
         if method not in ("GET", "HEAD"):
-            if method != "POST" or not scope["path"].startswith(SESSION_POSTS):
+            if method != "POST" or not scope["path"].startswith(DASHBOARD):
                 return 403, "a dashboard session may only read, and use the dashboard's buttons"
             if not hmac.compare_digest(
                 headers.get(CSRF_HEADER, "").encode(), session.csrf.encode()
@@ -303,4 +302,4 @@ def headers_of(scope: Scope) -> dict[str, str]:
 
 
 def _is_page(path: str) -> bool:
-    return path == PAGES[0] or path.startswith(PAGES[1])
+    return path == "/" or path.startswith(DASHBOARD)
