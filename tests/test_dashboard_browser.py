@@ -110,6 +110,15 @@ def test_browser_watches_a_cli_job_succeed_without_a_reload(tmp_path: Path, brow
                 "the job page to show its stdout",
                 timeout=PAGE_TIMEOUT_S,
             )
+            # Log out: htmx posts with the session's CSRF token, and the session is gone.
+            driver.find_element(By.CSS_SELECTOR, 'button[hx-post="/ui/logout"]').click()
+            wait_for(
+                lambda: driver.current_url == f"{origin.api}/login",
+                "the log-out button to lead to the login page",
+                timeout=PAGE_TIMEOUT_S,
+            )
+            driver.get(f"{origin.api}/")
+            assert driver.current_url == f"{origin.api}/login"
         finally:
             worker.stop()
     finally:
