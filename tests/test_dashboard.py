@@ -237,7 +237,9 @@ async def test_cluster_view_shows_members_workers_and_the_blob_store(start_node,
         assert node.id[:16] in fragment  # this node is a worker too
         blobs = await node.blobs.store.list()
         pinned = sum(b.pinned for b in blobs)
-        assert f'<p id="blobs">{len(blobs)} blobs, ' in fragment and f"{pinned} pinned" in fragment
+        summary = (await browser.get("/ui/blobs")).text
+        assert f'<p id="blobs">{len(blobs)} blobs, ' in summary and f"{pinned} pinned" in summary
+        assert summary in (await browser.get("/")).text
 
 
 async def test_cli_prints_a_one_time_login_link_without_the_token(node) -> None:

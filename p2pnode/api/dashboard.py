@@ -104,17 +104,15 @@ def dashboard_router(node: Node, sessions: Sessions) -> APIRouter:
         )
         return HTMLResponse(html, status_code=status, headers=PAGE_HEADERS)
 
-    async def cluster_context() -> dict[str, Any]:
+    def cluster_context() -> dict[str, Any]:
+        return {"members": node.members(), "workers": node.workers.workers()}
+
+    async def blobs_context() -> dict[str, Any]:
         blobs = await node.blobs.store.list()
-        return {
-            "members": node.members(),
-            "workers": node.workers.workers(),
-            "blobs": BlobStoreSummary(
-                count=len(blobs),
-                bytes=sum(b.size for b in blobs),
-                pinned=sum(b.pinned for b in blobs),
-            ),
-        }
+        summary = BlobStoreSummary(
+            count=len(blobs), bytes=sum(b.size for b in blobs), pinned=sum(b.pinned for b in blobs)
+        )
+        return {"blobs": summary}
 
     def jobs_context() -> dict[str, Any]:
         return {"jobs": node.jobs.store.list(limit=JOBS_LISTED)}
@@ -145,13 +143,18 @@ def dashboard_router(node: Node, sessions: Sessions) -> APIRouter:
             "index.html",
             cluster_id=node.status().cluster_id,
             ticket=node.join_ticket(),
-            **await cluster_context(),
+            **cluster_context(),
+            **await blobs_context(),
             **jobs_context(),
         )
 
     @router.get("/ui/cluster")
     async def cluster(request: Request) -> HTMLResponse:
-        return page(request, "_cluster.html", **await cluster_context())
+        return page(request, "_cluster.html", **cluster_context())
+
+    @router.get("/ui/blobs")
+    async def blobs(request: Request) -> HTMLResponse:
+        return page(request, "_blobs.html", **await blobs_context())
 
     @router.get("/ui/jobs")
     async def jobs(request: Request) -> HTMLResponse:
