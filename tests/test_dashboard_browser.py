@@ -71,8 +71,13 @@ def test_browser_watches_a_cli_job_succeed_without_a_reload(tmp_path: Path, brow
             assert driver.current_url == f"{origin.api}/", driver.current_url
 
             def row_state(kind: str, node_id: str) -> str | None:
-                rows = driver.find_elements(By.CSS_SELECTOR, f'tr.{kind}[data-id="{node_id}"]')
-                return rows[0].find_element(By.CSS_SELECTOR, "td.state").text if rows else None
+                """In one script: htmx may swap the rows between two webdriver calls."""
+                state: str | None = driver.execute_script(
+                    "const cell = document.querySelector(arguments[0]);"
+                    "return cell ? cell.textContent.trim() : null;",
+                    f'tr.{kind}[data-id="{node_id}"] td.state',
+                )
+                return state
 
             # Both members: the worker in the member list, both nodes among the workers.
             wait_for(
@@ -100,12 +105,18 @@ def test_browser_watches_a_cli_job_succeed_without_a_reload(tmp_path: Path, brow
             assert driver.save_screenshot(str(screenshot))
             content = screenshot.read_bytes()
             assert content.startswith(b"\x89PNG\r\n\x1a\n") and len(content) > 10_000
-            # The job's page: its history and its stdout as the program printed it.
-            driver.find_element(By.CSS_SELECTOR, f'tr.job[data-id="{job_id_text}"] a').click()
+            # The job's page shows its stdout as the program printed it.
+            driver.execute_script(
+                "document.querySelector(arguments[0]).click();",
+                f'tr.job[data-id="{job_id_text}"] a',
+            )
             wait_for(
                 lambda: (
                     "command.wat\n0\nhi"
-                    in "\n".join(e.text for e in driver.find_elements(By.CSS_SELECTOR, "pre.log"))
+                    in driver.execute_script(
+                        "return [...document.querySelectorAll('pre.log')]"
+                        ".map(e => e.textContent).join('\\n');"
+                    )
                 ),
                 "the job page to show its stdout",
                 timeout=PAGE_TIMEOUT_S,
