@@ -276,3 +276,27 @@ async def test_cancel_button_cancels_a_waiting_job(start_node) -> None:
             assert done.status_code == 200 and 'id="job-state">cancelled<' in done.text
             assert "hx-trigger" not in done.text
     assert idle.jobs.store.get(job.id).state == JobState.CANCELLED
+
+
+async def test_worker_labels_and_executors_from_heartbeats_are_escaped() -> None:
+    """Labels come from other members' heartbeats: text on the page, never markup."""
+    from p2pnode.api.dashboard import TEMPLATES
+    from p2pnode.jobs.heartbeat import ExecutorOffer, WorkerView
+
+    worker = WorkerView(
+        node_id="ab" * 32,
+        sent_at=0.0,
+        executors=[ExecutorOffer(kind="wasi", answers=True)],
+        slots_total=2,
+        slots_free=1,
+        running=[],
+        labels={SCRIPT: f'"><img src=x onerror=alert(1)>{SCRIPT}'},
+        version=SCRIPT[:64],
+        uptime_s=1.0,
+        state="ready",
+        age_s=0.5,
+    )
+    html = TEMPLATES.get_template("_cluster.html").render(members=[], workers=[worker], now=1.0)
+    assert SCRIPT not in html and "<img" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;=&#34;&gt;&lt;img src=x onerror" in html
+    assert "1/2" in html  # slots used of total
