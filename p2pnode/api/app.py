@@ -28,7 +28,8 @@ from starlette.requests import ClientDisconnect
 
 import p2pnode
 import tickets
-from p2pnode.api.auth import DOCS_ASSETS, PUBLIC_PATHS
+from p2pnode.api.auth import DOCS_ASSETS, PUBLIC_PATHS, Sessions
+from p2pnode.api.dashboard import dashboard_router
 from p2pnode.api.log_routes import log_routes
 from p2pnode.api.schemas import (
     BlobAdded,
@@ -61,11 +62,13 @@ async def serve_node_api(
 ) -> None:
     """The node's local API, on its configured address, behind the token in its data folder."""
     settings = node.settings
+    sessions = Sessions()
     await serve_api(
-        create_app(node),
+        create_app(node, sessions),
         settings.http_host,
         settings.http_port,
         node.api_token,
+        sessions=sessions,
         task_status=task_status,
     )
 
@@ -84,7 +87,7 @@ class NdjsonResponse(StreamingResponse):
     media_type = "application/x-ndjson"
 
 
-def create_app(node: Node) -> FastAPI:
+def create_app(node: Node, sessions: Sessions) -> FastAPI:
     app = FastAPIOffline(
         title="p2pnode",
         version=p2pnode.__version__,
@@ -360,6 +363,7 @@ def create_app(node: Node) -> FastAPI:
     app.include_router(api)
     app.include_router(log_routes(node, lambda job_id: _job_or_404(node, job_id)))
     app.include_router(worker_routes(node))
+    app.include_router(dashboard_router(node, sessions))
     return app
 
 

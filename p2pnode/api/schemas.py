@@ -139,3 +139,10 @@ class DrainStatus(BaseModel):
 
     draining: bool
     running: list[str]
+
+
+class LoginCode(BaseModel):
+    """A one-time dashboard login code (`GET /login?code=...`), good for `expires_in` seconds."""
+
+    code: str
+    expires_in: float
