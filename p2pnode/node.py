@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 import tickets
 from p2pnode.api.auth import TokenError, load_or_create_token
-from p2pnode.api.schemas import MemberStatus, NodeInfo, NodeStatus
+from p2pnode.api.schemas import DiskStatus, MemberStatus, NodeInfo, NodeStatus
 from p2pnode.blobs.service import BlobService
 from p2pnode.blobs.store import BlobStore, GcResult, StoreError
 from p2pnode.config import Settings
@@ -42,6 +43,7 @@ from p2pnode.membership import (
     Membership,
     join,
 )
+from p2pnode.metrics import Metrics
 from p2pnode.net.addr import PeerAddr
 from p2pnode.net.dialer import PEER_ERRORS, Dialer, PeerUnreachable, describe
 from p2pnode.net.endpoint import (
@@ -90,6 +92,7 @@ class Node:
         self._started = time.time()
         self.liveness = Liveness(self._went_silent)
         self.redial = Redial()
+        self.metrics = Metrics()
 
     async def run(
         self,
@@ -130,7 +133,9 @@ class Node:
                     f"cannot open the blob store at {settings.blobs_dir}: {exc}"
                 ) from None
             cleanup.callback(store.close)
-            self.blobs = BlobService(store, key, self.membership, self.dialer, self.addr)
+            self.blobs = BlobService(
+                store, key, self.membership, self.dialer, self.addr, self.metrics
+            )
             self.gossip = GossipService(key, self.membership, self.dialer, self.addr)
             self.jobs = self._jobs_service(settings)
             self.workers = Workers(
@@ -224,6 +229,7 @@ class Node:
             self.peer_addr,
             settings.data_dir / "work",
             settings.max_jobs,
+            self.metrics,
         )
         service = JobService(
             self.id,
@@ -393,6 +399,17 @@ class Node:
             refused_connections=self.router.refused,
             gossip=self.gossip.stats(),
             jobs=self.jobs.worker.status(),
+        )
+
+    async def disk(self) -> DiskStatus:
+        store = self.blobs.store
+        blobs = await store.list()
+        usage = await trio.to_thread.run_sync(shutil.disk_usage, store.root)
+        return DiskStatus(
+            store_bytes=sum(b.size for b in blobs),
+            store_blobs=len(blobs),
+            free_bytes=usage.free,
+            total_bytes=usage.total,
         )
 
     def members(self) -> list[MemberStatus]:

@@ -29,6 +29,7 @@ from starlette.requests import ClientDisconnect
 import p2pnode
 import tickets
 from p2pnode.api.auth import DOCS_ASSETS, PUBLIC_PATHS
+from p2pnode.api.metrics_routes import metrics_router
 from p2pnode.api.schemas import (
     BlobAdded,
     BlobFetchRequest,
@@ -105,7 +106,9 @@ def create_app(node: Node) -> FastAPI:
 
     @api.get("/status")
     async def status() -> NodeStatus:
-        return node.status()
+        status = node.status()
+        status.disk = await node.disk()
+        return status
 
     @api.post("/tickets/join")
     async def join_ticket() -> JoinTicketReply:
@@ -360,6 +363,7 @@ def create_app(node: Node) -> FastAPI:
         return node.workers.workers()
 
     app.include_router(api)
+    app.include_router(metrics_router(node))
     return app
 
 

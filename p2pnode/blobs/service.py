@@ -10,11 +10,12 @@ import iroh
 import trio
 
 import tickets
-from p2pnode.blobs.fetch import fetch_blob
+from p2pnode.blobs.fetch import FetchError, fetch_blob
 from p2pnode.blobs.model import FetchProgress
 from p2pnode.blobs.protocol import BLOBS_ALPN, BlobProvider, Capabilities
 from p2pnode.blobs.store import BlobInfo, BlobStore
 from p2pnode.membership import Membership
+from p2pnode.metrics import Metrics
 from p2pnode.net.addr import PeerAddr
 from p2pnode.net.dialer import Dialer
 from p2pnode.net.endpoint import serve_streams
@@ -34,8 +35,10 @@ class BlobService:
         membership: Membership,
         dialer: Dialer,
         self_addr: Callable[[], PeerAddr],
+        metrics: Metrics,
     ) -> None:
         self.store = store
+        self.metrics = metrics
         self.capabilities = Capabilities(secret_key)
         self.provider = BlobProvider(store, self.capabilities, membership.is_member)
         self._membership = membership
@@ -79,9 +82,21 @@ class BlobService:
     ) -> BlobInfo:
         # Jobs sharing a module fetch it at once: the first fetches, the others then find it stored.
         lock = self._fetching[blob_hash]
+        done = 0  # bytes_done counts on from a resumed download's verified blocks
+
+        def counted(progress: FetchProgress) -> None:
+            nonlocal done
+            self.metrics.fetched_bytes.inc(max(0, progress.bytes_done - done))
+            done = progress.bytes_done
+            on_progress(progress)
+
         try:
             async with lock:
-                return await fetch_blob(
+                if self.store.has(blob_hash):
+                    return await self.store.info(blob_hash)
+                if resumed := await self.store.partial_progress(blob_hash):
+                    done = resumed.bytes_done
+                info = await fetch_blob(
                     self.store,
                     self._dial,
                     blob_hash,
@@ -89,8 +104,14 @@ class BlobService:
                     root=root,
                     size=size,
                     capability=capability,
-                    on_progress=on_progress,
+                    on_progress=counted,
                 )
+        except FetchError:
+            self.metrics.fetches.labels("failed").inc()
+            raise
+        else:
+            self.metrics.fetches.labels("fetched").inc()
+            return info
         finally:
             if not lock.locked() and lock.statistics().tasks_waiting == 0:
                 self._fetching.pop(blob_hash, None)

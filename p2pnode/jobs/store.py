@@ -200,6 +200,14 @@ class JobStore:
             ).fetchall()
         return {r[0] for r in rows}
 
+    def count_by_state(self) -> dict[JobState, int]:
+        """How many jobs are in each state (every state, zeros included)."""
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        counts = dict.fromkeys(JobState, 0)
+        counts.update((JobState(state), n) for state, n in rows)
+        return counts
+
     # --- origin side ----------------------------------------------------------
 
     def submit(self, origin: str, spec: JobSpec) -> Job:

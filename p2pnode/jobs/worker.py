@@ -26,6 +26,7 @@ from p2pnode.jobs import model
 from p2pnode.jobs.announcements import JobAnnounced
 from p2pnode.jobs.control import ControlClient, ControlError
 from p2pnode.jobs.model import WorkerStatus
+from p2pnode.metrics import Metrics
 from p2pnode.net.addr import PeerAddr
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,10 @@ class Worker:
         resolve: Callable[[str], PeerAddr | None],
         work_dir: Path,
         max_jobs: int,
+        metrics: Metrics,
     ) -> None:
         self.id = node_id
+        self._metrics = metrics
         self.executors = executors
         self._blobs = blobs
         self._control = control
@@ -132,11 +135,15 @@ class Worker:
             reply = await self._control.ask(announcement.origin_addr, request)
         except ControlError as exc:
             log.info("cannot claim %s: %s", announcement.job.id, exc)
+            self._metrics.claims.labels("unreachable").inc()
             return None
         if isinstance(reply, model.ClaimGrant):
+            self._metrics.claims.labels("granted").inc()
             return reply
         if isinstance(reply, model.ClaimRefused) and reply.retry_after is not None:
+            self._metrics.claims.labels("backoff").inc()
             return reply.retry_after
+        self._metrics.claims.labels("refused").inc()
         log.debug(
             "claim of %s refused: %s", announcement.job.id, getattr(reply, "reason", reply.type)
         )
@@ -154,12 +161,15 @@ class Worker:
                     nursery.start_soon(
                         self._keep_lease, job, token, origin, grant.lease_expires_in, stopped
                     )
-                    result = await self._run(job, origin, workdir)
+                    with self._metrics.run_seconds.time():
+                        result = await self._run(job, origin, workdir)
                     result, outputs = await self._finish(result)
                     nursery.cancel_scope.cancel()
             if stopped.cancelled_caught:
                 log.warning("job %s was cancelled or its lease lost; abandoned the run", job.id)
+                self._metrics.attempts.labels("abandoned").inc()
                 return
+            self._metrics.attempts.labels("succeeded" if result.ok else "failed").inc()
             self.executed += 1
             # From here a retry of this job (announced as our report lands) is a new candidate.
             self._considering.pop(job.id, None)
