@@ -61,6 +61,14 @@ class Settings(BaseSettings):
         ge=0,
         validation_alias=AliasChoices("max_job_output_mib", "P2PNODE_MAX_JOB_OUTPUT_MIB"),
     )
+    # Retention: finished jobs (and the blobs only they hold) are removed this many days after
+    # they finished; 0 keeps them forever.
+    job_retention_days: float = Field(
+        7.0,
+        ge=0,
+        allow_inf_nan=False,
+        validation_alias=AliasChoices("job_retention_days", "P2PNODE_JOB_RETENTION"),
+    )
 
     @property
     def blobs_dir(self) -> Path:

@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 NODE_FILE = "node.json"
 PORT_FILE = "endpoint.json"
 GC_INTERVAL_S = 600.0
+RETENTION_INTERVAL_S = 300.0
 REDIAL_TICK_S = 1.0
 
 
@@ -85,8 +86,12 @@ class ServeApi(Protocol):
 
 
 class Node:
-    def __init__(self, settings: Settings, serve_api: ServeApi) -> None:
+    def __init__(
+        self, settings: Settings, serve_api: ServeApi, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        """`clock`: the job store's (job times, leases, retention); tests pass one they move."""
         self.settings = settings
+        self._clock = clock
         self._serve_api = serve_api
         self.api_url = ""
         self._started = time.time()
@@ -170,6 +175,8 @@ class Node:
                 await nursery.start(self.jobs.run)
                 await nursery.start(self.workers.run)
                 nursery.start_soon(self._collect_garbage_periodically)
+                if settings.job_retention_days > 0:
+                    nursery.start_soon(self._enforce_retention_periodically)
                 info = NodeInfo(id=self.id, api_url=self.api_url, pid=os.getpid())
                 save_model(settings.data_dir / NODE_FILE, info)
                 nursery.start_soon(self._keep_members)
@@ -211,7 +218,7 @@ class Node:
     def _jobs_service(self, settings: Settings) -> JobService:
         path = settings.data_dir / "jobs.sqlite"
         try:
-            store = JobStore(path)
+            store = JobStore(path, self._clock)
         except sqlite3.Error as exc:
             raise StartupError(f"cannot open the job database {path}: {exc}") from None
         self.flawless = FlawlessExecutor(
@@ -257,6 +264,22 @@ class Node:
                 log.info(
                     "blob GC freed %d bytes (%d blobs)", result.freed_bytes, len(result.removed)
                 )
+
+    async def _enforce_retention_periodically(self) -> None:
+        retention_s = self.settings.job_retention_days * 86400
+        while True:
+            try:
+                removed = await self.jobs.remove_finished(retention_s)
+            except (StoreError, sqlite3.Error) as exc:
+                log.warning("retention: could not remove old jobs: %s", exc)
+                removed = []
+            if removed:
+                log.info(
+                    "retention: removed %d jobs finished over %g days ago",
+                    len(removed),
+                    self.settings.job_retention_days,
+                )
+            await trio.sleep(RETENTION_INTERVAL_S)
 
     def peer_addr(self, node_id: str) -> PeerAddr | None:
         if node_id == self.id:

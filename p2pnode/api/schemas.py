@@ -130,3 +130,9 @@ class JobView(Job):
     tell (no live worker offers its executor)."""
 
     waiting_for: str | None = None
+
+
+class BlobEntry(BlobInfo):
+    """A blob as `GET /blobs` lists it: `jobs` are the jobs holding it (by their tags)."""
+
+    jobs: list[str] = []

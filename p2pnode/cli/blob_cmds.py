@@ -14,11 +14,12 @@ import click
 from pydantic import RootModel
 
 from p2pnode.api.client import ApiClient
-from p2pnode.api.schemas import BlobAdded, Done, FetchEvent
+from p2pnode.api.schemas import BlobAdded, BlobEntry, Done, FetchEvent
 from p2pnode.blobs.model import BlobInfo, GcResult
 from p2pnode.cli import EXIT_USAGE, cli, fail, load_settings, parse_blob_ticket
 from p2pnode.cli.progress import TransferProgress
 from p2pnode.fsutil import NotRegularFile, open_regular
+from p2pnode.jobs.model import tag_job
 
 if TYPE_CHECKING:
     import iroh
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 UPLOAD_CHUNK = 1 << 20
 
 
-class _BlobList(RootModel[list[BlobInfo]]):
+class _BlobList(RootModel[list[BlobEntry]]):
     pass
 
 
@@ -278,15 +279,16 @@ async def _fetch_standalone(
 @blob.command(name="ls")
 @click.pass_obj
 def list_blobs(api: ApiClient) -> None:
-    """List stored blobs: hash, size, pins, tags.
+    """List stored blobs: hash, size, pins and tags, and the jobs that hold it.
 
     \b
     Example:
       p2pnode blob ls
     """
     for info in api.request("GET", "/blobs", _BlobList).root:
-        flags = ",".join(["pinned"] * info.pinned + list(info.tags)) or "-"
-        click.echo(f"{info.hash}  {info.size:>12}  {flags}")
+        tags = [t for t in info.tags if tag_job(t) is None]
+        flags = ",".join(["pinned"] * info.pinned + tags) or "-"
+        click.echo(f"{info.hash}  {info.size:>12}  {flags}  {','.join(info.jobs) or '-'}")
 
 
 @blob.command(name="rm")

@@ -447,6 +447,24 @@ def cancel(api: ApiClient, job_id: str) -> None:
     click.echo(api.post(f"/jobs/{job_id}/cancel", Job).state.value)
 
 
+@job.command(name="rm")
+@click.argument("job_id", metavar="ID")
+@click.option("--force", is_flag=True, help="Cancel the job first if it has not finished.")
+@click.pass_obj
+def remove(api: ApiClient, job_id: str, force: bool) -> None:
+    """Forget a finished job; the blobs only it held go at the next `blob gc`.
+
+    A job that has not finished is refused unless --force, which cancels it first. Finished jobs
+    are also removed P2PNODE_JOB_RETENTION days (default 7) after they end.
+
+    \b
+    Example:
+      p2pnode job rm job_01M8CRH8D5H83H6EVKWEVXEHTJ
+    """
+    api.delete(f"/jobs/{job_id}", Job, params={"force": force})
+    click.echo(f"removed {job_id}")
+
+
 @job.command()
 @click.argument("job_id", metavar="ID")
 @click.option(

@@ -163,7 +163,7 @@ class Worker:
                     )
                     with self._metrics.run_seconds.time():
                         result = await self._run(job, origin, workdir)
-                    result, outputs = await self._finish(result)
+                    result, outputs = await self._finish(job, result)
                     nursery.cancel_scope.cancel()
             if stopped.cancelled_caught:
                 log.warning("job %s was cancelled or its lease lost; abandoned the run", job.id)
@@ -217,7 +217,7 @@ class Worker:
             log.info("handed job %s back to its origin", job.id)
 
     async def _finish(
-        self, result: ExecutionResult
+        self, job: model.Job, result: ExecutionResult
     ) -> tuple[ExecutionResult, dict[str, model.BlobRef]]:
         """Store the outputs and bound the result: what is reported is always reportable."""
         if result.ok and (size := model.json_size(result.result)) > model.MAX_RESULT_BYTES:
@@ -226,7 +226,7 @@ class Worker:
             )
             return ExecutionResult.failure(message, result.logs), {}
         try:
-            return result, await self._store_outputs(result)
+            return result, await self._store_outputs(job, result)
         except StoreError as exc:
             return ExecutionResult.failure(f"could not store the outputs: {exc}", result.logs), {}
 
@@ -346,10 +346,14 @@ class Worker:
         await trio.to_thread.run_sync(_make_dirs, dest.parent)
         await self._blobs.store.export(info.hash, dest)
 
-    async def _store_outputs(self, result: ExecutionResult) -> dict[str, model.BlobRef]:
+    async def _store_outputs(
+        self, job: model.Job, result: ExecutionResult
+    ) -> dict[str, model.BlobRef]:
+        """Held by the job's tags until the origin's retention would have removed the job."""
         refs: dict[str, model.BlobRef] = {}
         for name, path in result.outputs.items():
-            info = await self._blobs.store.add_path(path, pin=True)
+            tag = model.job_tag(job.id, f"output/{name}")
+            info = await self._blobs.store.add_path(path, tag=tag)
             refs[name] = model.BlobRef.held_by(info, self.id)
         return refs
 
