@@ -3,6 +3,8 @@ counters move when a real job runs between two real nodes."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import httpx
@@ -11,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from p2pnode.jobs.model import JobState
 from p2pnode.jobs.service import JobSubmission
+from tests.test_api_files import cli
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -71,3 +74,19 @@ async def test_metrics_need_the_token(node) -> None:
     async with httpx.AsyncClient(timeout=30) as client:
         reply = await client.get(f"{node.api_url}/metrics")
     assert reply.status_code == 401
+
+
+async def test_status_shows_the_store_size_and_free_disk(node, tmp_path: Path) -> None:
+    (tmp_path / "a.bin").write_bytes(b"x" * 1000)
+    await node.blobs.add(tmp_path / "a.bin")
+    shown = await cli(node, "status", "--json")
+    assert shown.returncode == 0, shown.stderr
+    disk = json.loads(shown.stdout)["disk"]
+    usage = shutil.disk_usage(node.blobs.store.root)
+    assert (disk["store_blobs"], disk["store_bytes"], disk["total_bytes"]) == (1, 1000, usage.total)
+    assert 0 < disk["free_bytes"] <= usage.total
+    plain = (await cli(node, "status")).stdout.decode()
+    assert "store     1 blobs, 0.0 MB; disk " in plain and " GB free of " in plain
+    samples = await scrape(node)
+    assert value(samples, "p2pnode_blob_store_bytes") == 1000
+    assert value(samples, "p2pnode_disk_total_bytes") == usage.total

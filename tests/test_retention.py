@@ -184,3 +184,20 @@ async def test_retention_removes_only_old_finished_jobs(clocked_node, tmp_path: 
     kept = {b.hash for b in await node.blobs.store.list()}
     assert {pinned.hash, old.spec.module.hash} <= kept  # a pin, and the other jobs' module
     assert {live.spec.artifacts["a"].hash, new.spec.artifacts["a"].hash} <= kept
+
+
+async def test_retention_drops_old_tags_of_jobs_this_node_does_not_store(clocked_node) -> None:
+    """A worker's outputs of another origin's job, or a submission that never completed."""
+    node, offset = clocked_node
+    old = await node.blobs.store.add_bytes(
+        b"an old output", tag=job_tag(new_job_id(time.time()), "output/stdout")
+    )
+    offset[0] = 100.0
+    recent = await node.blobs.store.add_bytes(
+        b"a recent output", tag=job_tag(new_job_id(node.jobs.store.now()), "output/stdout")
+    )
+    with trio.fail_after(30):
+        while (await node.blobs.store.info(old.hash)).tags:
+            await trio.sleep(0.05)
+    assert (await node.collect_garbage()).removed == [old.hash]
+    assert (await node.blobs.store.info(recent.hash)).tags == recent.tags
