@@ -20,7 +20,7 @@ from p2pnode.jobs.model import (
     new_job_id,
     tag_job,
 )
-from p2pnode.jobs.service import JobSubmission
+from p2pnode.jobs.service import JobSubmission, SubmissionError
 from p2pnode.node import Node
 from tests.test_api_files import cli
 
@@ -201,3 +201,19 @@ async def test_retention_drops_old_tags_of_jobs_this_node_does_not_store(clocked
             await trio.sleep(0.05)
     assert (await node.collect_garbage()).removed == [old.hash]
     assert (await node.blobs.store.info(recent.hash)).tags == recent.tags
+
+
+async def test_a_refused_submission_releases_what_it_tagged(start_node, tmp_path: Path) -> None:
+    node = await start_node(max_jobs=0)
+    (tmp_path / "a.txt").write_text("added, then the submission is refused")
+    with pytest.raises(SubmissionError, match="is not on this node"):
+        await node.jobs.submit_files(
+            JobSubmission(
+                module=EXAMPLES / "echo.wat",
+                artifacts={"a": tmp_path / "a.txt"},
+                artifact_blobs={"b": "ab" * 32},
+            )
+        )
+    assert node.jobs.store.list() == []
+    assert [b.tags for b in await node.blobs.store.list()] == [(), ()]  # module and artifact
+    assert len((await node.collect_garbage()).removed) == 2

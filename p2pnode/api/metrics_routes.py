@@ -85,10 +85,10 @@ async def node_families(node: Node) -> list[Metric]:
     age = GaugeMetricFamily(
         "p2pnode_worker_heartbeat_age_seconds",
         "Seconds since each worker's latest heartbeat was sent, as this node heard it.",
-        labels=["worker", "state"],
+        labels=["worker"],
     )
     for worker in node.workers.workers():
-        age.add_metric([worker.node_id, worker.state], worker.age_s)
+        age.add_metric([worker.node_id], worker.age_s)
     families.append(age)
     return families
 

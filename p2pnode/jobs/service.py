@@ -198,8 +198,9 @@ class JobService:
         try:
             return await self._submit_files(job_id, request, input_json)
         except BaseException:
-            with trio.CancelScope(shield=True):
-                await self._release_blobs({job_id})
+            if self.store.get(job_id) is None:  # refused or interrupted before it was stored
+                with trio.CancelScope(shield=True):
+                    await self._release_blobs({job_id})
             raise
 
     async def _submit_files(
