@@ -254,7 +254,8 @@ class Node:
 
     async def collect_garbage(self) -> GcResult:
         """Drop unpinned, untagged blobs nobody uses, keeping everything a live job still needs."""
-        return await self.blobs.store.gc(protected=self.jobs.protected_blobs())
+        protected = self.jobs.protected_blobs() | self.blobs.awaiting_holder()
+        return await self.blobs.store.gc(protected=protected)
 
     async def _collect_garbage_periodically(self) -> None:
         while True:

@@ -217,3 +217,47 @@ async def test_a_refused_submission_releases_what_it_tagged(start_node, tmp_path
     assert node.jobs.store.list() == []
     assert [b.tags for b in await node.blobs.store.list()] == [(), ()]  # module and artifact
     assert len((await node.collect_garbage()).removed) == 2
+
+
+async def test_a_job_submitted_from_the_cli_frees_its_uploads_when_removed(
+    start_node, tmp_path: Path
+) -> None:
+    """The CLI uploads a job's files unpinned: GC spares them until the job holds them, and
+    `job rm` then frees them."""
+    node = await start_node(max_jobs=1)
+    (tmp_path / "text.txt").write_text("one two three\n")
+    submitted = await cli(
+        node,
+        "job",
+        "submit",
+        "--module",
+        str(EXAMPLES / "wordcount.wat"),
+        "--artifact",
+        f"text={tmp_path / 'text.txt'}",
+        "--wait",
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.decode().split()[0]
+    job = node.jobs.store.get(job_id)
+    assert job is not None and job.state == JobState.SUCCEEDED
+    assert not any(b.pinned for b in await node.blobs.store.list())
+    assert (await node.collect_garbage()).removed == []  # held by the job
+
+    assert (await cli(node, "job", "rm", job_id)).returncode == 0
+    freed = set((await node.collect_garbage()).removed)
+    assert {job.spec.module.hash, job.spec.artifacts["text"].hash} <= freed
+    assert await node.blobs.store.list() == []
+
+
+async def test_gc_spares_an_unpinned_upload_until_a_job_holds_it(api, node) -> None:
+    uploaded = (
+        await api.put(
+            "/blobs",
+            content=b"for a job about to be submitted",
+            params={"pin": False},
+            headers={"Content-Type": "application/octet-stream"},
+        )
+    ).json()["blob"]
+    assert (await node.collect_garbage()).removed == []
+    node.blobs.held(uploaded["hash"])
+    assert (await node.collect_garbage()).removed == [uploaded["hash"]]

@@ -136,12 +136,15 @@ def create_app(node: Node) -> FastAPI:
         },
     )
     async def upload_blob(request: Request, pin: bool = True) -> BlobAdded:
-        """Add the request body (application/octet-stream, streamed, any size) as a blob."""
+        """Add the request body (application/octet-stream, streamed, any size) as a blob. An
+        unpinned one is spared by GC for an hour, or until a job submitted with it holds it."""
         try:
             with store_errors():
                 info = await node.blobs.store.add_stream(request.stream(), pin=pin)
         except ClientDisconnect:
             raise HTTPException(400, "the upload was abandoned") from None
+        if not info.pinned:
+            node.blobs.expect_holder(info.hash)
         return BlobAdded(blob=info, ticket=node.blobs.ticket(info))
 
     @api.post("/blobs", responses={**_errors(400, 403), **BODY_ERRORS})

@@ -20,6 +20,9 @@ from p2pnode.net.addr import PeerAddr
 from p2pnode.net.dialer import Dialer
 from p2pnode.net.endpoint import serve_streams
 
+UPLOAD_GRACE_S = 3600.0
+"""How long GC spares an unpinned upload that no job holds yet (`BlobService.expect_holder`)."""
+
 
 class BlobService:
     """The blob protocol's handler too: open to strangers, whose requests the provider checks
@@ -45,9 +48,25 @@ class BlobService:
         self._dialer = dialer
         self._self_addr = self_addr
         self._fetching: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
+        self._awaiting: dict[str, float] = {}
+        """hash -> trio time of an unpinned upload no job holds yet"""
 
     async def handle(self, connection: iroh.Connection) -> None:
         await serve_streams(connection, self.provider.handle_stream)
+
+    def expect_holder(self, blob_hash: str) -> None:
+        """An unpinned upload that a job submission is about to hold (the CLI uploads a job's
+        files unpinned, so removing the job frees them): GC spares it until `held` is called, or
+        for `UPLOAD_GRACE_S`."""
+        self._awaiting[blob_hash] = trio.current_time()
+
+    def held(self, blob_hash: str) -> None:
+        self._awaiting.pop(blob_hash, None)
+
+    def awaiting_holder(self) -> set[str]:
+        now = trio.current_time()
+        self._awaiting = {h: t for h, t in self._awaiting.items() if now - t < UPLOAD_GRACE_S}
+        return set(self._awaiting)
 
     async def add(self, path: Path, *, pin: bool = True) -> BlobInfo:
         """Blobs added by a person are pinned: GC only collects what the node fetched for jobs."""

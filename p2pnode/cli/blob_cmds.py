@@ -70,8 +70,9 @@ def add(api: ApiClient, path: Path) -> None:
     click.echo(f"ticket: {added.ticket}")
 
 
-def upload(api: ApiClient, path: Path) -> BlobAdded:
-    """Stream a regular file's content to the node, which never opens the path itself.
+def upload(api: ApiClient, path: Path, *, pin: bool = True) -> BlobAdded:
+    """Stream a regular file's content to the node, which never opens the path itself. A job's
+    files go unpinned (`pin=False`): the job holds them, and removing it frees them.
 
     Nothing from the node's data folder: its key, cluster secret and API token would become a
     blob any ticket holder or job could read."""
@@ -93,7 +94,7 @@ def upload(api: ApiClient, path: Path) -> BlobAdded:
             iter(lambda: f.read(UPLOAD_CHUNK), b""),
             size,
             BlobAdded,
-            params={"pin": True},
+            params={"pin": pin},
             timeout=None,
         )
 

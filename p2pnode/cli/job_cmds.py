@@ -95,7 +95,7 @@ def _upload_mounts(api: ApiClient, values: tuple[str, ...]) -> dict[str, dict[st
         if not sep or not name or not path:
             fail(f"--mount wants NAME=PATH[:GUEST_PATH], got {value!r}", EXIT_USAGE)
         if source.is_file():
-            blob = upload(api, source).blob.hash
+            blob = upload(api, source, pin=False).blob.hash
         elif source.is_dir():
             blob = _upload_tree(api, name, source)
         else:
@@ -110,14 +110,14 @@ def _upload_tree(api: ApiClient, name: str, folder: Path) -> str:
         entries = [
             ManifestEntry(
                 path=path.relative_to(folder).as_posix(),
-                **upload(api, path).blob.model_dump(include={"hash", "size", "root"}),
+                **upload(api, path, pin=False).blob.model_dump(include={"hash", "size", "root"}),
             )
             for path in files
         ]
         manifest = Manifest(files=entries).model_dump_json().encode()
     except ValidationError as exc:
         fail(f"--mount {name}: cannot ship {folder}: {exc.errors()[0]['msg']}", EXIT_USAGE)
-    added = api.upload("/blobs", [manifest], len(manifest), BlobAdded, params={"pin": True})
+    added = api.upload("/blobs", [manifest], len(manifest), BlobAdded, params={"pin": False})
     return added.blob.hash
 
 
@@ -233,15 +233,15 @@ def _submit(
     if command:
         command_fields = {"args": list(args), "argv0": module.name, "env": environment}
         if stdin is not None:
-            command_fields["stdin_blob"] = upload(api, stdin).blob.hash
+            command_fields["stdin_blob"] = upload(api, stdin, pin=False).blob.hash
     body = {
         "module_blob": api.upload(
-            "/blobs", [wasm], len(wasm), BlobAdded, params={"pin": True}
+            "/blobs", [wasm], len(wasm), BlobAdded, params={"pin": False}
         ).blob.hash,
         "workflow": workflow,
         "input": job_input,
         "artifact_blobs": {
-            name: upload(api, path).blob.hash for name, path in artifact_paths.items()
+            name: upload(api, path, pin=False).blob.hash for name, path in artifact_paths.items()
         },
         "mounts": _upload_mounts(api, mounts),
         "executor": executor,

@@ -330,6 +330,7 @@ class JobService:
         try:
             await self._blobs.store.set_tag(tag, blob_hash)
             info = await self._blobs.store.info(blob_hash)
+            self._blobs.held(info.hash)
         except BlobNotFound:
             raise SubmissionError(
                 f"the {what} blob {blob_hash} is not on this node; upload it first"
