@@ -87,6 +87,15 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("compile_cache_mib", "P2PNODE_COMPILE_CACHE_MIB"),
     )
 
+    # Retention: finished jobs (and the blobs only they hold) are removed this many days after
+    # they finished; 0 keeps them forever.
+    job_retention_days: float = Field(
+        7.0,
+        ge=0,
+        allow_inf_nan=False,
+        validation_alias=AliasChoices("job_retention_days", "P2PNODE_JOB_RETENTION"),
+    )
+
     @property
     def blobs_dir(self) -> Path:
         return self.blobs_path if self.blobs_path is not None else self.data_dir / "iroh-blobs"

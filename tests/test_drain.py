@@ -18,6 +18,7 @@ from p2pnode.jobs import model
 from p2pnode.jobs.announcements import JobAnnounced
 from p2pnode.jobs.control import ControlClient
 from p2pnode.jobs.worker import Worker
+from p2pnode.metrics import Metrics
 from p2pnode.net.addr import PeerAddr
 from tests.nodeproc import NodeProcess, wait_for
 
@@ -193,7 +194,16 @@ def worker_of(origin: RefusingOrigin, data_dir: Path) -> Worker:
     control.answer_locally(ORIGIN, origin)
     executors: dict = {"wasi": None}
     return Worker(
-        "22" * 32, executors, None, control, lambda _: None, data_dir, 1, {}, data_dir / "draining"
+        "22" * 32,
+        executors,
+        None,
+        control,
+        lambda _: None,
+        data_dir,
+        1,
+        {},
+        data_dir / "draining",
+        Metrics(),
     )
 
 

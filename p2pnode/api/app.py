@@ -31,8 +31,10 @@ import tickets
 from p2pnode.api.auth import DOCS_ASSETS, PUBLIC_PATHS, Sessions
 from p2pnode.api.dashboard import dashboard_router
 from p2pnode.api.log_routes import log_routes
+from p2pnode.api.metrics_routes import metrics_router
 from p2pnode.api.schemas import (
     BlobAdded,
+    BlobEntry,
     BlobFetchRequest,
     Done,
     ErrorReply,
@@ -50,10 +52,9 @@ from p2pnode.api.worker_routes import worker_routes
 from p2pnode.blobs.fetch import FetchError
 from p2pnode.blobs.store import BlobInfo, BlobInUse, BlobNotFound, GcResult, StoreError
 from p2pnode.fsutil import NotRegularFile, open_regular
-from p2pnode.jobs.model import Hex64, Job, JobId, JobState, NodeId
+from p2pnode.jobs.model import Hex64, Job, JobId, JobState, NodeId, tag_job
 from p2pnode.jobs.service import JobSubmission, SubmissionError, SubmissionTooLarge
 from p2pnode.jobs.store import Refused
-from p2pnode.jobs.worker import provider_addrs
 from p2pnode.node import Node
 
 
@@ -108,15 +109,22 @@ def create_app(node: Node, sessions: Sessions) -> FastAPI:
 
     @api.get("/status")
     async def status() -> NodeStatus:
-        return node.status()
+        status = node.status()
+        status.disk = await node.disk()
+        return status
 
     @api.post("/tickets/join")
     async def join_ticket() -> JoinTicketReply:
         return JoinTicketReply(ticket=node.join_ticket())
 
     @api.get("/blobs")
-    async def list_blobs() -> list[BlobInfo]:
-        return await node.blobs.list_blobs()
+    async def list_blobs() -> list[BlobEntry]:
+        return [
+            BlobEntry(
+                **dict(info), jobs=sorted({j for t in info.tags if (j := tag_job(t)) is not None})
+            )
+            for info in await node.blobs.list_blobs()
+        ]
 
     @api.put(
         "/blobs",
@@ -131,12 +139,15 @@ def create_app(node: Node, sessions: Sessions) -> FastAPI:
         },
     )
     async def upload_blob(request: Request, pin: bool = True) -> BlobAdded:
-        """Add the request body (application/octet-stream, streamed, any size) as a blob."""
+        """Add the request body (application/octet-stream, streamed, any size) as a blob. An
+        unpinned one is spared by GC for an hour, or until a job submitted with it holds it."""
         try:
             with store_errors():
                 info = await node.blobs.add_stream(request.stream(), pin=pin)
         except ClientDisconnect:
             raise HTTPException(400, "the upload was abandoned") from None
+        if not info.pinned:
+            node.blobs.expect_holder(info.hash)
         return BlobAdded(blob=info, ticket=node.blobs.ticket(info))
 
     @api.post("/blobs", responses={**_errors(400, 403), **BODY_ERRORS})
@@ -327,9 +338,23 @@ def create_app(node: Node, sessions: Sessions) -> FastAPI:
         except Refused as exc:
             raise HTTPException(409, f"cannot cancel job {job_id}: {exc.reason}") from None
 
+    @api.delete("/jobs/{job_id}", responses=_errors(404, 409))
+    async def remove_job(job_id: JobId, force: bool = False) -> Job:
+        """Forget a finished job and release the blobs only it holds to GC; a live job is refused
+        (409) unless `force`, which cancels it first."""
+        _job_or_404(node, job_id)
+        try:
+            with store_errors():
+                return await node.jobs.remove(job_id, force=force)
+        except Refused as exc:
+            raise HTTPException(
+                409, f"cannot remove job {job_id}: {exc.reason}; cancel it first or use --force"
+            ) from None
+
     @api.post("/jobs/{job_id}/outputs", responses=_errors(404, 409, 502))
     async def get_outputs(job_id: JobId) -> dict[str, BlobInfo]:
-        """Bring the job's output artifacts into this node's store (pinned), from whoever has them;
+        """Bring the job's output artifacts into this node's store (held by the job), from whoever
+        has them;
         `GET /blobs/{hash}` then downloads each. A failed job has those of its last attempt (a
         command's partial outputs, stdout and stderr)."""
         job = _job_or_404(node, job_id)
@@ -341,12 +366,9 @@ def create_app(node: Node, sessions: Sessions) -> FastAPI:
         with store_errors():
             for name, ref in job.outputs.items():
                 try:
-                    await node.blobs.fetch(
-                        ref.hash, provider_addrs(ref, node.peer_addr), root=ref.root
-                    )
+                    outputs[name] = await node.jobs.fetch_output(job, name, ref)
                 except FetchError as exc:
                     raise HTTPException(502, str(exc)) from None
-                outputs[name] = await node.blobs.keep(ref.hash)
         return outputs
 
     @api.get("/members")
@@ -364,6 +386,7 @@ def create_app(node: Node, sessions: Sessions) -> FastAPI:
     app.include_router(log_routes(node, lambda job_id: _job_or_404(node, job_id)))
     app.include_router(worker_routes(node))
     app.include_router(dashboard_router(node, sessions))
+    app.include_router(metrics_router(node))
     return app
 
 

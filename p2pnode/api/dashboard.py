@@ -108,7 +108,7 @@ def dashboard_router(node: Node, sessions: Sessions) -> APIRouter:
         return {"members": node.members(), "workers": node.workers.workers()}
 
     async def blobs_context() -> dict[str, Any]:
-        blobs = await node.blobs.store.list()
+        blobs = await node.blobs.list_blobs()
         summary = BlobStoreSummary(
             count=len(blobs), bytes=sum(b.size for b in blobs), pinned=sum(b.pinned for b in blobs)
         )
@@ -121,7 +121,7 @@ def dashboard_router(node: Node, sessions: Sessions) -> APIRouter:
         job = node.jobs.store.get(job_id)
         if job is None:
             raise HTTPException(404, f"no job {job_id} on this node")
-        local = {ref.hash for ref in job.outputs.values() if node.blobs.store.has(ref.hash)}
+        local = {ref.hash for ref in job.outputs.values() if node.blobs.has(ref.hash)}
         streams = []
         if job.state.terminal:
             for name in STREAMS:
@@ -248,7 +248,7 @@ async def _tail(node: Node, blob_hash: str, size: int) -> str:
     offset = max(0, size - LOG_TAIL_BYTES)
     chunks = []
     try:
-        async with contextlib.aclosing(node.blobs.store.read_range(blob_hash, offset)) as read:
+        async with contextlib.aclosing(node.blobs.read_range(blob_hash, offset)) as read:
             async for chunk in read:
                 chunks.append(chunk)
     except BlobNotFound:

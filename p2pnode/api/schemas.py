@@ -103,6 +103,15 @@ class MemberStatus(BaseModel):
     state: Literal["connected", "idle", "down"]
 
 
+class DiskStatus(BaseModel):
+    """The blob store's content and the room left on the filesystem that holds it."""
+
+    store_bytes: int
+    store_blobs: int
+    free_bytes: int
+    total_bytes: int
+
+
 class NodeStatus(BaseModel):
     id: str
     cluster_id: str
@@ -114,6 +123,7 @@ class NodeStatus(BaseModel):
     refused_connections: int
     gossip: GossipStats | None
     jobs: WorkerStatus
+    disk: DiskStatus | None = None  # filled by `GET /status` (reading the store takes a while)
 
 
 class JobView(Job):
@@ -146,3 +156,9 @@ class LoginCode(BaseModel):
 
     code: str
     expires_in: float
+
+
+class BlobEntry(BlobInfo):
+    """A blob as `GET /blobs` lists it: `jobs` are the jobs holding it (by their tags)."""
+
+    jobs: list[str] = []

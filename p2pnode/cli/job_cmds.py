@@ -106,7 +106,7 @@ def _upload_mounts(api: ApiClient, values: tuple[str, ...]) -> dict[str, dict[st
         if not sep or not name or not path:
             fail(f"--mount wants NAME=PATH[:GUEST_PATH], got {value!r}", EXIT_USAGE)
         if source.is_file():
-            blob = upload(api, source).blob.hash
+            blob = upload(api, source, pin=False).blob.hash
         elif source.is_dir():
             blob = _upload_tree(api, name, source)
         else:
@@ -121,14 +121,14 @@ def _upload_tree(api: ApiClient, name: str, folder: Path) -> str:
         entries = [
             ManifestEntry(
                 path=path.relative_to(folder).as_posix(),
-                **upload(api, path).blob.model_dump(include={"hash", "size", "root"}),
+                **upload(api, path, pin=False).blob.model_dump(include={"hash", "size", "root"}),
             )
             for path in files
         ]
         manifest = Manifest(files=entries).model_dump_json().encode()
     except ValidationError as exc:
         fail(f"--mount {name}: cannot ship {folder}: {exc.errors()[0]['msg']}", EXIT_USAGE)
-    added = api.upload("/blobs", [manifest], len(manifest), BlobAdded, params={"pin": True})
+    added = api.upload("/blobs", [manifest], len(manifest), BlobAdded, params={"pin": False})
     return added.blob.hash
 
 
@@ -253,15 +253,15 @@ def _submit(
     if command:
         command_fields = {"args": list(args), "argv0": module.name, "env": environment}
         if stdin is not None:
-            command_fields["stdin_blob"] = upload(api, stdin).blob.hash
+            command_fields["stdin_blob"] = upload(api, stdin, pin=False).blob.hash
     body = {
         "module_blob": api.upload(
-            "/blobs", [wasm], len(wasm), BlobAdded, params={"pin": True}
+            "/blobs", [wasm], len(wasm), BlobAdded, params={"pin": False}
         ).blob.hash,
         "workflow": workflow,
         "input": job_input,
         "artifact_blobs": {
-            name: upload(api, path).blob.hash for name, path in artifact_paths.items()
+            name: upload(api, path, pin=False).blob.hash for name, path in artifact_paths.items()
         },
         "mounts": _upload_mounts(api, mounts),
         "executor": executor,
@@ -458,6 +458,24 @@ def cancel(api: ApiClient, job_id: str) -> None:
       p2pnode job cancel job_01M8CRH8D5H83H6EVKWEVXEHTJ
     """
     click.echo(api.post(f"/jobs/{job_id}/cancel", Job).state.value)
+
+
+@job.command(name="rm")
+@click.argument("job_id", metavar="ID")
+@click.option("--force", is_flag=True, help="Cancel the job first if it has not finished.")
+@click.pass_obj
+def remove(api: ApiClient, job_id: str, force: bool) -> None:
+    """Forget a finished job; the blobs only it held go at the next `blob gc`.
+
+    A job that has not finished is refused unless --force, which cancels it first. Finished jobs
+    are also removed P2PNODE_JOB_RETENTION days (default 7) after they end.
+
+    \b
+    Example:
+      p2pnode job rm job_01M8CRH8D5H83H6EVKWEVXEHTJ
+    """
+    api.delete(f"/jobs/{job_id}", Job, params={"force": force})
+    click.echo(f"removed {job_id}")
 
 
 @job.command()

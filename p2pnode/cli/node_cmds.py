@@ -166,7 +166,7 @@ def status(api: ApiClient, as_json: bool) -> None:
     """Show this node and its cluster's members.
 
     The node's id, addresses and relay; each member and whether it is connected;
-    gossip and job counters.
+    gossip and job counters; the blob store's size and the free disk under it.
 
     \b
     Examples:
@@ -203,3 +203,8 @@ def status(api: ApiClient, as_json: bool) -> None:
         click.echo(f"labels    {format_labels(j.labels)}")
     if j.draining:
         click.echo("draining  claims no new job, also after a restart (`p2pnode undrain`)")
+    if d := st.disk:
+        click.echo(
+            f"store     {d.store_blobs} blobs, {d.store_bytes / 1e6:.1f} MB; "
+            f"disk {d.free_bytes / 1e9:.1f} GB free of {d.total_bytes / 1e9:.1f} GB"
+        )

@@ -7,6 +7,7 @@ time rather than by each caller.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Mapping
@@ -55,7 +56,8 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 Hex64 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 NodeId = Hex64
 """An iroh node id (ed25519 public key), lowercase hex."""
-JobId = Annotated[str, StringConstraints(pattern=r"^job_[0-9A-HJKMNP-TV-Z]{26}$")]
+_JOB_ID = re.compile(r"job_[0-9A-HJKMNP-TV-Z]{26}")
+JobId = Annotated[str, StringConstraints(pattern=f"^{_JOB_ID.pattern}$")]
 LeaseToken = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 
 
@@ -109,6 +111,32 @@ def new_job_id(now: float | None = None) -> str:
     value = (ms << 80) | secrets.randbits(80)
     chars = [_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5)]
     return "job_" + "".join(chars)
+
+
+def job_id_time(job_id: str) -> float:
+    """When the job was created, read back from its id (`new_job_id`); the id must be valid."""
+    value = 0
+    for char in job_id.removeprefix("job_"):
+        value = value << 5 | _CROCKFORD.index(char)
+    return (value >> 80) / 1000
+
+
+JOB_TAG_PREFIX = "job/"
+
+
+def job_tag(job_id: str, role: str) -> str:
+    """The blob store tag by which a job holds one of its blobs (`role`: module, input,
+    artifact/NAME, ...). Jobs hold blobs by tags, never pins, so removing a job releases exactly
+    its own: a person's pin, or another job's tag on the same blob, still keeps it."""
+    return f"{JOB_TAG_PREFIX}{job_id}/{role}"
+
+
+def tag_job(tag: str) -> str | None:
+    """The job holding a blob by `tag`, or None for a tag that is not a job's."""
+    if not tag.startswith(JOB_TAG_PREFIX):
+        return None
+    job_id = tag[len(JOB_TAG_PREFIX) :].partition("/")[0]
+    return job_id if _JOB_ID.fullmatch(job_id) else None
 
 
 def new_lease_token() -> str:

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, m
 
 from p2pnode.blobs.fetch import FetchError
 from p2pnode.blobs.service import BlobService
-from p2pnode.blobs.store import BlobNotFound, StoreError
+from p2pnode.blobs.store import BlobInfo, BlobNotFound, StoreError
 from p2pnode.executors.base import ExecutionLimits
 from p2pnode.executors.wasm import (
     MAIN_WORKFLOW,
@@ -192,27 +192,48 @@ class JobService:
     # -- origin side -------------------------------------------------------------------------
 
     async def submit_files(self, request: JobSubmission) -> model.Job:
-        """Pin the module, artifacts and a large input as blobs, then submit. The module is checked
-        (valid binary or WAT, assembled; the workflow exists) so a bad one fails now, not at run
-        time."""
+        """Add the module, artifacts and a large input as blobs held by the job's tags
+        (`model.job_tag`), then submit. The module is checked (valid binary or WAT, assembled; the
+        workflow exists) so a bad one fails now, not at run time. A refused submission releases
+        what it tagged."""
         input_json = pydantic_core.to_json(request.input)
         if len(input_json) > model.MAX_INPUT_BYTES:
             raise SubmissionTooLarge(
                 f"input of {len(input_json)} bytes exceeds {model.MAX_INPUT_BYTES}: send large "
                 "data as an artifact"
             )
-        module = await self._module(request)
+        job_id = model.new_job_id(self.store.now())
+        try:
+            return await self._submit_files(job_id, request, input_json)
+        except BaseException:
+            if self.store.get(job_id) is None:  # refused or interrupted before it was stored
+                with trio.CancelScope(shield=True):
+                    await self._release_blobs({job_id})
+            raise
+
+    async def _submit_files(
+        self, job_id: str, request: JobSubmission, input_json: bytes
+    ) -> model.Job:
+        def tag(role: str) -> str:
+            return model.job_tag(job_id, role)
+
+        module = await self._module(request, tag)
         artifacts = {}
         for name, path in request.artifacts.items():
             try:
-                artifacts[name] = model.BlobRef.held_by(await self._blobs.add(path), self.id)
+                info = await self._blobs.add(path, pin=False, tag=tag(f"artifact/{name}"))
             except (OSError, StoreError) as exc:
                 raise SubmissionError(f"cannot add artifact {name!r} from {path}: {exc}") from None
+            artifacts[name] = model.BlobRef.held_by(info, self.id)
         for name, blob_hash in request.artifact_blobs.items():
-            artifacts[name] = await self._pinned(blob_hash, f"artifact {name!r}")
+            artifacts[name] = await self._held(
+                blob_hash, tag(f"artifact/{name}"), f"artifact {name!r}"
+            )
         job_input, input_blob = request.input, None
         if len(input_json) > model.INLINE_INPUT_BYTES:
-            input_blob = model.BlobRef.held_by(await self._blobs.add_bytes(input_json), self.id)
+            input_blob = model.BlobRef.held_by(
+                await self._blobs.add_bytes(input_json, pin=False, tag=tag("input")), self.id
+            )
             job_input = None
         command = None
         if request.is_command:
@@ -221,11 +242,13 @@ class JobService:
                 command = model.Command(
                     argv=request.argv(),
                     env=request.env,
-                    stdin=None if stdin is None else await self._pinned(stdin, "stdin"),
+                    stdin=None if stdin is None else await self._held(stdin, tag("stdin"), "stdin"),
                 )
             except ValidationError as exc:
                 raise SubmissionError(f"cannot use the command: {exc.errors()[0]['msg']}") from None
-        mounts = {name: await self._mount(name, mount) for name, mount in request.mounts.items()}
+        mounts = {
+            name: await self._mount(name, mount, tag) for name, mount in request.mounts.items()
+        }
         try:
             spec = model.JobSpec(
                 workflow=request.workflow,
@@ -242,12 +265,14 @@ class JobService:
             )
         except ValidationError as exc:
             raise SubmissionError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
-        return await self.submit(spec)
+        return await self.submit(spec, job_id)
 
-    async def _mount(self, name: str, request: MountSubmission) -> model.Mount:
-        """A mount whose blobs (for a folder: its manifest and every file) are here, pinned."""
+    async def _mount(
+        self, name: str, request: MountSubmission, tag: Callable[[str], str]
+    ) -> model.Mount:
+        """A mount whose blobs (for a folder: its manifest and every file) are here, held."""
         what = f"mount {name!r}"
-        source = await self._pinned(request.blob, what)
+        source = await self._held(request.blob, tag(f"mount/{name}"), what)
         if request.directory:
             if source.size > model.MAX_MANIFEST_BYTES:
                 limit = model.MAX_MANIFEST_BYTES
@@ -260,16 +285,17 @@ class JobService:
                 raise SubmissionError(
                     f"the {what} manifest is invalid: {exc.errors()[0]['msg']}"
                 ) from None
-            for entry in manifest.files:
-                ref = await self._pinned(entry.hash, f"{what} file {entry.path!r}")
+            for index, entry in enumerate(manifest.files):
+                role = f"mount/{name}/{index}"
+                ref = await self._held(entry.hash, tag(role), f"{what} file {entry.path!r}")
                 if (ref.size, ref.root) != (entry.size, entry.root):
                     raise SubmissionError(f"the {what} manifest misstates {entry.path!r}")
         return model.Mount(
             source=source, directory=request.directory, guest_path=request.guest_path
         )
 
-    async def _module(self, request: JobSubmission) -> model.BlobRef:
-        """The module as a pinned binary blob, checked off the trio thread (compiling takes a
+    async def _module(self, request: JobSubmission, tag: Callable[[str], str]) -> model.BlobRef:
+        """The module as a held binary blob, checked off the trio thread (compiling takes a
         while)."""
         source: Path | bytes
         try:
@@ -278,12 +304,13 @@ class JobService:
             else:
                 assert request.module_blob is not None
                 what = f"module blob {request.module_blob[:12]}"
-                await self._pinned(request.module_blob, "module")
+                await self._held(request.module_blob, tag("source"), "module")
                 source = await self._blobs.read_bytes(request.module_blob)
             wasm = await trio.to_thread.run_sync(self._checked_module, source, request)
         except (OSError, StoreError, InvalidModule) as exc:
             raise SubmissionError(f"cannot use {what}: {exc}") from None
-        return model.BlobRef.held_by(await self._blobs.add_bytes(wasm), self.id)
+        info = await self._blobs.add_bytes(wasm, pin=False, tag=tag("module"))
+        return model.BlobRef.held_by(info, self.id)
 
     def _checked_module(self, source: Path | bytes, request: JobSubmission) -> bytes:
         if isinstance(source, Path):
@@ -305,9 +332,10 @@ class JobService:
                 )
         return wasm
 
-    async def _pinned(self, blob_hash: str, what: str) -> model.BlobRef:
+    async def _held(self, blob_hash: str, tag: str, what: str) -> model.BlobRef:
+        """A stored blob, held by `tag` (set first, so GC cannot take it before we look)."""
         try:
-            info = await self._blobs.keep(blob_hash)
+            info = await self._blobs.hold(blob_hash, tag)
         except BlobNotFound:
             raise SubmissionError(
                 f"the {what} blob {blob_hash} is not on this node; upload it first"
@@ -316,8 +344,8 @@ class JobService:
             raise SubmissionError(f"cannot use {what}: {exc}") from None
         return model.BlobRef.held_by(info, self.id)
 
-    async def submit(self, spec: model.JobSpec) -> model.Job:
-        job = self.store.submit(self.id, spec)
+    async def submit(self, spec: model.JobSpec, job_id: str | None = None) -> model.Job:
+        job = self.store.submit(self.id, spec, job_id)
         await self._changed(job)
         return job
 
@@ -387,10 +415,55 @@ class JobService:
         """Bring a finished job's outputs home, so they outlive the worker that made them."""
         for name, ref in job.outputs.items():
             try:
-                await self._blobs.fetch(ref.hash, provider_addrs(ref, self._resolve), root=ref.root)
-                await self._blobs.keep(ref.hash)
+                await self.fetch_output(job, name, ref)
             except (FetchError, StoreError) as exc:
                 log.warning("could not collect output %r of job %s: %s", name, job.id, exc)
+
+    async def fetch_output(self, job: model.Job, name: str, ref: model.BlobRef) -> BlobInfo:
+        """One output of a job, here and held by the job (tagged before it arrives, so GC
+        never takes it in between)."""
+        await self._blobs.set_tag(model.job_tag(job.id, f"output/{name}"), ref.hash)
+        return await self._blobs.fetch(ref.hash, provider_addrs(ref, self._resolve), root=ref.root)
+
+    # -- removal and retention ---------------------------------------------------------------
+
+    async def remove(self, job_id: str, *, force: bool = False) -> model.Job:
+        """Forget a finished job and release its blobs to GC; a live job is refused (`Refused`)
+        unless `force`, which cancels it first."""
+        job = self.store.get(job_id)
+        if force and job is not None and not job.state.terminal:
+            await self.cancel(job_id)
+        job = self.store.delete(job_id)
+        await self._release_blobs({job_id})
+        return job
+
+    async def remove_finished(self, retention_s: float) -> list[str]:
+        """Remove the jobs that finished more than `retention_s` ago; returns their ids.
+
+        Also drops the job tags this node holds for jobs it does not store (the outputs it made
+        as a worker, a submission that never completed) once they are that old, unless it still
+        runs the job."""
+        cutoff = self.store.now() - retention_s
+        removed = self.store.finished_before(cutoff)
+        for job_id in removed:
+            self.store.delete(job_id)
+        stale = set(removed)
+        for tag in (await self._blobs.tags()).keys():
+            holder = model.tag_job(tag)
+            if (
+                holder is not None
+                and holder not in self.worker.running
+                and model.job_id_time(holder) < cutoff
+                and self.store.get(holder) is None
+            ):
+                stale.add(holder)
+        await self._release_blobs(stale)
+        return removed
+
+    async def _release_blobs(self, job_ids: set[str]) -> None:
+        for tag in (await self._blobs.tags()).keys():
+            if model.tag_job(tag) in job_ids:
+                await self._blobs.drop_tag(tag)
 
     # -- from gossip -------------------------------------------------------------------------
 

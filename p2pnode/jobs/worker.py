@@ -34,6 +34,7 @@ from p2pnode.jobs import model
 from p2pnode.jobs.announcements import JobAnnounced
 from p2pnode.jobs.control import ControlClient, ControlError
 from p2pnode.jobs.model import WorkerStatus
+from p2pnode.metrics import Metrics
 from p2pnode.net.addr import PeerAddr
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,10 @@ class Worker:
         max_jobs: int,
         labels: Mapping[str, str],
         drain_flag: Path,
+        metrics: Metrics,
     ) -> None:
         self.id = node_id
+        self._metrics = metrics
         self.executors = executors
         self._blobs = blobs
         self._control = control
@@ -204,11 +207,15 @@ class Worker:
             reply = await self._control.ask(announcement.origin_addr, request)
         except ControlError as exc:
             log.info("cannot claim %s: %s", announcement.job.id, exc)
+            self._metrics.claims.labels("unreachable").inc()
             return None
         if isinstance(reply, model.ClaimGrant):
+            self._metrics.claims.labels("granted").inc()
             return reply
         if isinstance(reply, model.ClaimRefused) and reply.retry_after is not None:
+            self._metrics.claims.labels("backoff").inc()
             return reply.retry_after
+        self._metrics.claims.labels("refused").inc()
         log.debug(
             "claim of %s refused: %s", announcement.job.id, getattr(reply, "reason", reply.type)
         )
@@ -226,13 +233,16 @@ class Worker:
                     nursery.start_soon(
                         self._keep_lease, job, token, origin, grant.lease_expires_in, stopped
                     )
-                    result = await self._run(job, token, origin, workdir)
-                    result, outputs = await self._finish(result)
+                    with self._metrics.run_seconds.time():
+                        result = await self._run(job, token, origin, workdir)
+                    result, outputs = await self._finish(job, result)
                     nursery.cancel_scope.cancel()
             if stopped.cancelled_caught:
                 if job.id not in self._handing_back:
                     log.warning("job %s was cancelled or its lease lost; abandoned the run", job.id)
+                    self._metrics.attempts.labels("abandoned").inc()
                 return
+            self._metrics.attempts.labels("succeeded" if result.ok else "failed").inc()
             self.executed += 1
             # From here a retry of this job (announced as our report lands) is a new candidate.
             self._considering.pop(job.id, None)
@@ -282,7 +292,7 @@ class Worker:
             log.info("handed job %s back to its origin", job.id)
 
     async def _finish(
-        self, result: ExecutionResult
+        self, job: model.Job, result: ExecutionResult
     ) -> tuple[ExecutionResult, dict[str, model.BlobRef]]:
         """Store the outputs and bound the result: what is reported is always reportable."""
         if result.ok and (size := model.json_size(result.result)) > model.MAX_RESULT_BYTES:
@@ -291,7 +301,7 @@ class Worker:
             )
             return ExecutionResult.failure(message, result.logs), {}
         try:
-            return result, await self._store_outputs(result)
+            return result, await self._store_outputs(job, result)
         except StoreError as exc:
             return ExecutionResult.failure(f"could not store the outputs: {exc}", result.logs), {}
 
@@ -441,10 +451,14 @@ class Worker:
             ref.hash, provider_addrs(ref, self._resolve, first=origin), dest, root=ref.root
         )
 
-    async def _store_outputs(self, result: ExecutionResult) -> dict[str, model.BlobRef]:
+    async def _store_outputs(
+        self, job: model.Job, result: ExecutionResult
+    ) -> dict[str, model.BlobRef]:
+        """Held by the job's tags until the origin's retention would have removed the job."""
         refs: dict[str, model.BlobRef] = {}
         for name, path in result.outputs.items():
-            info = await self._blobs.add(path)
+            tag = model.job_tag(job.id, f"output/{name}")
+            info = await self._blobs.add(path, pin=False, tag=tag)
             refs[name] = model.BlobRef.held_by(info, self.id)
         return refs
 
