@@ -35,6 +35,15 @@ class MemberStatus(BaseModel):
     state: Literal["connected", "idle", "down"]
 
 
+class DiskStatus(BaseModel):
+    """The blob store's content and the room left on the filesystem that holds it."""
+
+    store_bytes: int
+    store_blobs: int
+    free_bytes: int
+    total_bytes: int
+
+
 class NodeStatus(BaseModel):
     id: str
     cluster_id: str
@@ -46,3 +55,4 @@ class NodeStatus(BaseModel):
     refused_connections: int
     gossip: GossipStats | None
     jobs: WorkerStatus
+    disk: DiskStatus | None = None  # filled by `GET /status` (reading the store takes a while)

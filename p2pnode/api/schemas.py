@@ -13,7 +13,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from p2pnode.blobs.model import BlobInfo, FetchProgress
 from p2pnode.jobs.model import Job, JobState, LogStream
-from p2pnode.status import MemberStatus as MemberStatus  # re-exported: served and read here
+from p2pnode.status import DiskStatus as DiskStatus  # re-exported: served and read here
+from p2pnode.status import MemberStatus as MemberStatus
 from p2pnode.status import NodeInfo as NodeInfo
 from p2pnode.status import NodeStatus as NodeStatus
 
@@ -97,3 +98,23 @@ class LogEvent(BaseModel):
     text: str = ""
     note: str | None = None
     state: JobState | None = None
+
+
+class DrainStatus(BaseModel):
+    """A node's drain switch and the jobs it still runs (a drained node is empty when none)."""
+
+    draining: bool
+    running: list[str]
+
+
+class LoginCode(BaseModel):
+    """A one-time dashboard login code (`GET /login?code=...`), good for `expires_in` seconds."""
+
+    code: str
+    expires_in: float
+
+
+class BlobEntry(BlobInfo):
+    """A blob as `GET /blobs` lists it: `jobs` are the jobs holding it (by their tags)."""
+
+    jobs: list[str] = []

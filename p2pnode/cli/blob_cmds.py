@@ -14,12 +14,13 @@ import click
 from pydantic import RootModel
 
 from p2pnode.api.client import ApiClient
-from p2pnode.api.schemas import BlobAdded, Done, FetchEvent, PathRequest
+from p2pnode.api.schemas import BlobAdded, BlobEntry, Done, FetchEvent, PathRequest
 from p2pnode.blobs.model import BlobInfo, GcResult
 from p2pnode.cli import EXIT_USAGE, cli, fail, load_settings, parse_blob_ticket
 from p2pnode.cli.progress import TransferProgress
 from p2pnode.fsutil import NotRegularFile, open_regular
 from p2pnode.ids import BlobHash
+from p2pnode.jobs.model import tag_job
 
 if TYPE_CHECKING:
     import iroh
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 UPLOAD_CHUNK = 1 << 20
 
 
-class _BlobList(RootModel[list[BlobInfo]]):
+class _BlobList(RootModel[list[BlobEntry]]):
     pass
 
 
@@ -100,8 +101,9 @@ def add_in_place(api: ApiClient, path: Path) -> BlobAdded:
     return api.post("/blobs", BlobAdded, json=body.model_dump(mode="json"), timeout=None)
 
 
-def upload(api: ApiClient, path: Path) -> BlobAdded:
-    """Stream a regular file's content to the node, which never opens the path itself."""
+def upload(api: ApiClient, path: Path, *, pin: bool = True) -> BlobAdded:
+    """Stream a regular file's content to the node, which never opens the path itself. A job's
+    files go unpinned (`pin=False`): the job holds them, and removing it frees them."""
     with _open_shareable(path) as f:
         size = os.fstat(f.fileno()).st_size
         return api.upload(
@@ -109,7 +111,7 @@ def upload(api: ApiClient, path: Path) -> BlobAdded:
             iter(lambda: f.read(UPLOAD_CHUNK), b""),
             size,
             BlobAdded,
-            params={"pin": True},
+            params={"pin": pin},
             timeout=None,
         )
 
@@ -295,15 +297,16 @@ async def _fetch_standalone(
 @blob.command(name="ls")
 @click.pass_obj
 def list_blobs(api: ApiClient) -> None:
-    """List stored blobs: hash, size, pins, tags.
+    """List stored blobs: hash, size, pins and tags, and the jobs that hold it.
 
     \b
     Example:
       p2pnode blob ls
     """
     for info in api.request("GET", "/blobs", _BlobList).root:
-        flags = ",".join(["pinned"] * info.pinned + list(info.tags)) or "-"
-        click.echo(f"{info.hash}  {info.size:>12}  {flags}")
+        tags = [t for t in info.tags if tag_job(t) is None]
+        flags = ",".join(["pinned"] * info.pinned + tags) or "-"
+        click.echo(f"{info.hash}  {info.size:>12}  {flags}  {','.join(info.jobs) or '-'}")
 
 
 @blob.command(name="rm")

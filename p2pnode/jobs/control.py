@@ -36,10 +36,15 @@ class ControlError(Exception):
     """The origin could not be asked, or answered something that makes no sense."""
 
 
+Admit = Callable[[NodeId, model.Job], None]
+"""Whether worker `str` may claim a pending job now: returns, or raises `ClaimRefused`."""
+
+
 class ControlServer:
     """Origin side, plus `StopRun` for the local worker. `on_change` runs after every recorded
     change (announce, gossip completion, fetch outputs); `stop_run(job_id, origin)` stops a run;
-    `on_log(job, chunk)` takes the live output of a job from its lease holder."""
+    `on_log(job, chunk)` takes the live output of a job from its lease holder; `admit` places
+    jobs: the origin decides who may claim, whatever the worker checked itself."""
 
     def __init__(
         self,
@@ -48,12 +53,14 @@ class ControlServer:
         on_change: Callable[[model.Job], Awaitable[None]],
         stop_run: Callable[[str, NodeId], object],
         on_log: Callable[[model.Job, model.LogChunk], None],
+        admit: Admit,
     ) -> None:
         self._store = store
         self._lease_s = lease_s
         self._on_change = on_change
         self._stop_run = stop_run
         self._on_log = on_log
+        self._admit = admit
 
     async def handle_stream(self, connection: iroh.Connection, bi: iroh.BiStream) -> None:
         peer = remote_node_id(connection)
@@ -68,6 +75,9 @@ class ControlServer:
             if isinstance(request, model.ClaimRequest):
                 if request.worker != peer:
                     return model.ClaimRefused(reason="a worker can only claim for itself")
+                pending = store.get(request.job_id)
+                if pending is not None and pending.state == model.JobState.PENDING:
+                    self._admit(peer, pending)
                 job = store.claim(request.job_id, peer, self._lease_s)
                 await self._on_change(job)
                 assert job.lease is not None
@@ -93,6 +103,7 @@ class ControlServer:
                     request.error,
                     request.logs,
                     request.outputs,
+                    request.compile_note,
                 )
                 await self._on_change(job)
                 return model.ReportAck()
