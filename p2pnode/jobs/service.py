@@ -143,7 +143,9 @@ class JobSubmission(BaseModel):
                 artifacts=artifacts,
                 command=command,
                 mounts=mounts,
-                requirements=model.Requirements(executor=self.executor, limits=self.limits),
+                requirements=model.Requirements(
+                    executor=self.executor, limits=self.limits, labels=self.require
+                ),
                 max_attempts=self.max_attempts,
             )
         except ValidationError as exc:
