@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from p2pnode.gossip.stats import GossipStats
+from p2pnode.ids import NodeIdField
 from p2pnode.jobs.model import WorkerStatus
 
 
@@ -18,7 +19,7 @@ class NodeInfo(BaseModel):
     """What `p2pnode start` writes to node.json, so scripts can find the node: public facts only
     (the join ticket carries the cluster secret; `p2pnode ticket` asks the node for one)."""
 
-    id: str
+    id: NodeIdField
     api_url: str
     pid: int
 
@@ -27,7 +28,7 @@ class MemberStatus(BaseModel):
     """`connected`: a live connection now; `idle`: none needed lately; `down`: unreachable,
     redialled with back-off."""
 
-    id: str
+    id: NodeIdField
     addresses: list[str]
     relay_url: str | None
     connected: bool
@@ -45,7 +46,7 @@ class DiskStatus(BaseModel):
 
 
 class NodeStatus(BaseModel):
-    id: str
+    id: NodeIdField
     cluster_id: str
     addresses: list[str]
     relay_url: str | None

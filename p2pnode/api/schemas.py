@@ -12,6 +12,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from p2pnode.blobs.model import BlobInfo, FetchProgress
+from p2pnode.ids import NodeIdField
 from p2pnode.jobs.model import Job, JobState, LogStream
 from p2pnode.status import DiskStatus as DiskStatus  # re-exported: served and read here
 from p2pnode.status import MemberStatus as MemberStatus
@@ -21,7 +22,7 @@ from p2pnode.status import NodeStatus as NodeStatus
 
 class Health(BaseModel):
     ok: bool
-    id: str
+    id: NodeIdField
     version: str
 
 

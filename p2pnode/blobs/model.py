@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from p2pnode.ids import BlobHashField
+from p2pnode.ids import BlobHashField, NodeIdField
 
 
 class BlobInfo(BaseModel):
@@ -37,4 +37,4 @@ class FetchProgress(BaseModel):
     hash: BlobHashField
     size: int
     bytes_done: int
-    provider: str | None = None
+    provider: NodeIdField | None = None
