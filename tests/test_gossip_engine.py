@@ -4,13 +4,17 @@
 stream per neighbour (or reports the peer disconnected if it is dead or across a partition); a
 `Send` goes out only on such a stream, in order; a `Disconnect` closes it after what is queued;
 a stream that dies tells its sender `peer_disconnected`; a node with no neighbours joins via
-every member it knows, and every 10 ticks reaches out to a random one. Events on different
-streams interleave in a seeded random order; node keys are seeded too, so runs replay exactly.
+every member it knows, and every 10 ticks reaches out to a random one. A `Timer` (milliseconds)
+fires when the network is quiet, earliest first, before the next tick (a second). Events on
+different streams interleave in a seeded random order; node keys are seeded too, so runs replay
+exactly.
 """
 
 from __future__ import annotations
 
 import functools
+import heapq
+import itertools
 import random
 from collections import Counter, deque
 from collections.abc import Callable
@@ -40,6 +44,7 @@ from p2pnode.gossip.engine import (
     SendOnce,
     Shuffle,
     ShuffleReply,
+    Timer,
     Want,
     WireMessage,
 )
@@ -65,6 +70,10 @@ class Sim:
         self.dead: set[str] = set()
         self.side: dict[str, int] = {}
         self.lost = 0  # sends with no stream, as the glue drops them
+        self.timers: list[tuple[float, int, str, Timer]] = []  # (due, seq, node, timer), a heap
+        self.elapsed = 0.0  # timer time: only timers move it
+        self.order = itertools.count()  # ties between timers go first come, first served
+        self.drop: Callable[[str, str, WireMessage], bool] = lambda src, dst, msg: False
 
     # -- the network ---------------------------------------------------------------------------
 
@@ -102,9 +111,14 @@ class Sim:
         """Carry events until the network is quiet, or only `steps` of them (to act mid-flight)."""
         for _ in range(steps or 200_000):
             busy = [c for c, q in self.channels.items() if q]
-            if not busy:
+            if busy:
+                self.channels[busy[0] if self.fifo else self.rng.choice(busy)].popleft()()
+            elif self.timers:
+                self.elapsed, _, node, timer = heapq.heappop(self.timers)
+                if node not in self.dead:
+                    self.apply(node, self.engines[node].on_timer(timer))
+            else:
                 return
-            self.channels[busy[0] if self.fifo else self.rng.choice(busy)].popleft()()
         assert steps, "the network never went quiet"
 
     def apply(self, src: str, actions: list[Action]) -> None:
@@ -129,6 +143,9 @@ class Sim:
                 self.links.discard((src, action.peer_id))
             elif isinstance(action, Deliver):
                 self.delivered[src][action.envelope.id] += 1
+            elif isinstance(action, Timer):
+                due = self.elapsed + action.delay
+                heapq.heappush(self.timers, (due, next(self.order), src, action))
             else:
                 assert isinstance(action, NeighborUp | NeighborDown)
 
@@ -136,7 +153,7 @@ class Sim:
         frame = wire.dump_json(msg)  # through JSON, as on the wire: signatures must survive it
 
         def arrive() -> None:
-            if self.reachable(src, dst):
+            if self.reachable(src, dst) and not self.drop(src, dst, msg):
                 self.apply(dst, self.engines[dst].on_message(src, frame))
 
         return arrive
@@ -324,6 +341,49 @@ def test_late_joiner_catches_up_on_live_announcements_only() -> None:
     assert set(sim.delivered[late]) == set(ids[1:])
     assert expired not in sim.delivered[late]
     sim.assert_views_sound()
+
+
+def gossip_totals(sim: Sim) -> tuple[int, int]:
+    """Full copies sent (eager pushes, grafts, catch-up) and duplicates received, over all nodes."""
+    stats = [sim.engines[n].stats() for n in sim.alive()]
+    return sum(s.sent_by_type.get("gossip", 0) for s in stats), sum(s.duplicates for s in stats)
+
+
+def test_after_warm_up_duplicates_fall_and_each_node_gets_about_one_copy() -> None:
+    sim = build(30, seed=17)
+    warm_up = [sim.publish(sim.rng.choice(sim.alive()), i) for i in range(10)]
+    copies, duplicates = gossip_totals(sim)
+    assert duplicates > 0  # every link starts eager: the first broadcasts flood and prune
+    steady = [sim.publish(sim.rng.choice(sim.alive()), 10 + i) for i in range(20)]
+    sim.assert_got_exactly_once(warm_up + steady)
+    later_copies, later_duplicates = gossip_totals(sim)
+    assert later_duplicates - duplicates <= duplicates // 4
+    assert (later_copies - copies) / (20 * 30) < 1.5  # a tree: N-1 copies per broadcast
+
+
+def test_a_node_that_missed_the_eager_push_grafts_it_after_an_ihave() -> None:
+    sim = build(20, seed=13)
+    for i in range(10):  # warm-up: the eager links settle into a tree
+        sim.publish(sim.rng.choice(sim.alive()), i)
+    origin, target = sim.alive()[:2]
+    grafts = sim.engines[target].stats().sent_by_type.get("graft", 0)
+    lost: list[str] = []
+
+    def lose_eager_copies(src: str, dst: str, msg: WireMessage) -> bool:
+        """Every full copy to the target is lost until it asks for one."""
+        asked = sim.engines[target].stats().sent_by_type.get("graft", 0) > grafts
+        if dst == target and isinstance(msg, Gossip) and not asked:
+            lost.append(src)
+            return True
+        return False
+
+    sim.drop = lose_eager_copies
+    ticks = sim.ticks
+    envelope_id = sim.publish(origin, 99)
+    assert lost, "an eager copy to the target was dropped"
+    sim.assert_got_exactly_once([envelope_id])
+    assert sim.engines[target].stats().sent_by_type["graft"] == grafts + 1
+    assert sim.ticks == ticks  # by IHAVE and GRAFT, not by a digest at a tick
 
 
 def test_seeded_runs_replay_exactly() -> None:

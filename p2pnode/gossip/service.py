@@ -31,6 +31,7 @@ from p2pnode.gossip.engine import (
     NeighborUp,
     Send,
     SendOnce,
+    Timer,
     WireMessage,
 )
 from p2pnode.gossip.stats import GossipStats
@@ -174,6 +175,8 @@ class GossipService:
                 self._send(action.peer_id, action.msg)
             elif isinstance(action, SendOnce):
                 self._nursery.start_soon(self._send_once, action)
+            elif isinstance(action, Timer):
+                self._nursery.start_soon(self._fire, action)
             elif isinstance(action, Connect):
                 self._nursery.start_soon(self._connect, action.peer_id, action.addr)
             elif isinstance(action, Disconnect):
@@ -199,6 +202,10 @@ class GossipService:
             self._peer_down(peer_id)
         except trio.BrokenResourceError:
             self._peer_down(peer_id)
+
+    async def _fire(self, timer: Timer) -> None:
+        await trio.sleep(timer.delay)
+        self._apply(self.engine.on_timer(timer))  # type: ignore[union-attr]
 
     async def _send_once(self, action: SendOnce) -> None:
         try:

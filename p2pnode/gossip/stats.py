@@ -7,6 +7,7 @@ from pydantic import BaseModel
 
 class GossipStats(BaseModel):
     sent: int = 0
+    sent_by_type: dict[str, int] = {}  # wire message type -> count: "gossip" eager, "ihave" lazy
     received: int = 0
     delivered: int = 0
     duplicates: int = 0
