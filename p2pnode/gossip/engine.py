@@ -55,8 +55,8 @@ class GossipConfig(BaseModel):
     seen_capacity: int = 100_000
     # Plumtree delays, iroh-gossip's defaults: IHAVE batching, and how long an announced id may
     # stay missing before GRAFT (then between announcers).
-    ihave_delay_s: float = 0.005
-    graft_timeout_s: float = 0.08
+    ihave_delay_s: float = 0.1
+    graft_timeout_s: float = 0.25
     graft_retry_s: float = 0.04
 
 
