@@ -1,23 +1,10 @@
-"""The gossip engine in a simulated network: delivery, churn, partitions, catch-up, bad input.
-
-`Sim` plays the glue (`p2pnode/gossip/service.py`) by its rules: a `Connect` opens one outgoing
-stream per neighbour (or reports the peer disconnected if it is dead or across a partition); a
-`Send` goes out only on such a stream, in order; a `Disconnect` closes it after what is queued;
-a stream that dies tells its sender `peer_disconnected`; a node with no neighbours joins via
-every member it knows, and every 10 ticks reaches out to a random one. A `Timer` (milliseconds)
-fires when the network is quiet, earliest first, before the next tick (a second). Events on
-different streams interleave in a seeded random order; node keys are seeded too, so runs replay
-exactly.
+"""The gossip engine in a simulated network (`p2pnode.gossip.sim`): delivery, churn, partitions,
+catch-up, the broadcast tree, bad input.
 """
 
 from __future__ import annotations
 
-import functools
-import heapq
-import itertools
 import random
-from collections import Counter, deque
-from collections.abc import Callable
 
 import iroh
 from hypothesis import given, settings
@@ -29,7 +16,6 @@ from p2pnode.gossip.engine import (
     Connect,
     Deliver,
     Digest,
-    Disconnect,
     ForwardJoin,
     Gossip,
     GossipConfig,
@@ -37,188 +23,21 @@ from p2pnode.gossip.engine import (
     Join,
     Leave,
     Neighbor,
-    NeighborDown,
     NeighborUp,
     PeerEntry,
     Send,
-    SendOnce,
     Shuffle,
     ShuffleReply,
-    Timer,
     Want,
     WireMessage,
 )
 from p2pnode.gossip.envelope import Envelope
+from p2pnode.gossip.sim import TOPIC, Sim
 
-TOPIC = "ab" * 32
-REACH_OUT_EVERY = 10
 wire: TypeAdapter[WireMessage] = TypeAdapter(WireMessage)
 
 
-class Sim:
-    def __init__(self, seed: int, config: GossipConfig | None = None, fifo: bool = False) -> None:
-        self.rng = random.Random(seed)
-        self.config = config or GossipConfig()
-        self.fifo = fifo
-        self.now = 1_800_000_000.0
-        self.ticks = 0
-        self.engines: dict[str, GossipEngine] = {}
-        self.delivered: dict[str, Counter[str]] = {}
-        self.origin: dict[str, str] = {}  # envelope id -> origin
-        self.links: set[tuple[str, str]] = set()  # open outgoing streams (membership tests only)
-        self.channels: dict[tuple[str, ...], deque[Callable[[], None]]] = {}
-        self.dead: set[str] = set()
-        self.side: dict[str, int] = {}
-        self.lost = 0  # sends with no stream, as the glue drops them
-        self.timers: list[tuple[float, int, str, Timer]] = []  # (due, seq, node, timer), a heap
-        self.elapsed = 0.0  # timer time: only timers move it
-        self.order = itertools.count()  # ties between timers go first come, first served
-        self.drop: Callable[[str, str, WireMessage], bool] = lambda src, dst, msg: False
-
-    # -- the network ---------------------------------------------------------------------------
-
-    def add(self, via: str | None = None) -> str:
-        key = iroh.SecretKey.from_bytes(self.rng.randbytes(32))
-        node = key.public().to_bytes().hex()
-        engine = GossipEngine(
-            node,
-            TOPIC,
-            key,
-            {"node": node},
-            self.config,
-            random.Random(self.rng.random()),
-            clock=lambda: self.now,
-        )
-        self.engines[node] = engine
-        self.delivered[node] = Counter()
-        if via is not None:
-            self.apply(node, engine.join_via(via, {"node": via}))
-            self.run()
-        return node
-
-    def alive(self) -> list[str]:
-        return [n for n in self.engines if n not in self.dead]
-
-    def reachable(self, a: str, b: str) -> bool:
-        return (
-            a not in self.dead and b not in self.dead and self.side.get(a, 0) == self.side.get(b, 0)
-        )
-
-    def schedule(self, channel: tuple[str, ...], event: Callable[[], None]) -> None:
-        self.channels.setdefault(("fifo",) if self.fifo else channel, deque()).append(event)
-
-    def run(self, steps: int | None = None) -> None:
-        """Carry events until the network is quiet, or only `steps` of them (to act mid-flight)."""
-        for _ in range(steps or 200_000):
-            busy = [c for c, q in self.channels.items() if q]
-            if busy:
-                self.channels[busy[0] if self.fifo else self.rng.choice(busy)].popleft()()
-            elif self.timers:
-                self.elapsed, _, node, timer = heapq.heappop(self.timers)
-                if node not in self.dead:
-                    self.apply(node, self.engines[node].on_timer(timer))
-            else:
-                return
-        assert steps, "the network never went quiet"
-
-    def apply(self, src: str, actions: list[Action]) -> None:
-        for action in actions:
-            if isinstance(action, Send):
-                if (src, action.peer_id) not in self.links:
-                    self.lost += 1
-                    continue
-                self.schedule(
-                    ("stream", src, action.peer_id), self._carry(src, action.peer_id, action.msg)
-                )
-            elif isinstance(action, SendOnce):
-                self.schedule(
-                    ("once", src, action.peer_id), self._carry(src, action.peer_id, action.msg)
-                )
-            elif isinstance(action, Connect):
-                self.schedule(
-                    ("dial", src, action.peer_id),
-                    functools.partial(self._dial, src, action.peer_id),
-                )
-            elif isinstance(action, Disconnect):
-                self.links.discard((src, action.peer_id))
-            elif isinstance(action, Deliver):
-                self.delivered[src][action.envelope.id] += 1
-            elif isinstance(action, Timer):
-                due = self.elapsed + action.delay
-                heapq.heappush(self.timers, (due, next(self.order), src, action))
-            else:
-                assert isinstance(action, NeighborUp | NeighborDown)
-
-    def _carry(self, src: str, dst: str, msg: WireMessage) -> Callable[[], None]:
-        frame = wire.dump_json(msg)  # through JSON, as on the wire: signatures must survive it
-
-        def arrive() -> None:
-            if self.reachable(src, dst) and not self.drop(src, dst, msg):
-                self.apply(dst, self.engines[dst].on_message(src, frame))
-
-        return arrive
-
-    def _dial(self, src: str, dst: str) -> None:
-        if src in self.dead:
-            return
-        if (src, dst) not in self.links:
-            if not self.reachable(src, dst):
-                self.apply(src, self.engines[src].peer_disconnected(dst))
-                return
-            self.links.add((src, dst))
-        self.apply(src, self.engines[src].peer_connected(dst))
-
-    def _cut(self, src: str, dst: str) -> None:
-        """A stream dies under its sender, who hears of it (unless it opened a new one since)."""
-        self.links.discard((src, dst))
-
-        def down() -> None:
-            if src not in self.dead and (src, dst) not in self.links:
-                self.apply(src, self.engines[src].peer_disconnected(dst))
-
-        self.schedule(("down", src, dst), down)
-
-    def kill(self, node: str) -> None:
-        self.dead.add(node)
-        for src, dst in sorted(self.links):
-            if node in (src, dst):
-                self._cut(src, dst)
-
-    def partition(self, half: set[str]) -> None:
-        self.side = {n: int(n in half) for n in self.engines}
-        for src, dst in sorted(self.links):
-            if not self.reachable(src, dst):
-                self._cut(src, dst)
-
-    def heal(self) -> None:
-        self.side.clear()
-
-    # -- what the glue does --------------------------------------------------------------------
-
-    def publish(self, origin: str, n: int, *, settle: bool = True) -> str:
-        envelope, actions = self.engines[origin].publish("job.announced", {"n": n})
-        self.origin[envelope.id] = origin
-        self.apply(origin, actions)
-        if settle:
-            self.run()
-        return envelope.id
-
-    def tick(self, rounds: int = 1) -> None:
-        for _ in range(rounds):
-            self.now += 1
-            self.ticks += 1
-            for node in self.alive():
-                engine = self.engines[node]
-                members = [m for m in self.engines if m != node]
-                if not engine.stats().active:
-                    for member in members:
-                        self.apply(node, engine.join_via(member, {"node": member}))
-                elif self.ticks % REACH_OUT_EVERY == 0:
-                    member = self.rng.choice(members)
-                    self.apply(node, engine.reach_out(member, {"node": member}))
-                self.apply(node, engine.tick(self.now))
-            self.run()
-
+class CheckedSim(Sim):
     # -- checks --------------------------------------------------------------------------------
 
     def assert_got_exactly_once(self, ids: list[str], nodes: list[str] | None = None) -> None:
@@ -252,12 +71,9 @@ class Sim:
         assert seen == set(alive), f"{len(alive) - len(seen)} nodes cut off from the overlay"
 
 
-def build(n: int, seed: int, **kwargs: object) -> Sim:
-    sim = Sim(seed, **kwargs)  # type: ignore[arg-type]
-    sim.add()
-    for _ in range(n - 1):
-        sim.add(via=sim.rng.choice(list(sim.engines)))
-    sim.tick(5)
+def build(n: int, seed: int, **kwargs: object) -> CheckedSim:
+    sim = CheckedSim(seed, **kwargs)  # type: ignore[arg-type]
+    sim.grow(n)
     return sim
 
 
@@ -343,7 +159,7 @@ def test_late_joiner_catches_up_on_live_announcements_only() -> None:
     sim.assert_views_sound()
 
 
-def gossip_totals(sim: Sim) -> tuple[int, int]:
+def gossip_totals(sim: CheckedSim) -> tuple[int, int]:
     """Full copies sent (eager pushes, grafts, catch-up) and duplicates received, over all nodes."""
     stats = [sim.engines[n].stats() for n in sim.alive()]
     return sum(s.sent_by_type.get("gossip", 0) for s in stats), sum(s.duplicates for s in stats)

@@ -45,19 +45,21 @@ class GossipConfig(BaseModel):
     shuffle_every: int = 10  # ticks
     digest_every: int = 5  # ticks
     shuffle_sample: int = 8
-    hops: int = Field(
-        default=12, ge=1, le=MAX_HOPS
-    )  # budget of a new envelope, and of one re-sent for catch-up
+    # Budget of a new envelope, and of one re-sent for catch-up or GRAFT. A tree's paths are
+    # longer than the shortest ones flooding took; one that runs out is announced by IHAVE.
+    hops: int = Field(default=32, ge=1, le=MAX_HOPS)
     max_age_s: float = 3600.0  # older envelopes are neither accepted nor re-sent: replay protection
     max_future_s: float = 60.0
     max_envelope_bytes: int = 64 * 1024
     max_digest_ids: int = 4000
     seen_capacity: int = 100_000
-    # Plumtree delays, iroh-gossip's defaults: IHAVE batching, and how long an announced id may
-    # stay missing before GRAFT (then between announcers).
+    # Plumtree delays. iroh-gossip batches IHAVE for 5 ms and grafts after 80 ms; Python nodes
+    # sharing a loaded machine answer in tens to hundreds of ms, and a GRAFT sent while the eager
+    # copy is merely late adds a link that PRUNE must remove again (churn, more frames). Lazy
+    # announcements only matter when something was lost, so they are batched longer.
     ihave_delay_s: float = 0.1
     graft_timeout_s: float = 0.25
-    graft_retry_s: float = 0.04
+    graft_retry_s: float = 0.1
 
 
 # -- wire messages ----------------------------------------------------------------------------
@@ -577,15 +579,14 @@ class GossipEngine:
         return Gossip(envelope=envelope.model_copy(update={"hops": self.config.hops}))
 
     def _push(self, envelope: Envelope, exclude: str | None) -> list[Action]:
-        """Eager copies to the tree's links, an IHAVE (at the next batch) to the others."""
-        if envelope.hops == 0:
-            return []
-        onward = Gossip(envelope=envelope.model_copy(update={"hops": envelope.hops - 1}))
+        """Eager copies to the tree's links, an IHAVE (at the next batch) to the others. Once the
+        hop budget is spent, everyone gets the IHAVE: a GRAFT answer carries a fresh budget."""
+        onward = Gossip(envelope=envelope.model_copy(update={"hops": max(envelope.hops - 1, 0)}))
         actions: list[Action] = []
         for peer_id in sorted(self._connected):
             if peer_id == exclude:
                 continue
-            if peer_id not in self._lazy:
+            if peer_id not in self._lazy and envelope.hops > 0:
                 actions.append(self._send(peer_id, onward))
                 continue
             if not self._ihave:
