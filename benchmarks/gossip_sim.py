@@ -42,7 +42,7 @@ def broadcast(sim: Sim, count: int) -> list[str]:
 
 
 def connected(sim: Sim) -> bool:
-    """Whether the neighbour graph spans every node."""
+    """Whether the neighbor graph spans every node."""
     graph = {node: set(sim.engines[node].stats().active) for node in sim.alive()}
     start = next(iter(graph))
     seen, todo = {start}, [start]

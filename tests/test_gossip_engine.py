@@ -50,16 +50,16 @@ class CheckedSim(Sim):
             )
 
     def assert_views_sound(self) -> None:
-        """Bounded views, every live node has a neighbour, and the neighbour graph is connected."""
+        """Bounded views, every live node has a neighbor, and the neighbor graph is connected."""
         alive = self.alive()
         graph: dict[str, set[str]] = {n: set() for n in alive}
         for node in alive:
             engine = self.engines[node]
-            neighbours = engine.stats().active
-            assert 1 <= len(neighbours) <= len(engine.active) <= self.config.active_size, node[:8]
+            neighbors = engine.stats().active
+            assert 1 <= len(neighbors) <= len(engine.active) <= self.config.active_size, node[:8]
             assert len(engine.passive) <= self.config.passive_size
             assert not set(engine.active) & set(engine.passive) and node not in engine.active
-            for peer in neighbours:
+            for peer in neighbors:
                 if peer in graph:
                     graph[node].add(peer)
                     graph[peer].add(node)
@@ -118,7 +118,7 @@ def test_kill_a_fifth_while_publishing_survivors_get_everything_and_views_heal()
     sim.assert_views_sound()
     for node in sim.alive():
         assert not set(sim.engines[node].stats().active) & sim.dead, (
-            "a neighbour is still a dead node"
+            "a neighbor is still a dead node"
         )
 
 
@@ -218,7 +218,7 @@ def test_seeded_runs_replay_exactly() -> None:
 
 
 def pair() -> tuple[GossipEngine, str, list[float]]:
-    """An engine with one connected neighbour (`peer`), and its clock."""
+    """An engine with one connected neighbor (`peer`), and its clock."""
     clock = [1_800_000_000.0]
     key = iroh.SecretKey.from_bytes(bytes([1]) * 32)
     engine = GossipEngine(
@@ -304,7 +304,7 @@ def test_replays_forgeries_and_garbage_are_dropped_and_counted() -> None:
     assert delivered[0] == Deliver(good.model_copy(update={"hops": 2}))
     assert [
         m.envelope.hops for m in sent(delivered) if isinstance(m, Gossip)
-    ] == []  # no other neighbour
+    ] == []  # no other neighbor
     assert gossip(good) == [] and engine.stats().duplicates == 1  # a replay within the window
     assert engine.on_message(peer, wire.dump_json(Gossip(envelope=good))) == []  # raw frames too
     assert engine.stats().duplicates == 2 and engine.stats().delivered == 1

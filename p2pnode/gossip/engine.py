@@ -6,19 +6,19 @@ deterministic simulation and keeps all I/O in the trio glue (`service.py`). Noth
 clock or a random source except the injected `clock` and `rng`, and nothing iterates a set, so a
 seeded run replays exactly.
 
-- Views: a small *active* view (the neighbours we push to) and a larger *passive* view (known
+- Views: a small *active* view (the neighbors we push to) and a larger *passive* view (known
   members to replace them with). Joins are forwarded on random walks so newcomers spread over
-  the overlay; shuffles mix passive views; a lost neighbour is replaced from the passive view.
-- Broadcast (Plumtree, epidemic broadcast trees): each link to a neighbour is *eager* or *lazy*.
-  A new, valid envelope is delivered once, pushed in full to the eager neighbours and announced
+  the overlay; shuffles mix passive views; a lost neighbor is replaced from the passive view.
+- Broadcast (Plumtree, epidemic broadcast trees): each link to a neighbor is *eager* or *lazy*.
+  A new, valid envelope is delivered once, pushed in full to the eager neighbors and announced
   by id (IHAVE, batched for a moment) to the lazy ones, while its hop budget lasts. A duplicate
   shows a redundant path: the receiver answers PRUNE and both ends make the link lazy, so the
   eager links settle into a spanning tree and each node gets about one full copy per broadcast.
   A node told IHAVE of an id it still lacks after `graft_timeout_s` (the eager copy was lost or
-  the tree is broken) asks that neighbour with GRAFT, which makes the link eager again (the tree
+  the tree is broken) asks that neighbor with GRAFT, which makes the link eager again (the tree
   repairs itself) and brings the envelope; further announcers are tried `graft_retry_s` apart.
   Delays are `Timer` actions that the caller fires back through `on_timer`.
-- Catch-up: neighbours exchange digests of live envelope ids when they connect and every few
+- Catch-up: neighbors exchange digests of live envelope ids when they connect and every few
   ticks, and ask for what they lack, so late joiners and healed partitions converge.
 """
 
@@ -84,7 +84,7 @@ class ForwardJoin(BaseModel):
 class Neighbor(BaseModel):
     type: Literal["neighbor"] = "neighbor"
     addr: dict[str, Any]
-    urgent: bool  # the sender has no neighbours at all: the receiver must accept
+    urgent: bool  # the sender has no neighbors at all: the receiver must accept
 
 
 class Leave(BaseModel):
@@ -117,7 +117,7 @@ class Want(BaseModel):
 
 
 class IHave(BaseModel):
-    """Lazy push: ids the sender delivered, to a neighbour that gets no eager copies from it."""
+    """Lazy push: ids the sender delivered, to a neighbor that gets no eager copies from it."""
 
     type: Literal["ihave"] = "ihave"
     ids: list[str] = Field(max_length=5000)
@@ -179,7 +179,7 @@ class Send:
 
 @dataclass(frozen=True)
 class SendOnce:
-    """A message to a peer we hold no connection to (declining its request to be a neighbour)."""
+    """A message to a peer we hold no connection to (declining its request to be a neighbor)."""
 
     peer_id: str
     addr: dict[str, Any]
@@ -246,11 +246,11 @@ class GossipEngine:
         self.active: dict[str, dict[str, Any]] = {}
         self.passive: dict[str, dict[str, Any]] = {}
         self._connected: set[str] = set()
-        self._hello: dict[str, Any] = {}  # first message for a neighbour, sent once connected
+        self._hello: dict[str, Any] = {}  # first message for a neighbor, sent once connected
         self._seen: OrderedDict[str, tuple[float, str]] = OrderedDict()  # id -> (time, from)
-        self._lazy: set[str] = set()  # connected neighbours we only send IHAVE to
-        self._ihave: dict[str, list[str]] = {}  # neighbour -> ids to announce at the next timer
-        self._missing: dict[str, list[str]] = {}  # announced id -> neighbours that announced it
+        self._lazy: set[str] = set()  # connected neighbors we only send IHAVE to
+        self._ihave: dict[str, list[str]] = {}  # neighbor -> ids to announce at the next timer
+        self._missing: dict[str, list[str]] = {}  # announced id -> neighbors that announced it
         self._live: dict[str, Envelope] = {}
         self._ticks = 0
         self._counts: Counter[str] = Counter()
@@ -268,7 +268,7 @@ class GossipEngine:
     def reach_out(self, peer_id: str, addr: dict[str, Any]) -> list[Action]:
         """Link to a member the overlay has lost track of (how cut-off halves find each other).
 
-        The neighbour request is urgent, so the member accepts even with a full view.
+        The neighbor request is urgent, so the member accepts even with a full view.
         """
         if peer_id == self.id or peer_id in self.active or peer_id in self.passive:
             return []
@@ -288,10 +288,10 @@ class GossipEngine:
         return actions
 
     def peer_disconnected(self, peer_id: str) -> list[Action]:
-        """The transport lost a neighbour, or could not reach one: forget it and refill.
+        """The transport lost a neighbor, or could not reach one: forget it and refill.
 
         A peer whose connection failed is most likely gone, so it is not kept as a candidate
-        (shuffles bring it back if it lives). Only a lost neighbour triggers an immediate
+        (shuffles bring it back if it lives). Only a lost neighbor triggers an immediate
         refill; a failed dial waits for the next tick, so dead candidates cost one dial a tick.
         """
         was_connected = peer_id in self._connected
@@ -347,11 +347,11 @@ class GossipEngine:
         self._ticks += 1
         self._expire(now)
         actions = self._refill()
-        neighbours = sorted(self._connected)
-        if neighbours and self._ticks % self.config.shuffle_every == 0:
-            actions.append(self._send(self._rng.choice(neighbours), Shuffle(sample=self._sample())))
-        if neighbours and self._ticks % self.config.digest_every == 0:
-            actions.append(self._send(self._rng.choice(neighbours), self._digest()))
+        neighbors = sorted(self._connected)
+        if neighbors and self._ticks % self.config.shuffle_every == 0:
+            actions.append(self._send(self._rng.choice(neighbors), Shuffle(sample=self._sample())))
+        if neighbors and self._ticks % self.config.digest_every == 0:
+            actions.append(self._send(self._rng.choice(neighbors), self._digest()))
         return actions
 
     def stats(self) -> GossipStats:
@@ -457,7 +457,7 @@ class GossipEngine:
         self.passive[peer_id] = addr
 
     def _refill(self) -> list[Action]:
-        """Replace lost neighbours with passive candidates, one attempt per call."""
+        """Replace lost neighbors with passive candidates, one attempt per call."""
         missing = [p for p in self.passive if p not in self.active]
         if len(self.active) >= self.config.active_size or not missing:
             return []

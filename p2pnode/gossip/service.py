@@ -1,9 +1,9 @@
 """Gossip over iroh: runs the sans-IO engine, carrying its messages on QUIC streams between members.
 
-Each neighbour gets one outgoing connection (members-only ALPN) with one long-lived uni stream
-of length-prefixed JSON frames, fed by a bounded queue: a slow or dead neighbour can never
+Each neighbor gets one outgoing connection (members-only ALPN) with one long-lived uni stream
+of length-prefixed JSON frames, fed by a bounded queue: a slow or dead neighbor can never
 block the engine or the rest of the node; when its stream breaks the engine hears that the
-neighbour is down and refills its view. Incoming frames that are oversized or malformed reset
+neighbor is down and refills its view. Incoming frames that are oversized or malformed reset
 that stream and are counted; they never reach the engine.
 """
 
@@ -65,12 +65,12 @@ class Received:
 
 
 @dataclass(frozen=True)
-class NeighbourChange:
+class NeighborChange:
     peer_id: str
     up: bool
 
 
-GossipEvent = Received | NeighbourChange
+GossipEvent = Received | NeighborChange
 
 
 class GossipService:
@@ -122,7 +122,7 @@ class GossipService:
 
     def _bootstrap_if_alone(self) -> None:
         """Known members seed an empty view: at start, and after a join or losing every
-        neighbour."""
+        neighbor."""
         assert self.engine is not None
         if not self.engine.stats().active:
             for member in self._membership.members.values():
@@ -139,7 +139,7 @@ class GossipService:
         return envelope.id
 
     def subscribe(self, buffer: int = 1024) -> trio.MemoryReceiveChannel[GossipEvent]:
-        """Announcements from others and neighbour changes, in order; a subscriber that falls
+        """Announcements from others and neighbor changes, in order; a subscriber that falls
         `buffer` events behind loses the overflow (anti-entropy cannot replay what was
         delivered)."""
         send, receive = trio.open_memory_channel[GossipEvent](buffer)
@@ -172,7 +172,7 @@ class GossipService:
 
     def _apply(self, actions: list[Any]) -> None:
         assert self._nursery is not None
-        encoded: dict[int, bytes] = {}  # a message pushed to several neighbours is encoded once
+        encoded: dict[int, bytes] = {}  # a message pushed to several neighbors is encoded once
         for action in actions:
             if isinstance(action, Send):
                 self._send(action.peer_id, action.msg, encoded)
@@ -191,8 +191,8 @@ class GossipService:
                 )
             elif isinstance(action, (NeighborUp, NeighborDown)):
                 up = isinstance(action, NeighborUp)
-                log.info("gossip neighbour %s: %s", "up" if up else "down", action.peer_id[:10])
-                self._notify(NeighbourChange(action.peer_id, up))
+                log.info("gossip neighbor %s: %s", "up" if up else "down", action.peer_id[:10])
+                self._notify(NeighborChange(action.peer_id, up))
 
     def _send(self, peer_id: str, message: WireMessage, encoded: dict[int, bytes]) -> None:
         outbox = self._outboxes.get(peer_id)
@@ -204,7 +204,7 @@ class GossipService:
         try:
             outbox.send_nowait(frame)
         except trio.WouldBlock:
-            log.warning("gossip neighbour %s is not keeping up; dropping it", peer_id[:10])
+            log.warning("gossip neighbor %s is not keeping up; dropping it", peer_id[:10])
             self._peer_down(peer_id)
         except trio.BrokenResourceError:
             self._peer_down(peer_id)
@@ -253,10 +253,10 @@ class GossipService:
         stream: iroh.SendStream,
         outbox: trio.MemoryReceiveChannel[bytes],
     ) -> None:
-        """Write queued messages to the neighbour until the queue closes or the connection dies;
+        """Write queued messages to the neighbor until the queue closes or the connection dies;
         what queued up meanwhile goes out in one write.
 
-        Watching `closed()` notices a neighbour that went away even when we have nothing to send.
+        Watching `closed()` notices a neighbor that went away even when we have nothing to send.
         """
         mine = self._outboxes.get(peer_id)
 

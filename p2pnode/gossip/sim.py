@@ -1,9 +1,9 @@
 """A deterministic simulation of the gossip engine: many engines, one seeded network.
 
 `Sim` plays the glue (`service.py`) by its rules: a `Connect` opens one outgoing stream per
-neighbour (or reports the peer disconnected if it is dead or across a partition); a `Send` goes
+neighbor (or reports the peer disconnected if it is dead or across a partition); a `Send` goes
 out only on such a stream, in order; a `Disconnect` closes it after what is queued; a stream
-that dies tells its sender `peer_disconnected`; a node with no neighbours joins via every member
+that dies tells its sender `peer_disconnected`; a node with no neighbors joins via every member
 it knows, and every 10 ticks reaches out to a random one. A `Timer` (milliseconds) fires when
 the network is quiet, earliest first, before the next tick (a second). Events on different
 streams interleave in a seeded random order; node keys are seeded too, so runs replay exactly.

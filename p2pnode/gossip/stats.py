@@ -12,7 +12,7 @@ class GossipStats(BaseModel):
     delivered: int = 0
     duplicates: int = 0
     dropped: dict[str, int] = {}
-    active: list[str] = []  # connected neighbours
-    pending: int = 0  # neighbours being dialled
+    active: list[str] = []  # connected neighbors
+    pending: int = 0  # neighbors being dialled
     passive: int = 0
     live: int = 0
