@@ -249,7 +249,8 @@ class GossipEngine:
         self._hello: dict[str, Any] = {}  # first message for a neighbor, sent once connected
         self._seen: OrderedDict[str, tuple[float, str]] = OrderedDict()  # id -> (time, from)
         self._lazy: set[str] = set()  # connected neighbors we only send IHAVE to
-        self._ihave: dict[str, list[str]] = {}  # neighbor -> ids to announce at the next timer
+        # neighbor -> ids to announce at the next timer (a dict as an ordered set)
+        self._ihave: dict[str, dict[str, None]] = {}
         self._missing: dict[str, list[str]] = {}  # announced id -> neighbors that announced it
         self._live: dict[str, Envelope] = {}
         self._ticks = 0
@@ -485,6 +486,7 @@ class GossipEngine:
             self._counts["duplicates"] += 1
             # A second path to us: prune it, unless it is the one the first copy came by (a
             # repeat from there is a replay or a catch-up, and says nothing about the tree).
+            self._has(peer_id, envelope.id)
             if seen[1] == peer_id or peer_id not in self._connected or peer_id in self._lazy:
                 return []
             self._lazy.add(peer_id)
@@ -510,6 +512,7 @@ class GossipEngine:
         actions: list[Action] = []
         for envelope_id in msg.ids:
             if envelope_id in self._seen:
+                self._has(peer_id, envelope_id)
                 continue
             announcers = self._missing.get(envelope_id)
             if announcers is None:
@@ -591,17 +594,27 @@ class GossipEngine:
                 continue
             if not self._ihave:
                 actions.append(Timer(self.config.ihave_delay_s, "ihave"))
-            self._ihave.setdefault(peer_id, []).append(envelope.id)
+            self._ihave.setdefault(peer_id, {})[envelope.id] = None
         return actions
 
+    def _has(self, peer_id: str, envelope_id: str) -> None:
+        """The neighbor showed it has an envelope (sent it, or announced it): no IHAVE for it."""
+        if (pending := self._ihave.get(peer_id)) is not None:
+            pending.pop(envelope_id, None)
+
     def _send_ihaves(self) -> list[Action]:
+        """The batched IHAVEs; the two ends of a lazy link often announce the same envelope to
+        each other, and whichever batch goes second skips it."""
         batches, self._ihave = self._ihave, {}
         limit = self.config.max_digest_ids
-        return [
-            self._send(peer_id, IHave(ids=ids[start : start + limit]))
-            for peer_id, ids in sorted(batches.items())
-            for start in range(0, len(ids), limit)
-        ]
+        actions: list[Action] = []
+        for peer_id, pending in sorted(batches.items()):
+            ids = list(pending)
+            actions += [
+                self._send(peer_id, IHave(ids=ids[start : start + limit]))
+                for start in range(0, len(ids), limit)
+            ]
+        return actions
 
     def _remember(self, envelope: Envelope, sender: str) -> None:
         self._seen[envelope.id] = (envelope.timestamp, sender)
