@@ -20,14 +20,17 @@ from p2pnode.gossip.engine import (
     Gossip,
     GossipConfig,
     GossipEngine,
+    IHave,
     Join,
     Leave,
     Neighbor,
     NeighborUp,
     PeerEntry,
+    Prune,
     Send,
     Shuffle,
     ShuffleReply,
+    Timer,
     Want,
     WireMessage,
 )
@@ -258,6 +261,19 @@ def test_retired_envelopes_are_neither_offered_nor_served() -> None:
     assert all(
         m.envelope.hops == engine.config.hops for m in served + pushed if isinstance(m, Gossip)
     )
+
+
+def test_lazy_links_announce_by_batched_ihave_what_the_neighbor_has_not_shown_it_has() -> None:
+    engine, peer, _ = pair()
+    x, pushed = engine.publish("job.announced", {"job": "x"})
+    assert [type(m) for m in sent(pushed)] == [Gossip]  # every link starts eager
+    assert sent(engine.on_message(peer, Gossip(envelope=x))) == [Prune()]  # a second path
+    y, actions = engine.publish("job.announced", {"job": "y"})
+    z, more = engine.publish("job.announced", {"job": "z"})
+    [timer] = actions
+    assert isinstance(timer, Timer) and not sent(actions + more)  # lazy now: one batch later
+    engine.on_message(peer, IHave(ids=[y.id]))  # the peer has y already
+    assert sent(engine.on_timer(timer)) == [IHave(ids=[z.id])]
 
 
 def test_replays_forgeries_and_garbage_are_dropped_and_counted() -> None:
