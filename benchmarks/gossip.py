@@ -19,6 +19,7 @@ node in its own process. `--reference-python` runs the Rust iroh-gossip 0.35 anc
 from __future__ import annotations
 
 import argparse
+import functools
 import random
 import re
 import statistics
@@ -38,11 +39,12 @@ import tickets
 from p2pnode.api.app import serve_node_api
 from p2pnode.config import Settings
 from p2pnode.gossip.service import GossipService, Received
-from p2pnode.node import Node
+from p2pnode.node import Node, StartupError
 
 SETTLE_S = 3.0
 GRACE_S = 15.0
 GAP_S = 0.02  # between announcements
+JOIN_ATTEMPTS = 3
 REFERENCE_SCRIPT = Path(__file__).resolve().parents[2] / "shared/anchors/gossip_iroh035.py"
 
 
@@ -94,9 +96,20 @@ def new_node(data_dir: Path) -> Node:
     return Node(settings, serve_node_api)
 
 
-async def start(nursery: trio.Nursery, node: Node, ticket: str | None) -> None:
-    join = tickets.parse_join(ticket) if ticket else None
-    await nursery.start(lambda task_status: node.run(join_ticket=join, task_status=task_status))
+async def start(
+    nursery: trio.Nursery, data_dir: Path, node_tickets: list[str], rng: random.Random
+) -> Node:
+    """A node joined through a random one of `node_tickets` (or alone); a join that fails on the
+    loaded machine (a handshake timing out) is tried again through another."""
+    for attempt in range(JOIN_ATTEMPTS):
+        node = new_node(data_dir / str(attempt))
+        join = tickets.parse_join(rng.choice(node_tickets)) if node_tickets else None
+        try:
+            await nursery.start(functools.partial(node.run, join_ticket=join))
+            return node
+        except StartupError as exc:
+            print(f"join failed, trying again: {exc}", file=sys.stderr)
+    raise StartupError(f"no join in {JOIN_ATTEMPTS} attempts")
 
 
 async def listen(node: Node, result: Result, on_probe: Any) -> None:
@@ -121,8 +134,7 @@ async def run_in_process(size: int, messages: int, work: Path) -> Result:
     async with trio.open_nursery() as nursery:
         nodes: list[Node] = []
         for i in range(size):
-            node = new_node(work / f"{size}-{i}")
-            await start(nursery, node, rng.choice(nodes).join_ticket() if nodes else None)
+            node = await start(nursery, work / f"{size}-{i}", [n.join_ticket() for n in nodes], rng)
             nursery.start_soon(listen, node, result, heard)
             nodes.append(node)
         await trio.sleep(SETTLE_S)  # let the views form, as in a running cluster
@@ -159,8 +171,7 @@ async def node_process(data_dir: Path, ticket: str | None) -> None:
             done.set()
 
     async with trio.open_nursery() as nursery:
-        node = new_node(data_dir)
-        await start(nursery, node, ticket)
+        node = await start(nursery, data_dir, [ticket] if ticket else [], random.Random())
         nursery.start_soon(listen, node, result, heard)
         print(node.join_ticket(), flush=True)
         plan = Plan.model_validate_json(await trio.to_thread.run_sync(sys.stdin.readline))
