@@ -104,11 +104,14 @@ async def start(
     for attempt in range(JOIN_ATTEMPTS):
         node = new_node(data_dir / str(attempt))
         join = tickets.parse_join(rng.choice(node_tickets)) if node_tickets else None
+        failed: list[BaseException] = []
         try:
             await nursery.start(functools.partial(node.run, join_ticket=join))
+        except* StartupError as group:  # the node's nursery wraps it
+            failed += group.exceptions
+        if not failed:
             return node
-        except StartupError as exc:
-            print(f"join failed, trying again: {exc}", file=sys.stderr)
+        print(f"join failed, trying again: {failed[0]}", file=sys.stderr)
     raise StartupError(f"no join in {JOIN_ATTEMPTS} attempts")
 
 
