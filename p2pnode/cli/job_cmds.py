@@ -363,7 +363,7 @@ def list_jobs(api: ApiClient, state: str | None) -> None:
     """
     params = {"state": state} if state else {}
     for j in api.get("/jobs", _JobList, params=params).root:
-        click.echo(
+        echo_output(
             f"{j.id}  {j.state.value:9}  attempts {j.attempts}  "
             f"{j.spec.workflow or '-':12}  origin {j.origin[:10]}"
         )
@@ -388,7 +388,7 @@ def show(api: ApiClient, job_id: str, as_json: bool) -> None:
     click.echo(f"state     {j.state.value}  (attempts {j.attempts} of {j.spec.max_attempts})")
     click.echo(f"origin    {j.origin}")
     click.echo(f"worker    {j.worker or '-'}")
-    click.echo(
+    echo_output(
         f"executor  {j.spec.requirements.executor}  workflow {j.spec.workflow or '(only one)'}"
     )
     if requirements := j.spec.requirements.labels:
