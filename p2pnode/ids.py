@@ -1,4 +1,4 @@
-"""The values every layer passes: a blob's hash, a node's id, a lease token.
+"""The values every layer passes: a blob's hash, a node's id, a lease token, an envelope id.
 
 Each is a `NewType` over `str`, so mypy tells a `BlobHash` from a `NodeId` from any other text,
 and each is checked once, where it enters: a wire or API model (the `...Field` types, which
@@ -19,6 +19,8 @@ NodeId = NewType("NodeId", str)
 """An iroh node id (ed25519 public key): 64 lowercase hex digits."""
 LeaseToken = NewType("LeaseToken", str)
 """The secret of one job lease: 32 lowercase hex digits."""
+EnvelopeId = NewType("EnvelopeId", str)
+"""A gossip envelope's random id: 32 lowercase hex digits."""
 
 _HEX_DIGITS = "0123456789abcdef"
 _HEX64 = r"^[0-9a-f]{64}$"
@@ -27,6 +29,7 @@ _HEX32 = r"^[0-9a-f]{32}$"
 BlobHashField = Annotated[BlobHash, StringConstraints(pattern=_HEX64)]
 NodeIdField = Annotated[NodeId, StringConstraints(pattern=_HEX64)]
 LeaseTokenField = Annotated[LeaseToken, StringConstraints(pattern=_HEX32)]
+EnvelopeIdField = Annotated[EnvelopeId, StringConstraints(pattern=_HEX32)]
 NoLeaseTokenField = Annotated[str, StringConstraints(pattern=f"^({_HEX32[1:-1]})?$")]
 """A lease token, or "" where a message may carry none."""
 

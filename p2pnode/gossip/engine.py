@@ -35,6 +35,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from p2pnode.gossip.envelope import MAX_HOPS, Envelope, validate_incoming
 from p2pnode.gossip.stats import GossipStats
+from p2pnode.ids import NodeIdField
 
 
 class GossipConfig(BaseModel):
@@ -66,7 +67,7 @@ class GossipConfig(BaseModel):
 
 
 class PeerEntry(BaseModel):
-    id: str = Field(pattern=r"^[0-9a-f]{64}$")
+    id: NodeIdField
     addr: dict[str, Any]
 
 

@@ -16,6 +16,8 @@ from typing import Any
 import iroh
 from pydantic import BaseModel, Field
 
+from p2pnode.ids import EnvelopeId, EnvelopeIdField, NodeId, NodeIdField
+
 DOMAIN = b"p2pnode-gossip-v1\0"
 MAX_HOPS = 64
 DEFAULT_MAX_AGE_S = 3600.0
@@ -34,8 +36,8 @@ class Envelope(BaseModel):
     `validate_incoming`, not by the parser.
     """
 
-    id: str = Field(pattern=r"^[0-9a-f]{32}$")
-    origin: str = Field(pattern=r"^[0-9a-f]{64}$")
+    id: EnvelopeIdField
+    origin: NodeIdField
     topic: str = Field(min_length=1, max_length=128)
     kind: str = Field(min_length=1, max_length=64)
     payload: dict[str, Any]
@@ -60,8 +62,8 @@ class Envelope(BaseModel):
         if not 0 <= hops <= MAX_HOPS:
             raise ValueError(f"hops must be within 0..{MAX_HOPS}, not {hops}")
         unsigned = cls(
-            id=os.urandom(16).hex(),
-            origin=secret_key.public().to_bytes().hex(),
+            id=EnvelopeId(os.urandom(16).hex()),
+            origin=NodeId(secret_key.public().to_bytes().hex()),
             topic=topic,
             kind=kind,
             payload=json.loads(json.dumps(payload, allow_nan=False)),

@@ -36,7 +36,7 @@ from p2pnode.gossip.engine import (
     WireMessage,
 )
 from p2pnode.gossip.stats import GossipStats
-from p2pnode.ids import NodeId
+from p2pnode.ids import EnvelopeId, NodeId
 from p2pnode.membership import Membership
 from p2pnode.net.addr import PeerAddr
 from p2pnode.net.dialer import PEER_ERRORS, Dialer, describe
@@ -61,8 +61,8 @@ class Received:
 
     kind: str
     payload: dict[str, Any]
-    origin: str
-    envelope_id: str  # to retire it once superseded
+    origin: NodeId
+    envelope_id: EnvelopeId  # to retire it once superseded
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ class GossipService:
 
     # -- API for the rest of the node ----------------------------------------------------------
 
-    def publish(self, message: BaseModel) -> str:
+    def publish(self, message: BaseModel) -> EnvelopeId:
         """Announce a typed message (a model with a `KIND` class attribute); returns its envelope
         id."""
         assert self.engine is not None, "gossip is not running"
@@ -158,7 +158,7 @@ class GossipService:
             except trio.BrokenResourceError:
                 self._subscribers.remove(subscriber)
 
-    def retire(self, envelope_id: str) -> None:
+    def retire(self, envelope_id: EnvelopeId) -> None:
         if self.engine is not None:
             self.engine.retire(envelope_id)
 

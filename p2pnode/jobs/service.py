@@ -36,7 +36,7 @@ from p2pnode.executors.wasm import (
     load_module_bytes,
 )
 from p2pnode.gossip.service import GossipEvent, Received
-from p2pnode.ids import BlobHash, BlobHashField, NodeId
+from p2pnode.ids import BlobHash, BlobHashField, EnvelopeId, NodeId
 from p2pnode.jobs import model
 from p2pnode.jobs.announcements import JobAnnounced, JobFinished
 from p2pnode.jobs.control import JOBS_ALPN, Admit, ControlClient, ControlError, ControlServer
@@ -163,9 +163,9 @@ class SubmissionTooLarge(SubmissionError):
 class Gossip(Protocol):
     """What the jobs service needs from gossip (p2pnode.gossip.service.GossipService)."""
 
-    def publish(self, message: BaseModel) -> str: ...
+    def publish(self, message: BaseModel) -> EnvelopeId: ...
 
-    def retire(self, envelope_id: str) -> None: ...
+    def retire(self, envelope_id: EnvelopeId) -> None: ...
 
     def subscribe(self) -> trio.MemoryReceiveChannel[GossipEvent]: ...
 
@@ -199,7 +199,7 @@ class JobService:
         self.control = ControlServer(
             store, lease_s, self._changed, worker.stop_run, self._on_log, admit
         )
-        self._announcements: dict[str, str] = {}
+        self._announcements: dict[str, EnvelopeId] = {}
         self._change = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._events = gossip.subscribe()  # from now: nothing gossip hears before `run` is lost
@@ -418,7 +418,7 @@ class JobService:
             self._announcements[job.id] = envelope
         self.on_announced(announcement, self.id)
 
-    def _publish(self, message: JobAnnounced | JobFinished) -> str | None:
+    def _publish(self, message: JobAnnounced | JobFinished) -> EnvelopeId | None:
         try:
             return self._gossip.publish(message)
         except ValueError as exc:  # summaries are bounded; this is a last line of defence

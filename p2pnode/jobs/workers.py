@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 import p2pnode
 from p2pnode.gossip.service import Received
-from p2pnode.ids import NodeId
+from p2pnode.ids import EnvelopeId, NodeId
 from p2pnode.jobs import model
 from p2pnode.jobs.heartbeat import (
     DOWN_AFTER_S,
@@ -50,7 +50,7 @@ MAX_DEFERRED = 1024
 @dataclass(frozen=True)
 class _Latest:
     heartbeat: Heartbeat
-    envelope_id: str
+    envelope_id: EnvelopeId
     received_at: float  # trio clock, backdated for a heartbeat that arrived stale
 
 
@@ -187,7 +187,7 @@ class Workers:
             return
         self._record(heartbeat, envelope_id, trio.current_time())
 
-    def _record(self, heartbeat: Heartbeat, envelope_id: str, received_at: float) -> None:
+    def _record(self, heartbeat: Heartbeat, envelope_id: EnvelopeId, received_at: float) -> None:
         last = self._latest.get(heartbeat.node_id)
         if last is not None and heartbeat.sent_at <= last.heartbeat.sent_at:
             self._gossip.retire(envelope_id)  # an older one, late: ours is newer
