@@ -498,11 +498,14 @@ class BlobStore:
                 pos += len(chunk)
                 yield chunk
 
-    async def export(self, hash: str, dest: str | Path) -> BlobInfo:
-        """Copy a blob to ``dest`` (temp file + rename there), checking its hash on the way."""
-        return await trio.to_thread.run_sync(self._export_sync, normalize_hash(hash), Path(dest))
+    async def export(self, hash: str, dest: str | Path, *, durable: bool = True) -> BlobInfo:
+        """Copy a blob to ``dest`` (temp file + rename there), checking its hash on the way.
+        ``durable=False`` skips the fsyncs, for a scratch copy that a crash may lose."""
+        return await trio.to_thread.run_sync(
+            self._export_sync, normalize_hash(hash), Path(dest), durable
+        )
 
-    def _export_sync(self, h: str, dest: Path) -> BlobInfo:
+    def _export_sync(self, h: str, dest: Path, durable: bool) -> BlobInfo:
         tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:12]}.part")
         try:
             with self.open_read(h) as src, _os_errors(f"exporting blob {h} to {dest}"):
@@ -515,7 +518,8 @@ class BlobStore:
                         trio.from_thread.check_cancelled()
                         hasher.update(view[:n])
                         _write_all(fd, view[:n])
-                    os.fsync(fd)
+                    if durable:
+                        os.fsync(fd)
                 finally:
                     os.close(fd)
                 if hasher.hexdigest() != h:
@@ -525,7 +529,8 @@ class BlobStore:
                         f"blob {h} was damaged on disk and has been removed; fetch it again"
                     )
                 os.replace(tmp, dest)
-                _fsync_dir(dest.parent)
+                if durable:
+                    _fsync_dir(dest.parent)
         finally:
             _unlink(tmp)
         return self._info_sync(h)

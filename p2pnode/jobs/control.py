@@ -67,7 +67,7 @@ class ControlServer:
             if isinstance(request, model.ClaimRequest):
                 if request.worker != peer:
                     return model.ClaimRefused(reason="a worker can only claim for itself")
-                job = store.claim(request.job_id, peer, self._lease_s)
+                job = store.claim(request.job_id, peer, self._lease_s, start=request.start)
                 await self._on_change(job)
                 assert job.lease is not None
                 return model.ClaimGrant(

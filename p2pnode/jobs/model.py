@@ -380,6 +380,9 @@ class ClaimRequest(_Message):
     type: Literal["claim_request"] = "claim_request"
     job_id: JobId
     worker: NodeId
+    start: bool = False
+    """The worker starts the job as soon as it is granted: the job is running from the grant on,
+    without a `Started` round trip."""
 
 
 class ClaimGrant(_Message):

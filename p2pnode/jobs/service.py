@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 1.0
 REANNOUNCE_EVERY = 30  # sweeps
+WORKFLOWS_CACHED = 256
+"""Binary module blobs whose workflows the origin remembers (a blob's content never changes)."""
 
 
 class MountSubmission(BaseModel):
@@ -158,6 +160,8 @@ class JobService:
         self.logs = JobLogs()
         self.control = ControlServer(store, lease_s, self._changed, worker.stop_run, self._on_log)
         self._announcements: dict[str, str] = {}
+        self._workflows: dict[str, list[str]] = {}
+        """binary module blob -> its workflows, oldest first"""
         self._change = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._events = gossip.subscribe()  # from now: nothing gossip hears before `run` is lost
@@ -268,39 +272,40 @@ class JobService:
 
     async def _module(self, request: JobSubmission) -> model.BlobRef:
         """The module as a pinned binary blob, checked off the trio thread (compiling takes a
-        while)."""
+        while). An uploaded binary is its own blob: it is not stored again, and its workflows are
+        listed once however many jobs use it."""
         source: Path | str
+        uploaded = None
         if request.module is not None:
             source, what = request.module, f"module {request.module}"
         else:
             assert request.module_blob is not None
             source, what = request.module_blob, f"module blob {request.module_blob[:12]}"
-            await self._pinned(request.module_blob, "module")
+            uploaded = await self._pinned(request.module_blob, "module")
         try:
-            wasm = await trio.to_thread.run_sync(self._checked_module, source, request)
+            if uploaded is not None and (known := self._workflows.get(uploaded.hash)) is not None:
+                _check_workflows(known, request)
+                return uploaded
+            wasm, workflows = await trio.to_thread.run_sync(self._load_module, source)
+            _check_workflows(workflows, request)
         except (OSError, StoreError, InvalidModule) as exc:
             raise SubmissionError(f"cannot use {what}: {exc}") from None
+        if uploaded is not None and wasm is None:
+            self._workflows[uploaded.hash] = workflows
+            if len(self._workflows) > WORKFLOWS_CACHED:
+                del self._workflows[next(iter(self._workflows))]
+            return uploaded
+        assert wasm is not None
         return model.BlobRef.held_by(await self._blobs.store.add_bytes(wasm, pin=True), self.id)
 
-    def _checked_module(self, source: Path | str, request: JobSubmission) -> bytes:
+    def _load_module(self, source: Path | str) -> tuple[bytes | None, list[str]]:
+        """The module's binary (None when the blob `source` already is it) and its workflows."""
         if isinstance(source, Path):
             wasm = load_module_bytes(source)
-        else:
-            wasm = assemble(self._read_blob(source))
-        workflows = list_workflows(wasm)
-        workflow = request.workflow
-        if request.is_command:
-            if MAIN_WORKFLOW not in workflows:
-                raise InvalidModule("a command job needs a module that exports _start")
-        elif request.executor == "wasi":  # Flawless modules follow Flawless's own conventions
-            available = ", ".join(workflows) or "none"
-            if workflow is not None and workflow not in workflows:
-                raise InvalidModule(f"no workflow {workflow!r} (available: {available})")
-            if workflow is None and len(workflows) != 1:
-                raise InvalidModule(
-                    f"name the workflow to run with --workflow (available: {available})"
-                )
-        return wasm
+            return wasm, list_workflows(wasm)
+        data = self._read_blob(source)
+        wasm = assemble(data)
+        return None if wasm == data else wasm, list_workflows(wasm)
 
     async def _pinned(self, blob_hash: str, what: str) -> model.BlobRef:
         try:
@@ -441,3 +446,19 @@ class JobService:
                     keep.add(job.spec.command.stdin.hash)
                 keep.update(mount.source.hash for mount in job.spec.mounts.values())
         return keep
+
+
+def _check_workflows(workflows: list[str], request: JobSubmission) -> None:
+    """Refuse a module that lacks what the request runs."""
+    workflow = request.workflow
+    if request.is_command:
+        if MAIN_WORKFLOW not in workflows:
+            raise InvalidModule("a command job needs a module that exports _start")
+    elif request.executor == "wasi":  # Flawless modules follow Flawless's own conventions
+        available = ", ".join(workflows) or "none"
+        if workflow is not None and workflow not in workflows:
+            raise InvalidModule(f"no workflow {workflow!r} (available: {available})")
+        if workflow is None and len(workflows) != 1:
+            raise InvalidModule(
+                f"name the workflow to run with --workflow (available: {available})"
+            )

@@ -1,0 +1,82 @@
+"""The jobs hot path does no work twice: a job costs its origin one claim and one report, and an
+uploaded binary module is neither stored again nor compiled again for every job that uses it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from p2pnode.blobs import store as blob_store
+from p2pnode.executors.wasm import load_module_bytes
+from p2pnode.jobs import model, service
+from p2pnode.jobs.model import JobState
+from p2pnode.jobs.service import JobSubmission
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+async def test_a_job_costs_its_origin_one_claim_and_one_report(start_node, monkeypatch) -> None:
+    """The claim starts the job: no `Started` round trip, and the history still shows both
+    steps."""
+    origin = await start_node(max_jobs=0)
+    worker = await start_node(join=origin.join_ticket())
+    asked: list[str] = []
+    answer = origin.jobs.control.answer
+
+    async def counting(peer: str, request: model.ControlMessage) -> model.ControlMessage:
+        asked.append(request.type)
+        return await answer(peer, request)
+
+    monkeypatch.setattr(origin.jobs.control, "answer", counting)
+    job = await origin.jobs.submit_files(JobSubmission(module=EXAMPLES / "echo.wat", input=7))
+    with trio.fail_after(30):
+        done = await origin.jobs.wait(job.id)
+    assert done is not None and done.state is JobState.SUCCEEDED, done
+    assert asked == ["claim_request", "report"]
+    assert [e.state for e in done.history] == [
+        JobState.PENDING,
+        JobState.CLAIMED,
+        JobState.RUNNING,
+        JobState.SUCCEEDED,
+    ]
+    assert done.worker == worker.id
+
+
+async def test_an_uploaded_binary_module_is_its_own_blob_and_listed_once(
+    start_node, monkeypatch
+) -> None:
+    node = await start_node(max_jobs=0)
+    listed: list[bytes] = []
+    list_workflows = service.list_workflows
+
+    def counting(wasm: bytes) -> list[str]:
+        listed.append(wasm)
+        return list_workflows(wasm)
+
+    monkeypatch.setattr(service, "list_workflows", counting)
+    blob = await node.blobs.store.add_bytes(load_module_bytes(EXAMPLES / "echo.wat"))
+    blobs = len(await node.blobs.store.list())
+    jobs = [
+        await node.jobs.submit_files(JobSubmission(module_blob=blob.hash, input=n))
+        for n in range(3)
+    ]
+    assert {job.spec.module.hash for job in jobs} == {blob.hash}
+    assert len(listed) == 1
+    assert len(await node.blobs.store.list()) == blobs
+    assert all(b.pinned for b in await node.blobs.store.list() if b.hash == blob.hash)
+
+
+async def test_a_scratch_export_is_checked_but_not_fsynced(tmp_path, monkeypatch) -> None:
+    """A worker's copy of a job input lives as long as the run: a crash loses nothing worth an
+    fsync (each costs milliseconds on a busy disk)."""
+    store = blob_store.BlobStore(tmp_path / "blobs")
+    info = await store.add_bytes(b"module bytes")
+    synced: list[int] = []
+    fsync = blob_store.os.fsync
+    monkeypatch.setattr(blob_store.os, "fsync", lambda fd: synced.append(fd) or fsync(fd))
+    await store.export(info.hash, tmp_path / "copy", durable=False)
+    assert (tmp_path / "copy").read_bytes() == b"module bytes"
+    assert synced == []
+    await store.export(info.hash, tmp_path / "kept")
+    assert len(synced) == 2
