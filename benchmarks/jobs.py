@@ -5,12 +5,12 @@ embedded runner.
                               [--baseline DIR]
 
 After a warm-up (every worker has run a job, so its compile cache holds the module), two runs:
-a burst (the jobs submitted through the origin's API as fast as it accepts them: jobs/s from
-first submit to last success, and p50/p99 from submit to succeeded) and a low rate (jobs
-submitted `--rate` per second: p50/p99 from submit to succeeded, and where that time goes, from
-the job's history: pending -> claimed -> running -> succeeded). Every figure comes from the
-origin's own job records (one clock). `--baseline DIR` runs the same measurement first on the
-p2pnode sources in DIR (e.g. a `git worktree` of main) and prints both.
+a burst (the jobs submitted through the origin's API as fast as it accepts them, by 8 concurrent
+clients: jobs/s from first submit to last success, and p50/p99 from submit to succeeded) and a
+low rate (jobs submitted `--rate` per second: p50/p99 from submit to succeeded, and where that
+time goes, from the job's history: pending -> claimed -> running -> succeeded). Every figure
+comes from the origin's own job records (one clock). `--baseline DIR` runs the same measurement
+first on the p2pnode sources in DIR (e.g. a `git worktree` of main) and prints both.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -34,6 +35,8 @@ from p2pnode.executors.wasm import load_module_bytes  # noqa: E402
 ECHO = Path(__file__).resolve().parent.parent / "examples" / "echo.wat"
 PHASES = ("pending", "claimed", "running", "succeeded")
 """The states a job passes through, in order: the low-rate breakdown's steps."""
+SUBMITTERS = 8
+"""Concurrent API calls submitting the burst: one at a time, the client would be the limit."""
 
 
 def quantiles(values: list[float]) -> tuple[float, float]:
@@ -63,6 +66,12 @@ def phase_times(record: dict) -> dict[str, float]:
     return times
 
 
+def cpu_seconds(node: NodeProcess) -> float:
+    """User + system CPU the node's process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{node.proc.pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(jobs: int, workers: int, rate: float, rate_jobs: int, sources: Path | None) -> None:
     env = None if sources is None else {"PYTHONPATH": str(sources)}
     with tempfile.TemporaryDirectory(prefix="p2pnode-jobs-") as tmp:
@@ -85,7 +94,13 @@ def measure(jobs: int, workers: int, rate: float, rate_jobs: int, sources: Path 
                     time.sleep(0.1)
                 finished(api, [submit(api, module, n) for n in range(workers * 8)])  # warm-up
 
-                burst = finished(api, [submit(api, module, n) for n in range(jobs)])
+                cpu = [cpu_seconds(node) for node in [origin, *started]]
+                with ThreadPoolExecutor(SUBMITTERS) as pool:  # as fast as the origin accepts
+                    ids = list(pool.map(lambda n: submit(api, module, n), range(jobs)))
+                burst = finished(api, ids)
+                cpu = [
+                    cpu_seconds(node) - c for node, c in zip([origin, *started], cpu, strict=True)
+                ]
 
                 ids, start = [], time.monotonic()
                 for n in range(rate_jobs):
@@ -97,8 +112,11 @@ def measure(jobs: int, workers: int, rate: float, rate_jobs: int, sources: Path 
                 node.kill()
     burst_p50, burst_p99 = quantiles([r["finished_at"] - r["created_at"] for r in burst])
     span = max(r["finished_at"] for r in burst) - min(r["created_at"] for r in burst)
-    rate_s = f"{jobs / span:.1f} jobs/s"
+    submitting = max(r["created_at"] for r in burst) - min(r["created_at"] for r in burst)
+    rate_s = f"{jobs / span:.1f} jobs/s (submitted at {jobs / submitting:.0f}/s)"
     print(f"  burst of {jobs}: {rate_s}, p50 {burst_p50:.0f} ms, p99 {burst_p99:.0f} ms")
+    per_job = f"origin {cpu[0] / jobs * 1e3:.1f} ms, workers {sum(cpu[1:]) / jobs * 1e3:.1f} ms"
+    print(f"    CPU per job (load-independent): {per_job}")
     slow_p50, slow_p99 = quantiles([r["finished_at"] - r["created_at"] for r in slow])
     print(f"  {rate_jobs} at {rate:g}/s: p50 {slow_p50:.1f} ms, p99 {slow_p99:.1f} ms")
     times = [phase_times(r) for r in slow]

@@ -10,8 +10,10 @@ import trio
 from p2pnode.blobs import store as blob_store
 from p2pnode.executors.wasm import load_module_bytes
 from p2pnode.jobs import model, service
+from p2pnode.jobs.control import ControlServer
 from p2pnode.jobs.model import JobState
 from p2pnode.jobs.service import JobSubmission
+from p2pnode.jobs.store import JobStore
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -80,3 +82,31 @@ async def test_a_scratch_export_is_checked_but_not_fsynced(tmp_path, monkeypatch
     assert synced == []
     await store.export(info.hash, tmp_path / "kept")
     assert len(synced) == 2
+
+
+async def test_a_claim_for_a_taken_job_gets_the_oldest_claimable_one_instead(tmp_path) -> None:
+    """Exactly once still: the substitute is claimed like any job, and once nothing is pending the
+    refusal says so, so the worker drops the announcements it queued before."""
+    origin, first, second = "0" * 64, "1" * 64, "2" * 64
+    spec = model.JobSpec(
+        module=model.BlobRef(hash="a" * 64, size=10, root="b" * 64, providers=[origin])
+    )
+
+    async def changed(job: model.Job) -> None:
+        pass
+
+    with JobStore(tmp_path / "jobs.db") as store:
+        control = ControlServer(store, 30.0, changed, lambda *_: None, lambda *_: None)
+        older, newer = store.submit(origin, spec), store.submit(origin, spec)
+
+        granted = await control.answer(first, model.ClaimRequest(job_id=older.id, worker=first))
+        assert isinstance(granted, model.ClaimGrant) and granted.job.id == older.id
+        plain = await control.answer(second, model.ClaimRequest(job_id=older.id, worker=second))
+        assert isinstance(plain, model.ClaimRefused) and not plain.none_pending
+        request = model.ClaimRequest(job_id=older.id, worker=second, instead=["wasi"])
+        instead = await control.answer(second, request)
+        assert isinstance(instead, model.ClaimGrant) and instead.job.id == newer.id
+        assert instead.job.worker == second
+        refused = await control.answer(second, request)
+        assert isinstance(refused, model.ClaimRefused) and refused.none_pending
+        assert {j.worker for j in store.list()} == {first, second}

@@ -81,9 +81,12 @@ class Refused(Exception):
 
 
 class ClaimRefused(Refused):
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, reason: str, retry_after: float | None = None, *, none_pending: bool = False
+    ) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
+        self.none_pending = none_pending
 
 
 class LeaseRefused(Refused):

@@ -81,6 +81,9 @@ class Worker:
         """job id -> (origin, the scope that stops the run)"""
         self._considering: dict[str, object] = {}
         """job id -> a marker of the `consider` call that has it"""
+        self._none_pending: dict[str, float] = {}
+        """origin -> when (trio clock) it last said it has no pending job: what was announced
+        before is stale, and not worth a claim"""
         self.executed = 0
         self.succeeded = 0
         self.failed = 0
@@ -108,9 +111,14 @@ class Worker:
         A job that is backing off is waited for without holding one of the `max_jobs` slots."""
         job_id = announcement.job.id
         marker = self._considering[job_id] = object()
+        heard = trio.current_time()
         try:
-            for _ in range(MAX_CLAIM_RETRIES):
+            for attempt in range(MAX_CLAIM_RETRIES):
                 async with self._limiter:
+                    if attempt == 0 and heard < self._none_pending.get(
+                        announcement.job.origin, -math.inf
+                    ):
+                        return  # taken while it queued for a slot, like everything else there
                     reply = await self._claim(announcement)
                     if isinstance(reply, model.ClaimGrant):
                         await self._execute(reply, announcement.origin_addr)
@@ -133,8 +141,12 @@ class Worker:
         return True
 
     async def _claim(self, announcement: JobAnnounced) -> model.ClaimGrant | float | None:
-        """A grant, the seconds to wait before asking again, or None: give up on this job."""
-        request = model.ClaimRequest(job_id=announcement.job.id, worker=self.id, start=True)
+        """A grant (of this job, or of another one of its origin's when this one is taken), the
+        seconds to wait before asking again, or None: give up on this job."""
+        request = model.ClaimRequest(
+            job_id=announcement.job.id, worker=self.id, start=True, instead=sorted(self.executors)
+        )
+        asked = trio.current_time()
         try:
             reply = await self._control.ask(announcement.origin_addr, request)
         except ControlError as exc:
@@ -144,6 +156,9 @@ class Worker:
             return reply
         if isinstance(reply, model.ClaimRefused) and reply.retry_after is not None:
             return reply.retry_after
+        if isinstance(reply, model.ClaimRefused) and reply.none_pending:
+            origin = announcement.job.origin
+            self._none_pending[origin] = max(asked, self._none_pending.get(origin, asked))
         log.debug(
             "claim of %s refused: %s", announcement.job.id, getattr(reply, "reason", reply.type)
         )
@@ -202,7 +217,8 @@ class Worker:
                     await self._release(job, token, origin)
             self._runs.pop(job.id, None)
             self.running.discard(job.id)
-            shutil.rmtree(workdir, ignore_errors=True)
+            with trio.CancelScope(shield=True):  # off the event loop; done when stopping too
+                await trio.to_thread.run_sync(shutil.rmtree, workdir, True)
 
     async def _release(self, job: model.Job, token: str, origin: PeerAddr) -> None:
         try:
