@@ -131,7 +131,12 @@ def main(jobs: int, workers: int, rate: float, rate_jobs: int, baseline: Path | 
     print(f"echo jobs, 1 origin + {workers} workers (4 slots each), embedded WASI runner")
     if baseline is not None:
         print(f"baseline ({baseline}):")
-        measure(jobs, workers, rate, rate_jobs, baseline.resolve())
+        here = Path.cwd()
+        os.chdir(baseline)  # `python -m p2pnode` imports from its working folder first
+        try:
+            measure(jobs, workers, rate, rate_jobs, baseline.resolve())
+        finally:
+            os.chdir(here)
         print(f"this tree ({os.path.relpath(Path(__file__).resolve().parent.parent)}):")
     measure(jobs, workers, rate, rate_jobs, None)
 

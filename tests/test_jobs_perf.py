@@ -6,14 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
+import trio.testing
 
 from p2pnode.blobs import store as blob_store
 from p2pnode.executors.wasm import load_module_bytes
 from p2pnode.jobs import model, service
+from p2pnode.jobs.announcements import JobAnnounced
 from p2pnode.jobs.control import ControlServer
 from p2pnode.jobs.model import JobState
 from p2pnode.jobs.service import JobSubmission
 from p2pnode.jobs.store import JobStore
+from p2pnode.jobs.worker import Worker
+from p2pnode.net.addr import PeerAddr
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -110,3 +114,45 @@ async def test_a_claim_for_a_taken_job_gets_the_oldest_claimable_one_instead(tmp
         refused = await control.answer(second, request)
         assert isinstance(refused, model.ClaimRefused) and refused.none_pending
         assert {j.worker for j in store.list()} == {first, second}
+
+
+class _IdleOrigin:
+    """An origin with nothing pending: it records each claim and refuses it. While `first` is
+    being claimed, it announces `again` anew (the job is pending once more)."""
+
+    def __init__(self, worker: Worker, again: str) -> None:
+        self.worker, self.again = worker, again
+        self.claims: list[str] = []
+
+    async def ask(self, origin: PeerAddr, request: model.ControlMessage) -> model.ControlMessage:
+        assert isinstance(request, model.ClaimRequest)
+        if not self.claims:
+            self.worker.heard(self.again)
+        self.claims.append(request.job_id)
+        return model.ClaimRefused(reason="job already claimed", none_pending=True)
+
+
+async def test_announcements_queued_before_the_origin_went_idle_are_dropped_unless_heard_again(
+    tmp_path, mock_clock
+) -> None:
+    origin = "0" * 64
+    spec = model.JobSpec(
+        module=model.BlobRef(hash="a" * 64, size=10, root="b" * 64, providers=[origin])
+    )
+
+    def announced(n: int) -> JobAnnounced:
+        job = model.Job(
+            id=model.new_job_id(n), origin=origin, spec=spec, created_at=n, updated_at=n
+        )
+        return JobAnnounced(job=job.summary(), origin_addr=PeerAddr(node_id=origin))
+
+    first, stale, again = announced(1), announced(2), announced(3)
+    worker = Worker("1" * 64, {}, None, None, lambda _: None, tmp_path, max_jobs=1)  # type: ignore[arg-type]
+    worker._control = control = _IdleOrigin(worker, again.job.id)  # type: ignore[assignment]
+    async with trio.open_nursery() as nursery:
+        async with worker._limiter:  # the one slot is busy: the announcements queue, in order
+            for announcement in (first, stale, again):
+                nursery.start_soon(worker.consider, announcement)
+                await trio.testing.wait_all_tasks_blocked()
+            mock_clock.jump(1)
+    assert control.claims == [first.job.id, again.job.id]

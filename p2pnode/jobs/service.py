@@ -419,6 +419,7 @@ class JobService:
                 "ignored an announcement of job %s by %s, not its origin", job.id, signer[:10]
             )
             return
+        self.worker.heard(job.id)
         if self.worker.wants(job) and self._nursery is not None:
             self._nursery.start_soon(self.worker.consider, announcement)
 

@@ -53,6 +53,13 @@ def provider_addrs(
     return addrs
 
 
+class _Candidate:
+    """A job a `consider` call has; `heard` is when (trio clock) it was last announced."""
+
+    def __init__(self) -> None:
+        self.heard = trio.current_time()
+
+
 class _BadManifest(Exception):
     """A mounted folder's manifest is unusable; the message names the mount."""
 
@@ -79,8 +86,8 @@ class Worker:
         self.running: set[str] = set()
         self._runs: dict[str, tuple[str, trio.CancelScope]] = {}
         """job id -> (origin, the scope that stops the run)"""
-        self._considering: dict[str, object] = {}
-        """job id -> a marker of the `consider` call that has it"""
+        self._considering: dict[str, _Candidate] = {}
+        """job id -> the `consider` call that has it"""
         self._none_pending: dict[str, float] = {}
         """origin -> when (trio clock) it last said it has no pending job: what was announced
         before is stale, and not worth a claim"""
@@ -110,14 +117,12 @@ class Worker:
         """Try to claim and run one announced job; returns when it is done with it either way.
         A job that is backing off is waited for without holding one of the `max_jobs` slots."""
         job_id = announcement.job.id
-        marker = self._considering[job_id] = object()
-        heard = trio.current_time()
+        candidate = self._considering[job_id] = _Candidate()
         try:
             for attempt in range(MAX_CLAIM_RETRIES):
                 async with self._limiter:
-                    if attempt == 0 and heard < self._none_pending.get(
-                        announcement.job.origin, -math.inf
-                    ):
+                    idle_since = self._none_pending.get(announcement.job.origin, -math.inf)
+                    if attempt == 0 and candidate.heard < idle_since:
                         return  # taken while it queued for a slot, like everything else there
                     reply = await self._claim(announcement)
                     if isinstance(reply, model.ClaimGrant):
@@ -129,8 +134,14 @@ class Worker:
         except Exception:  # one job's unforeseen failure must not stop the node; its lease lapses
             log.exception("worker failed on job %s", job_id)
         finally:
-            if self._considering.get(job_id) is marker:
+            if self._considering.get(job_id) is candidate:
                 del self._considering[job_id]
+
+    def heard(self, job_id: str) -> None:
+        """The job was announced (again): a `consider` call queued for it must not take it for
+        stale, since it may be pending again."""
+        if (candidate := self._considering.get(job_id)) is not None:
+            candidate.heard = trio.current_time()
 
     def stop_run(self, job_id: str, origin: str) -> bool:
         """Abandon a running job because its origin says so (a cancel); anyone else is ignored."""
