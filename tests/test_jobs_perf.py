@@ -1,5 +1,6 @@
-"""The jobs hot path does no work twice: a job costs its origin one claim and one report, and an
-uploaded binary module is neither stored again nor compiled again for every job that uses it."""
+"""The jobs hot path does no work twice: a job costs its origin one claim, one report and one
+announcement, and an uploaded binary module is neither stored again nor compiled again for every
+job that uses it."""
 
 from __future__ import annotations
 
@@ -35,11 +36,17 @@ async def test_a_job_costs_its_origin_one_claim_and_one_report(start_node, monke
         return await answer(peer, request)
 
     monkeypatch.setattr(origin.jobs.control, "answer", counting)
+    published: list[str] = []
+    publish = origin.jobs._gossip.publish
+    monkeypatch.setattr(
+        origin.jobs._gossip, "publish", lambda m: published.append(type(m).__name__) or publish(m)
+    )
     job = await origin.jobs.submit_files(JobSubmission(module=EXAMPLES / "echo.wat", input=7))
     with trio.fail_after(30):
         done = await origin.jobs.wait(job.id)
     assert done is not None and done.state is JobState.SUCCEEDED, done
     assert asked == ["claim_request", "report"]
+    assert published == ["JobAnnounced"]  # its worker is done: nobody to tell that it ended
     assert [e.state for e in done.history] == [
         JobState.PENDING,
         JobState.CLAIMED,

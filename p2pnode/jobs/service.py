@@ -363,7 +363,11 @@ class JobService:
             self.logs.ended(job.id)
             if envelope := self._announcements.pop(job.id, None):
                 self._gossip.retire(envelope)
-            self._publish(JobFinished(job=job.summary()))
+            if job.state is not model.JobState.SUCCEEDED:
+                # Only its lease holder's report makes a job succeed, and that worker is done: the
+                # end is news only to a worker that may still run it (cancelled, lease lapsed).
+                # Half the gossip per job; a run on a lapsed lease ends at its next renewal.
+                self._publish(JobFinished(job=job.summary()))
             if job.outputs and self._nursery is not None:  # a failed command keeps its outputs
                 self._nursery.start_soon(self._collect_outputs, job)
 
