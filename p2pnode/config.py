@@ -4,12 +4,20 @@ defaults."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, BeforeValidator, Field
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from p2pnode import DEFAULT_DATA
-from p2pnode.executors.base import DEFAULT_MAXIMA, MIB, JobMaxima
+from p2pnode.executors.base import (
+    COMPILE_CACHE_BYTES,
+    DEFAULT_MAXIMA,
+    MAX_COMPILE_S,
+    MIB,
+    JobMaxima,
+)
+from p2pnode.labels import Labels, labels_from_env
 
 
 class Settings(BaseSettings):
@@ -60,6 +68,32 @@ class Settings(BaseSettings):
         DEFAULT_MAXIMA.output_bytes // MIB,
         ge=0,
         validation_alias=AliasChoices("max_job_output_mib", "P2PNODE_MAX_JOB_OUTPUT_MIB"),
+    )
+    # Placement: what this node says it is (jobs `--require` them); k=v,k2=v2 in the environment.
+    labels: Annotated[Labels, NoDecode, BeforeValidator(labels_from_env)] = Field(
+        {}, validation_alias=AliasChoices("labels", "P2PNODE_LABELS")
+    )
+
+    # Embedded runner: compile time limit and compile cache size (issue 11).
+    max_compile_s: float = Field(
+        MAX_COMPILE_S,
+        gt=0,
+        allow_inf_nan=False,
+        validation_alias=AliasChoices("max_compile_s", "P2PNODE_MAX_COMPILE_TIME"),
+    )
+    compile_cache_mib: int = Field(
+        COMPILE_CACHE_BYTES // MIB,
+        ge=0,
+        validation_alias=AliasChoices("compile_cache_mib", "P2PNODE_COMPILE_CACHE_MIB"),
+    )
+
+    # Retention: finished jobs (and the blobs only they hold) are removed this many days after
+    # they finished; 0 keeps them forever.
+    job_retention_days: float = Field(
+        7.0,
+        ge=0,
+        allow_inf_nan=False,
+        validation_alias=AliasChoices("job_retention_days", "P2PNODE_JOB_RETENTION"),
     )
 
     @property

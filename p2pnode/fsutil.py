@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import stat
 from pathlib import Path
@@ -61,3 +62,20 @@ def open_regular(path: Path) -> BinaryIO:
         os.close(fd)
         raise NotRegularFile(f"{path} is not a regular file")
     return open(fd, "rb", buffering=0)
+
+
+class FolderInUse(OSError):
+    """Another process holds the folder's lock: two nodes on one data folder would share one
+    identity, one job database and one blob store, and corrupt each other's view of all three."""
+
+
+def lock_folder(folder: Path, name: str = "node.lock") -> int:
+    """Take `folder`'s exclusive lock for as long as the returned descriptor stays open (the
+    kernel drops it when the process dies, so a crash leaves nothing to clean up)."""
+    fd = os.open(folder / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise FolderInUse(f"{folder} is in use by another running node") from None
+    return fd

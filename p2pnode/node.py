@@ -17,14 +17,15 @@ from pydantic import BaseModel, Field, ValidationError
 
 import tickets
 from p2pnode.api.auth import TokenError, load_or_create_token
-from p2pnode.api.schemas import MemberStatus, NodeInfo, NodeStatus
+from p2pnode.api.schemas import DiskStatus, MemberStatus, NodeInfo, NodeStatus
 from p2pnode.blobs.service import BlobService
 from p2pnode.blobs.store import BlobStore, GcResult, StoreError
 from p2pnode.config import Settings
+from p2pnode.executors.base import MIB
 from p2pnode.executors.flawless import FlawlessClient, FlawlessExecutor
 from p2pnode.executors.registry import ExecutorRegistry
 from p2pnode.executors.wasm import WasiExecutor
-from p2pnode.fsutil import save_model
+from p2pnode.fsutil import FolderInUse, lock_folder, save_model
 from p2pnode.gossip.service import GossipService
 from p2pnode.identity import load_or_create_secret_key
 from p2pnode.jobs.control import ControlClient
@@ -42,6 +43,7 @@ from p2pnode.membership import (
     Membership,
     join,
 )
+from p2pnode.metrics import Metrics
 from p2pnode.net.addr import PeerAddr
 from p2pnode.net.dialer import PEER_ERRORS, Dialer, PeerUnreachable, describe
 from p2pnode.net.endpoint import (
@@ -60,7 +62,10 @@ log = logging.getLogger(__name__)
 
 NODE_FILE = "node.json"
 PORT_FILE = "endpoint.json"
+DRAIN_FILE = "draining"
+"""Present while the node is drained (`p2pnode drain`): a restart keeps claiming nothing."""
 GC_INTERVAL_S = 600.0
+RETENTION_INTERVAL_S = 300.0
 REDIAL_TICK_S = 1.0
 
 
@@ -83,13 +88,18 @@ class ServeApi(Protocol):
 
 
 class Node:
-    def __init__(self, settings: Settings, serve_api: ServeApi) -> None:
+    def __init__(
+        self, settings: Settings, serve_api: ServeApi, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        """`clock`: the job store's (job times, leases, retention); tests pass one they move."""
         self.settings = settings
+        self._clock = clock
         self._serve_api = serve_api
         self.api_url = ""
         self._started = time.time()
         self.liveness = Liveness(self._went_silent)
         self.redial = Redial()
+        self.metrics = Metrics()
 
     async def run(
         self,
@@ -99,6 +109,26 @@ class Node:
     ) -> None:
         settings = self.settings
         key = self._identity()
+        try:
+            lock = lock_folder(settings.data_dir)
+        except FolderInUse as exc:
+            raise StartupError(
+                f"{exc}; stop it first, or start this one with another --data"
+            ) from None
+        except OSError as exc:
+            raise StartupError(f"cannot use data folder {settings.data_dir}: {exc}") from None
+        try:
+            await self._run(key, join_ticket, task_status)
+        finally:
+            os.close(lock)
+
+    async def _run(
+        self,
+        key: iroh.SecretKey,
+        join_ticket: tickets.JoinTicket | None,
+        task_status: trio.TaskStatus[NodeInfo],
+    ) -> None:
+        settings = self.settings
         if join_ticket is not None and join_ticket.node.node_id.hex() == self.id:
             raise StartupError(
                 f"this join ticket was printed by this node ({self.id[:10]}) itself; "
@@ -130,9 +160,10 @@ class Node:
                     f"cannot open the blob store at {settings.blobs_dir}: {exc}"
                 ) from None
             cleanup.callback(store.close)
-            self.blobs = BlobService(store, key, self.membership, self.dialer, self.addr)
+            self.blobs = BlobService(
+                store, key, self.membership, self.dialer, self.addr, self.metrics
+            )
             self.gossip = GossipService(key, self.membership, self.dialer, self.addr)
-            self.jobs = self._jobs_service(settings)
             self.workers = Workers(
                 self.id,
                 self.gossip,
@@ -140,6 +171,7 @@ class Node:
                     self.id, self.jobs.worker, self.executors.offered, self._started
                 ),
             )
+            self.jobs = self._jobs_service(settings)
             cleanup.callback(self.jobs.store.close)
             self.router = Router(
                 self.endpoint,
@@ -165,6 +197,8 @@ class Node:
                 await nursery.start(self.jobs.run)
                 await nursery.start(self.workers.run)
                 nursery.start_soon(self._collect_garbage_periodically)
+                if settings.job_retention_days > 0:
+                    nursery.start_soon(self._enforce_retention_periodically)
                 info = NodeInfo(id=self.id, api_url=self.api_url, pid=os.getpid())
                 save_model(settings.data_dir / NODE_FILE, info)
                 nursery.start_soon(self._keep_members)
@@ -206,14 +240,19 @@ class Node:
     def _jobs_service(self, settings: Settings) -> JobService:
         path = settings.data_dir / "jobs.sqlite"
         try:
-            store = JobStore(path)
+            store = JobStore(path, self._clock)
         except sqlite3.Error as exc:
             raise StartupError(f"cannot open the job database {path}: {exc}") from None
         self.flawless = FlawlessExecutor(
             FlawlessClient(settings.flawless_url, settings.flawless_token),
             maxima=settings.job_maxima,
         )
-        wasi = WasiExecutor(maxima=settings.job_maxima, cache_dir=settings.data_dir / "compiled")
+        wasi = WasiExecutor(
+            maxima=settings.job_maxima,
+            cache_dir=settings.data_dir / "compiled",
+            cache_bytes=settings.compile_cache_mib * MIB,
+            max_compile_s=settings.max_compile_s,
+        )
         self.executors = ExecutorRegistry([wasi, self.flawless])
         control = ControlClient(self.dialer.request)
         worker = Worker(
@@ -224,6 +263,9 @@ class Node:
             self.peer_addr,
             settings.data_dir / "work",
             settings.max_jobs,
+            settings.labels,
+            settings.data_dir / DRAIN_FILE,
+            self.metrics,
         )
         service = JobService(
             self.id,
@@ -235,13 +277,15 @@ class Node:
             self.addr,
             self.peer_addr,
             settings.lease_s,
+            self.workers.admit,
         )
         control.answer_locally(self.id, service.control)
         return service
 
     async def collect_garbage(self) -> GcResult:
         """Drop unpinned, untagged blobs nobody uses, keeping everything a live job still needs."""
-        return await self.blobs.store.gc(protected=self.jobs.protected_blobs())
+        protected = self.jobs.protected_blobs() | self.blobs.awaiting_holder()
+        return await self.blobs.gc(protected=protected)
 
     async def _collect_garbage_periodically(self) -> None:
         while True:
@@ -251,6 +295,22 @@ class Node:
                 log.info(
                     "blob GC freed %d bytes (%d blobs)", result.freed_bytes, len(result.removed)
                 )
+
+    async def _enforce_retention_periodically(self) -> None:
+        retention_s = self.settings.job_retention_days * 86400
+        while True:
+            try:
+                removed = await self.jobs.remove_finished(retention_s)
+            except (StoreError, sqlite3.Error) as exc:
+                log.warning("retention: could not remove old jobs: %s", exc)
+                removed = []
+            if removed:
+                log.info(
+                    "retention: removed %d jobs finished over %g days ago",
+                    len(removed),
+                    self.settings.job_retention_days,
+                )
+            await trio.sleep(RETENTION_INTERVAL_S)
 
     def peer_addr(self, node_id: str) -> PeerAddr | None:
         if node_id == self.id:
@@ -393,6 +453,16 @@ class Node:
             refused_connections=self.router.refused,
             gossip=self.gossip.stats(),
             jobs=self.jobs.worker.status(),
+        )
+
+    async def disk(self) -> DiskStatus:
+        blobs = await self.blobs.list_blobs()
+        free, total = await self.blobs.disk_space()
+        return DiskStatus(
+            store_bytes=sum(b.size for b in blobs),
+            store_blobs=len(blobs),
+            free_bytes=free,
+            total_bytes=total,
         )
 
     def members(self) -> list[MemberStatus]:

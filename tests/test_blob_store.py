@@ -150,7 +150,7 @@ async def test_disk_full_during_add_leaves_nothing(
     def full(fd: int, data: memoryview) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(store_mod, "_write_all", full)
+    monkeypatch.setattr(store_mod, "write_all", full)
     with pytest.raises(StoreError, match="disk full while writing blob"):
         await store.add_bytes(os.urandom(3 * BLOCK_SIZE))
     assert os.listdir(store.root / "tmp") == []
@@ -167,7 +167,7 @@ async def test_permission_denied_during_export_leaves_nothing(
     def denied(fd: int, data: memoryview) -> None:
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
-    monkeypatch.setattr(store_mod, "_write_all", denied)
+    monkeypatch.setattr(store_mod, "write_all", denied)
     with pytest.raises(StoreError, match="permission denied"):
         await store.export(info.hash, out / "file")
     assert os.listdir(out) == []
@@ -178,7 +178,7 @@ async def test_cancelled_add_leaves_nothing(
 ) -> None:
     src = tmp_path / "big"
     src.write_bytes(os.urandom(20 * BLOCK_SIZE))
-    real_write_all = store_mod._write_all
+    real_write_all = store_mod.write_all
     writes = 0
 
     def write_then_cancel(fd: int, data: memoryview) -> None:
@@ -187,7 +187,7 @@ async def test_cancelled_add_leaves_nothing(
         real_write_all(fd, data)
         trio.from_thread.run_sync(scope.cancel)
 
-    monkeypatch.setattr(store_mod, "_write_all", write_then_cancel)
+    monkeypatch.setattr(store_mod, "write_all", write_then_cancel)
     with trio.CancelScope() as scope:
         await store.add_path(src)
     assert scope.cancelled_caught and writes == 1

@@ -119,6 +119,12 @@ async def test_command_job_between_nodes_keeps_outputs_of_a_failure(start_node) 
     # One compilation for both jobs, kept in the worker's data folder for its next start.
     assert len(list((worker.settings.data_dir / "compiled").glob("*.cwasm"))) == 1
     assert worker.jobs.worker.executors["wasi"].compilations == 1
+    # The worker's compile time (or its cache hit) is in each job's history.
+    notes = sorted(
+        e.note for job in done.values() if job for e in job.history if "compile" in e.note
+    )
+    assert notes[0] == "compile cache hit" and notes[1].startswith("compiled in "), notes
+    assert len(notes) == 2
     assert sorted(failed.outputs) == ["stderr", "stdout", "sub/f.txt"]
     # The origin brings a failed job's outputs home too.
     stdout = failed.outputs["stdout"]
@@ -127,3 +133,27 @@ async def test_command_job_between_nodes_keeps_outputs_of_a_failure(start_node) 
             await trio.sleep(0.05)
     with origin.blobs.store.open_read(stdout.hash) as f:
         assert f.read() == b"command.wat\n3\nK=V\npiped\n"
+
+
+async def test_a_failed_command_is_retried_like_any_failure(start_node) -> None:
+    origin = await start_node(max_jobs=0)
+    await start_node(join=origin.join_ticket())
+    job = await origin.jobs.submit_files(JobSubmission(module=COMMAND, args=["3"], max_attempts=2))
+    with trio.fail_after(90):  # one back-off (5 s) between the attempts
+        done = await origin.jobs.wait(job.id)
+    assert done is not None and done.state == JobState.FAILED and done.attempts == 2, done
+    notes = [event.note for event in done.history if event.note.startswith("attempt failed")]
+    assert notes[0].startswith("attempt failed; retry after ")
+    assert notes[1:] == ["attempt failed; 2 attempts exhausted"]
+    assert done.result == {"exit_code": 3} and done.error == "command exited with code 3"
+    assert sorted(done.outputs) == ["stderr", "stdout", "sub/f.txt"]  # the last attempt's
+
+
+async def test_the_compile_time_limit_is_a_node_setting(start_node) -> None:
+    node = await start_node(max_compile_s=0.001)  # far below starting the compiler
+    job = await node.jobs.submit_files(JobSubmission(module=COMMAND, args=["0"], max_attempts=1))
+    with trio.fail_after(60):
+        done = await node.jobs.wait(job.id)
+    assert done is not None and done.state == JobState.FAILED, done
+    assert done.error == "compiling the module took longer than the limit of 0.001 s"
+    assert done.spec.requirements.limits.time_s == 60  # the run's own limit is another

@@ -3,13 +3,15 @@ its files' blobs) and visible read-only to a job, at /in/NAME or at a path of it
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
 import trio
 from pydantic import ValidationError
 
-from p2pnode.jobs.model import JobSpec, JobState, Manifest, ManifestEntry, Mount
+from p2pnode.jobs.model import Job, JobSpec, JobState, Manifest, ManifestEntry, Mount
 from p2pnode.jobs.service import JobSubmission, MountSubmission
 
 CAT = Path(__file__).resolve().parent / "modules" / "cat.wat"
@@ -115,3 +117,44 @@ def test_inputs_may_not_hide_each_other() -> None:
     with pytest.raises(ValidationError, match="into a folder"):
         Mount.model_validate({"source": ref, "guest_path": "/file"})
     JobSpec.model_validate({**base, "mounts": {"a": {"source": ref, "guest_path": "/in/xy/z"}}})
+
+
+async def test_identical_files_and_unchanged_trees_are_fetched_once(start_node, tmp_path) -> None:
+    origin = await start_node(max_jobs=0)
+    worker = await start_node(join=origin.join_ticket())
+    files = tree(tmp_path / "a")
+    # A second tree: a folder of the first, unchanged, and one new file.
+    shutil.copytree(tmp_path / "a" / "d1", tmp_path / "b" / "d1")
+    (tmp_path / "b" / "new.txt").write_bytes(b"only here\n")
+    trees = {name: await ship(origin, tmp_path / name) for name in ("a", "b")}
+    served = origin.blobs.provider
+
+    async def run(mounts: dict[str, str], args: list[str]) -> Job:
+        submission = JobSubmission(
+            module=CAT,
+            args=args,
+            mounts={
+                name: MountSubmission(blob=trees[t], directory=True) for name, t in mounts.items()
+            },
+            max_attempts=1,
+        )
+        job = await origin.jobs.submit_files(submission)
+        with trio.fail_after(60):
+            done = await origin.jobs.wait(job.id)
+        assert done is not None and done.state == JobState.SUCCEEDED, done
+        assert done.worker == worker.id
+        return done
+
+    first = await run({"data": "a"}, ["3", "data/same-a.bin"])
+    # Every blob once: the module, the manifest, and each distinct file (same-a = same-b).
+    distinct = {hashlib.sha256(data).digest(): len(data) for data in files.values()}
+    assert served.served_bytes == (
+        first.spec.module.size + first.spec.mounts["data"].source.size + sum(distinct.values())
+    )
+    before = served.served_bytes
+    second = await run({"data": "a", "other": "b"}, ["3", "other/new.txt"])
+    # The unchanged tree, the module and b's files already seen cost nothing: b's manifest and
+    # its one new file are all the worker fetched.
+    assert served.served_bytes - before == second.spec.mounts["other"].source.size + len(
+        b"only here\n"
+    )

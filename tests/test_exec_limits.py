@@ -224,3 +224,12 @@ async def test_node_hands_its_maxima_to_the_executors(start_node, monkeypatch) -
     expected = JobMaxima(time_s=7.5, memory_bytes=64 * MIB, output_bytes=3 * MIB)
     assert node.jobs.worker.executors["wasi"].maxima == expected
     assert node.flawless.maxima == expected
+
+
+async def test_wall_time_governs_a_job_with_default_limits(job: Any) -> None:
+    # Fuel is generous by default: a job asking nothing gets the node's most, which outlasts the
+    # default time limit at the rate measured here (see DEFAULT_FUEL); spin stops on its time.
+    assert ExecutionLimits().fuel == JobMaxima().fuel
+    assert ExecutionLimits().fuel > 1.6e9 * ExecutionLimits().time_s
+    result = await WasiExecutor().run(job("spin", time_s=0.5, fuel=ExecutionLimits().fuel))
+    assert failed(result) == "timed out after 0.5 s"

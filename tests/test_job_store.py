@@ -340,7 +340,7 @@ def test_model_bounds() -> None:
         ClaimRequest(job_id="job_1", worker=W1)
     with pytest.raises(ValidationError):
         spec(requirements={"executor": "docker"})
-    assert Limits() == Limits(time_s=60, memory_bytes=256 * 1024 * 1024, fuel=10_000_000_000)
+    assert Limits() == Limits(time_s=60, memory_bytes=256 * 1024 * 1024, fuel=10**12)
 
     huge = "x" * (MAX_LOG_CHARS * 2)
     report = Report(job_id="job_" + "0" * 26, lease_token="0" * 32, ok=False, logs=huge)

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from p2pnode.jobs import model
 from p2pnode.jobs.announcements import JobAnnounced, JobFinished
-from p2pnode.jobs.model import JobState
+from p2pnode.jobs.model import JobState, tag_job
 from p2pnode.jobs.service import SWEEP_INTERVAL_S, JobSubmission
 from p2pnode.jobs.worker import Worker
 
@@ -168,7 +168,7 @@ async def test_outputs_are_stored_while_the_lease_is_renewed(start_node, monkeyp
     worker = await start_node(join=origin.join_ticket(), lease_s=lease_s)
     store_outputs = Worker._store_outputs
 
-    async def slow_store_outputs(self, result):
+    async def slow_store_outputs(self, job_, result):
         # A slow disk: the lease the job had when storing began runs out (and the origin's sweep
         # has had its chance) before the outputs are stored.
         lease = origin.jobs.store.get(job.id).lease
@@ -176,7 +176,7 @@ async def test_outputs_are_stored_while_the_lease_is_renewed(start_node, monkeyp
             lambda: time.time() > lease.expires_at + 2 * SWEEP_INTERVAL_S,
             "the first lease to run out",
         )
-        return await store_outputs(self, result)
+        return await store_outputs(self, job_, result)
 
     monkeypatch.setattr(Worker, "_store_outputs", slow_store_outputs)
     job = await origin.jobs.submit_files(
@@ -222,7 +222,9 @@ async def test_submit_by_blob(start_node) -> None:
     )
     assert job.spec.module.hash != wat.hash  # the assembled binary
     assert job.spec.artifacts["text"].hash == text.hash
-    assert {wat.hash, text.hash} <= {b.hash for b in await node.blobs.store.list() if b.pinned}
+    blobs = await node.blobs.store.list()
+    held = {b.hash for b in blobs if any(tag_job(t) == job.id for t in b.tags)}
+    assert {wat.hash, text.hash} <= held  # held by the job's tags (#13.8), no longer pinned
     with trio.fail_after(30):
         done = await node.jobs.wait(job.id)
     assert done is not None and done.result == {"words": 3}, done

@@ -18,6 +18,7 @@ from p2pnode.jobs.model import JobState
 from p2pnode.jobs.service import JobSubmission
 from p2pnode.jobs.store import JobStore
 from p2pnode.jobs.worker import Worker
+from p2pnode.metrics import Metrics
 from p2pnode.net.addr import PeerAddr
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -47,12 +48,9 @@ async def test_a_job_costs_its_origin_one_claim_and_one_report(start_node, monke
     assert done is not None and done.state is JobState.SUCCEEDED, done
     assert asked == ["claim_request", "report"]
     assert published == ["JobAnnounced"]  # its worker is done: nobody to tell that it ended
-    assert [e.state for e in done.history] == [
-        JobState.PENDING,
-        JobState.CLAIMED,
-        JobState.RUNNING,
-        JobState.SUCCEEDED,
-    ]
+    states = [e.state for e in done.history]  # running may repeat: a compile note
+    assert states[:3] == [JobState.PENDING, JobState.CLAIMED, JobState.RUNNING], states
+    assert states[-1] is JobState.SUCCEEDED
     assert done.worker == worker.id
 
 
@@ -77,7 +75,8 @@ async def test_an_uploaded_binary_module_is_its_own_blob_and_listed_once(
     assert {job.spec.module.hash for job in jobs} == {blob.hash}
     assert len(listed) == 1
     assert len(await node.blobs.store.list()) == blobs
-    assert all(b.pinned for b in await node.blobs.store.list() if b.hash == blob.hash)
+    held = {model.tag_job(tag): h for tag, h in (await node.blobs.tags()).items()}
+    assert all(held[job.id] == blob.hash for job in jobs)  # each job holds the module
 
 
 async def test_a_scratch_export_is_checked_but_not_fsynced(tmp_path, monkeypatch) -> None:
@@ -107,7 +106,9 @@ async def test_a_claim_for_a_taken_job_gets_the_oldest_claimable_one_instead(tmp
         pass
 
     with JobStore(tmp_path / "jobs.db") as store:
-        control = ControlServer(store, 30.0, changed, lambda *_: None, lambda *_: None)
+        control = ControlServer(
+            store, 30.0, changed, lambda *_: None, lambda *_: None, lambda *_: None
+        )
         older, newer = store.submit(origin, spec), store.submit(origin, spec)
 
         granted = await control.answer(first, model.ClaimRequest(job_id=older.id, worker=first))
@@ -154,7 +155,9 @@ async def test_announcements_queued_before_the_origin_went_idle_are_dropped_unle
         return JobAnnounced(job=job.summary(), origin_addr=PeerAddr(node_id=origin))
 
     first, stale, again = announced(1), announced(2), announced(3)
-    worker = Worker("1" * 64, {}, None, None, lambda _: None, tmp_path, max_jobs=1)  # type: ignore[arg-type]
+    worker = Worker(
+        "1" * 64, {}, None, None, lambda _: None, tmp_path, 1, {}, tmp_path / "drain", Metrics()
+    )  # type: ignore[arg-type]
     worker._control = control = _IdleOrigin(worker, again.job.id)  # type: ignore[assignment]
     async with trio.open_nursery() as nursery:
         async with worker._limiter:  # the one slot is busy: the announcements queue, in order

@@ -20,6 +20,8 @@ LAYERS = [  # low to high; a module belongs to the first pattern it matches, in 
         "p2pnode.fsutil",
         "p2pnode.concurrency",
         "p2pnode.identity",
+        "p2pnode.labels",
+        "p2pnode.metrics",
     ],
     ["p2pnode.net", "p2pnode.net.*", "p2pnode.executors", "p2pnode.executors.*", "p2pnode.config"],
     ["p2pnode.blobs", "p2pnode.blobs.*", "p2pnode.membership", "p2pnode.join_protocol"],

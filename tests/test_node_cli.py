@@ -13,7 +13,7 @@ import tickets
 from p2pnode.membership import JOIN_ALPN, JoinError, Membership, join
 from p2pnode.net.addr import PeerAddr
 from tests.conftest import bind_loopback
-from tests.nodeproc import NodeProcess, run_cli
+from tests.nodeproc import NodeProcess, run_cli, run_start
 
 pytestmark = pytest.mark.slow
 
@@ -127,3 +127,23 @@ def test_taken_api_port_is_one_clear_line(node_a: NodeProcess, tmp_path: Path) -
         == f"error: cannot listen on http://127.0.0.1:{port}: Address already in use"
     )
     assert "Traceback" not in result.stderr
+
+
+def test_second_node_on_the_same_data_folder_is_refused(
+    node_a: NodeProcess, tmp_path: Path
+) -> None:
+    """Two nodes on one folder would share an identity, a job database and a blob store."""
+    before = node_a.status()
+    result = run_start(tmp_path / "a")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'a'} is in use by another running node; stop it first, "
+        "or start this one with another --data"
+    ]
+    assert node_a.status()["id"] == before["id"]  # the running node is untouched
+    node_a.stop()
+    restarted = NodeProcess(tmp_path / "a")  # the lock went with the process
+    try:
+        assert restarted.status()["id"] == before["id"]
+    finally:
+        restarted.kill()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -402,3 +403,48 @@ async def test_damaged_cache_entry_is_compiled_again(job: Any, tmp_path: Path) -
     artifact.write_bytes(b"not machine code")
     executor = WasiExecutor(cache_dir=cache)
     assert (await executor.run(req)).result == "fresh" and executor.compilations == 1
+
+
+async def test_compile_cache_evicts_the_least_recently_used(job: Any, tmp_path: Path) -> None:
+    cache = tmp_path / "compiled"
+    reqs = [job(printing(f'"{name}"')) for name in ("a", "b", "c")]
+    sizing = WasiExecutor(cache_dir=tmp_path / "sizing")
+    await sizing.run(reqs[0])
+    [artifact] = (tmp_path / "sizing").glob("*.cwasm")
+    # Room for two entries (the three differ by a byte or so), not for three.
+    executor = WasiExecutor(cache_dir=cache, cache_bytes=artifact.stat().st_size * 5 // 2)
+    for req in reqs[:2]:
+        await executor.run(req)
+    assert (await executor.run(reqs[0])).compile_note == "compile cache hit"  # a used last
+    await executor.run(reqs[2])  # evicts b, the least recently used
+    left = {path.name.partition("-")[0] for path in cache.glob("*.cwasm")}
+    assert left == {reqs[0].module_hash, reqs[2].module_hash}
+    assert executor.compilations == 3
+
+
+async def test_compile_time_is_reported(job: Any, tmp_path: Path) -> None:
+    executor = WasiExecutor(cache_dir=tmp_path / "compiled")
+    req = job(printing('"timed"'))
+    first, second = await executor.run(req), await executor.run(req)
+    assert first.ok and re.fullmatch(r"compiled in \d+\.\d s", first.compile_note), first
+    assert second.ok and second.compile_note == "compile cache hit"
+
+
+async def test_compilation_has_its_own_time_limit(job: Any, tmp_path: Path) -> None:
+    # Far below what starting the compiler takes, while the run's own limit is generous.
+    executor = WasiExecutor(cache_dir=tmp_path / "compiled", max_compile_s=0.001)
+    req = job(printing('"never"'), limits={"time_s": 600})
+    with trio.fail_after(30):
+        result = await executor.run(req)
+    assert failed(result) == "compiling the module took longer than the limit of 0.001 s"
+    assert list((tmp_path / "compiled").iterdir()) == []  # no entry, no partial file
+    assert executor.compilations == 0
+
+
+async def test_partial_compilations_of_a_killed_node_are_removed(job: Any, tmp_path: Path) -> None:
+    cache = tmp_path / "compiled"
+    cache.mkdir()
+    (cache / "abc-engine.0123456789abcdef.part").write_bytes(b"half of a compilation")
+    executor = WasiExecutor(cache_dir=cache)
+    assert list(cache.glob("*.part")) == []
+    assert (await executor.run(job(printing('"ok"')))).result == "ok"

@@ -116,7 +116,7 @@ async def test_a_forged_heartbeat_for_another_node_is_ignored(start_node, caplog
     a = await start_node()
     b = await start_node(join=a.join_ticket())
     forged_id = "ab" * 32
-    forged = _heartbeat(forged_id, time.time(), kind="flawless", slots=8)
+    forged = heartbeat(forged_id, time.time(), kind="flawless", slots=8)
 
     async def a_hears_b() -> bool:
         return b.id in await workers(a)
@@ -175,7 +175,7 @@ async def test_a_job_that_runs_has_no_waiting_for(start_node) -> None:
     assert done["state"] == JobState.SUCCEEDED.value and done["waiting_for"] is None
 
 
-class _LocalGossip:
+class LocalGossip:
     """Gossip as the workers table sees it, fed by the test: what was retired, nothing sent."""
 
     def __init__(self) -> None:
@@ -193,13 +193,13 @@ class _LocalGossip:
 
 
 async def test_a_heartbeat_caught_up_long_after_it_was_sent_counts_as_down(nursery) -> None:
-    gossip = _LocalGossip()
+    gossip = LocalGossip()
     me, other = "11" * 32, "22" * 32
-    beat = _heartbeat(me, time.time())
+    beat = heartbeat(me, time.time())
     table = Workers(me, gossip, lambda: beat)
     await nursery.start(table.run)
     for envelope_id, sent_at in (("new", time.time()), ("old", time.time() - 600)):
-        payload = _heartbeat(other, sent_at).model_dump(mode="json")
+        payload = heartbeat(other, sent_at).model_dump(mode="json")
         await gossip.send.send(Received(Heartbeat.KIND, payload, other, envelope_id))
 
     async def both_handled() -> bool:
@@ -208,7 +208,7 @@ async def test_a_heartbeat_caught_up_long_after_it_was_sent_counts_as_down(nurse
     await eventually(both_handled)
     assert {w.node_id: w.state for w in table.workers()} == {me: "ready", other: "ready"}
 
-    stale = _heartbeat("33" * 32, time.time() - 600)  # a node long gone, caught up by a late joiner
+    stale = heartbeat("33" * 32, time.time() - 600)  # a node long gone, caught up by a late joiner
     await gossip.send.send(
         Received(Heartbeat.KIND, stale.model_dump(mode="json"), stale.node_id, "x")
     )
@@ -220,15 +220,21 @@ async def test_a_heartbeat_caught_up_long_after_it_was_sent_counts_as_down(nurse
     assert {w.node_id: w.state for w in table.workers()}[stale.node_id] == "down"
 
 
-def _heartbeat(
-    node_id: str, sent_at: float, kind: ExecutorKind = "wasi", slots: int = 1
+def heartbeat(
+    node_id: str,
+    sent_at: float,
+    kind: ExecutorKind = "wasi",
+    slots: int = 1,
+    free: int | None = None,
+    labels: dict[str, str] | None = None,
 ) -> Heartbeat:
     return Heartbeat(
         node_id=node_id,
         sent_at=sent_at,
         executors=[ExecutorOffer(kind=kind, answers=True)],
         slots_total=slots,
-        slots_free=slots,
+        slots_free=slots if free is None else free,
+        labels=labels or {},
         running=[],
         version="0.1.0",
         uptime_s=1.0,

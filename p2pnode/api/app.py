@@ -15,7 +15,7 @@ import stat
 from collections.abc import AsyncIterator, Iterator
 from http import HTTPStatus
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO
+from typing import Annotated, Any
 
 import trio
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Response
@@ -28,10 +28,13 @@ from starlette.requests import ClientDisconnect
 
 import p2pnode
 import tickets
-from p2pnode.api.auth import DOCS_ASSETS, PUBLIC_PATHS
+from p2pnode.api.auth import DOCS_ASSETS, PUBLIC_PATHS, Sessions
+from p2pnode.api.dashboard import dashboard_router
 from p2pnode.api.log_routes import log_routes
+from p2pnode.api.metrics_routes import metrics_router
 from p2pnode.api.schemas import (
     BlobAdded,
+    BlobEntry,
     BlobFetchRequest,
     Done,
     ErrorReply,
@@ -45,15 +48,13 @@ from p2pnode.api.schemas import (
     PathRequest,
 )
 from p2pnode.api.server import serve_api
-from p2pnode.blobs.blocks import READ_CHUNK
+from p2pnode.api.worker_routes import worker_routes
 from p2pnode.blobs.fetch import FetchError
 from p2pnode.blobs.store import BlobInfo, BlobInUse, BlobNotFound, GcResult, StoreError
 from p2pnode.fsutil import NotRegularFile, open_regular
-from p2pnode.jobs.heartbeat import WorkerView
-from p2pnode.jobs.model import Hex64, Job, JobId, JobState, NodeId
+from p2pnode.jobs.model import Hex64, Job, JobId, JobState, NodeId, tag_job
 from p2pnode.jobs.service import JobSubmission, SubmissionError, SubmissionTooLarge
 from p2pnode.jobs.store import Refused
-from p2pnode.jobs.worker import provider_addrs
 from p2pnode.node import Node
 
 
@@ -62,11 +63,13 @@ async def serve_node_api(
 ) -> None:
     """The node's local API, on its configured address, behind the token in its data folder."""
     settings = node.settings
+    sessions = Sessions()
     await serve_api(
-        create_app(node),
+        create_app(node, sessions),
         settings.http_host,
         settings.http_port,
         node.api_token,
+        sessions=sessions,
         task_status=task_status,
     )
 
@@ -85,7 +88,7 @@ class NdjsonResponse(StreamingResponse):
     media_type = "application/x-ndjson"
 
 
-def create_app(node: Node) -> FastAPI:
+def create_app(node: Node, sessions: Sessions) -> FastAPI:
     app = FastAPIOffline(
         title="p2pnode",
         version=p2pnode.__version__,
@@ -106,15 +109,22 @@ def create_app(node: Node) -> FastAPI:
 
     @api.get("/status")
     async def status() -> NodeStatus:
-        return node.status()
+        status = node.status()
+        status.disk = await node.disk()
+        return status
 
     @api.post("/tickets/join")
     async def join_ticket() -> JoinTicketReply:
         return JoinTicketReply(ticket=node.join_ticket())
 
     @api.get("/blobs")
-    async def list_blobs() -> list[BlobInfo]:
-        return await node.blobs.store.list()
+    async def list_blobs() -> list[BlobEntry]:
+        return [
+            BlobEntry(
+                **dict(info), jobs=sorted({j for t in info.tags if (j := tag_job(t)) is not None})
+            )
+            for info in await node.blobs.list_blobs()
+        ]
 
     @api.put(
         "/blobs",
@@ -129,17 +139,22 @@ def create_app(node: Node) -> FastAPI:
         },
     )
     async def upload_blob(request: Request, pin: bool = True) -> BlobAdded:
-        """Add the request body (application/octet-stream, streamed, any size) as a blob."""
+        """Add the request body (application/octet-stream, streamed, any size) as a blob. An
+        unpinned one is spared by GC for an hour, or until a job submitted with it holds it."""
         try:
             with store_errors():
-                info = await node.blobs.store.add_stream(request.stream(), pin=pin)
+                info = await node.blobs.add_stream(request.stream(), pin=pin)
         except ClientDisconnect:
             raise HTTPException(400, "the upload was abandoned") from None
+        if not info.pinned:
+            node.blobs.expect_holder(info.hash)
         return BlobAdded(blob=info, ticket=node.blobs.ticket(info))
 
     @api.post("/blobs", responses={**_errors(400, 403), **BODY_ERRORS})
     async def add_blob(request: PathRequest) -> BlobAdded:
-        """Add a regular file the node can read (its own user's; never inside its data folder)."""
+        """Add a regular file the node can read (its own user's; never inside its data folder);
+        with `in_place`, without copying it: the node then serves from the file, verifying each
+        block, and the blob goes missing if the file changes."""
         real = await trio.to_thread.run_sync(os.path.realpath, request.path)
         source = _outside_private_dirs(node, Path(real))
         try:
@@ -149,7 +164,10 @@ def create_app(node: Node) -> FastAPI:
         except OSError as exc:
             raise HTTPException(400, f"cannot read {request.path}: {exc.strerror}") from None
         with f, store_errors():
-            info = await node.blobs.store.add_stream(_chunks(f), pin=request.pin)
+            if request.in_place:
+                info = await node.blobs.add_in_place(source, pin=request.pin)
+            else:
+                info = await node.blobs.add_file(f, pin=request.pin)
         return BlobAdded(blob=info, ticket=node.blobs.ticket(info))
 
     @api.get(
@@ -164,10 +182,10 @@ def create_app(node: Node) -> FastAPI:
         """The blob's content, streamed (Content-Length set); the blob stays in use while it is
         read."""
         with store_errors():
-            info = await node.blobs.store.info(blob_hash)
+            info = await node.blobs.info(blob_hash)
 
         async def content() -> AsyncIterator[bytes]:
-            async with contextlib.aclosing(node.blobs.store.read_range(blob_hash)) as chunks:
+            async with contextlib.aclosing(node.blobs.read_range(blob_hash)) as chunks:
                 async for chunk in chunks:
                     yield chunk
 
@@ -177,25 +195,25 @@ def create_app(node: Node) -> FastAPI:
     @api.get("/blobs/{blob_hash}/ticket", responses=_errors(404))
     async def blob_ticket(blob_hash: Hex64) -> BlobAdded:
         with store_errors():
-            info = await node.blobs.store.info(blob_hash)
+            info = await node.blobs.info(blob_hash)
         return BlobAdded(blob=info, ticket=node.blobs.ticket(info))
 
     @api.delete("/blobs/{blob_hash}", responses=_errors(404, 409))
     async def remove_blob(blob_hash: Hex64, force: bool = False) -> Done:
         with store_errors():
-            await node.blobs.store.remove(blob_hash, force=force)
+            await node.blobs.remove(blob_hash, force=force)
         return Done()
 
     @api.post("/blobs/{blob_hash}/pin", responses=_errors(404))
     async def pin_blob(blob_hash: Hex64) -> Done:
         with store_errors():
-            await node.blobs.store.pin(blob_hash)
+            await node.blobs.keep(blob_hash)
         return Done()
 
     @api.delete("/blobs/{blob_hash}/pin", responses=_errors(404))
     async def unpin_blob(blob_hash: Hex64) -> Done:
         with store_errors():
-            await node.blobs.store.unpin(blob_hash)
+            await node.blobs.unpin(blob_hash)
         return Done()
 
     @api.post("/blobs/gc")
@@ -219,7 +237,7 @@ def create_app(node: Node) -> FastAPI:
             if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
                 raise HTTPException(400, f"{request.path} is not a regular file")
         with store_errors():
-            return await node.blobs.store.export(blob_hash, dest)
+            return await node.blobs.export(blob_hash, dest)
 
     @api.post(
         "/blobs/fetch",
@@ -320,9 +338,23 @@ def create_app(node: Node) -> FastAPI:
         except Refused as exc:
             raise HTTPException(409, f"cannot cancel job {job_id}: {exc.reason}") from None
 
+    @api.delete("/jobs/{job_id}", responses=_errors(404, 409))
+    async def remove_job(job_id: JobId, force: bool = False) -> Job:
+        """Forget a finished job and release the blobs only it holds to GC; a live job is refused
+        (409) unless `force`, which cancels it first."""
+        _job_or_404(node, job_id)
+        try:
+            with store_errors():
+                return await node.jobs.remove(job_id, force=force)
+        except Refused as exc:
+            raise HTTPException(
+                409, f"cannot remove job {job_id}: {exc.reason}; cancel it first or use --force"
+            ) from None
+
     @api.post("/jobs/{job_id}/outputs", responses=_errors(404, 409, 502))
     async def get_outputs(job_id: JobId) -> dict[str, BlobInfo]:
-        """Bring the job's output artifacts into this node's store (pinned), from whoever has them;
+        """Bring the job's output artifacts into this node's store (held by the job), from whoever
+        has them;
         `GET /blobs/{hash}` then downloads each. A failed job has those of its last attempt (a
         command's partial outputs, stdout and stderr)."""
         job = _job_or_404(node, job_id)
@@ -334,13 +366,9 @@ def create_app(node: Node) -> FastAPI:
         with store_errors():
             for name, ref in job.outputs.items():
                 try:
-                    await node.blobs.fetch(
-                        ref.hash, provider_addrs(ref, node.peer_addr), root=ref.root
-                    )
+                    outputs[name] = await node.jobs.fetch_output(job, name, ref)
                 except FetchError as exc:
                     raise HTTPException(502, str(exc)) from None
-                await node.blobs.store.pin(ref.hash)
-                outputs[name] = await node.blobs.store.info(ref.hash)
         return outputs
 
     @api.get("/members")
@@ -354,20 +382,12 @@ def create_app(node: Node) -> FastAPI:
             raise HTTPException(404, f"no member {member_id} on this node")
         return Done()
 
-    @api.get("/workers")
-    async def list_workers() -> list[WorkerView]:
-        """Every node's latest heartbeat as this node heard it (itself included), with its state:
-        `ready`, `busy` (no free slot) or `down` (3 heartbeats missed)."""
-        return node.workers.workers()
-
     app.include_router(api)
     app.include_router(log_routes(node, lambda job_id: _job_or_404(node, job_id)))
+    app.include_router(worker_routes(node))
+    app.include_router(dashboard_router(node, sessions))
+    app.include_router(metrics_router(node))
     return app
-
-
-async def _chunks(f: BinaryIO) -> AsyncIterator[bytes]:
-    while chunk := await trio.to_thread.run_sync(f.read, READ_CHUNK):
-        yield chunk
 
 
 def _job_or_404(node: Node, job_id: str) -> Job:

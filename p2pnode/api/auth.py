@@ -5,16 +5,26 @@ read it; the CLI sends it as `Authorization: Bearer <token>`. `ApiGuard` is the 
 request passes through, before routing: it refuses foreign `Host` names (DNS rebinding), cross-site
 browser requests, missing or wrong tokens, and request bodies of the wrong type or size.
 
+A browser cannot send the bearer header, so the dashboard logs in once (with the token, or a
+one-time code the CLI prints) and then carries a session cookie (`Sessions`): it reads anything
+(GET), and may POST only the dashboard's own actions under `/ui/`, with the session's CSRF token
+in a header. Sessions live in memory only: a restart logs every browser out.
+
 Light on purpose (stdlib only): the CLI imports it to read the token.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import json
 import secrets
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,6 +42,20 @@ Authorize button sends the token with every request it makes)."""
 DOCS_ASSETS = "/static-offline-docs/"
 UPLOAD_PATHS = frozenset({"/blobs"})
 """Where a raw `application/octet-stream` body of any size is streamed (PUT only)."""
+LOGIN_PATH = "/login"
+"""The dashboard's login page and form: answered without a credential, since it takes one."""
+STATIC_ASSETS = "/static/"
+"""The dashboard's stylesheet and vendored htmx: public code, needed by the login page too."""
+DASHBOARD = "/ui/"
+"""The dashboard's pages and fragments (and `/`), where a browser without a credential is sent to
+the login page; also the only place a session cookie may POST (with its CSRF token)."""
+CSRF_HEADER = "x-csrf-token"
+MAX_FORM_BODY = 4096
+"""Bound of the login form's body (a token, nothing more)."""
+SESSION_TTL_S = 12 * 3600.0
+LOGIN_CODE_TTL_S = 60.0
+MAX_SESSIONS = 64
+MAX_LOGIN_CODES = 16
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -68,35 +92,104 @@ def read_token(path: Path) -> str:
     return token
 
 
+def session_cookie(port: int) -> str:
+    """The session cookie's name: browsers share cookies between ports of one host, so each node's
+    API on 127.0.0.1 needs its own name, or logging in to one would log out of the other."""
+    return f"p2pnode_session_{port}"
+
+
+@dataclass(frozen=True)
+class Session:
+    id: str
+    csrf: str
+    expires_at: float
+
+
+class Sessions:
+    """Dashboard sessions and one-time login codes, in memory, both bounded (the oldest go first)
+    and short-lived. Ids, codes and CSRF tokens are 256-bit random strings."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._codes: OrderedDict[str, float] = OrderedDict()
+
+    def new_code(self) -> str:
+        """A login code the token holder hands to a browser: good once, for `LOGIN_CODE_TTL_S`."""
+        code = secrets.token_urlsafe(32)
+        self._codes[code] = self._clock() + LOGIN_CODE_TTL_S
+        while len(self._codes) > MAX_LOGIN_CODES:
+            self._codes.popitem(last=False)
+        return code
+
+    def redeem(self, code: str) -> Session | None:
+        """A new session for a valid unused code (which is spent), else None."""
+        expires_at = self._codes.pop(code, None)
+        if expires_at is None or expires_at < self._clock():
+            return None
+        return self.open()
+
+    def open(self) -> Session:
+        session = Session(
+            secrets.token_urlsafe(32), secrets.token_urlsafe(32), self._clock() + SESSION_TTL_S
+        )
+        self._sessions[session.id] = session
+        while len(self._sessions) > MAX_SESSIONS:
+            self._sessions.popitem(last=False)
+        return session
+
+    def get(self, session_id: str) -> Session | None:
+        session = self._sessions.get(session_id)
+        if session is None:
+            return None
+        if session.expires_at < self._clock():
+            del self._sessions[session_id]
+            return None
+        return session
+
+    def close(self, session_id: str) -> None:
+        self._sessions.pop(session_id, None)
+
+
 class ApiGuard:
     """ASGI middleware in front of the whole API; every refusal is one JSON line
     `{"detail": ...}`."""
 
-    def __init__(self, app: Asgi, *, token: str, host: str, port: int) -> None:
+    def __init__(
+        self, app: Asgi, *, token: str, host: str, port: int, sessions: Sessions | None = None
+    ) -> None:
         self.app = app
         self._token = token.encode()
         self._ip = ipaddress.ip_address(host)
         self._port = port
+        self._sessions = sessions or Sessions()
+        self._cookie = session_cookie(port)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        refusal = self._refusal(
-            scope, {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        )
+        headers = headers_of(scope)
+        refusal = self._refusal(scope, headers)
         if refusal is None:
             await self.app(scope, receive, send)
             return
         status, detail = refusal
         body = json.dumps({"detail": detail}).encode()
-        headers = [
+        answer = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
         ]
         if status == 401:
-            headers.append((b"www-authenticate", b"Bearer"))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+            answer.append((b"www-authenticate", b"Bearer"))
+            if _is_page(scope["path"]) and scope["method"] in ("GET", "HEAD"):
+                # A person's browser: to the login page (htmx follows HX-Redirect, not a 303).
+                if "hx-request" in headers:
+                    answer.append((b"hx-redirect", LOGIN_PATH.encode()))
+                else:
+                    status = 303
+                    answer.append((b"location", LOGIN_PATH.encode()))
+        await send({"type": "http.response.start", "status": status, "headers": answer})
         await send({"type": "http.response.body", "body": body})
 
     def _refusal(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str] | None:
@@ -112,13 +205,44 @@ class ApiGuard:
         ) or not self._own_origin(headers.get("origin")):
             return 403, "cross-site requests are refused"
         path = scope["path"]
-        if path not in PUBLIC_PATHS and not path.startswith(DOCS_ASSETS):
+        public = (
+            path in PUBLIC_PATHS
+            or path == LOGIN_PATH
+            or path.startswith((DOCS_ASSETS, STATIC_ASSETS))
+        )
+        if not public and "authorization" not in headers and self._cookie_value(headers):
+            return self._session_refusal(scope, headers)
+        if not public:
             scheme, _, given = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not given.strip():
                 return 401, "no API token: send Authorization: Bearer <the token in DATA/api-token>"
             if not hmac.compare_digest(given.strip().encode(), self._token):
                 return 401, "wrong API token: it is not this node's DATA/api-token"
         return self._body_refusal(scope["method"], path, headers)
+
+    def _session_refusal(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str] | None:
+        """A browser with a session cookie: it may read, and POST the dashboard's own actions with
+        its CSRF token; the session rides in the scope's state for the pages."""
+        session = self._sessions.get(self._cookie_value(headers))
+        if session is None:
+            return 401, "no valid session: log in again at /login"
+        method = scope["method"]
+        if method not in ("GET", "HEAD"):
+            if method != "POST" or not scope["path"].startswith(DASHBOARD):
+                return 403, "a dashboard session may only read, and use the dashboard's buttons"
+            if not hmac.compare_digest(
+                headers.get(CSRF_HEADER, "").encode(), session.csrf.encode()
+            ):
+                return 403, "missing or wrong CSRF token"
+        scope.setdefault("state", {})["session"] = session
+        return self._body_refusal(method, scope["path"], headers)
+
+    def _cookie_value(self, headers: dict[str, str]) -> str:
+        cookies = SimpleCookie()
+        with contextlib.suppress(CookieError):
+            cookies.load(headers.get("cookie", ""))
+        morsel = cookies.get(self._cookie)
+        return morsel.value if morsel is not None else ""
 
     def _body_refusal(
         self, method: str, path: str, headers: dict[str, str]
@@ -127,6 +251,12 @@ class ApiGuard:
         if (length is None or length == "0") and "transfer-encoding" not in headers:
             return None
         content_type = headers.get("content-type", "").partition(";")[0].strip().lower()
+        if method == "POST" and path == LOGIN_PATH:
+            if content_type != "application/x-www-form-urlencoded":
+                return 415, "the login form is sent as application/x-www-form-urlencoded"
+            if length is None or not length.isdigit() or int(length) > MAX_FORM_BODY:
+                return 413, f"the login form is over {MAX_FORM_BODY} bytes"
+            return None
         if method == "PUT" and path in UPLOAD_PATHS:
             return (
                 None
@@ -165,3 +295,11 @@ class ApiGuard:
 
     def _netloc(self) -> str:
         return f"[{self._ip}]:{self._port}" if self._ip.version == 6 else f"{self._ip}:{self._port}"
+
+
+def headers_of(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+def _is_page(path: str) -> bool:
+    return path == "/" or path.startswith(DASHBOARD)

@@ -4,15 +4,14 @@ buffer, see `p2pnode.jobs.logs`) and whole once it ended (from its output blobs)
 from __future__ import annotations
 
 import codecs
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import get_args
 
-import trio
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from p2pnode.api.schemas import LogEvent
-from p2pnode.blobs.blocks import READ_CHUNK
 from p2pnode.blobs.fetch import FetchError
 from p2pnode.blobs.store import StoreError
 from p2pnode.jobs import logs
@@ -109,9 +108,8 @@ async def _rest(
         try:
             await node.blobs.fetch(ref.hash, provider_addrs(ref, node.peer_addr), root=ref.root)
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            with node.blobs.store.open_read(ref.hash) as f:
-                f.seek(start)
-                while data := await trio.to_thread.run_sync(f.read, READ_CHUNK):
+            async with contextlib.aclosing(node.blobs.read_range(ref.hash, start)) as chunks:
+                async for data in chunks:
                     yield LogEvent(stream=name, text=decoder.decode(data))
             if tail := decoder.decode(b"", final=True):
                 yield LogEvent(stream=name, text=tail)

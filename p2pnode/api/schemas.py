@@ -44,6 +44,7 @@ AbsolutePath = Annotated[Path, AfterValidator(_absolute)]
 class PathRequest(Request):
     path: AbsolutePath
     pin: bool = True
+    in_place: bool = False  # no copy: the node serves from the file, verifying what it reads
 
 
 class ExportRequest(Request):
@@ -102,6 +103,15 @@ class MemberStatus(BaseModel):
     state: Literal["connected", "idle", "down"]
 
 
+class DiskStatus(BaseModel):
+    """The blob store's content and the room left on the filesystem that holds it."""
+
+    store_bytes: int
+    store_blobs: int
+    free_bytes: int
+    total_bytes: int
+
+
 class NodeStatus(BaseModel):
     id: str
     cluster_id: str
@@ -113,6 +123,7 @@ class NodeStatus(BaseModel):
     refused_connections: int
     gossip: GossipStats | None
     jobs: WorkerStatus
+    disk: DiskStatus | None = None  # filled by `GET /status` (reading the store takes a while)
 
 
 class JobView(Job):
@@ -131,3 +142,23 @@ class LogEvent(BaseModel):
     text: str = ""
     note: str | None = None
     state: JobState | None = None
+
+
+class DrainStatus(BaseModel):
+    """A node's drain switch and the jobs it still runs (a drained node is empty when none)."""
+
+    draining: bool
+    running: list[str]
+
+
+class LoginCode(BaseModel):
+    """A one-time dashboard login code (`GET /login?code=...`), good for `expires_in` seconds."""
+
+    code: str
+    expires_in: float
+
+
+class BlobEntry(BlobInfo):
+    """A blob as `GET /blobs` lists it: `jobs` are the jobs holding it (by their tags)."""
+
+    jobs: list[str] = []

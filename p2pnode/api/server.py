@@ -14,7 +14,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 from hypercorn.typing import ASGIFramework
 
-from p2pnode.api.auth import ApiGuard, Asgi
+from p2pnode.api.auth import ApiGuard, Asgi, Sessions
 
 
 class ApiBindError(Exception):
@@ -27,10 +27,11 @@ async def serve_api(
     port: int,
     token: str,
     *,
+    sessions: Sessions | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Bind first (so a taken port is a clear error, and port 0 picks a free one), then serve
-    `app` to requests bearing `token`; reports the URL it serves on."""
+    `app` to requests bearing `token` (or a cookie of `sessions`); reports the URL it serves on."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -46,6 +47,6 @@ async def serve_api(
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     task_status.started(url)
-    guarded = ApiGuard(app, token=token, host=bound_ip, port=bound_port)
+    guarded = ApiGuard(app, token=token, host=bound_ip, port=bound_port, sessions=sessions)
     # The guard speaks ASGI with starlette's loose types; hypercorn's are stricter TypedDicts.
     await serve(cast(ASGIFramework, guarded), config, mode="asgi")

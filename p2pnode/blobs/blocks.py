@@ -30,6 +30,19 @@ _SIZE = struct.Struct(">Q")
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
 
+def normalize_hash(value: str) -> str:
+    """Lowercase 64-digit hex, or ValueError: names become paths, so they must be checked."""
+    h = value.strip().lower()
+    if len(h) != 2 * HASH_LEN or h.strip("0123456789abcdef"):
+        raise ValueError(f"not a blob hash (64 hex digits): {value!r}")
+    return h
+
+
+def is_hash(name: str) -> bool:
+    """Whether a file name in the store is a blob hash as the store writes it."""
+    return len(name) == 2 * HASH_LEN and name == name.lower() and not name.strip("0123456789abcdef")
+
+
 def block_count(size: int) -> int:
     """Number of blocks of a blob of ``size`` bytes (zero for the empty blob)."""
     return -(-size // BLOCK_SIZE)
@@ -120,9 +133,19 @@ class BlobHasher:
         self.size = 0
 
     def update(self, data: Buffer) -> None:
+        self.update_whole(data)
+        self.update_blocks(data)
+
+    def update_whole(self, data: Buffer) -> None:
+        """The whole-blob half of `update`; may run in one thread while `update_blocks` runs in
+        another (blake3 releases the GIL), but each half's calls must come in content order."""
         view = memoryview(data).cast("B")
         self._whole.update(view)
         self.size += view.nbytes
+
+    def update_blocks(self, data: Buffer) -> None:
+        """The block-hash half of `update`."""
+        view = memoryview(data).cast("B")
         while view.nbytes:
             take = min(BLOCK_SIZE - self._block_fill, view.nbytes)
             if take == BLOCK_SIZE:

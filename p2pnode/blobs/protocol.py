@@ -23,8 +23,8 @@ import iroh
 from pydantic import AfterValidator, BaseModel, Field, TypeAdapter
 
 from p2pnode.blobs.blocks import HASH_LEN, BlockList, block_count
-from p2pnode.blobs.store import BlobNotFound, BlobStore, normalize_hash
-from p2pnode.net.framing import recv_model, send_model, stop_quietly
+from p2pnode.blobs.store import BlobNotFound, BlobStore, StoreError, normalize_hash
+from p2pnode.net.framing import recv_model, reset_quietly, send_model, stop_quietly
 from p2pnode.net.peerlog import PeerLog
 
 log = logging.getLogger(__name__)
@@ -146,14 +146,24 @@ class BlobProvider:
             await send_model(
                 send, BlobHeader(size=block_list.size, block_list=block_list.to_bytes().hex())
             )
-            for offset, length in requested_spans(request, block_list):
-                async with contextlib.aclosing(
-                    self._store.read_range(request.hash, offset, length)
-                ) as chunks:
-                    async for chunk in chunks:
-                        await send.write_all(chunk)
-                        self.served_bytes += len(chunk)
+            try:
+                await self._send_spans(send, request, block_list)
+            except StoreError as exc:  # a file added in place changed: send nothing wrong
+                log.warning("stopped serving blob %s to %s: %s", request.hash[:12], peer[:10], exc)
+                await reset_quietly(bi)
+                return
         await send.finish()
+
+    async def _send_spans(
+        self, send: iroh.SendStream, request: BlobRequest, block_list: BlockList
+    ) -> None:
+        for offset, length in requested_spans(request, block_list):
+            async with contextlib.aclosing(
+                self._store.read_range(request.hash, offset, length)
+            ) as chunks:
+                async for chunk in chunks:
+                    await send.write_all(chunk)
+                    self.served_bytes += len(chunk)
 
     @staticmethod
     async def _refuse(send: iroh.SendStream, reason: str) -> None:

@@ -4,40 +4,68 @@ A blob is named by the lowercase hex BLAKE3 hash of its content, the same name i
 gives it. Layout under the root folder::
 
     data/<hex>       content; its presence is the commit point of a blob
-    blocks/<hex>     BlockList bytes (block hashes + size), always written before data/<hex>
+    external/<hex>   or, for a blob added in place, where its content lives (path, size, mtime,
+                     inode): the commit point of such a blob, whose bytes stay in the user's file
+    blocks/<hex>     BlockList bytes (block hashes + size), always written before either
     tmp/             temp files on the same filesystem, so renames are atomic
-    partial/<hex>.data, <hex>.state   resumable downloads (see PartialBlob)
-    meta.sqlite      tags (name -> hash) and pins: the roots that GC keeps
+    partial/         resumable downloads (partial.py)
+    meta.sqlite      tags (name -> hash) and pins: the roots that GC keeps (refs.py)
     lock             flock: one process per store, because in-use counts live in memory
 
 Every blob enters data/ by an atomic rename of a fully written, fsynced and hashed temp file,
 so a crash leaves either the whole blob or nothing. Opening the store deletes crash leftovers
 and re-verifies any data file whose block list is missing or does not fit it; full content is
 re-checked by `verify` and on every `export`, and per block by any fetcher.
+
+A blob added in place (`add_in_place`) is never copied. Its file can change behind the store's
+back, so every read of it is verified block by block against the recorded block list, and a
+file whose size, mtime or inode moved, or whose block fails, is forgotten: the blob is missing,
+never served wrong (as iroh-blobs' reference import does).
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
-import errno
 import fcntl
+import functools
 import io
 import os
 import shutil
 import sqlite3
-import struct
+import stat
 import threading
 import uuid
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO, TypeVar
 
 import blake3
 import trio
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .blocks import BLOCK_SIZE, HASH_LEN, READ_CHUNK, BlobHasher, BlockList, block_count, hash_file
+from p2pnode.concurrency import collapse_groups
+
+from .blocks import (
+    BLOCK_SIZE,
+    READ_CHUNK,
+    BlobHasher,
+    BlockList,
+    Buffer,
+    hash_file,
+    is_hash,
+    normalize_hash,
+)
+from .diskio import create, fsync_dir, tmp_path, unlink, write_all, write_atomic
+from .errors import BlobCorrupt, BlobInUse, BlobNotFound, StoreError, os_errors
 from .model import BlobInfo, GcResult, PartialProgress
+from .partial import PartialBlob, PartialFiles, progress
+from .refs import RefTable
+
+_STREAM_BATCH = 4 * BLOCK_SIZE  # an upload's small chunks, gathered for the hashing threads
+
+_T = TypeVar("_T")
 
 __all__ = [
     "BlobCorrupt",
@@ -52,87 +80,106 @@ __all__ = [
     "normalize_hash",
 ]
 
-_STATE_MAGIC = b"p2pnode-partial-v1\n"
-_INDEX = struct.Struct(">Q")
+
+class ExternalFile(BaseModel):
+    """Where a blob added in place lives, and what the file looked like when it was hashed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    size: int
+    mtime_ns: int
+    ino: int
+    dev: int
+
+    @classmethod
+    def of(cls, path: Path, st: os.stat_result) -> ExternalFile:
+        return cls(
+            path=str(path), size=st.st_size, mtime_ns=st.st_mtime_ns, ino=st.st_ino, dev=st.st_dev
+        )
+
+    def matches(self, st: os.stat_result) -> bool:
+        return (self.size, self.mtime_ns, self.ino, self.dev) == (
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ino,
+            st.st_dev,
+        )
 
 
-class StoreError(Exception):
-    """The store could not do what was asked; the message is meant for people."""
+class _Content:
+    """An open blob. The store's own files are trusted as written (export and verify re-hash
+    them); a file added in place is verified block by block on every read."""
+
+    def __init__(self, h: str, fd: int, size: int, blocks: BlockList | None) -> None:
+        self.hash = h
+        self.fd = fd
+        self.size = size
+        self._blocks = blocks
+
+    def pread(self, offset: int, length: int) -> bytes:
+        """Bytes [offset, offset+length); BlobCorrupt if they are not what the hash says."""
+        if self._blocks is None:
+            data = os.pread(self.fd, length, offset)
+            if len(data) != length:
+                raise BlobCorrupt(f"blob {self.hash} is shorter on disk than recorded")
+            return data
+        if not length:
+            return b""
+        first, last = offset // BLOCK_SIZE, (offset + length - 1) // BLOCK_SIZE
+        start = first * BLOCK_SIZE
+        end = min(self.size, (last + 1) * BLOCK_SIZE)
+        data = os.pread(self.fd, end - start, start)
+        view = memoryview(data)
+        for i in range(first, last + 1):
+            at = i * BLOCK_SIZE - start
+            if not self._blocks.verify_block(i, view[at : at + BLOCK_SIZE]):
+                raise BlobCorrupt(
+                    f"the file of blob {self.hash} (added in place) changed; the blob is missing"
+                )
+        if offset == start and length == len(data):
+            return data
+        return bytes(view[offset - start : offset - start + length])
 
 
-class BlobNotFound(StoreError):
-    """No complete blob (or partial download) with that hash is stored."""
+async def _hash_chunks(chunks: AsyncIterator[Buffer], fd: int | None, doing: str) -> BlobHasher:
+    """Hash what ``chunks`` yields, writing it to ``fd`` too unless that is None.
+
+    The next chunk is read while this one is hashed twice (the whole-blob hash and the block
+    hashes) and written, each in its own worker thread: blake3 and os.write release the GIL.
+    (Pushing data to disk along the way with fdatasync measured slower: writes then wait.)
+    """
+    hasher = BlobHasher()
+    ready_send, ready = trio.open_memory_channel[Buffer](1)
+
+    async def read() -> None:
+        async with ready_send:
+            async for chunk in chunks:
+                await ready_send.send(chunk)
+
+    async def consume() -> None:
+        async with ready:
+            async for chunk in ready:
+                with os_errors(doing), collapse_groups():
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(trio.to_thread.run_sync, hasher.update_whole, chunk)
+                        if fd is None:
+                            await trio.to_thread.run_sync(hasher.update_blocks, chunk)
+                        else:
+                            nursery.start_soon(trio.to_thread.run_sync, hasher.update_blocks, chunk)
+                            await trio.to_thread.run_sync(write_all, fd, memoryview(chunk))
+
+    with collapse_groups():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            nursery.start_soon(consume)
+    return hasher
 
 
-class BlobCorrupt(StoreError):
-    """Bytes did not match the hash they were supposed to have; nothing bad was kept."""
-
-
-class BlobInUse(StoreError):
-    """The blob is being read, served or written, or is pinned/tagged."""
-
-
-def normalize_hash(value: str) -> str:
-    """Lowercase 64-digit hex, or ValueError: names become paths, so they must be checked."""
-    h = value.strip().lower()
-    if len(h) != 2 * HASH_LEN or h.strip("0123456789abcdef"):
-        raise ValueError(f"not a blob hash (64 hex digits): {value!r}")
-    return h
-
-
-def _is_hash(name: str) -> bool:
-    return len(name) == 2 * HASH_LEN and name == name.lower() and not name.strip("0123456789abcdef")
-
-
-def _store_error(exc: OSError, doing: str) -> StoreError:
-    if exc.errno == errno.ENOSPC or exc.errno == errno.EDQUOT:
-        return StoreError(f"disk full while {doing}")
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        where = f"{exc.filename} " if exc.filename else ""
-        return StoreError(f"permission denied: {where}(while {doing})")
-    return StoreError(f"{doing} failed: {exc.strerror or exc}")
-
-
-@contextlib.contextmanager
-def _os_errors(doing: str) -> Iterator[None]:
-    """Turn OSError into StoreError with a message saying what was being done."""
-    try:
-        yield
-    except OSError as exc:
-        raise _store_error(exc, doing) from exc
-
-
-def _write_all(fd: int, data: memoryview) -> None:
-    """os.write until everything is written (short writes happen on signals and pipes)."""
-    while data.nbytes:
-        data = data[os.write(fd, data) :]
-
-
-def _create(path: Path) -> int:
-    """A new file (never an existing one) for this process alone: temp files become blobs."""
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-
-
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    while data.nbytes:
-        n = os.pwrite(fd, data, offset)
-        data, offset = data[n:], offset + n
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink(path: Path) -> bool:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        return False
-    return True
+async def _read_chunks(read: Callable[[int], bytes], doing: str) -> AsyncIterator[bytes]:
+    with os_errors(doing):
+        while chunk := await trio.to_thread.run_sync(read, READ_CHUNK):
+            yield chunk
 
 
 class BlobStore:
@@ -146,11 +193,12 @@ class BlobStore:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self._data = self.root / "data"
+        self._external = self.root / "external"
         self._blocks = self.root / "blocks"
         self._tmp = self.root / "tmp"
-        self._partial = self.root / "partial"
-        with _os_errors(f"opening blob store {self.root}"):
-            for d in (self._data, self._blocks, self._tmp, self._partial):
+        self._partials = PartialFiles(self.root / "partial", self._tmp)
+        with os_errors(f"opening blob store {self.root}"):
+            for d in (self._data, self._external, self._blocks, self._tmp, self._partials.folder):
                 d.mkdir(parents=True, exist_ok=True)
             self._lock_fd = os.open(
                 self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
@@ -164,19 +212,8 @@ class BlobStore:
         self._in_use: Counter[str] = Counter()
         self._open_partials: set[str] = set()
         try:
-            self._db = sqlite3.connect(
-                self.root / "meta.sqlite", check_same_thread=False, isolation_level=None
-            )
-            self._db.executescript(
-                """
-                PRAGMA journal_mode = WAL;
-                PRAGMA synchronous = FULL;
-                CREATE TABLE IF NOT EXISTS tags (name TEXT PRIMARY KEY, hash TEXT NOT NULL);
-                CREATE INDEX IF NOT EXISTS tags_by_hash ON tags (hash);
-                CREATE TABLE IF NOT EXISTS pins (hash TEXT PRIMARY KEY);
-                """
-            )
-            with _os_errors(f"recovering blob store {self.root}"):
+            self._refs = RefTable(self.root / "meta.sqlite")
+            with os_errors(f"recovering blob store {self.root}"):
                 self._recover()
         except sqlite3.DatabaseError as exc:
             self.close()
@@ -197,8 +234,8 @@ class BlobStore:
         """Release the process lock; open partial downloads stay resumable on disk."""
         if self._lock_fd < 0:
             return
-        if hasattr(self, "_db"):
-            self._db.close()
+        if hasattr(self, "_refs"):
+            self._refs.close()
         os.close(self._lock_fd)
         self._lock_fd = -1
 
@@ -217,22 +254,23 @@ class BlobStore:
             else:
                 leftover.unlink()
         data_names = set(os.listdir(self._data))
-        for name in os.listdir(self._blocks):
-            if name not in data_names:
-                (self._blocks / name).unlink()
+        external_names = set(os.listdir(self._external))
+        block_names = set(os.listdir(self._blocks))
+        for name in block_names - data_names - external_names:
+            (self._blocks / name).unlink()
         for name in data_names:
-            if not _is_hash(name):
+            if not is_hash(name):
                 (self._data / name).unlink()
             elif self._load_block_list(name) is None:
                 self._reverify(name)
-        names = os.listdir(self._partial)
-        for name in names:
-            stem, _, ext = name.partition(".")
-            twin = f"{stem}.{'state' if ext == 'data' else 'data'}"
-            if not _is_hash(stem) or ext not in ("data", "state") or twin not in names:
-                (self._partial / name).unlink()
-        for d in (self._data, self._blocks, self._partial):
-            _fsync_dir(d)
+        for name in external_names:
+            if name in data_names or not is_hash(name) or name not in block_names:
+                (self._external / name).unlink()
+            elif self._external_file(name) is None:
+                self._delete_blob(name)
+        self._partials.recover()
+        for d in (self._data, self._external, self._blocks, self._partials.folder):
+            fsync_dir(d)
 
     def _load_block_list(self, h: str) -> BlockList | None:
         """The stored BlockList if it parses and fits the data file's size, else None."""
@@ -246,52 +284,33 @@ class BlobStore:
         """Keep data/<h> only if it hashes to h, rebuilding its block list."""
         digest, bl = hash_file(self._data / h)
         if digest.hex() == h:
-            self._write_atomic(self._blocks / h, bl.to_bytes())
+            write_atomic(self._tmp, self._blocks / h, bl.to_bytes())
         else:
             (self._data / h).unlink()
-            _unlink(self._blocks / h)
+            unlink(self._blocks / h)
 
     # -- small helpers ----------------------------------------------------------------------
 
-    def _tmp_path(self) -> Path:
-        return self._tmp / uuid.uuid4().hex
-
-    def _write_atomic(self, dest: Path, data: bytes) -> None:
-        """Write a small file via tmp/ + fsync + rename; the caller fsyncs dest's folder."""
-        tmp = self._tmp_path()
+    def _external_file(self, h: str) -> ExternalFile | None:
+        """The record of a blob added in place, if there is one and its file still looks as it
+        did when it was hashed (size, mtime, inode)."""
         try:
-            fd = _create(tmp)
-            try:
-                _write_all(fd, memoryview(data))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, dest)
-        except BaseException:
-            _unlink(tmp)
-            raise
+            record = ExternalFile.model_validate_json((self._external / h).read_bytes())
+            st = os.stat(record.path)
+        except (OSError, ValidationError):
+            return None
+        return record if stat.S_ISREG(st.st_mode) and record.matches(st) else None
 
-    def _refs(self, h: str) -> tuple[bool, tuple[str, ...]]:
-        """(pinned, tags) of a hash; caller holds self._lock."""
-        pinned = self._db.execute("SELECT 1 FROM pins WHERE hash = ?", (h,)).fetchone() is not None
-        tags = tuple(
-            r[0]
-            for r in self._db.execute("SELECT name FROM tags WHERE hash = ? ORDER BY name", (h,))
-        )
-        return pinned, tags
-
-    def _add_refs(self, h: str, tag: str | None, pin: bool) -> None:
-        """Caller holds self._lock."""
-        if tag is not None:
-            self._db.execute("INSERT OR REPLACE INTO tags (name, hash) VALUES (?, ?)", (tag, h))
-        if pin:
-            self._db.execute("INSERT OR IGNORE INTO pins (hash) VALUES (?)", (h,))
+    def _stored(self, h: str) -> bool:
+        return (self._data / h).exists() or self._external_file(h) is not None
 
     def _info_sync(self, h: str, bl: BlockList | None = None) -> BlobInfo:
         if bl is None:
+            if not self._stored(h):
+                raise BlobNotFound(f"blob {h} is not in the store")
             bl = self._read_block_list(h)
         with self._lock:
-            pinned, tags = self._refs(h)
+            pinned, tags = self._refs.of(h)
         return BlobInfo(hash=h, size=bl.size, root=bl.root_hex, pinned=pinned, tags=tags)
 
     def _read_block_list(self, h: str) -> BlockList:
@@ -305,16 +324,24 @@ class BlobStore:
             raise BlobCorrupt(f"block list of blob {h} is damaged: {exc}") from None
 
     def _delete_blob(self, h: str) -> int:
-        """Unlink data then blocks (never data without blocks); returns freed bytes. Caller
-        locks."""
+        """Unlink the content (or the in-place record) then blocks, never the other way round;
+        returns the bytes freed. Caller locks."""
         path = self._data / h
         try:
             size = path.stat().st_size
             path.unlink()
         except FileNotFoundError:
             size = 0
-        _unlink(self._blocks / h)
+        unlink(self._external / h)
+        unlink(self._blocks / h)
         return size
+
+    def _forget(self, h: str) -> None:
+        with self._lock:
+            self._delete_blob(h)
+
+    def _names(self) -> builtins.list[str]:
+        return sorted(set(os.listdir(self._data)) | set(os.listdir(self._external)))
 
     # -- adding -----------------------------------------------------------------------------
 
@@ -323,92 +350,70 @@ class BlobStore:
     ) -> BlobInfo:
         """Copy a file into the store (constant memory); ``tag``/``pin`` apply atomically so GC
         cannot take the new blob between the add and the tagging."""
-        return await trio.to_thread.run_sync(self._add_sync, Path(path), tag, pin)
+        source = Path(path)
+        with os_errors(f"reading {source}"):
+            f = await trio.to_thread.run_sync(source.open, "rb")
+        with f:
+            return await self.add_file(f, tag=tag, pin=pin)
+
+    async def add_file(self, f: BinaryIO, *, tag: str | None = None, pin: bool = False) -> BlobInfo:
+        """Copy an open file from its current position to its end (the API opens the file
+        itself, so that what it checked is what gets read)."""
+
+        doing = f"reading {getattr(f, 'name', 'the file')}"
+        return await self._ingest(_read_chunks(f.read, doing), tag, pin)
 
     async def add_bytes(
         self, data: bytes, *, tag: str | None = None, pin: bool = False
     ) -> BlobInfo:
-        return await trio.to_thread.run_sync(self._add_sync, memoryview(data), tag, pin)
+        async def chunks() -> AsyncIterator[memoryview]:
+            view = memoryview(data)
+            for off in range(0, view.nbytes, READ_CHUNK):
+                yield view[off : off + READ_CHUNK]
 
-    def _add_sync(self, source: Path | memoryview, tag: str | None, pin: bool) -> BlobInfo:
-        """Runs in a trio worker thread; polls for cancellation between chunks so a cancelled
-        add of a huge file stops promptly (and leaves no temp file)."""
-        tmp = self._tmp_path()
-        try:
-            with _os_errors(f"writing blob to {tmp}"):
-                fd = _create(tmp)
-                try:
-                    hasher = BlobHasher()
-                    if isinstance(source, Path):
-                        self._copy_file(source, fd, hasher)
-                    else:
-                        for off in range(0, source.nbytes, READ_CHUNK):
-                            trio.from_thread.check_cancelled()
-                            chunk = source[off : off + READ_CHUNK]
-                            hasher.update(chunk)
-                            _write_all(fd, chunk)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            digest, bl = hasher.finish()
-            return self._install(tmp, digest.hex(), bl, tag, pin)
-        finally:
-            _unlink(tmp)
+        return await self._ingest(chunks(), tag, pin)
 
     async def add_stream(
         self, chunks: AsyncIterable[bytes], *, tag: str | None = None, pin: bool = False
     ) -> BlobInfo:
         """Add what an async byte stream (an HTTP upload) yields, in constant memory; a stream that
         fails or is cancelled midway leaves nothing behind."""
-        tmp = self._tmp_path()
+
+        async def batches() -> AsyncIterator[bytearray]:
+            pending = bytearray()
+            async for chunk in chunks:
+                pending += chunk
+                if len(pending) >= _STREAM_BATCH:
+                    yield pending
+                    pending = bytearray()
+            yield pending
+
+        return await self._ingest(batches(), tag, pin)
+
+    async def _ingest(self, chunks: AsyncIterator[Buffer], tag: str | None, pin: bool) -> BlobInfo:
+        """Write, hash and install what ``chunks`` yields, at the disk's pace (see
+        `_hash_chunks`); cancelled or failed, it leaves no temp file."""
+        tmp = tmp_path(self._tmp)
         try:
-            with _os_errors(f"writing blob to {tmp}"):
-                fd = _create(tmp)
+            with os_errors(f"writing blob to {tmp}"):
+                fd = create(tmp)
             try:
-                hasher = BlobHasher()
-                pending = bytearray()
-                async for chunk in chunks:
-                    pending += chunk
-                    if len(pending) >= BLOCK_SIZE:
-                        data, pending = pending, bytearray()
-                        await trio.to_thread.run_sync(self._hash_and_write, fd, hasher, data, tmp)
-                await trio.to_thread.run_sync(self._hash_and_write, fd, hasher, pending, tmp)
-                with _os_errors(f"writing blob to {tmp}"):
+                hasher = await _hash_chunks(chunks, fd, f"writing blob to {tmp}")
+                with os_errors(f"writing blob to {tmp}"):
                     await trio.to_thread.run_sync(os.fsync, fd)
             finally:
                 os.close(fd)
             digest, bl = hasher.finish()
-            return await trio.to_thread.run_sync(self._install, tmp, digest.hex(), bl, tag, pin)
+            return await trio.to_thread.run_sync(self.install, tmp, digest.hex(), bl, tag, pin)
         finally:
-            _unlink(tmp)
+            unlink(tmp)
 
-    @staticmethod
-    def _hash_and_write(fd: int, hasher: BlobHasher, data: bytearray, tmp: Path) -> None:
-        hasher.update(data)
-        with _os_errors(f"writing blob to {tmp}"):
-            _write_all(fd, memoryview(data))
-
-    @staticmethod
-    def _copy_file(source: Path, fd: int, hasher: BlobHasher) -> None:
-        buf = bytearray(READ_CHUNK)
-        view = memoryview(buf)
-        with _os_errors(f"reading {source}"):
-            f = open(source, "rb", buffering=0)
-        with f:
-            while True:
-                trio.from_thread.check_cancelled()
-                with _os_errors(f"reading {source}"):
-                    n = f.readinto(buf)
-                if not n:
-                    break
-                hasher.update(view[:n])
-                _write_all(fd, view[:n])
-
-    def _install(self, tmp: Path, h: str, bl: BlockList, tag: str | None, pin: bool) -> BlobInfo:
-        """Move a fully written, fsynced, hashed file into data/ (blocks file first)."""
-        blocks_tmp = self._tmp_path()
+    def install(self, tmp: Path, h: str, bl: BlockList, tag: str | None, pin: bool) -> BlobInfo:
+        """Move a fully written, fsynced, hashed file into data/ (blocks file first); a blob
+        held in place until now is from then on the store's own copy."""
+        blocks_tmp = tmp_path(self._tmp)
         try:
-            with _os_errors(f"storing blob {h}"):
+            with os_errors(f"storing blob {h}"):
                 with open(blocks_tmp, "wb") as f:
                     f.write(bl.to_bytes())
                     f.flush()
@@ -417,30 +422,81 @@ class BlobStore:
                     if not (self._data / h).exists():
                         os.replace(blocks_tmp, self._blocks / h)
                         os.replace(tmp, self._data / h)
-                    self._add_refs(h, tag, pin)
-                _fsync_dir(self._blocks)
-                _fsync_dir(self._data)
+                        unlink(self._external / h)
+                    self._refs.add(h, tag, pin)
+                fsync_dir(self._blocks)
+                fsync_dir(self._data)
         finally:
-            _unlink(blocks_tmp)
+            unlink(blocks_tmp)
+        return self._info_sync(h, bl)
+
+    async def add_in_place(
+        self, path: str | Path, *, tag: str | None = None, pin: bool = False
+    ) -> BlobInfo:
+        """Add a regular file without copying it: the store records where it is, its size,
+        mtime and inode, and its block hashes, and serves from it, verifying as it reads."""
+        source = await trio.to_thread.run_sync(Path(path).resolve)
+        doing = f"reading {source}"
+        with os_errors(doing):
+            # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
+            flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+            fd = await trio.to_thread.run_sync(os.open, source, flags)
+        try:
+            before = os.fstat(fd)
+            if not stat.S_ISREG(before.st_mode):
+                raise StoreError(f"{source} is not a regular file")
+            read = functools.partial(os.read, fd)
+            hasher = await _hash_chunks(_read_chunks(read, doing), None, doing)
+            after = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if not ExternalFile.of(source, before).matches(after) or hasher.size != after.st_size:
+            raise StoreError(f"{source} changed while it was being added; add it again")
+        digest, bl = hasher.finish()
+        record = ExternalFile.of(source, after).model_dump_json().encode()
+        return await trio.to_thread.run_sync(
+            self._install_external, digest.hex(), bl, record, tag, pin
+        )
+
+    def _install_external(
+        self, h: str, bl: BlockList, record: bytes, tag: str | None, pin: bool
+    ) -> BlobInfo:
+        """Record a blob added in place (blocks file first); one the store holds a copy of
+        already only gains the refs."""
+        with os_errors(f"storing blob {h}"):
+            with self._lock:
+                if not (self._data / h).exists():
+                    write_atomic(self._tmp, self._blocks / h, bl.to_bytes())
+                    write_atomic(self._tmp, self._external / h, record)
+                self._refs.add(h, tag, pin)
+            fsync_dir(self._blocks)
+            fsync_dir(self._external)
         return self._info_sync(h, bl)
 
     # -- reading ----------------------------------------------------------------------------
 
     def has(self, hash: str) -> bool:
-        return (self._data / normalize_hash(hash)).exists()
+        return self._stored(normalize_hash(hash))
 
     async def info(self, hash: str) -> BlobInfo:
         return await trio.to_thread.run_sync(self._info_sync, normalize_hash(hash))
 
     async def block_list(self, hash: str) -> BlockList:
-        return await trio.to_thread.run_sync(self._read_block_list, normalize_hash(hash))
+        h = normalize_hash(hash)
+
+        def read() -> BlockList:
+            if not self._stored(h):
+                raise BlobNotFound(f"blob {h} is not in the store")
+            return self._read_block_list(h)
+
+        return await trio.to_thread.run_sync(read)
 
     async def list(self) -> builtins.list[BlobInfo]:
         return await trio.to_thread.run_sync(self._list_sync)
 
     def _list_sync(self) -> builtins.list[BlobInfo]:
         out: builtins.list[BlobInfo] = []
-        for h in sorted(os.listdir(self._data)):
+        for h in self._names():
             with contextlib.suppress(BlobNotFound):
                 out.append(self._info_sync(h))
         return out
@@ -468,7 +524,8 @@ class BlobStore:
 
     @contextlib.contextmanager
     def open_read(self, hash: str) -> Iterator[io.BufferedReader]:
-        """A binary file of the blob, held in use while open. Blocking reads: use threads."""
+        """The store's own file of a blob, held in use while open (blocking reads: use threads).
+        A blob added in place has none: read it with `read_range`, which verifies it."""
         h = normalize_hash(hash)
         with self.in_use(h):
             try:
@@ -478,24 +535,57 @@ class BlobStore:
             with f:
                 yield f
 
+    @contextlib.contextmanager
+    def _open_content(self, h: str) -> Iterator[_Content]:
+        """The blob's bytes, held in use while open: its data file, or its file added in place
+        (checked against the record now and per block on every read; forgotten if changed)."""
+        with self.in_use(h):
+            blocks: BlockList | None = None
+            try:
+                fd = os.open(self._data / h, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                fd, blocks = self._open_external(h)
+            try:
+                yield _Content(h, fd, os.fstat(fd).st_size, blocks)
+            except BlobCorrupt:
+                if blocks is not None:
+                    self._forget(h)
+                raise
+            finally:
+                os.close(fd)
+
+    def _open_external(self, h: str) -> tuple[int, BlockList]:
+        """The file of a blob added in place, if it still looks as recorded; else the blob is
+        forgotten (missing) and BlobNotFound raised."""
+        record = self._external_file(h)
+        if record is not None:
+            blocks = self._read_block_list(h)
+            with contextlib.suppress(OSError):
+                fd = os.open(record.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                if record.matches(os.fstat(fd)) and blocks.size == record.size:
+                    return fd, blocks
+                os.close(fd)
+        if (self._external / h).exists():
+            self._forget(h)
+            raise BlobNotFound(f"blob {h} is missing: the file it was added in place from changed")
+        raise BlobNotFound(f"blob {h} is not in the store")
+
     async def read_range(
         self, hash: str, offset: int = 0, length: int | None = None, *, chunk_size: int = BLOCK_SIZE
     ) -> AsyncGenerator[bytes, None]:
         """Stream bytes [offset, offset+length) in chunks; wrap in contextlib.aclosing so an
         early exit releases the in-use mark at once rather than at garbage collection."""
-        with self.open_read(hash) as f:
-            fd = f.fileno()
-            size = os.fstat(fd).st_size
+        h = normalize_hash(hash)
+        with self._open_content(h) as content:
             if length is None:
-                length = size - offset
-            if offset < 0 or length < 0 or offset + length > size:
-                raise ValueError(f"range {offset}+{length} outside blob of {size} bytes")
+                length = content.size - offset
+            if offset < 0 or length < 0 or offset + length > content.size:
+                raise ValueError(f"range {offset}+{length} outside blob of {content.size} bytes")
             pos, end = offset, offset + length
             while pos < end:
-                chunk = await trio.to_thread.run_sync(os.pread, fd, min(chunk_size, end - pos), pos)
-                if not chunk:
-                    raise BlobCorrupt(f"blob {hash} is shorter on disk than recorded")
-                pos += len(chunk)
+                n = min(chunk_size, end - pos)
+                chunk = await trio.to_thread.run_sync(content.pread, pos, n)
+                pos += n
                 yield chunk
 
     async def export(self, hash: str, dest: str | Path, *, durable: bool = True) -> BlobInfo:
@@ -508,93 +598,86 @@ class BlobStore:
     def _export_sync(self, h: str, dest: Path, durable: bool) -> BlobInfo:
         tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:12]}.part")
         try:
-            with self.open_read(h) as src, _os_errors(f"exporting blob {h} to {dest}"):
-                fd = _create(tmp)
+            with self._open_content(h) as src, os_errors(f"exporting blob {h} to {dest}"):
+                fd = create(tmp)
                 try:
                     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-                    buf = bytearray(READ_CHUNK)
-                    view = memoryview(buf)
-                    while n := src.readinto(buf):
+                    for off in range(0, src.size, READ_CHUNK):
                         trio.from_thread.check_cancelled()
-                        hasher.update(view[:n])
-                        _write_all(fd, view[:n])
+                        chunk = src.pread(off, min(READ_CHUNK, src.size - off))
+                        hasher.update(chunk)
+                        write_all(fd, memoryview(chunk))
                     if durable:
                         os.fsync(fd)
                 finally:
                     os.close(fd)
                 if hasher.hexdigest() != h:
-                    with self._lock:
-                        self._delete_blob(h)
+                    self._forget(h)
                     raise BlobCorrupt(
                         f"blob {h} was damaged on disk and has been removed; fetch it again"
                     )
                 os.replace(tmp, dest)
                 if durable:
-                    _fsync_dir(dest.parent)
+                    fsync_dir(dest.parent)
         finally:
-            _unlink(tmp)
+            unlink(tmp)
         return self._info_sync(h)
 
     async def verify(self, hash: str) -> bool:
-        """Re-hash a stored blob; a damaged one is removed and False returned."""
+        """Re-hash a stored blob; a damaged one is removed (one added in place, forgotten) and
+        False returned."""
         return await trio.to_thread.run_sync(self._verify_sync, normalize_hash(hash))
 
     def _verify_sync(self, h: str) -> bool:
-        with self.open_read(h):
-            stored = self._read_block_list(h)
-            digest, bl = hash_file(self._data / h)
+        try:
+            with self._open_content(h) as content:
+                stored = self._read_block_list(h)
+                hasher = BlobHasher()
+                for off in range(0, content.size, READ_CHUNK):
+                    hasher.update(content.pread(off, min(READ_CHUNK, content.size - off)))
+                digest, bl = hasher.finish()
+        except BlobCorrupt:
+            return False
         if digest.hex() == h and bl == stored:
             return True
-        with self._lock:
-            self._delete_blob(h)
+        self._forget(h)
         return False
 
     # -- removal, tags, pins, GC ------------------------------------------------------------
 
     async def remove(self, hash: str, *, force: bool = False) -> None:
-        """Delete a blob. Refuses while it is in use, pinned or tagged, unless ``force``, which
-        also drops its pins and tags (readers with the file open keep reading on POSIX)."""
+        """Delete a blob (of one added in place, only the record: the file stays). Refuses while
+        it is in use, pinned or tagged, unless ``force``, which also drops its pins and tags
+        (readers with the file open keep reading on POSIX)."""
         await trio.to_thread.run_sync(self._remove_sync, normalize_hash(hash), force)
 
     def _remove_sync(self, h: str, force: bool) -> None:
         with self._lock:
-            if not (self._data / h).exists():
+            if not ((self._data / h).exists() or (self._external / h).exists()):
                 raise BlobNotFound(f"blob {h} is not in the store")
             if not force:
                 if self._in_use[h]:
                     raise BlobInUse(
                         f"blob {h} is in use (being read, served or written); retry later or force"
                     )
-                pinned, tags = self._refs(h)
+                pinned, tags = self._refs.of(h)
                 if pinned or tags:
                     why = ", ".join((["pinned"] if pinned else []) + [f"tag {t!r}" for t in tags])
                     raise BlobInUse(f"blob {h} is kept by {why}; unpin/untag it first or force")
             else:
-                self._db.execute("DELETE FROM pins WHERE hash = ?", (h,))
-                self._db.execute("DELETE FROM tags WHERE hash = ?", (h,))
+                self._refs.drop(h)
             self._delete_blob(h)
 
     async def set_tag(self, name: str, hash: str) -> None:
         """Point tag ``name`` at a hash (stored or not yet fetched); tags keep blobs from GC."""
-        h = normalize_hash(hash)
-        sql = "INSERT OR REPLACE INTO tags (name, hash) VALUES (?, ?)"
-        await trio.to_thread.run_sync(self._locked_sql, sql, (name, h))
+        await trio.to_thread.run_sync(self._locked, self._refs.set_tag, name, normalize_hash(hash))
 
     async def delete_tag(self, name: str) -> bool:
         """Returns whether the tag existed."""
-        return (
-            await trio.to_thread.run_sync(
-                self._locked_sql, "DELETE FROM tags WHERE name = ?", (name,)
-            )
-            > 0
-        )
+        return await trio.to_thread.run_sync(self._locked, self._refs.delete_tag, name)
 
     async def tags(self) -> dict[str, str]:
-        def query() -> dict[str, str]:
-            with self._lock:
-                return dict(self._db.execute("SELECT name, hash FROM tags ORDER BY name"))
-
-        return await trio.to_thread.run_sync(query)
+        return await trio.to_thread.run_sync(self._locked, self._refs.tags)
 
     async def pin(self, hash: str) -> None:
         """Pin a stored blob: GC never removes it. BlobNotFound if it is not stored, so that a
@@ -602,24 +685,19 @@ class BlobStore:
         await trio.to_thread.run_sync(self._pin_sync, normalize_hash(hash))
 
     def _pin_sync(self, h: str) -> None:
-        with (
-            self._lock
-        ):  # removal and GC take the lock too: the blob cannot go between check and pin
-            if not self.has(h):
+        # removal and GC take the lock too: the blob cannot go between check and pin
+        with self._lock:
+            if not self._stored(h):
                 raise BlobNotFound(f"blob {h} is not in the store")
-            self._db.execute("INSERT OR IGNORE INTO pins (hash) VALUES (?)", (h,))
+            self._refs.pin(h)
 
     async def unpin(self, hash: str) -> bool:
         """Returns whether the hash was pinned."""
-        h = normalize_hash(hash)
-        return (
-            await trio.to_thread.run_sync(self._locked_sql, "DELETE FROM pins WHERE hash = ?", (h,))
-            > 0
-        )
+        return await trio.to_thread.run_sync(self._locked, self._refs.unpin, normalize_hash(hash))
 
-    def _locked_sql(self, sql: str, args: tuple[str, ...]) -> int:
+    def _locked(self, call: Callable[..., _T], *args: str) -> _T:
         with self._lock:
-            return self._db.execute(sql, args).rowcount
+            return call(*args)
 
     async def gc(self, protected: set[str] | frozenset[str] = frozenset()) -> GcResult:
         """Delete blobs and abandoned partial downloads that nothing keeps: not pinned, not
@@ -631,24 +709,21 @@ class BlobStore:
         result = GcResult()
 
         def collectable(h: str) -> bool:
-            return h not in keep and not self._in_use[h] and self._refs(h) == (False, ())
+            return h not in keep and not self._in_use[h] and not self._refs.keeps(h)
 
-        for h in os.listdir(self._data):
+        for h in self._names():
             with self._lock:  # per blob, so in_use() never waits for a whole pass
                 if collectable(h):
                     result.freed_bytes += self._delete_blob(h)
                     result.removed.append(h)
-        for name in os.listdir(self._partial):
-            h, _, ext = name.partition(".")
-            if ext != "state":
-                continue
+        for h in self._partials.hashes():
             with self._lock:
                 if collectable(h):
-                    result.freed_bytes += self._delete_partial_files(h)
+                    result.freed_bytes += self._partials.delete(h)
                     result.removed_partials.append(h)
         return result
 
-    # -- partial downloads ------------------------------------------------------------------
+    # -- partial downloads (PartialHost) ----------------------------------------------------
 
     async def partial(self, hash: str, block_list: BlockList | None = None) -> PartialBlob:
         """Start or resume a verified download of ``hash``.
@@ -668,230 +743,31 @@ class BlobStore:
         try:
             return await trio.to_thread.run_sync(self._open_partial_sync, h, block_list)
         except BaseException:
-            self._release_partial(h)
+            self.release_partial(h)
             raise
 
-    def _release_partial(self, h: str) -> None:
+    def _open_partial_sync(self, h: str, block_list: BlockList | None) -> PartialBlob:
+        if self._stored(h):
+            raise StoreError(f"blob {h} is already stored; nothing to download")
+        return self._partials.open(self, h, block_list)
+
+    def release_partial(self, h: str) -> None:
         with self._lock:
             self._open_partials.discard(h)
             self._in_use[h] -= 1
             if not self._in_use[h]:
                 del self._in_use[h]
 
-    def _partial_paths(self, h: str) -> tuple[Path, Path]:
-        return self._partial / f"{h}.data", self._partial / f"{h}.state"
-
-    def _delete_partial_files(self, h: str) -> int:
-        data, state = self._partial_paths(h)
-        try:
-            size = data.stat().st_blocks * 512
-        except FileNotFoundError:
-            size = 0
-        _unlink(data)
-        _unlink(state)
-        return size
-
-    def _read_state(self, h: str) -> tuple[BlockList, builtins.list[int]] | None:
-        """(block list, recorded block indices) from a state file; None if absent or damaged."""
-        try:
-            raw = self._partial_paths(h)[1].read_bytes()
-        except FileNotFoundError:
-            return None
-        head = len(_STATE_MAGIC) + HASH_LEN
-        if not raw.startswith(_STATE_MAGIC) or raw[len(_STATE_MAGIC) : head].hex() != h:
-            return None
-        try:
-            size = _INDEX.unpack_from(raw, head)[0]
-            end = head + 8 + HASH_LEN * block_count(size)
-            bl = BlockList.from_bytes(raw[head:end])
-        except (struct.error, ValueError):
-            return None
-        records = raw[end : end + (len(raw) - end) // 8 * 8]  # a torn last record is dropped
-        return bl, [i for (i,) in _INDEX.iter_unpack(records) if i < len(bl)]
-
-    def _write_state(self, h: str, bl: BlockList, done: set[int]) -> None:
-        body = (
-            _STATE_MAGIC
-            + bytes.fromhex(h)
-            + bl.to_bytes()
-            + b"".join(_INDEX.pack(i) for i in sorted(done))
-        )
-        self._write_atomic(self._partial_paths(h)[1], body)
-
-    def _open_partial_sync(self, h: str, block_list: BlockList | None) -> PartialBlob:
-        if (self._data / h).exists():
-            raise StoreError(f"blob {h} is already stored; nothing to download")
-        data_path, _ = self._partial_paths(h)
-        with _os_errors(f"opening download of blob {h}"):
-            state = self._read_state(h)
-            if state is not None and block_list is not None and state[0] != block_list:
-                state = None
-            if state is None or not data_path.exists():
-                if block_list is None:
-                    raise BlobNotFound(f"no resumable download of blob {h}")
-                self._delete_partial_files(h)
-                bl, done = block_list, set[int]()
-                fd = os.open(data_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            else:
-                bl = state[0]
-                fd = os.open(data_path, os.O_RDWR | os.O_CLOEXEC)
-                done = set[int]()
-                for i in set(state[1]):
-                    offset, length = bl.block_range(i)
-                    if bl.verify_block(i, os.pread(fd, length, offset)):
-                        done.add(i)
-            try:
-                os.ftruncate(fd, bl.size)
-                # Reserve the space now: a full disk fails here, and block writes skip allocation.
-                if bl.size:
-                    os.posix_fallocate(fd, 0, bl.size)
-                self._write_state(h, bl, done)
-                _fsync_dir(self._partial)
-                state_fd = os.open(
-                    self._partial_paths(h)[1], os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
-                )
-            except BaseException:
-                os.close(fd)
-                raise
-        return PartialBlob(self, h, bl, fd, state_fd, done)
+    def discard_partial(self, h: str) -> None:
+        with self._lock:
+            self._partials.delete(h)
 
     async def partial_progress(self, hash: str) -> PartialProgress | None:
         """Progress of a download, open or not (for a closed one, as recorded, unverified)."""
         h = normalize_hash(hash)
 
         def read() -> PartialProgress | None:
-            state = self._read_state(h)
-            return None if state is None else _progress(h, state[0], set(state[1]))
+            state = self._partials.read_state(h)
+            return None if state is None else progress(h, state[0], set(state[1]))
 
         return await trio.to_thread.run_sync(read)
-
-
-def _progress(h: str, bl: BlockList, done: set[int]) -> PartialProgress:
-    return PartialProgress(
-        hash=h,
-        size=bl.size,
-        blocks_total=len(bl),
-        blocks_done=len(done),
-        bytes_done=sum(bl.block_range(i)[1] for i in done),
-    )
-
-
-class PartialBlob:
-    """A resumable download: blocks are verified before they touch the disk.
-
-    Data goes to partial/<hex>.data at each block's offset; the state file holds the expected
-    hash, the BlockList and an append-only log of finished blocks. Blocks may be written in
-    any order and from several tasks at once.
-    """
-
-    def __init__(
-        self, store: BlobStore, h: str, bl: BlockList, fd: int, state_fd: int, done: set[int]
-    ) -> None:
-        self.hash = h
-        self.block_list = bl
-        self._store = store
-        self._fd = fd
-        self._state_fd = state_fd
-        self._done = done
-        self._state_lock = threading.Lock()
-        # While blocks arrive in order from the first, hash the content as it goes, so commit
-        # need not read the whole blob back; any gap or resume falls back to that re-read.
-        self._running_hash: blake3.blake3 | None = None if done else blake3.blake3()
-        self._hashed_blocks = 0
-        self._closed = False
-
-    def missing_blocks(self) -> list[int]:
-        return [i for i in range(len(self.block_list)) if i not in self._done]
-
-    def progress(self) -> PartialProgress:
-        return _progress(self.hash, self.block_list, set(self._done))
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise StoreError(f"download of blob {self.hash} is closed")
-
-    async def write_block(self, index: int, data: bytes) -> None:
-        """Verify block ``index`` and write it; a wrong block raises BlobCorrupt, writes nothing."""
-        self._check_open()
-        if not 0 <= index < len(self.block_list):
-            raise BlobCorrupt(f"blob {self.hash} has no block {index}")
-        if index in self._done:
-            return
-        await trio.to_thread.run_sync(self._write_block_sync, index, data)
-
-    def _write_block_sync(self, index: int, data: bytes) -> None:
-        if not self.block_list.verify_block(index, data):
-            raise BlobCorrupt(
-                f"block {index} of blob {self.hash} failed verification; nothing written"
-            )
-        with _os_errors(f"writing block {index} of blob {self.hash}"):
-            _pwrite_all(self._fd, memoryview(data), index * BLOCK_SIZE)
-            with self._state_lock:
-                os.write(self._state_fd, _INDEX.pack(index))
-                self._done.add(index)
-                if self._running_hash is not None:
-                    if index == self._hashed_blocks:
-                        self._running_hash.update(data)
-                        self._hashed_blocks += 1
-                    else:
-                        self._running_hash = None
-
-    async def flush(self) -> None:
-        """Push written blocks to disk now, so that commit's fsync finds little left to do.
-
-        Fetchers call this alongside the download: the disk works while the network does.
-        """
-        self._check_open()
-        await trio.to_thread.run_sync(os.fdatasync, self._fd)
-
-    async def commit(self, *, tag: str | None = None, pin: bool = False) -> BlobInfo:
-        """Re-hash everything, then move the blob into the store; on a hash mismatch the
-        download is deleted and BlobCorrupt raised. Closes the download."""
-        self._check_open()
-        if missing := self.missing_blocks():
-            raise StoreError(
-                f"cannot commit blob {self.hash}: {len(missing)} of {len(self.block_list)} "
-                "blocks missing"
-            )
-        return await trio.to_thread.run_sync(self._commit_sync, tag, pin)
-
-    def _commit_sync(self, tag: str | None, pin: bool) -> BlobInfo:
-        store, h = self._store, self.hash
-        data_path, state_path = store._partial_paths(h)
-        with _os_errors(f"committing blob {h}"):
-            if self._running_hash is not None and self._hashed_blocks == len(self.block_list):
-                digest = self._running_hash.hexdigest()
-            else:
-                hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-                for off in range(0, self.block_list.size, READ_CHUNK):
-                    trio.from_thread.check_cancelled()
-                    hasher.update(os.pread(self._fd, READ_CHUNK, off))
-                digest = hasher.hexdigest()
-            if digest != h:
-                self.close()
-                with store._lock:
-                    store._delete_partial_files(h)
-                raise BlobCorrupt(
-                    f"downloaded content does not hash to {h}; the download was discarded"
-                )
-            os.fsync(self._fd)
-            info = store._install(data_path, h, self.block_list, tag, pin)
-            _unlink(data_path)  # only left when the blob was already stored
-            _unlink(state_path)
-        self.close()
-        return info
-
-    def close(self) -> None:
-        """Stop writing; what was written stays on disk for a later resume."""
-        if self._closed:
-            return
-        self._closed = True
-        os.close(self._fd)
-        os.close(self._state_fd)
-        self._store._release_partial(self.hash)
-
-    def __enter__(self) -> PartialBlob:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -165,7 +165,15 @@ def cli(ctx: click.Context, api: str, api_token: str | None, data_dir: Path) -> 
 
 
 # The commands register on `cli` when imported.
-from p2pnode.cli import blob_cmds, job_cmds, log_cmds, member_cmds, node_cmds, worker_cmds  # noqa: E402, F401
+from p2pnode.cli import (  # noqa: E402, F401
+    blob_cmds,
+    dashboard_cmds,
+    job_cmds,
+    log_cmds,
+    member_cmds,
+    node_cmds,
+    worker_cmds,
+)
 
 
 def main() -> None:

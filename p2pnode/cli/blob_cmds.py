@@ -8,17 +8,18 @@ import os
 import tempfile
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import click
 from pydantic import RootModel
 
 from p2pnode.api.client import ApiClient
-from p2pnode.api.schemas import BlobAdded, Done, FetchEvent
+from p2pnode.api.schemas import BlobAdded, BlobEntry, Done, FetchEvent, PathRequest
 from p2pnode.blobs.model import BlobInfo, GcResult
 from p2pnode.cli import EXIT_USAGE, cli, fail, load_settings, parse_blob_ticket
 from p2pnode.cli.progress import TransferProgress
 from p2pnode.fsutil import NotRegularFile, open_regular
+from p2pnode.jobs.model import tag_job
 
 if TYPE_CHECKING:
     import iroh
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 UPLOAD_CHUNK = 1 << 20
 
 
-class _BlobList(RootModel[list[BlobInfo]]):
+class _BlobList(RootModel[list[BlobEntry]]):
     pass
 
 
@@ -55,44 +56,61 @@ def blob() -> None:
 
 @blob.command()
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path))
+@click.option(
+    "--in-place",
+    is_flag=True,
+    help="Do not copy: the node (on this machine) serves the file from where it is, verifying "
+    "every block it reads; if the file changes, the blob goes missing.",
+)
 @click.pass_obj
-def add(api: ApiClient, path: Path) -> None:
+def add(api: ApiClient, path: Path, in_place: bool) -> None:
     """Upload a file to the running node's store (pinned); prints its BLAKE3 hash and a blob ticket.
 
     \b
-    Example:
+    Examples:
       p2pnode blob add big.iso
+      p2pnode blob add --in-place big.iso    no copy; keep the file as it is while shared
     """
-    added = upload(api, path)
+    added = add_in_place(api, path) if in_place else upload(api, path)
     click.echo(f"hash:   {added.blob.hash}")
     click.echo(f"size:   {added.blob.size}")
     click.echo(f"ticket: {added.ticket}")
 
 
-def upload(api: ApiClient, path: Path) -> BlobAdded:
-    """Stream a regular file's content to the node, which never opens the path itself.
-
-    Nothing from the node's data folder: its key, cluster secret and API token would become a
-    blob any ticket holder or job could read."""
+def _open_shareable(path: Path) -> BinaryIO:
+    """A regular file from outside the node's data folder: its key, cluster secret and API
+    token would become a blob any ticket holder or job could read."""
     data_dir = Path(click.get_current_context().find_root().params["data_dir"]).resolve()
     if path.resolve().is_relative_to(data_dir):
         fail(
             f"refusing to share {path}: it is inside the node's data folder {data_dir}", EXIT_USAGE
         )
     try:
-        f = open_regular(path)
+        return open_regular(path)
     except NotRegularFile as exc:
         fail(str(exc), EXIT_USAGE)
     except OSError as exc:
         fail(f"cannot read {path}: {exc.strerror}", EXIT_USAGE)
-    with f:
+
+
+def add_in_place(api: ApiClient, path: Path) -> BlobAdded:
+    """Have the node hash the file where it is and serve it from there (no copy, no upload)."""
+    with _open_shareable(path):
+        body = PathRequest(path=path.resolve(), pin=True, in_place=True)
+    return api.post("/blobs", BlobAdded, json=body.model_dump(mode="json"), timeout=None)
+
+
+def upload(api: ApiClient, path: Path, *, pin: bool = True) -> BlobAdded:
+    """Stream a regular file's content to the node, which never opens the path itself. A job's
+    files go unpinned (`pin=False`): the job holds them, and removing it frees them."""
+    with _open_shareable(path) as f:
         size = os.fstat(f.fileno()).st_size
         return api.upload(
             "/blobs",
             iter(lambda: f.read(UPLOAD_CHUNK), b""),
             size,
             BlobAdded,
-            params={"pin": True},
+            params={"pin": pin},
             timeout=None,
         )
 
@@ -278,15 +296,16 @@ async def _fetch_standalone(
 @blob.command(name="ls")
 @click.pass_obj
 def list_blobs(api: ApiClient) -> None:
-    """List stored blobs: hash, size, pins, tags.
+    """List stored blobs: hash, size, pins and tags, and the jobs that hold it.
 
     \b
     Example:
       p2pnode blob ls
     """
     for info in api.request("GET", "/blobs", _BlobList).root:
-        flags = ",".join(["pinned"] * info.pinned + list(info.tags)) or "-"
-        click.echo(f"{info.hash}  {info.size:>12}  {flags}")
+        tags = [t for t in info.tags if tag_job(t) is None]
+        flags = ",".join(["pinned"] * info.pinned + tags) or "-"
+        click.echo(f"{info.hash}  {info.size:>12}  {flags}  {','.join(info.jobs) or '-'}")
 
 
 @blob.command(name="rm")

@@ -16,8 +16,9 @@ from p2pnode.api.schemas import BlobAdded, JobView
 from p2pnode.blobs.model import BlobInfo
 from p2pnode.cli import EXIT_USAGE, cli, fail
 from p2pnode.cli.blob_cmds import download, upload
-from p2pnode.executors.base import ExecutorKind
+from p2pnode.executors.base import DEFAULT_FUEL, ExecutorKind
 from p2pnode.jobs.model import Job, JobState, Manifest, ManifestEntry
+from p2pnode.labels import MAX_REQUIREMENTS, LabelRequirement
 
 WAIT_POLL_S = 30.0
 FOLLOW_POLL_S = 1.0
@@ -84,6 +85,15 @@ def _parse_env(values: tuple[str, ...]) -> dict[str, str]:
     return env
 
 
+def _parse_requirements(values: tuple[str, ...]) -> list[LabelRequirement]:
+    if len(values) > MAX_REQUIREMENTS:
+        fail(f"--require: at most {MAX_REQUIREMENTS} requirements", EXIT_USAGE)
+    try:
+        return [LabelRequirement.parse(value) for value in values]
+    except ValueError as exc:
+        fail(f"--require: {exc}", EXIT_USAGE)
+
+
 def _upload_mounts(api: ApiClient, values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """`NAME=PATH[:GUEST_PATH]` each: a file as its blob, a folder as the blob of its manifest
     plus one blob per file (an unchanged file or tree uploads to the same blobs)."""
@@ -96,7 +106,7 @@ def _upload_mounts(api: ApiClient, values: tuple[str, ...]) -> dict[str, dict[st
         if not sep or not name or not path:
             fail(f"--mount wants NAME=PATH[:GUEST_PATH], got {value!r}", EXIT_USAGE)
         if source.is_file():
-            blob = upload(api, source).blob.hash
+            blob = upload(api, source, pin=False).blob.hash
         elif source.is_dir():
             blob = _upload_tree(api, name, source)
         else:
@@ -111,14 +121,14 @@ def _upload_tree(api: ApiClient, name: str, folder: Path) -> str:
         entries = [
             ManifestEntry(
                 path=path.relative_to(folder).as_posix(),
-                **upload(api, path).blob.model_dump(include={"hash", "size", "root"}),
+                **upload(api, path, pin=False).blob.model_dump(include={"hash", "size", "root"}),
             )
             for path in files
         ]
         manifest = Manifest(files=entries).model_dump_json().encode()
     except ValidationError as exc:
         fail(f"--mount {name}: cannot ship {folder}: {exc.errors()[0]['msg']}", EXIT_USAGE)
-    added = api.upload("/blobs", [manifest], len(manifest), BlobAdded, params={"pin": True})
+    added = api.upload("/blobs", [manifest], len(manifest), BlobAdded, params={"pin": False})
     return added.blob.hash
 
 
@@ -177,9 +187,9 @@ _JOB_OPTIONS = [
     click.option(
         "--fuel",
         type=click.IntRange(min=1),
-        default=10_000_000_000,
+        default=DEFAULT_FUEL,
         show_default=True,
-        help="WASM instructions (fuel) one attempt may use.",
+        help="WASM instructions (fuel) one attempt may use; generous, so the time limit governs.",
     ),
     click.option(
         "--memory-mib",
@@ -187,6 +197,13 @@ _JOB_OPTIONS = [
         default=256,
         show_default=True,
         help="Memory one attempt may use.",
+    ),
+    click.option(
+        "--require",
+        "require",
+        multiple=True,
+        metavar="KEY=VALUE|KEY!=VALUE|KEY",
+        help="Run only on a worker with this label (!=: without it; KEY: any value). Repeatable.",
     ),
     click.option(
         "--attempts",
@@ -219,6 +236,7 @@ def _submit(
     fuel: int,
     memory_mib: int,
     attempts: int,
+    require: tuple[str, ...],
     args: tuple[str, ...],
     command: bool,
     workflow: str | None = None,
@@ -229,25 +247,27 @@ def _submit(
     job_input = _parse_input(input_)
     artifact_paths = _parse_artifacts(artifacts)
     environment = _parse_env(env)
+    requirements = [r.model_dump() for r in _parse_requirements(require)]
     wasm = _module_bytes(module)
     command_fields: dict[str, Any] = {}
     if command:
         command_fields = {"args": list(args), "argv0": module.name, "env": environment}
         if stdin is not None:
-            command_fields["stdin_blob"] = upload(api, stdin).blob.hash
+            command_fields["stdin_blob"] = upload(api, stdin, pin=False).blob.hash
     body = {
         "module_blob": api.upload(
-            "/blobs", [wasm], len(wasm), BlobAdded, params={"pin": True}
+            "/blobs", [wasm], len(wasm), BlobAdded, params={"pin": False}
         ).blob.hash,
         "workflow": workflow,
         "input": job_input,
         "artifact_blobs": {
-            name: upload(api, path).blob.hash for name, path in artifact_paths.items()
+            name: upload(api, path, pin=False).blob.hash for name, path in artifact_paths.items()
         },
         "mounts": _upload_mounts(api, mounts),
         "executor": executor,
         "limits": {"time_s": time_limit, "fuel": fuel, "memory_bytes": memory_mib << 20},
         "max_attempts": attempts,
+        "require": requirements,
         **command_fields,
     }
     return api.post("/jobs", Job, json=body)
@@ -370,6 +390,8 @@ def show(api: ApiClient, job_id: str, as_json: bool) -> None:
     click.echo(
         f"executor  {j.spec.requirements.executor}  workflow {j.spec.workflow or '(only one)'}"
     )
+    if requirements := j.spec.requirements.labels:
+        click.echo(f"requires  {', '.join(str(r) for r in requirements)}")
     if j.waiting_for:
         click.echo(f"waiting   {j.waiting_for}")
     if j.result is not None:
@@ -436,6 +458,24 @@ def cancel(api: ApiClient, job_id: str) -> None:
       p2pnode job cancel job_01M8CRH8D5H83H6EVKWEVXEHTJ
     """
     click.echo(api.post(f"/jobs/{job_id}/cancel", Job).state.value)
+
+
+@job.command(name="rm")
+@click.argument("job_id", metavar="ID")
+@click.option("--force", is_flag=True, help="Cancel the job first if it has not finished.")
+@click.pass_obj
+def remove(api: ApiClient, job_id: str, force: bool) -> None:
+    """Forget a finished job; the blobs only it held go at the next `blob gc`.
+
+    A job that has not finished is refused unless --force, which cancels it first. Finished jobs
+    are also removed P2PNODE_JOB_RETENTION days (default 7) after they end.
+
+    \b
+    Example:
+      p2pnode job rm job_01M8CRH8D5H83H6EVKWEVXEHTJ
+    """
+    api.delete(f"/jobs/{job_id}", Job, params={"force": force})
+    click.echo(f"removed {job_id}")
 
 
 @job.command()

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from p2pnode.api.client import ApiClient
-from p2pnode.cli import cli, fail, load_settings, parse_join_ticket
+from p2pnode.cli import EXIT_USAGE, cli, fail, load_settings, parse_join_ticket
 
 if TYPE_CHECKING:
     import tickets
@@ -54,6 +54,13 @@ if TYPE_CHECKING:
     metavar="MIB",
     help="Most memory any job gets here, in MiB (env P2PNODE_MAX_JOB_MEMORY_MIB, default 1024).",
 )
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A label jobs can --require (repeatable; env P2PNODE_LABELS=k=v,k2=v2).",
+)
 def start(
     data_dir: Path | None,
     http_port: int | None,
@@ -62,6 +69,7 @@ def start(
     join_ticket: str | None,
     max_jobs: int | None,
     max_job_memory_mib: int | None,
+    labels: tuple[str, ...],
 ) -> None:
     """Run a node in the foreground until Ctrl-C.
 
@@ -73,6 +81,7 @@ def start(
     Examples:
       p2pnode start
       p2pnode start --data worker --http-port 3021 --join p2pjoin...
+      p2pnode start --label gpu=yes --label zone=eu
     """
     import trio
 
@@ -92,6 +101,7 @@ def start(
         relay=relay,
         max_jobs=max_jobs,
         max_job_memory_mib=max_job_memory_mib,
+        labels=_parse_labels(labels) if labels else None,
     )
     logging.getLogger().setLevel(logging.INFO)  # a running node reports what it does
     try:
@@ -99,6 +109,15 @@ def start(
             trio.run(_run_node, Node(settings, serve_node_api), ticket)
     except (StartupError, ApiBindError) as exc:
         fail(str(exc))
+
+
+def _parse_labels(items: tuple[str, ...]) -> dict[str, str]:
+    from p2pnode.labels import parse_labels
+
+    try:
+        return parse_labels(items)
+    except ValueError as exc:
+        fail(f"--label: {exc}", EXIT_USAGE)
 
 
 async def _run_node(node: Any, ticket: tickets.JoinTicket | None) -> None:
@@ -147,7 +166,7 @@ def status(api: ApiClient, as_json: bool) -> None:
     """Show this node and its cluster's members.
 
     The node's id, addresses and relay; each member and whether it is connected;
-    gossip and job counters.
+    gossip and job counters; the blob store's size and the free disk under it.
 
     \b
     Examples:
@@ -155,6 +174,7 @@ def status(api: ApiClient, as_json: bool) -> None:
       p2pnode status --json
     """
     from p2pnode.api.schemas import NodeStatus
+    from p2pnode.labels import format_labels
 
     st = api.get("/status", NodeStatus)
     if as_json:
@@ -179,3 +199,12 @@ def status(api: ApiClient, as_json: bool) -> None:
         f"jobs      executors {', '.join(j.executors)}; running {len(j.running)} of {j.max_jobs}; "
         f"executed {j.executed} (succeeded {j.succeeded}, failed {j.failed})"
     )
+    if j.labels:
+        click.echo(f"labels    {format_labels(j.labels)}")
+    if j.draining:
+        click.echo("draining  claims no new job, also after a restart (`p2pnode undrain`)")
+    if d := st.disk:
+        click.echo(
+            f"store     {d.store_blobs} blobs, {d.store_bytes / 1e6:.1f} MB; "
+            f"disk {d.free_bytes / 1e9:.1f} GB free of {d.total_bytes / 1e9:.1f} GB"
+        )

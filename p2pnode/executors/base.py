@@ -24,6 +24,15 @@ MAX_OUTPUTS = 256
 """Output files one job may produce; a report with more could not be represented."""
 MAX_OUTPUT_NAME = 512
 """UTF-8 bytes of an output name; with ``MAX_OUTPUTS`` it keeps a report well inside a frame."""
+COMPILE_CACHE_BYTES = 4 * 1024 * MIB
+"""Default bound of the embedded runner's compile cache on disk (a 70 MB module compiles to
+~200 MB)."""
+MAX_COMPILE_S = 600.0
+"""Default limit of one compilation, apart from the run's: a 70 MB module takes ~100 s here."""
+DEFAULT_FUEL = 10**12
+"""Generous, so that wall time governs: fuel is about one unit per WebAssembly instruction, and
+this machine runs 1.6 to 8.6 units per nanosecond of CPU (a branch loop, treesum over 24 MB), so
+this is 2 to 10 minutes of CPU, past the default time limit. A job may ask for less."""
 _NAME_MAX = 255
 """Bytes of one path component, the usual file-system limit (NAME_MAX)."""
 
@@ -57,7 +66,7 @@ class ExecutionLimits(BaseModel):
 
     time_s: float = Field(default=60.0, gt=0)
     memory_bytes: int = Field(default=256 * MIB, gt=0)
-    fuel: int = Field(default=10_000_000_000, gt=0)
+    fuel: int = Field(default=DEFAULT_FUEL, gt=0)
 
 
 class JobMaxima(BaseModel):
@@ -72,7 +81,7 @@ class JobMaxima(BaseModel):
 
     time_s: float = Field(default=3600.0, gt=0)
     memory_bytes: int = Field(default=1024 * MIB, gt=0)
-    fuel: int = Field(default=10**12, gt=0, lt=1 << 64)
+    fuel: int = Field(default=DEFAULT_FUEL, gt=0, lt=1 << 64)
     output_bytes: int = Field(default=256 * MIB, ge=0)
 
     def cap(self, asked: ExecutionLimits) -> tuple[ExecutionLimits, dict[str, str]]:
@@ -151,6 +160,9 @@ class ExecutionResult(BaseModel):
     error: str | None = None
     logs: str = ""
     outputs: dict[OutputName, Path] = Field(default_factory=dict, max_length=MAX_OUTPUTS)
+    compile_note: str = ""
+    """How the module's machine code was had ("compiled in 1.2 s", "compile cache hit"), for the
+    job's history; "" when the executor does not compile."""
 
     @classmethod
     def failure(cls, error: str, logs: str = "") -> ExecutionResult:

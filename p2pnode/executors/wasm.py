@@ -29,7 +29,8 @@ Each run gets its own engine, so the watchdogs can interrupt exactly that run (e
 engine). Compiled machine code (wasmtime's own serialization) is cached on disk, keyed by module
 hash, wasmtime version and engine settings, bounded in bytes with least-recently-used eviction;
 each run maps it into its engine, so it survives restarts and costs no memory between runs. Jobs
-of one module wait for its single compilation.
+of one module wait for its single compilation, which runs in a process of its own so that it can
+be stopped at the compile time limit (apart from the run's); the result says how long it took.
 """
 
 from __future__ import annotations
@@ -39,9 +40,11 @@ import importlib.metadata
 import json
 import os
 import re
+import secrets
 import shutil
 import stat
 import struct
+import sys
 import tempfile
 import threading
 import time
@@ -55,8 +58,10 @@ import wasmtime
 from pydantic import TypeAdapter, ValidationError
 
 from p2pnode.executors.base import (
+    COMPILE_CACHE_BYTES,
     DEFAULT_MAXIMA,
     LOG_LIMIT,
+    MAX_COMPILE_S,
     MAX_OUTPUTS,
     MIB,
     ExecutionRequest,
@@ -68,8 +73,6 @@ from p2pnode.executors.base import (
 )
 
 MAIN_WORKFLOW = "main"
-CACHE_BYTES = 4 * 1024 * MIB
-"""Default bound of the compile cache on disk (a 70 MB module compiles to ~200 MB)."""
 STDOUT_LIMIT = 4 * MIB
 """Largest result a workflow may print; bigger products belong in output files."""
 
@@ -98,6 +101,7 @@ OUTPUT_POLL_S = 0.01
 """How often the output guard sums ``/out``; a guest writing ~360 MB/s (measured) overshoots
 the cap by a few MB at most."""
 _output_name = TypeAdapter(OutputName)
+_COMPILER = Path(__file__).with_name("compiler.py")
 
 
 class InvalidModule(ValueError):
@@ -211,11 +215,14 @@ class WasiExecutor:
         *,
         maxima: JobMaxima = DEFAULT_MAXIMA,
         cache_dir: Path | None = None,
-        cache_bytes: int = CACHE_BYTES,
+        cache_bytes: int = COMPILE_CACHE_BYTES,
+        max_compile_s: float = MAX_COMPILE_S,
     ) -> None:
         """``cache_dir``: where compiled modules are kept (None: a temporary folder, for as long
-        as this executor lives)."""
+        as this executor lives); ``max_compile_s``: the most one compilation may take, apart
+        from the run's own time limit."""
         self.maxima = maxima
+        self.max_compile_s = max_compile_s
         if cache_dir is None:
             self._tmp_cache = tempfile.TemporaryDirectory(prefix="p2pnode-compiled-")
             cache_dir = Path(self._tmp_cache.name)
@@ -230,15 +237,16 @@ class WasiExecutor:
     async def run(self, req: ExecutionRequest) -> ExecutionResult:
         limits, notes = self.maxima.cap(req.limits)
         try:
-            result = await self._run(req.model_copy(update={"limits": limits}))
+            compiled, how = await self._compiled(req)
+            result = await self._run(req.model_copy(update={"limits": limits}), compiled)
+            result = result.model_copy(update={"compile_note": how})
         except _Failure as failure:
             result = ExecutionResult.failure(str(failure))
         except Exception as exc:  # an OS error or a bug must not take the node down
             result = ExecutionResult.failure(f"runner error: {exc!r}")
         return result.noted(notes.values())
 
-    async def _run(self, req: ExecutionRequest) -> ExecutionResult:
-        compiled = await self._compiled(req)
+    async def _run(self, req: ExecutionRequest, compiled: _Compiled) -> ExecutionResult:
         if req.command is not None:
             if compiled.workflows.get(MAIN_WORKFLOW) != _START:
                 raise _Failure("a command job needs a module that exports _start")
@@ -371,26 +379,52 @@ class WasiExecutor:
             outputs.update((name, streams / name) for name in _STREAMS)
         return dict(sorted(outputs.items()))
 
-    async def _compiled(self, req: ExecutionRequest) -> _Compiled:
-        """The module's machine code: from the cache, or compiled once however many jobs ask."""
+    async def _compiled(self, req: ExecutionRequest) -> tuple[_Compiled, str]:
+        """The module's machine code, from the cache or compiled once however many jobs ask,
+        and how it was had (for the job's history)."""
         key = req.module_hash.lower()
         lock = self._compiling[key]
         try:
             async with lock:
                 if (hit := await trio.to_thread.run_sync(self._cache.get, key)) is not None:
-                    return hit
+                    return hit, "compile cache hit"
                 try:
-                    compiled = await trio.to_thread.run_sync(self._cache.put, key, req.module_path)
+                    wasm = await trio.to_thread.run_sync(load_module_bytes, req.module_path)
                 except InvalidModule as exc:
                     raise _Failure(f"invalid module: {exc}") from None
                 except OSError as exc:
                     reason = exc.strerror or exc
                     raise _Failure(f"cannot read module {req.module_path}: {reason}") from None
+                started = time.monotonic()
+                compiled = await self._compile_in_child(key, wasm)
                 self.compilations += 1
-                return compiled
+                return compiled, f"compiled in {time.monotonic() - started:.1f} s"
         finally:
             if not lock.locked() and lock.statistics().tasks_waiting == 0:
                 self._compiling.pop(key, None)
+
+    async def _compile_in_child(self, key: str, wasm: bytes) -> _Compiled:
+        """Compile in a process of its own (see ``compiler.py``), killed once it takes longer
+        than ``max_compile_s``, and keep the result in the cache."""
+        part = self._cache.part_path(key)
+        command = [sys.executable, str(_COMPILER), json.dumps(_ENGINE_SETTINGS), str(part)]
+        try:
+            with trio.move_on_after(self.max_compile_s) as limit:
+                done = await trio.run_process(
+                    command, stdin=wasm, capture_stdout=True, capture_stderr=True, check=False
+                )
+            if limit.cancelled_caught:
+                raise _Failure(
+                    f"compiling the module took longer than the limit of {self.max_compile_s:g} s"
+                )
+            detail = _oneline(done.stderr.decode(errors="replace"))[:_DETAIL_LIMIT]
+            if done.returncode == 1:
+                raise _Failure(f"invalid module: {detail}")
+            if done.returncode != 0:
+                raise _Failure(f"compiler failed with status {done.returncode}: {detail}")
+            return await trio.to_thread.run_sync(self._cache.put, key, part)
+        finally:
+            part.unlink(missing_ok=True)
 
 
 class _DiskCache:
@@ -400,6 +434,8 @@ class _DiskCache:
     def __init__(self, folder: Path, limit: int) -> None:
         self._folder = folder
         self._limit = limit
+        for part in folder.glob("*.part"):  # left by a node killed mid-compile; one node per folder
+            part.unlink(missing_ok=True)
         self._workflows: dict[str, dict[str, str]] = {}
         """key -> the module's workflows, known without loading it again"""
 
@@ -418,13 +454,16 @@ class _DiskCache:
             return None
         return _Compiled(artifact=path, workflows=workflows)
 
-    def put(self, module_hash: str, module_path: Path) -> _Compiled:
-        module = _compile(_new_engine(), load_module_bytes(module_path))
-        path = self._path(module_hash)
+    def part_path(self, module_hash: str) -> Path:
+        """A fresh file name for a compilation in progress (its folder exists)."""
         self._folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".part")
-        tmp.write_bytes(module.serialize())
-        tmp.replace(path)
+        return self._path(module_hash).with_suffix(f".{secrets.token_hex(8)}.part")
+
+    def put(self, module_hash: str, part: Path) -> _Compiled:
+        """Take a compilation from ``part_path`` into the cache."""
+        path = self._path(module_hash)
+        module = wasmtime.Module.deserialize_file(_new_engine(), str(part))
+        part.replace(path)
         workflows = self._workflows[module_hash] = _workflows(module)
         self._evict(keep=path)
         return _Compiled(artifact=path, workflows=workflows)

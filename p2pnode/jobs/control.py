@@ -37,10 +37,15 @@ class ControlError(Exception):
     """The origin could not be asked, or answered something that makes no sense."""
 
 
+Admit = Callable[[str, model.Job], None]
+"""Whether worker `str` may claim a pending job now: returns, or raises `ClaimRefused`."""
+
+
 class ControlServer:
     """Origin side, plus `StopRun` for the local worker. `on_change` runs after every recorded
     change (announce, gossip completion, fetch outputs); `stop_run(job_id, origin)` stops a run;
-    `on_log(job, chunk)` takes the live output of a job from its lease holder."""
+    `on_log(job, chunk)` takes the live output of a job from its lease holder; `admit` places
+    jobs: the origin decides who may claim, whatever the worker checked itself."""
 
     def __init__(
         self,
@@ -49,12 +54,14 @@ class ControlServer:
         on_change: Callable[[model.Job], Awaitable[None]],
         stop_run: Callable[[str, str], object],
         on_log: Callable[[model.Job, model.LogChunk], None],
+        admit: Admit,
     ) -> None:
         self._store = store
         self._lease_s = lease_s
         self._on_change = on_change
         self._stop_run = stop_run
         self._on_log = on_log
+        self._admit = admit
 
     async def handle_stream(self, connection: iroh.Connection, bi: iroh.BiStream) -> None:
         peer = connection.remote_id().to_bytes().hex()
@@ -70,7 +77,7 @@ class ControlServer:
                 if request.worker != peer:
                     return model.ClaimRefused(reason="a worker can only claim for itself")
                 try:
-                    job = store.claim(request.job_id, peer, self._lease_s, start=request.start)
+                    job = self._claim(request.job_id, peer, request.start)
                 except ClaimRefused as exc:
                     if exc.retry_after is not None or request.instead is None:
                         raise
@@ -99,6 +106,7 @@ class ControlServer:
                     request.error,
                     request.logs,
                     request.outputs,
+                    request.compile_note,
                 )
                 await self._on_change(job)
                 return model.ReportAck()
@@ -128,9 +136,18 @@ class ControlServer:
             return model.RenewRefused(reason=exc.reason)
         return model.RenewRefused(reason=f"unexpected request {request.type}")
 
+    def _claim(self, job_id: str, peer: str, start: bool) -> model.Job:
+        """Claim as placement allows: the origin decides who may claim, whatever the worker
+        checked itself."""
+        pending = self._store.get(job_id)
+        if pending is not None and pending.state == model.JobState.PENDING:
+            self._admit(peer, pending)
+        return self._store.claim(job_id, peer, self._lease_s, start=start)
+
     def _claim_instead(self, request: model.ClaimRequest, peer: str, reason: str) -> model.Job:
-        """The oldest claimable job the worker can run, claimed the same way as the one it asked
-        for; refused with `none_pending` when nothing at all waits here."""
+        """The oldest claimable job the worker can run and placement lets it have, claimed the
+        same way as the one it asked for; refused with `none_pending` when nothing at all waits
+        here."""
         assert request.instead is not None
         store = self._store
         if (asked := store.get(request.job_id)) is None:
@@ -138,7 +155,7 @@ class ControlServer:
         origin = asked.origin
         for job in store.claimable(request.instead, limit=CLAIM_CANDIDATES, origin=origin):
             try:
-                return store.claim(job.id, peer, self._lease_s, start=request.start)
+                return self._claim(job.id, peer, request.start)
             except ClaimRefused:
                 continue
         idle = not store.list(model.JobState.PENDING, 1, origin=origin)

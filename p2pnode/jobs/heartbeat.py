@@ -11,6 +11,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, Field
 
 from p2pnode.jobs.model import Executor, JobId, NodeId
+from p2pnode.labels import Labels
 
 HEARTBEAT_INTERVAL_S = 3.0
 MISSED_BEFORE_DOWN = 3
@@ -37,7 +38,9 @@ class Heartbeat(BaseModel):
     slots_total: int = Field(ge=0)
     slots_free: int = Field(ge=0)
     running: list[JobId] = Field(max_length=MAX_RUNNING_LISTED)
-    labels: dict[str, str] = Field({}, max_length=32)
+    labels: Labels = {}
+    draining: bool = False
+    """It claims no new job (`p2pnode drain`), finishing the ones it runs."""
     version: str = Field(max_length=64)
     uptime_s: float = Field(ge=0, allow_inf_nan=False)
 
@@ -48,7 +51,8 @@ class Heartbeat(BaseModel):
 
 class WorkerView(Heartbeat):
     """A node's latest heartbeat as this node sees it. `age_s`: since it was sent (as far as this
-    node can tell); `down` after `MISSED_BEFORE_DOWN` missed heartbeats; `busy`: no free slot."""
+    node can tell); `down` after `MISSED_BEFORE_DOWN` missed heartbeats; `draining`: it says so;
+    `busy`: no free slot."""
 
     state: WorkerState
     age_s: float

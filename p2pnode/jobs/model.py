@@ -7,8 +7,10 @@ time rather than by each caller.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Annotated, Literal
@@ -29,6 +31,7 @@ from pydantic import (
 )
 
 from p2pnode.executors.base import MAX_OUTPUTS, MIB, ExecutionLimits, ExecutorKind, OutputName
+from p2pnode.labels import MAX_REQUIREMENTS, LabelRequirement, satisfies
 
 if TYPE_CHECKING:
     from p2pnode.blobs.model import BlobInfo
@@ -53,7 +56,8 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 Hex64 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 NodeId = Hex64
 """An iroh node id (ed25519 public key), lowercase hex."""
-JobId = Annotated[str, StringConstraints(pattern=r"^job_[0-9A-HJKMNP-TV-Z]{26}$")]
+_JOB_ID = re.compile(r"job_[0-9A-HJKMNP-TV-Z]{26}")
+JobId = Annotated[str, StringConstraints(pattern=f"^{_JOB_ID.pattern}$")]
 LeaseToken = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 
 
@@ -107,6 +111,32 @@ def new_job_id(now: float | None = None) -> str:
     value = (ms << 80) | secrets.randbits(80)
     chars = [_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5)]
     return "job_" + "".join(chars)
+
+
+def job_id_time(job_id: str) -> float:
+    """When the job was created, read back from its id (`new_job_id`); the id must be valid."""
+    value = 0
+    for char in job_id.removeprefix("job_"):
+        value = value << 5 | _CROCKFORD.index(char)
+    return (value >> 80) / 1000
+
+
+JOB_TAG_PREFIX = "job/"
+
+
+def job_tag(job_id: str, role: str) -> str:
+    """The blob store tag by which a job holds one of its blobs (`role`: module, input,
+    artifact/NAME, ...). Jobs hold blobs by tags, never pins, so removing a job releases exactly
+    its own: a person's pin, or another job's tag on the same blob, still keeps it."""
+    return f"{JOB_TAG_PREFIX}{job_id}/{role}"
+
+
+def tag_job(tag: str) -> str | None:
+    """The job holding a blob by `tag`, or None for a tag that is not a job's."""
+    if not tag.startswith(JOB_TAG_PREFIX):
+        return None
+    job_id = tag[len(JOB_TAG_PREFIX) :].partition("/")[0]
+    return job_id if _JOB_ID.fullmatch(job_id) else None
 
 
 def new_lease_token() -> str:
@@ -242,6 +272,11 @@ class Mount(BaseModel):
 class Requirements(BaseModel):
     executor: Executor = "wasi"
     limits: Limits = Field(default_factory=Limits)
+    labels: list[LabelRequirement] = Field(default_factory=list, max_length=MAX_REQUIREMENTS)
+    """Only a worker whose labels satisfy all of these may claim the job."""
+
+    def admits(self, labels: Mapping[str, str]) -> bool:
+        return satisfies(labels, self.labels)
 
 
 class JobSpec(BaseModel):
@@ -321,7 +356,11 @@ class Job(BaseModel):
     history: list[HistoryEvent] = Field(default_factory=list)
 
     def record(self, at: float, note: str = "") -> None:
-        """Append a history event for the current state, keeping only the latest few."""
+        """Append a history event for the current state, keeping only the latest few. Times are
+        strictly increasing, so a reader that follows the history by time sees events recorded
+        in the same clock tick (a worker's compile note and its report) too."""
+        if self.history:
+            at = max(at, self.history[-1].at + 1e-6)
         event = HistoryEvent.model_validate({"at": at, "state": self.state, "note": note})
         self.history.append(event)
         del self.history[:-MAX_HISTORY]
@@ -363,6 +402,9 @@ class JobSummary(BaseModel):
 class WorkerStatus(BaseModel):
     executors: list[str]
     max_jobs: int
+    labels: dict[str, str] = {}
+    draining: bool = False
+    """Claims no new job (`p2pnode drain`); kept across restarts until `p2pnode undrain`."""
     running: list[str]
     executed: int
     succeeded: int
@@ -437,6 +479,8 @@ class Report(_Message):
     error: ErrorText | None = None
     logs: Logs = ""
     outputs: dict[OutputName, BlobRef] = Field(default_factory=dict, max_length=MAX_OUTPUTS)
+    compile_note: Note = ""
+    """How the worker had the module's machine code ("compiled in 1.2 s"), for the history."""
 
 
 class ReportAck(_Message):

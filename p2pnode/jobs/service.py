@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, m
 
 from p2pnode.blobs.fetch import FetchError
 from p2pnode.blobs.service import BlobService
-from p2pnode.blobs.store import BlobNotFound, StoreError
+from p2pnode.blobs.store import BlobInfo, BlobNotFound, StoreError
 from p2pnode.executors.base import ExecutionLimits
 from p2pnode.executors.wasm import (
     MAIN_WORKFLOW,
@@ -38,10 +38,11 @@ from p2pnode.executors.wasm import (
 from p2pnode.gossip.service import GossipEvent, Received
 from p2pnode.jobs import model
 from p2pnode.jobs.announcements import JobAnnounced, JobFinished
-from p2pnode.jobs.control import JOBS_ALPN, ControlClient, ControlError, ControlServer
+from p2pnode.jobs.control import JOBS_ALPN, Admit, ControlClient, ControlError, ControlServer
 from p2pnode.jobs.logs import JobLogs
 from p2pnode.jobs.store import JobStore
 from p2pnode.jobs.worker import Worker, provider_addrs
+from p2pnode.labels import MAX_REQUIREMENTS, LabelRequirement
 from p2pnode.net.addr import PeerAddr
 from p2pnode.net.endpoint import serve_streams
 
@@ -86,6 +87,8 @@ class JobSubmission(BaseModel):
     stdin_blob: model.Hex64 | None = None
     executor: model.Executor = "wasi"
     limits: ExecutionLimits = ExecutionLimits()
+    require: list[LabelRequirement] = Field([], max_length=MAX_REQUIREMENTS)
+    """Labels the worker must have (`--require`)."""
     max_attempts: int = Field(3, ge=1, le=100)
 
     @model_validator(mode="after")
@@ -148,6 +151,7 @@ class JobService:
         self_addr: Callable[[], PeerAddr],
         resolve: Callable[[str], PeerAddr | None],
         lease_s: float,
+        admit: Admit,
     ) -> None:
         self.id = node_id
         self.store = store
@@ -158,7 +162,9 @@ class JobService:
         self._self_addr = self_addr
         self._resolve = resolve
         self.logs = JobLogs()
-        self.control = ControlServer(store, lease_s, self._changed, worker.stop_run, self._on_log)
+        self.control = ControlServer(
+            store, lease_s, self._changed, worker.stop_run, self._on_log, admit
+        )
         self._announcements: dict[str, str] = {}
         self._workflows: dict[str, list[str]] = {}
         """binary module blob -> its workflows, oldest first"""
@@ -190,28 +196,47 @@ class JobService:
     # -- origin side -------------------------------------------------------------------------
 
     async def submit_files(self, request: JobSubmission) -> model.Job:
-        """Pin the module, artifacts and a large input as blobs, then submit. The module is checked
-        (valid binary or WAT, assembled; the workflow exists) so a bad one fails now, not at run
-        time."""
+        """Add the module, artifacts and a large input as blobs held by the job's tags
+        (`model.job_tag`), then submit. The module is checked (valid binary or WAT, assembled; the
+        workflow exists) so a bad one fails now, not at run time. A refused submission releases
+        what it tagged."""
         input_json = pydantic_core.to_json(request.input)
         if len(input_json) > model.MAX_INPUT_BYTES:
             raise SubmissionTooLarge(
                 f"input of {len(input_json)} bytes exceeds {model.MAX_INPUT_BYTES}: send large "
                 "data as an artifact"
             )
-        module = await self._module(request)
+        job_id = model.new_job_id(self.store.now())
+        try:
+            return await self._submit_files(job_id, request, input_json)
+        except BaseException:
+            if self.store.get(job_id) is None:  # refused or interrupted before it was stored
+                with trio.CancelScope(shield=True):
+                    await self._release_blobs({job_id})
+            raise
+
+    async def _submit_files(
+        self, job_id: str, request: JobSubmission, input_json: bytes
+    ) -> model.Job:
+        def tag(role: str) -> str:
+            return model.job_tag(job_id, role)
+
+        module = await self._module(request, tag)
         artifacts = {}
         for name, path in request.artifacts.items():
             try:
-                artifacts[name] = model.BlobRef.held_by(await self._blobs.add(path), self.id)
+                info = await self._blobs.add(path, pin=False, tag=tag(f"artifact/{name}"))
             except (OSError, StoreError) as exc:
                 raise SubmissionError(f"cannot add artifact {name!r} from {path}: {exc}") from None
+            artifacts[name] = model.BlobRef.held_by(info, self.id)
         for name, blob_hash in request.artifact_blobs.items():
-            artifacts[name] = await self._pinned(blob_hash, f"artifact {name!r}")
+            artifacts[name] = await self._held(
+                blob_hash, tag(f"artifact/{name}"), f"artifact {name!r}"
+            )
         job_input, input_blob = request.input, None
         if len(input_json) > model.INLINE_INPUT_BYTES:
             input_blob = model.BlobRef.held_by(
-                await self._blobs.store.add_bytes(input_json, pin=True), self.id
+                await self._blobs.add_bytes(input_json, pin=False, tag=tag("input")), self.id
             )
             job_input = None
         command = None
@@ -221,11 +246,13 @@ class JobService:
                 command = model.Command(
                     argv=request.argv(),
                     env=request.env,
-                    stdin=None if stdin is None else await self._pinned(stdin, "stdin"),
+                    stdin=None if stdin is None else await self._held(stdin, tag("stdin"), "stdin"),
                 )
             except ValidationError as exc:
                 raise SubmissionError(f"cannot use the command: {exc.errors()[0]['msg']}") from None
-        mounts = {name: await self._mount(name, mount) for name, mount in request.mounts.items()}
+        mounts = {
+            name: await self._mount(name, mount, tag) for name, mount in request.mounts.items()
+        }
         try:
             spec = model.JobSpec(
                 workflow=request.workflow,
@@ -235,82 +262,75 @@ class JobService:
                 artifacts=artifacts,
                 command=command,
                 mounts=mounts,
-                requirements=model.Requirements(executor=request.executor, limits=request.limits),
+                requirements=model.Requirements(
+                    executor=request.executor, limits=request.limits, labels=request.require
+                ),
                 max_attempts=request.max_attempts,
             )
         except ValidationError as exc:
             raise SubmissionError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
-        return await self.submit(spec)
+        return await self.submit(spec, job_id)
 
-    async def _mount(self, name: str, request: MountSubmission) -> model.Mount:
-        """A mount whose blobs (for a folder: its manifest and every file) are here, pinned."""
+    async def _mount(
+        self, name: str, request: MountSubmission, tag: Callable[[str], str]
+    ) -> model.Mount:
+        """A mount whose blobs (for a folder: its manifest and every file) are here, held."""
         what = f"mount {name!r}"
-        source = await self._pinned(request.blob, what)
+        source = await self._held(request.blob, tag(f"mount/{name}"), what)
         if request.directory:
             if source.size > model.MAX_MANIFEST_BYTES:
                 limit = model.MAX_MANIFEST_BYTES
                 raise SubmissionError(f"the {what} manifest is over {limit} bytes")
             try:
                 manifest = model.Manifest.model_validate_json(
-                    await trio.to_thread.run_sync(self._read_blob, request.blob)
+                    await self._blobs.read_bytes(request.blob)
                 )
             except ValidationError as exc:
                 raise SubmissionError(
                     f"the {what} manifest is invalid: {exc.errors()[0]['msg']}"
                 ) from None
-            for entry in manifest.files:
-                ref = await self._pinned(entry.hash, f"{what} file {entry.path!r}")
+            for index, entry in enumerate(manifest.files):
+                role = f"mount/{name}/{index}"
+                ref = await self._held(entry.hash, tag(role), f"{what} file {entry.path!r}")
                 if (ref.size, ref.root) != (entry.size, entry.root):
                     raise SubmissionError(f"the {what} manifest misstates {entry.path!r}")
         return model.Mount(
             source=source, directory=request.directory, guest_path=request.guest_path
         )
 
-    def _read_blob(self, blob_hash: str) -> bytes:
-        with self._blobs.store.open_read(blob_hash) as f:
-            return f.read()
-
-    async def _module(self, request: JobSubmission) -> model.BlobRef:
-        """The module as a pinned binary blob, checked off the trio thread (compiling takes a
+    async def _module(self, request: JobSubmission, tag: Callable[[str], str]) -> model.BlobRef:
+        """The module as a held binary blob, checked off the trio thread (compiling takes a
         while). An uploaded binary is its own blob: it is not stored again, and its workflows are
         listed once however many jobs use it."""
-        source: Path | str
+        source: Path | bytes
         uploaded = None
-        if request.module is not None:
-            source, what = request.module, f"module {request.module}"
-        else:
-            assert request.module_blob is not None
-            source, what = request.module_blob, f"module blob {request.module_blob[:12]}"
-            uploaded = await self._pinned(request.module_blob, "module")
         try:
-            if uploaded is not None and (known := self._workflows.get(uploaded.hash)) is not None:
-                _check_workflows(known, request)
-                return uploaded
-            wasm, workflows = await trio.to_thread.run_sync(self._load_module, source)
+            if request.module is not None:
+                source, what = request.module, f"module {request.module}"
+            else:
+                assert request.module_blob is not None
+                what = f"module blob {request.module_blob[:12]}"
+                if (known := self._workflows.get(request.module_blob)) is not None:
+                    _check_workflows(known, request)
+                    return await self._held(request.module_blob, tag("module"), "module")
+                uploaded = await self._held(request.module_blob, tag("source"), "module")
+                source = await self._blobs.read_bytes(request.module_blob)
+            wasm, workflows = await trio.to_thread.run_sync(_load_module, source)
             _check_workflows(workflows, request)
         except (OSError, StoreError, InvalidModule) as exc:
             raise SubmissionError(f"cannot use {what}: {exc}") from None
-        if uploaded is not None and wasm is None:
+        if uploaded is not None and wasm == source:
             self._workflows[uploaded.hash] = workflows
             if len(self._workflows) > WORKFLOWS_CACHED:
                 del self._workflows[next(iter(self._workflows))]
             return uploaded
-        assert wasm is not None
-        return model.BlobRef.held_by(await self._blobs.store.add_bytes(wasm, pin=True), self.id)
+        info = await self._blobs.add_bytes(wasm, pin=False, tag=tag("module"))
+        return model.BlobRef.held_by(info, self.id)
 
-    def _load_module(self, source: Path | str) -> tuple[bytes | None, list[str]]:
-        """The module's binary (None when the blob `source` already is it) and its workflows."""
-        if isinstance(source, Path):
-            wasm = load_module_bytes(source)
-            return wasm, list_workflows(wasm)
-        data = self._read_blob(source)
-        wasm = assemble(data)
-        return None if wasm == data else wasm, list_workflows(wasm)
-
-    async def _pinned(self, blob_hash: str, what: str) -> model.BlobRef:
+    async def _held(self, blob_hash: str, tag: str, what: str) -> model.BlobRef:
+        """A stored blob, held by `tag` (set first, so GC cannot take it before we look)."""
         try:
-            info = await self._blobs.store.info(blob_hash)
-            await self._blobs.store.pin(blob_hash)
+            info = await self._blobs.hold(blob_hash, tag)
         except BlobNotFound:
             raise SubmissionError(
                 f"the {what} blob {blob_hash} is not on this node; upload it first"
@@ -319,8 +339,8 @@ class JobService:
             raise SubmissionError(f"cannot use {what}: {exc}") from None
         return model.BlobRef.held_by(info, self.id)
 
-    async def submit(self, spec: model.JobSpec) -> model.Job:
-        job = self.store.submit(self.id, spec)
+    async def submit(self, spec: model.JobSpec, job_id: str | None = None) -> model.Job:
+        job = self.store.submit(self.id, spec, job_id)
         await self._changed(job)
         return job
 
@@ -394,10 +414,55 @@ class JobService:
         """Bring a finished job's outputs home, so they outlive the worker that made them."""
         for name, ref in job.outputs.items():
             try:
-                await self._blobs.fetch(ref.hash, provider_addrs(ref, self._resolve), root=ref.root)
-                await self._blobs.store.pin(ref.hash)
+                await self.fetch_output(job, name, ref)
             except (FetchError, StoreError) as exc:
                 log.warning("could not collect output %r of job %s: %s", name, job.id, exc)
+
+    async def fetch_output(self, job: model.Job, name: str, ref: model.BlobRef) -> BlobInfo:
+        """One output of a job, here and held by the job (tagged before it arrives, so GC
+        never takes it in between)."""
+        await self._blobs.set_tag(model.job_tag(job.id, f"output/{name}"), ref.hash)
+        return await self._blobs.fetch(ref.hash, provider_addrs(ref, self._resolve), root=ref.root)
+
+    # -- removal and retention ---------------------------------------------------------------
+
+    async def remove(self, job_id: str, *, force: bool = False) -> model.Job:
+        """Forget a finished job and release its blobs to GC; a live job is refused (`Refused`)
+        unless `force`, which cancels it first."""
+        job = self.store.get(job_id)
+        if force and job is not None and not job.state.terminal:
+            await self.cancel(job_id)
+        job = self.store.delete(job_id)
+        await self._release_blobs({job_id})
+        return job
+
+    async def remove_finished(self, retention_s: float) -> list[str]:
+        """Remove the jobs that finished more than `retention_s` ago; returns their ids.
+
+        Also drops the job tags this node holds for jobs it does not store (the outputs it made
+        as a worker, a submission that never completed) once they are that old, unless it still
+        runs the job."""
+        cutoff = self.store.now() - retention_s
+        removed = self.store.finished_before(cutoff)
+        for job_id in removed:
+            self.store.delete(job_id)
+        stale = set(removed)
+        for tag in (await self._blobs.tags()).keys():
+            holder = model.tag_job(tag)
+            if (
+                holder is not None
+                and holder not in self.worker.running
+                and model.job_id_time(holder) < cutoff
+                and self.store.get(holder) is None
+            ):
+                stale.add(holder)
+        await self._release_blobs(stale)
+        return removed
+
+    async def _release_blobs(self, job_ids: set[str]) -> None:
+        for tag in (await self._blobs.tags()).keys():
+            if model.tag_job(tag) in job_ids:
+                await self._blobs.drop_tag(tag)
 
     # -- from gossip -------------------------------------------------------------------------
 
@@ -426,6 +491,14 @@ class JobService:
         self.worker.heard(job.id)
         if self.worker.wants(job) and self._nursery is not None:
             self._nursery.start_soon(self.worker.consider, announcement)
+
+    def set_draining(self, draining: bool) -> None:
+        """Drain the worker, or undrain it and consider what it heard of meanwhile."""
+        if draining:
+            self.worker.drain()
+            return
+        for announcement in self.worker.undrain():
+            self.on_announced(announcement, announcement.job.origin)
 
     def on_finished(self, finished: JobFinished, signer: str) -> None:
         """A job ended: if we run it (it was cancelled), stop; believed only from its origin."""
@@ -467,3 +540,9 @@ def _check_workflows(workflows: list[str], request: JobSubmission) -> None:
             raise InvalidModule(
                 f"name the workflow to run with --workflow (available: {available})"
             )
+
+
+def _load_module(source: Path | bytes) -> tuple[bytes, list[str]]:
+    """A module file or blob content as a WebAssembly binary, and its workflows."""
+    wasm = load_module_bytes(source) if isinstance(source, Path) else assemble(source)
+    return wasm, list_workflows(wasm)

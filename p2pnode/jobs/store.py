@@ -203,12 +203,27 @@ class JobStore:
             ).fetchall()
         return {r[0] for r in rows}
 
+    def count_by_state(self) -> dict[JobState, int]:
+        """How many jobs are in each state (every state, zeros included)."""
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        counts = dict.fromkeys(JobState, 0)
+        counts.update((JobState(state), n) for state, n in rows)
+        return counts
+
     # --- origin side ----------------------------------------------------------
 
-    def submit(self, origin: str, spec: JobSpec) -> Job:
-        """Create a pending job; it is committed to the WAL before this returns."""
+    def now(self) -> float:
+        """The store's clock, which job times are in."""
+        return self._clock()
+
+    def submit(self, origin: str, spec: JobSpec, job_id: str | None = None) -> Job:
+        """Create a pending job; it is committed to the WAL before this returns. `job_id` is one
+        the caller made beforehand (`new_job_id`), to tag the job's blobs as it adds them."""
         now = self._clock()
-        job = Job(id=new_job_id(now), origin=origin, spec=spec, created_at=now, updated_at=now)
+        job = Job(
+            id=job_id or new_job_id(now), origin=origin, spec=spec, created_at=now, updated_at=now
+        )
         job.record(now, "submitted")
         with self._write():
             self._save(job)
@@ -260,11 +275,14 @@ class JobStore:
         error: str | None = None,
         logs: str = "",
         outputs: dict[str, BlobRef] | None = None,
+        compile_note: str = "",
     ) -> Job:
         """Apply a worker's report: success, a retry after back-off, or final failure."""
         with self._write():
             job, _, now = self._load_leased(job_id, token)
             job.lease = None
+            if compile_note:
+                job.record(now, compile_note)
             job.logs = logs
             if ok:
                 job.result, job.error, job.outputs = result, None, outputs or {}
@@ -335,6 +353,25 @@ class JobStore:
             self._finish(job, JobState.CANCELLED, now, "cancelled")
             self._save(job, now=now)
         return job
+
+    def delete(self, job_id: str) -> Job:
+        """Forget a finished job; a live one is refused (cancel it first)."""
+        with self._write():
+            job, _ = self._load(job_id, Refused)
+            if not job.state.terminal:
+                raise Refused(f"job is {job.state.value}")
+            self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        return job
+
+    def finished_before(self, cutoff: float) -> builtins.list[str]:
+        """Ids of finished jobs that last changed (finished) before `cutoff`."""
+        done = tuple(s.value for s in TERMINAL_STATES)
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT id FROM jobs WHERE state IN ({_marks(done)}) AND updated_at < ?",
+                (*done, cutoff),
+            ).fetchall()
+        return [r[0] for r in rows]
 
     # --- internals ------------------------------------------------------------
 

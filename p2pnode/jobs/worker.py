@@ -7,6 +7,10 @@ whose result is refused. A worker that is stopped hands its running jobs back to
 While a job runs, the worker tails the stdout and stderr files its executor writes and sends the
 origin what is new, a bounded chunk per stream every `LOG_INTERVAL_S` (live logs, best effort:
 the whole streams are output blobs at the end).
+
+A draining worker claims nothing new but finishes what it runs (or hands it back at once, with
+`hand_back`); the jobs it hears of meanwhile are held and considered when it is undrained. The
+drain flag is a file, so a restart keeps it.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import json
 import logging
 import math
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import get_args
 
@@ -30,11 +34,14 @@ from p2pnode.jobs import model
 from p2pnode.jobs.announcements import JobAnnounced
 from p2pnode.jobs.control import ControlClient, ControlError
 from p2pnode.jobs.model import WorkerStatus
+from p2pnode.metrics import Metrics
 from p2pnode.net.addr import PeerAddr
 
 log = logging.getLogger(__name__)
 
 MAX_CLAIM_RETRIES = 5
+MAX_HELD = 1000
+"""Announcements a draining worker keeps for later; the oldest go first (origins re-announce)."""
 RELEASE_TIMEOUT_S = 3.0
 """How long a stopping worker tries to hand a job back before it leaves the lease to lapse."""
 LOG_INTERVAL_S = 0.25
@@ -74,8 +81,12 @@ class Worker:
         resolve: Callable[[str], PeerAddr | None],
         work_dir: Path,
         max_jobs: int,
+        labels: Mapping[str, str],
+        drain_flag: Path,
+        metrics: Metrics,
     ) -> None:
         self.id = node_id
+        self._metrics = metrics
         self.executors = executors
         self._blobs = blobs
         self._control = control
@@ -83,9 +94,17 @@ class Worker:
         self._work_dir = work_dir
         self._limiter = trio.CapacityLimiter(max(max_jobs, 1))
         self.max_jobs = max_jobs
+        self.labels = dict(labels)
+        self._drain_flag = drain_flag
+        self.draining = drain_flag.exists()
+        self._held: dict[str, JobAnnounced] = {}
         self.running: set[str] = set()
+        self._claiming = 0
+        self._settled = trio.Event()
+        """Set (and replaced) whenever a claim is answered or a run ends."""
         self._runs: dict[str, tuple[str, trio.CancelScope]] = {}
         """job id -> (origin, the scope that stops the run)"""
+        self._handing_back: set[str] = set()
         self._considering: dict[str, _Candidate] = {}
         """job id -> the `consider` call that has it"""
         self._none_pending: dict[str, float] = {}
@@ -99,6 +118,8 @@ class Worker:
         return WorkerStatus(
             executors=sorted(self.executors),
             max_jobs=self.max_jobs,
+            labels=self.labels,
+            draining=self.draining,
             running=sorted(self.running),
             executed=self.executed,
             succeeded=self.succeeded,
@@ -110,8 +131,48 @@ class Worker:
             self.max_jobs > 0
             and job.state == model.JobState.PENDING
             and job.requirements.executor in self.executors
+            and job.requirements.admits(self.labels)
             and job.id not in self._considering
         )
+
+    def hold(self, announcement: JobAnnounced) -> bool:
+        """While draining, keep an announcement for `undrain` instead of claiming it now."""
+        if not self.draining:
+            return False
+        self._held.pop(announcement.job.id, None)
+        self._held[announcement.job.id] = announcement
+        while len(self._held) > MAX_HELD:
+            del self._held[next(iter(self._held))]
+        return True
+
+    def drain(self) -> None:
+        """Claim nothing new from now on, also after a restart (the flag file outlives us)."""
+        self._drain_flag.touch()
+        self.draining = True
+
+    def hand_back(self) -> None:
+        """Stop every run now and give its job back to its origin (pending again, the attempt
+        not counted), as a stopping node does, so that another worker takes it."""
+        for job_id, (_origin, stopped) in self._runs.items():
+            self._handing_back.add(job_id)
+            stopped.cancel()
+
+    async def wait_idle(self) -> None:
+        """Return once no job runs here and no claim is on its way (what a drain waits for)."""
+        while self.running or self._claiming:
+            await self._settled.wait()
+
+    def _settle(self) -> None:
+        self._settled.set()
+        self._settled = trio.Event()
+
+    def undrain(self) -> list[JobAnnounced]:
+        """Claim again; returns the announcements held meanwhile, to be considered now."""
+        self._drain_flag.unlink(missing_ok=True)
+        self.draining = False
+        held = list(self._held.values())
+        self._held.clear()
+        return held
 
     async def consider(self, announcement: JobAnnounced) -> None:
         """Try to claim and run one announced job; returns when it is done with it either way.
@@ -121,10 +182,17 @@ class Worker:
         try:
             for attempt in range(MAX_CLAIM_RETRIES):
                 async with self._limiter:
+                    if self.hold(announcement):  # draining: kept for `undrain`
+                        return
                     idle_since = self._none_pending.get(announcement.job.origin, -math.inf)
                     if attempt == 0 and candidate.heard < idle_since:
                         return  # taken while it queued for a slot, like everything else there
-                    reply = await self._claim(announcement)
+                    self._claiming += 1
+                    try:
+                        reply = await self._claim(announcement)
+                    finally:
+                        self._claiming -= 1
+                        self._settle()  # a grant is in `running` before a waiter wakes
                     if isinstance(reply, model.ClaimGrant):
                         await self._execute(reply, announcement.origin_addr)
                         return
@@ -162,14 +230,18 @@ class Worker:
             reply = await self._control.ask(announcement.origin_addr, request)
         except ControlError as exc:
             log.info("cannot claim %s: %s", announcement.job.id, exc)
+            self._metrics.claims.labels("unreachable").inc()
             return None
         if isinstance(reply, model.ClaimGrant):
+            self._metrics.claims.labels("granted").inc()
             return reply
         if isinstance(reply, model.ClaimRefused) and reply.retry_after is not None:
+            self._metrics.claims.labels("backoff").inc()
             return reply.retry_after
         if isinstance(reply, model.ClaimRefused) and reply.none_pending:
             origin = announcement.job.origin
             self._none_pending[origin] = max(asked, self._none_pending.get(origin, asked))
+        self._metrics.claims.labels("refused").inc()
         log.debug(
             "claim of %s refused: %s", announcement.job.id, getattr(reply, "reason", reply.type)
         )
@@ -187,12 +259,16 @@ class Worker:
                     nursery.start_soon(
                         self._keep_lease, job, token, origin, grant.lease_expires_in, stopped
                     )
-                    result = await self._run(job, token, origin, workdir)
-                    result, outputs = await self._finish(result)
+                    with self._metrics.run_seconds.time():
+                        result = await self._run(job, token, origin, workdir)
+                    result, outputs = await self._finish(job, result)
                     nursery.cancel_scope.cancel()
             if stopped.cancelled_caught:
-                log.warning("job %s was cancelled or its lease lost; abandoned the run", job.id)
+                if job.id not in self._handing_back:
+                    log.warning("job %s was cancelled or its lease lost; abandoned the run", job.id)
+                    self._metrics.attempts.labels("abandoned").inc()
                 return
+            self._metrics.attempts.labels("succeeded" if result.ok else "failed").inc()
             self.executed += 1
             # From here a retry of this job (announced as our report lands) is a new candidate.
             self._considering.pop(job.id, None)
@@ -204,6 +280,7 @@ class Worker:
                 error=result.error,
                 logs=result.logs,
                 outputs=outputs,
+                compile_note=result.compile_note,
             )
             reply = await self._control.ask(origin, report)
             if result.ok:
@@ -219,15 +296,16 @@ class Worker:
         except ControlError as exc:
             log.warning("could not report job %s: %s", job.id, exc)
         finally:
-            if (
-                trio.current_effective_deadline() == -math.inf
-            ):  # the node is stopping: hand the job back
+            # Handed back on request (a drain), or the node is stopping: give the job back.
+            if job.id in self._handing_back or trio.current_effective_deadline() == -math.inf:
                 with trio.CancelScope(
                     deadline=trio.current_time() + RELEASE_TIMEOUT_S, shield=True
                 ):
                     await self._release(job, token, origin)
             self._runs.pop(job.id, None)
+            self._handing_back.discard(job.id)
             self.running.discard(job.id)
+            self._settle()
             with trio.CancelScope(shield=True):  # off the event loop; done when stopping too
                 await trio.to_thread.run_sync(shutil.rmtree, workdir, True)
 
@@ -241,7 +319,7 @@ class Worker:
             log.info("handed job %s back to its origin", job.id)
 
     async def _finish(
-        self, result: ExecutionResult
+        self, job: model.Job, result: ExecutionResult
     ) -> tuple[ExecutionResult, dict[str, model.BlobRef]]:
         """Store the outputs and bound the result: what is reported is always reportable."""
         if result.ok and (size := model.json_size(result.result)) > model.MAX_RESULT_BYTES:
@@ -250,7 +328,7 @@ class Worker:
             )
             return ExecutionResult.failure(message, result.logs), {}
         try:
-            return result, await self._store_outputs(result)
+            return result, await self._store_outputs(job, result)
         except StoreError as exc:
             return ExecutionResult.failure(f"could not store the outputs: {exc}", result.logs), {}
 
@@ -394,16 +472,18 @@ class Worker:
         return preopens
 
     async def _materialize(self, ref: model.BlobRef, origin: PeerAddr, dest: Path) -> None:
-        info = await self._blobs.fetch(
-            ref.hash, provider_addrs(ref, self._resolve, first=origin), root=ref.root
+        await self._blobs.materialize(
+            ref.hash, provider_addrs(ref, self._resolve, first=origin), dest, root=ref.root
         )
-        await trio.to_thread.run_sync(_make_dirs, dest.parent)
-        await self._blobs.store.export(info.hash, dest, durable=False)  # scratch: never fsynced
 
-    async def _store_outputs(self, result: ExecutionResult) -> dict[str, model.BlobRef]:
+    async def _store_outputs(
+        self, job: model.Job, result: ExecutionResult
+    ) -> dict[str, model.BlobRef]:
+        """Held by the job's tags until the origin's retention would have removed the job."""
         refs: dict[str, model.BlobRef] = {}
         for name, path in result.outputs.items():
-            info = await self._blobs.store.add_path(path, pin=True)
+            tag = model.job_tag(job.id, f"output/{name}")
+            info = await self._blobs.add(path, pin=False, tag=tag)
             refs[name] = model.BlobRef.held_by(info, self.id)
         return refs
 

@@ -3,6 +3,10 @@
 Each node's heartbeat replaces its previous one: the sender retires the envelope of the last one,
 and so does every receiver when a newer one arrives, so gossip holds one heartbeat per node and
 catch-up never replays a node's history. A heartbeat is believed only from the node it names.
+
+The table also places this node's jobs (`admit`, asked by the origin side of the control
+protocol): a worker must have the labels a job requires, by its own signed heartbeat, and a busy
+worker's claim is deferred once, briefly, while an idle worker that could run the job exists.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from p2pnode.jobs.heartbeat import (
     WorkerView,
 )
 from p2pnode.jobs.service import Gossip
+from p2pnode.jobs.store import ClaimRefused
 from p2pnode.jobs.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -36,6 +41,9 @@ log = logging.getLogger(__name__)
 MAX_CLOCK_SKEW_S = 60.0
 """Clocks may differ this much (as gossip allows); a heartbeat older than that on arrival (caught
 up from a node long gone) counts as that much older."""
+PREFER_IDLE_S = 1.0
+"""How long a busy worker's claim waits while an idle one may take the job (then it gets it)."""
+MAX_DEFERRED = 1024
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,8 @@ def heartbeat_of(
         slots_total=worker.max_jobs,
         slots_free=max(worker.max_jobs - len(worker.running), 0),
         running=sorted(worker.running)[:MAX_RUNNING_LISTED],
+        labels=worker.labels,
+        draining=worker.draining,
         version=p2pnode.__version__,
         uptime_s=max(now - started, 0.0),
     )
@@ -72,16 +82,18 @@ class Workers:
         self._gossip = gossip
         self._beat = beat
         self._latest: dict[str, _Latest] = {}
+        self._deferred: dict[tuple[str, str], float] = {}
+        """(job id, busy worker) -> when its claim was first deferred for an idle worker"""
         self._events = gossip.subscribe()  # from now: nothing gossip hears before `run` is lost
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._follow_gossip)
-            self._send()
+            self.send_heartbeat()
             task_status.started()
             while True:
                 await trio.sleep(HEARTBEAT_INTERVAL_S)
-                self._send()
+                self.send_heartbeat()
 
     def workers(self) -> list[WorkerView]:
         now = trio.current_time()
@@ -91,21 +103,81 @@ class Workers:
             age = max(now - latest.received_at, 0.0)
             heartbeat = latest.heartbeat
             state: WorkerState = (
-                "down" if age > DOWN_AFTER_S else "busy" if heartbeat.slots_free == 0 else "ready"
+                "down"
+                if age > DOWN_AFTER_S
+                else "draining"
+                if heartbeat.draining
+                else "busy"
+                if heartbeat.slots_free == 0
+                else "ready"
             )
             views.append(WorkerView(**dict(heartbeat), state=state, age_s=age))
         return views
 
     def waiting_for(self, job: model.Job) -> str | None:
-        """Why a pending job waits, when this node can tell: no live worker offers its executor."""
-        kind = job.spec.requirements.executor
-        if job.state != model.JobState.PENDING or any(
-            w.state != "down" and w.answers(kind) for w in self.workers()
-        ):
+        """Why a pending job waits, when this node can tell: no live worker offers its executor,
+        none of those has the labels it requires, or all that could run it are draining."""
+        if job.state != model.JobState.PENDING:
             return None
-        return f"no live worker offers the {kind} executor (see `p2pnode workers`)"
+        requirements = job.spec.requirements
+        live = [w for w in self.workers() if w.state != "down" and w.answers(requirements.executor)]
+        if not live:
+            return f"no live worker offers the {requirements.executor} executor" + _SEE
+        able = [w for w in live if requirements.admits(w.labels)]
+        if not able:
+            wanted = ", ".join(str(r) for r in requirements.labels)
+            return f"no live worker has {wanted}" + _SEE
+        if all(w.state == "draining" for w in able):
+            return "every worker that could run it is draining" + _SEE
+        return None
 
-    def _send(self) -> None:
+    def admit(self, worker: str, job: model.Job) -> None:
+        """Let `worker` claim the pending `job`, or raise `ClaimRefused`. Its labels are the ones
+        its own heartbeat states; a busy worker waits `PREFER_IDLE_S` once if an idle worker
+        that could run the job is up, and is granted the job after that if it is still there."""
+        requirements = job.spec.requirements
+        latest = self._latest.get(worker)
+        if requirements.labels:
+            if latest is None:
+                raise ClaimRefused(
+                    "the origin has not heard this worker's heartbeat yet",
+                    retry_after=HEARTBEAT_INTERVAL_S,
+                )
+            if not requirements.admits(latest.heartbeat.labels):
+                wanted = ", ".join(str(r) for r in requirements.labels)
+                raise ClaimRefused(f"the job requires workers with {wanted}")
+        if latest is None or latest.heartbeat.slots_free >= latest.heartbeat.slots_total:
+            return  # idle, or not heard of yet: nothing to prefer it to
+        now = trio.current_time()
+        key = (job.id, worker)
+        first = self._deferred.get(key)
+        if first is not None and now - first >= PREFER_IDLE_S:
+            del self._deferred[key]
+            return
+        if not any(
+            w.node_id != worker
+            and _idle(w)
+            and requirements.admits(w.labels)
+            and w.answers(requirements.executor)
+            for w in self.workers()
+        ):
+            return
+        if first is None:
+            first = self._deferred[key] = now
+            self._forget_old_deferrals(now)
+        raise ClaimRefused(
+            "an idle worker may take it first", retry_after=first + PREFER_IDLE_S - now
+        )
+
+    def _forget_old_deferrals(self, now: float) -> None:
+        """Deferred workers that never came back (they took another job, or stopped)."""
+        if len(self._deferred) > MAX_DEFERRED:
+            for key, at in list(self._deferred.items()):
+                if now - at > PREFER_IDLE_S:
+                    del self._deferred[key]
+
+    def send_heartbeat(self) -> None:
+        """Gossip this node's heartbeat now: every few seconds, and at once when it drains."""
         heartbeat = self._beat()
         try:
             envelope_id = self._gossip.publish(heartbeat)
@@ -144,3 +216,10 @@ class Workers:
                 continue
             stale_by = max(time.time() - heartbeat.sent_at - MAX_CLOCK_SKEW_S, 0.0)
             self._record(heartbeat, event.envelope_id, trio.current_time() - stale_by)
+
+
+_SEE = " (see `p2pnode workers`)"
+
+
+def _idle(view: WorkerView) -> bool:
+    return view.state == "ready" and view.slots_free == view.slots_total

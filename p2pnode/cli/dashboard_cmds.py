@@ -1,0 +1,38 @@
+"""`p2pnode dashboard`: a one-time link that logs a browser in to the node's web dashboard.
+
+The link carries a short-lived code, never the API token, so what lands in the browser's history
+is spent by the time anyone could read it.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+import webbrowser
+
+import click
+
+from p2pnode.api.client import ApiClient
+from p2pnode.api.schemas import LoginCode
+from p2pnode.cli import cli
+
+
+@cli.command()
+@click.option("--open", "open_browser", is_flag=True, help="Open the link in the web browser.")
+@click.pass_obj
+def dashboard(api: ApiClient, open_browser: bool) -> None:
+    """Print a link that logs a browser in to this node's dashboard (good once, for a minute).
+
+    The dashboard shows the members, the workers and their load, the jobs live, each job's
+    history, logs and outputs, the blob store and the join ticket. Without the link, open
+    /login and paste the API token.
+
+    \b
+    Example:
+      p2pnode dashboard --open
+    """
+    login = api.post("/login-codes", LoginCode)
+    url = f"{api.base_url}/login?{urllib.parse.urlencode({'code': login.code})}"
+    click.echo(url)
+    click.echo(f"(logs in once, within {login.expires_in:.0f} s)", err=True)
+    if open_browser and not webbrowser.open(url):
+        click.echo("no web browser found here: open the link yourself", err=True)

@@ -1,0 +1,136 @@
+"""The dashboard in a real browser: Debian's headless Chromium, driven by selenium through Debian's
+chromedriver, against a cluster of two node processes. `./test.sh` installs Chromium when it runs
+as root with apt-get; elsewhere without Chromium this test is skipped, saying why."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.nodeproc import NodeProcess, wait_for
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+COMMAND = Path(__file__).resolve().parent.parent / "examples" / "command.wat"
+PAGE_TIMEOUT_S = 60
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        CHROMIUM is None or CHROMEDRIVER is None,
+        reason="Chromium and chromedriver not found (./test.sh installs them with apt-get when it "
+        "runs as root: apt-get install chromium chromium-driver)",
+    ),
+]
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[object]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    assert CHROMIUM is not None and CHROMEDRIVER is not None
+    # With both paths given, selenium never runs selenium-manager (which would download).
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless",
+        "--no-sandbox",  # we run as root in CI
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,1000",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(PAGE_TIMEOUT_S)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_browser_watches_a_cli_job_succeed_without_a_reload(tmp_path: Path, browser) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    origin = NodeProcess(tmp_path / "origin", "--max-jobs", "0")
+    try:
+        worker = NodeProcess(tmp_path / "worker", "--join", origin.ticket)
+        try:
+            login = origin.cli("dashboard").stdout.strip()
+            driver.get(login)
+            assert driver.current_url == f"{origin.api}/", driver.current_url
+
+            def row_state(kind: str, node_id: str) -> str | None:
+                """In one script: htmx may swap the rows between two webdriver calls."""
+                state: str | None = driver.execute_script(
+                    "const cell = document.querySelector(arguments[0]);"
+                    "return cell ? cell.textContent.trim() : null;",
+                    f'tr.{kind}[data-id="{node_id}"] td.state',
+                )
+                return state
+
+            # Both members: the worker in the member list, both nodes among the workers.
+            wait_for(
+                lambda: (
+                    row_state("member", worker.id) == "connected"
+                    and row_state("worker", worker.id) == "ready"
+                    and row_state("worker", origin.id) is not None
+                ),
+                "the page to show both nodes",
+                timeout=PAGE_TIMEOUT_S,
+            )
+            # A reload would drop this mark: the page must change in place.
+            driver.execute_script("window.notReloaded = true;")
+            job_id = origin.cli("job", "submit", "--module", str(COMMAND), "--", "0", "hi")
+            job_id_text = job_id.stdout.strip()
+            began = time.monotonic()
+            wait_for(
+                lambda: row_state("job", job_id_text) == "succeeded",
+                f"job {job_id_text} to show succeeded",
+                timeout=PAGE_TIMEOUT_S,
+            )
+            print(f"job shown succeeded {time.monotonic() - began:.1f} s after submit")
+            assert driver.execute_script("return window.notReloaded === true;")
+            screenshot = tmp_path / "dashboard.png"
+            assert driver.save_screenshot(str(screenshot))
+            content = screenshot.read_bytes()
+            assert content.startswith(b"\x89PNG\r\n\x1a\n") and len(content) > 10_000
+            # The job's page shows its stdout as the program printed it.
+            driver.execute_script(
+                "document.querySelector(arguments[0]).click();",
+                f'tr.job[data-id="{job_id_text}"] a',
+            )
+            wait_for(
+                lambda: (
+                    "command.wat\n0\nhi"
+                    in driver.execute_script(
+                        "return [...document.querySelectorAll('pre.log')]"
+                        ".map(e => e.textContent).join('\\n');"
+                    )
+                ),
+                "the job page to show its stdout",
+                timeout=PAGE_TIMEOUT_S,
+            )
+            # Log out: htmx posts with the session's CSRF token, and the session is gone.
+            driver.find_element(By.CSS_SELECTOR, 'button[hx-post="/ui/logout"]').click()
+            wait_for(
+                lambda: driver.current_url == f"{origin.api}/login",
+                "the log-out button to lead to the login page",
+                timeout=PAGE_TIMEOUT_S,
+            )
+            driver.get(f"{origin.api}/")
+            assert driver.current_url == f"{origin.api}/login"
+        finally:
+            worker.stop()
+    finally:
+        origin.stop()
