@@ -16,7 +16,7 @@ from p2pnode.jobs.announcements import JobAnnounced
 from p2pnode.jobs.control import ControlServer
 from p2pnode.jobs.model import JobState
 from p2pnode.jobs.service import JobSubmission
-from p2pnode.jobs.store import JobStore
+from p2pnode.jobs.store import ClaimRefused, JobStore
 from p2pnode.jobs.worker import Worker
 from p2pnode.metrics import Metrics
 from p2pnode.net.addr import PeerAddr
@@ -166,3 +166,27 @@ async def test_announcements_queued_before_the_origin_went_idle_are_dropped_unle
                 await trio.testing.wait_all_tasks_blocked()
             mock_clock.jump(1)
     assert control.claims == [first.job.id, again.job.id]
+
+
+async def test_the_job_granted_instead_is_one_placement_admits(tmp_path) -> None:
+    origin, first, second = "0" * 64, "1" * 64, "2" * 64
+    spec = model.JobSpec(
+        module=model.BlobRef(hash="a" * 64, size=10, root="b" * 64, providers=[origin])
+    )
+
+    async def changed(job: model.Job) -> None:
+        pass
+
+    with JobStore(tmp_path / "jobs.db") as store:
+        older, newer = store.submit(origin, spec), store.submit(origin, spec)
+
+        def admit(worker: str, job: model.Job) -> None:
+            if worker == second and job.id == newer.id:
+                raise ClaimRefused("the job requires workers with gpu=yes")
+
+        control = ControlServer(store, 30.0, changed, lambda *_: None, lambda *_: None, admit)
+        await control.answer(first, model.ClaimRequest(job_id=older.id, worker=first))
+        request = model.ClaimRequest(job_id=older.id, worker=second, instead=["wasi"])
+        refused = await control.answer(second, request)
+        assert isinstance(refused, model.ClaimRefused) and not refused.none_pending
+        assert store.get(newer.id).state is JobState.PENDING
