@@ -114,7 +114,9 @@ def measure(jobs: int, workers: int, rate: float, rate_jobs: int, sources: Path 
     span = max(r["finished_at"] for r in burst) - min(r["created_at"] for r in burst)
     submitting = max(r["created_at"] for r in burst) - min(r["created_at"] for r in burst)
     rate_s = f"{jobs / span:.1f} jobs/s (submitted at {jobs / submitting:.0f}/s)"
-    print(f"  burst of {jobs}: {rate_s}, p50 {burst_p50:.0f} ms, p99 {burst_p99:.0f} ms")
+    slowest = max(r["finished_at"] - r["created_at"] for r in burst)
+    print(f"  burst of {jobs}: {rate_s}, p50 {burst_p50:.0f} ms, p99 {burst_p99:.0f} ms", end="")
+    print(f", max {slowest * 1e3:.0f} ms")
     per_job = f"origin {cpu[0] / jobs * 1e3:.1f} ms, workers {sum(cpu[1:]) / jobs * 1e3:.1f} ms"
     print(f"    CPU per job (load-independent): {per_job}")
     slow_p50, slow_p99 = quantiles([r["finished_at"] - r["created_at"] for r in slow])
