@@ -109,6 +109,11 @@ class Node:
     ) -> None:
         settings = self.settings
         key = self._identity()
+        if join_ticket is not None and join_ticket.node.node_id.hex() == self.id:
+            raise StartupError(
+                f"this join ticket was printed by this node ({self.id[:10]}) itself; "
+                "to join a cluster, pass a ticket of another node"
+            )
         try:
             lock = lock_folder(settings.data_dir)
         except FolderInUse as exc:
@@ -129,11 +134,6 @@ class Node:
         task_status: trio.TaskStatus[NodeInfo],
     ) -> None:
         settings = self.settings
-        if join_ticket is not None and join_ticket.node.node_id.hex() == self.id:
-            raise StartupError(
-                f"this join ticket was printed by this node ({self.id[:10]}) itself; "
-                "to join a cluster, pass a ticket of another node"
-            )
         try:
             self.membership = Membership(settings.data_dir, self.id)
         except DamagedStateError as exc:
