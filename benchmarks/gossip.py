@@ -1,22 +1,36 @@
-"""Gossip delivery and latency: N real nodes on loopback (one process), 100 announcements.
+"""Gossip delivery, latency and CPU: N real nodes on loopback, 100 announcements.
 
-    python benchmarks/gossip.py [--nodes 10 30] [--messages 100]
+    python benchmarks/gossip.py [--nodes 10 30] [--messages 100] [--processes]
+                                [--reference-python /tmp/iroh035/bin/python]
 
 Each node joins through the ticket of a random earlier node. Announcements are published from
-random origins, 20 ms apart; for each cluster size the script prints the delivery ratio and
-p50/p99/max latency from publish to receipt. All nodes share one Python process (and its GIL),
-so latencies include queueing behind the other nodes' work: an upper bound for separate hosts.
+random origins, 20 ms apart; for each cluster size the script prints the delivery ratio,
+p50/p99/max latency from publish to receipt, and CPU per delivered envelope: `recv us` is the
+receive path alone (parse, engine, actions; thread CPU around each frame, so the bindings' Rust
+threads do not count), `cpu us` the whole process (or all processes) over the broadcast phase,
+heartbeats and transport included. `frames` counts gossip frames received per delivery.
+
+By default all nodes share one Python process (and its GIL), so latencies include queueing
+behind the other nodes' work: an upper bound for separate hosts. `--processes` also runs each
+node in its own process. `--reference-python` runs the Rust iroh-gossip 0.35 anchor
+(`--reference-script`) in the same run for the same sizes (see ../shared/anchors/README.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import random
+import re
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import trio
 from pydantic import BaseModel
@@ -24,11 +38,14 @@ from pydantic import BaseModel
 import tickets
 from p2pnode.api.app import serve_node_api
 from p2pnode.config import Settings
-from p2pnode.gossip.service import Received
-from p2pnode.node import Node
+from p2pnode.gossip.service import GossipService, Received
+from p2pnode.node import Node, StartupError
 
 SETTLE_S = 3.0
 GRACE_S = 15.0
+GAP_S = 0.02  # between announcements
+JOIN_ATTEMPTS = 3
+REFERENCE_SCRIPT = Path(__file__).resolve().parents[2] / "shared/anchors/gossip_iroh035.py"
 
 
 class Probe(BaseModel):
@@ -37,59 +54,256 @@ class Probe(BaseModel):
     sent_at: float
 
 
-async def run(size: int, messages: int, work: Path) -> tuple[float, list[float]]:
-    rng = random.Random(size)
+class Result(BaseModel):
+    """What one run (or one node process) measured; results of processes add up."""
+
+    expected: int = 0
     latencies: list[float] = []
-    heard = 0
-    expected = messages * (size - 1)
+    receive_cpu_s: float = 0.0
+    frames: int = 0
+    process_cpu_s: float = 0.0
+
+    def add(self, other: Result) -> None:
+        self.expected += other.expected
+        self.latencies += other.latencies
+        self.receive_cpu_s += other.receive_cpu_s
+        self.frames += other.frames
+        self.process_cpu_s += other.process_cpu_s
+
+
+@contextmanager
+def timed_receive_path(result: Result) -> Iterator[None]:
+    """Add the thread CPU of every gossip frame's receive path in this process to `result`."""
+    original = GossipService._on_frame
+
+    def timed(self: GossipService, peer_id: str, frame: bytes) -> None:
+        start = time.thread_time()
+        try:
+            original(self, peer_id, frame)
+        finally:
+            result.receive_cpu_s += time.thread_time() - start
+            result.frames += 1
+
+    GossipService._on_frame = timed  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        GossipService._on_frame = original  # type: ignore[method-assign]
+
+
+def new_node(data_dir: Path) -> Node:
+    settings = Settings(data_dir=data_dir, http_port=0, bind="127.0.0.1:0", relay="disabled")
+    return Node(settings, serve_node_api)
+
+
+async def start(
+    nursery: trio.Nursery, data_dir: Path, node_tickets: list[str], rng: random.Random
+) -> Node:
+    """A node joined through a random one of `node_tickets` (or alone); a join that fails on the
+    loaded machine (a handshake timing out) is tried again through another."""
+    for attempt in range(JOIN_ATTEMPTS):
+        node = new_node(data_dir / str(attempt))
+        join = tickets.parse_join(rng.choice(node_tickets)) if node_tickets else None
+        failed: list[BaseException] = []
+        try:
+            await nursery.start(functools.partial(node.run, join_ticket=join))
+        except* StartupError as group:  # the node's nursery wraps it
+            failed += group.exceptions
+        if not failed:
+            return node
+        print(f"join failed, trying again: {failed[0]}", file=sys.stderr)
+    raise StartupError(f"no join in {JOIN_ATTEMPTS} attempts")
+
+
+async def listen(node: Node, result: Result, on_probe: Any) -> None:
+    async for event in node.gossip.subscribe():
+        if isinstance(event, Received) and event.kind == Probe.KIND:
+            result.latencies.append(time.time() - event.payload["sent_at"])
+            on_probe()
+
+
+# -- all nodes in this process ----------------------------------------------------------------
+
+
+async def run_in_process(size: int, messages: int, work: Path) -> Result:
+    rng = random.Random(size)
+    result = Result(expected=messages * (size - 1))
     all_heard = trio.Event()
 
-    async def listen(node: Node) -> None:
-        nonlocal heard
-        async for event in node.gossip.subscribe():
-            if isinstance(event, Received) and event.kind == Probe.KIND:
-                latencies.append(time.time() - event.payload["sent_at"])
-                heard += 1
-                if heard == expected:
-                    all_heard.set()
+    def heard() -> None:
+        if len(result.latencies) == result.expected:
+            all_heard.set()
 
     async with trio.open_nursery() as nursery:
         nodes: list[Node] = []
         for i in range(size):
-            node = Node(
-                Settings(
-                    data_dir=work / f"{size}-{i}", http_port=0, bind="127.0.0.1:0", relay="disabled"
-                ),
-                serve_node_api,
-            )
-            ticket = tickets.parse_join(rng.choice(nodes).join_ticket()) if nodes else None
-            await nursery.start(
-                lambda task_status, node=node, ticket=ticket: node.run(
-                    join_ticket=ticket, task_status=task_status
-                )
-            )
-            nursery.start_soon(listen, node)
+            node = await start(nursery, work / f"{size}-{i}", [n.join_ticket() for n in nodes], rng)
+            nursery.start_soon(listen, node, result, heard)
             nodes.append(node)
         await trio.sleep(SETTLE_S)  # let the views form, as in a running cluster
-        for n in range(messages):
-            rng.choice(nodes).gossip.publish(Probe(n=n, sent_at=time.time()))
-            await trio.sleep(0.02)
-        with trio.move_on_after(GRACE_S):
-            await all_heard.wait()
+        cpu = time.process_time()
+        with timed_receive_path(result):
+            for n in range(messages):
+                rng.choice(nodes).gossip.publish(Probe(n=n, sent_at=time.time()))
+                await trio.sleep(GAP_S)
+            with trio.move_on_after(GRACE_S):
+                await all_heard.wait()
+        result.process_cpu_s = time.process_time() - cpu
         nursery.cancel_scope.cancel()
-    return heard / expected, latencies
+    return result
 
 
-def main(sizes: list[int], messages: int) -> None:
-    print(f"{'nodes':>5} {'delivered':>10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
-    with tempfile.TemporaryDirectory(prefix="p2pnode-gossip-") as tmp:
-        for size in sizes:
-            ratio, latencies = trio.run(run, size, messages, Path(tmp))
-            q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
-            print(
-                f"{size:>5} {ratio:>10.1%} {q[49] * 1e3:>8.1f} {q[98] * 1e3:>8.1f}"
-                f" {max(latencies, default=0) * 1e3:>8.1f}"
+# -- each node in its own process -------------------------------------------------------------
+
+
+class Plan(BaseModel):
+    """What the parent tells a node process once all have started."""
+
+    start_at: float  # wall clock: the processes share the machine's clock
+    publish: list[int]  # announcement numbers this node publishes, at start_at + n * GAP_S
+    expected: int  # announcements from others
+
+
+async def node_process(data_dir: Path, ticket: str | None) -> None:
+    """One node: print its ticket, read a `Plan` on stdin, run it, print a `Result`."""
+    result = Result()
+    done = trio.Event()
+
+    def heard() -> None:
+        if len(result.latencies) == result.expected:
+            done.set()
+
+    async with trio.open_nursery() as nursery:
+        node = await start(nursery, data_dir, [ticket] if ticket else [], random.Random())
+        nursery.start_soon(listen, node, result, heard)
+        print(node.join_ticket(), flush=True)
+        plan = Plan.model_validate_json(await trio.to_thread.run_sync(sys.stdin.readline))
+        result.expected = plan.expected
+        await trio.sleep_until(trio.current_time() + plan.start_at - time.time())
+        cpu = time.process_time()
+        with timed_receive_path(result):
+            for n in plan.publish:
+                await trio.sleep_until(
+                    trio.current_time() + plan.start_at + n * GAP_S - time.time()
+                )
+                node.gossip.publish(Probe(n=n, sent_at=time.time()))
+            last_publish = plan.start_at + (max(plan.publish, default=0) + 1) * GAP_S
+            with trio.move_on_after(last_publish + GRACE_S - time.time()):
+                if plan.expected:
+                    await done.wait()
+        result.process_cpu_s = time.process_time() - cpu
+        print(result.model_dump_json(), flush=True)
+        nursery.cancel_scope.cancel()
+
+
+def run_processes(size: int, messages: int, work: Path) -> Result:
+    rng = random.Random(size)
+    origins = [rng.randrange(size) for _ in range(messages)]
+    procs: list[subprocess.Popen[str]] = []
+    node_tickets: list[str] = []
+    try:
+        for i in range(size):
+            join = ["--join", rng.choice(node_tickets)] if node_tickets else []
+            proc = subprocess.Popen(
+                [sys.executable, __file__, "--node-process", str(work / f"p{size}-{i}"), *join],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
             )
+            procs.append(proc)
+            assert proc.stdout is not None
+            node_tickets.append(proc.stdout.readline().strip())
+        time.sleep(SETTLE_S)  # let the views form, as in a running cluster
+        start_at = time.time() + 0.5
+        for i, proc in enumerate(procs):
+            mine = [n for n, origin in enumerate(origins) if origin == i]
+            plan = Plan(start_at=start_at, publish=mine, expected=messages - len(mine))
+            assert proc.stdin is not None
+            proc.stdin.write(plan.model_dump_json() + "\n")
+            proc.stdin.flush()
+        total = Result()
+        for proc in procs:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            total.add(Result.model_validate_json(line) if line else Result())
+        total.expected = messages * (size - 1)
+        return total
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+# -- the reference ----------------------------------------------------------------------------
+
+
+def run_reference(python: str, script: Path, size: int, messages: int) -> dict[str, float]:
+    """The anchor's one summary line, parsed: delivery ratio and p50/p99/max in ms."""
+    out = subprocess.run(
+        [python, str(script), str(size), str(messages)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    ).stdout
+    match = re.search(r"deliveries=(\d+)/(\d+) p50=([\d.]+)ms p99=([\d.]+)ms max=([\d.]+)ms", out)
+    if match is None:
+        return {}
+    got, expected, p50, p99, top = (float(g) for g in match.groups())
+    return {"delivered": got / expected, "p50": p50, "p99": p99, "max": top}
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+HEADER = (
+    f"{'run':<22} {'nodes':>5} {'delivered':>10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}"
+    f" {'recv us':>8} {'cpu us':>8} {'frames':>7}"
+)
+
+
+def row(name: str, size: int, result: Result) -> str:
+    latencies = result.latencies
+    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
+    delivered = max(len(latencies), 1)
+    receive_us, cpu_us = (s / delivered * 1e6 for s in (result.receive_cpu_s, result.process_cpu_s))
+    return (
+        f"{name:<22} {size:>5} {len(latencies) / result.expected:>10.1%} {q[49] * 1e3:>8.1f}"
+        f" {q[98] * 1e3:>8.1f} {max(latencies, default=0) * 1e3:>8.1f}"
+        f" {receive_us:>8.0f} {cpu_us:>8.0f}"
+        f" {result.frames / delivered:>7.2f}"
+    )
+
+
+def reference_row(size: int, ref: dict[str, float]) -> str:
+    if not ref:
+        return f"{'iroh-gossip 0.35':<22} {size:>5} {'failed':>10}"
+    return (
+        f"{'iroh-gossip 0.35':<22} {size:>5} {ref['delivered']:>10.1%} {ref['p50']:>8.1f}"
+        f" {ref['p99']:>8.1f} {ref['max']:>8.1f}"
+    )
+
+
+def main(args: argparse.Namespace) -> None:
+    print(HEADER)
+    with tempfile.TemporaryDirectory(prefix="p2pnode-gossip-") as tmp:
+        for size in args.nodes:
+            print(
+                row(
+                    "p2pnode, one process",
+                    size,
+                    trio.run(run_in_process, size, args.messages, Path(tmp)),
+                ),
+                flush=True,
+            )
+            if args.processes:
+                result = run_processes(size, args.messages, Path(tmp))
+                print(row("p2pnode, processes", size, result), flush=True)
+            if args.reference_python:
+                ref = run_reference(
+                    args.reference_python, args.reference_script, size, args.messages
+                )
+                print(reference_row(size, ref), flush=True)
 
 
 if __name__ == "__main__":
@@ -98,5 +312,13 @@ if __name__ == "__main__":
     )
     parser.add_argument("--nodes", type=int, nargs="+", default=[10, 30])
     parser.add_argument("--messages", type=int, default=100)
+    parser.add_argument("--processes", action="store_true", help="also one process per node")
+    parser.add_argument("--reference-python", help="python with iroh==0.35.0 installed")
+    parser.add_argument("--reference-script", type=Path, default=REFERENCE_SCRIPT)
+    parser.add_argument("--node-process", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--join", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    main(args.nodes, args.messages)
+    if args.node_process:
+        trio.run(node_process, args.node_process, args.join)
+    else:
+        main(args)

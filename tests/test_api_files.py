@@ -31,6 +31,20 @@ async def cli(node, *args: str) -> trio.Process:
         )
 
 
+async def test_a_blob_is_never_rendered_by_a_browser(api) -> None:
+    """A member's blob may be HTML: on the node's own origin, with the dashboard's cookie, it
+    would run as the dashboard; so a download is only ever a download."""
+    page = b"<script>fetch('/ui/jobs')</script>"
+    added = (
+        await api.put("/blobs", content=page, headers={"Content-Type": "application/octet-stream"})
+    ).json()
+    got = await api.get(f"/blobs/{added['blob']['hash']}")
+    assert got.content == page
+    assert got.headers["x-content-type-options"] == "nosniff"
+    assert got.headers["content-disposition"] == "attachment"
+    assert "sandbox" in got.headers["content-security-policy"]
+
+
 async def test_upload_and_download_stream_through_the_api(api) -> None:
     data = os.urandom(3 * MB + 17)
     added = (

@@ -1,19 +1,10 @@
-"""The gossip engine in a simulated network: delivery, churn, partitions, catch-up, bad input.
-
-`Sim` plays the glue (`p2pnode/gossip/service.py`) by its rules: a `Connect` opens one outgoing
-stream per neighbour (or reports the peer disconnected if it is dead or across a partition); a
-`Send` goes out only on such a stream, in order; a `Disconnect` closes it after what is queued;
-a stream that dies tells its sender `peer_disconnected`; a node with no neighbours joins via
-every member it knows, and every 10 ticks reaches out to a random one. Events on different
-streams interleave in a seeded random order; node keys are seeded too, so runs replay exactly.
+"""The gossip engine in a simulated network (`p2pnode.gossip.sim`): delivery, churn, partitions,
+catch-up, the broadcast tree, bad input.
 """
 
 from __future__ import annotations
 
-import functools
 import random
-from collections import Counter, deque
-from collections.abc import Callable
 
 import iroh
 from hypothesis import given, settings
@@ -25,183 +16,31 @@ from p2pnode.gossip.engine import (
     Connect,
     Deliver,
     Digest,
-    Disconnect,
     ForwardJoin,
     Gossip,
     GossipConfig,
     GossipEngine,
+    IHave,
     Join,
     Leave,
     Neighbor,
-    NeighborDown,
     NeighborUp,
     PeerEntry,
+    Prune,
     Send,
-    SendOnce,
     Shuffle,
     ShuffleReply,
+    Timer,
     Want,
     WireMessage,
 )
 from p2pnode.gossip.envelope import Envelope
+from p2pnode.gossip.sim import TOPIC, Sim
 
-TOPIC = "ab" * 32
-REACH_OUT_EVERY = 10
 wire: TypeAdapter[WireMessage] = TypeAdapter(WireMessage)
 
 
-class Sim:
-    def __init__(self, seed: int, config: GossipConfig | None = None, fifo: bool = False) -> None:
-        self.rng = random.Random(seed)
-        self.config = config or GossipConfig()
-        self.fifo = fifo
-        self.now = 1_800_000_000.0
-        self.ticks = 0
-        self.engines: dict[str, GossipEngine] = {}
-        self.delivered: dict[str, Counter[str]] = {}
-        self.origin: dict[str, str] = {}  # envelope id -> origin
-        self.links: set[tuple[str, str]] = set()  # open outgoing streams (membership tests only)
-        self.channels: dict[tuple[str, ...], deque[Callable[[], None]]] = {}
-        self.dead: set[str] = set()
-        self.side: dict[str, int] = {}
-        self.lost = 0  # sends with no stream, as the glue drops them
-
-    # -- the network ---------------------------------------------------------------------------
-
-    def add(self, via: str | None = None) -> str:
-        key = iroh.SecretKey.from_bytes(self.rng.randbytes(32))
-        node = key.public().to_bytes().hex()
-        engine = GossipEngine(
-            node,
-            TOPIC,
-            key,
-            {"node": node},
-            self.config,
-            random.Random(self.rng.random()),
-            clock=lambda: self.now,
-        )
-        self.engines[node] = engine
-        self.delivered[node] = Counter()
-        if via is not None:
-            self.apply(node, engine.join_via(via, {"node": via}))
-            self.run()
-        return node
-
-    def alive(self) -> list[str]:
-        return [n for n in self.engines if n not in self.dead]
-
-    def reachable(self, a: str, b: str) -> bool:
-        return (
-            a not in self.dead and b not in self.dead and self.side.get(a, 0) == self.side.get(b, 0)
-        )
-
-    def schedule(self, channel: tuple[str, ...], event: Callable[[], None]) -> None:
-        self.channels.setdefault(("fifo",) if self.fifo else channel, deque()).append(event)
-
-    def run(self, steps: int | None = None) -> None:
-        """Carry events until the network is quiet, or only `steps` of them (to act mid-flight)."""
-        for _ in range(steps or 200_000):
-            busy = [c for c, q in self.channels.items() if q]
-            if not busy:
-                return
-            self.channels[busy[0] if self.fifo else self.rng.choice(busy)].popleft()()
-        assert steps, "the network never went quiet"
-
-    def apply(self, src: str, actions: list[Action]) -> None:
-        for action in actions:
-            if isinstance(action, Send):
-                if (src, action.peer_id) not in self.links:
-                    self.lost += 1
-                    continue
-                self.schedule(
-                    ("stream", src, action.peer_id), self._carry(src, action.peer_id, action.msg)
-                )
-            elif isinstance(action, SendOnce):
-                self.schedule(
-                    ("once", src, action.peer_id), self._carry(src, action.peer_id, action.msg)
-                )
-            elif isinstance(action, Connect):
-                self.schedule(
-                    ("dial", src, action.peer_id),
-                    functools.partial(self._dial, src, action.peer_id),
-                )
-            elif isinstance(action, Disconnect):
-                self.links.discard((src, action.peer_id))
-            elif isinstance(action, Deliver):
-                self.delivered[src][action.envelope.id] += 1
-            else:
-                assert isinstance(action, NeighborUp | NeighborDown)
-
-    def _carry(self, src: str, dst: str, msg: WireMessage) -> Callable[[], None]:
-        frame = wire.dump_json(msg)  # through JSON, as on the wire: signatures must survive it
-
-        def arrive() -> None:
-            if self.reachable(src, dst):
-                self.apply(dst, self.engines[dst].on_message(src, frame))
-
-        return arrive
-
-    def _dial(self, src: str, dst: str) -> None:
-        if src in self.dead:
-            return
-        if (src, dst) not in self.links:
-            if not self.reachable(src, dst):
-                self.apply(src, self.engines[src].peer_disconnected(dst))
-                return
-            self.links.add((src, dst))
-        self.apply(src, self.engines[src].peer_connected(dst))
-
-    def _cut(self, src: str, dst: str) -> None:
-        """A stream dies under its sender, who hears of it (unless it opened a new one since)."""
-        self.links.discard((src, dst))
-
-        def down() -> None:
-            if src not in self.dead and (src, dst) not in self.links:
-                self.apply(src, self.engines[src].peer_disconnected(dst))
-
-        self.schedule(("down", src, dst), down)
-
-    def kill(self, node: str) -> None:
-        self.dead.add(node)
-        for src, dst in sorted(self.links):
-            if node in (src, dst):
-                self._cut(src, dst)
-
-    def partition(self, half: set[str]) -> None:
-        self.side = {n: int(n in half) for n in self.engines}
-        for src, dst in sorted(self.links):
-            if not self.reachable(src, dst):
-                self._cut(src, dst)
-
-    def heal(self) -> None:
-        self.side.clear()
-
-    # -- what the glue does --------------------------------------------------------------------
-
-    def publish(self, origin: str, n: int, *, settle: bool = True) -> str:
-        envelope, actions = self.engines[origin].publish("job.announced", {"n": n})
-        self.origin[envelope.id] = origin
-        self.apply(origin, actions)
-        if settle:
-            self.run()
-        return envelope.id
-
-    def tick(self, rounds: int = 1) -> None:
-        for _ in range(rounds):
-            self.now += 1
-            self.ticks += 1
-            for node in self.alive():
-                engine = self.engines[node]
-                members = [m for m in self.engines if m != node]
-                if not engine.stats().active:
-                    for member in members:
-                        self.apply(node, engine.join_via(member, {"node": member}))
-                elif self.ticks % REACH_OUT_EVERY == 0:
-                    member = self.rng.choice(members)
-                    self.apply(node, engine.reach_out(member, {"node": member}))
-                self.apply(node, engine.tick(self.now))
-            self.run()
-
+class CheckedSim(Sim):
     # -- checks --------------------------------------------------------------------------------
 
     def assert_got_exactly_once(self, ids: list[str], nodes: list[str] | None = None) -> None:
@@ -214,16 +53,16 @@ class Sim:
             )
 
     def assert_views_sound(self) -> None:
-        """Bounded views, every live node has a neighbour, and the neighbour graph is connected."""
+        """Bounded views, every live node has a neighbor, and the neighbor graph is connected."""
         alive = self.alive()
         graph: dict[str, set[str]] = {n: set() for n in alive}
         for node in alive:
             engine = self.engines[node]
-            neighbours = engine.stats().active
-            assert 1 <= len(neighbours) <= len(engine.active) <= self.config.active_size, node[:8]
+            neighbors = engine.stats().active
+            assert 1 <= len(neighbors) <= len(engine.active) <= self.config.active_size, node[:8]
             assert len(engine.passive) <= self.config.passive_size
             assert not set(engine.active) & set(engine.passive) and node not in engine.active
-            for peer in neighbours:
+            for peer in neighbors:
                 if peer in graph:
                     graph[node].add(peer)
                     graph[peer].add(node)
@@ -235,12 +74,9 @@ class Sim:
         assert seen == set(alive), f"{len(alive) - len(seen)} nodes cut off from the overlay"
 
 
-def build(n: int, seed: int, **kwargs: object) -> Sim:
-    sim = Sim(seed, **kwargs)  # type: ignore[arg-type]
-    sim.add()
-    for _ in range(n - 1):
-        sim.add(via=sim.rng.choice(list(sim.engines)))
-    sim.tick(5)
+def build(n: int, seed: int, **kwargs: object) -> CheckedSim:
+    sim = CheckedSim(seed, **kwargs)  # type: ignore[arg-type]
+    sim.grow(n)
     return sim
 
 
@@ -285,7 +121,7 @@ def test_kill_a_fifth_while_publishing_survivors_get_everything_and_views_heal()
     sim.assert_views_sound()
     for node in sim.alive():
         assert not set(sim.engines[node].stats().active) & sim.dead, (
-            "a neighbour is still a dead node"
+            "a neighbor is still a dead node"
         )
 
 
@@ -326,6 +162,49 @@ def test_late_joiner_catches_up_on_live_announcements_only() -> None:
     sim.assert_views_sound()
 
 
+def gossip_totals(sim: CheckedSim) -> tuple[int, int]:
+    """Full copies sent (eager pushes, grafts, catch-up) and duplicates received, over all nodes."""
+    stats = [sim.engines[n].stats() for n in sim.alive()]
+    return sum(s.sent_by_type.get("gossip", 0) for s in stats), sum(s.duplicates for s in stats)
+
+
+def test_after_warm_up_duplicates_fall_and_each_node_gets_about_one_copy() -> None:
+    sim = build(30, seed=17)
+    warm_up = [sim.publish(sim.rng.choice(sim.alive()), i) for i in range(10)]
+    copies, duplicates = gossip_totals(sim)
+    assert duplicates > 0  # every link starts eager: the first broadcasts flood and prune
+    steady = [sim.publish(sim.rng.choice(sim.alive()), 10 + i) for i in range(20)]
+    sim.assert_got_exactly_once(warm_up + steady)
+    later_copies, later_duplicates = gossip_totals(sim)
+    assert later_duplicates - duplicates <= duplicates // 4
+    assert (later_copies - copies) / (20 * 30) < 1.5  # a tree: N-1 copies per broadcast
+
+
+def test_a_node_that_missed_the_eager_push_grafts_it_after_an_ihave() -> None:
+    sim = build(20, seed=13)
+    for i in range(10):  # warm-up: the eager links settle into a tree
+        sim.publish(sim.rng.choice(sim.alive()), i)
+    origin, target = sim.alive()[:2]
+    grafts = sim.engines[target].stats().sent_by_type.get("graft", 0)
+    lost: list[str] = []
+
+    def lose_eager_copies(src: str, dst: str, msg: WireMessage) -> bool:
+        """Every full copy to the target is lost until it asks for one."""
+        asked = sim.engines[target].stats().sent_by_type.get("graft", 0) > grafts
+        if dst == target and isinstance(msg, Gossip) and not asked:
+            lost.append(src)
+            return True
+        return False
+
+    sim.drop = lose_eager_copies
+    ticks = sim.ticks
+    envelope_id = sim.publish(origin, 99)
+    assert lost, "an eager copy to the target was dropped"
+    sim.assert_got_exactly_once([envelope_id])
+    assert sim.engines[target].stats().sent_by_type["graft"] == grafts + 1
+    assert sim.ticks == ticks  # by IHAVE and GRAFT, not by a digest at a tick
+
+
 def test_seeded_runs_replay_exactly() -> None:
     def trace(seed: int) -> list[object]:
         sim = build(10, seed=seed)
@@ -342,7 +221,7 @@ def test_seeded_runs_replay_exactly() -> None:
 
 
 def pair() -> tuple[GossipEngine, str, list[float]]:
-    """An engine with one connected neighbour (`peer`), and its clock."""
+    """An engine with one connected neighbor (`peer`), and its clock."""
     clock = [1_800_000_000.0]
     key = iroh.SecretKey.from_bytes(bytes([1]) * 32)
     engine = GossipEngine(
@@ -382,6 +261,19 @@ def test_retired_envelopes_are_neither_offered_nor_served() -> None:
     assert all(
         m.envelope.hops == engine.config.hops for m in served + pushed if isinstance(m, Gossip)
     )
+
+
+def test_lazy_links_announce_by_batched_ihave_what_the_neighbor_has_not_shown_it_has() -> None:
+    engine, peer, _ = pair()
+    x, pushed = engine.publish("job.announced", {"job": "x"})
+    assert [type(m) for m in sent(pushed)] == [Gossip]  # every link starts eager
+    assert sent(engine.on_message(peer, Gossip(envelope=x))) == [Prune()]  # a second path
+    y, actions = engine.publish("job.announced", {"job": "y"})
+    z, more = engine.publish("job.announced", {"job": "z"})
+    [timer] = actions
+    assert isinstance(timer, Timer) and not sent(actions + more)  # lazy now: one batch later
+    engine.on_message(peer, IHave(ids=[y.id]))  # the peer has y already
+    assert sent(engine.on_timer(timer)) == [IHave(ids=[z.id])]
 
 
 def test_replays_forgeries_and_garbage_are_dropped_and_counted() -> None:
@@ -428,7 +320,7 @@ def test_replays_forgeries_and_garbage_are_dropped_and_counted() -> None:
     assert delivered[0] == Deliver(good.model_copy(update={"hops": 2}))
     assert [
         m.envelope.hops for m in sent(delivered) if isinstance(m, Gossip)
-    ] == []  # no other neighbour
+    ] == []  # no other neighbor
     assert gossip(good) == [] and engine.stats().duplicates == 1  # a replay within the window
     assert engine.on_message(peer, wire.dump_json(Gossip(envelope=good))) == []  # raw frames too
     assert engine.stats().duplicates == 2 and engine.stats().delivered == 1

@@ -1,4 +1,4 @@
-"""Gossip between real in-process nodes on loopback: full delivery, churn, and neighbour healing."""
+"""Gossip between real in-process nodes on loopback: full delivery, churn, and neighbor healing."""
 
 from __future__ import annotations
 
@@ -137,7 +137,7 @@ async def test_kill_a_fifth_survivors_hear_everything_after(
         views = [set(n.gossip.stats().active) for n in cluster.alive()]
         return all(view and not view & dead_ids for view in views)
 
-    await cluster.until_polled(healed, "views without dead neighbours")
+    await cluster.until_polled(healed, "views without dead neighbors")
     nursery.cancel_scope.cancel()
 
 

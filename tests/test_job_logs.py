@@ -5,6 +5,7 @@ stays bounded whatever the lease holder sends, and nobody else can add to it."""
 from __future__ import annotations
 
 import json
+import tracemalloc
 from pathlib import Path
 
 import trio
@@ -144,6 +145,24 @@ async def test_a_flood_stays_bounded_and_only_the_lease_holder_is_heard(start_no
     release(worker, job.id)
     await wait_for(lambda: origin.jobs.store.get(job.id).state.terminal, "the job to end")
     assert len(origin.jobs.logs) == 0
+
+
+async def test_what_a_buffer_holds_is_bounded_in_memory_not_in_characters() -> None:
+    # Forged chunks of 16384 characters outside the BMP: 64 KiB of memory each.
+    tracemalloc.start()
+    try:
+        buffer = LogBuffer(limit=1 << 20)
+        for index in range(100):
+            text = f"{index:05}" + "\U0001f600" * (model.MAX_LOG_CHUNK - 5)
+            buffer.append(1, model.LogChunk.model_validate(
+                {"job_id": "job_01M8CRH8D5H83H6EVKWEVXEHTJ", "lease_token": "0" * 32,
+                 "stream": "stdout", "offset": 0, "size": 0, "text": text}
+            ))  # fmt: skip
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert buffer.held <= 1 << 20
+    assert held < 1.2 * (1 << 20)  # 5.7 MiB when the text was counted by its length
 
 
 async def test_a_reader_is_told_what_was_dropped_and_keeps_up() -> None:

@@ -101,14 +101,15 @@ def test_submit_wait_shows_state_changes_on_a_terminal_only(node: NodeProcess) -
     out, err = submit_wait(node, terminal=True)
     job_id, result = out.splitlines()
     assert json.loads(result) == {"exit_code": 0}
-    lines = [line for line in err.splitlines() if "compiled in" not in line]  # a cache miss
-    states = [line.split()[:2] for line in lines]
-    assert states == [
+    lines = [line.split(maxsplit=2) for line in err.splitlines()]
+    assert [[job, state] for job, state, _ in lines] == [
         [job_id, "pending"],
         [job_id, "claimed"],
         [job_id, "running"],
+        [job_id, "running"],
         [job_id, "succeeded"],
     ], err
+    assert lines[3][2].startswith("compiled in "), err  # the worker's compile note
     assert f"claimed  attempt 1 by {node.id[:16]}" in err
     out, err = submit_wait(node, terminal=False)
     assert err == "" and json.loads(out.splitlines()[1]) == {"exit_code": 0}

@@ -203,6 +203,18 @@ async def test_retention_drops_old_tags_of_jobs_this_node_does_not_store(clocked
     assert (await node.blobs.store.info(recent.hash)).tags == recent.tags
 
 
+async def test_retention_drops_tags_of_jobs_dated_in_the_future(clocked_node) -> None:
+    """Another origin chose the id: one dated a year ahead would otherwise be held forever."""
+    node, _ = clocked_node
+    future = await node.blobs.store.add_bytes(
+        b"a forged output", tag=job_tag(new_job_id(time.time() + 365 * 86400), "output/stdout")
+    )
+    with trio.fail_after(30):
+        while (await node.blobs.store.info(future.hash)).tags:
+            await trio.sleep(0.05)
+    assert (await node.collect_garbage()).removed == [future.hash]
+
+
 async def test_a_refused_submission_releases_what_it_tagged(start_node, tmp_path: Path) -> None:
     node = await start_node(max_jobs=0)
     (tmp_path / "a.txt").write_text("added, then the submission is refused")

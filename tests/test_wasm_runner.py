@@ -441,6 +441,20 @@ async def test_compilation_has_its_own_time_limit(job: Any, tmp_path: Path) -> N
     assert executor.compilations == 0
 
 
+async def test_a_compile_memory_bomb_hits_the_childs_memory_limit(job: Any, tmp_path: Path) -> None:
+    # A 350 KB function that takes ~260 MB to compile (measured): far over a 128 MiB limit.
+    body = " ".join(["global.get 0 i32.const 7 i32.mul global.set 0"] * 50_000)
+    bomb = f'(module (global (mut i32) (i32.const 1)) (func (export "_start") {body}))'
+    executor = WasiExecutor(cache_dir=tmp_path / "compiled", max_compile_bytes=128 << 20)
+    with trio.fail_after(60):
+        result = await executor.run(job(bomb))
+    assert failed(result).startswith(
+        "compiler failed with status -6 (its memory is limited to 128 MiB): memory allocation of"
+    ), result.error
+    assert list((tmp_path / "compiled").iterdir()) == []
+    assert executor.compilations == 0
+
+
 async def test_partial_compilations_of_a_killed_node_are_removed(job: Any, tmp_path: Path) -> None:
     cache = tmp_path / "compiled"
     cache.mkdir()

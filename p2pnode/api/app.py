@@ -82,6 +82,13 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 COMMON_ERRORS = _errors(401, 403, 421, 422)
 BODY_ERRORS = _errors(411, 413, 415)
+DOWNLOAD_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Disposition": "attachment",
+    "Content-Security-Policy": "sandbox",
+}
+"""A member's blob may be HTML; opened on this origin with a dashboard session it would run as the
+dashboard, so a browser only ever saves it (and would run it sandboxed, without the origin)."""
 
 
 class NdjsonResponse(StreamingResponse):
@@ -189,7 +196,7 @@ def create_app(node: Node, sessions: Sessions) -> FastAPI:
                 async for chunk in chunks:
                     yield chunk
 
-        headers = {"Content-Length": str(info.size)}
+        headers = {"Content-Length": str(info.size), **DOWNLOAD_HEADERS}
         return StreamingResponse(content(), media_type="application/octet-stream", headers=headers)
 
     @api.get("/blobs/{blob_hash}/ticket", responses=_errors(404))

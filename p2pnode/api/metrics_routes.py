@@ -43,8 +43,8 @@ async def node_families(node: Node) -> list[Metric]:
     families: list[Metric] = [jobs]
     if (gossip := node.gossip.stats()) is not None:
         for name, value, what in (
-            ("sent", gossip.sent, "Gossip envelopes sent to neighbours."),
-            ("received", gossip.received, "Gossip envelopes received from neighbours."),
+            ("sent", gossip.sent, "Gossip envelopes sent to neighbors."),
+            ("received", gossip.received, "Gossip envelopes received from neighbors."),
             ("delivered", gossip.delivered, "New gossip envelopes delivered to this node."),
         ):
             families.append(CounterMetricFamily(f"p2pnode_gossip_envelopes_{name}", what, value))

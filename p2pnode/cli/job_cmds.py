@@ -16,6 +16,7 @@ from p2pnode.api.schemas import BlobAdded, JobView
 from p2pnode.blobs.model import BlobInfo
 from p2pnode.cli import EXIT_USAGE, cli, fail
 from p2pnode.cli.blob_cmds import download, upload
+from p2pnode.cli.terminal import echo_output, for_terminal
 from p2pnode.executors.base import DEFAULT_FUEL, ExecutorKind
 from p2pnode.jobs.model import Job, JobState, Manifest, ManifestEntry
 from p2pnode.labels import MAX_REQUIREMENTS, LabelRequirement
@@ -362,7 +363,7 @@ def list_jobs(api: ApiClient, state: str | None) -> None:
     """
     params = {"state": state} if state else {}
     for j in api.get("/jobs", _JobList, params=params).root:
-        click.echo(
+        echo_output(
             f"{j.id}  {j.state.value:9}  attempts {j.attempts}  "
             f"{j.spec.workflow or '-':12}  origin {j.origin[:10]}"
         )
@@ -387,7 +388,7 @@ def show(api: ApiClient, job_id: str, as_json: bool) -> None:
     click.echo(f"state     {j.state.value}  (attempts {j.attempts} of {j.spec.max_attempts})")
     click.echo(f"origin    {j.origin}")
     click.echo(f"worker    {j.worker or '-'}")
-    click.echo(
+    echo_output(
         f"executor  {j.spec.requirements.executor}  workflow {j.spec.workflow or '(only one)'}"
     )
     if requirements := j.spec.requirements.labels:
@@ -397,11 +398,11 @@ def show(api: ApiClient, job_id: str, as_json: bool) -> None:
     if j.result is not None:
         click.echo(f"result    {json.dumps(j.result)}")
     if j.error:
-        click.echo(f"error     {j.error}")
+        echo_output(f"error     {j.error}")
     for name, ref in j.outputs.items():
         click.echo(f"output    {name}  {ref.hash}  {ref.size} bytes")
     if j.logs:
-        click.echo("logs:\n" + j.logs.rstrip())
+        echo_output("logs:\n" + j.logs.rstrip())
 
 
 def _wait(api: ApiClient, job_id: str, *, progress: bool = False) -> Job:
@@ -415,7 +416,7 @@ def _wait(api: ApiClient, job_id: str, *, progress: bool = False) -> Job:
     while True:
         for event in j.history if progress else ():
             if (event.at, event.state) not in shown:
-                click.echo(f"{job_id}  {event.state.value}  {event.note}".rstrip(), err=True)
+                echo_output(f"{job_id}  {event.state.value}  {event.note}".rstrip(), err=True)
                 shown.add((event.at, event.state))
         if j.state.terminal:
             return j
@@ -429,7 +430,7 @@ def _finish(j: Job) -> None:
     if j.state == JobState.SUCCEEDED:
         click.echo(json.dumps(j.result))
         return
-    fail(f"job {j.id} {j.state.value}: {j.error or 'no reason given'}")
+    fail(for_terminal(f"job {j.id} {j.state.value}: {j.error or 'no reason given'}", err=True))
 
 
 @job.command()

@@ -7,6 +7,7 @@ import click
 from p2pnode.api.client import ApiClient
 from p2pnode.api.schemas import LogEvent
 from p2pnode.cli.job_cmds import job
+from p2pnode.cli.terminal import echo_output
 
 
 @job.command()
@@ -31,6 +32,6 @@ def logs(api: ApiClient, job_id: str, follow: bool, stream: str | None) -> None:
         params["stream"] = stream
     for event in api.stream("GET", f"/jobs/{job_id}/logs", LogEvent, params=params):
         if event.note is not None:
-            click.echo(f"[p2pnode] {event.note}", err=True)
+            echo_output(f"[p2pnode] {event.note}", err=True)
         if event.stream is not None:
-            click.echo(event.text, nl=False, err=stream is None and event.stream == "stderr")
+            echo_output(event.text, nl=False, err=stream is None and event.stream == "stderr")

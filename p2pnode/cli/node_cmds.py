@@ -190,7 +190,7 @@ def status(api: ApiClient, as_json: bool) -> None:
     if g := st.gossip:
         dropped = ", ".join(f"{k} {v}" for k, v in sorted(g.dropped.items()) if v) or "none"
         click.echo(
-            f"gossip    neighbours {len(g.active)} (+{g.pending} dialling), "
+            f"gossip    neighbors {len(g.active)} (+{g.pending} dialling), "
             f"passive {g.passive}, live {g.live}; sent {g.sent}, received {g.received}, "
             f"delivered {g.delivered}, duplicates {g.duplicates}; dropped {dropped}"
         )

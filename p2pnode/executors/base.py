@@ -29,6 +29,10 @@ COMPILE_CACHE_BYTES = 4 * 1024 * MIB
 ~200 MB)."""
 MAX_COMPILE_S = 600.0
 """Default limit of one compilation, apart from the run's: a 70 MB module takes ~100 s here."""
+COMPILE_MEMORY_BYTES = 4 * 1024 * MIB
+"""Default bound of a compiling child's address space: compiling takes far more memory than the
+module's size (a hostile 2 MB function peaked at 943 MB here), and a worker compiles what members
+send."""
 DEFAULT_FUEL = 10**12
 """Generous, so that wall time governs: fuel is about one unit per WebAssembly instruction, and
 this machine runs 1.6 to 8.6 units per nanosecond of CPU (a branch loop, treesum over 24 MB), so

@@ -59,6 +59,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from p2pnode.executors.base import (
     COMPILE_CACHE_BYTES,
+    COMPILE_MEMORY_BYTES,
     DEFAULT_MAXIMA,
     LOG_LIMIT,
     MAX_COMPILE_S,
@@ -217,12 +218,15 @@ class WasiExecutor:
         cache_dir: Path | None = None,
         cache_bytes: int = COMPILE_CACHE_BYTES,
         max_compile_s: float = MAX_COMPILE_S,
+        max_compile_bytes: int = COMPILE_MEMORY_BYTES,
     ) -> None:
         """``cache_dir``: where compiled modules are kept (None: a temporary folder, for as long
         as this executor lives); ``max_compile_s``: the most one compilation may take, apart
-        from the run's own time limit."""
+        from the run's own time limit; ``max_compile_bytes``: the compiling child's address
+        space."""
         self.maxima = maxima
         self.max_compile_s = max_compile_s
+        self.max_compile_bytes = max_compile_bytes
         if cache_dir is None:
             self._tmp_cache = tempfile.TemporaryDirectory(prefix="p2pnode-compiled-")
             cache_dir = Path(self._tmp_cache.name)
@@ -408,10 +412,18 @@ class WasiExecutor:
         than ``max_compile_s``, and keep the result in the cache."""
         part = self._cache.part_path(key)
         command = [sys.executable, str(_COMPILER), json.dumps(_ENGINE_SETTINGS), str(part)]
+        command.append(str(self.max_compile_bytes))
+        # Few malloc arenas: each reserves 64 MiB of address space, one per compiling thread.
+        env = {**os.environ, "MALLOC_ARENA_MAX": "2"}
         try:
             with trio.move_on_after(self.max_compile_s) as limit:
                 done = await trio.run_process(
-                    command, stdin=wasm, capture_stdout=True, capture_stderr=True, check=False
+                    command,
+                    stdin=wasm,
+                    capture_stdout=True,
+                    capture_stderr=True,
+                    check=False,
+                    env=env,
                 )
             if limit.cancelled_caught:
                 raise _Failure(
@@ -421,7 +433,10 @@ class WasiExecutor:
             if done.returncode == 1:
                 raise _Failure(f"invalid module: {detail}")
             if done.returncode != 0:
-                raise _Failure(f"compiler failed with status {done.returncode}: {detail}")
+                raise _Failure(
+                    f"compiler failed with status {done.returncode} (its memory is limited to "
+                    f"{self.max_compile_bytes >> 20} MiB): {detail}"
+                )
             return await trio.to_thread.run_sync(self._cache.put, key, part)
         finally:
             part.unlink(missing_ok=True)

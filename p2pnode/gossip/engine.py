@@ -1,4 +1,4 @@
-"""The gossip engine: HyParView-style partial views plus eager-push broadcast and anti-entropy.
+"""The gossip engine: HyParView-style partial views, Plumtree broadcast and anti-entropy.
 
 Sans-IO and synchronous: every input method returns the list of actions the caller must carry
 out, in order (send, connect, disconnect, deliver), which keeps the protocol testable in a
@@ -6,12 +6,19 @@ deterministic simulation and keeps all I/O in the trio glue (`service.py`). Noth
 clock or a random source except the injected `clock` and `rng`, and nothing iterates a set, so a
 seeded run replays exactly.
 
-- Views: a small *active* view (the neighbours we push to) and a larger *passive* view (known
+- Views: a small *active* view (the neighbors we push to) and a larger *passive* view (known
   members to replace them with). Joins are forwarded on random walks so newcomers spread over
-  the overlay; shuffles mix passive views; a lost neighbour is replaced from the passive view.
-- Broadcast: a new, valid envelope is delivered once and pushed to every active neighbour but
-  the one it came from, while its hop budget lasts; ids already seen are counted as duplicates.
-- Catch-up: neighbours exchange digests of live envelope ids when they connect and every few
+  the overlay; shuffles mix passive views; a lost neighbor is replaced from the passive view.
+- Broadcast (Plumtree, epidemic broadcast trees): each link to a neighbor is *eager* or *lazy*.
+  A new, valid envelope is delivered once, pushed in full to the eager neighbors and announced
+  by id (IHAVE, batched for a moment) to the lazy ones, while its hop budget lasts. A duplicate
+  shows a redundant path: the receiver answers PRUNE and both ends make the link lazy, so the
+  eager links settle into a spanning tree and each node gets about one full copy per broadcast.
+  A node told IHAVE of an id it still lacks after `graft_timeout_s` (the eager copy was lost or
+  the tree is broken) asks that neighbor with GRAFT, which makes the link eager again (the tree
+  repairs itself) and brings the envelope; further announcers are tried `graft_retry_s` apart.
+  Delays are `Timer` actions that the caller fires back through `on_timer`.
+- Catch-up: neighbors exchange digests of live envelope ids when they connect and every few
   ticks, and ask for what they lack, so late joiners and healed partitions converge.
 """
 
@@ -38,14 +45,21 @@ class GossipConfig(BaseModel):
     shuffle_every: int = 10  # ticks
     digest_every: int = 5  # ticks
     shuffle_sample: int = 8
-    hops: int = Field(
-        default=12, ge=1, le=MAX_HOPS
-    )  # budget of a new envelope, and of one re-sent for catch-up
+    # Budget of a new envelope, and of one re-sent for catch-up or GRAFT. A tree's paths are
+    # longer than the shortest ones flooding took; one that runs out is announced by IHAVE.
+    hops: int = Field(default=32, ge=1, le=MAX_HOPS)
     max_age_s: float = 3600.0  # older envelopes are neither accepted nor re-sent: replay protection
     max_future_s: float = 60.0
     max_envelope_bytes: int = 64 * 1024
     max_digest_ids: int = 4000
     seen_capacity: int = 100_000
+    # Plumtree delays. iroh-gossip batches IHAVE for 5 ms and grafts after 80 ms; Python nodes
+    # sharing a loaded machine answer in tens to hundreds of ms, and a GRAFT sent while the eager
+    # copy is merely late adds a link that PRUNE must remove again (churn, more frames). Lazy
+    # announcements only matter when something was lost, so they are batched longer.
+    ihave_delay_s: float = 0.1
+    graft_timeout_s: float = 0.25
+    graft_retry_s: float = 0.1
 
 
 # -- wire messages ----------------------------------------------------------------------------
@@ -70,7 +84,7 @@ class ForwardJoin(BaseModel):
 class Neighbor(BaseModel):
     type: Literal["neighbor"] = "neighbor"
     addr: dict[str, Any]
-    urgent: bool  # the sender has no neighbours at all: the receiver must accept
+    urgent: bool  # the sender has no neighbors at all: the receiver must accept
 
 
 class Leave(BaseModel):
@@ -102,11 +116,55 @@ class Want(BaseModel):
     ids: list[str] = Field(max_length=5000)
 
 
+class IHave(BaseModel):
+    """Lazy push: ids the sender delivered, to a neighbor that gets no eager copies from it."""
+
+    type: Literal["ihave"] = "ihave"
+    ids: list[str] = Field(max_length=5000)
+
+
+class Graft(BaseModel):
+    """Send these in full, and push eagerly to me from now on (the tree lost a branch)."""
+
+    type: Literal["graft"] = "graft"
+    ids: list[str] = Field(max_length=5000)
+
+
+class Prune(BaseModel):
+    """You sent me a copy I already had: push to me lazily from now on."""
+
+    type: Literal["prune"] = "prune"
+
+
 WireMessage = Annotated[
-    Join | ForwardJoin | Neighbor | Leave | Shuffle | ShuffleReply | Gossip | Digest | Want,
+    Join
+    | ForwardJoin
+    | Neighbor
+    | Leave
+    | Shuffle
+    | ShuffleReply
+    | Gossip
+    | Digest
+    | Want
+    | IHave
+    | Graft
+    | Prune,
     Field(discriminator="type"),
 ]
-_WIRE_TYPES = (Join, ForwardJoin, Neighbor, Leave, Shuffle, ShuffleReply, Gossip, Digest, Want)
+_WIRE_TYPES = (
+    Join,
+    ForwardJoin,
+    Neighbor,
+    Leave,
+    Shuffle,
+    ShuffleReply,
+    Gossip,
+    Digest,
+    Want,
+    IHave,
+    Graft,
+    Prune,
+)
 _wire: TypeAdapter[WireMessage] = TypeAdapter(WireMessage)
 
 
@@ -121,7 +179,7 @@ class Send:
 
 @dataclass(frozen=True)
 class SendOnce:
-    """A message to a peer we hold no connection to (declining its request to be a neighbour)."""
+    """A message to a peer we hold no connection to (declining its request to be a neighbor)."""
 
     peer_id: str
     addr: dict[str, Any]
@@ -154,7 +212,17 @@ class NeighborDown:
     peer_id: str
 
 
-Action = Send | SendOnce | Connect | Disconnect | Deliver | NeighborUp | NeighborDown
+@dataclass(frozen=True)
+class Timer:
+    """Call `on_timer(timer)` after `delay` seconds: to send batched IHAVEs (`id` empty), or to
+    GRAFT envelope `id` if it is still missing."""
+
+    delay: float
+    kind: Literal["ihave", "graft"]
+    id: str = ""
+
+
+Action = Send | SendOnce | Connect | Disconnect | Deliver | NeighborUp | NeighborDown | Timer
 
 
 class GossipEngine:
@@ -178,12 +246,17 @@ class GossipEngine:
         self.active: dict[str, dict[str, Any]] = {}
         self.passive: dict[str, dict[str, Any]] = {}
         self._connected: set[str] = set()
-        self._hello: dict[str, Any] = {}  # first message for a neighbour, sent once connected
-        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._hello: dict[str, Any] = {}  # first message for a neighbor, sent once connected
+        self._seen: OrderedDict[str, tuple[float, str]] = OrderedDict()  # id -> (time, from)
+        self._lazy: set[str] = set()  # connected neighbors we only send IHAVE to
+        # neighbor -> ids to announce at the next timer (a dict as an ordered set)
+        self._ihave: dict[str, dict[str, None]] = {}
+        self._missing: dict[str, list[str]] = {}  # announced id -> neighbors that announced it
         self._live: dict[str, Envelope] = {}
         self._ticks = 0
         self._counts: Counter[str] = Counter()
         self._dropped: Counter[str] = Counter()
+        self._sent_by_type: Counter[str] = Counter()
 
     # -- inputs ---------------------------------------------------------------------------------
 
@@ -196,7 +269,7 @@ class GossipEngine:
     def reach_out(self, peer_id: str, addr: dict[str, Any]) -> list[Action]:
         """Link to a member the overlay has lost track of (how cut-off halves find each other).
 
-        The neighbour request is urgent, so the member accepts even with a full view.
+        The neighbor request is urgent, so the member accepts even with a full view.
         """
         if peer_id == self.id or peer_id in self.active or peer_id in self.passive:
             return []
@@ -216,14 +289,14 @@ class GossipEngine:
         return actions
 
     def peer_disconnected(self, peer_id: str) -> list[Action]:
-        """The transport lost a neighbour, or could not reach one: forget it and refill.
+        """The transport lost a neighbor, or could not reach one: forget it and refill.
 
         A peer whose connection failed is most likely gone, so it is not kept as a candidate
-        (shuffles bring it back if it lives). Only a lost neighbour triggers an immediate
+        (shuffles bring it back if it lives). Only a lost neighbor triggers an immediate
         refill; a failed dial waits for the next tick, so dead candidates cost one dial a tick.
         """
         was_connected = peer_id in self._connected
-        self._connected.discard(peer_id)
+        self._unlink(peer_id)
         self._hello.pop(peer_id, None)
         self.active.pop(peer_id, None)
         self.passive.pop(peer_id, None)
@@ -239,7 +312,7 @@ class GossipEngine:
             raise ValueError(
                 f"announcement of {envelope.size()} bytes exceeds {self.config.max_envelope_bytes}"
             )
-        self._remember(envelope)
+        self._remember(envelope, self.id)
         return envelope, self._push(envelope, exclude=None)
 
     def retire(self, envelope_id: str) -> None:
@@ -264,21 +337,28 @@ class GossipEngine:
         result: list[Action] = getattr(self, f"_on_{msg.type}")(peer_id, msg)
         return result
 
+    def on_timer(self, timer: Timer) -> list[Action]:
+        """A `Timer` this engine asked for has run out."""
+        if timer.kind == "ihave":
+            return self._send_ihaves()
+        return self._graft(timer.id)
+
     def tick(self, now: float | None = None) -> list[Action]:
         now = self._clock() if now is None else now
         self._ticks += 1
         self._expire(now)
         actions = self._refill()
-        neighbours = sorted(self._connected)
-        if neighbours and self._ticks % self.config.shuffle_every == 0:
-            actions.append(self._send(self._rng.choice(neighbours), Shuffle(sample=self._sample())))
-        if neighbours and self._ticks % self.config.digest_every == 0:
-            actions.append(self._send(self._rng.choice(neighbours), self._digest()))
+        neighbors = sorted(self._connected)
+        if neighbors and self._ticks % self.config.shuffle_every == 0:
+            actions.append(self._send(self._rng.choice(neighbors), Shuffle(sample=self._sample())))
+        if neighbors and self._ticks % self.config.digest_every == 0:
+            actions.append(self._send(self._rng.choice(neighbors), self._digest()))
         return actions
 
     def stats(self) -> GossipStats:
         return GossipStats(
             sent=self._counts["sent"],
+            sent_by_type=dict(sorted(self._sent_by_type.items())),
             received=self._counts["received"],
             delivered=self._counts["delivered"],
             duplicates=self._counts["duplicates"],
@@ -330,7 +410,7 @@ class GossipEngine:
 
     def _on_leave(self, peer_id: str, _msg: Leave) -> list[Action]:
         addr = self.active.pop(peer_id, None)
-        self._connected.discard(peer_id)
+        self._unlink(peer_id)
         if addr is None:
             return []
         self._add_passive(peer_id, addr)
@@ -356,7 +436,7 @@ class GossipEngine:
             self._hello.pop(victim, None)
             if victim in self._connected:
                 actions.append(self._send(victim, Leave()))
-                self._connected.discard(victim)
+                self._unlink(victim)
             actions += [NeighborDown(victim), Disconnect(victim)]
         self.passive.pop(peer_id, None)
         self.active[peer_id] = addr
@@ -364,6 +444,11 @@ class GossipEngine:
             self._hello[peer_id] = hello
         actions.append(Connect(peer_id, addr))
         return actions
+
+    def _unlink(self, peer_id: str) -> None:
+        self._connected.discard(peer_id)
+        self._lazy.discard(peer_id)
+        self._ihave.pop(peer_id, None)
 
     def _add_passive(self, peer_id: str, addr: dict[str, Any]) -> None:
         if peer_id == self.id or peer_id in self.active:
@@ -373,7 +458,7 @@ class GossipEngine:
         self.passive[peer_id] = addr
 
     def _refill(self) -> list[Action]:
-        """Replace lost neighbours with passive candidates, one attempt per call."""
+        """Replace lost neighbors with passive candidates, one attempt per call."""
         missing = [p for p in self.passive if p not in self.active]
         if len(self.active) >= self.config.active_size or not missing:
             return []
@@ -396,9 +481,16 @@ class GossipEngine:
 
     def _on_gossip(self, peer_id: str, msg: Gossip) -> list[Action]:
         envelope = msg.envelope
-        if envelope.id in self._seen:
+        seen = self._seen.get(envelope.id)
+        if seen is not None:
             self._counts["duplicates"] += 1
-            return []
+            # A second path to us: prune it, unless it is the one the first copy came by (a
+            # repeat from there is a replay or a catch-up, and says nothing about the tree).
+            self._has(peer_id, envelope.id)
+            if seen[1] == peer_id or peer_id not in self._connected or peer_id in self._lazy:
+                return []
+            self._lazy.add(peer_id)
+            return [self._send(peer_id, Prune())]
         reason = validate_incoming(
             envelope,
             topic=self.topic,
@@ -410,9 +502,56 @@ class GossipEngine:
         if reason is not None:
             self._dropped[reason] += 1
             return []
-        self._remember(envelope)
+        self._remember(envelope, peer_id)
         self._counts["delivered"] += 1
+        self._missing.pop(envelope.id, None)
+        self._lazy.discard(peer_id)  # the link the first copy came by is a branch of the tree
         return [Deliver(envelope), *self._push(envelope, exclude=peer_id)]
+
+    def _on_ihave(self, peer_id: str, msg: IHave) -> list[Action]:
+        actions: list[Action] = []
+        for envelope_id in msg.ids:
+            if envelope_id in self._seen:
+                self._has(peer_id, envelope_id)
+                continue
+            announcers = self._missing.get(envelope_id)
+            if announcers is None:
+                if len(self._missing) >= self.config.max_digest_ids:
+                    self._dropped["ihave_overflow"] += 1
+                    continue
+                self._missing[envelope_id] = [peer_id]
+                actions.append(Timer(self.config.graft_timeout_s, "graft", envelope_id))
+            elif peer_id not in announcers:
+                announcers.append(peer_id)
+        return actions
+
+    def _graft(self, envelope_id: str) -> list[Action]:
+        """Ask the next announcer of a still missing id for it, and make its link eager."""
+        announcers = self._missing.get(envelope_id, [])
+        while announcers and announcers[0] not in self._connected:
+            announcers.pop(0)
+        if envelope_id in self._seen or not announcers:
+            self._missing.pop(envelope_id, None)
+            return []
+        peer_id = announcers.pop(0)
+        self._lazy.discard(peer_id)
+        return [
+            self._send(peer_id, Graft(ids=[envelope_id])),
+            Timer(self.config.graft_retry_s, "graft", envelope_id),
+        ]
+
+    def _on_graft(self, peer_id: str, msg: Graft) -> list[Action]:
+        if peer_id not in self._connected:
+            return []
+        self._lazy.discard(peer_id)
+        return [
+            self._send(peer_id, self._catch_up(self._live[i])) for i in msg.ids if i in self._live
+        ]
+
+    def _on_prune(self, peer_id: str, _msg: Prune) -> list[Action]:
+        if peer_id in self._connected:
+            self._lazy.add(peer_id)
+        return []
 
     def _on_digest(self, peer_id: str, msg: Digest) -> list[Action]:
         """Ask for what the peer has and we lack; send what we have and its (complete) digest
@@ -443,15 +582,42 @@ class GossipEngine:
         return Gossip(envelope=envelope.model_copy(update={"hops": self.config.hops}))
 
     def _push(self, envelope: Envelope, exclude: str | None) -> list[Action]:
-        if envelope.hops == 0:
-            return []
-        onward = envelope.model_copy(update={"hops": envelope.hops - 1})
-        return [
-            self._send(p, Gossip(envelope=onward)) for p in sorted(self._connected) if p != exclude
-        ]
+        """Eager copies to the tree's links, an IHAVE (at the next batch) to the others. Once the
+        hop budget is spent, everyone gets the IHAVE: a GRAFT answer carries a fresh budget."""
+        onward = Gossip(envelope=envelope.model_copy(update={"hops": max(envelope.hops - 1, 0)}))
+        actions: list[Action] = []
+        for peer_id in sorted(self._connected):
+            if peer_id == exclude:
+                continue
+            if peer_id not in self._lazy and envelope.hops > 0:
+                actions.append(self._send(peer_id, onward))
+                continue
+            if not self._ihave:
+                actions.append(Timer(self.config.ihave_delay_s, "ihave"))
+            self._ihave.setdefault(peer_id, {})[envelope.id] = None
+        return actions
 
-    def _remember(self, envelope: Envelope) -> None:
-        self._seen[envelope.id] = envelope.timestamp
+    def _has(self, peer_id: str, envelope_id: str) -> None:
+        """The neighbor showed it has an envelope (sent it, or announced it): no IHAVE for it."""
+        if (pending := self._ihave.get(peer_id)) is not None:
+            pending.pop(envelope_id, None)
+
+    def _send_ihaves(self) -> list[Action]:
+        """The batched IHAVEs; the two ends of a lazy link often announce the same envelope to
+        each other, and whichever batch goes second skips it."""
+        batches, self._ihave = self._ihave, {}
+        limit = self.config.max_digest_ids
+        actions: list[Action] = []
+        for peer_id, pending in sorted(batches.items()):
+            ids = list(pending)
+            actions += [
+                self._send(peer_id, IHave(ids=ids[start : start + limit]))
+                for start in range(0, len(ids), limit)
+            ]
+        return actions
+
+    def _remember(self, envelope: Envelope, sender: str) -> None:
+        self._seen[envelope.id] = (envelope.timestamp, sender)
         self._live[envelope.id] = envelope
         while len(self._seen) > self.config.seen_capacity:
             self._seen.popitem(last=False)
@@ -464,10 +630,11 @@ class GossipEngine:
 
     def _expire(self, now: float) -> None:
         horizon = now - self.config.max_age_s
-        for envelope_id in [i for i, ts in self._seen.items() if ts < horizon]:
+        for envelope_id in [i for i, (ts, _) in self._seen.items() if ts < horizon]:
             del self._seen[envelope_id]
             self._live.pop(envelope_id, None)
 
     def _send(self, peer_id: str, msg: Any) -> Send:
         self._counts["sent"] += 1
+        self._sent_by_type[msg.type] += 1
         return Send(peer_id, msg)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from functools import lru_cache
 from typing import Any
 
 import iroh
@@ -82,12 +83,13 @@ class Envelope(BaseModel):
             ).encode()
         )
 
-    def verify(self) -> None:
-        """Raise `InvalidSignature` unless `origin` signed these fields (hops excepted)."""
+    def verify(self, signed_bytes: bytes | None = None) -> None:
+        """Raise `InvalidSignature` unless `origin` signed these fields (hops excepted);
+        `signed_bytes` if the caller has them already."""
         try:
-            origin = iroh.EndpointId.from_bytes(bytes.fromhex(self.origin))
-            origin.verify(
-                self.signed_bytes(), iroh.Signature.from_bytes(bytes.fromhex(self.signature))
+            _endpoint_id(self.origin).verify(
+                self.signed_bytes() if signed_bytes is None else signed_bytes,
+                iroh.Signature.from_bytes(bytes.fromhex(self.signature)),
             )
         except (iroh.IrohError, ValueError) as exc:
             raise InvalidSignature(
@@ -96,6 +98,13 @@ class Envelope(BaseModel):
 
     def size(self) -> int:
         return len(self.model_dump_json())
+
+
+@lru_cache(maxsize=1024)
+def _endpoint_id(origin: str) -> iroh.EndpointId:
+    """An origin's public key, parsed once: each parse is a round trip through the bindings and a
+    point decompression, and the same few members sign most envelopes."""
+    return iroh.EndpointId.from_bytes(bytes.fromhex(origin))
 
 
 def validate_incoming(
@@ -115,7 +124,7 @@ def validate_incoming(
     Duplicates themselves are the engine's business (it keeps the cache).
     """
     try:
-        envelope.signed_bytes()
+        signed = envelope.signed_bytes()
     except ValueError:
         return "malformed"
     if envelope.topic != topic:
@@ -129,7 +138,7 @@ def validate_incoming(
     if envelope.timestamp > now + max_future_skew:
         return "from_future"
     try:
-        envelope.verify()
+        envelope.verify(signed)
     except InvalidSignature:
         return "bad_signature"
     return None

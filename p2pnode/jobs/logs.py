@@ -10,6 +10,7 @@ then output blobs. So what workers send costs at most one buffer per job this no
 from __future__ import annotations
 
 import itertools
+import sys
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,9 +20,11 @@ import trio
 from p2pnode.jobs.model import LogChunk, LogStream
 
 BUFFER_CHARS = 1 << 20
-"""Characters of live output an origin keeps per job (the newest)."""
-PIECE_COST = 64
-"""What one piece costs besides its text, so a flood of empty chunks is bounded too."""
+"""Bytes of memory the live output an origin keeps per job (the newest) may take: text counted
+as Python holds it (4 bytes a character once one is outside the BMP), not by its length."""
+PIECE_COST = 160
+"""What one piece costs besides its text (the `Piece`, its fields, its place in the deque:
+~150 bytes measured), so a flood of empty chunks is bounded too."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,7 @@ class Piece:
 
     @property
     def cost(self) -> int:
-        return len(self.text) + PIECE_COST
+        return sys.getsizeof(self.text) + PIECE_COST
 
     @property
     def end(self) -> int:

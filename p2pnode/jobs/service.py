@@ -441,8 +441,10 @@ class JobService:
 
         Also drops the job tags this node holds for jobs it does not store (the outputs it made
         as a worker, a submission that never completed) once they are that old, unless it still
-        runs the job."""
-        cutoff = self.store.now() - retention_s
+        runs the job. The age is read from the job's id, which another origin chose: one dated
+        more than `retention_s` ahead is forged (it would be held forever), so it goes too."""
+        now = self.store.now()
+        cutoff, forged = now - retention_s, now + retention_s
         removed = self.store.finished_before(cutoff)
         for job_id in removed:
             self.store.delete(job_id)
@@ -452,7 +454,7 @@ class JobService:
             if (
                 holder is not None
                 and holder not in self.worker.running
-                and model.job_id_time(holder) < cutoff
+                and not cutoff <= model.job_id_time(holder) <= forged
                 and self.store.get(holder) is None
             ):
                 stale.add(holder)

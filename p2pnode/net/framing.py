@@ -92,16 +92,53 @@ async def read_frame(
     return await _rest_of_frame(recv, head, max_size, timeout)
 
 
-async def read_frame_or_end(
-    recv: iroh.RecvStream, max_size: int = DEFAULT_MAX_FRAME, timeout: float = FRAME_TIMEOUT_S
-) -> bytes | None:
-    """One frame of a stream of many: None when the peer finished cleanly between frames.
+class FrameReader:
+    """The frames of a long-lived stream of many, read in chunks: a burst of small frames costs
+    one read from the bindings, not two per frame (each read is a round trip through Rust).
 
-    Waiting for a frame to start has no limit (long-lived streams idle between frames); once
-    its first byte is here, the rest must follow on the frame's deadline.
+    Waiting for a frame to start has no limit (such streams idle between frames); once its first
+    byte is here, the rest must follow on the frame's deadline, as for `read_frame`. A frame's
+    length is checked before it is buffered, so at most `max_size` plus one chunk is held.
     """
-    head = await _read_some(recv, _HEADER.size)
-    return await _rest_of_frame(recv, head, max_size, timeout) if head else None
+
+    def __init__(
+        self,
+        recv: iroh.RecvStream,
+        max_size: int = DEFAULT_MAX_FRAME,
+        timeout: float = FRAME_TIMEOUT_S,
+    ) -> None:
+        self._recv = recv
+        self._max_size = max_size
+        self._timeout = timeout
+        self._buffer = bytearray()
+
+    async def next(self) -> bytes | None:
+        """The next frame; None when the peer finished cleanly between frames."""
+        if not self._buffer:
+            self._buffer += await _read_some(self._recv, _READ_CHUNK)
+            if not self._buffer:
+                return None
+        with trio.move_on_after(self._timeout) as deadline:
+            await self._fill(_HEADER.size)
+            (length,) = _HEADER.unpack_from(self._buffer)
+            if length > self._max_size:
+                raise FrameError(f"frame of {length} bytes exceeds the limit of {self._max_size}")
+            deadline.deadline += length / _SLOW_LINK_BYTES_PER_S
+            end = _HEADER.size + length
+            await self._fill(end)
+            frame = bytes(self._buffer[_HEADER.size : end])
+            del self._buffer[:end]
+            return frame
+        raise FrameError(f"frame not complete {self._timeout:g} s after it started")
+
+    async def _fill(self, size: int) -> None:
+        while len(self._buffer) < size:
+            chunk = await _read_some(self._recv, _READ_CHUNK)
+            if not chunk:
+                raise FrameError(
+                    f"stream ended {size - len(self._buffer)} bytes before the end of a frame"
+                )
+            self._buffer += chunk
 
 
 async def _rest_of_frame(
@@ -121,6 +158,11 @@ async def _rest_of_frame(
 
 async def write_frame(send: iroh.SendStream, payload: bytes) -> None:
     await send.write_all(_HEADER.pack(len(payload)) + payload)
+
+
+async def write_frames(send: iroh.SendStream, payloads: list[bytes]) -> None:
+    """Several frames in one write (one round trip through the bindings)."""
+    await send.write_all(b"".join(_HEADER.pack(len(p)) + p for p in payloads))
 
 
 async def send_model(send: iroh.SendStream, model: BaseModel) -> None:
