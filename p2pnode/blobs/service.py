@@ -163,11 +163,12 @@ class BlobService:
         root: BlobHash | None = None,
     ) -> BlobInfo:
         """Make ``dest`` a verified copy of the blob, fetching it from ``providers`` first if
-        this node does not hold it."""
+        this node does not hold it. A scratch copy (a job's input): not fsynced, a crash loses
+        nothing worth the milliseconds each fsync costs."""
         info = await self.fetch(blob_hash, providers, root=root)
         mkdir = functools.partial(dest.parent.mkdir, parents=True, exist_ok=True)
         await trio.to_thread.run_sync(mkdir)
-        return await self.store.export(info.hash, dest)
+        return await self.store.export(info.hash, dest, durable=False)
 
     async def gc(self, protected: set[BlobHash] | frozenset[BlobHash] = frozenset()) -> GcResult:
         """Drop what nothing keeps, except ``protected`` (what live jobs still need)."""

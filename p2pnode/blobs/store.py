@@ -596,11 +596,12 @@ class BlobStore:
                 pos += n
                 yield chunk
 
-    async def export(self, hash: BlobHash, dest: str | Path) -> BlobInfo:
-        """Copy a blob to ``dest`` (temp file + rename there), checking its hash on the way."""
-        return await trio.to_thread.run_sync(self._export_sync, hash, Path(dest))
+    async def export(self, hash: BlobHash, dest: str | Path, *, durable: bool = True) -> BlobInfo:
+        """Copy a blob to ``dest`` (temp file + rename there), checking its hash on the way.
+        ``durable=False`` skips the fsyncs, for a scratch copy that a crash may lose."""
+        return await trio.to_thread.run_sync(self._export_sync, hash, Path(dest), durable)
 
-    def _export_sync(self, h: BlobHash, dest: Path) -> BlobInfo:
+    def _export_sync(self, h: BlobHash, dest: Path, durable: bool) -> BlobInfo:
         tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:12]}.part")
         try:
             with self._open_content(h) as src, os_errors(f"exporting blob {h} to {dest}"):
@@ -612,7 +613,8 @@ class BlobStore:
                         chunk = src.pread(off, min(READ_CHUNK, src.size - off))
                         hasher.update(chunk)
                         write_all(fd, memoryview(chunk))
-                    os.fsync(fd)
+                    if durable:
+                        os.fsync(fd)
                 finally:
                     os.close(fd)
                 if hasher.hexdigest() != h:
@@ -621,7 +623,8 @@ class BlobStore:
                         f"blob {h} was damaged on disk and has been removed; fetch it again"
                     )
                 os.replace(tmp, dest)
-                fsync_dir(dest.parent)
+                if durable:
+                    fsync_dir(dest.parent)
         finally:
             unlink(tmp)
         return self._info_sync(h)

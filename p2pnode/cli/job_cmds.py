@@ -413,12 +413,12 @@ def _wait(api: ApiClient, job_id: str, *, progress: bool = False) -> Job:
     poll = FOLLOW_POLL_S if progress else WAIT_POLL_S
     j = api.get(f"/jobs/{job_id}", JobView)
     told = False
-    shown = 0.0
+    shown: set[tuple[float, str]] = set()  # not just the latest time: a claim starts at once
     while True:
         for event in j.history if progress else ():
-            if event.at > shown:
+            if (event.at, event.state) not in shown:
                 echo_output(f"{job_id}  {event.state.value}  {event.note}".rstrip(), err=True)
-                shown = event.at
+                shown.add((event.at, event.state))
         if j.state.terminal:
             return j
         if j.waiting_for and not told:

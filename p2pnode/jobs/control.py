@@ -25,6 +25,8 @@ from p2pnode.net.framing import recv_model, send_model
 JOBS_ALPN = b"p2pnode/jobs/1"
 MAX_CONTROL_FRAME = 4 << 20
 """Fits a report: a result of up to `MAX_RESULT_BYTES`, logs, an error and output references."""
+CLAIM_CANDIDATES = 8
+"""Claimable jobs tried, oldest first, for a worker whose job was taken."""
 
 control_message: TypeAdapter[model.ControlMessage] = TypeAdapter(model.ControlMessage)
 
@@ -75,10 +77,12 @@ class ControlServer:
             if isinstance(request, model.ClaimRequest):
                 if request.worker != peer:
                     return model.ClaimRefused(reason="a worker can only claim for itself")
-                pending = store.get(request.job_id)
-                if pending is not None and pending.state == model.JobState.PENDING:
-                    self._admit(peer, pending)
-                job = store.claim(request.job_id, peer, self._lease_s)
+                try:
+                    job = self._claim(request.job_id, peer, request.start)
+                except ClaimRefused as exc:
+                    if exc.retry_after is not None or request.instead is None:
+                        raise
+                    job = self._claim_instead(request, peer, exc.reason)
                 await self._on_change(job)
                 assert job.lease is not None
                 return model.ClaimGrant(
@@ -121,12 +125,42 @@ class ControlServer:
                 return model.Ack()
         except Refused as exc:
             if isinstance(request, model.ClaimRequest):
-                retry_after = exc.retry_after if isinstance(exc, ClaimRefused) else None
-                return model.ClaimRefused(reason=exc.reason, retry_after=retry_after)
+                if isinstance(exc, ClaimRefused):
+                    return model.ClaimRefused(
+                        reason=exc.reason,
+                        retry_after=exc.retry_after,
+                        none_pending=exc.none_pending,
+                    )
+                return model.ClaimRefused(reason=exc.reason)
             if isinstance(request, model.Report):
                 return model.ReportRefused(reason=exc.reason)
             return model.RenewRefused(reason=exc.reason)
         return model.RenewRefused(reason=f"unexpected request {request.type}")
+
+    def _claim(self, job_id: str, peer: NodeId, start: bool) -> model.Job:
+        """Claim as placement allows: the origin decides who may claim, whatever the worker
+        checked itself."""
+        pending = self._store.get(job_id)
+        if pending is not None and pending.state == model.JobState.PENDING:
+            self._admit(peer, pending)
+        return self._store.claim(job_id, peer, self._lease_s, start=start)
+
+    def _claim_instead(self, request: model.ClaimRequest, peer: NodeId, reason: str) -> model.Job:
+        """The oldest claimable job the worker can run and placement lets it have, claimed the
+        same way as the one it asked for; refused with `none_pending` when nothing at all waits
+        here."""
+        assert request.instead is not None
+        store = self._store
+        if (asked := store.get(request.job_id)) is None:
+            raise ClaimRefused(reason)
+        origin = asked.origin
+        for job in store.claimable(request.instead, limit=CLAIM_CANDIDATES, origin=origin):
+            try:
+                return self._claim(job.id, peer, request.start)
+            except ClaimRefused:
+                continue
+        idle = not store.list(model.JobState.PENDING, 1, origin=origin)
+        raise ClaimRefused(reason, none_pending=idle)
 
     def _check_worker(self, job_id: str, peer: NodeId) -> None:
         job = self._store.get(job_id)

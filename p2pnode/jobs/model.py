@@ -462,6 +462,12 @@ class ClaimRequest(_Message):
     type: Literal["claim_request"] = "claim_request"
     job_id: JobId
     worker: NodeIdField
+    start: bool = False
+    """The worker starts the job as soon as it is granted: the job is running from the grant on,
+    without a `Started` round trip."""
+    instead: list[Executor] | None = Field(None, max_length=8)
+    """When the job is taken (not backing off), grant the oldest claimable job of one of these
+    executors instead: a worker with a free slot gets work in one round trip, not a refusal."""
 
 
 class ClaimGrant(_Message):
@@ -477,6 +483,9 @@ class ClaimRefused(_Message):
     reason: str
     retry_after: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     """Seconds until the job may be claimed (it is backing off); None: do not retry."""
+    none_pending: bool = False
+    """The origin has no pending job at all: every announcement heard before this reply is
+    stale (a job that becomes pending again is announced again)."""
 
 
 class Renew(_Message):

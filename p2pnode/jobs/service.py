@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 1.0
 REANNOUNCE_EVERY = 30  # sweeps
+WORKFLOWS_CACHED = 256
+"""Binary module blobs whose workflows the origin remembers (a blob's content never changes)."""
 
 
 class MountSubmission(BaseModel):
@@ -200,6 +202,8 @@ class JobService:
             store, lease_s, self._changed, worker.stop_run, self._on_log, admit
         )
         self._announcements: dict[str, EnvelopeId] = {}
+        self._workflows: dict[BlobHash, list[str]] = {}
+        """binary module blob -> its workflows, oldest first"""
         self._change = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._events = gossip.subscribe()  # from now: nothing gossip hears before `run` is lost
@@ -310,41 +314,32 @@ class JobService:
 
     async def _module(self, request: JobSubmission, tag: Callable[[str], str]) -> model.BlobRef:
         """The module as a held binary blob, checked off the trio thread (compiling takes a
-        while)."""
+        while). An uploaded binary is its own blob: it is not stored again, and its workflows are
+        listed once however many jobs use it."""
         source: Path | bytes
+        uploaded = None
         try:
             if request.module is not None:
                 source, what = request.module, f"module {request.module}"
             else:
                 assert request.module_blob is not None
                 what = f"module blob {request.module_blob[:12]}"
-                await self._held(request.module_blob, tag("source"), "module")
+                if (known := self._workflows.get(request.module_blob)) is not None:
+                    _check_workflows(known, request)
+                    return await self._held(request.module_blob, tag("module"), "module")
+                uploaded = await self._held(request.module_blob, tag("source"), "module")
                 source = await self._blobs.read_bytes(request.module_blob)
-            wasm = await trio.to_thread.run_sync(self._checked_module, source, request)
+            wasm, workflows = await trio.to_thread.run_sync(_load_module, source)
+            _check_workflows(workflows, request)
         except (OSError, StoreError, InvalidModule) as exc:
             raise SubmissionError(f"cannot use {what}: {exc}") from None
+        if uploaded is not None and wasm == source:
+            self._workflows[uploaded.hash] = workflows
+            if len(self._workflows) > WORKFLOWS_CACHED:
+                del self._workflows[next(iter(self._workflows))]
+            return uploaded
         info = await self._blobs.add_bytes(wasm, pin=False, tag=tag("module"))
         return model.BlobRef.held_by(info, self.id)
-
-    def _checked_module(self, source: Path | bytes, request: JobSubmission) -> bytes:
-        if isinstance(source, Path):
-            wasm = load_module_bytes(source)
-        else:
-            wasm = assemble(source)
-        workflows = list_workflows(wasm)
-        workflow = request.workflow
-        if request.is_command:
-            if MAIN_WORKFLOW not in workflows:
-                raise InvalidModule("a command job needs a module that exports _start")
-        elif request.executor == "wasi":  # Flawless modules follow Flawless's own conventions
-            available = ", ".join(workflows) or "none"
-            if workflow is not None and workflow not in workflows:
-                raise InvalidModule(f"no workflow {workflow!r} (available: {available})")
-            if workflow is None and len(workflows) != 1:
-                raise InvalidModule(
-                    f"name the workflow to run with --workflow (available: {available})"
-                )
-        return wasm
 
     async def _held(self, blob_hash: BlobHash, tag: str, what: str) -> model.BlobRef:
         """A stored blob, held by `tag` (set first, so GC cannot take it before we look)."""
@@ -402,7 +397,11 @@ class JobService:
             self.logs.ended(job.id)
             if envelope := self._announcements.pop(job.id, None):
                 self._gossip.retire(envelope)
-            self._publish(JobFinished(job=job.summary()))
+            if job.state is not model.JobState.SUCCEEDED:
+                # Only its lease holder's report makes a job succeed, and that worker is done: the
+                # end is news only to a worker that may still run it (cancelled, lease lapsed).
+                # Half the gossip per job; a run on a lapsed lease ends at its next renewal.
+                self._publish(JobFinished(job=job.summary()))
             if job.outputs and self._nursery is not None:  # a failed command keeps its outputs
                 self._nursery.start_soon(self._collect_outputs, job)
 
@@ -505,6 +504,7 @@ class JobService:
                 "ignored an announcement of job %s by %s, not its origin", job.id, signer[:10]
             )
             return
+        self.worker.heard(job.id)
         if self.worker.wants(job) and self._nursery is not None:
             self._nursery.start_soon(self.worker.consider, announcement)
 
@@ -540,3 +540,25 @@ class JobService:
                     keep.add(job.spec.command.stdin.hash)
                 keep.update(mount.source.hash for mount in job.spec.mounts.values())
         return keep
+
+
+def _check_workflows(workflows: list[str], request: JobSubmission) -> None:
+    """Refuse a module that lacks what the request runs."""
+    workflow = request.workflow
+    if request.is_command:
+        if MAIN_WORKFLOW not in workflows:
+            raise InvalidModule("a command job needs a module that exports _start")
+    elif request.executor == "wasi":  # Flawless modules follow Flawless's own conventions
+        available = ", ".join(workflows) or "none"
+        if workflow is not None and workflow not in workflows:
+            raise InvalidModule(f"no workflow {workflow!r} (available: {available})")
+        if workflow is None and len(workflows) != 1:
+            raise InvalidModule(
+                f"name the workflow to run with --workflow (available: {available})"
+            )
+
+
+def _load_module(source: Path | bytes) -> tuple[bytes, list[str]]:
+    """A module file or blob content as a WebAssembly binary, and its workflows."""
+    wasm = load_module_bytes(source) if isinstance(source, Path) else assemble(source)
+    return wasm, list_workflows(wasm)

@@ -82,9 +82,12 @@ class Refused(Exception):
 
 
 class ClaimRefused(Refused):
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, reason: str, retry_after: float | None = None, *, none_pending: bool = False
+    ) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
+        self.none_pending = none_pending
 
 
 class LeaseRefused(Refused):
@@ -227,8 +230,9 @@ class JobStore:
             self._save(job)
         return job
 
-    def claim(self, job_id: str, worker: NodeId, lease_s: float) -> Job:
-        """Grant `worker` a lease; the returned job's `lease.token` is the secret to hand over."""
+    def claim(self, job_id: str, worker: NodeId, lease_s: float, *, start: bool = False) -> Job:
+        """Grant `worker` a lease; the returned job's `lease.token` is the secret to hand over.
+        `start`: the worker starts it at once, so it is running from now (one commit, not two)."""
         with self._write():
             job, now = self._load(job_id, ClaimRefused)
             if job.state is not JobState.PENDING:
@@ -241,6 +245,9 @@ class JobStore:
             job.worker = worker
             job.lease = Lease(worker=worker, token=new_lease_token(), expires_at=now + lease_s)
             job.record(now, f"attempt {job.attempts} by {worker[:16]}")
+            if start:
+                job.state = JobState.RUNNING
+                job.record(now, "started")
             self._save(job, now=now)
         return job
 

@@ -61,6 +61,13 @@ def provider_addrs(
     return addrs
 
 
+class _Candidate:
+    """A job a `consider` call has; `heard` is when (trio clock) it was last announced."""
+
+    def __init__(self) -> None:
+        self.heard = trio.current_time()
+
+
 class _BadManifest(Exception):
     """A mounted folder's manifest is unusable; the message names the mount."""
 
@@ -99,8 +106,11 @@ class Worker:
         self._runs: dict[str, tuple[str, trio.CancelScope]] = {}
         """job id -> (origin, the scope that stops the run)"""
         self._handing_back: set[str] = set()
-        self._considering: dict[str, object] = {}
-        """job id -> a marker of the `consider` call that has it"""
+        self._considering: dict[str, _Candidate] = {}
+        """job id -> the `consider` call that has it"""
+        self._none_pending: dict[str, float] = {}
+        """origin -> when (trio clock) it last said it has no pending job: what was announced
+        before is stale, and not worth a claim"""
         self.executed = 0
         self.succeeded = 0
         self.failed = 0
@@ -169,12 +179,15 @@ class Worker:
         """Try to claim and run one announced job; returns when it is done with it either way.
         A job that is backing off is waited for without holding one of the `max_jobs` slots."""
         job_id = announcement.job.id
-        marker = self._considering[job_id] = object()
+        candidate = self._considering[job_id] = _Candidate()
         try:
-            for _ in range(MAX_CLAIM_RETRIES):
+            for attempt in range(MAX_CLAIM_RETRIES):
                 async with self._limiter:
                     if self.hold(announcement):  # draining: kept for `undrain`
                         return
+                    idle_since = self._none_pending.get(announcement.job.origin, -math.inf)
+                    if attempt == 0 and candidate.heard < idle_since:
+                        return  # taken while it queued for a slot, like everything else there
                     self._claiming += 1
                     try:
                         reply = await self._claim(announcement)
@@ -190,8 +203,14 @@ class Worker:
         except Exception:  # one job's unforeseen failure must not stop the node; its lease lapses
             log.exception("worker failed on job %s", job_id)
         finally:
-            if self._considering.get(job_id) is marker:
+            if self._considering.get(job_id) is candidate:
                 del self._considering[job_id]
+
+    def heard(self, job_id: str) -> None:
+        """The job was announced (again): a `consider` call queued for it must not take it for
+        stale, since it may be pending again."""
+        if (candidate := self._considering.get(job_id)) is not None:
+            candidate.heard = trio.current_time()
 
     def stop_run(self, job_id: str, origin: NodeId) -> bool:
         """Abandon a running job because its origin says so (a cancel); anyone else is ignored."""
@@ -202,8 +221,12 @@ class Worker:
         return True
 
     async def _claim(self, announcement: JobAnnounced) -> model.ClaimGrant | float | None:
-        """A grant, the seconds to wait before asking again, or None: give up on this job."""
-        request = model.ClaimRequest(job_id=announcement.job.id, worker=self.id)
+        """A grant (of this job, or of another one of its origin's when this one is taken), the
+        seconds to wait before asking again, or None: give up on this job."""
+        request = model.ClaimRequest(
+            job_id=announcement.job.id, worker=self.id, start=True, instead=sorted(self.executors)
+        )
+        asked = trio.current_time()
         try:
             reply = await self._control.ask(announcement.origin_addr, request)
         except ControlError as exc:
@@ -216,6 +239,9 @@ class Worker:
         if isinstance(reply, model.ClaimRefused) and reply.retry_after is not None:
             self._metrics.claims.labels("backoff").inc()
             return reply.retry_after
+        if isinstance(reply, model.ClaimRefused) and reply.none_pending:
+            origin = announcement.job.origin
+            self._none_pending[origin] = max(asked, self._none_pending.get(origin, asked))
         self._metrics.claims.labels("refused").inc()
         log.debug(
             "claim of %s refused: %s", announcement.job.id, getattr(reply, "reason", reply.type)
@@ -281,7 +307,8 @@ class Worker:
             self._handing_back.discard(job.id)
             self.running.discard(job.id)
             self._settle()
-            shutil.rmtree(workdir, ignore_errors=True)
+            with trio.CancelScope(shield=True):  # off the event loop; done when stopping too
+                await trio.to_thread.run_sync(shutil.rmtree, workdir, True)
 
     async def _release(self, job: model.Job, token: LeaseToken, origin: PeerAddr) -> None:
         try:
@@ -315,18 +342,16 @@ class Worker:
         stopped: trio.CancelScope,
     ) -> None:
         """Renew until the origin refuses; an origin that does not answer is retried, not given
-        up on."""
-        request: model.ControlMessage = model.Started(job_id=job.id, lease_token=token)
-        while True:
+        up on. The claim started the job, so the first renewal is a third of the lease away."""
+        request = model.Renew(job_id=job.id, lease_token=token)
+        reply: model.ControlMessage = model.RenewOk(expires_in=lease_s)
+        while isinstance(reply, model.RenewOk):
+            await trio.sleep(reply.expires_in / 3)
             try:
                 reply = await self._control.ask(origin, request)
             except ControlError as exc:
                 log.info("lease renewal of %s failed, retrying: %s", job.id, exc)
                 reply = model.RenewOk(expires_in=lease_s)
-            if not isinstance(reply, model.RenewOk):
-                break
-            await trio.sleep(reply.expires_in / 3)
-            request = model.Renew(job_id=job.id, lease_token=token)
         stopped.cancel()
 
     async def _run(

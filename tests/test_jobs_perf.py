@@ -1,0 +1,192 @@
+"""The jobs hot path does no work twice: a job costs its origin one claim, one report and one
+announcement, and an uploaded binary module is neither stored again nor compiled again for every
+job that uses it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from p2pnode.blobs import store as blob_store
+from p2pnode.executors.wasm import load_module_bytes
+from p2pnode.jobs import model, service
+from p2pnode.jobs.announcements import JobAnnounced
+from p2pnode.jobs.control import ControlServer
+from p2pnode.jobs.model import JobState
+from p2pnode.jobs.service import JobSubmission
+from p2pnode.jobs.store import ClaimRefused, JobStore
+from p2pnode.jobs.worker import Worker
+from p2pnode.metrics import Metrics
+from p2pnode.net.addr import PeerAddr
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+async def test_a_job_costs_its_origin_one_claim_and_one_report(start_node, monkeypatch) -> None:
+    """The claim starts the job: no `Started` round trip, and the history still shows both
+    steps."""
+    origin = await start_node(max_jobs=0)
+    worker = await start_node(join=origin.join_ticket())
+    asked: list[str] = []
+    answer = origin.jobs.control.answer
+
+    async def counting(peer: str, request: model.ControlMessage) -> model.ControlMessage:
+        asked.append(request.type)
+        return await answer(peer, request)
+
+    monkeypatch.setattr(origin.jobs.control, "answer", counting)
+    published: list[str] = []
+    publish = origin.jobs._gossip.publish
+    monkeypatch.setattr(
+        origin.jobs._gossip, "publish", lambda m: published.append(type(m).__name__) or publish(m)
+    )
+    job = await origin.jobs.submit_files(JobSubmission(module=EXAMPLES / "echo.wat", input=7))
+    with trio.fail_after(30):
+        done = await origin.jobs.wait(job.id)
+    assert done is not None and done.state is JobState.SUCCEEDED, done
+    assert asked == ["claim_request", "report"]
+    assert published == ["JobAnnounced"]  # its worker is done: nobody to tell that it ended
+    states = [e.state for e in done.history]  # running may repeat: a compile note
+    assert states[:3] == [JobState.PENDING, JobState.CLAIMED, JobState.RUNNING], states
+    assert states[-1] is JobState.SUCCEEDED
+    assert done.worker == worker.id
+
+
+async def test_an_uploaded_binary_module_is_its_own_blob_and_listed_once(
+    start_node, monkeypatch
+) -> None:
+    node = await start_node(max_jobs=0)
+    listed: list[bytes] = []
+    list_workflows = service.list_workflows
+
+    def counting(wasm: bytes) -> list[str]:
+        listed.append(wasm)
+        return list_workflows(wasm)
+
+    monkeypatch.setattr(service, "list_workflows", counting)
+    blob = await node.blobs.store.add_bytes(load_module_bytes(EXAMPLES / "echo.wat"))
+    blobs = len(await node.blobs.store.list())
+    jobs = [
+        await node.jobs.submit_files(JobSubmission(module_blob=blob.hash, input=n))
+        for n in range(3)
+    ]
+    assert {job.spec.module.hash for job in jobs} == {blob.hash}
+    assert len(listed) == 1
+    assert len(await node.blobs.store.list()) == blobs
+    held = {model.tag_job(tag): h for tag, h in (await node.blobs.tags()).items()}
+    assert all(held[job.id] == blob.hash for job in jobs)  # each job holds the module
+
+
+async def test_a_scratch_export_is_checked_but_not_fsynced(tmp_path, monkeypatch) -> None:
+    """A worker's copy of a job input lives as long as the run: a crash loses nothing worth an
+    fsync (each costs milliseconds on a busy disk)."""
+    store = blob_store.BlobStore(tmp_path / "blobs")
+    info = await store.add_bytes(b"module bytes")
+    synced: list[int] = []
+    fsync = blob_store.os.fsync
+    monkeypatch.setattr(blob_store.os, "fsync", lambda fd: synced.append(fd) or fsync(fd))
+    await store.export(info.hash, tmp_path / "copy", durable=False)
+    assert (tmp_path / "copy").read_bytes() == b"module bytes"
+    assert synced == []
+    await store.export(info.hash, tmp_path / "kept")
+    assert len(synced) == 2
+
+
+async def test_a_claim_for_a_taken_job_gets_the_oldest_claimable_one_instead(tmp_path) -> None:
+    """Exactly once still: the substitute is claimed like any job, and once nothing is pending the
+    refusal says so, so the worker drops the announcements it queued before."""
+    origin, first, second = "0" * 64, "1" * 64, "2" * 64
+    spec = model.JobSpec(
+        module=model.BlobRef(hash="a" * 64, size=10, root="b" * 64, providers=[origin])
+    )
+
+    async def changed(job: model.Job) -> None:
+        pass
+
+    with JobStore(tmp_path / "jobs.db") as store:
+        control = ControlServer(
+            store, 30.0, changed, lambda *_: None, lambda *_: None, lambda *_: None
+        )
+        older, newer = store.submit(origin, spec), store.submit(origin, spec)
+
+        granted = await control.answer(first, model.ClaimRequest(job_id=older.id, worker=first))
+        assert isinstance(granted, model.ClaimGrant) and granted.job.id == older.id
+        plain = await control.answer(second, model.ClaimRequest(job_id=older.id, worker=second))
+        assert isinstance(plain, model.ClaimRefused) and not plain.none_pending
+        request = model.ClaimRequest(job_id=older.id, worker=second, instead=["wasi"])
+        instead = await control.answer(second, request)
+        assert isinstance(instead, model.ClaimGrant) and instead.job.id == newer.id
+        assert instead.job.worker == second
+        refused = await control.answer(second, request)
+        assert isinstance(refused, model.ClaimRefused) and refused.none_pending
+        assert {j.worker for j in store.list()} == {first, second}
+
+
+class _IdleOrigin:
+    """An origin with nothing pending: it records each claim and refuses it. While `first` is
+    being claimed, it announces `again` anew (the job is pending once more)."""
+
+    def __init__(self, worker: Worker, again: str) -> None:
+        self.worker, self.again = worker, again
+        self.claims: list[str] = []
+
+    async def ask(self, origin: PeerAddr, request: model.ControlMessage) -> model.ControlMessage:
+        assert isinstance(request, model.ClaimRequest)
+        if not self.claims:
+            self.worker.heard(self.again)
+        self.claims.append(request.job_id)
+        return model.ClaimRefused(reason="job already claimed", none_pending=True)
+
+
+async def test_announcements_queued_before_the_origin_went_idle_are_dropped_unless_heard_again(
+    tmp_path, mock_clock
+) -> None:
+    origin = "0" * 64
+    spec = model.JobSpec(
+        module=model.BlobRef(hash="a" * 64, size=10, root="b" * 64, providers=[origin])
+    )
+
+    def announced(n: int) -> JobAnnounced:
+        job = model.Job(
+            id=model.new_job_id(n), origin=origin, spec=spec, created_at=n, updated_at=n
+        )
+        return JobAnnounced(job=job.summary(), origin_addr=PeerAddr(node_id=origin))
+
+    first, stale, again = announced(1), announced(2), announced(3)
+    worker = Worker(
+        "1" * 64, {}, None, None, lambda _: None, tmp_path, 1, {}, tmp_path / "drain", Metrics()
+    )  # type: ignore[arg-type]
+    worker._control = control = _IdleOrigin(worker, again.job.id)  # type: ignore[assignment]
+    async with trio.open_nursery() as nursery:
+        async with worker._limiter:  # the one slot is busy: the announcements queue, in order
+            for announcement in (first, stale, again):
+                nursery.start_soon(worker.consider, announcement)
+                await trio.testing.wait_all_tasks_blocked()
+            mock_clock.jump(1)
+    assert control.claims == [first.job.id, again.job.id]
+
+
+async def test_the_job_granted_instead_is_one_placement_admits(tmp_path) -> None:
+    origin, first, second = "0" * 64, "1" * 64, "2" * 64
+    spec = model.JobSpec(
+        module=model.BlobRef(hash="a" * 64, size=10, root="b" * 64, providers=[origin])
+    )
+
+    async def changed(job: model.Job) -> None:
+        pass
+
+    with JobStore(tmp_path / "jobs.db") as store:
+        older, newer = store.submit(origin, spec), store.submit(origin, spec)
+
+        def admit(worker: str, job: model.Job) -> None:
+            if worker == second and job.id == newer.id:
+                raise ClaimRefused("the job requires workers with gpu=yes")
+
+        control = ControlServer(store, 30.0, changed, lambda *_: None, lambda *_: None, admit)
+        await control.answer(first, model.ClaimRequest(job_id=older.id, worker=first))
+        request = model.ClaimRequest(job_id=older.id, worker=second, instead=["wasi"])
+        refused = await control.answer(second, request)
+        assert isinstance(refused, model.ClaimRefused) and not refused.none_pending
+        assert store.get(newer.id).state is JobState.PENDING
