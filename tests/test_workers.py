@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 from pydantic import BaseModel
 
@@ -241,22 +242,53 @@ def heartbeat(
     )
 
 
+@pytest.mark.slow
 def test_workers_command_against_node_processes(tmp_path: Path) -> None:
-    a = NodeProcess(tmp_path / "a")
+    """An origin and three worker processes: every member lists all four with their slots and
+    labels; a worker killed with SIGKILL turns `down` everywhere."""
+    a = NodeProcess(tmp_path / "a", "--max-jobs", "0")
+    nodes = [a]
     try:
-        b = NodeProcess(tmp_path / "b", "--join", a.ticket)
-        try:
+        for index, slots in enumerate((1, 2, 3)):
+            nodes.append(
+                NodeProcess(
+                    tmp_path / f"w{index}",
+                    "--join",
+                    a.ticket,
+                    "--max-jobs",
+                    str(slots),
+                    "--label",
+                    f"rack=r{index}",
+                )
+            )
 
-            def both_listed() -> bool:
-                return len(json.loads(a.cli("workers", "--json").stdout)) == 2
+        def listed(node: NodeProcess) -> dict[str, Any]:
+            return {w["node_id"]: w for w in json.loads(node.cli("workers", "--json").stdout)}
 
-            wait_for(both_listed, "both nodes in `p2pnode workers`")
-            lines = a.cli("workers").stdout.splitlines()
-            assert len(lines) == 2
-            for node_id, line in zip(sorted([a.id, b.id]), lines, strict=True):
-                assert line.startswith(f"{node_id}  ready  slots 0/"), line
-                assert " wasi," in line and "v0.1.0" in line
-        finally:
-            b.stop()
+        wait_for(lambda: len(listed(a)) == 4 and len(listed(nodes[3])) == 4, "four in `workers`")
+        seen = listed(a)
+        for index, worker in enumerate(nodes[1:]):
+            view = seen[worker.id]
+            assert (view["state"], view["slots_total"], view["slots_free"]) == (
+                "ready",
+                index + 1,
+                index + 1,
+            )
+            assert view["labels"] == {"rack": f"r{index}"}
+        assert seen[a.id]["slots_total"] == 0
+        lines = {line.split()[0]: line for line in a.cli("workers").stdout.splitlines()}
+        assert lines[nodes[2].id].startswith(f"{nodes[2].id}  ready  slots 0/2"), lines
+        assert " wasi," in lines[nodes[2].id] and "v0.1.0" in lines[nodes[2].id]
+        assert "rack=r1" in lines[nodes[2].id]
+
+        nodes[1].kill()
+        wait_for(
+            lambda: listed(a)[nodes[1].id]["state"] == "down",
+            "the killed worker `down`",
+            timeout=DOWN_AFTER_S * 4,
+        )
+        wait_for(lambda: listed(nodes[3])[nodes[1].id]["state"] == "down", "down on a worker too")
+        assert listed(a)[nodes[2].id]["state"] == "ready"
     finally:
-        a.stop()
+        for node in nodes:
+            node.kill()
