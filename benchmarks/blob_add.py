@@ -11,7 +11,6 @@ to dd.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -42,10 +41,7 @@ def main(mib: int, runs: int) -> None:
     size = mib << 20
     with tempfile.TemporaryDirectory(prefix="p2pnode-bench-") as tmp:
         work = Path(tmp)
-        source = work / "random.bin"
-        with open(source, "wb") as f:
-            for _ in range(mib):
-                f.write(os.urandom(1 << 20))
+        source = script.random_file(work / "random.bin", mib)
         node = NodeProcess(work / "node")
         try:
             with httpx.Client(timeout=None) as http:

@@ -12,7 +12,6 @@ weighs on both alike. With `--reference-python` (a python with iroh==0.35.0), ir
 
 from __future__ import annotations
 
-import os
 import statistics
 import subprocess
 import sys
@@ -45,10 +44,7 @@ def main(mib: int, runs: int, reference_python: str | None, anchors: Path) -> No
     adds, fetches, raws, peaks = [], [], [], []
     with tempfile.TemporaryDirectory(prefix="p2pnode-bench-") as tmp:
         work = Path(tmp)
-        source = work / "random.bin"
-        with open(source, "wb") as f:
-            for _ in range(mib):
-                f.write(os.urandom(1 << 20))
+        source = script.random_file(work / "random.bin", mib)
         for run in range(runs):
             raws.append(trio.run(measure, size))
             provider = NodeProcess(work / f"provider{run}")

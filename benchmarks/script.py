@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 
 def parser(doc: str | None) -> argparse.ArgumentParser:
@@ -10,3 +12,11 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(
         description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+
+
+def random_file(path: Path, mib: int) -> Path:
+    """`mib` MiB of incompressible bytes at `path`, written a MiB at a time (constant memory)."""
+    with open(path, "wb") as f:
+        for _ in range(mib):
+            f.write(os.urandom(1 << 20))
+    return path

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import iroh
 import pytest
 
 import tickets
+from p2pnode.blobs.store import BlobStore
 from p2pnode.net import bridge
 
 TEST_ALPN = b"p2pnode/test/1"
@@ -111,3 +113,13 @@ async def api(node):
         base_url=node.api_url, headers={"Authorization": f"Bearer {node.api_token}"}, timeout=30
     ) as client:
         yield client
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[BlobStore]:
+    """A blob store of its own (a test file may define its own `store`, e.g. a job store)."""
+    s = await BlobStore.open(tmp_path / "store")
+    try:
+        yield s
+    finally:
+        s.close()

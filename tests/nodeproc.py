@@ -125,3 +125,8 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) ->
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(0.1)
+
+
+def submit_job(node: NodeProcess, *args: str) -> str:
+    """`p2pnode job submit ARGS` on `node`: the new job's id."""
+    return node.cli("job", "submit", *args).stdout.strip().splitlines()[0]

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
 
@@ -19,15 +18,6 @@ from p2pnode.blobs.store import BlobCorrupt, BlobNotFound, BlobStore, StoreError
 from tests.conftest import cli_argv
 
 SIZE = 3 * BLOCK_SIZE + 12345
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[BlobStore]:
-    s = await BlobStore.open(tmp_path / "store")
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def write_random(path: Path, size: int = SIZE) -> bytes:

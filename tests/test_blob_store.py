@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
 
@@ -33,15 +32,6 @@ def digest_and_blocks(data: bytes) -> tuple[str, BlockList]:
 def block(data: bytes, bl: BlockList, index: int) -> bytes:
     offset, length = bl.block_range(index)
     return data[offset : offset + length]
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[BlobStore]:
-    s = await BlobStore.open(tmp_path / "store")
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 async def reopen(s: BlobStore) -> BlobStore:

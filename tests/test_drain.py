@@ -20,7 +20,7 @@ from p2pnode.jobs.control import ControlClient
 from p2pnode.jobs.worker import Worker
 from p2pnode.metrics import Metrics
 from p2pnode.net.addr import PeerAddr
-from tests.nodeproc import NodeProcess, wait_for
+from tests.nodeproc import NodeProcess, submit_job, wait_for
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 GATE = Path(__file__).resolve().parent / "modules" / "gate.wat"
@@ -42,12 +42,8 @@ def nodes():
         node.kill()
 
 
-def submit(node: NodeProcess, *args: str) -> str:
-    return node.cli("job", "submit", *args).stdout.strip().splitlines()[0]
-
-
 def gated(node: NodeProcess, *args: str) -> str:
-    return submit(node, "--module", str(GATE), "--command", "--time-limit", "600", *args)
+    return submit_job(node, "--module", str(GATE), "--command", "--time-limit", "600", *args)
 
 
 def show(node: NodeProcess, job_id: str) -> dict:
@@ -84,7 +80,7 @@ def test_drain_finishes_the_running_job_and_claims_nothing_until_undrained(
     try:
         wait_for(lambda: states(origin)[first.id] == "draining", "draining everywhere", PATIENT)
         later = gated(origin, "--require", "name=first")
-        anyone = submit(origin, "--module", str(EXAMPLES / "echo.wat"), "--input", "7")
+        anyone = submit_job(origin, "--module", str(EXAMPLES / "echo.wat"), "--input", "7")
         assert origin.cli("job", "wait", anyone).stdout.strip() == "7"
         assert show(origin, anyone)["worker"] == other.id
         waiting = show(origin, later)
@@ -126,8 +122,8 @@ def test_a_job_requiring_a_label_runs_only_on_the_labelled_worker(nodes, tmp_pat
     plain = nodes(tmp_path / "plain", "--join", origin.ticket)
     wait_for(lambda: len(states(origin)) == 2, "the plain worker", PATIENT)
     echo = ["--module", str(EXAMPLES / "echo.wat")]
-    for_gpu = submit(origin, *echo, "--input", "1", "--require", "gpu=yes")
-    not_gpu = submit(origin, *echo, "--input", "2", "--require", "gpu!=yes")
+    for_gpu = submit_job(origin, *echo, "--input", "1", "--require", "gpu=yes")
+    not_gpu = submit_job(origin, *echo, "--input", "2", "--require", "gpu!=yes")
     assert origin.cli("job", "wait", not_gpu).stdout.strip() == "2"
     waiting = show(origin, for_gpu)
     assert waiting["state"] == "pending" and waiting["spec"]["requirements"]["labels"] == [

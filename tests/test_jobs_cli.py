@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.nodeproc import NodeProcess
+from tests.nodeproc import NodeProcess, submit_job
 
 pytestmark = pytest.mark.slow
 
@@ -33,10 +33,6 @@ def nodes():
     yield start
     for node in started:
         node.kill()
-
-
-def submit(node: NodeProcess, *args: str) -> str:
-    return node.cli("job", "submit", *args).stdout.strip().splitlines()[0]
 
 
 def show(node: NodeProcess, job_id: str) -> dict:
@@ -72,7 +68,7 @@ def test_job_with_artifact_runs_on_worker_and_outputs_come_back(nodes, tmp_path:
     worker = nodes(tmp_path / "b", "--join", origin.ticket)
     text = tmp_path / "text.txt"
     text.write_text("the quick brown fox\njumps over the lazy dog\n")
-    job_id = submit(
+    job_id = submit_job(
         origin, "--module", str(EXAMPLES / "wordcount.wat"), "--artifact", f"text={text}", "--wait"
     )
     job = json.loads(origin.cli("job", "show", job_id, "--json").stdout)
@@ -87,7 +83,7 @@ def test_three_workers_run_every_job_exactly_once(nodes, tmp_path: Path) -> None
     origin = nodes(tmp_path / "origin", "--max-jobs", "0")
     workers = [nodes(tmp_path / f"w{i}", "--join", origin.ticket) for i in range(3)]
     jobs = [
-        submit(origin, "--module", str(EXAMPLES / "echo.wat"), "--input", json.dumps({"n": i}))
+        submit_job(origin, "--module", str(EXAMPLES / "echo.wat"), "--input", json.dumps({"n": i}))
         for i in range(12)
     ]
     for i, job_id in enumerate(jobs):
@@ -101,7 +97,7 @@ def test_three_workers_run_every_job_exactly_once(nodes, tmp_path: Path) -> None
 def test_killed_worker_job_reruns_elsewhere(nodes, tmp_path: Path) -> None:
     origin = nodes(tmp_path / "origin", "--max-jobs", "0")
     doomed = nodes(tmp_path / "doomed", "--join", origin.ticket)
-    job_id = submit(origin, "--module", str(MODULES / "slow.wat"), "--fuel", str(10**12))
+    job_id = submit_job(origin, "--module", str(MODULES / "slow.wat"), "--fuel", str(10**12))
     wait_until(
         lambda: show(origin, job_id)["state"] == "running", "the job to run on the first worker"
     )
@@ -120,7 +116,8 @@ def test_killed_worker_job_reruns_elsewhere(nodes, tmp_path: Path) -> None:
 def test_origin_killed_and_restarted_loses_no_job(nodes, tmp_path: Path) -> None:
     origin = nodes(tmp_path / "origin", "--max-jobs", "0")
     jobs = [
-        submit(origin, "--module", str(EXAMPLES / "echo.wat"), "--input", str(i)) for i in range(5)
+        submit_job(origin, "--module", str(EXAMPLES / "echo.wat"), "--input", str(i))
+        for i in range(5)
     ]
     origin.stop(signal.SIGKILL)
     origin = nodes(tmp_path / "origin", "--max-jobs", "0")
@@ -142,7 +139,7 @@ def test_bad_modules_fail_with_a_reason(
     nodes, tmp_path: Path, module: Path, extra: list[str], reason: str
 ) -> None:
     node = nodes(tmp_path / "solo", "--max-jobs", "1")
-    job_id = submit(node, "--module", str(module), "--attempts", "1", *extra)
+    job_id = submit_job(node, "--module", str(module), "--attempts", "1", *extra)
     result = node.cli("job", "wait", job_id, check=False)
     assert result.returncode == 1
     record = show(node, job_id)
@@ -170,7 +167,7 @@ def test_large_input_runs_and_the_origin_restarts_after_kill(nodes, tmp_path: Pa
     big = {"data": "x" * 70_000}
     (tmp_path / "big.json").write_text(json.dumps(big))
     jobs = [
-        submit(origin, "--module", str(EXAMPLES / "echo.wat"), "--input", input_)
+        submit_job(origin, "--module", str(EXAMPLES / "echo.wat"), "--input", input_)
         for input_ in (f"@{tmp_path / 'big.json'}", "1")
     ]
     origin.stop(signal.SIGKILL)
@@ -194,7 +191,7 @@ def test_stopped_worker_hands_its_job_back(nodes, tmp_path: Path) -> None:
     long_lease = {"P2PNODE_LEASE": "30"}
     origin = nodes(tmp_path / "origin", "--max-jobs", "0", env=long_lease)
     worker = nodes(tmp_path / "worker", "--join", origin.ticket, env=long_lease)
-    job_id = submit(origin, "--module", str(MODULES / "slow.wat"), "--fuel", str(10**12))
+    job_id = submit_job(origin, "--module", str(MODULES / "slow.wat"), "--fuel", str(10**12))
     wait_until(lambda: show(origin, job_id)["state"] == "running", "the job to run")
     stopping = time.monotonic()
     code, err = worker.stop(signal.SIGTERM)
