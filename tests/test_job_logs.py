@@ -11,7 +11,7 @@ from pathlib import Path
 import trio
 
 from p2pnode.jobs import model
-from p2pnode.jobs.logs import BUFFER_CHARS, LogBuffer, read
+from p2pnode.jobs.logs import BUFFER_CHARS, JobLogs, LogBuffer, read
 from p2pnode.jobs.model import JobState
 from p2pnode.jobs.service import JobSubmission
 from p2pnode.jobs.worker import _read_chunk
@@ -205,3 +205,30 @@ def test_a_chunk_ends_between_characters(tmp_path: Path) -> None:
     path.write_bytes(b"ab\xe2\x82\xac")
     assert _read_chunk(path, 0) == "ab€".encode()
     assert _read_chunk(tmp_path / "none", 0) == b""
+
+
+def test_all_jobs_together_stay_within_the_total() -> None:
+    """Each job's 1 MiB bound alone lets memory grow with the number of running jobs: the
+    buffers share one total, and the first jobs to fill up shrink when more start."""
+    logs = JobLogs(limit=10_000, total=30_000)
+    ids = [f"job_01M8CRH8D5H83H6EVKWEVXEHT{index}" for index in range(10)]
+
+    def add(job_id: str) -> None:
+        logs.append(job_id, 1, model.LogChunk.model_validate(
+            {"job_id": job_id, "lease_token": "0" * 32, "stream": "stdout", "offset": 0,
+             "size": 2000, "text": "x" * 2000}
+        ))  # fmt: skip
+        assert logs.held == sum(logs.buffer(i).held for i in ids[: len(logs)])
+        assert logs.held <= 30_000
+
+    for job_id in ids[:2]:
+        for _ in range(10):
+            add(job_id)
+    assert logs.buffer(ids[0]).held > 3_000  # alone, a job keeps up to its own limit
+    for job_id in ids[2:]:
+        for _ in range(3):
+            add(job_id)
+    assert all(logs.buffer(job_id).held <= 3_000 for job_id in ids)
+    before = logs.held
+    logs.ended(ids[0])
+    assert logs.held < before and len(logs) == 9

@@ -407,7 +407,7 @@ class JobService:
 
     def _on_log(self, job: model.Job, chunk: model.LogChunk) -> None:
         if job.origin == self.id:
-            self.logs.buffer(job.id).append(job.attempts, chunk)
+            self.logs.append(job.id, job.attempts, chunk)
 
     def _announce(self, job: model.Job) -> None:
         if old := self._announcements.pop(job.id, None):
