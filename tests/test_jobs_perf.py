@@ -4,6 +4,7 @@ job that uses it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -22,6 +23,23 @@ from p2pnode.metrics import Metrics
 from p2pnode.net.addr import PeerAddr
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def job_spec(origin: str) -> model.JobSpec:
+    return model.JobSpec(
+        module=model.BlobRef(hash="a" * 64, size=10, root="b" * 64, providers=[origin])
+    )
+
+
+def origin_control(
+    store: JobStore, admit: Callable[[str, model.Job], None] = lambda *_: None
+) -> ControlServer:
+    """The origin's control server over `store`, with nothing wired but placement."""
+
+    async def changed(job: model.Job) -> None:
+        pass
+
+    return ControlServer(store, 30.0, changed, lambda *_: None, lambda *_: None, admit)
 
 
 async def test_a_job_costs_its_origin_one_claim_and_one_report(start_node, monkeypatch) -> None:
@@ -98,17 +116,10 @@ async def test_a_claim_for_a_taken_job_gets_the_oldest_claimable_one_instead(tmp
     """Exactly once still: the substitute is claimed like any job, and once nothing is pending the
     refusal says so, so the worker drops the announcements it queued before."""
     origin, first, second = "0" * 64, "1" * 64, "2" * 64
-    spec = model.JobSpec(
-        module=model.BlobRef(hash="a" * 64, size=10, root="b" * 64, providers=[origin])
-    )
-
-    async def changed(job: model.Job) -> None:
-        pass
+    spec = job_spec(origin)
 
     with JobStore(tmp_path / "jobs.db") as store:
-        control = ControlServer(
-            store, 30.0, changed, lambda *_: None, lambda *_: None, lambda *_: None
-        )
+        control = origin_control(store)
         older, newer = store.submit(origin, spec), store.submit(origin, spec)
 
         granted = await control.answer(first, model.ClaimRequest(job_id=older.id, worker=first))
@@ -144,9 +155,7 @@ async def test_announcements_queued_before_the_origin_went_idle_are_dropped_unle
     tmp_path, mock_clock
 ) -> None:
     origin = "0" * 64
-    spec = model.JobSpec(
-        module=model.BlobRef(hash="a" * 64, size=10, root="b" * 64, providers=[origin])
-    )
+    spec = job_spec(origin)
 
     def announced(n: int) -> JobAnnounced:
         job = model.Job(
@@ -170,12 +179,7 @@ async def test_announcements_queued_before_the_origin_went_idle_are_dropped_unle
 
 async def test_the_job_granted_instead_is_one_placement_admits(tmp_path) -> None:
     origin, first, second = "0" * 64, "1" * 64, "2" * 64
-    spec = model.JobSpec(
-        module=model.BlobRef(hash="a" * 64, size=10, root="b" * 64, providers=[origin])
-    )
-
-    async def changed(job: model.Job) -> None:
-        pass
+    spec = job_spec(origin)
 
     with JobStore(tmp_path / "jobs.db") as store:
         older, newer = store.submit(origin, spec), store.submit(origin, spec)
@@ -184,7 +188,7 @@ async def test_the_job_granted_instead_is_one_placement_admits(tmp_path) -> None
             if worker == second and job.id == newer.id:
                 raise ClaimRefused("the job requires workers with gpu=yes")
 
-        control = ControlServer(store, 30.0, changed, lambda *_: None, lambda *_: None, admit)
+        control = origin_control(store, admit)
         await control.answer(first, model.ClaimRequest(job_id=older.id, worker=first))
         request = model.ClaimRequest(job_id=older.id, worker=second, instead=["wasi"])
         refused = await control.answer(second, request)
