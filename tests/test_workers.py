@@ -277,7 +277,7 @@ def test_workers_command_against_node_processes(tmp_path: Path) -> None:
             assert view["labels"] == {"rack": f"r{index}"}
         assert seen[a.id]["slots_total"] == 0
         lines = {line.split()[0]: line for line in a.cli("workers").stdout.splitlines()}
-        assert lines[nodes[2].id].startswith(f"{nodes[2].id}  ready  slots 0/2"), lines
+        assert lines[nodes[2].id].startswith(f"{nodes[2].id}  ready     slots 0/2"), lines
         assert " wasi," in lines[nodes[2].id] and "v0.1.0" in lines[nodes[2].id]
         assert "rack=r1" in lines[nodes[2].id]
 

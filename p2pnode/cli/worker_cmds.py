@@ -4,6 +4,7 @@ heartbeats it gossips, and this node's drain switch."""
 from __future__ import annotations
 
 import time
+from typing import get_args
 
 import click
 from pydantic import RootModel
@@ -11,9 +12,10 @@ from pydantic import RootModel
 from p2pnode.api.client import ApiClient
 from p2pnode.api.schemas import DrainStatus
 from p2pnode.cli import cli, fail
-from p2pnode.jobs.heartbeat import WorkerView
+from p2pnode.jobs.heartbeat import WorkerState, WorkerView
 from p2pnode.labels import format_labels
 
+STATE_WIDTH = max(len(state) for state in get_args(WorkerState))
 DRAIN_POLL_S = 30.0
 """How long one `POST /drain` waits for the running jobs before the CLI asks again."""
 
@@ -41,8 +43,9 @@ def workers(api: ApiClient, as_json: bool) -> None:
         return
     for w in found.root:
         executors = ",".join(e.kind if e.answers else f"!{e.kind}" for e in w.executors)
+        slots = f"{w.slots_total - w.slots_free}/{w.slots_total}"
         click.echo(
-            f"{w.node_id}  {w.state:5}  slots {w.slots_total - w.slots_free}/{w.slots_total}  "
+            f"{w.node_id}  {w.state:{STATE_WIDTH}}  slots {slots}  "
             f"{executors or '-':16}  seen {w.age_s:.0f}s ago  v{w.version}  "
             f"{format_labels(w.labels)}"
         )
