@@ -164,6 +164,28 @@ def test_browser_watches_a_cli_job_succeed_without_a_reload(tmp_path: Path, brow
                 "a closed session to lead to the login page",
                 timeout=PAGE_TIMEOUT_S,
             )
+            # The pasted token logs in too, and never shows in the address bar.
+            token = (origin.data_dir / "api-token").read_text().strip()
+            field = driver.find_element(By.CSS_SELECTOR, 'input[name="token"]')
+            field.send_keys(token)
+            field.submit()
+            wait_for(
+                lambda: (
+                    driver.current_url == f"{origin.api}/"
+                    and driver.execute_script(
+                        "return document.getElementById('join-ticket') !== null;"
+                    )
+                ),
+                "the pasted token to log in and show the join ticket",
+                timeout=PAGE_TIMEOUT_S,
+            )
+            # A job this node does not have: its page says so instead of staying blank.
+            driver.get(f"{origin.api}/ui/jobs/job_00000000000000000000000000")
+            wait_for(
+                lambda: "error: no job" in driver.find_element(By.ID, "job").text,
+                "the page of an unknown job to say so",
+                timeout=PAGE_TIMEOUT_S,
+            )
         finally:
             worker.stop()
     finally:
