@@ -5,6 +5,7 @@ Origin)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path, PurePosixPath
@@ -59,7 +60,7 @@ async def test_pages_are_data_free_shells_and_fragments_need_the_session(node) -
             assert "default-src 'self'" in shell.headers["content-security-policy"]
             assert shell.headers["x-frame-options"] == "DENY"
             assert shell.headers["cache-control"] == "no-store"
-            assert '<script src="/static/dashboard.js">' in shell.text
+            assert '<script src="/static/dashboard.js?v=' in shell.text
         assert 'hx-get="/ui/jobs" hx-trigger="load, every 1s"' in (await browser.get("/")).text
         job_shell = (await browser.get(f"/ui/jobs/{JOB_ID}")).text
         assert f'hx-get="/ui/jobs/{JOB_ID}/live" hx-trigger="load"' in job_shell
@@ -86,6 +87,11 @@ async def test_static_assets_are_served_from_the_package(node) -> None:
         assert (await browser.get("/static/dashboard.css")).status_code == 200
         script = await browser.get("/static/dashboard.js")
         assert script.status_code == 200 and "localStorage" in script.text
+        # Pages name each asset by its content: a script cached from another version never runs.
+        shell = (await browser.get("/login")).text
+        digest = hashlib.sha256(script.content).hexdigest()[:16]
+        assert f'<script src="/static/dashboard.js?v={digest}">' in shell
+        assert (await browser.get(f"/static/dashboard.js?v={digest}")).text == script.text
         assert (await browser.get("/static/htmx.LICENSE")).status_code == 404
         assert (await browser.get("/static/..%2fdashboard.py")).status_code == 404
 

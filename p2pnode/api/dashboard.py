@@ -16,6 +16,7 @@ their URL does not say, and all data comes in the fragments.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
 import json
 import shlex
@@ -59,6 +60,17 @@ PAGE_HEADERS = {
 """Only the node's own scripts run on its pages, nobody frames them, nothing is cached, and nothing
 leaves in a Referer."""
 STATIC_TYPES = {".js": "text/javascript", ".css": "text/css"}
+STATIC = {
+    path.name: (path.read_bytes(), STATIC_TYPES[PurePosixPath(path.name).suffix])
+    for path in files("p2pnode.api").joinpath("static").iterdir()
+    if PurePosixPath(path.name).suffix in STATIC_TYPES
+}
+ASSET_URLS = {
+    name: f"/static/{name}?v={hashlib.sha256(content).hexdigest()[:16]}"
+    for name, (content, _) in STATIC.items()
+}
+"""Each static file's URL names its content, so a browser never runs a cached script of another
+version (assets are cached for an hour)."""
 
 
 class LoginRequest(BaseModel):
@@ -113,15 +125,11 @@ TEMPLATES = Environment(
     undefined=StrictUndefined,
 )
 TEMPLATES.filters.update(ago=_ago, what=_what, basename=lambda name: PurePosixPath(name).name)
+TEMPLATES.globals["asset"] = ASSET_URLS.__getitem__
 
 
 def dashboard_router(node: Node, sessions: Sessions) -> APIRouter:
     router = APIRouter(include_in_schema=False)
-    static = {
-        path.name: (path.read_bytes(), STATIC_TYPES[PurePosixPath(path.name).suffix])
-        for path in files("p2pnode.api").joinpath("static").iterdir()
-        if PurePosixPath(path.name).suffix in STATIC_TYPES
-    }
 
     def page(template: str, **context: Any) -> HTMLResponse:
         html = TEMPLATES.get_template(template).render(now=time.time(), **context)
@@ -240,9 +248,9 @@ def dashboard_router(node: Node, sessions: Sessions) -> APIRouter:
 
     @router.get("/static/{name}")
     async def asset(name: str) -> Response:
-        if name not in static:
+        if name not in STATIC:
             raise HTTPException(404, f"no static file {name}")
-        content, media_type = static[name]
+        content, media_type = STATIC[name]
         return Response(content, media_type=media_type, headers={"Cache-Control": "max-age=3600"})
 
     return router
