@@ -1,5 +1,6 @@
 """The local API's guard, against a real node's API: token, Host, cross-site, body types and sizes,
-validation at the boundary, and docs that work offline."""
+validation at the boundary, docs that work offline, and the dashboard's session out of reach of
+another port."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import httpx
 import pytest
 import trio
 
-from p2pnode.api.auth import MAX_JSON_BODY
+from p2pnode.api.auth import MAX_JSON_BODY, session_cookie
 
 pytestmark = pytest.mark.trio
 
@@ -268,3 +269,46 @@ async def test_api_bound_by_name_answers_to_its_address_and_localhost(start_node
                 f"http://127.0.0.1:{port}/status", headers={"Host": f"evil.example:{port}"}
             )
         ).status_code == 421
+
+
+async def test_what_another_port_gets_from_a_browser_reads_nothing(node, api) -> None:
+    """Browsers send a host's cookies to all its ports: a web server any local account runs on
+    127.0.0.1 gets every cookie the node ever set in a browser, and could replay them. So no cookie
+    grants anything, not even one holding a live session secret: no fragment, JSON, download or
+    dashboard action, and the pages a browser opens without the header hold no data."""
+    blob = await node.blobs.store.add_bytes(b"a member's data", pin=True)
+    job_id = "job_00000000000000000000000000"
+    code = (await api.post("/login-codes")).json()["code"]
+    async with httpx.AsyncClient(base_url=node.api_url) as browser:
+        secret = (await browser.post("/login", json={"code": code})).json()["session"]
+        cookies = dict(browser.cookies)
+    port = httpx.URL(node.api_url).port
+    cookies[session_cookie(port)] = secret
+    ticket = node.join_ticket()
+    async with httpx.AsyncClient(base_url=node.api_url, cookies=cookies) as foreign:
+        for method, path in [
+            ("GET", "/ui/node"),
+            ("GET", "/ui/cluster"),
+            ("GET", "/ui/jobs"),
+            ("GET", "/ui/blobs"),
+            ("GET", f"/ui/jobs/{job_id}/live"),
+            ("GET", "/status"),
+            ("GET", "/jobs"),
+            ("GET", "/blobs"),
+            ("GET", f"/blobs/{blob.hash}"),
+            ("GET", f"/jobs/{job_id}/logs"),
+            ("POST", "/tickets/join"),
+            ("POST", f"/ui/jobs/{job_id}/cancel"),
+            ("POST", "/ui/logout"),
+        ]:
+            refused = await foreign.request(method, path, headers={"HX-Request": "true"})
+            assert refused.status_code == 401, (method, path)
+            assert ticket not in refused.text and "member" not in refused.text
+        for path in ("/", f"/ui/jobs/{job_id}", "/login"):
+            shell = await foreign.get(path)
+            assert shell.status_code == 200 and ticket not in shell.text, path
+            assert node.id not in shell.text and secret not in shell.text, path
+    # The same secret as the dashboard's script sends it reads, and the session still lives.
+    async with httpx.AsyncClient(base_url=node.api_url) as script:
+        node_fragment = await script.get("/ui/node", headers={"X-P2pnode-Session": secret})
+        assert node_fragment.status_code == 200 and ticket in node_fragment.text

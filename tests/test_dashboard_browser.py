@@ -62,13 +62,25 @@ def test_browser_watches_a_cli_job_succeed_without_a_reload(tmp_path: Path, brow
     from selenium.webdriver.common.by import By
 
     driver = browser
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    driver.execute_cdp_cmd(
+        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
+    )
     origin = NodeProcess(tmp_path / "origin", "--max-jobs", "0")
     try:
         worker = NodeProcess(tmp_path / "worker", "--join", origin.ticket)
         try:
             login = origin.cli("dashboard").stdout.strip()
             driver.get(login)
-            assert driver.current_url == f"{origin.api}/", driver.current_url
+            wait_for(
+                lambda: driver.current_url == f"{origin.api}/",
+                "the one-time link to log in and lead to the dashboard",
+                timeout=PAGE_TIMEOUT_S,
+            )
+            # The session lives in this origin's localStorage, never in a cookie.
+            secret = driver.execute_script("return localStorage.getItem('p2pnode-session');")
+            assert secret and driver.get_cookies() == []
 
             def row_state(kind: str, node_id: str) -> str | None:
                 """In one script: htmx may swap the rows between two webdriver calls."""
@@ -121,15 +133,59 @@ def test_browser_watches_a_cli_job_succeed_without_a_reload(tmp_path: Path, brow
                 "the job page to show its stdout",
                 timeout=PAGE_TIMEOUT_S,
             )
-            # Log out: htmx posts with the session's CSRF token, and the session is gone.
-            driver.find_element(By.CSS_SELECTOR, 'button[hx-post="/ui/logout"]').click()
+            # An output downloads through the script, which sends the session header.
+            driver.execute_script(
+                "[...document.querySelectorAll('#outputs tr')]"
+                ".find(row => row.cells[0].textContent === 'stdout')"
+                ".querySelector('a[data-download]').click();"
+            )
+            saved = downloads / "stdout"
+            wait_for(
+                lambda: saved.exists() and saved.read_text().startswith("command.wat\n0\nhi"),
+                "the stdout download to be saved",
+                timeout=PAGE_TIMEOUT_S,
+            )
+            assert secret not in driver.page_source
+            # Log out: the session is gone on the node and in the browser.
+            driver.find_element(By.CSS_SELECTOR, "button[data-logout]").click()
             wait_for(
                 lambda: driver.current_url == f"{origin.api}/login",
                 "the log-out button to lead to the login page",
                 timeout=PAGE_TIMEOUT_S,
             )
+            assert driver.execute_script("return localStorage.length;") == 0
             driver.get(f"{origin.api}/")
             assert driver.current_url == f"{origin.api}/login"
+            # The old secret, put back by hand, is refused: the script sends the user to log in.
+            driver.execute_script("localStorage.setItem('p2pnode-session', arguments[0]);", secret)
+            driver.get(f"{origin.api}/")
+            wait_for(
+                lambda: driver.current_url == f"{origin.api}/login",
+                "a closed session to lead to the login page",
+                timeout=PAGE_TIMEOUT_S,
+            )
+            # The pasted token logs in too, and never shows in the address bar.
+            token = (origin.data_dir / "api-token").read_text().strip()
+            field = driver.find_element(By.CSS_SELECTOR, 'input[name="token"]')
+            field.send_keys(token)
+            field.submit()
+            wait_for(
+                lambda: (
+                    driver.current_url == f"{origin.api}/"
+                    and driver.execute_script(
+                        "return document.getElementById('join-ticket') !== null;"
+                    )
+                ),
+                "the pasted token to log in and show the join ticket",
+                timeout=PAGE_TIMEOUT_S,
+            )
+            # A job this node does not have: its page says so instead of staying blank.
+            driver.get(f"{origin.api}/ui/jobs/job_00000000000000000000000000")
+            wait_for(
+                lambda: "error: no job" in driver.find_element(By.ID, "job").text,
+                "the page of an unknown job to say so",
+                timeout=PAGE_TIMEOUT_S,
+            )
         finally:
             worker.stop()
     finally:

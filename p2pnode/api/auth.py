@@ -3,29 +3,32 @@
 The token lives in `DATA/api-token` (mode 0600 in a 0700 folder; `p2pnode.apitoken`), so only the
 node's own user can read it; the CLI sends it as `Authorization: Bearer <token>`. `ApiGuard` is the
 one place every request passes through, before routing: it refuses foreign `Host` names (DNS
-rebinding), cross-site browser requests, missing or wrong tokens, and request bodies of the wrong
-type or size.
+rebinding), cross-site browser requests, missing or wrong credentials, and request bodies of the
+wrong type or size.
 
-A browser cannot send the bearer header, so the dashboard logs in once (with the token, or a
-one-time code the CLI prints) and then carries a session cookie (`Sessions`): it reads anything
-(GET), and may POST only the dashboard's own actions under `/ui/`, with the session's CSRF token
-in a header. Sessions live in memory only: a restart logs every browser out.
+A browser cannot send the bearer header when it opens a page, so the dashboard logs in once (with
+the token, or a one-time code the CLI prints) and gets a session secret (`Sessions`) that its own
+script keeps in `localStorage` and sends as the `X-P2pnode-Session` header: it reads anything
+(GET), and may POST only the dashboard's own actions under `/ui/`. Never a cookie: browsers send a
+host's cookies to every port of it, so any local account's web server on 127.0.0.1 would receive
+it, while `localStorage` belongs to one origin (scheme, host and port). The custom header is also
+the CSRF defence: another origin cannot send it without a CORS preflight, which the node never
+grants. Sessions live in memory only: a restart logs every browser out.
 
 Light on purpose (stdlib only).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import ipaddress
 import json
+import re
 import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -40,15 +43,18 @@ DOCS_ASSETS = "/static-offline-docs/"
 UPLOAD_PATHS = frozenset({"/blobs"})
 """Where a raw `application/octet-stream` body of any size is streamed (PUT only)."""
 LOGIN_PATH = "/login"
-"""The dashboard's login page and form: answered without a credential, since it takes one."""
+"""The dashboard's login page and its JSON login: answered without a credential, since they take
+one."""
 STATIC_ASSETS = "/static/"
-"""The dashboard's stylesheet and vendored htmx: public code, needed by the login page too."""
+"""The dashboard's stylesheet, script and vendored htmx: public code, needed by the login page."""
+SHELLS = re.compile(r"/|/ui/jobs/[^/]+")
+"""The dashboard's pages as a browser navigates to them, without the session header: data-free
+shells (nothing but what their URL says) whose script loads the content with the header."""
 DASHBOARD = "/ui/"
-"""The dashboard's pages and fragments (and `/`), where a browser without a credential is sent to
-the login page; also the only place a session cookie may POST (with its CSRF token)."""
-CSRF_HEADER = "x-csrf-token"
-MAX_FORM_BODY = 4096
-"""Bound of the login form's body (a token, nothing more)."""
+"""The dashboard's fragments and actions: the only place a session may POST."""
+SESSION_HEADER = "x-p2pnode-session"
+MAX_LOGIN_BODY = 4096
+"""Bound of the login request's body (a token or a code, nothing more)."""
 SESSION_TTL_S = 12 * 3600.0
 LOGIN_CODE_TTL_S = 60.0
 MAX_SESSIONS = 64
@@ -62,21 +68,20 @@ Asgi = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def session_cookie(port: int) -> str:
-    """The session cookie's name: browsers share cookies between ports of one host, so each node's
-    API on 127.0.0.1 needs its own name, or logging in to one would log out of the other."""
+    """The cookie that carried the session before it moved to a header: the login and the logout
+    delete it from browsers that still hold one. It never grants anything."""
     return f"p2pnode_session_{port}"
 
 
 @dataclass(frozen=True)
 class Session:
-    id: str
-    csrf: str
+    secret: str
     expires_at: float
 
 
 class Sessions:
     """Dashboard sessions and one-time login codes, in memory, both bounded (the oldest go first)
-    and short-lived. Ids, codes and CSRF tokens are 256-bit random strings."""
+    and short-lived. Secrets and codes are 256-bit random strings."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -99,25 +104,23 @@ class Sessions:
         return self.open()
 
     def open(self) -> Session:
-        session = Session(
-            secrets.token_urlsafe(32), secrets.token_urlsafe(32), self._clock() + SESSION_TTL_S
-        )
-        self._sessions[session.id] = session
+        session = Session(secrets.token_urlsafe(32), self._clock() + SESSION_TTL_S)
+        self._sessions[session.secret] = session
         while len(self._sessions) > MAX_SESSIONS:
             self._sessions.popitem(last=False)
         return session
 
-    def get(self, session_id: str) -> Session | None:
-        session = self._sessions.get(session_id)
+    def get(self, secret: str) -> Session | None:
+        session = self._sessions.get(secret)
         if session is None:
             return None
         if session.expires_at < self._clock():
-            del self._sessions[session_id]
+            del self._sessions[secret]
             return None
         return session
 
-    def close(self, session_id: str) -> None:
-        self._sessions.pop(session_id, None)
+    def close(self, secret: str) -> None:
+        self._sessions.pop(secret, None)
 
 
 class ApiGuard:
@@ -132,7 +135,6 @@ class ApiGuard:
         self._ip = ipaddress.ip_address(host)
         self._port = port
         self._sessions = sessions or Sessions()
-        self._cookie = session_cookie(port)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -151,13 +153,6 @@ class ApiGuard:
         ]
         if status == 401:
             answer.append((b"www-authenticate", b"Bearer"))
-            if _is_page(scope["path"]) and scope["method"] in ("GET", "HEAD"):
-                # A person's browser: to the login page (htmx follows HX-Redirect, not a 303).
-                if "hx-request" in headers:
-                    answer.append((b"hx-redirect", LOGIN_PATH.encode()))
-                else:
-                    status = 303
-                    answer.append((b"location", LOGIN_PATH.encode()))
         await send({"type": "http.response.start", "status": status, "headers": answer})
         await send({"type": "http.response.body", "body": body})
 
@@ -178,8 +173,9 @@ class ApiGuard:
             path in PUBLIC_PATHS
             or path == LOGIN_PATH
             or path.startswith((DOCS_ASSETS, STATIC_ASSETS))
+            or (scope["method"] in ("GET", "HEAD") and SHELLS.fullmatch(path) is not None)
         )
-        if not public and "authorization" not in headers and self._cookie_value(headers):
+        if not public and "authorization" not in headers and SESSION_HEADER in headers:
             return self._session_refusal(scope, headers)
         if not public:
             scheme, _, given = headers.get("authorization", "").partition(" ")
@@ -190,28 +186,18 @@ class ApiGuard:
         return self._body_refusal(scope["method"], path, headers)
 
     def _session_refusal(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str] | None:
-        """A browser with a session cookie: it may read, and POST the dashboard's own actions with
-        its CSRF token; the session rides in the scope's state for the pages."""
-        session = self._sessions.get(self._cookie_value(headers))
+        """The dashboard's script with its session header: it may read, and POST the dashboard's
+        own actions; the session rides in the scope's state for the logout."""
+        session = self._sessions.get(headers[SESSION_HEADER])
         if session is None:
             return 401, "no valid session: log in again at /login"
         method = scope["method"]
-        if method not in ("GET", "HEAD"):
-            if method != "POST" or not scope["path"].startswith(DASHBOARD):
-                return 403, "a dashboard session may only read, and use the dashboard's buttons"
-            if not hmac.compare_digest(
-                headers.get(CSRF_HEADER, "").encode(), session.csrf.encode()
-            ):
-                return 403, "missing or wrong CSRF token"
+        if method not in ("GET", "HEAD") and (
+            method != "POST" or not scope["path"].startswith(DASHBOARD)
+        ):
+            return 403, "a dashboard session may only read, and use the dashboard's buttons"
         scope.setdefault("state", {})["session"] = session
         return self._body_refusal(method, scope["path"], headers)
-
-    def _cookie_value(self, headers: dict[str, str]) -> str:
-        cookies = SimpleCookie()
-        with contextlib.suppress(CookieError):
-            cookies.load(headers.get("cookie", ""))
-        morsel = cookies.get(self._cookie)
-        return morsel.value if morsel is not None else ""
 
     def _body_refusal(
         self, method: str, path: str, headers: dict[str, str]
@@ -220,12 +206,6 @@ class ApiGuard:
         if (length is None or length == "0") and "transfer-encoding" not in headers:
             return None
         content_type = headers.get("content-type", "").partition(";")[0].strip().lower()
-        if method == "POST" and path == LOGIN_PATH:
-            if content_type != "application/x-www-form-urlencoded":
-                return 415, "the login form is sent as application/x-www-form-urlencoded"
-            if length is None or not length.isdigit() or int(length) > MAX_FORM_BODY:
-                return 413, f"the login form is over {MAX_FORM_BODY} bytes"
-            return None
         if method == "PUT" and path in UPLOAD_PATHS:
             return (
                 None
@@ -238,6 +218,8 @@ class ApiGuard:
             return 411, "JSON request bodies need a Content-Length"
         if not length.isdigit() or int(length) > MAX_JSON_BODY:
             return 413, f"request body over {MAX_JSON_BODY >> 20} MiB"
+        if path == LOGIN_PATH and int(length) > MAX_LOGIN_BODY:
+            return 413, f"the login request is over {MAX_LOGIN_BODY} bytes"
         return None
 
     def _own_host(self, value: str) -> bool:
@@ -268,7 +250,3 @@ class ApiGuard:
 
 def headers_of(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-
-
-def _is_page(path: str) -> bool:
-    return path == "/" or path.startswith(DASHBOARD)

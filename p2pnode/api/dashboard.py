@@ -1,18 +1,22 @@
 """The web dashboard: server-rendered pages of what the JSON API serves, for a person's browser.
 
-Pages read the same node calls as the JSON routes, so new fields show up here too. Live parts are
-htmx fragments polled every second or two (`/ui/...`); htmx and the stylesheet are served from the
-package, so the dashboard works offline. Everything a member controls (job names, arguments,
-labels, logs, errors, outputs) is escaped by the templates' autoescaping.
+Fragments read the same node calls as the JSON routes, so new fields show up here too. htmx
+loads them (`/ui/...`) and polls the live ones every second or two; htmx, the script and the
+stylesheet are served from the package, so the dashboard works offline. Everything a member
+controls (job names, arguments, labels, logs, errors, outputs) is escaped by the templates'
+autoescaping.
 
 Access (auth.py): a browser logs in at `/login`, with a one-time code from `p2pnode dashboard`
-or by pasting the API token, and gets a session cookie; the dashboard's buttons POST under `/ui/`
-with the session's CSRF token, which htmx sends as a header.
+or by pasting the API token; the page's script receives a session secret, keeps it in
+`localStorage` and sends it as a header with every htmx request and download. A navigation cannot
+carry that header, so the pages a browser opens (`/`, `/ui/jobs/{id}`) are shells holding nothing
+their URL does not say, and all data comes in the fragments.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
 import json
 import shlex
@@ -20,16 +24,16 @@ import time
 from importlib.resources import files
 from pathlib import PurePosixPath
 from typing import Any
-from urllib.parse import parse_qs
 
 from fastapi import APIRouter, HTTPException, Request, Response
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse
 from jinja2 import Environment, PackageLoader, StrictUndefined
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from p2pnode.api.auth import (
     LOGIN_CODE_TTL_S,
     LOGIN_PATH,
+    MAX_LOGIN_BODY,
     SESSION_TTL_S,
     Session,
     Sessions,
@@ -53,9 +57,42 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-"""Only the node's own scripts run on its pages, nobody frames them, and a login link's code never
+"""Only the node's own scripts run on its pages, nobody frames them, nothing is cached, and nothing
 leaves in a Referer."""
 STATIC_TYPES = {".js": "text/javascript", ".css": "text/css"}
+STATIC = {
+    path.name: (path.read_bytes(), STATIC_TYPES[PurePosixPath(path.name).suffix])
+    for path in files("p2pnode.api").joinpath("static").iterdir()
+    if PurePosixPath(path.name).suffix in STATIC_TYPES
+}
+ASSET_URLS = {
+    name: f"/static/{name}?v={hashlib.sha256(content).hexdigest()[:16]}"
+    for name, (content, _) in STATIC.items()
+}
+"""Each static file's URL names its content, so a browser never runs a cached script of another
+version (assets are cached for an hour)."""
+
+
+class LoginRequest(BaseModel):
+    """What the login page's script sends: the pasted API token, or the one-time code of a link."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token: str | None = Field(None, max_length=MAX_LOGIN_BODY)
+    code: str | None = Field(None, max_length=MAX_LOGIN_BODY)
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> LoginRequest:
+        if (self.token is None) == (self.code is None):
+            raise ValueError("send either token or code")
+        return self
+
+
+class LoginSession(BaseModel):
+    """The session secret, for the login page's script to keep in `localStorage`."""
+
+    session: str
+    expires_in: float
 
 
 class BlobStoreSummary(BaseModel):
@@ -88,35 +125,15 @@ TEMPLATES = Environment(
     undefined=StrictUndefined,
 )
 TEMPLATES.filters.update(ago=_ago, what=_what, basename=lambda name: PurePosixPath(name).name)
+TEMPLATES.globals["asset"] = ASSET_URLS.__getitem__
 
 
 def dashboard_router(node: Node, sessions: Sessions) -> APIRouter:
     router = APIRouter(include_in_schema=False)
-    static = {
-        path.name: (path.read_bytes(), STATIC_TYPES[PurePosixPath(path.name).suffix])
-        for path in files("p2pnode.api").joinpath("static").iterdir()
-        if PurePosixPath(path.name).suffix in STATIC_TYPES
-    }
 
-    def page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
-        session: Session | None = getattr(request.state, "session", None)
-        html = TEMPLATES.get_template(template).render(
-            node_id=node.id, session=session, now=time.time(), **context
-        )
-        return HTMLResponse(html, status_code=status, headers=PAGE_HEADERS)
-
-    def cluster_context() -> dict[str, Any]:
-        return {"members": node.members(), "workers": node.workers.workers()}
-
-    async def blobs_context() -> dict[str, Any]:
-        blobs = await node.blobs.list_blobs()
-        summary = BlobStoreSummary(
-            count=len(blobs), bytes=sum(b.size for b in blobs), pinned=sum(b.pinned for b in blobs)
-        )
-        return {"blobs": summary}
-
-    def jobs_context() -> dict[str, Any]:
-        return {"jobs": node.jobs.store.list(limit=JOBS_LISTED)}
+    def page(template: str, **context: Any) -> HTMLResponse:
+        html = TEMPLATES.get_template(template).render(now=time.time(), **context)
+        return HTMLResponse(html, headers=PAGE_HEADERS)
 
     async def job_context(job_id: str) -> dict[str, Any]:
         job = node.jobs.store.get(job_id)
@@ -131,6 +148,9 @@ def dashboard_router(node: Node, sessions: Sessions) -> APIRouter:
                     streams.append((name, await _tail(node, ref.hash, ref.size)))
         return {
             "job": job,
+            # Polled until it can no longer change: ended, and its outputs here to download.
+            "settled": job.state.terminal
+            and all(ref.hash in local for ref in job.outputs.values()),
             "waiting_for": node.workers.waiting_for(job),
             "result": json.dumps(job.result, indent=2),
             "local": local,
@@ -138,75 +158,87 @@ def dashboard_router(node: Node, sessions: Sessions) -> APIRouter:
         }
 
     @router.get("/")
-    async def index(request: Request) -> HTMLResponse:
+    async def index() -> HTMLResponse:
+        return page("index.html")
+
+    @router.get("/ui/jobs/{job_id}")
+    async def job(job_id: JobId) -> HTMLResponse:
+        return page("job.html", job_id=job_id)
+
+    @router.get(LOGIN_PATH)
+    async def login_page() -> HTMLResponse:
+        """The login form; its script also redeems the code of a `p2pnode dashboard` link."""
+        return page("login.html")
+
+    @router.get("/ui/node")
+    async def this_node() -> HTMLResponse:
         return page(
-            request,
-            "index.html",
+            "_node.html",
+            node_id=node.id,
             cluster_id=node.status().cluster_id,
             ticket=node.join_ticket(),
-            **cluster_context(),
-            **await blobs_context(),
-            **jobs_context(),
         )
 
     @router.get("/ui/cluster")
-    async def cluster(request: Request) -> HTMLResponse:
-        return page(request, "_cluster.html", **cluster_context())
+    async def cluster() -> HTMLResponse:
+        return page("_cluster.html", members=node.members(), workers=node.workers.workers())
 
     @router.get("/ui/blobs")
-    async def blobs(request: Request) -> HTMLResponse:
-        return page(request, "_blobs.html", **await blobs_context())
+    async def blobs() -> HTMLResponse:
+        listed = await node.blobs.list_blobs()
+        summary = BlobStoreSummary(
+            count=len(listed),
+            bytes=sum(b.size for b in listed),
+            pinned=sum(b.pinned for b in listed),
+        )
+        return page("_blobs.html", blobs=summary)
 
     @router.get("/ui/jobs")
-    async def jobs(request: Request) -> HTMLResponse:
-        return page(request, "_jobs.html", **jobs_context())
-
-    @router.get("/ui/jobs/{job_id}")
-    async def job(request: Request, job_id: JobId) -> HTMLResponse:
-        return page(request, "job.html", **await job_context(job_id))
+    async def jobs() -> HTMLResponse:
+        return page("_jobs.html", jobs=node.jobs.store.list(limit=JOBS_LISTED))
 
     @router.get("/ui/jobs/{job_id}/live")
-    async def job_live(request: Request, job_id: JobId) -> HTMLResponse:
-        return page(request, "_job.html", **await job_context(job_id))
+    async def job_live(job_id: JobId) -> HTMLResponse:
+        return page("_job.html", **await job_context(job_id))
 
     @router.post("/ui/jobs/{job_id}/cancel")
-    async def cancel(request: Request, job_id: JobId) -> HTMLResponse:
+    async def cancel(job_id: JobId) -> HTMLResponse:
         if node.jobs.store.get(job_id) is None:
             raise HTTPException(404, f"no job {job_id} on this node")
         try:
             await node.jobs.cancel(job_id)
         except Refused as exc:
             raise HTTPException(409, f"cannot cancel job {job_id}: {exc.reason}") from None
-        return page(request, "_job.html", **await job_context(job_id))
+        return page("_job.html", **await job_context(job_id))
 
-    @router.post("/ui/logout")
-    async def logout(request: Request) -> Response:
+    @router.post("/ui/logout", status_code=204)
+    async def logout(request: Request, response: Response) -> None:
+        """Ends the session here; the script forgets its secret."""
         session: Session | None = getattr(request.state, "session", None)
         if session is not None:
-            sessions.close(session.id)
-        response = Response(headers={"HX-Redirect": LOGIN_PATH})
-        response.delete_cookie(_cookie_name(request), path="/", httponly=True, samesite="strict")
-        return response
-
-    @router.get(LOGIN_PATH)
-    async def login_page(request: Request, code: str | None = None) -> Response:
-        """The login form; with `code` (a one-time link from `p2pnode dashboard`) it logs in."""
-        if code is None:
-            return page(request, "login.html", error=None)
-        session = sessions.redeem(code)
-        if session is None:
-            error = "This login link was used already or has expired: run p2pnode dashboard again."
-            return page(request, "login.html", 400, error=error)
-        return _logged_in(request, session)
+            sessions.close(session.secret)
+        _forget_cookie(request, response)
 
     @router.post(LOGIN_PATH)
-    async def login(request: Request) -> Response:
-        """The pasted token (the guard bounds the form's size and type)."""
-        form = parse_qs((await request.body()).decode("utf-8", errors="replace"))
-        given = (form.get("token") or [""])[0].strip().encode()
-        if not hmac.compare_digest(given, node.api_token.encode()):
-            return page(request, "login.html", 401, error="Wrong token.")
-        return _logged_in(request, sessions.open())
+    async def login(body: LoginRequest, request: Request, response: Response) -> LoginSession:
+        """A session for a one-time code or the pasted token, answered to the page's script
+        (JSON, never HTML or a URL), which keeps it in `localStorage`."""
+        if body.code is not None:
+            session = sessions.redeem(body.code)
+            if session is None:
+                raise HTTPException(
+                    400,
+                    "this login link was used already or has expired: run p2pnode dashboard again",
+                )
+        elif body.token is not None and hmac.compare_digest(
+            body.token.strip().encode(), node.api_token.encode()
+        ):
+            session = sessions.open()
+        else:
+            raise HTTPException(401, "wrong token")
+        response.headers["Cache-Control"] = "no-store"
+        _forget_cookie(request, response)
+        return LoginSession(session=session.secret, expires_in=SESSION_TTL_S)
 
     @router.post("/login-codes")
     async def login_code() -> LoginCode:
@@ -216,32 +248,20 @@ def dashboard_router(node: Node, sessions: Sessions) -> APIRouter:
 
     @router.get("/static/{name}")
     async def asset(name: str) -> Response:
-        if name not in static:
+        if name not in STATIC:
             raise HTTPException(404, f"no static file {name}")
-        content, media_type = static[name]
+        content, media_type = STATIC[name]
         return Response(content, media_type=media_type, headers={"Cache-Control": "max-age=3600"})
 
     return router
 
 
-def _cookie_name(request: Request) -> str:
-    """The guard let the request through, so its Host names this API's own port."""
+def _forget_cookie(request: Request, response: Response) -> None:
+    """Deletes the session cookie a browser may keep from before sessions moved to a header (it
+    grants nothing; the guard let the request through, so its Host names this API's own port)."""
     port = request.url.port
     assert port is not None
-    return session_cookie(port)
-
-
-def _logged_in(request: Request, session: Session) -> Response:
-    response = RedirectResponse("/", status_code=303, headers=PAGE_HEADERS)
-    response.set_cookie(
-        _cookie_name(request),
-        session.id,
-        max_age=int(SESSION_TTL_S),
-        path="/",
-        httponly=True,
-        samesite="strict",
-    )
-    return response
+    response.delete_cookie(session_cookie(port), path="/", httponly=True, samesite="strict")
 
 
 async def _tail(node: Node, blob_hash: BlobHash, size: int) -> str:

@@ -109,7 +109,7 @@ class DrainStatus(BaseModel):
 
 
 class LoginCode(BaseModel):
-    """A one-time dashboard login code (`GET /login?code=...`), good for `expires_in` seconds."""
+    """A one-time dashboard login code (`/login#code=...`), good for `expires_in` seconds."""
 
     code: str
     expires_in: float

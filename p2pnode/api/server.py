@@ -31,7 +31,7 @@ async def serve_api(
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Bind first (so a taken port is a clear error, and port 0 picks a free one), then serve
-    `app` to requests bearing `token` (or a cookie of `sessions`); reports the URL it serves on."""
+    `app` to requests bearing `token` (or a session of `sessions`); reports the URL it serves on."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

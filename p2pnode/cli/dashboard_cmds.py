@@ -1,7 +1,8 @@
 """`p2pnode dashboard`: a one-time link that logs a browser in to the node's web dashboard.
 
-The link carries a short-lived code, never the API token, so what lands in the browser's history
-is spent by the time anyone could read it.
+The link carries a short-lived code, never the API token, in its fragment (`#code=...`), which no
+request carries: the login page's script trades it for a session and drops it from the address
+bar, and a copy left anywhere is spent within a minute.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def dashboard(api: ApiClient, open_browser: bool) -> None:
       p2pnode dashboard --open
     """
     login = api.post("/login-codes", LoginCode)
-    url = f"{api.base_url}/login?{urllib.parse.urlencode({'code': login.code})}"
+    url = f"{api.base_url}/login#{urllib.parse.urlencode({'code': login.code})}"
     click.echo(url)
     click.echo(f"(logs in once, within {login.expires_in:.0f} s)", err=True)
     if open_browser and not webbrowser.open(url):

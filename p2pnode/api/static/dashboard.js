@@ -1,10 +1,128 @@
-// Copy buttons: <button data-copy="ID"> copies the text of the element with that id.
+// The dashboard's session secret lives in this origin's localStorage and travels only as a header
+// that this script adds to htmx's requests and its own fetches. Never a cookie: a browser sends a
+// host's cookies to every port of it, and any local account can serve a port on 127.0.0.1.
+"use strict";
+
+const SESSION = "p2pnode-session";
+const LOGIN = "/login";
+
+function sessionHeaders() {
+  const secret = localStorage.getItem(SESSION);
+  return secret ? { "X-P2pnode-Session": secret } : {};
+}
+
+function toLogin() {
+  localStorage.removeItem(SESSION);
+  location.replace(LOGIN);
+}
+
+// The one line an error answer of the node carries.
+function detailOf(body, status) {
+  try {
+    return JSON.parse(body).detail;
+  } catch {
+    return `HTTP ${status}`;
+  }
+}
+
+// A shell without a session would only load refusals.
+if (location.pathname !== LOGIN && !localStorage.getItem(SESSION)) toLogin();
+
+document.addEventListener("htmx:configRequest", (event) => {
+  if (new URL(event.detail.path, location.href).origin === location.origin) {
+    Object.assign(event.detail.headers, sessionHeaders());
+  }
+});
+
+document.addEventListener("htmx:responseError", (event) => {
+  const { xhr, target } = event.detail;
+  if (xhr.status === 401) {
+    toLogin();
+  } else if (target && target.childElementCount === 0) {
+    // A fragment that never loaded (an unknown job, say) says why instead of staying blank.
+    target.textContent = `error: ${detailOf(xhr.responseText, xhr.status)}`;
+  }
+});
+
+// A download link cannot send the header: fetch the bytes with it and save them from memory.
+async function download(link) {
+  const response = await fetch(link.getAttribute("href"), { headers: sessionHeaders() });
+  if (response.status === 401) return toLogin();
+  if (!response.ok) {
+    link.textContent = `error: ${detailOf(await response.text(), response.status)}`;
+    return;
+  }
+  const url = URL.createObjectURL(await response.blob());
+  const save = document.createElement("a");
+  save.href = url;
+  save.download = link.getAttribute("download");
+  document.body.append(save);
+  save.click();
+  save.remove();
+  // The click only starts the download: release the bytes once it surely has them.
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}
+
+async function logout() {
+  try {
+    await fetch("/ui/logout", { method: "POST", headers: sessionHeaders() });
+  } finally {
+    toLogin();
+  }
+}
+
+async function logIn(credential) {
+  const error = document.getElementById("login-error");
+  let response;
+  try {
+    response = await fetch(LOGIN, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(credential),
+    });
+  } catch {
+    error.textContent = "The node does not answer.";
+    error.hidden = false;
+    return;
+  }
+  if (!response.ok) {
+    error.textContent = detailOf(await response.text(), response.status);
+    error.hidden = false;
+    return;
+  }
+  localStorage.setItem(SESSION, (await response.json()).session);
+  location.replace("/");
+}
+
 document.addEventListener("click", (event) => {
-  const button = event.target.closest("[data-copy]");
-  if (!button) return;
-  const text = document.getElementById(button.dataset.copy).textContent.trim();
-  navigator.clipboard.writeText(text).then(
-    () => { button.textContent = "Copied"; },
-    () => { button.textContent = "Select and copy by hand"; },
-  );
+  const copy = event.target.closest("[data-copy]");
+  if (copy) {
+    // Copy buttons: <button data-copy="ID"> copies the text of the element with that id.
+    const text = document.getElementById(copy.dataset.copy).textContent.trim();
+    navigator.clipboard.writeText(text).then(
+      () => { copy.textContent = "Copied"; },
+      () => { copy.textContent = "Select and copy by hand"; },
+    );
+  }
+  const link = event.target.closest("a[data-download]");
+  if (link) {
+    event.preventDefault();
+    download(link);
+  }
+  if (event.target.closest("[data-logout]")) logout();
+});
+
+document.addEventListener("DOMContentLoaded", () => {
+  const form = document.querySelector("form.login");
+  if (!form) return;
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    logIn({ token: form.elements.token.value.trim() });
+  });
+  // A `p2pnode dashboard` link: its code rides in the fragment, which no request carries.
+  const code = new URLSearchParams(location.hash.slice(1)).get("code");
+  if (code) {
+    history.replaceState(null, "", LOGIN);
+    logIn({ code });
+  }
 });
