@@ -32,7 +32,7 @@ async def cli(node, *args: str) -> trio.Process:
 
 
 async def test_a_blob_is_never_rendered_by_a_browser(api) -> None:
-    """A member's blob may be HTML: on the node's own origin, with the dashboard's cookie, it
+    """A member's blob may be HTML: on the node's own origin, with the dashboard session, it
     would run as the dashboard; so a download is only ever a download."""
     page = b"<script>fetch('/ui/jobs')</script>"
     added = (
