@@ -43,7 +43,7 @@ from typing import BinaryIO, TypeVar
 
 import blake3
 import trio
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from p2pnode.concurrency import collapse_groups
 from p2pnode.ids import BlobHash, is_blob_hash
@@ -58,7 +58,7 @@ from .blocks import (
 )
 from .diskio import create, fsync_dir, tmp_path, unlink, write_all, write_atomic
 from .errors import BlobCorrupt, BlobInUse, BlobNotFound, StoreError, os_errors
-from .model import BlobInfo, GcResult, PartialProgress
+from .model import BlobInfo, FileIdentity, GcResult, PartialProgress
 from .partial import PartialBlob, PartialFiles, progress
 from .refs import RefTable
 
@@ -79,30 +79,14 @@ __all__ = [
 ]
 
 
-class ExternalFile(BaseModel):
+class ExternalFile(FileIdentity):
     """Where a blob added in place lives, and what the file looked like when it was hashed."""
 
-    model_config = ConfigDict(frozen=True)
-
     path: str
-    size: int
-    mtime_ns: int
-    ino: int
-    dev: int
 
     @classmethod
-    def of(cls, path: Path, st: os.stat_result) -> ExternalFile:
-        return cls(
-            path=str(path), size=st.st_size, mtime_ns=st.st_mtime_ns, ino=st.st_ino, dev=st.st_dev
-        )
-
-    def matches(self, st: os.stat_result) -> bool:
-        return (self.size, self.mtime_ns, self.ino, self.dev) == (
-            st.st_size,
-            st.st_mtime_ns,
-            st.st_ino,
-            st.st_dev,
-        )
+    def at(cls, path: Path, st: os.stat_result) -> ExternalFile:
+        return cls(path=str(path), **dict(FileIdentity.of(st)))
 
 
 class _Content:
@@ -453,10 +437,10 @@ class BlobStore:
             after = os.fstat(fd)
         finally:
             os.close(fd)
-        if not ExternalFile.of(source, before).matches(after) or hasher.size != after.st_size:
+        if not FileIdentity.of(before).matches(after) or hasher.size != after.st_size:
             raise StoreError(f"{source} changed while it was being added; add it again")
         digest, bl = hasher.finish()
-        record = ExternalFile.of(source, after).model_dump_json().encode()
+        record = ExternalFile.at(source, after).model_dump_json().encode()
         return await trio.to_thread.run_sync(
             self._install_external, BlobHash(digest.hex()), bl, record, tag, pin
         )
