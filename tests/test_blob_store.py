@@ -94,6 +94,11 @@ async def test_file_adds_over_several_chunks(store: BlobStore, tmp_path: Path) -
     await store.remove(copied.hash)
     in_place = await store.add_in_place(src)
     assert (in_place.hash, in_place.root) == (copied.hash, copied.root)
+    # A regular file the kernel cannot copy by itself is copied through Python.
+    status = await store.add_path("/proc/self/status")
+    with store.open_read(status.hash) as stored:
+        assert b"Name:" in (content := stored.read())
+    assert blake3.blake3(content).hexdigest() == status.hash
     assert os.listdir(store.root / "tmp") == []
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import errno
 import fcntl
 import functools
 import io
@@ -193,6 +194,20 @@ async def _hash_file(src: int, start: int, dst: int | None, doing: str) -> BlobH
     """
     hasher = BlobHasher()
     buffers = (bytearray(READ_CHUNK), bytearray(READ_CHUNK)) if dst is None else ()
+    in_kernel = True
+
+    def copy_some(dst: int, offset: int, count: int) -> int:
+        nonlocal in_kernel
+        if in_kernel:
+            try:
+                return os.sendfile(dst, src, offset, count)
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+                in_kernel = False  # a file the kernel cannot splice (e.g. /proc/self/status)
+        data = os.pread(src, count, offset)
+        write_all(dst, memoryview(data))
+        return len(data)
 
     def fetch(offset: int, turn: int) -> int:
         """Bring in the chunk at ``offset``: copy it to ``dst``, or read it into a buffer."""
@@ -200,7 +215,7 @@ async def _hash_file(src: int, start: int, dst: int | None, doing: str) -> BlobH
             return os.preadv(src, [buffers[turn % 2]], start + offset)
         done = 0
         while done < READ_CHUNK:
-            sent = os.sendfile(dst, src, start + offset + done, READ_CHUNK - done)
+            sent = copy_some(dst, start + offset + done, READ_CHUNK - done)
             if not sent:
                 break
             done += sent
