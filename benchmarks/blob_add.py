@@ -8,7 +8,8 @@ whole and without the CLI's fixed cost (its Python start-up and one API call, me
 of a 1-byte file); the upload the CLI falls back to when the node cannot see the file (`PUT
 /blobs`, streamed); the API's path add (`POST /blobs`, the node reads the file); and `blob add
 --in-place` (hashing only, no copy). Each is the best of `--runs` rounds, the methods taking
-turns within a round, with its ratio to dd and the node's CPU seconds for it. `--baseline DIR`
+turns within a round, with its ratio to dd (best against best, and the median of each round's
+ratio) and the node's CPU seconds for it. `--baseline DIR`
 (a checkout of the code before a change) runs a second node from DIR's sources beside this one
 and measures its CLI add and path add in the same rounds.
 """
@@ -141,8 +142,16 @@ def main(mib: int, runs: int, baseline: Path | None) -> None:
                 old.kill()
     rate = lambda seconds: size / seconds / 1e6  # noqa: E731
     by_name = {m.name: m for m in methods}
-    dd_s = by_name.pop("dd conv=fsync").best[0]
+    dd = by_name.pop("dd conv=fsync")
+    dd_s = dd.best[0]
     fixed_s = by_name.pop("CLI fixed cost").best[0]
+
+    def round_ratio(method: Method) -> float:
+        """Median over the rounds of dd's time / the method's, each pair measured back to back:
+        steadier than the best-of ratio when the machine's load moves between rounds."""
+        ratios = sorted(d / m for (d, _), (m, _) in zip(dd.runs, method.runs, strict=True))
+        return ratios[len(ratios) // 2]
+
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"blob add of {mib} MiB (page-cached source, best of {runs}), same filesystem")
     print(f"  load average {load} on {os.cpu_count()} cores")
@@ -151,7 +160,7 @@ def main(mib: int, runs: int, baseline: Path | None) -> None:
         seconds, cpu = method.best
         print(
             f"  {name:<30}{rate(seconds):8.1f} MB/s   {dd_s / seconds:5.2f}x dd   "
-            f"node CPU {cpu:.2f} s"
+            f"(per round {round_ratio(method):4.2f}x)   node CPU {cpu:.2f} s"
         )
         if name == "blob add (CLI)":
             bare = max(seconds - fixed_s, 1e-9)
