@@ -244,10 +244,18 @@ def test_blob_add_uploads_what_the_node_cannot_see_as_the_cli_does(tmp_path: Pat
         assert blake3.blake3(theirs.read_bytes()).hexdigest() not in node.cli("blob", "ls").stdout
     finally:
         node.kill()
-    # The node as a user who may not read the file (root without its capabilities).
+
+
+def test_blob_add_uploads_a_file_the_node_may_not_read(tmp_path: Path) -> None:
+    """The node as a user who may not read the file (root without its capabilities, the file
+    another user's): the CLI, which may, uploads it."""
+    if os.geteuid() != 0 or not unshare_works():
+        pytest.skip("needs root (a file of another user) and user namespaces")
+    mine = tmp_path / "mine.bin"
+    mine.write_bytes(os.urandom(3_000_000))
     mine.chmod(0o600)
     os.chown(mine, 65534, 65534)
-    node = NodeProcess(tmp_path / "node2", prefix=NO_CAPS)
+    node = NodeProcess(tmp_path / "node", prefix=NO_CAPS)
     try:
         result = cli_add(node, str(mine))
         assert added_hash(result) == blake3.blake3(mine.read_bytes()).hexdigest()
