@@ -1,16 +1,23 @@
 """Blob add against the disk's own speed, in one run on the same filesystem.
 
-    python benchmarks/blob_add.py [--mib 256] [--runs 3]
+    python benchmarks/blob_add.py [--mib 256] [--runs 3] [--baseline DIR]
 
 Prints, for a file of random bytes already in the page cache: `dd conv=fsync` copying it (the
-disk's speed for the same bytes), `p2pnode blob add` (the CLI streaming it to a node process,
-which hashes, writes and fsyncs it), the API's path add (the node reads the file itself) and
-`blob add --in-place` (hashing only, no copy), each the best of `--runs`, and each add's ratio
-to dd.
+disk's speed for the same bytes); `p2pnode blob add` (the CLI has the node read the file itself),
+whole and without the CLI's fixed cost (its Python start-up and one API call, measured as the add
+of a 1-byte file); the upload the CLI falls back to when the node cannot see the file (`PUT
+/blobs`, streamed); the API's path add (`POST /blobs`, the node reads the file); and `blob add
+--in-place` (hashing only, no copy). Each is the best of `--runs` rounds, the methods taking
+turns within a round, with its ratio to dd (best against best, and the median of each round's
+ratio) and the node's CPU seconds for it. `--baseline DIR`
+(a checkout of the code before a change) runs a second node from DIR's sources beside this one
+and measures its CLI add and path add in the same rounds.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import sys
 import tempfile
@@ -22,77 +29,151 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.nodeproc import NodeProcess  # noqa: E402
+from tests.nodeproc import NodeProcess, run_cli  # noqa: E402
 
 from benchmarks import script  # noqa: E402
+from p2pnode.api.client import ApiClient  # noqa: E402
+from p2pnode.api.schemas import BlobAdded  # noqa: E402
+
+TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 
 
-def best(runs: int, once: Callable[[int], None]) -> float:
-    """Shortest wall time of `runs` calls (each given its run number)."""
-    times = []
-    for run in range(runs):
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * TICK_S
+
+
+class Method:
+    """One way to add the file: its best wall time and the node's CPU for that run."""
+
+    def __init__(self, name: str, node: NodeProcess | None, once: Callable[[], str | None]) -> None:
+        self.name, self.node, self.once = name, node, once
+        self.runs: list[tuple[float, float]] = []
+
+    def run(self, forget: Callable[[NodeProcess, str], None]) -> None:
+        cpu = cpu_s(self.node.proc.pid) if self.node else 0.0
         started = time.perf_counter()
-        once(run)
-        times.append(time.perf_counter() - started)
-    return min(times)
+        added = self.once()
+        wall = time.perf_counter() - started
+        if self.node:
+            self.runs.append((wall, cpu_s(self.node.proc.pid) - cpu))
+            if added:
+                forget(self.node, added)
+        else:
+            self.runs.append((wall, 0.0))
+
+    @property
+    def best(self) -> tuple[float, float]:
+        return min(self.runs)
 
 
-def main(mib: int, runs: int) -> None:
+def main(mib: int, runs: int, baseline: Path | None) -> None:
     size = mib << 20
     with tempfile.TemporaryDirectory(prefix="p2pnode-bench-") as tmp:
         work = Path(tmp)
         source = script.random_file(work / "random.bin", mib)
+        (work / "one.bin").write_bytes(b"1")
         node = NodeProcess(work / "node")
+        old = None
+        if baseline is not None:
+            with contextlib.chdir(baseline):  # `python -m p2pnode` imports from there first
+                old = NodeProcess(work / "old", env={"PYTHONPATH": str(baseline.resolve())})
         try:
             with httpx.Client(timeout=None) as http:
 
-                def forget(blob_hash: str) -> None:
-                    url = f"{node.api}/blobs/{blob_hash}"
-                    http.delete(url, params={"force": True}, headers=node.headers)
+                def forget(on: NodeProcess, blob_hash: str) -> None:
+                    url = f"{on.api}/blobs/{blob_hash}"
+                    http.delete(url, params={"force": True}, headers=on.headers)
 
-                def dd(run: int) -> None:
+                def dd() -> None:
                     subprocess.run(
                         ["dd", f"if={source}", f"of={work / 'dd.out'}", "bs=8M", "conv=fsync"],
                         check=True,
                         capture_output=True,
                     )
+                    return None
 
-                def cli_add(run: int) -> None:
-                    out = node.cli("blob", "add", str(source)).stdout
-                    forget(out.split("hash:", 1)[1].split()[0])
+                def cli_add(on: NodeProcess, path: Path) -> Callable[[], str]:
+                    sources = baseline if on is old else None
 
-                def path_add(run: int) -> None:
-                    added = http.post(
-                        f"{node.api}/blobs", json={"path": str(source)}, headers=node.headers
-                    ).json()
-                    forget(added["blob"]["hash"])
+                    def once() -> str:
+                        argv = ["--api", on.api, "--data", str(on.data_dir), "blob", "add"]
+                        with contextlib.chdir(sources) if sources else contextlib.nullcontext():
+                            out = run_cli(*argv, str(path)).stdout
+                        return out.split("hash:", 1)[1].split()[0]
 
-                def in_place(run: int) -> None:
-                    added = http.post(
-                        f"{node.api}/blobs",
-                        json={"path": str(source), "in_place": True},
-                        headers=node.headers,
-                    ).json()
-                    forget(added["blob"]["hash"])
+                    return once
 
-                dd_s = best(runs, dd)
-                results = {
-                    "blob add (CLI upload)": best(runs, cli_add),
-                    "path add (API)": best(runs, path_add),
-                    "blob add --in-place": best(runs, in_place),
-                }
+                def upload() -> str:
+                    client = ApiClient(node.api, token_file=node.data_dir / "api-token")
+                    with open(source, "rb") as f:
+                        chunks = iter(lambda: f.read(1 << 20), b"")
+                        added = client.upload("/blobs", chunks, size, BlobAdded, timeout=None)
+                    return added.blob.hash
+
+                def path_add(on: NodeProcess, in_place: bool = False) -> Callable[[], str]:
+                    def once() -> str:
+                        body = {"path": str(source), **({"in_place": True} if in_place else {})}
+                        added = http.post(f"{on.api}/blobs", json=body, headers=on.headers)
+                        return str(added.json()["blob"]["hash"])
+
+                    return once
+
+                methods = [
+                    Method("dd conv=fsync", None, dd),
+                    Method("blob add (CLI)", node, cli_add(node, source)),
+                    Method("CLI fixed cost", node, cli_add(node, work / "one.bin")),
+                    Method("upload (PUT /blobs)", node, upload),
+                    Method("path add (API)", node, path_add(node)),
+                    Method("blob add --in-place", node, path_add(node, in_place=True)),
+                ]
+                if old is not None:
+                    methods += [
+                        Method("before: blob add (CLI)", old, cli_add(old, source)),
+                        Method("before: path add (API)", old, path_add(old)),
+                    ]
+                for _ in range(runs):
+                    for method in methods:
+                        method.run(forget)
         finally:
             node.kill()
+            if old is not None:
+                old.kill()
     rate = lambda seconds: size / seconds / 1e6  # noqa: E731
+    by_name = {m.name: m for m in methods}
+    dd = by_name.pop("dd conv=fsync")
+    dd_s = dd.best[0]
+    fixed_s = by_name.pop("CLI fixed cost").best[0]
+
+    def round_ratio(method: Method) -> float:
+        """Median over the rounds of dd's time / the method's, each pair measured back to back:
+        steadier than the best-of ratio when the machine's load moves between rounds."""
+        ratios = sorted(d / m for (d, _), (m, _) in zip(dd.runs, method.runs, strict=True))
+        return ratios[len(ratios) // 2]
+
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"blob add of {mib} MiB (page-cached source, best of {runs}), same filesystem")
-    print(f"  {'dd conv=fsync':<24}{rate(dd_s):8.1f} MB/s")
-    for name, seconds in results.items():
-        print(f"  {name:<24}{rate(seconds):8.1f} MB/s   {dd_s / seconds:5.2f}x dd")
+    print(f"  load average {load} on {os.cpu_count()} cores")
+    print(f"  {'dd conv=fsync':<30}{rate(dd_s):8.1f} MB/s")
+    for name, method in by_name.items():
+        seconds, cpu = method.best
+        print(
+            f"  {name:<30}{rate(seconds):8.1f} MB/s   {dd_s / seconds:5.2f}x dd   "
+            f"(per round {round_ratio(method):4.2f}x)   node CPU {cpu:.2f} s"
+        )
+        if name == "blob add (CLI)":
+            bare = max(seconds - fixed_s, 1e-9)
+            print(
+                f"  {'  without CLI start-up':<30}{rate(bare):8.1f} MB/s   {dd_s / bare:5.2f}x dd"
+                f"   (the CLI's fixed cost: {fixed_s:.2f} s, a 1-byte add)"
+            )
 
 
 if __name__ == "__main__":
     parser = script.parser(__doc__)
     parser.add_argument("--mib", type=int, default=256)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--baseline", type=Path, help="a checkout of the code before a change")
     args = parser.parse_args()
-    main(args.mib, args.runs)
+    main(args.mib, args.runs, args.baseline)

@@ -159,7 +159,7 @@ def peak_rss(pid: int) -> int:
 
 
 @pytest.mark.slow
-def test_100_mb_upload_is_streamed_not_buffered(tmp_path: Path) -> None:
+def test_100_mb_add_is_streamed_not_buffered(tmp_path: Path) -> None:
     node = NodeProcess(tmp_path / "node")
     try:
         big = tmp_path / "big.bin"
@@ -167,13 +167,25 @@ def test_100_mb_upload_is_streamed_not_buffered(tmp_path: Path) -> None:
             for _ in range(100):
                 f.write(os.urandom(MB))
         before = peak_rss(node.proc.pid)
-        out = node.cli("blob", "add", str(big)).stdout
+        with open(big, "rb") as f:  # an upload: the CLI's `blob add` has the node read the file
+            out = httpx.put(
+                f"{node.api}/blobs",
+                content=iter(lambda: f.read(MB), b""),
+                headers={**node.headers, "Content-Type": "application/octet-stream"},
+                timeout=CLI_TIMEOUT_S,
+            ).text
         after = peak_rss(node.proc.pid)
         with open(big, "rb") as f:
             assert blake3.blake3(f.read()).hexdigest() in out
         assert after - before < 30 * MB, (
             f"node peak RSS grew by {(after - before) / MB:.0f} MB for a 100 MB upload"
         )
+        big.write_bytes(os.urandom(100 * MB))  # the node reads it: copied in the kernel
+        out = node.cli("blob", "add", str(big)).stdout
+        with open(big, "rb") as f:
+            assert blake3.blake3(f.read()).hexdigest() in out
+        grown = peak_rss(node.proc.pid) - after
+        assert grown < 30 * MB, f"node peak RSS grew by {grown / MB:.0f} MB for a 100 MB path add"
     finally:
         node.kill()
 
@@ -304,3 +316,35 @@ async def test_abandoned_download_releases_the_blob(node, api) -> None:
         while node.blobs.store.is_in_use(blob_hash):
             await trio.sleep(0.01)
     assert (await httpx.AsyncClient(base_url=node.api_url).get("/health")).status_code == 200
+
+
+async def test_path_add_with_expect_takes_only_that_very_file(node, api, tmp_path: Path) -> None:
+    """`expect` (what the CLI saw on its open file): the node adds the path only if it opens
+    that same file, and answers 412 otherwise, which the CLI takes as "upload it instead"."""
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"one")
+    seen = os.stat(path)
+    expect = {
+        "dev": seen.st_dev,
+        "ino": seen.st_ino,
+        "size": seen.st_size,
+        "mtime_ns": seen.st_mtime_ns,
+    }
+    added = await api.post("/blobs", json={"path": str(path), "expect": expect, "pin": False})
+    assert added.status_code == 200, added.text
+    first = added.json()["blob"]["hash"]
+    assert first == blake3.blake3(b"one").hexdigest()
+    # Unpinned, as a job's files go: GC spares it until the job holds it.
+    assert (await api.post("/blobs/gc")).json()["removed"] == []
+
+    (tmp_path / "new.bin").write_bytes(b"two")
+    os.replace(tmp_path / "new.bin", path)  # the same path, another file
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for other in (path, tmp_path / "missing.bin", fifo):
+        refused = await api.post("/blobs", json={"path": str(other), "expect": expect})
+        assert refused.status_code == 412, (other, refused.text)
+    assert (
+        await api.post("/blobs", json={"path": str(tmp_path / "missing.bin")})
+    ).status_code == 400
+    assert [b["hash"] for b in (await api.get("/blobs")).json()] == [first]

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import blake3
 import pytest
 import trio
 
 from p2pnode.blobs.store import BlobStore
-from tests.nodeproc import NodeProcess
+from tests.nodeproc import NodeProcess, run_cli
 
 pytestmark = pytest.mark.slow
 
+NO_CAPS = ("unshare", "--user")
+"""Runs a command in a user namespace of its own: as root, it keeps its uid but loses its
+capabilities outside, so files of other users are closed to it, as to an ordinary user."""
 STANDALONE_ENV = {"P2PNODE_RELAY": "disabled", "P2PNODE_BIND": "127.0.0.1:0"}
 
 
@@ -143,3 +148,117 @@ def test_fetch_errors_are_one_line(provider: NodeProcess, tmp_path: Path) -> Non
     assert gone.returncode == 1
     last = gone.stderr.strip().splitlines()[-1]
     assert last.startswith("error: could not fetch blob") and "Traceback" not in gone.stderr
+
+
+def cli_add(node: NodeProcess, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """`blob add -v` against `node`, run here (outside any prefix the node runs in)."""
+    return run_cli(
+        "-v", "--api", node.api, "--data", str(node.data_dir), "blob", "add", *args, **kwargs
+    )
+
+
+def added_hash(result: subprocess.CompletedProcess[str]) -> str:
+    return result.stdout.split("hash:", 1)[1].split()[0]
+
+
+def test_blob_add_has_the_node_read_the_file_it_can_see(
+    provider: NodeProcess, tmp_path: Path
+) -> None:
+    data = os.urandom(5_000_000)
+    (tmp_path / "in.bin").write_bytes(data)
+    result = cli_add(provider, str(tmp_path / "in.bin"))
+    assert added_hash(result) == blake3.blake3(data).hexdigest()
+    assert f"the node read {tmp_path / 'in.bin'} itself" in result.stderr
+    assert "PUT " not in result.stderr and "uploading" not in result.stderr
+
+    # The node's data folder stays refused, by the CLI and, for a CLI that does not know that
+    # folder, by the node, which then gets nothing uploaded either.
+    secret = provider.data_dir / "api-token"
+    refused = cli_add(provider, str(secret), check=False)
+    assert refused.returncode == 2 and "inside the node's data folder" in refused.stderr
+    token = secret.read_text().strip()
+    elsewhere = run_cli(
+        "--api", provider.api, "--api-token", token, "blob", "add", str(secret), check=False
+    )
+    assert elsewhere.returncode == 1, elsewhere.stderr
+    assert elsewhere.stderr.strip().splitlines() == [
+        f"error: refused: {secret} is inside the node's data folder or blob store"
+    ]
+    assert blake3.blake3(token.encode()).hexdigest() not in provider.cli("blob", "ls").stdout
+
+    # A file the CLI cannot read is one clear line.
+    prefix = unreadable(tmp_path / "theirs.bin")
+    refused = cli_add(provider, str(tmp_path / "theirs.bin"), check=False, prefix=prefix)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "not readable" in refused.stderr
+
+
+def unreadable(path: Path) -> tuple[str, ...]:
+    """Make `path` a file the CLI cannot read; returns the prefix to run the CLI with (root
+    reads everything, so as root the CLI runs without its capabilities)."""
+    path.write_bytes(b"not yours")
+    path.chmod(0o600)
+    if os.geteuid() != 0:
+        path.chmod(0)
+        return ()
+    if not unshare_works():
+        pytest.skip("as root, needs unshare and user namespaces")
+    os.chown(path, 65534, 65534)
+    return NO_CAPS
+
+
+def unshare_works() -> bool:
+    return shutil.which("unshare") is not None and (
+        subprocess.run([*NO_CAPS, "true"], capture_output=True).returncode == 0
+    )
+
+
+def test_blob_add_uploads_what_the_node_cannot_see_as_the_cli_does(tmp_path: Path) -> None:
+    """The node in another mount namespace (another container's view of the same path) and as
+    another user: wherever it does not open the CLI's very file, the CLI uploads that file."""
+    if not unshare_works():
+        pytest.skip("needs unshare and user namespaces")
+    mine, theirs, hidden = tmp_path / "mine.bin", tmp_path / "theirs.bin", tmp_path / "hidden"
+    mine.write_bytes(os.urandom(3_000_000))
+    theirs.write_bytes(os.urandom(3_000_000))
+    hidden.mkdir()
+    (hidden / "x.bin").write_bytes(b"the node cannot see this folder's content")
+    # The node's view: `theirs` mounted over `mine`, an empty folder over `hidden`.
+    remount = 'mount --bind "$1" "$2" && mount -t tmpfs none "$3" && shift 3 && exec "$@"'
+    node = NodeProcess(
+        tmp_path / "node",
+        prefix=("unshare", "-Urm", "sh", "-c", remount, "sh", str(theirs), str(mine), str(hidden)),
+    )
+    try:
+        for path in (mine, hidden / "x.bin"):
+            result = cli_add(node, str(path))
+            assert added_hash(result) == blake3.blake3(path.read_bytes()).hexdigest()
+            assert "uploading it" in result.stderr and "PUT " in result.stderr
+        in_place = cli_add(node, "--in-place", str(mine), check=False)
+        assert in_place.returncode == 1
+        assert in_place.stderr.strip().splitlines()[-1] == (
+            f"error: {mine} is not the caller's file where the node sees it; "
+            "--in-place needs a node on this machine that can read the file"
+        )
+        assert blake3.blake3(theirs.read_bytes()).hexdigest() not in node.cli("blob", "ls").stdout
+    finally:
+        node.kill()
+
+
+def test_blob_add_uploads_a_file_the_node_may_not_read(tmp_path: Path) -> None:
+    """The node as a user who may not read the file (root without its capabilities, the file
+    another user's): the CLI, which may, uploads it."""
+    if os.geteuid() != 0 or not unshare_works():
+        pytest.skip("needs root (a file of another user) and user namespaces")
+    mine = tmp_path / "mine.bin"
+    mine.write_bytes(os.urandom(3_000_000))
+    mine.chmod(0o600)
+    os.chown(mine, 65534, 65534)
+    node = NodeProcess(tmp_path / "node", prefix=NO_CAPS)
+    try:
+        result = cli_add(node, str(mine))
+        assert added_hash(result) == blake3.blake3(mine.read_bytes()).hexdigest()
+        assert "Permission denied); uploading it" in result.stderr
+    finally:
+        node.kill()

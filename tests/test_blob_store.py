@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from p2pnode.blobs import store as store_mod
-from p2pnode.blobs.blocks import BLOCK_SIZE, BlobHasher, BlockList
+from p2pnode.blobs.blocks import BLOCK_SIZE, READ_CHUNK, BlobHasher, BlockList
 from p2pnode.blobs.store import BlobCorrupt, BlobInUse, BlobNotFound, BlobStore, StoreError
 from p2pnode.ids import parse_blob_hash
 
@@ -73,6 +73,32 @@ async def test_round_trip(store: BlobStore, tmp_path: Path, size: int, via: str)
     assert await store.export(info.hash, dest) == info
     assert dest.read_bytes() == data
     assert os.listdir(dest.parent) == ["exported"]
+    assert os.listdir(store.root / "tmp") == []
+
+
+async def test_file_adds_over_several_chunks(store: BlobStore, tmp_path: Path) -> None:
+    """Copied in the kernel and hashed back chunk by chunk (or, in place, read in turns): every
+    chunk boundary and an unaligned start and end give the content's hash and blocks."""
+    data = os.urandom(2 * READ_CHUNK + 12345)
+    src = tmp_path / "src"
+    src.write_bytes(data)
+    copied = await store.add_path(src)
+    with open(src, "rb") as f:
+        f.seek(1000)
+        tail = await store.add_file(f)
+    for info, content in ((copied, data), (tail, data[1000:])):
+        expected_hash, bl = digest_and_blocks(content)
+        assert (info.hash, info.size, info.root) == (expected_hash, len(content), bl.root_hex)
+        with store.open_read(info.hash) as stored:
+            assert stored.read() == content
+    await store.remove(copied.hash)
+    in_place = await store.add_in_place(src)
+    assert (in_place.hash, in_place.root) == (copied.hash, copied.root)
+    # A regular file the kernel cannot copy by itself is copied through Python.
+    status = await store.add_path("/proc/self/status")
+    with store.open_read(status.hash) as stored:
+        assert b"Name:" in (content := stored.read())
+    assert blake3.blake3(content).hexdigest() == status.hash
     assert os.listdir(store.root / "tmp") == []
 
 
@@ -150,6 +176,22 @@ async def test_disk_full_during_add_leaves_nothing(
     assert await store.list() == []
 
 
+async def test_disk_full_during_path_add_leaves_nothing(
+    store: BlobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(3 * BLOCK_SIZE))
+
+    def full(fd: int, offset: int, length: int) -> None:  # as sync_file_range reports it
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(store_mod, "start_writeback", full)
+    with pytest.raises(StoreError, match="disk full while writing blob"):
+        await store.add_path(src)
+    assert os.listdir(store.root / "tmp") == []
+    assert await store.list() == []
+
+
 async def test_permission_denied_during_export_leaves_nothing(
     store: BlobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -171,16 +213,16 @@ async def test_cancelled_add_leaves_nothing(
 ) -> None:
     src = tmp_path / "big"
     src.write_bytes(os.urandom(20 * BLOCK_SIZE))
-    real_write_all = store_mod.write_all
+    real_start_writeback = store_mod.start_writeback
     writes = 0
 
-    def write_then_cancel(fd: int, data: memoryview) -> None:
+    def write_then_cancel(fd: int, offset: int, length: int) -> None:  # after each chunk
         nonlocal writes
         writes += 1
-        real_write_all(fd, data)
+        real_start_writeback(fd, offset, length)
         trio.from_thread.run_sync(scope.cancel)
 
-    monkeypatch.setattr(store_mod, "write_all", write_then_cancel)
+    monkeypatch.setattr(store_mod, "start_writeback", write_then_cancel)
     with trio.CancelScope() as scope:
         await store.add_path(src)
     assert scope.cancelled_caught and writes == 1

@@ -158,24 +158,34 @@ def create_app(node: Node, sessions: Sessions) -> FastAPI:
             node.blobs.expect_holder(info.hash)
         return BlobAdded(blob=info, ticket=node.blobs.ticket(info))
 
-    @api.post("/blobs", responses={**_errors(400, 403), **BODY_ERRORS})
+    @api.post("/blobs", responses={**_errors(400, 403, 412), **BODY_ERRORS})
     async def add_blob(request: PathRequest) -> BlobAdded:
         """Add a regular file the node can read (its own user's; never inside its data folder);
         with `in_place`, without copying it: the node then serves from the file, verifying each
-        block, and the blob goes missing if the file changes."""
+        block, and the blob goes missing if the file changes. With `expect`, only if the node
+        opens that very file: 412 otherwise (it cannot read it, or sees another file there), so
+        that the caller uploads its content instead (`PUT /blobs`)."""
         real = await trio.to_thread.run_sync(os.path.realpath, request.path)
         source = _outside_private_dirs(node, Path(real))
+        refused = 400 if request.expect is None else 412
         try:
             f = open_regular(source)
         except NotRegularFile as exc:
-            raise HTTPException(400, str(exc)) from None
+            raise HTTPException(refused, str(exc)) from None
         except OSError as exc:
-            raise HTTPException(400, f"cannot read {request.path}: {exc.strerror}") from None
-        with f, store_errors():
-            if request.in_place:
-                info = await node.blobs.add_in_place(source, pin=request.pin)
-            else:
-                info = await node.blobs.add_file(f, pin=request.pin)
+            raise HTTPException(refused, f"cannot read {request.path}: {exc.strerror}") from None
+        with f:
+            if request.expect is not None and not request.expect.matches(os.fstat(f.fileno())):
+                raise HTTPException(
+                    412, f"{request.path} is not the caller's file where the node sees it"
+                )
+            with store_errors():
+                if request.in_place:
+                    info = await node.blobs.add_in_place(source, pin=request.pin)
+                else:
+                    info = await node.blobs.add_file(f, pin=request.pin)
+        if not info.pinned:
+            node.blobs.expect_holder(info.hash)
         return BlobAdded(blob=info, ticket=node.blobs.ticket(info))
 
     @api.get(

@@ -39,12 +39,15 @@ class ApiError(Exception):
     """The node is not reachable, or refused the request; the message is for a person.
 
     `exit_code` is 2 when the request itself was wrong (the node answered 400, 413 or 422, or the
-    API URL is malformed), 1 otherwise.
+    API URL is malformed), 1 otherwise; `status` is the node's HTTP status when it answered one.
     """
 
-    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+    def __init__(
+        self, message: str, exit_code: int = EXIT_FAILURE, status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.status = status
 
 
 def normalize_url(url: str) -> str:
@@ -248,7 +251,9 @@ class ApiClient:
                 f"the token came from {self._token_source}"
             )
         raise ApiError(
-            _describe_detail(detail) or f"the node refused the request (HTTP {status})", code
+            _describe_detail(detail) or f"the node refused the request (HTTP {status})",
+            code,
+            status,
         )
 
 

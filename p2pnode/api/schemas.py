@@ -11,7 +11,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
-from p2pnode.blobs.model import BlobInfo, FetchProgress
+from p2pnode.blobs.model import BlobInfo, FetchProgress, FileIdentity
 from p2pnode.ids import NodeIdField
 from p2pnode.jobs.model import Job, JobState, LogStream
 from p2pnode.status import DiskStatus as DiskStatus  # re-exported: served and read here
@@ -49,6 +49,9 @@ class PathRequest(Request):
     path: AbsolutePath
     pin: bool = True
     in_place: bool = False  # no copy: the node serves from the file, verifying what it reads
+    # The file the caller has open: the node adds the path only if it opens that same file, else
+    # answers 412 (it runs elsewhere, or the file was replaced) and the caller uploads instead.
+    expect: FileIdentity | None = None
 
 
 class ExportRequest(Request):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from typing import Self
+
 from pydantic import BaseModel, ConfigDict
 
 from p2pnode.ids import BlobHashField, NodeIdField
@@ -38,3 +41,28 @@ class FetchProgress(BaseModel):
     size: int
     bytes_done: int
     provider: NodeIdField | None = None
+
+
+class FileIdentity(BaseModel):
+    """Which file, exactly: the same path can name another file for another process (another
+    mount namespace or container, or a file replaced meanwhile), and size and mtime say whether
+    its content moved since."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Self:
+        return cls(dev=st.st_dev, ino=st.st_ino, size=st.st_size, mtime_ns=st.st_mtime_ns)
+
+    def matches(self, st: os.stat_result) -> bool:
+        return (self.dev, self.ino, self.size, self.mtime_ns) == (
+            st.st_dev,
+            st.st_ino,
+            st.st_size,
+            st.st_mtime_ns,
+        )

@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import errno
 import fcntl
 import functools
 import io
+import mmap
 import os
 import shutil
 import sqlite3
@@ -37,13 +39,20 @@ import stat
 import threading
 import uuid
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+)
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 import blake3
 import trio
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from p2pnode.concurrency import collapse_groups
 from p2pnode.ids import BlobHash, is_blob_hash
@@ -56,9 +65,17 @@ from .blocks import (
     Buffer,
     hash_file,
 )
-from .diskio import create, fsync_dir, tmp_path, unlink, write_all, write_atomic
+from .diskio import (
+    create,
+    fsync_dir,
+    start_writeback,
+    tmp_path,
+    unlink,
+    write_all,
+    write_atomic,
+)
 from .errors import BlobCorrupt, BlobInUse, BlobNotFound, StoreError, os_errors
-from .model import BlobInfo, GcResult, PartialProgress
+from .model import BlobInfo, FileIdentity, GcResult, PartialProgress
 from .partial import PartialBlob, PartialFiles, progress
 from .refs import RefTable
 
@@ -79,30 +96,14 @@ __all__ = [
 ]
 
 
-class ExternalFile(BaseModel):
+class ExternalFile(FileIdentity):
     """Where a blob added in place lives, and what the file looked like when it was hashed."""
 
-    model_config = ConfigDict(frozen=True)
-
     path: str
-    size: int
-    mtime_ns: int
-    ino: int
-    dev: int
 
     @classmethod
-    def of(cls, path: Path, st: os.stat_result) -> ExternalFile:
-        return cls(
-            path=str(path), size=st.st_size, mtime_ns=st.st_mtime_ns, ino=st.st_ino, dev=st.st_dev
-        )
-
-    def matches(self, st: os.stat_result) -> bool:
-        return (self.size, self.mtime_ns, self.ino, self.dev) == (
-            st.st_size,
-            st.st_mtime_ns,
-            st.st_ino,
-            st.st_dev,
-        )
+    def at(cls, path: Path, st: os.stat_result) -> ExternalFile:
+        return cls(path=str(path), **dict(FileIdentity.of(st)))
 
 
 class _Content:
@@ -140,12 +141,12 @@ class _Content:
         return bytes(view[offset - start : offset - start + length])
 
 
-async def _hash_chunks(chunks: AsyncIterator[Buffer], fd: int | None, doing: str) -> BlobHasher:
-    """Hash what ``chunks`` yields, writing it to ``fd`` too unless that is None.
+async def _hash_chunks(chunks: AsyncIterator[Buffer], fd: int, doing: str) -> BlobHasher:
+    """Write what ``chunks`` yields to ``fd`` and hash it.
 
     The next chunk is read while this one is hashed twice (the whole-blob hash and the block
     hashes) and written, each in its own worker thread: blake3 and os.write release the GIL.
-    (Pushing data to disk along the way with fdatasync measured slower: writes then wait.)
+    Each written chunk's writeback starts at once (`start_writeback`).
     """
     hasher = BlobHasher()
     ready_send, ready = trio.open_memory_channel[Buffer](1)
@@ -155,22 +156,98 @@ async def _hash_chunks(chunks: AsyncIterator[Buffer], fd: int | None, doing: str
             async for chunk in chunks:
                 await ready_send.send(chunk)
 
+    def write(chunk: Buffer, offset: int) -> None:
+        view = memoryview(chunk)
+        write_all(fd, view)
+        start_writeback(fd, offset, view.nbytes)
+
     async def consume() -> None:
+        offset = 0
         async with ready:
             async for chunk in ready:
                 with os_errors(doing), collapse_groups():
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(trio.to_thread.run_sync, hasher.update_whole, chunk)
-                        if fd is None:
-                            await trio.to_thread.run_sync(hasher.update_blocks, chunk)
-                        else:
-                            nursery.start_soon(trio.to_thread.run_sync, hasher.update_blocks, chunk)
-                            await trio.to_thread.run_sync(write_all, fd, memoryview(chunk))
+                        nursery.start_soon(trio.to_thread.run_sync, hasher.update_blocks, chunk)
+                        await trio.to_thread.run_sync(write, chunk, offset)
+                offset += memoryview(chunk).nbytes
 
     with collapse_groups():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read)
             nursery.start_soon(consume)
+    return hasher
+
+
+async def _hash_file(src: int, start: int, dst: int | None, doing: str) -> BlobHasher:
+    """Hash regular file ``src`` from offset ``start`` to its end; with ``dst``, copy it there
+    (from offset 0) and hash the copy.
+
+    Chunk by chunk, the kernel copies (os.sendfile: no Python buffer, any two filesystems) and
+    starts the chunk's writeback (`start_writeback`); the two hashes then read the copy through
+    mmap (what is hashed is exactly what is stored), each in its own thread while a third copies
+    the next chunk. Measured side by side on 256 MiB against reading into Python buffers,
+    writing and hashing those (`_hash_chunks`): as fast or faster, and 20% less CPU (0.33 s
+    against 0.43 s). Without ``dst`` (a file added in place) the chunks are read into two
+    buffers taking turns: a mapping of a file that someone truncates meanwhile would kill the
+    process with SIGBUS, a read just comes back short.
+    """
+    hasher = BlobHasher()
+    buffers = (bytearray(READ_CHUNK), bytearray(READ_CHUNK)) if dst is None else ()
+    in_kernel = True
+
+    def copy_some(dst: int, offset: int, count: int) -> int:
+        nonlocal in_kernel
+        if in_kernel:
+            try:
+                return os.sendfile(dst, src, offset, count)
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+                in_kernel = False  # a file the kernel cannot splice (e.g. /proc/self/status)
+        data = os.pread(src, count, offset)
+        write_all(dst, memoryview(data))
+        return len(data)
+
+    def fetch(offset: int, turn: int) -> int:
+        """Bring in the chunk at ``offset``: copy it to ``dst``, or read it into a buffer."""
+        if dst is None:
+            return os.preadv(src, [buffers[turn % 2]], start + offset)
+        done = 0
+        while done < READ_CHUNK:
+            sent = copy_some(dst, start + offset + done, READ_CHUNK - done)
+            if not sent:
+                break
+            done += sent
+        if done:
+            start_writeback(dst, offset, done)
+        return done
+
+    @contextlib.contextmanager
+    def chunk(offset: int, length: int, turn: int) -> Iterator[memoryview]:
+        if dst is None:
+            with memoryview(buffers[turn % 2])[:length] as view:
+                yield view
+        else:
+            with (
+                mmap.mmap(dst, length, prot=mmap.PROT_READ, offset=offset) as mapped,
+                memoryview(mapped) as view,
+            ):
+                yield view
+
+    async def fetch_into(result: list[int], offset: int, turn: int) -> None:
+        result.append(await trio.to_thread.run_sync(fetch, offset, turn))
+
+    with os_errors(doing), collapse_groups():
+        offset, turn, length = 0, 0, await trio.to_thread.run_sync(fetch, 0, 0)
+        while length:
+            following: list[int] = []
+            with chunk(offset, length, turn) as view:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(fetch_into, following, offset + length, turn + 1)
+                    nursery.start_soon(trio.to_thread.run_sync, hasher.update_whole, view)
+                    await trio.to_thread.run_sync(hasher.update_blocks, view)
+            offset, turn, length = offset + length, turn + 1, following[0]
     return hasher
 
 
@@ -357,10 +434,15 @@ class BlobStore:
 
     async def add_file(self, f: BinaryIO, *, tag: str | None = None, pin: bool = False) -> BlobInfo:
         """Copy an open file from its current position to its end (the API opens the file
-        itself, so that what it checked is what gets read)."""
-
-        doing = f"reading {getattr(f, 'name', 'the file')}"
-        return await self._ingest(_read_chunks(f.read, doing), tag, pin)
+        itself, so that what it checked is what gets read): a regular file in the kernel
+        (`_hash_file`), anything else (a pipe) read chunk by chunk."""
+        src = f.fileno()
+        if stat.S_ISREG(os.fstat(src).st_mode):
+            start = f.tell()
+            return await self._ingest(functools.partial(_hash_file, src, start), tag, pin)
+        return await self._write(
+            _read_chunks(f.read, f"reading {getattr(f, 'name', 'the file')}"), tag, pin
+        )
 
     async def add_bytes(
         self, data: bytes, *, tag: str | None = None, pin: bool = False
@@ -370,7 +452,7 @@ class BlobStore:
             for off in range(0, view.nbytes, READ_CHUNK):
                 yield view[off : off + READ_CHUNK]
 
-        return await self._ingest(chunks(), tag, pin)
+        return await self._write(chunks(), tag, pin)
 
     async def add_stream(
         self, chunks: AsyncIterable[bytes], *, tag: str | None = None, pin: bool = False
@@ -387,17 +469,23 @@ class BlobStore:
                     pending = bytearray()
             yield pending
 
-        return await self._ingest(batches(), tag, pin)
+        return await self._write(batches(), tag, pin)
 
-    async def _ingest(self, chunks: AsyncIterator[Buffer], tag: str | None, pin: bool) -> BlobInfo:
-        """Write, hash and install what ``chunks`` yields, at the disk's pace (see
-        `_hash_chunks`); cancelled or failed, it leaves no temp file."""
+    async def _write(self, chunks: AsyncIterator[Buffer], tag: str | None, pin: bool) -> BlobInfo:
+        """Write, hash and install what ``chunks`` yields (see `_hash_chunks`)."""
+        return await self._ingest(functools.partial(_hash_chunks, chunks), tag, pin)
+
+    async def _ingest(
+        self, fill: Callable[[int, str], Awaitable[BlobHasher]], tag: str | None, pin: bool
+    ) -> BlobInfo:
+        """Have ``fill(fd, doing)`` write and hash the blob into a new temp file, then fsync and
+        install it; cancelled or failed, it leaves no temp file."""
         tmp = tmp_path(self._tmp)
         try:
             with os_errors(f"writing blob to {tmp}"):
                 fd = create(tmp)
             try:
-                hasher = await _hash_chunks(chunks, fd, f"writing blob to {tmp}")
+                hasher = await fill(fd, f"writing blob to {tmp}")
                 with os_errors(f"writing blob to {tmp}"):
                     await trio.to_thread.run_sync(os.fsync, fd)
             finally:
@@ -448,15 +536,14 @@ class BlobStore:
             before = os.fstat(fd)
             if not stat.S_ISREG(before.st_mode):
                 raise StoreError(f"{source} is not a regular file")
-            read = functools.partial(os.read, fd)
-            hasher = await _hash_chunks(_read_chunks(read, doing), None, doing)
+            hasher = await _hash_file(fd, 0, None, doing)
             after = os.fstat(fd)
         finally:
             os.close(fd)
-        if not ExternalFile.of(source, before).matches(after) or hasher.size != after.st_size:
+        if not FileIdentity.of(before).matches(after) or hasher.size != after.st_size:
             raise StoreError(f"{source} changed while it was being added; add it again")
         digest, bl = hasher.finish()
-        record = ExternalFile.of(source, after).model_dump_json().encode()
+        record = ExternalFile.at(source, after).model_dump_json().encode()
         return await trio.to_thread.run_sync(
             self._install_external, BlobHash(digest.hex()), bl, record, tag, pin
         )

@@ -7,15 +7,16 @@ import logging
 import os
 import tempfile
 import uuid
+from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 import click
 from pydantic import RootModel
 
-from p2pnode.api.client import ApiClient
+from p2pnode.api.client import ApiClient, ApiError
 from p2pnode.api.schemas import BlobAdded, BlobEntry, Done, FetchEvent, PathRequest
-from p2pnode.blobs.model import BlobInfo, GcResult
+from p2pnode.blobs.model import BlobInfo, FileIdentity, GcResult
 from p2pnode.cli import EXIT_USAGE, cli, fail, load_settings, parse_blob_ticket
 from p2pnode.cli.progress import TransferProgress
 from p2pnode.fsutil import NotRegularFile, open_regular
@@ -65,7 +66,9 @@ def blob() -> None:
 )
 @click.pass_obj
 def add(api: ApiClient, path: Path, in_place: bool) -> None:
-    """Upload a file to the running node's store (pinned); prints its BLAKE3 hash and a blob ticket.
+    """Add a file to the running node's store (pinned); prints its BLAKE3 hash and a blob ticket.
+
+    A node on this machine that can read the file reads it itself; else the file is uploaded.
 
     \b
     Examples:
@@ -96,20 +99,43 @@ def _open_shareable(path: Path) -> BinaryIO:
 
 def add_in_place(api: ApiClient, path: Path) -> BlobAdded:
     """Have the node hash the file where it is and serve it from there (no copy, no upload)."""
-    with _open_shareable(path):
-        body = PathRequest(path=path.resolve(), pin=True, in_place=True)
-    return api.post("/blobs", BlobAdded, json=body.model_dump(mode="json"), timeout=None)
+    with _open_shareable(path) as f:
+        body = PathRequest(
+            path=path.resolve(),
+            pin=True,
+            in_place=True,
+            expect=FileIdentity.of(os.fstat(f.fileno())),
+        )
+        try:
+            return api.post("/blobs", BlobAdded, json=body.model_dump(mode="json"), timeout=None)
+        except ApiError as exc:
+            if exc.status != HTTPStatus.PRECONDITION_FAILED:
+                raise
+            fail(f"{exc}; --in-place needs a node on this machine that can read the file")
 
 
 def upload(api: ApiClient, path: Path, *, pin: bool = True) -> BlobAdded:
-    """Stream a regular file's content to the node, which never opens the path itself. A job's
-    files go unpinned (`pin=False`): the job holds them, and removing it frees them."""
+    """Add a regular file to the node's store. A node that can open the path and finds there the
+    very file this process opened (device, inode, size, mtime) reads it itself, at disk speed;
+    else (it runs in another container or as another user, or the file was replaced) the content
+    is streamed to it over HTTP. A job's files go unpinned (`pin=False`): the job holds them,
+    and removing it frees them."""
     with _open_shareable(path) as f:
-        size = os.fstat(f.fileno()).st_size
+        st = os.fstat(f.fileno())
+        body = PathRequest(path=path.resolve(), pin=pin, expect=FileIdentity.of(st))
+        try:
+            added = api.post("/blobs", BlobAdded, json=body.model_dump(mode="json"), timeout=None)
+        except ApiError as exc:
+            if exc.status != HTTPStatus.PRECONDITION_FAILED:
+                raise
+            log.info("the node cannot read %s itself (%s); uploading it", path, exc)
+        else:
+            log.info("the node read %s itself", path)
+            return added
         return api.upload(
             "/blobs",
             iter(lambda: f.read(UPLOAD_CHUNK), b""),
-            size,
+            st.st_size,
             BlobAdded,
             params={"pin": pin},
             timeout=None,
