@@ -26,6 +26,7 @@ checks in `install()`.
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.metadata
 import itertools
 import threading
@@ -49,6 +50,7 @@ _GENERATED = (
     "_UNIFFI_RUST_FUTURE_CONTINUATION_CALLBACK",
     "_UNIFFI_RUST_FUTURE_POLL_READY",
     "_uniffi_rust_call_async",
+    "_uniffi_rust_call",
     "_uniffi_rust_call_with_error",
     "_uniffi_check_call_status",
     "InternalError",
@@ -192,6 +194,11 @@ def _rust_call_with_error(error_ffi_converter: Any, fn: Callable[..., Any], *arg
     return result
 
 
+_rust_call = functools.partial(_rust_call_with_error, None)
+"""Drop-in for the generated `_uniffi_rust_call` (handle clones, buffer alloc and free: several
+per async call) without its extra Python frame."""
+
+
 def _buffer_address(rbuf: Any) -> int:
     address: int = ctypes.cast(rbuf.data, ctypes.c_void_p).value or 0
     return address
@@ -259,6 +266,7 @@ def install() -> None:
     _originals["write"] = iroh_ffi._UniffiRustBufferBuilder.write
     _originals["lower"] = iroh_ffi._UniffiFfiConverterBytes.lower
     _continuation_callback = iroh_ffi._UNIFFI_RUST_FUTURE_CONTINUATION_CALLBACK(_continuation)
+    iroh_ffi._uniffi_rust_call = _rust_call
     iroh_ffi._uniffi_rust_call_with_error = _rust_call_with_error
     iroh_ffi._uniffi_rust_call_async = _rust_call_async
     iroh_ffi._UniffiFfiConverterBytes.lift = staticmethod(_lift_bytes)
