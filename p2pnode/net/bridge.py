@@ -63,8 +63,8 @@ class BridgeError(RuntimeError):
 
 
 class _Inbox:
-    """One trio run's queue of continuations that Rust threads delivered: the first one into an
-    empty queue asks the trio token for one drain, which wakes everything queued by then."""
+    """One trio run's queue of continuations that Rust threads delivered: the first one after a
+    drain asks the trio token for the next drain, which wakes everything queued by then."""
 
     __slots__ = ("_token", "_queue", "_scheduled")
 
@@ -215,8 +215,8 @@ def _fast_write(self: Any, value: bytes | bytearray | memoryview) -> None:
 
 def _lower_bytes(value: bytes | bytearray | memoryview) -> Any:
     """`bytes` argument -> RustBuffer (i32 length, then the bytes): one Rust call that reserves
-    exactly that (no zero fill), two copies, instead of a builder that allocates, grows and
-    packs the length one byte at a time."""
+    exactly that (no zero fill) and one copy of the payload, instead of a builder that
+    allocates, grows and packs the length one byte at a time."""
     data = bytes(value) if not isinstance(value, bytes) else value
     n = len(data)
     rbuf = iroh_ffi._UniffiRustBuffer.reserve(iroh_ffi._UniffiRustBuffer(), n + 4)
@@ -241,7 +241,8 @@ def _lift_bytes(rbuf: Any) -> bytes:
         rbuf.free()
 
 
-_originals: dict[str, Any] = {}
+_generated_write = iroh_ffi._UniffiRustBufferBuilder.write
+_generated_lower = iroh_ffi._UniffiFfiConverterBytes.lower
 
 
 def _check_bindings() -> None:
@@ -263,8 +264,6 @@ def install() -> None:
     _check_bindings()
     # Patching the generated code is this module's one job: the generated methods look these
     # names up at call time, so replacing them changes every call and nothing else.
-    _originals["write"] = iroh_ffi._UniffiRustBufferBuilder.write
-    _originals["lower"] = iroh_ffi._UniffiFfiConverterBytes.lower
     _continuation_callback = iroh_ffi._UNIFFI_RUST_FUTURE_CONTINUATION_CALLBACK(_continuation)
     iroh_ffi._uniffi_rust_call = _rust_call
     iroh_ffi._uniffi_rust_call_with_error = _rust_call_with_error
@@ -275,8 +274,8 @@ def install() -> None:
 
 def uninstall_send_fix() -> None:
     """Restore the generated send path; only the benchmark uses this, to measure the difference."""
-    iroh_ffi._UniffiRustBufferBuilder.write = _originals["write"]
-    iroh_ffi._UniffiFfiConverterBytes.lower = _originals["lower"]
+    iroh_ffi._UniffiRustBufferBuilder.write = _generated_write
+    iroh_ffi._UniffiFfiConverterBytes.lower = _generated_lower
 
 
 def reinstall_send_fix() -> None:
