@@ -15,7 +15,7 @@ bindings' Rust threads included) and `py` (thread_time of the Python thread alon
 implementation runs in its own child process, one after another in the same run:
   this tree   trio through this tree's `p2pnode.net.bridge`
   baseline    the same through the bridge in `--baseline DIR` (e.g. a `git worktree` of main)
-  floor       the bindings' native mode, plain asyncio, with only the memmove send fix (without
+  floor       the bindings' native mode, plain asyncio, with only this tree's send fix (without
               it a send moves ~7 MB/s, DESIGN.md section 2): what the generated code costs alone
 Load moves absolute figures; compare the rows of one run (and note `uptime`).
 """
