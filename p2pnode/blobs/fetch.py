@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 import iroh
 import trio
 
-from p2pnode.blobs.blocks import BlockList
+from p2pnode.blobs.blocks import BLOCK_SIZE, BlockList
 from p2pnode.blobs.model import FetchProgress
 from p2pnode.blobs.protocol import BlobHeader, BlobReply, BlobRequest, parse_header, reply_limit
 from p2pnode.blobs.store import BlobCorrupt, BlobInfo, BlobStore, PartialBlob
@@ -33,6 +33,7 @@ from p2pnode.net.framing import read_exact, recv_model, reset_quietly, send_mode
 log = logging.getLogger(__name__)
 
 PIPELINE_BLOCKS = 4
+READ_SIZE = BLOCK_SIZE  # bytes per read from the stream: one block
 FLUSH_EVERY = 32 << 20  # write back while downloading; commit's fsync then has little left
 STALL_TIMEOUT_S = 30.0
 """Seconds without a header or a whole block (1 MiB) from a provider before trying the next one."""
