@@ -12,7 +12,6 @@ if the disk has room for it: a ticket can't make the fetcher preallocate what it
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import shutil
 from collections.abc import Awaitable, Callable
@@ -34,7 +33,6 @@ log = logging.getLogger(__name__)
 
 PIPELINE_BLOCKS = 4
 READ_SIZE = BLOCK_SIZE  # bytes per read from the stream: one block
-FLUSH_EVERY = 32 << 20  # write back while downloading; commit's fsync then has little left
 STALL_TIMEOUT_S = 30.0
 """Seconds without a header or a whole block (1 MiB) from a provider before trying the next one."""
 Dial = Callable[[PeerAddr], Awaitable[iroh.Connection]]
@@ -226,23 +224,15 @@ class _Download:
                     self._heard_from(stall)
                     await send_channel.send((index, data))
 
-        flush_send, flush_receive = trio.open_memory_channel[None](1)
-
         async def write_blocks() -> None:
             nonlocal done
-            unflushed = 0
-            async with receive_channel, flush_send:
+            async with receive_channel:
                 async for index, data in receive_channel:
                     await partial.write_block(index, data)
                     self._heard_from(
                         stall
                     )  # a slow disk holding the pipeline up is not the provider's silence
                     done += len(data)
-                    unflushed += len(data)
-                    if unflushed >= FLUSH_EVERY:
-                        with contextlib.suppress(trio.WouldBlock):  # a flush is already due
-                            flush_send.send_nowait(None)
-                        unflushed = 0
                     self.on_progress(
                         FetchProgress(
                             hash=self.hash,
@@ -252,13 +242,7 @@ class _Download:
                         )
                     )
 
-        async def flush_blocks() -> None:
-            async with flush_receive:
-                async for _ in flush_receive:
-                    await partial.flush()
-
         with collapse_groups():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(read_blocks)
                 nursery.start_soon(write_blocks)
-                nursery.start_soon(flush_blocks)
