@@ -5,7 +5,9 @@
 
 Prints add MB/s (provider hashing + storing the file), fetch MB/s (second node fetching by
 ticket, verified and committed), the raw one-stream MB/s through the bridge, the fetch/raw
-ratio, and the fetching node's peak RSS (VmHWM: the whole process, Python included).
+ratio, the CPU seconds each side spent (all threads of the process, Rust's included: a measure
+that load moves less than wall time), and the fetching node's peak RSS (VmHWM: the whole
+process, Python included).
 
 The raw stream is measured two ways: between two processes, as a fetch runs (the sender writes
 and the receiver reads in the chunk sizes the provider and the fetcher use; timed from the first
@@ -80,36 +82,37 @@ async def raw_receive(size: int) -> None:
     await endpoint.close()
 
 
-async def raw_send(size: int, receiver: PeerAddr) -> float:
-    """Send `size` bytes in the provider's write size; seconds until the receiver has them all."""
+async def raw_send(size: int, receiver: PeerAddr) -> tuple[float, float]:
+    """Send `size` bytes in the provider's write size: (seconds until the receiver has them all,
+    CPU seconds this process spent meanwhile)."""
     endpoint = await bind()
     connection = await endpoint.connect(receiver.to_endpoint(), ALPN)
     bi = await connection.open_bi()
     payload = os.urandom(SEND_SIZE)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_seconds()
     for offset in range(0, size, SEND_SIZE):
         await bi.send().write_all(payload[: min(SEND_SIZE, size - offset)])
     await bi.send().finish()
     await read_exact(bi.recv(), 1)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     connection.close(0, b"done")
     await endpoint.close()
-    return elapsed
+    return elapsed, cpu
 
 
-def raw_two_processes(size: int) -> tuple[float, float]:
-    """(MB/s, receiver CPU seconds) of one raw stream from this process to another."""
+def raw_two_processes(size: int) -> tuple[float, float, float]:
+    """(MB/s, sender and receiver CPU seconds) of one raw stream from this process to another."""
     receiver = subprocess.Popen(
         [sys.executable, __file__, "--raw-receive", str(size)], stdout=subprocess.PIPE, text=True
     )
     assert receiver.stdout is not None
     try:
         addr = PeerAddr.model_validate_json(receiver.stdout.readline())
-        seconds = trio.run(raw_send, size, addr)
-        cpu = json.loads(receiver.stdout.readline())["cpu_s"]
+        seconds, send_cpu = trio.run(raw_send, size, addr)
+        receive_cpu = json.loads(receiver.stdout.readline())["cpu_s"]
     finally:
         receiver.wait(timeout=30)
-    return size / seconds / 1e6, cpu
+    return size / seconds / 1e6, send_cpu, receive_cpu
 
 
 @contextlib.contextmanager
@@ -140,7 +143,7 @@ class FetchRun:
                 ).json()
                 self.add_s = time.perf_counter() - started
                 started = time.perf_counter()
-                cpu = fetcher_cpu(fetcher)
+                cpu = process_cpu(fetcher), process_cpu(provider)
                 with http.stream(
                     "POST",
                     f"{fetcher.api}/blobs/fetch",
@@ -149,7 +152,8 @@ class FetchRun:
                 ) as response:
                     last = [line for line in response.iter_lines() if line][-1]
                 self.fetch_s = time.perf_counter() - started
-                self.cpu_s = fetcher_cpu(fetcher) - cpu
+                self.cpu_s = process_cpu(fetcher) - cpu[0]
+                self.provider_cpu_s = process_cpu(provider) - cpu[1]
             assert '"blob"' in last, last
             self.peak_rss = peak_rss_mb(fetcher.proc.pid)
         finally:
@@ -157,7 +161,7 @@ class FetchRun:
             fetcher.kill()
 
 
-def fetcher_cpu(node: NodeProcess) -> float:
+def process_cpu(node: NodeProcess) -> float:
     """CPU seconds the node process has used (all its threads, Rust's included)."""
     fields = Path(f"/proc/{node.proc.pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -170,7 +174,7 @@ def main(
     bridge.install()
     raws_one: list[float] = []
     raws_two: list[float] = []
-    raw_cpus: list[float] = []
+    raw_cpus: list[tuple[float, float]] = []
     fetches: list[FetchRun] = []
     befores: list[FetchRun] = []
     with tempfile.TemporaryDirectory(prefix="p2pnode-bench-") as tmp:
@@ -178,9 +182,9 @@ def main(
         source = script.random_file(work / "random.bin", mib)
         for run in range(runs):
             raws_one.append(trio.run(measure, size))
-            rate, cpu = raw_two_processes(size)
+            rate, send_cpu, receive_cpu = raw_two_processes(size)
             raws_two.append(rate)
-            raw_cpus.append(cpu)
+            raw_cpus.append((send_cpu, receive_cpu))
             if baseline is not None:
                 befores.append(FetchRun(work, f"before{run}", source, baseline))
             fetches.append(FetchRun(work, f"{run}", source, None))
@@ -191,21 +195,25 @@ def main(
     load = os.getloadavg()[0]
     print(f"blob of {mib} MiB, two node processes on loopback, median of {runs} (load {load:.1f})")
     print(f"  add              {mbs(statistics.median(r.add_s for r in fetches)):8.1f} MB/s")
+    cpus = lambda runs: (  # noqa: E731
+        f"CPU fetcher {statistics.median(r.cpu_s for r in runs):.2f} s, "
+        f"provider {statistics.median(r.provider_cpu_s for r in runs):.2f} s"
+    )
     print(
         f"  fetch            {fetch:8.1f} MB/s   (runs: {rates(mbs(r.fetch_s) for r in fetches)}; "
-        f"fetcher CPU {statistics.median(r.cpu_s for r in fetches):.2f} s)"
+        f"{cpus(fetches)})"
     )
     if befores:
         before = mbs(statistics.median(r.fetch_s for r in befores))
         print(
             f"  fetch, baseline  {before:8.1f} MB/s   "
-            f"(runs: {rates(mbs(r.fetch_s) for r in befores)}; fetcher CPU "
-            f"{statistics.median(r.cpu_s for r in befores):.2f} s; peak RSS "
+            f"(runs: {rates(mbs(r.fetch_s) for r in befores)}; {cpus(befores)}; peak RSS "
             f"{max(r.peak_rss for r in befores):.1f} MB)"
         )
     print(
-        f"  raw, 2 processes {raw:8.1f} MB/s   (runs: {rates(raws_two)}; receiver CPU "
-        f"{statistics.median(raw_cpus):.2f} s; {SEND_SIZE >> 10} KiB writes, "
+        f"  raw, 2 processes {raw:8.1f} MB/s   (runs: {rates(raws_two)}; CPU receiver "
+        f"{statistics.median(c for _, c in raw_cpus):.2f} s, sender "
+        f"{statistics.median(c for c, _ in raw_cpus):.2f} s; {SEND_SIZE >> 10} KiB writes, "
         f"{READ_SIZE >> 10} KiB reads)"
     )
     print(
