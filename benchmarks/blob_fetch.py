@@ -43,7 +43,7 @@ from tests.nodeproc import NodeProcess  # noqa: E402
 
 from benchmarks import script  # noqa: E402
 from benchmarks.stream_throughput import ALPN, bind, measure  # noqa: E402
-from p2pnode.blobs.fetch import READ_SIZE  # noqa: E402
+from p2pnode.blobs.blocks import BLOCK_SIZE  # noqa: E402
 from p2pnode.blobs.protocol import SEND_SIZE  # noqa: E402
 from p2pnode.net import bridge  # noqa: E402
 from p2pnode.net.addr import PeerAddr  # noqa: E402
@@ -64,7 +64,8 @@ def cpu_seconds() -> float:
 
 async def raw_receive(size: int) -> None:
     """The receiving process of the two-process raw stream: prints its address, reads `size`
-    bytes in the fetcher's read size, acknowledges with one byte, prints its CPU seconds."""
+    bytes a block per read as the fetcher reads, acknowledges with one byte, prints its CPU
+    seconds."""
     endpoint = await bind()
     print(PeerAddr.from_endpoint(endpoint.addr(), None).model_dump_json(), flush=True)
     incoming = await endpoint.accept_next()
@@ -72,8 +73,8 @@ async def raw_receive(size: int) -> None:
     connection = await (await incoming.accept()).connect()
     bi = await connection.accept_bi()
     started = cpu_seconds()
-    for offset in range(0, size, READ_SIZE):
-        await read_exact(bi.recv(), min(READ_SIZE, size - offset))
+    for offset in range(0, size, BLOCK_SIZE):
+        await read_exact(bi.recv(), min(BLOCK_SIZE, size - offset))
     await bi.send().write_all(b"k")
     await bi.send().finish()
     print(json.dumps({"cpu_s": cpu_seconds() - started}), flush=True)
@@ -214,7 +215,7 @@ def main(
         f"  raw, 2 processes {raw:8.1f} MB/s   (runs: {rates(raws_two)}; CPU receiver "
         f"{statistics.median(c for _, c in raw_cpus):.2f} s, sender "
         f"{statistics.median(c for c, _ in raw_cpus):.2f} s; {SEND_SIZE >> 10} KiB writes, "
-        f"{READ_SIZE >> 10} KiB reads)"
+        f"{BLOCK_SIZE >> 10} KiB reads)"
     )
     print(
         f"  raw, 1 process   {statistics.median(raws_one):8.1f} MB/s   "

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 import iroh
 import trio
 
-from p2pnode.blobs.blocks import BLOCK_SIZE, BlockList
+from p2pnode.blobs.blocks import BlockList
 from p2pnode.blobs.model import FetchProgress
 from p2pnode.blobs.protocol import BlobHeader, BlobReply, BlobRequest, parse_header, reply_limit
 from p2pnode.blobs.store import BlobCorrupt, BlobInfo, BlobStore, PartialBlob
@@ -32,7 +32,6 @@ from p2pnode.net.framing import read_exact, recv_model, reset_quietly, send_mode
 log = logging.getLogger(__name__)
 
 PIPELINE_BLOCKS = 4
-READ_SIZE = BLOCK_SIZE  # bytes per read from the stream: one block
 PROGRESS_INTERVAL_S = 0.1
 """Seconds between progress reports (and one at the end): a report per block cost the fetching
 node ~15% of its event loop's CPU, sending an NDJSON line to the API client each time."""
