@@ -129,15 +129,18 @@ def sources(folder: Path | None) -> Iterator[None]:
 
 
 class FetchRun:
-    """One add and one fetch between two fresh node processes."""
+    """One add and one fetch between two fresh node processes. The fetching node has answered
+    one API call first, as a running node has: FastAPI builds its routes' state on the first
+    request (~0.1 s of CPU), which is no part of a fetch."""
 
     def __init__(self, work: Path, name: str, source: Path, code: Path | None) -> None:
         with sources(code):
             provider = NodeProcess(work / f"provider-{name}")
             fetcher = NodeProcess(work / f"fetcher-{name}")
         try:
-            self.idle_rss = peak_rss_mb(fetcher.proc.pid)
             with httpx.Client(timeout=None) as http:
+                http.get(f"{fetcher.api}/status", headers=fetcher.headers).raise_for_status()
+                self.idle_rss = peak_rss_mb(fetcher.proc.pid)
                 started = time.perf_counter()
                 added = http.post(
                     f"{provider.api}/blobs", json={"path": str(source)}, headers=provider.headers
