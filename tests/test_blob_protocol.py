@@ -14,7 +14,7 @@ import pytest
 import trio
 
 import tickets
-from p2pnode.blobs.fetch import FetchError, fetch_blob
+from p2pnode.blobs.fetch import PROGRESS_INTERVAL_S, FetchError, fetch_blob
 from p2pnode.blobs.protocol import (
     BLOBS_ALPN,
     MAX_HEADER_FRAME,
@@ -51,6 +51,26 @@ async def test_member_fetches_verified_blob(start_node, tmp_path: Path) -> None:
     await b.blobs.store.export(info.hash, tmp_path / "out.bin")
     assert (tmp_path / "out.bin").read_bytes() == data
     assert seen == sorted(seen) and seen[-1] == len(data)
+
+
+async def test_progress_comes_every_tenth_of_a_second_and_at_the_end(
+    start_node, tmp_path: Path
+) -> None:
+    a = await start_node()
+    b = await start_node(join=a.join_ticket())
+    write_random(tmp_path / "input.bin", 32 * (1 << 20) + 5)
+    info = await a.blobs.add(tmp_path / "input.bin")
+    seen: list[tuple[float, int]] = []
+    await b.blobs.fetch(
+        info.hash,
+        [a.addr()],
+        root=info.root,
+        on_progress=lambda p: seen.append((trio.current_time(), p.bytes_done)),
+    )
+    assert [done for _, done in seen] == sorted({done for _, done in seen})
+    assert seen[-1][1] == info.size
+    gaps = [later - earlier for (earlier, _), (later, _) in zip(seen[:-2], seen[1:-1], strict=True)]
+    assert all(gap >= PROGRESS_INTERVAL_S for gap in gaps), gaps
 
 
 async def test_ticket_holder_fetches_and_stranger_is_refused(start_node, tmp_path: Path) -> None:
