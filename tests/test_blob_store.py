@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
 
@@ -190,6 +191,28 @@ async def test_disk_full_during_path_add_leaves_nothing(
         await store.add_path(src)
     assert os.listdir(store.root / "tmp") == []
     assert await store.list() == []
+
+
+async def test_disk_full_during_a_streamed_add_says_so(
+    store: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chunks come faster than they are written, so the reader may be waiting in its send when
+    the writer fails: the writer's error is what the caller gets, not the reader's broken
+    channel."""
+
+    data = os.urandom(READ_CHUNK)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(8):
+            yield data
+
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(store_mod, "start_writeback", full)
+    with pytest.raises(StoreError, match="disk full while writing blob"):
+        await store.add_stream(chunks())
+    assert os.listdir(store.root / "tmp") == []
 
 
 async def test_permission_denied_during_export_leaves_nothing(

@@ -219,12 +219,15 @@ class _Download:
         done = partial.progress().bytes_done
 
         async def read_blocks() -> None:
-            async with send_channel:
+            with send_channel:
                 for index in indices:
                     _, length = block_list.block_range(index)
                     data = await read_exact(recv, length)
                     self._heard_from(stall)
-                    await send_channel.send((index, data))
+                    try:
+                        await send_channel.send((index, data))
+                    except trio.BrokenResourceError:
+                        return  # the writer stopped: its error (a lying block) is what counts
 
         reported = done
 
@@ -240,7 +243,7 @@ class _Download:
         async def write_blocks() -> None:
             nonlocal done
             due = trio.current_time()
-            async with receive_channel:
+            with receive_channel:  # closed at once, without a checkpoint: see read_blocks
                 async for index, data in receive_channel:
                     await partial.write_block(index, data)
                     self._heard_from(

@@ -152,9 +152,12 @@ async def _hash_chunks(chunks: AsyncIterator[Buffer], fd: int, doing: str) -> Bl
     ready_send, ready = trio.open_memory_channel[Buffer](1)
 
     async def read() -> None:
-        async with ready_send:
+        with ready_send:
             async for chunk in chunks:
-                await ready_send.send(chunk)
+                try:
+                    await ready_send.send(chunk)
+                except trio.BrokenResourceError:
+                    return  # consume() failed: its error is the one that counts
 
     def write(chunk: Buffer, offset: int) -> None:
         view = memoryview(chunk)
@@ -163,7 +166,7 @@ async def _hash_chunks(chunks: AsyncIterator[Buffer], fd: int, doing: str) -> Bl
 
     async def consume() -> None:
         offset = 0
-        async with ready:
+        with ready:
             async for chunk in ready:
                 with os_errors(doing), collapse_groups():
                     async with trio.open_nursery() as nursery:
