@@ -269,11 +269,65 @@ def test_lazy_links_announce_by_batched_ihave_what_the_neighbor_has_not_shown_it
     assert [type(m) for m in sent(pushed)] == [Gossip]  # every link starts eager
     assert sent(engine.on_message(peer, Gossip(envelope=x))) == [Prune()]  # a second path
     y, actions = engine.publish("job.announced", {"job": "y"})
+    assert sent(actions) == [IHave(ids=[y.id])]  # lazy now; the first after a quiet spell: at once
+    [timer] = [a for a in actions if isinstance(a, Timer)]
     z, more = engine.publish("job.announced", {"job": "z"})
-    [timer] = actions
-    assert isinstance(timer, Timer) and not sent(actions + more)  # lazy now: one batch later
-    engine.on_message(peer, IHave(ids=[y.id]))  # the peer has y already
-    assert sent(engine.on_timer(timer)) == [IHave(ids=[z.id])]
+    w, _ = engine.publish("job.announced", {"job": "w"})
+    assert not sent(more)  # those that follow wait for the batch
+    engine.on_message(peer, IHave(ids=[z.id]))  # the peer has z already
+    batch = engine.on_timer(timer)
+    assert sent(batch) == [IHave(ids=[w.id])]
+    [timer] = [a for a in batch if isinstance(a, Timer)]
+    assert engine.on_timer(timer) == []  # a quiet batch ends the batching
+    v, actions = engine.publish("job.announced", {"job": "v"})
+    assert sent(actions) == [IHave(ids=[v.id])]
+
+
+def test_the_graft_timeout_follows_how_late_eager_copies_come_after_an_ihave() -> None:
+    """Quick trees repair a lost copy in tens of ms; on a loaded machine a copy that is merely
+    late is waited for instead of grafted (a GRAFT adds a link that PRUNE must remove again)."""
+    engine, peer, clock = pair()
+    origin = iroh.SecretKey.from_bytes(bytes([3]) * 32)
+    config = engine.config
+    assert engine.graft_timeout() == config.graft_timeout_s  # nothing measured yet
+
+    def copy_after_ihave(late: float) -> list[Action]:
+        envelope = Envelope.create(origin, TOPIC, "job.announced", {}, hops=5, now=clock[0])
+        timers = engine.on_message(peer, IHave(ids=[envelope.id]))
+        clock[0] += late
+        engine.on_message(peer, Gossip(envelope=envelope))
+        return timers
+
+    for _ in range(20):
+        copy_after_ihave(0.005)
+    assert engine.graft_timeout() == config.graft_timeout_min_s
+    for _ in range(5):
+        copy_after_ihave(0.4)
+    assert engine.graft_timeout() > 0.4
+    [timer] = copy_after_ihave(0.4)
+    assert isinstance(timer, Timer) and timer.delay > 0.4
+
+
+def test_a_copy_that_beats_the_tree_by_catch_up_or_from_a_non_neighbor_prunes_no_link() -> None:
+    """A digest answer (or a copy from a peer whose neighbor request we refused) often arrives
+    while the tree's copy is in flight; pruning the tree's link then cut the tree, and the nodes
+    behind it waited for GRAFTs (most of the p99 of benchmarks/gossip.py)."""
+    engine, parent, clock = pair()
+    other = iroh.SecretKey.from_bytes(bytes([4]) * 32).public().to_bytes().hex()
+    engine.join_via(other, {})
+    engine.peer_connected(other)
+    origin = iroh.SecretKey.from_bytes(bytes([3]) * 32)
+    stranger = iroh.SecretKey.from_bytes(bytes([5]) * 32).public().to_bytes().hex()
+    for first_sender, catch_up in [(other, True), (stranger, False)]:
+        envelope = Envelope.create(origin, TOPIC, "job.announced", {}, hops=5, now=clock[0])
+        first = Gossip(envelope=envelope, catch_up=catch_up)
+        onward = sent(engine.on_message(first_sender, first))
+        assert [m.catch_up for m in onward if isinstance(m, Gossip)] == [True]  # to parent
+        assert sent(engine.on_message(parent, Gossip(envelope=envelope))) == []  # no PRUNE
+        if first_sender == other:  # a second eager copy is a second path, as ever
+            assert sent(engine.on_message(other, Gossip(envelope=envelope))) == [Prune()]
+    _, pushed = engine.publish("job.announced", {})
+    assert [a.peer_id for a in pushed if isinstance(a, Send)] == [parent]  # still a branch
 
 
 def test_replays_forgeries_and_garbage_are_dropped_and_counted() -> None:
