@@ -311,6 +311,10 @@ class GossipEngine:
         actions: list[Action] = [NeighborUp(peer_id)] if first else []
         if (hello := self._hello.pop(peer_id, None)) is not None:
             actions.append(self._send(peer_id, hello))
+            if isinstance(hello, Neighbor) and not hello.urgent:
+                # A request the peer may refuse: until it links back, a full copy pushed to it
+                # would only reach its side of the tree off schedule, as a duplicate.
+                self._lazy.add(peer_id)
         if first:
             actions.append(self._send(peer_id, self._digest()))
         return actions
