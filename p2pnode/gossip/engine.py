@@ -19,7 +19,8 @@ seeded run replays exactly.
   whatever is pushed on from it) can overtake the tree's copy, which is then no second path.
   A node told IHAVE of an id it still lacks after a GRAFT timeout (the eager copy was lost or
   the tree is broken) asks that neighbor with GRAFT, which makes the link eager again (the tree
-  repairs itself) and brings the envelope; further announcers are tried `graft_retry_s` apart.
+  repairs itself) and brings the envelope; further announcers are tried `graft_retry_s` apart
+  (or a GRAFT timeout apart, when that is longer: an answer may just be late).
   The timeout follows how late eager copies have been after an IHAVE for them (as TCP's
   retransmission timeout follows the round trip): short when the tree is quick, so a lost copy
   is repaired in tens of ms; long on a loaded machine, where a GRAFT for a copy that is merely
@@ -597,7 +598,7 @@ class GossipEngine:
         self._lazy.discard(peer_id)
         return [
             self._send(peer_id, Graft(ids=[envelope_id])),
-            Timer(self.config.graft_retry_s, "graft", envelope_id),
+            Timer(max(self.config.graft_retry_s, self.graft_timeout()), "graft", envelope_id),
         ]
 
     def _on_graft(self, peer_id: str, msg: Graft) -> list[Action]:
