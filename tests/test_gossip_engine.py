@@ -20,6 +20,7 @@ from p2pnode.gossip.engine import (
     Gossip,
     GossipConfig,
     GossipEngine,
+    Graft,
     IHave,
     Join,
     Leave,
@@ -326,8 +327,28 @@ def test_a_copy_that_beats_the_tree_by_catch_up_or_from_a_non_neighbor_prunes_no
         assert sent(engine.on_message(parent, Gossip(envelope=envelope))) == []  # no PRUNE
         if first_sender == other:  # a second eager copy is a second path, as ever
             assert sent(engine.on_message(other, Gossip(envelope=envelope))) == [Prune()]
+    # `other` is lazy now; a copy it pushed before our PRUNE reached it still beats the tree's
+    envelope = Envelope.create(origin, TOPIC, "job.announced", {}, hops=5, now=clock[0])
+    assert [m.catch_up for m in sent(engine.on_message(other, Gossip(envelope=envelope)))] == [True]
+    assert sent(engine.on_message(parent, Gossip(envelope=envelope))) == []
     _, pushed = engine.publish("job.announced", {})
     assert [a.peer_id for a in pushed if isinstance(a, Send)] == [parent]  # still a branch
+    # and a further copy from `other` is answered by PRUNE again: it still pushes to us
+    assert sent(engine.on_message(other, Gossip(envelope=envelope))) == [Prune()]
+
+
+def test_a_prune_of_the_last_eager_link_is_answered_by_a_graft() -> None:
+    """Two neighbors pruning their links to a node for two envelopes in flight at once cut it off
+    the tree; its own envelopes then travelled by IHAVE and GRAFT only."""
+    engine, first, _ = pair()
+    second = iroh.SecretKey.from_bytes(bytes([4]) * 32).public().to_bytes().hex()
+    engine.join_via(second, {})
+    engine.peer_connected(second)
+    assert sent(engine.on_message(first, Prune())) == []
+    assert sent(engine.on_message(second, Prune())) == [Graft(ids=[])]
+    _, pushed = engine.publish("job.announced", {})
+    eager = [a.peer_id for a in pushed if isinstance(a, Send) and isinstance(a.msg, Gossip)]
+    assert eager == [second]
 
 
 def test_replays_forgeries_and_garbage_are_dropped_and_counted() -> None:

@@ -67,8 +67,9 @@ class GossipConfig(BaseModel):
     # GRAFT timeout adapts between the two bounds (see the module docstring). IHAVEs that follow
     # one another are batched for `ihave_delay_s`: one frame per lazy link, not one per envelope.
     ihave_delay_s: float = 0.1
+    graft_timeout_s: float = 0.25  # before anything is measured
     graft_timeout_min_s: float = 0.03
-    graft_timeout_s: float = 1.0  # the most; also the first timeout, before anything is measured
+    graft_timeout_max_s: float = 1.0
     graft_retry_s: float = 0.1
 
 
@@ -312,10 +313,6 @@ class GossipEngine:
         actions: list[Action] = [NeighborUp(peer_id)] if first else []
         if (hello := self._hello.pop(peer_id, None)) is not None:
             actions.append(self._send(peer_id, hello))
-            if isinstance(hello, Neighbor) and not hello.urgent:
-                # A request the peer may refuse: until it links back, a full copy pushed to it
-                # would only reach its side of the tree off schedule, as a duplicate.
-                self._lazy.add(peer_id)
         if first:
             actions.append(self._send(peer_id, self._digest()))
         return actions
@@ -514,14 +511,18 @@ class GossipEngine:
     def _on_gossip(self, peer_id: str, msg: Gossip) -> list[Action]:
         envelope = msg.envelope
         seen = self._seen.get(envelope.id)
-        # Only eager pushes from a neighbor show the tree's links: a catch-up copy (or one from a
-        # peer we hold no link to) can beat the tree's copy to us, which is then no second path.
-        on_tree = not msg.catch_up and peer_id in self._connected
+        linked = peer_id in self._connected
+        # Only pushes over a link we hold eager show the tree: a catch-up copy, one from a peer we
+        # hold no link to, or one pushed over a link we pruned before the sender heard of it can
+        # beat the tree's copy to us, which is then no second path (pruning it cut the tree).
+        on_tree = not msg.catch_up and linked and peer_id not in self._lazy
         if seen is not None:
             self._counts["duplicates"] += 1
             self._has(peer_id, envelope.id)
-            if not on_tree or seen[1] == peer_id or peer_id in self._lazy:
+            if msg.catch_up or not linked or seen[1] == peer_id:
                 return []  # a repeat from the first copy's link is a replay or a catch-up
+            if not on_tree:  # the sender still pushes to us: our PRUNE crossed it, or a GRAFT did
+                return [self._send(peer_id, Prune())]
             if seen[1] == _OFF_TREE:
                 self._seen[envelope.id] = (seen[0], peer_id)  # the tree's copy, if late
                 return []
@@ -543,8 +544,9 @@ class GossipEngine:
         missing = self._missing.pop(envelope.id, None)
         if missing is not None and on_tree and not missing.grafted:
             self._measure_lateness(self._clock() - missing.announced_at)
-        if on_tree:
-            self._lazy.discard(peer_id)  # the link the first copy came by is a branch of the tree
+        # The link the first copy came by stays as it is: a copy pushed before our PRUNE reached
+        # the sender made it eager again on our side only, and the link carried envelopes one
+        # way while its other end waited for GRAFTs. Links turn eager by GRAFT, as in iroh-gossip.
         return [Deliver(envelope), *self._push(envelope, exclude=peer_id, catch_up=not on_tree)]
 
     def _on_ihave(self, peer_id: str, msg: IHave) -> list[Action]:
@@ -561,7 +563,7 @@ class GossipEngine:
                 self._missing[envelope_id] = _Missing(self._clock(), [peer_id])
                 # Jittered: the nodes cut off by one broken link all hear IHAVEs at once, and
                 # had they all grafted together, their new links would have formed cycles anew.
-                delay = self.graft_timeout() * (1 + self._rng.random())
+                delay = self.graft_timeout() * (1 + self._rng.random() / 2)
                 actions.append(Timer(delay, "graft", envelope_id))
             elif peer_id not in missing.announcers:
                 missing.announcers.append(peer_id)
@@ -573,7 +575,7 @@ class GossipEngine:
         if self._late_mean is None:
             return self.config.graft_timeout_s
         timeout = self._late_mean + 4 * self._late_dev
-        return min(max(timeout, self.config.graft_timeout_min_s), self.config.graft_timeout_s)
+        return min(max(timeout, self.config.graft_timeout_min_s), self.config.graft_timeout_max_s)
 
     def _measure_lateness(self, late: float) -> None:
         if self._late_mean is None:
@@ -612,8 +614,15 @@ class GossipEngine:
         ]
 
     def _on_prune(self, peer_id: str, _msg: Prune) -> list[Action]:
-        if peer_id in self._connected:
-            self._lazy.add(peer_id)
+        """Make the link lazy, unless it is our last eager one: two neighbors that prune their
+        links to us for two envelopes in flight at once would cut us off the tree, and our
+        envelopes would then travel by IHAVE and GRAFT only. Then we graft it back instead."""
+        if peer_id not in self._connected:
+            return []
+        self._lazy.add(peer_id)
+        if self._connected <= self._lazy:
+            self._lazy.discard(peer_id)
+            return [self._send(peer_id, Graft(ids=[]))]
         return []
 
     def _on_digest(self, peer_id: str, msg: Digest) -> list[Action]:
