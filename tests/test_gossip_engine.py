@@ -359,6 +359,17 @@ def test_a_copy_that_beats_the_tree_by_catch_up_or_from_a_non_neighbor_prunes_no
     assert sent(engine.on_message(other, Gossip(envelope=envelope))) == [Prune()]
 
 
+def test_no_ihave_goes_to_the_origin_of_an_envelope() -> None:
+    engine, parent, clock = pair()
+    origin_key = iroh.SecretKey.from_bytes(bytes([4]) * 32)
+    origin = origin_key.public().to_bytes().hex()
+    engine.join_via(origin, {})
+    engine.peer_connected(origin)
+    engine.on_message(origin, Prune())  # a lazy link to the origin
+    envelope = Envelope.create(origin_key, TOPIC, "job.announced", {}, hops=5, now=clock[0])
+    assert sent(engine.on_message(parent, Gossip(envelope=envelope))) == []
+
+
 def test_a_prune_of_the_last_eager_link_is_answered_by_a_graft() -> None:
     """Two neighbors pruning their links to a node for two envelopes in flight at once cut it off
     the tree; its own envelopes then travelled by IHAVE and GRAFT only."""

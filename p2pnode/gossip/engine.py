@@ -674,7 +674,8 @@ class GossipEngine:
             if peer_id not in self._lazy and envelope.hops > 0:
                 actions.append(self._send(peer_id, onward))
                 continue
-            self._ihave.setdefault(peer_id, {})[envelope.id] = None
+            if peer_id != envelope.origin:  # its origin has it
+                self._ihave.setdefault(peer_id, {})[envelope.id] = None
         if self._ihave and not self._ihave_batching:  # the first after a quiet spell: now
             actions += self._send_ihaves()
         return actions
