@@ -8,7 +8,8 @@ random origins, 20 ms apart; for each cluster size the script prints the deliver
 p50/p99/max latency from publish to receipt, and CPU per delivered envelope: `recv us` is the
 receive path alone (parse, engine, actions; thread CPU around each frame, so the bindings' Rust
 threads do not count), `cpu us` the whole process (or all processes) over the broadcast phase,
-heartbeats and transport included. `frames` counts gossip frames received per delivery.
+heartbeats and transport included. `frames` counts gossip frames received per delivery, `grafts`
+the GRAFTs sent over the broadcast phase (each one a tree cut or a copy that came late).
 
 By default all nodes share one Python process (and its GIL), so latencies include queueing
 behind the other nodes' work: an upper bound for separate hosts. `--processes` also runs each
@@ -61,6 +62,7 @@ class Result(BaseModel):
     latencies: list[float] = []
     receive_cpu_s: float = 0.0
     frames: int = 0
+    grafts: int = 0
     process_cpu_s: float = 0.0
 
     def add(self, other: Result) -> None:
@@ -68,6 +70,7 @@ class Result(BaseModel):
         self.latencies += other.latencies
         self.receive_cpu_s += other.receive_cpu_s
         self.frames += other.frames
+        self.grafts += other.grafts
         self.process_cpu_s += other.process_cpu_s
 
 
@@ -115,6 +118,14 @@ async def start(
     raise StartupError(f"no join in {JOIN_ATTEMPTS} attempts")
 
 
+def grafts(nodes: list[Node]) -> int:
+    return sum(
+        stats.sent_by_type.get("graft", 0)
+        for node in nodes
+        if (stats := node.gossip.stats()) is not None
+    )
+
+
 async def listen(node: Node, result: Result, on_probe: Any) -> None:
     async for event in node.gossip.subscribe():
         if isinstance(event, Received) and event.kind == Probe.KIND:
@@ -141,7 +152,7 @@ async def run_in_process(size: int, messages: int, work: Path) -> Result:
             nursery.start_soon(listen, node, result, heard)
             nodes.append(node)
         await trio.sleep(SETTLE_S)  # let the views form, as in a running cluster
-        cpu = time.process_time()
+        cpu, grafted = time.process_time(), grafts(nodes)
         with timed_receive_path(result):
             for n in range(messages):
                 rng.choice(nodes).gossip.publish(Probe(n=n, sent_at=time.time()))
@@ -149,6 +160,7 @@ async def run_in_process(size: int, messages: int, work: Path) -> Result:
             with trio.move_on_after(GRACE_S):
                 await all_heard.wait()
         result.process_cpu_s = time.process_time() - cpu
+        result.grafts = grafts(nodes) - grafted
         nursery.cancel_scope.cancel()
     return result
 
@@ -180,7 +192,7 @@ async def node_process(data_dir: Path, ticket: str | None) -> None:
         plan = Plan.model_validate_json(await trio.to_thread.run_sync(sys.stdin.readline))
         result.expected = plan.expected
         await trio.sleep_until(trio.current_time() + plan.start_at - time.time())
-        cpu = time.process_time()
+        cpu, grafted = time.process_time(), grafts([node])
         with timed_receive_path(result):
             for n in plan.publish:
                 await trio.sleep_until(
@@ -192,6 +204,7 @@ async def node_process(data_dir: Path, ticket: str | None) -> None:
                 if plan.expected:
                     await done.wait()
         result.process_cpu_s = time.process_time() - cpu
+        result.grafts = grafts([node]) - grafted
         print(result.model_dump_json(), flush=True)
         nursery.cancel_scope.cancel()
 
@@ -258,7 +271,7 @@ def run_reference(python: str, script: Path, size: int, messages: int) -> dict[s
 
 HEADER = (
     f"{'run':<22} {'nodes':>5} {'delivered':>10} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}"
-    f" {'recv us':>8} {'cpu us':>8} {'frames':>7}"
+    f" {'recv us':>8} {'cpu us':>8} {'frames':>7} {'grafts':>7}"
 )
 
 
@@ -271,7 +284,7 @@ def row(name: str, size: int, result: Result) -> str:
         f"{name:<22} {size:>5} {len(latencies) / result.expected:>10.1%} {q[49] * 1e3:>8.1f}"
         f" {q[98] * 1e3:>8.1f} {max(latencies, default=0) * 1e3:>8.1f}"
         f" {receive_us:>8.0f} {cpu_us:>8.0f}"
-        f" {result.frames / delivered:>7.2f}"
+        f" {result.frames / delivered:>7.2f} {result.grafts:>7}"
     )
 
 

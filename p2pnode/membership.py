@@ -15,6 +15,7 @@ import hmac
 import logging
 import os
 import secrets
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -26,7 +27,7 @@ import trio
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 import tickets
-from p2pnode.fsutil import save_model
+from p2pnode.fsutil import save_model, write_atomic
 from p2pnode.ids import NodeId, NodeIdField
 from p2pnode.net.addr import PeerAddr, remote_node_id
 from p2pnode.net.dialer import IntroductionRefused
@@ -47,6 +48,7 @@ JOIN_TIMEOUT_S = 10.0  # the whole handshake, on the host: a peer cannot hold it
 JOIN_BACKOFF_S = 1.0  # after a peer's first failed join; doubles with each further failure
 JOIN_BACKOFF_MAX_S = 300.0
 _FAILURES_KEPT = 4096  # peers whose failures are remembered; the oldest are forgotten first
+FLUSH_EVERY_S = 1.0  # the most often a member list that only saw news of known members is written
 
 
 class ClusterIdentity(BaseModel):
@@ -110,6 +112,13 @@ class Membership:
             save_model(cluster_path, self.cluster, mode=0o600)
         members_path = data_dir / MEMBERS_FILE
         self._members = _load(members_path, MemberList) if members_path.exists() else MemberList()
+        # Who the members are is written at once; when they were last seen, at most once a
+        # second (`flush_periodically`): a 10-node start greets members hundreds of times, and
+        # each write is an fsync of 2-12 ms. Versions keep a late write from undoing a newer one.
+        self._dirty = False
+        self._version = 0
+        self._written = 0
+        self._write_lock = threading.Lock()
         if self._members.cluster_id not in (None, self.cluster.cluster_id):
             self._members = (
                 MemberList()
@@ -132,7 +141,7 @@ class Membership:
         if cluster == self.cluster:
             return
         self._members = MemberList(cluster_id=cluster.cluster_id)
-        save_model(self._dir / MEMBERS_FILE, self._members)
+        self._write(self._snapshot())
         self.cluster = cluster
         save_model(self._dir / CLUSTER_FILE, cluster, mode=0o600)
 
@@ -159,12 +168,16 @@ class Membership:
             return
         now = time.time()
         known = self._members.members.get(addr.node_id)
-        self._members.members[addr.node_id] = Member(
+        member = Member(
             addr=addr if addr.direct_addresses or addr.relay_url or known is None else known.addr,
             joined_at=known.joined_at if known else now,
             last_seen=now,
         )
-        self._save()
+        self._members.members[addr.node_id] = member
+        if known is not None and known.addr == member.addr:
+            self._dirty = True  # only last_seen is news
+        else:
+            self._save()
 
     def seen(self, node_id: NodeId) -> None:
         """A member answered at an address we already had: only `last_seen` is news. (The address a
@@ -172,7 +185,7 @@ class Membership:
         node that moved through a stale address, which must not overwrite the one it declared.)"""
         if member := self._members.members.get(node_id):
             member.last_seen = time.time()
-            self._save()
+            self._dirty = True
 
     def join_ticket(self, addr: PeerAddr) -> str:
         ticket = tickets.JoinTicket(
@@ -182,9 +195,41 @@ class Membership:
         )
         return tickets.encode(ticket)
 
+    async def flush_periodically(self, every: float = FLUSH_EVERY_S) -> None:
+        """Write what only lags (last-seen times) at most every `every` seconds, off the event
+        loop's thread; and once more, at once, when cancelled (a clean shutdown)."""
+        try:
+            while True:
+                await trio.sleep(every)
+                if self._dirty:
+                    try:
+                        await trio.to_thread.run_sync(self._write, self._snapshot())
+                    except OSError as exc:
+                        self._dirty = True  # tried again next time
+                        log.warning("could not write %s: %s", MEMBERS_FILE, exc)
+        finally:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._dirty:
+            self._write(self._snapshot())
+
     def _save(self) -> None:
+        self._write(self._snapshot())
+
+    def _snapshot(self) -> tuple[int, bytes]:
+        """The member list as it is now, serialised on the caller's (the event loop's) thread."""
         self._members.cluster_id = self.cluster.cluster_id
-        save_model(self._dir / MEMBERS_FILE, self._members)
+        self._dirty = False
+        self._version += 1
+        return self._version, self._members.model_dump_json(indent=2).encode()
+
+    def _write(self, snapshot: tuple[int, bytes]) -> None:
+        version, data = snapshot
+        with self._write_lock:
+            if version > self._written:
+                write_atomic(self._dir / MEMBERS_FILE, data)
+                self._written = version
 
 
 def proof(cluster: ClusterIdentity, role: bytes, prover: str, verifier: str, nonce: str) -> str:

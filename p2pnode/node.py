@@ -188,6 +188,7 @@ class Node:
             )
             async with trio.open_nursery() as nursery:
                 self.background = nursery
+                nursery.start_soon(self.membership.flush_periodically)
                 nursery.start_soon(self.router.serve)
                 nursery.start_soon(self.liveness.run)
                 self.api_url = await nursery.start(self._serve_api, self)

@@ -11,13 +11,21 @@ seeded run replays exactly.
   the overlay; shuffles mix passive views; a lost neighbor is replaced from the passive view.
 - Broadcast (Plumtree, epidemic broadcast trees): each link to a neighbor is *eager* or *lazy*.
   A new, valid envelope is delivered once, pushed in full to the eager neighbors and announced
-  by id (IHAVE, batched for a moment) to the lazy ones, while its hop budget lasts. A duplicate
-  shows a redundant path: the receiver answers PRUNE and both ends make the link lazy, so the
-  eager links settle into a spanning tree and each node gets about one full copy per broadcast.
-  A node told IHAVE of an id it still lacks after `graft_timeout_s` (the eager copy was lost or
+  by id (IHAVE) to the lazy ones, while its hop budget lasts. An IHAVE after a quiet spell goes
+  at once (repair starts early); those that follow are batched `ihave_delay_s` apart. A
+  duplicate shows a redundant path: the receiver answers PRUNE and both ends make the link
+  lazy, so the eager links settle into a spanning tree and each node gets about one full copy
+  per broadcast. Only eager pushes between neighbors teach the tree: a catch-up copy (and
+  whatever is pushed on from it) can overtake the tree's copy, which is then no second path.
+  A node told IHAVE of an id it still lacks after a GRAFT timeout (the eager copy was lost or
   the tree is broken) asks that neighbor with GRAFT, which makes the link eager again (the tree
-  repairs itself) and brings the envelope; further announcers are tried `graft_retry_s` apart.
-  Delays are `Timer` actions that the caller fires back through `on_timer`.
+  repairs itself) and brings the envelope; further announcers are tried `graft_retry_s` apart
+  (or a GRAFT timeout apart, when that is longer: an answer may just be late).
+  The timeout follows how late eager copies have been after an IHAVE for them (as TCP's
+  retransmission timeout follows the round trip): short when the tree is quick, so a lost copy
+  is repaired in tens of ms; long on a loaded machine, where a GRAFT for a copy that is merely
+  late only adds a link that PRUNE must remove again. Delays are `Timer` actions that the
+  caller fires back through `on_timer`.
 - Catch-up: neighbors exchange digests of live envelope ids when they connect and every few
   ticks, and ask for what they lack, so late joiners and healed partitions converge.
 """
@@ -55,11 +63,13 @@ class GossipConfig(BaseModel):
     max_digest_ids: int = 4000
     seen_capacity: int = 100_000
     # Plumtree delays. iroh-gossip batches IHAVE for 5 ms and grafts after 80 ms; Python nodes
-    # sharing a loaded machine answer in tens to hundreds of ms, and a GRAFT sent while the eager
-    # copy is merely late adds a link that PRUNE must remove again (churn, more frames). Lazy
-    # announcements only matter when something was lost, so they are batched longer.
+    # sharing a loaded machine answer in ms when idle but hundreds of ms when loaded, so the
+    # GRAFT timeout adapts between the two bounds (see the module docstring). IHAVEs that follow
+    # one another are batched for `ihave_delay_s`: one frame per lazy link, not one per envelope.
     ihave_delay_s: float = 0.1
-    graft_timeout_s: float = 0.25
+    graft_timeout_s: float = 0.25  # before anything is measured
+    graft_timeout_min_s: float = 0.03
+    graft_timeout_max_s: float = 1.0
     graft_retry_s: float = 0.1
 
 
@@ -103,8 +113,12 @@ class ShuffleReply(BaseModel):
 
 
 class Gossip(BaseModel):
+    """A full envelope. `catch_up` marks a copy sent for anti-entropy (or pushed on from one): it
+    travels off the tree's schedule, so its arrival order says nothing about the tree's links."""
+
     type: Literal["gossip"] = "gossip"
     envelope: Envelope
+    catch_up: bool = False
 
 
 class Digest(BaseModel):
@@ -167,6 +181,16 @@ _WIRE_TYPES = (
     Prune,
 )
 _wire: TypeAdapter[WireMessage] = TypeAdapter(WireMessage)
+_OFF_TREE = ""  # the sender `_seen` records when an envelope's first copy came off the tree
+
+
+@dataclass
+class _Missing:
+    """An envelope announced to us by IHAVE that we have not received yet."""
+
+    announced_at: float
+    announcers: list[str]
+    grafted: bool = False
 
 
 # -- actions ----------------------------------------------------------------------------------
@@ -252,7 +276,11 @@ class GossipEngine:
         self._lazy: set[str] = set()  # connected neighbors we only send IHAVE to
         # neighbor -> ids to announce at the next timer (a dict as an ordered set)
         self._ihave: dict[str, dict[str, None]] = {}
-        self._missing: dict[str, list[str]] = {}  # announced id -> neighbors that announced it
+        self._missing: dict[str, _Missing] = {}
+        self._ihave_batching = False  # an "ihave" Timer is pending: further IHAVEs wait for it
+        # How late eager copies come after an IHAVE for them: a smoothed mean and deviation.
+        self._late_mean: float | None = None
+        self._late_dev = 0.0
         self._live: dict[str, Envelope] = {}
         self._ticks = 0
         self._counts: Counter[str] = Counter()
@@ -483,14 +511,22 @@ class GossipEngine:
     def _on_gossip(self, peer_id: str, msg: Gossip) -> list[Action]:
         envelope = msg.envelope
         seen = self._seen.get(envelope.id)
+        linked = peer_id in self._connected
+        # Only pushes over a link we hold eager show the tree: a catch-up copy, one from a peer we
+        # hold no link to, or one pushed over a link we pruned before the sender heard of it can
+        # beat the tree's copy to us, which is then no second path (pruning it cut the tree).
+        on_tree = not msg.catch_up and linked and peer_id not in self._lazy
         if seen is not None:
             self._counts["duplicates"] += 1
-            # A second path to us: prune it, unless it is the one the first copy came by (a
-            # repeat from there is a replay or a catch-up, and says nothing about the tree).
             self._has(peer_id, envelope.id)
-            if seen[1] == peer_id or peer_id not in self._connected or peer_id in self._lazy:
+            if msg.catch_up or not linked or seen[1] == peer_id:
+                return []  # a repeat from the first copy's link is a replay or a catch-up
+            if not on_tree:  # the sender still pushes to us: our PRUNE crossed it, or a GRAFT did
+                return [self._send(peer_id, Prune())]
+            if seen[1] == _OFF_TREE:
+                self._seen[envelope.id] = (seen[0], peer_id)  # the tree's copy, if late
                 return []
-            self._lazy.add(peer_id)
+            self._lazy.add(peer_id)  # a second path to us: prune it
             return [self._send(peer_id, Prune())]
         reason = validate_incoming(
             envelope,
@@ -503,11 +539,15 @@ class GossipEngine:
         if reason is not None:
             self._dropped[reason] += 1
             return []
-        self._remember(envelope, peer_id)
+        self._remember(envelope, peer_id if on_tree else _OFF_TREE)
         self._counts["delivered"] += 1
-        self._missing.pop(envelope.id, None)
-        self._lazy.discard(peer_id)  # the link the first copy came by is a branch of the tree
-        return [Deliver(envelope), *self._push(envelope, exclude=peer_id)]
+        missing = self._missing.pop(envelope.id, None)
+        if missing is not None and on_tree and not missing.grafted:
+            self._measure_lateness(self._clock() - missing.announced_at)
+        # The link the first copy came by stays as it is: a copy pushed before our PRUNE reached
+        # the sender made it eager again on our side only, and the link carried envelopes one
+        # way while its other end waited for GRAFTs. Links turn eager by GRAFT, as in iroh-gossip.
+        return [Deliver(envelope), *self._push(envelope, exclude=peer_id, catch_up=not on_tree)]
 
     def _on_ihave(self, peer_id: str, msg: IHave) -> list[Action]:
         actions: list[Action] = []
@@ -515,30 +555,52 @@ class GossipEngine:
             if envelope_id in self._seen:
                 self._has(peer_id, envelope_id)
                 continue
-            announcers = self._missing.get(envelope_id)
-            if announcers is None:
+            missing = self._missing.get(envelope_id)
+            if missing is None:
                 if len(self._missing) >= self.config.max_digest_ids:
                     self._dropped["ihave_overflow"] += 1
                     continue
-                self._missing[envelope_id] = [peer_id]
-                actions.append(Timer(self.config.graft_timeout_s, "graft", envelope_id))
-            elif peer_id not in announcers:
-                announcers.append(peer_id)
+                self._missing[envelope_id] = _Missing(self._clock(), [peer_id])
+                # Jittered: the nodes cut off by one broken link all hear IHAVEs at once, and
+                # had they all grafted together, their new links would have formed cycles anew.
+                delay = self.graft_timeout() * (1 + self._rng.random() / 2)
+                actions.append(Timer(delay, "graft", envelope_id))
+            elif peer_id not in missing.announcers:
+                missing.announcers.append(peer_id)
         return actions
+
+    def graft_timeout(self) -> float:
+        """How long to wait for the eager copy of an envelope announced by IHAVE: the usual
+        lateness plus four deviations, within the configured bounds."""
+        if self._late_mean is None:
+            return self.config.graft_timeout_s
+        timeout = self._late_mean + 4 * self._late_dev
+        return min(max(timeout, self.config.graft_timeout_min_s), self.config.graft_timeout_max_s)
+
+    def _measure_lateness(self, late: float) -> None:
+        if self._late_mean is None:
+            self._late_mean, self._late_dev = late, late / 2
+            return
+        self._late_dev += (abs(late - self._late_mean) - self._late_dev) / 4
+        self._late_mean += (late - self._late_mean) / 8
 
     def _graft(self, envelope_id: str) -> list[Action]:
         """Ask the next announcer of a still missing id for it, and make its link eager."""
-        announcers = self._missing.get(envelope_id, [])
+        missing = self._missing.get(envelope_id)
+        announcers = missing.announcers if missing is not None else []
         while announcers and announcers[0] not in self._connected:
             announcers.pop(0)
-        if envelope_id in self._seen or not announcers:
+        if missing is None or envelope_id in self._seen or not announcers:
             self._missing.pop(envelope_id, None)
             return []
+        if not missing.grafted:  # the copy is this late at least: a timeout too short grows
+            self._measure_lateness(self._clock() - missing.announced_at)
+            missing.grafted = True
         peer_id = announcers.pop(0)
         self._lazy.discard(peer_id)
         return [
             self._send(peer_id, Graft(ids=[envelope_id])),
-            Timer(self.config.graft_retry_s, "graft", envelope_id),
+            Timer(max(self.config.graft_retry_s, self.graft_timeout()), "graft", envelope_id),
         ]
 
     def _on_graft(self, peer_id: str, msg: Graft) -> list[Action]:
@@ -546,12 +608,21 @@ class GossipEngine:
             return []
         self._lazy.discard(peer_id)
         return [
-            self._send(peer_id, self._catch_up(self._live[i])) for i in msg.ids if i in self._live
+            self._send(peer_id, self._resend(self._live[i], catch_up=False))
+            for i in msg.ids
+            if i in self._live
         ]
 
     def _on_prune(self, peer_id: str, _msg: Prune) -> list[Action]:
-        if peer_id in self._connected:
-            self._lazy.add(peer_id)
+        """Make the link lazy, unless it is our last eager one: two neighbors that prune their
+        links to us for two envelopes in flight at once would cut us off the tree, and our
+        envelopes would then travel by IHAVE and GRAFT only. Then we graft it back instead."""
+        if peer_id not in self._connected:
+            return []
+        self._lazy.add(peer_id)
+        if self._connected <= self._lazy:
+            self._lazy.discard(peer_id)
+            return [self._send(peer_id, Graft(ids=[]))]
         return []
 
     def _on_digest(self, peer_id: str, msg: Digest) -> list[Action]:
@@ -564,7 +635,7 @@ class GossipEngine:
         if len(msg.ids) < self.config.max_digest_ids:
             theirs = set(msg.ids)
             actions += [
-                self._send(peer_id, self._catch_up(e))
+                self._send(peer_id, self._resend(e, catch_up=True))
                 for i, e in self._live.items()
                 if i not in theirs
             ]
@@ -574,18 +645,28 @@ class GossipEngine:
         if peer_id not in self._connected:
             return []
         return [
-            self._send(peer_id, self._catch_up(self._live[i])) for i in msg.ids if i in self._live
+            self._send(peer_id, self._resend(self._live[i], catch_up=True))
+            for i in msg.ids
+            if i in self._live
         ]
 
-    def _catch_up(self, envelope: Envelope) -> Gossip:
-        """A stored envelope re-sent with a fresh hop budget: the receiver is typically the first of
-        its side of a healed partition to get it, and pushes it on from there."""
-        return Gossip(envelope=envelope.model_copy(update={"hops": self.config.hops}))
+    def _resend(self, envelope: Envelope, *, catch_up: bool) -> Gossip:
+        """A stored envelope re-sent with a fresh hop budget, for a GRAFT or for catch-up: the
+        receiver is typically the first of its side of a broken tree or a healed partition to get
+        it, and pushes it on from there."""
+        return Gossip(
+            envelope=envelope.model_copy(update={"hops": self.config.hops}), catch_up=catch_up
+        )
 
-    def _push(self, envelope: Envelope, exclude: str | None) -> list[Action]:
+    def _push(
+        self, envelope: Envelope, exclude: str | None, *, catch_up: bool = False
+    ) -> list[Action]:
         """Eager copies to the tree's links, an IHAVE (at the next batch) to the others. Once the
         hop budget is spent, everyone gets the IHAVE: a GRAFT answer carries a fresh budget."""
-        onward = Gossip(envelope=envelope.model_copy(update={"hops": max(envelope.hops - 1, 0)}))
+        onward = Gossip(
+            envelope=envelope.model_copy(update={"hops": max(envelope.hops - 1, 0)}),
+            catch_up=catch_up,
+        )
         actions: list[Action] = []
         for peer_id in sorted(self._connected):
             if peer_id == exclude:
@@ -593,9 +674,10 @@ class GossipEngine:
             if peer_id not in self._lazy and envelope.hops > 0:
                 actions.append(self._send(peer_id, onward))
                 continue
-            if not self._ihave:
-                actions.append(Timer(self.config.ihave_delay_s, "ihave"))
-            self._ihave.setdefault(peer_id, {})[envelope.id] = None
+            if peer_id != envelope.origin:  # its origin has it
+                self._ihave.setdefault(peer_id, {})[envelope.id] = None
+        if self._ihave and not self._ihave_batching:  # the first after a quiet spell: now
+            actions += self._send_ihaves()
         return actions
 
     def _has(self, peer_id: str, envelope_id: str) -> None:
@@ -604,11 +686,15 @@ class GossipEngine:
             pending.pop(envelope_id, None)
 
     def _send_ihaves(self) -> list[Action]:
-        """The batched IHAVEs; the two ends of a lazy link often announce the same envelope to
-        each other, and whichever batch goes second skips it."""
+        """The pending IHAVEs, and a timer for the next batch; once a batch finds nothing to send,
+        the next IHAVE goes at once again. The two ends of a lazy link often announce the same
+        envelope to each other, and whichever batch goes second skips it."""
         batches, self._ihave = self._ihave, {}
+        self._ihave_batching = bool(batches)
+        if not batches:
+            return []
         limit = self.config.max_digest_ids
-        actions: list[Action] = []
+        actions: list[Action] = [Timer(self.config.ihave_delay_s, "ihave")]
         for peer_id, pending in sorted(batches.items()):
             ids = list(pending)
             actions += [

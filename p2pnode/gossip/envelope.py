@@ -14,6 +14,8 @@ from functools import lru_cache
 from typing import Any
 
 import iroh
+from cryptography.exceptions import InvalidSignature as _BadSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, Field
 
 from p2pnode.ids import EnvelopeId, EnvelopeIdField, NodeId, NodeIdField
@@ -87,13 +89,17 @@ class Envelope(BaseModel):
 
     def verify(self, signed_bytes: bytes | None = None) -> None:
         """Raise `InvalidSignature` unless `origin` signed these fields (hops excepted);
-        `signed_bytes` if the caller has them already."""
+        `signed_bytes` if the caller has them already.
+
+        Checked with OpenSSL's Ed25519 (`cryptography`), not through the iroh bindings: every
+        member checks every envelope once, and there it took 120 us against 233 us (two calls
+        through the bindings, for the signature and the check)."""
         try:
-            _endpoint_id(self.origin).verify(
+            _public_key(self.origin).verify(
+                bytes.fromhex(self.signature),
                 self.signed_bytes() if signed_bytes is None else signed_bytes,
-                iroh.Signature.from_bytes(bytes.fromhex(self.signature)),
             )
-        except (iroh.IrohError, ValueError) as exc:
+        except (_BadSignature, ValueError) as exc:
             raise InvalidSignature(
                 f"envelope {self.id} is not signed by {self.origin[:16]}"
             ) from exc
@@ -103,10 +109,9 @@ class Envelope(BaseModel):
 
 
 @lru_cache(maxsize=1024)
-def _endpoint_id(origin: str) -> iroh.EndpointId:
-    """An origin's public key, parsed once: each parse is a round trip through the bindings and a
-    point decompression, and the same few members sign most envelopes."""
-    return iroh.EndpointId.from_bytes(bytes.fromhex(origin))
+def _public_key(origin: str) -> Ed25519PublicKey:
+    """An origin's public key, parsed once: the same few members sign most envelopes."""
+    return Ed25519PublicKey.from_public_bytes(bytes.fromhex(origin))
 
 
 def validate_incoming(

@@ -9,8 +9,10 @@ that stream and are counted; they never reach the engine.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -96,6 +98,10 @@ class GossipService:
         self._config = config or GossipConfig()
         self._outboxes: dict[str, trio.MemorySendChannel[bytes]] = {}  # encoded messages
         self._nursery: trio.Nursery | None = None
+        # The engine's timers, due on trio's clock: one task sleeps until the earliest.
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._timer_order = itertools.count()
+        self._timer_sleep = trio.CancelScope()
         self.engine: GossipEngine | None = None
         self.dropped_frames = 0
 
@@ -109,6 +115,7 @@ class GossipService:
         )
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._run_timers)
             self._bootstrap_if_alone()
             task_status.started()
             for ticks in itertools.count(1):
@@ -180,7 +187,7 @@ class GossipService:
             elif isinstance(action, SendOnce):
                 self._nursery.start_soon(self._send_once, action)
             elif isinstance(action, Timer):
-                self._nursery.start_soon(self._fire, action)
+                self._schedule(action)
             elif isinstance(action, Connect):
                 self._nursery.start_soon(self._connect, action.peer_id, action.addr)
             elif isinstance(action, Disconnect):
@@ -210,9 +217,22 @@ class GossipService:
         except trio.BrokenResourceError:
             self._peer_down(peer_id)
 
-    async def _fire(self, timer: Timer) -> None:
-        await trio.sleep(timer.delay)
-        self._apply(self.engine.on_timer(timer))  # type: ignore[union-attr]
+    def _schedule(self, timer: Timer) -> None:
+        """A heap entry, not a task per timer: a busy node sets several timers per envelope."""
+        due = trio.current_time() + timer.delay
+        heapq.heappush(self._timers, (due, next(self._timer_order), timer))
+        self._timer_sleep.deadline = min(self._timer_sleep.deadline, due)
+
+    async def _run_timers(self) -> None:
+        while True:
+            with trio.CancelScope(
+                deadline=self._timers[0][0] if self._timers else math.inf
+            ) as self._timer_sleep:
+                await trio.sleep_forever()
+            now = trio.current_time()
+            while self._timers and self._timers[0][0] <= now:
+                _, _, timer = heapq.heappop(self._timers)
+                self._apply(self.engine.on_timer(timer))  # type: ignore[union-attr]
 
     async def _send_once(self, action: SendOnce) -> None:
         try:
