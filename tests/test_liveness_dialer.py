@@ -63,3 +63,27 @@ async def test_reused_connection_that_fails_a_request_is_redialled_at_once(
     assert len(accepted) == 2  # the broken connection was replaced once, and the new one reused
     dialer.close_all()
     nursery.cancel_scope.cancel()
+
+
+async def test_forgetting_one_protocols_connection_leaves_the_others_open(
+    nursery: trio.Nursery,
+) -> None:
+    other_alpn = b"p2pnode/test-other/1"
+    server = await bind_loopback([TEST_ALPN, other_alpn])
+    client = await bind_loopback()
+    accepted: list[iroh.Connection] = []
+    nursery.start_soon(serve, server, accepted)
+    dialer = Dialer(client)
+    addr = PeerAddr.from_endpoint(server.addr(), None)
+    with trio.fail_after(10):
+        kept = await dialer.connect(addr, TEST_ALPN)
+        dropped = await dialer.connect(addr, other_alpn)
+        dialer.forget(addr.node_id, alpn=other_alpn)
+        assert dropped.close_reason() is not None
+        assert kept.close_reason() is None
+        assert await dialer.request(addr, TEST_ALPN, lambda c: ask(c, 1)) == Echo(n=1)
+        assert len(accepted) == 2  # the kept connection served it: no redial
+        dialer.forget(addr.node_id)
+        assert kept.close_reason() is not None
+    dialer.close_all()
+    nursery.cancel_scope.cancel()

@@ -304,8 +304,10 @@ class GossipService:
             self._peer_down(peer_id)
 
     def _peer_down(self, peer_id: str) -> None:
+        """Only gossip's own connection goes: a neighbor too slow for gossip may be in the middle
+        of a job claim or a blob fetch with us (closing those stalled jobs for a lease's time)."""
         if self._close_outbox(peer_id):
-            self._dialer.forget(NodeId(peer_id))
+            self._dialer.forget(NodeId(peer_id), alpn=GOSSIP_ALPN)
             self._apply(self.engine.peer_disconnected(peer_id))  # type: ignore[union-attr]
 
     def _close_outbox(self, peer_id: str) -> bool:

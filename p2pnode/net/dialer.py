@@ -126,12 +126,15 @@ class Dialer:
         if self._on_dial is not None:
             self._on_dial(node_id, alpn, error, began)
 
-    def forget(self, node_id: NodeId, *, keep_introduction: bool = False) -> None:
-        """Drop cached connections to a peer, so the next use re-dials; unless the peer still knows
-        us (`keep_introduction`), the next use also re-introduces us."""
+    def forget(
+        self, node_id: NodeId, *, alpn: bytes | None = None, keep_introduction: bool = False
+    ) -> None:
+        """Drop cached connections to a peer (only the one for `alpn` if given: one protocol's
+        trouble must not cut the others' requests in flight), so the next use re-dials; unless the
+        peer still knows us (`keep_introduction`), the next use also re-introduces us."""
         if not keep_introduction:
             self._introduced.discard(node_id)
-        for key in [k for k in self._connections if k[0] == node_id]:
+        for key in [k for k in self._connections if k[0] == node_id and alpn in (None, k[1])]:
             self._connections.pop(key).close(0, b"forgotten")
 
     def connected_peers(self) -> set[NodeId]:
