@@ -130,7 +130,8 @@ async def test_a_claim_for_a_taken_job_gets_the_oldest_claimable_one_instead(tmp
         instead = await control.answer(second, request)
         assert isinstance(instead, model.ClaimGrant) and instead.job.id == newer.id
         assert instead.job.worker == second
-        refused = await control.answer(second, request)
+        another = model.ClaimRequest(job_id=older.id, worker=second, instead=["wasi"])
+        refused = await control.answer(second, another)  # a new request, not a repeat
         assert isinstance(refused, model.ClaimRefused) and refused.none_pending
         assert {j.worker for j in store.list()} == {first, second}
 

@@ -10,6 +10,7 @@ cancelled; the worker obeys only the job's origin.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 import iroh
@@ -27,6 +28,8 @@ MAX_CONTROL_FRAME = 4 << 20
 """Fits a report: a result of up to `MAX_RESULT_BYTES`, logs, an error and output references."""
 CLAIM_CANDIDATES = 8
 """Claimable jobs tried, oldest first, for a worker whose job was taken."""
+REQUESTS_REMEMBERED = 4096
+"""Applied requests whose outcome the origin keeps for a repeat (a retry follows at once)."""
 
 control_message: TypeAdapter[model.ControlMessage] = TypeAdapter(model.ControlMessage)
 
@@ -63,6 +66,8 @@ class ControlServer:
         self._stop_run = stop_run
         self._on_log = on_log
         self._admit = admit
+        self._applied: OrderedDict[tuple[NodeId, str], str | model.ControlMessage] = OrderedDict()
+        """(peer, request id) -> the job a claim granted, or the reply to a report or release"""
 
     async def handle_stream(self, connection: iroh.Connection, bi: iroh.BiStream) -> None:
         peer = remote_node_id(connection)
@@ -73,6 +78,9 @@ class ControlServer:
 
     async def answer(self, peer: NodeId, request: model.ControlMessage) -> model.ControlMessage:
         store = self._store
+        if isinstance(request, model.ClaimRequest | model.Report | model.Release):
+            if (again := self._repeat(peer, request.request_id)) is not None:
+                return again
         try:
             if isinstance(request, model.ClaimRequest):
                 if request.worker != peer:
@@ -83,6 +91,7 @@ class ControlServer:
                     if exc.retry_after is not None or request.instead is None:
                         raise
                     job = self._claim_instead(request, peer, exc.reason)
+                self._applied_now(peer, request, job.id)
                 await self._on_change(job)
                 assert job.lease is not None
                 return model.ClaimGrant(
@@ -109,11 +118,13 @@ class ControlServer:
                     request.outputs,
                     request.compile_note,
                 )
+                self._applied_now(peer, request, model.ReportAck())
                 await self._on_change(job)
                 return model.ReportAck()
             if isinstance(request, model.Release):
                 self._check_worker(request.job_id, peer)
                 job = store.release(request.job_id, request.lease_token)
+                self._applied_now(peer, request, model.Ack())
                 await self._on_change(job)
                 return model.Ack()
             if isinstance(request, model.LogChunk):
@@ -136,6 +147,30 @@ class ControlServer:
                 return model.ReportRefused(reason=exc.reason)
             return model.RenewRefused(reason=exc.reason)
         return model.RenewRefused(reason=f"unexpected request {request.type}")
+
+    def _applied_now(
+        self,
+        peer: NodeId,
+        request: model.ClaimRequest | model.Report | model.Release,
+        outcome: str | model.ControlMessage,
+    ) -> None:
+        """Remember what a request did (before any await, so a repeat racing it finds it)."""
+        self._applied[(peer, request.request_id)] = outcome
+        while len(self._applied) > REQUESTS_REMEMBERED:
+            self._applied.popitem(last=False)
+
+    def _repeat(self, peer: NodeId, request_id: str) -> model.ControlMessage | None:
+        """The answer to a request this peer sent before and we applied: the same reply, or for
+        a claim the same lease while it lasts. None: new to us (or its lease is over), apply it."""
+        outcome = self._applied.get((peer, request_id))
+        if not isinstance(outcome, str):
+            return outcome
+        job = self._store.get(outcome)
+        if job is None or job.state.terminal or job.lease is None or job.lease.worker != peer:
+            return None
+        if (left := job.lease.expires_at - self._store.now()) <= 0:
+            return None
+        return model.ClaimGrant(job=job, lease_token=job.lease.token, lease_expires_in=left)
 
     def _claim(self, job_id: str, peer: NodeId, start: bool) -> model.Job:
         """Claim as placement allows: the origin decides who may claim, whatever the worker

@@ -155,6 +155,14 @@ def new_lease_token() -> LeaseToken:
     return LeaseToken(secrets.token_hex(16))
 
 
+RequestId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+"""Names one control request, so that its origin applies it once however often it arrives."""
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(16)
+
+
 class JobState(StrEnum):
     PENDING = "pending"
     CLAIMED = "claimed"
@@ -458,7 +466,16 @@ class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ClaimRequest(_Message):
+class _Once(_Message):
+    """A request that changes the job and must be applied at most once. A connection that fails
+    is replaced and the request sent again (`Dialer.request`), also when the origin had applied
+    it and only the reply was lost: the origin answers a repeated `request_id` of the same peer
+    with what it did the first time (the same lease), never doing it twice."""
+
+    request_id: RequestId = Field(default_factory=new_request_id)
+
+
+class ClaimRequest(_Once):
     type: Literal["claim_request"] = "claim_request"
     job_id: JobId
     worker: NodeIdField
@@ -510,7 +527,7 @@ class Started(_Message):
     lease_token: LeaseTokenField
 
 
-class Report(_Message):
+class Report(_Once):
     type: Literal["report"] = "report"
     job_id: JobId
     lease_token: LeaseTokenField
@@ -532,7 +549,7 @@ class ReportRefused(_Message):
     reason: str
 
 
-class Release(_Message):
+class Release(_Once):
     """A stopping worker hands its leased job back: pending again at once, the attempt not
     counted."""
 
