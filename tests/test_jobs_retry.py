@@ -15,6 +15,7 @@ from pathlib import Path
 import trio
 
 from p2pnode.jobs import model
+from p2pnode.jobs.control import ControlServer
 from p2pnode.jobs.model import JobState
 from p2pnode.jobs.service import JobSubmission
 from p2pnode.jobs.store import JobStore
@@ -84,3 +85,30 @@ async def test_a_claim_whose_reply_was_lost_runs_the_job_at_once(start_node, mon
     assert lost == [job.id]
     assert done is not None and done.state is JobState.SUCCEEDED, done
     assert done.attempts == 1 and done.result == 2
+
+
+async def test_a_repeated_log_chunk_is_kept_once(tmp_path: Path) -> None:
+    with JobStore(tmp_path / "jobs.db") as store:
+        kept: list[str] = []
+        control = ControlServer(
+            store,
+            30.0,
+            _nothing,
+            lambda *_: None,
+            lambda _, c: kept.append(c.text),
+            lambda *_: None,
+        )
+        job = store.submit(ORIGIN, job_spec(ORIGIN))
+        grant = await control.answer(WORKER, model.ClaimRequest(job_id=job.id, worker=WORKER))
+        assert isinstance(grant, model.ClaimGrant)
+        chunk = model.LogChunk(
+            job_id=job.id, lease_token=grant.lease_token, stream="stdout", offset=0, size=3,
+            text="hi\n",
+        )  # fmt: skip
+        assert isinstance(await control.answer(WORKER, chunk), model.Ack)
+        assert isinstance(await control.answer(WORKER, chunk), model.Ack)
+        assert kept == ["hi\n"]
+
+
+async def _nothing(_job: model.Job) -> None:
+    pass

@@ -67,7 +67,8 @@ class ControlServer:
         self._on_log = on_log
         self._admit = admit
         self._applied: OrderedDict[tuple[NodeId, str], str | model.ControlMessage] = OrderedDict()
-        """(peer, request id) -> the job a claim granted, or the reply to a report or release"""
+        """(peer, request id) -> the job a claim granted, or the reply to a report, release or log
+        chunk (kept once, not shown twice)"""
 
     async def handle_stream(self, connection: iroh.Connection, bi: iroh.BiStream) -> None:
         peer = remote_node_id(connection)
@@ -78,7 +79,7 @@ class ControlServer:
 
     async def answer(self, peer: NodeId, request: model.ControlMessage) -> model.ControlMessage:
         store = self._store
-        if isinstance(request, model.ClaimRequest | model.Report | model.Release):
+        if isinstance(request, model.ClaimRequest | model.Report | model.Release | model.LogChunk):
             if (again := self._repeat(peer, request.request_id)) is not None:
                 return again
         try:
@@ -130,6 +131,7 @@ class ControlServer:
             if isinstance(request, model.LogChunk):
                 self._check_worker(request.job_id, peer)
                 self._on_log(self._store.leased(request.job_id, request.lease_token), request)
+                self._applied_now(peer, request, model.Ack())
                 return model.Ack()
             if isinstance(request, model.StopRun):
                 self._stop_run(request.job_id, peer)
@@ -151,7 +153,7 @@ class ControlServer:
     def _applied_now(
         self,
         peer: NodeId,
-        request: model.ClaimRequest | model.Report | model.Release,
+        request: model.ClaimRequest | model.Report | model.Release | model.LogChunk,
         outcome: str | model.ControlMessage,
     ) -> None:
         """Remember what a request did (before any await, so a repeat racing it finds it)."""

@@ -575,7 +575,7 @@ characters)."""
 LogStream = Literal["stdout", "stderr"]
 
 
-class LogChunk(_Message):
+class LogChunk(_Once):
     """From a job's lease holder to its origin while the job runs: `size` bytes its run wrote to
     `stream`, from byte `offset` of this attempt's stream, as text (cut between characters). The
     origin keeps them for live logs only (see `p2pnode.jobs.logs`); it answers `Ack`."""

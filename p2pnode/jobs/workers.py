@@ -45,6 +45,10 @@ up from a node long gone) counts as that much older."""
 PREFER_IDLE_S = 1.0
 """How long a busy worker's claim waits while an idle one may take the job (then it gets it)."""
 MAX_DEFERRED = 1024
+DEFERRAL_KEPT_S = 10 * PREFER_IDLE_S
+"""How long a deferral is remembered once more than `MAX_DEFERRED` are: a deferred worker comes
+back after `PREFER_IDLE_S` plus however late its timer and round trip are (seconds under load),
+and must find its deferral then, or it is deferred again and may give up on the job."""
 
 
 @dataclass(frozen=True)
@@ -174,7 +178,7 @@ class Workers:
         """Deferred workers that never came back (they took another job, or stopped)."""
         if len(self._deferred) > MAX_DEFERRED:
             for key, at in list(self._deferred.items()):
-                if now - at > PREFER_IDLE_S:
+                if now - at > DEFERRAL_KEPT_S:
                     del self._deferred[key]
 
     def send_heartbeat(self) -> None:
