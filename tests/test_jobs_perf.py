@@ -195,3 +195,60 @@ async def test_the_job_granted_instead_is_one_placement_admits(tmp_path) -> None
         refused = await control.answer(second, request)
         assert isinstance(refused, model.ClaimRefused) and not refused.none_pending
         assert store.get(newer.id).state is JobState.PENDING
+
+
+async def test_a_claim_fills_the_workers_free_slots_in_one_round_trip(tmp_path) -> None:
+    """Up to `more` further jobs, oldest first, each leased like the first; placement still
+    decides, and a repeat of the claim gets the same leases."""
+    origin, worker = "0" * 64, "1" * 64
+    with JobStore(tmp_path / "jobs.db") as store:
+        jobs = [store.submit(origin, job_spec(origin)) for _ in range(5)]
+        banned = jobs[2].id
+
+        def admit(_worker: str, job: model.Job) -> None:
+            if job.id == banned:
+                raise ClaimRefused("the job requires workers with gpu=yes")
+
+        control = origin_control(store, admit)
+        request = model.ClaimRequest(job_id=jobs[0].id, worker=worker, instead=["wasi"], more=2)
+        grant = await control.answer(worker, request)
+        assert isinstance(grant, model.ClaimGrant)
+        granted = [grant.job, *(more.job for more in grant.more)]
+        assert [job.id for job in granted] == [jobs[0].id, jobs[1].id, jobs[3].id]
+        tokens = {grant.lease_token, *(more.lease_token for more in grant.more)}
+        assert len(tokens) == 3
+        for job in granted:
+            stored = store.get(job.id)
+            assert stored is not None and stored.lease is not None
+            assert stored.state is JobState.CLAIMED and stored.lease.worker == worker
+            assert stored.lease.token in tokens and stored.attempts == 1
+        assert store.get(banned).state is JobState.PENDING  # type: ignore[union-attr]
+        again = await control.answer(worker, request)
+        assert again == grant.model_copy(update={"lease_expires_in": again.lease_expires_in})
+
+
+async def test_a_worker_with_free_slots_takes_the_waiting_jobs_in_one_claim(
+    start_node, monkeypatch
+) -> None:
+    origin = await start_node(max_jobs=0)
+    worker = await start_node(join=origin.join_ticket(), max_jobs=4)
+    first = await origin.jobs.submit_files(JobSubmission(module=EXAMPLES / "echo.wat", input=0))
+    with trio.fail_after(30):
+        await origin.jobs.wait(first.id)
+        while worker.jobs.worker._limiter.borrowed_tokens:  # its run is cleaned up: 4 free slots
+            await trio.sleep(0.01)
+    answer = origin.jobs.control.answer
+    grants: list[int] = []
+
+    async def counting(peer: str, request: model.ControlMessage) -> model.ControlMessage:
+        reply = await answer(peer, request)
+        if isinstance(reply, model.ClaimGrant):
+            grants.append(1 + len(reply.more))
+        return reply
+
+    monkeypatch.setattr(origin.jobs.control, "answer", counting)
+    jobs = [await origin.jobs.submit(first.spec) for _ in range(4)]  # all wait before any claim
+    with trio.fail_after(30):
+        done = [await origin.jobs.wait(job.id) for job in jobs]
+    assert all(job is not None and job.state is JobState.SUCCEEDED for job in done), done
+    assert grants == [4]

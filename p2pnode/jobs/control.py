@@ -28,6 +28,9 @@ MAX_CONTROL_FRAME = 4 << 20
 """Fits a report: a result of up to `MAX_RESULT_BYTES`, logs, an error and output references."""
 CLAIM_CANDIDATES = 8
 """Claimable jobs tried, oldest first, for a worker whose job was taken."""
+MORE_GRANTED_BYTES = 1 << 20
+"""Records a claim's further grants carry at most (a job's record is at most ~0.5 MiB, so a
+grant stays well inside `MAX_CONTROL_FRAME`)."""
 REQUESTS_REMEMBERED = 4096
 """Applied requests whose outcome the origin keeps for a repeat (a retry follows at once)."""
 
@@ -66,9 +69,11 @@ class ControlServer:
         self._stop_run = stop_run
         self._on_log = on_log
         self._admit = admit
-        self._applied: OrderedDict[tuple[NodeId, str], str | model.ControlMessage] = OrderedDict()
-        """(peer, request id) -> the job a claim granted, or the reply to a report, release or log
-        chunk (kept once, not shown twice)"""
+        self._applied: OrderedDict[tuple[NodeId, str], tuple[str, ...] | model.ControlMessage] = (
+            OrderedDict()
+        )
+        """(peer, request id) -> the jobs a claim granted, or the reply to a report, release or
+        log chunk (kept once, not shown twice)"""
 
     async def handle_stream(self, connection: iroh.Connection, bi: iroh.BiStream) -> None:
         peer = remote_node_id(connection)
@@ -92,12 +97,11 @@ class ControlServer:
                     if exc.retry_after is not None or request.instead is None:
                         raise
                     job = self._claim_instead(request, peer, exc.reason)
-                self._applied_now(peer, request, job.id)
-                await self._on_change(job)
-                assert job.lease is not None
-                return model.ClaimGrant(
-                    job=job, lease_token=job.lease.token, lease_expires_in=self._lease_s
-                )
+                more = self._claim_more(request, peer, job)
+                self._applied_now(peer, request, (job.id, *(j.id for j in more)))
+                for changed in (job, *more):
+                    await self._on_change(changed)
+                return _grant([job, *more], self._lease_s)
             if isinstance(request, model.Renew):
                 self._check_worker(request.job_id, peer)
                 store.renew(request.job_id, request.lease_token, self._lease_s)
@@ -154,7 +158,7 @@ class ControlServer:
         self,
         peer: NodeId,
         request: model.ClaimRequest | model.Report | model.Release | model.LogChunk,
-        outcome: str | model.ControlMessage,
+        outcome: tuple[str, ...] | model.ControlMessage,
     ) -> None:
         """Remember what a request did (before any await, so a repeat racing it finds it)."""
         self._applied[(peer, request.request_id)] = outcome
@@ -165,14 +169,22 @@ class ControlServer:
         """The answer to a request this peer sent before and we applied: the same reply, or for
         a claim the same lease while it lasts. None: new to us (or its lease is over), apply it."""
         outcome = self._applied.get((peer, request_id))
-        if not isinstance(outcome, str):
+        if not isinstance(outcome, tuple):
             return outcome
-        job = self._store.get(outcome)
-        if job is None or job.state.terminal or job.lease is None or job.lease.worker != peer:
+        now = self._store.now()
+        leased = [
+            job
+            for job_id in outcome
+            if (job := self._store.get(job_id)) is not None
+            and not job.state.terminal
+            and job.lease is not None
+            and job.lease.worker == peer
+            and job.lease.expires_at > now
+        ]
+        if not leased:
             return None
-        if (left := job.lease.expires_at - self._store.now()) <= 0:
-            return None
-        return model.ClaimGrant(job=job, lease_token=job.lease.token, lease_expires_in=left)
+        assert leased[0].lease is not None
+        return _grant(leased, leased[0].lease.expires_at - now)
 
     def _claim(self, job_id: str, peer: NodeId, start: bool) -> model.Job:
         """Claim as placement allows: the origin decides who may claim, whatever the worker
@@ -191,18 +203,52 @@ class ControlServer:
         if (asked := store.get(request.job_id)) is None:
             raise ClaimRefused(reason)
         origin = asked.origin
-        for job in store.claimable(request.instead, limit=CLAIM_CANDIDATES, origin=origin):
+        for job_id, _ in store.claimable_ids(request.instead, CLAIM_CANDIDATES, origin=origin):
             try:
-                return self._claim(job.id, peer, request.start)
+                return self._claim(job_id, peer, request.start)
             except ClaimRefused:
                 continue
         idle = not store.list(model.JobState.PENDING, 1, origin=origin)
         raise ClaimRefused(reason, none_pending=idle)
 
+    def _claim_more(
+        self, request: model.ClaimRequest, peer: NodeId, first: model.Job
+    ) -> list[model.Job]:
+        """Up to `request.more` further jobs for the worker's free slots, oldest first, claimed
+        like the first, in at most `MORE_GRANTED_BYTES` of records (so the grant fits a frame)."""
+        if not request.more or request.instead is None:
+            return []
+        granted: list[model.Job] = []
+        size = 0
+        candidates = request.more + CLAIM_CANDIDATES
+        for job_id, record in self._store.claimable_ids(
+            request.instead, candidates, origin=first.origin
+        ):
+            if len(granted) == request.more or size + record > MORE_GRANTED_BYTES:
+                break
+            try:
+                granted.append(self._claim(job_id, peer, request.start))
+            except ClaimRefused:
+                continue
+            size += record
+        return granted
+
     def _check_worker(self, job_id: str, peer: NodeId) -> None:
         job = self._store.get(job_id)
         if job is None or job.lease is None or job.lease.worker != peer:
             raise Refused("lease expired")
+
+
+def _grant(jobs: list[model.Job], lease_s: float) -> model.ClaimGrant:
+    """One grant of leased jobs: the first, and the others as `more`."""
+    first, *more = jobs
+    assert first.lease is not None and all(job.lease is not None for job in more)
+    return model.ClaimGrant(
+        job=first,
+        lease_token=first.lease.token,
+        lease_expires_in=lease_s,
+        more=[model.Granted(job=job, lease_token=job.lease.token) for job in more if job.lease],
+    )
 
 
 class ControlClient:

@@ -475,6 +475,10 @@ class _Once(_Message):
     request_id: RequestId = Field(default_factory=new_request_id)
 
 
+MAX_MORE_GRANTS = 8
+"""Jobs a claim may ask for besides the one it names (a worker's other free slots)."""
+
+
 class ClaimRequest(_Once):
     type: Literal["claim_request"] = "claim_request"
     job_id: JobId
@@ -485,6 +489,16 @@ class ClaimRequest(_Once):
     instead: list[Executor] | None = Field(None, max_length=8)
     """When the job is taken (not backing off), grant the oldest claimable job of one of these
     executors instead: a worker with a free slot gets work in one round trip, not a refusal."""
+    more: int = Field(0, ge=0, le=MAX_MORE_GRANTS)
+    """Also grant up to this many further claimable jobs of the `instead` executors, oldest
+    first: a worker fills its free slots in one round trip, not one per job."""
+
+
+class Granted(BaseModel):
+    """One further job a claim grants, and its lease."""
+
+    job: Job
+    lease_token: LeaseTokenField
 
 
 class ClaimGrant(_Message):
@@ -492,7 +506,8 @@ class ClaimGrant(_Message):
     job: Job
     lease_token: LeaseTokenField
     lease_expires_in: float
-    """Seconds, relative, because the two nodes' clocks differ."""
+    """Seconds, relative, because the two nodes' clocks differ (the same for `more`)."""
+    more: list[Granted] = Field(default_factory=list, max_length=MAX_MORE_GRANTS)
 
 
 class ClaimRefused(_Message):
