@@ -252,3 +252,37 @@ async def test_a_worker_with_free_slots_takes_the_waiting_jobs_in_one_claim(
         done = [await origin.jobs.wait(job.id) for job in jobs]
     assert all(job is not None and job.state is JobState.SUCCEEDED for job in done), done
     assert grants == [4]
+
+
+class _Granting:
+    """An origin that records the time of each claim and grants it."""
+
+    def __init__(self) -> None:
+        self.claimed_at: list[float] = []
+
+    async def ask(self, origin: PeerAddr, request: model.ControlMessage) -> model.ControlMessage:
+        assert isinstance(request, model.ClaimRequest)
+        self.claimed_at.append(trio.current_time())
+        return model.ClaimRefused(reason="job already claimed")
+
+
+async def test_a_worker_leaves_an_announced_job_to_the_one_asked_first_for_a_moment(
+    tmp_path, mock_clock
+) -> None:
+    mock_clock.autojump_threshold = 0  # time passes only when everything waits for it
+    origin, me, other = "0" * 64, "1" * 64, "2" * 64
+    worker = Worker(
+        me, {}, None, None, lambda _: None, tmp_path, 1, {}, tmp_path / "drain", Metrics()
+    )  # type: ignore[arg-type]
+    worker._control = control = _Granting()  # type: ignore[assignment]
+    job = model.Job(
+        id=model.new_job_id(1), origin=origin, spec=job_spec(origin), created_at=1, updated_at=1
+    )
+    for first, delay in ((me, 0.0), (None, 0.0), (other, model.DEFER_TO_FIRST_S)):
+        control.claimed_at.clear()
+        announcement = JobAnnounced(
+            job=job.summary(), origin_addr=PeerAddr(node_id=origin), first=first
+        )
+        start = trio.current_time()
+        await worker.consider(announcement)
+        assert control.claimed_at == [start + delay]

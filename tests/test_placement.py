@@ -141,3 +141,31 @@ async def test_a_busy_worker_back_a_little_late_finds_its_deferral_in_a_burst(
         with pytest.raises(ClaimRefused):
             admit(BUSY, job())
     admit(BUSY, mine)  # granted: it waited its turn
+
+
+async def test_announcements_ask_the_workers_that_could_run_a_job_first_in_turn(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Idle ones in turn, else those with a free slot; none (everyone claims) when all are full
+    or none has the labels."""
+    now = time.time()
+    third = "77" * 32
+    origin = await origin_hearing(
+        nursery,
+        tmp_path,
+        heartbeat(BUSY, now, slots=2, free=1, labels={"pool": "a"}),
+        heartbeat(IDLE, now, slots=2, labels={"pool": "b"}),
+        heartbeat(third, now, slots=2, labels={"pool": "b"}),
+        heartbeat(GPU, now, slots=2, free=0, labels={"gpu": "yes"}),
+    )
+    table = origin.control._admit.__self__  # type: ignore[attr-defined]
+
+    def first(*requirements: str) -> str | None:
+        job = origin.store.get(origin.submit(*requirements))
+        assert job is not None
+        return table.first_claimer(job)
+
+    assert {first(), first()} == {IDLE, third}  # in turn, the busy one left out
+    assert first("pool=a") == BUSY  # the only one that could: a free slot will do
+    assert first("gpu=yes") is None  # no free slot: every worker may claim at once
+    assert first("zone=eu") is None

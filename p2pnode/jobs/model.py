@@ -475,6 +475,9 @@ class _Once(_Message):
     request_id: RequestId = Field(default_factory=new_request_id)
 
 
+DEFER_TO_FIRST_S = 0.2
+"""How long a worker leaves an announced job to the worker its origin asked first: long enough
+for that one's claim round trip, short enough that a job whose first worker is gone waits little."""
 MAX_MORE_GRANTS = 8
 """Jobs a claim may ask for besides the one it names (a worker's other free slots)."""
 

@@ -188,7 +188,9 @@ class JobService:
         resolve: Callable[[NodeId], PeerAddr | None],
         lease_s: float,
         admit: Admit,
+        first_claimer: Callable[[model.Job], NodeId | None] = lambda _: None,
     ) -> None:
+        """`first_claimer`: the worker an announcement asks to claim the job first."""
         self.id = node_id
         self.store = store
         self.worker = worker
@@ -197,6 +199,7 @@ class JobService:
         self._client = client
         self._self_addr = self_addr
         self._resolve = resolve
+        self._first_claimer = first_claimer
         self.logs = JobLogs()
         self.control = ControlServer(
             store, lease_s, self._changed, worker.stop_run, self._on_log, admit
@@ -412,7 +415,9 @@ class JobService:
     def _announce(self, job: model.Job) -> None:
         if old := self._announcements.pop(job.id, None):
             self._gossip.retire(old)
-        announcement = JobAnnounced(job=job.summary(), origin_addr=self._self_addr())
+        announcement = JobAnnounced(
+            job=job.summary(), origin_addr=self._self_addr(), first=self._first_claimer(job)
+        )
         if envelope := self._publish(announcement):
             self._announcements[job.id] = envelope
         self.on_announced(announcement, self.id)

@@ -189,6 +189,8 @@ class Worker:
         origin = announcement.job.origin
         candidate = self._considering[job_id] = _Candidate()
         try:
+            if announcement.first not in (None, self.id):
+                await trio.sleep(model.DEFER_TO_FIRST_S)  # a head start, not a synchronisation
             for attempt in range(MAX_CLAIM_RETRIES):
                 slots: list[object] = []
                 try:

@@ -87,6 +87,8 @@ class Workers:
         self._gossip = gossip
         self._beat = beat
         self._latest: dict[str, _Latest] = {}
+        self._turn = 0
+        """Counts `first_claimer` answers, to take the idle workers in turn."""
         self._deferred: dict[tuple[str, str], float] = {}
         """(job id, busy worker) -> when its claim was first deferred for an idle worker"""
         self._events = gossip.subscribe()  # from now: nothing gossip hears before `run` is lost
@@ -135,6 +137,24 @@ class Workers:
         if all(w.state == "draining" for w in able):
             return "every worker that could run it is draining" + _SEE
         return None
+
+    def first_claimer(self, job: model.Job) -> NodeId | None:
+        """The worker to ask first to claim `job`, in turn among those that could run it and
+        have a free slot, the idle ones if any (as `admit` prefers them); None when there is
+        none: every worker may claim at once."""
+        requirements = job.spec.requirements
+        able = [
+            w
+            for w in self.workers()
+            if w.state == "ready"
+            and requirements.admits(w.labels)
+            and w.answers(requirements.executor)
+        ]
+        if not able:
+            return None
+        self._turn += 1
+        idle = [w for w in able if _idle(w)] or able
+        return NodeId(idle[self._turn % len(idle)].node_id)
 
     def admit(self, worker: NodeId, job: model.Job) -> None:
         """Let `worker` claim the pending `job`, or raise `ClaimRefused`. Its labels are the ones
