@@ -189,10 +189,9 @@ class ControlServer:
     def _claim(self, job_id: str, peer: NodeId, start: bool) -> model.Job:
         """Claim as placement allows: the origin decides who may claim, whatever the worker
         checked itself."""
-        pending = self._store.get(job_id)
-        if pending is not None and pending.state == model.JobState.PENDING:
-            self._admit(peer, pending)
-        return self._store.claim(job_id, peer, self._lease_s, start=start)
+        return self._store.claim(
+            job_id, peer, self._lease_s, start=start, admit=lambda job: self._admit(peer, job)
+        )
 
     def _claim_instead(self, request: model.ClaimRequest, peer: NodeId, reason: str) -> model.Job:
         """The oldest claimable job the worker can run and placement lets it have, claimed the

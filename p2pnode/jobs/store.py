@@ -244,11 +244,23 @@ class JobStore:
             self._save(job)
         return job
 
-    def claim(self, job_id: str, worker: NodeId, lease_s: float, *, start: bool = False) -> Job:
+    def claim(
+        self,
+        job_id: str,
+        worker: NodeId,
+        lease_s: float,
+        *,
+        start: bool = False,
+        admit: Callable[[Job], None] | None = None,
+    ) -> Job:
         """Grant `worker` a lease; the returned job's `lease.token` is the secret to hand over.
-        `start`: the worker starts it at once, so it is running from now (one commit, not two)."""
+        `start`: the worker starts it at once, so it is running from now (one commit, not two).
+        `admit(job)`: placement, asked about a pending job (it raises `ClaimRefused`), on the
+        record this claim reads (one read, not two)."""
         with self._write():
             job, now = self._load(job_id, ClaimRefused)
+            if admit is not None and job.state is JobState.PENDING:
+                admit(job)
             if job.state is not JobState.PENDING:
                 raise ClaimRefused(self._state_reason(job))
             if job.not_before > now:

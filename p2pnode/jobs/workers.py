@@ -103,8 +103,16 @@ class Workers:
                 self.send_heartbeat()
 
     def workers(self) -> list[WorkerView]:
+        return [
+            WorkerView(**dict(heartbeat), state=state, age_s=age)
+            for heartbeat, state, age in self._states()
+        ]
+
+    def _states(self) -> list[tuple[Heartbeat, WorkerState, float]]:
+        """Every node's latest heartbeat, its state and age, by node id: what `workers` shows,
+        without building views (placement asks on every claim and announcement)."""
         now = trio.current_time()
-        views = []
+        states = []
         for node_id in sorted(self._latest):
             latest = self._latest[node_id]
             age = max(now - latest.received_at, 0.0)
@@ -118,8 +126,8 @@ class Workers:
                 if heartbeat.slots_free == 0
                 else "ready"
             )
-            views.append(WorkerView(**dict(heartbeat), state=state, age_s=age))
-        return views
+            states.append((heartbeat, state, age))
+        return states
 
     def waiting_for(self, job: model.Job) -> str | None:
         """Why a pending job waits, when this node can tell: no live worker offers its executor,
@@ -145,15 +153,15 @@ class Workers:
         requirements = job.spec.requirements
         able = [
             w
-            for w in self.workers()
-            if w.state == "ready"
+            for w, state, _ in self._states()
+            if state == "ready"
             and requirements.admits(w.labels)
             and w.answers(requirements.executor)
         ]
         if not able:
             return None
         self._turn += 1
-        idle = [w for w in able if _idle(w)] or able
+        idle = [w for w in able if _idle(w, "ready")] or able
         return NodeId(idle[self._turn % len(idle)].node_id)
 
     def admit(self, worker: NodeId, job: model.Job) -> None:
@@ -181,10 +189,10 @@ class Workers:
             return
         if not any(
             w.node_id != worker
-            and _idle(w)
+            and _idle(w, state)
             and requirements.admits(w.labels)
             and w.answers(requirements.executor)
-            for w in self.workers()
+            for w, state, _ in self._states()
         ):
             return
         if first is None:
@@ -246,5 +254,5 @@ class Workers:
 _SEE = " (see `p2pnode workers`)"
 
 
-def _idle(view: WorkerView) -> bool:
-    return view.state == "ready" and view.slots_free == view.slots_total
+def _idle(heartbeat: Heartbeat, state: WorkerState) -> bool:
+    return state == "ready" and heartbeat.slots_free == heartbeat.slots_total
