@@ -286,3 +286,54 @@ async def test_a_worker_leaves_an_announced_job_to_the_one_asked_first_for_a_mom
         start = trio.current_time()
         await worker.consider(announcement)
         assert control.claimed_at == [start + delay]
+
+
+async def test_a_report_may_take_the_next_job_for_the_slot_it_frees(tmp_path) -> None:
+    """Granted like a claim (oldest first, leased, started); a repeat of the report gets the
+    same acknowledgement and grant, and applies nothing twice."""
+    origin, worker = "0" * 64, "1" * 64
+    with JobStore(tmp_path / "jobs.db") as store:
+        control = origin_control(store)
+        done, waiting = (
+            store.submit(origin, job_spec(origin)),
+            store.submit(origin, job_spec(origin)),
+        )
+        grant = await control.answer(worker, model.ClaimRequest(job_id=done.id, worker=worker))
+        assert isinstance(grant, model.ClaimGrant)
+        report = model.Report(
+            job_id=done.id, lease_token=grant.lease_token, ok=True, result=1, next=["wasi"]
+        )
+        ack = await control.answer(worker, report)
+        assert isinstance(ack, model.ReportAck) and ack.grant is not None
+        assert ack.grant.job.id == waiting.id and ack.grant.job.state is JobState.RUNNING
+        again = await control.answer(worker, report)
+        assert isinstance(again, model.ReportAck) and again.grant is not None
+        assert again.grant.lease_token == ack.grant.lease_token
+        assert store.get(waiting.id).attempts == 1  # type: ignore[union-attr]
+        last = model.Report(
+            job_id=waiting.id, lease_token=ack.grant.lease_token, ok=True, next=["wasi"]
+        )
+        assert await control.answer(worker, last) == model.ReportAck()  # nothing waits
+
+
+async def test_a_busy_worker_takes_its_next_job_with_each_report(start_node, monkeypatch) -> None:
+    origin = await start_node(max_jobs=0)
+    await start_node(join=origin.join_ticket(), max_jobs=1)
+    first = await origin.jobs.submit_files(JobSubmission(module=EXAMPLES / "echo.wat", input=0))
+    with trio.fail_after(30):
+        await origin.jobs.wait(first.id)
+    answer = origin.jobs.control.answer
+    granted_with_report: list[str] = []
+
+    async def counting(peer: str, request: model.ControlMessage) -> model.ControlMessage:
+        reply = await answer(peer, request)
+        if isinstance(reply, model.ReportAck) and reply.grant is not None:
+            granted_with_report.append(reply.grant.job.id)
+        return reply
+
+    monkeypatch.setattr(origin.jobs.control, "answer", counting)
+    jobs = [await origin.jobs.submit(first.spec) for _ in range(3)]  # all wait before any claim
+    with trio.fail_after(30):
+        done = [await origin.jobs.wait(job.id) for job in jobs]
+    assert all(job is not None and job.state is JobState.SUCCEEDED for job in done), done
+    assert granted_with_report == [jobs[1].id, jobs[2].id]

@@ -11,7 +11,7 @@ cancelled; the worker obeys only the job's origin.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import iroh
 from pydantic import TypeAdapter
@@ -72,8 +72,8 @@ class ControlServer:
         self._applied: OrderedDict[tuple[NodeId, str], tuple[str, ...] | model.ControlMessage] = (
             OrderedDict()
         )
-        """(peer, request id) -> the jobs a claim granted, or the reply to a report, release or
-        log chunk (kept once, not shown twice)"""
+        """(peer, request id) -> the jobs a claim granted (a report's: after "", the mark of a
+        report), or the reply to a release or log chunk (kept once, not shown twice)"""
 
     async def handle_stream(self, connection: iroh.Connection, bi: iroh.BiStream) -> None:
         peer = remote_node_id(connection)
@@ -97,7 +97,9 @@ class ControlServer:
                     if exc.retry_after is not None or request.instead is None:
                         raise
                     job = self._claim_instead(request, peer, exc.reason)
-                more = self._claim_more(request, peer, job)
+                more = self._claim_more(
+                    request.instead, request.more, peer, job.origin, request.start
+                )
                 self._applied_now(peer, request, (job.id, *(j.id for j in more)))
                 for changed in (job, *more):
                     await self._on_change(changed)
@@ -123,9 +125,11 @@ class ControlServer:
                     request.outputs,
                     request.compile_note,
                 )
-                self._applied_now(peer, request, model.ReportAck())
-                await self._on_change(job)
-                return model.ReportAck()
+                after = self._claim_more(request.next, 1, peer, job.origin)
+                self._applied_now(peer, request, ("", *(j.id for j in after)))
+                for changed in (job, *after):
+                    await self._on_change(changed)
+                return model.ReportAck(grant=_grant(after, self._lease_s) if after else None)
             if isinstance(request, model.Release):
                 self._check_worker(request.job_id, peer)
                 job = store.release(request.job_id, request.lease_token)
@@ -171,10 +175,17 @@ class ControlServer:
         outcome = self._applied.get((peer, request_id))
         if not isinstance(outcome, tuple):
             return outcome
+        if outcome[:1] == ("",):  # a report: applied; and the job granted after it, if any
+            again = self._regrant(peer, outcome[1:])
+            return model.ReportAck(grant=again)
+        return self._regrant(peer, outcome)
+
+    def _regrant(self, peer: NodeId, granted: tuple[str, ...]) -> model.ClaimGrant | None:
+        """The same grant again, of the jobs still leased to `peer` (None if none is)."""
         now = self._store.now()
         leased = [
             job
-            for job_id in outcome
+            for job_id in granted
             if (job := self._store.get(job_id)) is not None
             and not job.state.terminal
             and job.lease is not None
@@ -211,22 +222,27 @@ class ControlServer:
         raise ClaimRefused(reason, none_pending=idle)
 
     def _claim_more(
-        self, request: model.ClaimRequest, peer: NodeId, first: model.Job
+        self,
+        executors: Sequence[str] | None,
+        count: int,
+        peer: NodeId,
+        origin: NodeId,
+        start: bool = True,
     ) -> list[model.Job]:
-        """Up to `request.more` further jobs for the worker's free slots, oldest first, claimed
-        like the first, in at most `MORE_GRANTED_BYTES` of records (so the grant fits a frame)."""
-        if not request.more or request.instead is None:
+        """Up to `count` further jobs of `executors` for the worker's free slots, oldest first,
+        claimed like any, in at most `MORE_GRANTED_BYTES` of records (so the grant
+        fits a frame)."""
+        if not count or executors is None:
             return []
         granted: list[model.Job] = []
         size = 0
-        candidates = request.more + CLAIM_CANDIDATES
         for job_id, record in self._store.claimable_ids(
-            request.instead, candidates, origin=first.origin
+            executors, count + CLAIM_CANDIDATES, origin=origin
         ):
-            if len(granted) == request.more or size + record > MORE_GRANTED_BYTES:
+            if len(granted) == count or size + record > MORE_GRANTED_BYTES:
                 break
             try:
-                granted.append(self._claim(job_id, peer, request.start))
+                granted.append(self._claim(job_id, peer, start))
             except ClaimRefused:
                 continue
             size += record

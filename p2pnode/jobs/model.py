@@ -556,10 +556,15 @@ class Report(_Once):
     outputs: dict[OutputName, BlobRef] = Field(default_factory=dict, max_length=MAX_OUTPUTS)
     compile_note: Note = ""
     """How the worker had the module's machine code ("compiled in 1.2 s"), for the history."""
+    next: list[Executor] | None = Field(None, max_length=8)
+    """Then grant the oldest claimable job of one of these executors for the slot this job
+    leaves: in a busy cluster a job costs its worker one round trip, not a report and a claim."""
 
 
 class ReportAck(_Message):
     type: Literal["report_ack"] = "report_ack"
+    grant: ClaimGrant | None = None
+    """The next job, when the report asked for one and one was waiting."""
 
 
 class ReportRefused(_Message):

@@ -272,11 +272,14 @@ class Worker:
     async def _execute_all(
         self, grant: model.ClaimGrant, slots: list[object], origin: PeerAddr
     ) -> None:
-        """Run the granted jobs, each in one of `slots`, given back as soon as its job ends."""
+        """Run the granted jobs, each in one of `slots`, and in each slot the jobs granted with
+        the reports of those before; a slot is given back when no job came."""
 
         async def in_slot(job: model.Job, token: LeaseToken, slot: object) -> None:
+            lease_s = grant.lease_expires_in
             try:
-                await self._execute(job, token, grant.lease_expires_in, origin)
+                while after := await self._execute(job, token, lease_s, origin):
+                    job, token, lease_s = after.job, after.lease_token, after.lease_expires_in
             finally:
                 slots.remove(slot)
                 self._limiter.release_on_behalf_of(slot)
@@ -324,7 +327,10 @@ class Worker:
 
     async def _execute(
         self, job: model.Job, token: LeaseToken, lease_s: float, origin: PeerAddr
-    ) -> None:
+    ) -> model.ClaimGrant | None:
+        """Run a granted job and report it; returns the job granted for its slot with the
+        report's acknowledgement, if any (it is `running` from then on)."""
+        after = None
         log.info("running job %s (attempt %d) for %s", job.id, job.attempts, job.origin[:10])
         self.running.add(job.id)
         workdir = self._work_dir / f"{job.id}-{job.attempts}"
@@ -341,7 +347,7 @@ class Worker:
                 if job.id not in self._handing_back:
                     log.warning("job %s was cancelled or its lease lost; abandoned the run", job.id)
                     self._metrics.attempts.labels("abandoned").inc()
-                return
+                return None
             self._metrics.attempts.labels("succeeded" if result.ok else "failed").inc()
             self.executed += 1
             # From here a retry of this job (announced as our report lands) is a new candidate.
@@ -355,8 +361,13 @@ class Worker:
                 logs=result.logs,
                 outputs=outputs,
                 compile_note=result.compile_note,
+                next=None if self.draining else sorted(self.executors),
             )
             reply = await self._control.ask(origin, report)
+            if isinstance(reply, model.ReportAck) and reply.grant is not None:
+                after = reply.grant
+                self.running.add(after.job.id)
+                self._metrics.claims.labels("granted").inc()
             if result.ok:
                 self.succeeded += 1
             else:
@@ -382,6 +393,7 @@ class Worker:
             self._settle()
             with trio.CancelScope(shield=True):  # off the event loop; done when stopping too
                 await trio.to_thread.run_sync(shutil.rmtree, workdir, True)
+        return after
 
     async def _release(self, job: model.Job, token: LeaseToken, origin: PeerAddr) -> None:
         try:
