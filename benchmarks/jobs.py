@@ -66,6 +66,15 @@ def phase_times(record: dict) -> dict[str, float]:
     return times
 
 
+def history(record: dict) -> str:
+    """A job's history as milliseconds after its creation: which step took the time."""
+    return ", ".join(
+        f"+{(e['at'] - record['created_at']) * 1e3:.0f} {e['state']}"
+        + (f" ({e['note']})" if e["note"] else "")
+        for e in record["history"]
+    )
+
+
 def cpu_seconds(node: NodeProcess) -> float:
     """User + system CPU the node's process has used so far (Linux /proc)."""
     fields = Path(f"/proc/{node.proc.pid}/stat").read_text().rpartition(")")[2].split()
@@ -114,9 +123,11 @@ def measure(jobs: int, workers: int, rate: float, rate_jobs: int, sources: Path 
     span = max(r["finished_at"] for r in burst) - min(r["created_at"] for r in burst)
     submitting = max(r["created_at"] for r in burst) - min(r["created_at"] for r in burst)
     rate_s = f"{jobs / span:.1f} jobs/s (submitted at {jobs / submitting:.0f}/s)"
-    slowest = max(r["finished_at"] - r["created_at"] for r in burst)
+    slowest = max(burst, key=lambda r: r["finished_at"] - r["created_at"])
+    took = (slowest["finished_at"] - slowest["created_at"]) * 1e3
     print(f"  burst of {jobs}: {rate_s}, p50 {burst_p50:.0f} ms, p99 {burst_p99:.0f} ms", end="")
-    print(f", max {slowest * 1e3:.0f} ms")
+    print(f", max {took:.0f} ms")
+    print(f"    slowest job's history: {history(slowest)}")
     per_job = f"origin {cpu[0] / jobs * 1e3:.1f} ms, workers {sum(cpu[1:]) / jobs * 1e3:.1f} ms"
     print(f"    CPU per job (load-independent): {per_job}")
     slow_p50, slow_p99 = quantiles([r["finished_at"] - r["created_at"] for r in slow])

@@ -280,6 +280,7 @@ class Node:
             self.peer_addr,
             settings.lease_s,
             self.workers.admit,
+            self.workers.first_claimer,
         )
         control.answer_locally(self.id, service.control)
         return service

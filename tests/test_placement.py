@@ -16,8 +16,8 @@ from p2pnode.gossip.service import Received
 from p2pnode.jobs import model
 from p2pnode.jobs.control import ControlServer
 from p2pnode.jobs.heartbeat import Heartbeat
-from p2pnode.jobs.store import JobStore
-from p2pnode.jobs.workers import PREFER_IDLE_S, Workers
+from p2pnode.jobs.store import ClaimRefused, JobStore
+from p2pnode.jobs.workers import MAX_DEFERRED, PREFER_IDLE_S, Workers
 from p2pnode.labels import LabelRequirement
 from tests.test_workers import LocalGossip, heartbeat
 
@@ -114,3 +114,58 @@ async def test_a_busy_worker_defers_to_an_idle_one_once_and_is_never_starved(
 
     only_busy_fits = origin.submit("pool=a")  # the idle worker could not run it: no deferral
     assert isinstance(await origin.claim(only_busy_fits, BUSY), model.ClaimGrant)
+
+
+async def test_a_busy_worker_back_a_little_late_finds_its_deferral_in_a_burst(
+    nursery: trio.Nursery, tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    """Many deferrals at once (a burst) must not forget one whose worker is due back: forgotten,
+    it was deferred anew each time it came back, until it gave up on the job."""
+    now = time.time()
+    origin = await origin_hearing(
+        nursery, tmp_path, heartbeat(BUSY, now, slots=2, free=1), heartbeat(IDLE, now, slots=2)
+    )
+    admit = origin.control._admit
+
+    def job() -> model.Job:
+        spec = model.JobSpec(module=MODULE)
+        return model.Job(
+            id=model.new_job_id(), origin=ORIGIN, spec=spec, created_at=0, updated_at=0
+        )
+
+    mine = job()
+    with pytest.raises(ClaimRefused):
+        admit(BUSY, mine)
+    mock_clock.jump(PREFER_IDLE_S * 1.1)  # its timer and round trip took a little longer
+    for _ in range(MAX_DEFERRED + 1):  # the rest of the burst, deferred meanwhile
+        with pytest.raises(ClaimRefused):
+            admit(BUSY, job())
+    admit(BUSY, mine)  # granted: it waited its turn
+
+
+async def test_announcements_ask_the_workers_that_could_run_a_job_first_in_turn(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Idle ones in turn, else those with a free slot; none (everyone claims) when all are full
+    or none has the labels."""
+    now = time.time()
+    third = "77" * 32
+    origin = await origin_hearing(
+        nursery,
+        tmp_path,
+        heartbeat(BUSY, now, slots=2, free=1, labels={"pool": "a"}),
+        heartbeat(IDLE, now, slots=2, labels={"pool": "b"}),
+        heartbeat(third, now, slots=2, labels={"pool": "b"}),
+        heartbeat(GPU, now, slots=2, free=0, labels={"gpu": "yes"}),
+    )
+    table = origin.control._admit.__self__  # type: ignore[attr-defined]
+
+    def first(*requirements: str) -> str | None:
+        job = origin.store.get(origin.submit(*requirements))
+        assert job is not None
+        return table.first_claimer(job)
+
+    assert {first(), first()} == {IDLE, third}  # in turn, the busy one left out
+    assert first("pool=a") == BUSY  # the only one that could: a free slot will do
+    assert first("gpu=yes") is None  # no free slot: every worker may claim at once
+    assert first("zone=eu") is None

@@ -536,22 +536,24 @@ class _Run:
     def execute(self) -> _Outcome:
         """Never raises: an exception here would reach trio wrapped in an exception group."""
         tmp_dir = _tmp_dir(self.req)
+        # Beside /tmp in the run's scratch folder, which the guest cannot see: no temporary
+        # folder of its own (making and removing one cost more than the rest of a small run).
+        stdin_path = self.req.scratch_dir / "stdin.json"
         try:
-            with tempfile.TemporaryDirectory(prefix="p2pnode-wasi-") as tmp:
-                stdin_path = Path(tmp, "stdin.json")
-                stdin_path.write_bytes(self.stdin)
-                return self._call(stdin_path)
+            tmp_dir.mkdir(parents=True, exist_ok=True)
+            stdin_path.write_bytes(self.stdin)
+            return self._call(stdin_path)
         except Exception as exc:  # e.g. an unusable artifacts or output directory
             return _Outcome(error=f"runner error: {exc!r}")
         finally:
             self.store.close()  # frees the linear memory now, not whenever the GC runs
+            stdin_path.unlink(missing_ok=True)
             shutil.rmtree(tmp_dir, ignore_errors=True)
 
     def _call(self, stdin_path: Path) -> _Outcome:
         req = self.req
         req.artifacts_dir.mkdir(parents=True, exist_ok=True)
         req.output_dir.mkdir(parents=True, exist_ok=True)
-        _tmp_dir(req).mkdir(parents=True, exist_ok=True)
         wasi = wasmtime.WasiConfig()
         if req.command is None:
             wasi.argv = [self.export]

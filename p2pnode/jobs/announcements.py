@@ -10,6 +10,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel
 
+from p2pnode.ids import NodeIdField
 from p2pnode.jobs.model import JobSummary
 from p2pnode.net.addr import PeerAddr
 
@@ -20,6 +21,9 @@ class JobAnnounced(BaseModel):
     KIND: ClassVar[str] = "job.announced"
     job: JobSummary
     origin_addr: PeerAddr
+    first: NodeIdField | None = None
+    """The worker the origin asks to claim it first (an idle one, in turn); the others wait
+    `model.DEFER_TO_FIRST_S` before they claim it, so a job costs one claim, not one per worker."""
 
 
 class JobFinished(BaseModel):

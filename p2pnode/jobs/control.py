@@ -10,7 +10,8 @@ cancelled; the worker obeys only the job's origin.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
 
 import iroh
 from pydantic import TypeAdapter
@@ -27,6 +28,11 @@ MAX_CONTROL_FRAME = 4 << 20
 """Fits a report: a result of up to `MAX_RESULT_BYTES`, logs, an error and output references."""
 CLAIM_CANDIDATES = 8
 """Claimable jobs tried, oldest first, for a worker whose job was taken."""
+MORE_GRANTED_BYTES = 1 << 20
+"""Records a claim's further grants carry at most (a job's record is at most ~0.5 MiB, so a
+grant stays well inside `MAX_CONTROL_FRAME`)."""
+REQUESTS_REMEMBERED = 4096
+"""Applied requests whose outcome the origin keeps for a repeat (a retry follows at once)."""
 
 control_message: TypeAdapter[model.ControlMessage] = TypeAdapter(model.ControlMessage)
 
@@ -63,6 +69,11 @@ class ControlServer:
         self._stop_run = stop_run
         self._on_log = on_log
         self._admit = admit
+        self._applied: OrderedDict[tuple[NodeId, str], tuple[str, ...] | model.ControlMessage] = (
+            OrderedDict()
+        )
+        """(peer, request id) -> the jobs a claim granted (a report's: after "", the mark of a
+        report), or the reply to a release or log chunk (kept once, not shown twice)"""
 
     async def handle_stream(self, connection: iroh.Connection, bi: iroh.BiStream) -> None:
         peer = remote_node_id(connection)
@@ -73,6 +84,9 @@ class ControlServer:
 
     async def answer(self, peer: NodeId, request: model.ControlMessage) -> model.ControlMessage:
         store = self._store
+        if isinstance(request, model.ClaimRequest | model.Report | model.Release | model.LogChunk):
+            if (again := self._repeat(peer, request.request_id)) is not None:
+                return again
         try:
             if isinstance(request, model.ClaimRequest):
                 if request.worker != peer:
@@ -83,11 +97,13 @@ class ControlServer:
                     if exc.retry_after is not None or request.instead is None:
                         raise
                     job = self._claim_instead(request, peer, exc.reason)
-                await self._on_change(job)
-                assert job.lease is not None
-                return model.ClaimGrant(
-                    job=job, lease_token=job.lease.token, lease_expires_in=self._lease_s
+                more = self._claim_more(
+                    request.instead, request.more, peer, job.origin, request.start
                 )
+                self._applied_now(peer, request, (job.id, *(j.id for j in more)))
+                for changed in (job, *more):
+                    await self._on_change(changed)
+                return _grant([job, *more], self._lease_s)
             if isinstance(request, model.Renew):
                 self._check_worker(request.job_id, peer)
                 store.renew(request.job_id, request.lease_token, self._lease_s)
@@ -109,16 +125,21 @@ class ControlServer:
                     request.outputs,
                     request.compile_note,
                 )
-                await self._on_change(job)
-                return model.ReportAck()
+                after = self._claim_more(request.next, 1, peer, job.origin)
+                self._applied_now(peer, request, ("", *(j.id for j in after)))
+                for changed in (job, *after):
+                    await self._on_change(changed)
+                return model.ReportAck(grant=_grant(after, self._lease_s) if after else None)
             if isinstance(request, model.Release):
                 self._check_worker(request.job_id, peer)
                 job = store.release(request.job_id, request.lease_token)
+                self._applied_now(peer, request, model.Ack())
                 await self._on_change(job)
                 return model.Ack()
             if isinstance(request, model.LogChunk):
                 self._check_worker(request.job_id, peer)
                 self._on_log(self._store.leased(request.job_id, request.lease_token), request)
+                self._applied_now(peer, request, model.Ack())
                 return model.Ack()
             if isinstance(request, model.StopRun):
                 self._stop_run(request.job_id, peer)
@@ -137,13 +158,51 @@ class ControlServer:
             return model.RenewRefused(reason=exc.reason)
         return model.RenewRefused(reason=f"unexpected request {request.type}")
 
+    def _applied_now(
+        self,
+        peer: NodeId,
+        request: model.ClaimRequest | model.Report | model.Release | model.LogChunk,
+        outcome: tuple[str, ...] | model.ControlMessage,
+    ) -> None:
+        """Remember what a request did (before any await, so a repeat racing it finds it)."""
+        self._applied[(peer, request.request_id)] = outcome
+        while len(self._applied) > REQUESTS_REMEMBERED:
+            self._applied.popitem(last=False)
+
+    def _repeat(self, peer: NodeId, request_id: str) -> model.ControlMessage | None:
+        """The answer to a request this peer sent before and we applied: the same reply, or for
+        a claim the same lease while it lasts. None: new to us (or its lease is over), apply it."""
+        outcome = self._applied.get((peer, request_id))
+        if not isinstance(outcome, tuple):
+            return outcome
+        if outcome[:1] == ("",):  # a report: applied; and the job granted after it, if any
+            again = self._regrant(peer, outcome[1:])
+            return model.ReportAck(grant=again)
+        return self._regrant(peer, outcome)
+
+    def _regrant(self, peer: NodeId, granted: tuple[str, ...]) -> model.ClaimGrant | None:
+        """The same grant again, of the jobs still leased to `peer` (None if none is)."""
+        now = self._store.now()
+        leased = [
+            job
+            for job_id in granted
+            if (job := self._store.get(job_id)) is not None
+            and not job.state.terminal
+            and job.lease is not None
+            and job.lease.worker == peer
+            and job.lease.expires_at > now
+        ]
+        if not leased:
+            return None
+        assert leased[0].lease is not None
+        return _grant(leased, leased[0].lease.expires_at - now)
+
     def _claim(self, job_id: str, peer: NodeId, start: bool) -> model.Job:
         """Claim as placement allows: the origin decides who may claim, whatever the worker
         checked itself."""
-        pending = self._store.get(job_id)
-        if pending is not None and pending.state == model.JobState.PENDING:
-            self._admit(peer, pending)
-        return self._store.claim(job_id, peer, self._lease_s, start=start)
+        return self._store.claim(
+            job_id, peer, self._lease_s, start=start, admit=lambda job: self._admit(peer, job)
+        )
 
     def _claim_instead(self, request: model.ClaimRequest, peer: NodeId, reason: str) -> model.Job:
         """The oldest claimable job the worker can run and placement lets it have, claimed the
@@ -154,18 +213,57 @@ class ControlServer:
         if (asked := store.get(request.job_id)) is None:
             raise ClaimRefused(reason)
         origin = asked.origin
-        for job in store.claimable(request.instead, limit=CLAIM_CANDIDATES, origin=origin):
+        for job_id, _ in store.claimable_ids(request.instead, CLAIM_CANDIDATES, origin=origin):
             try:
-                return self._claim(job.id, peer, request.start)
+                return self._claim(job_id, peer, request.start)
             except ClaimRefused:
                 continue
         idle = not store.list(model.JobState.PENDING, 1, origin=origin)
         raise ClaimRefused(reason, none_pending=idle)
 
+    def _claim_more(
+        self,
+        executors: Sequence[str] | None,
+        count: int,
+        peer: NodeId,
+        origin: NodeId,
+        start: bool = True,
+    ) -> list[model.Job]:
+        """Up to `count` further jobs of `executors` for the worker's free slots, oldest first,
+        claimed like any, in at most `MORE_GRANTED_BYTES` of records (so the grant
+        fits a frame)."""
+        if not count or executors is None:
+            return []
+        granted: list[model.Job] = []
+        size = 0
+        for job_id, record in self._store.claimable_ids(
+            executors, count + CLAIM_CANDIDATES, origin=origin
+        ):
+            if len(granted) == count or size + record > MORE_GRANTED_BYTES:
+                break
+            try:
+                granted.append(self._claim(job_id, peer, start))
+            except ClaimRefused:
+                continue
+            size += record
+        return granted
+
     def _check_worker(self, job_id: str, peer: NodeId) -> None:
         job = self._store.get(job_id)
         if job is None or job.lease is None or job.lease.worker != peer:
             raise Refused("lease expired")
+
+
+def _grant(jobs: list[model.Job], lease_s: float) -> model.ClaimGrant:
+    """One grant of leased jobs: the first, and the others as `more`."""
+    first, *more = jobs
+    assert first.lease is not None and all(job.lease is not None for job in more)
+    return model.ClaimGrant(
+        job=first,
+        lease_token=first.lease.token,
+        lease_expires_in=lease_s,
+        more=[model.Granted(job=job, lease_token=job.lease.token) for job in more if job.lease],
+    )
 
 
 class ControlClient:

@@ -155,6 +155,14 @@ def new_lease_token() -> LeaseToken:
     return LeaseToken(secrets.token_hex(16))
 
 
+RequestId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+"""Names one control request, so that its origin applies it once however often it arrives."""
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(16)
+
+
 class JobState(StrEnum):
     PENDING = "pending"
     CLAIMED = "claimed"
@@ -458,7 +466,23 @@ class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ClaimRequest(_Message):
+class _Once(_Message):
+    """A request that changes the job and must be applied at most once. A connection that fails
+    is replaced and the request sent again (`Dialer.request`), also when the origin had applied
+    it and only the reply was lost: the origin answers a repeated `request_id` of the same peer
+    with what it did the first time (the same lease), never doing it twice."""
+
+    request_id: RequestId = Field(default_factory=new_request_id)
+
+
+DEFER_TO_FIRST_S = 0.2
+"""How long a worker leaves an announced job to the worker its origin asked first: long enough
+for that one's claim round trip, short enough that a job whose first worker is gone waits little."""
+MAX_MORE_GRANTS = 8
+"""Jobs a claim may ask for besides the one it names (a worker's other free slots)."""
+
+
+class ClaimRequest(_Once):
     type: Literal["claim_request"] = "claim_request"
     job_id: JobId
     worker: NodeIdField
@@ -468,6 +492,16 @@ class ClaimRequest(_Message):
     instead: list[Executor] | None = Field(None, max_length=8)
     """When the job is taken (not backing off), grant the oldest claimable job of one of these
     executors instead: a worker with a free slot gets work in one round trip, not a refusal."""
+    more: int = Field(0, ge=0, le=MAX_MORE_GRANTS)
+    """Also grant up to this many further claimable jobs of the `instead` executors, oldest
+    first: a worker fills its free slots in one round trip, not one per job."""
+
+
+class Granted(BaseModel):
+    """One further job a claim grants, and its lease."""
+
+    job: Job
+    lease_token: LeaseTokenField
 
 
 class ClaimGrant(_Message):
@@ -475,7 +509,8 @@ class ClaimGrant(_Message):
     job: Job
     lease_token: LeaseTokenField
     lease_expires_in: float
-    """Seconds, relative, because the two nodes' clocks differ."""
+    """Seconds, relative, because the two nodes' clocks differ (the same for `more`)."""
+    more: list[Granted] = Field(default_factory=list, max_length=MAX_MORE_GRANTS)
 
 
 class ClaimRefused(_Message):
@@ -510,7 +545,7 @@ class Started(_Message):
     lease_token: LeaseTokenField
 
 
-class Report(_Message):
+class Report(_Once):
     type: Literal["report"] = "report"
     job_id: JobId
     lease_token: LeaseTokenField
@@ -521,10 +556,15 @@ class Report(_Message):
     outputs: dict[OutputName, BlobRef] = Field(default_factory=dict, max_length=MAX_OUTPUTS)
     compile_note: Note = ""
     """How the worker had the module's machine code ("compiled in 1.2 s"), for the history."""
+    next: list[Executor] | None = Field(None, max_length=8)
+    """Then grant the oldest claimable job of one of these executors for the slot this job
+    leaves: in a busy cluster a job costs its worker one round trip, not a report and a claim."""
 
 
 class ReportAck(_Message):
     type: Literal["report_ack"] = "report_ack"
+    grant: ClaimGrant | None = None
+    """The next job, when the report asked for one and one was waiting."""
 
 
 class ReportRefused(_Message):
@@ -532,7 +572,7 @@ class ReportRefused(_Message):
     reason: str
 
 
-class Release(_Message):
+class Release(_Once):
     """A stopping worker hands its leased job back: pending again at once, the attempt not
     counted."""
 
@@ -558,7 +598,7 @@ characters)."""
 LogStream = Literal["stdout", "stderr"]
 
 
-class LogChunk(_Message):
+class LogChunk(_Once):
     """From a job's lease holder to its origin while the job runs: `size` bytes its run wrote to
     `stream`, from byte `offset` of this attempt's stream, as text (cut between characters). The
     origin keeps them for live logs only (see `p2pnode.jobs.logs`); it answers `Ack`."""

@@ -52,7 +52,8 @@ log = logging.getLogger(__name__)
 SWEEP_INTERVAL_S = 1.0
 REANNOUNCE_EVERY = 30  # sweeps
 WORKFLOWS_CACHED = 256
-"""Binary module blobs whose workflows the origin remembers (a blob's content never changes)."""
+"""Binary module blobs whose workflows and reference the origin remembers (a blob's content never
+changes)."""
 
 
 class MountSubmission(BaseModel):
@@ -188,7 +189,9 @@ class JobService:
         resolve: Callable[[NodeId], PeerAddr | None],
         lease_s: float,
         admit: Admit,
+        first_claimer: Callable[[model.Job], NodeId | None] = lambda _: None,
     ) -> None:
+        """`first_claimer`: the worker an announcement asks to claim the job first."""
         self.id = node_id
         self.store = store
         self.worker = worker
@@ -197,13 +200,14 @@ class JobService:
         self._client = client
         self._self_addr = self_addr
         self._resolve = resolve
+        self._first_claimer = first_claimer
         self.logs = JobLogs()
         self.control = ControlServer(
             store, lease_s, self._changed, worker.stop_run, self._on_log, admit
         )
         self._announcements: dict[str, EnvelopeId] = {}
-        self._workflows: dict[BlobHash, list[str]] = {}
-        """binary module blob -> its workflows, oldest first"""
+        self._workflows: dict[BlobHash, tuple[list[str], model.BlobRef]] = {}
+        """binary module blob -> its workflows and reference, oldest first"""
         self._change = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._events = gossip.subscribe()  # from now: nothing gossip hears before `run` is lost
@@ -325,8 +329,8 @@ class JobService:
                 assert request.module_blob is not None
                 what = f"module blob {request.module_blob[:12]}"
                 if (known := self._workflows.get(request.module_blob)) is not None:
-                    _check_workflows(known, request)
-                    return await self._held(request.module_blob, tag("module"), "module")
+                    _check_workflows(known[0], request)
+                    return await self._held_again(known[1], tag("module"))
                 uploaded = await self._held(request.module_blob, tag("source"), "module")
                 source = await self._blobs.read_bytes(request.module_blob)
             wasm, workflows = await trio.to_thread.run_sync(_load_module, source)
@@ -334,12 +338,24 @@ class JobService:
         except (OSError, StoreError, InvalidModule) as exc:
             raise SubmissionError(f"cannot use {what}: {exc}") from None
         if uploaded is not None and wasm == source:
-            self._workflows[uploaded.hash] = workflows
+            self._workflows[uploaded.hash] = (workflows, uploaded)
             if len(self._workflows) > WORKFLOWS_CACHED:
                 del self._workflows[next(iter(self._workflows))]
             return uploaded
         info = await self._blobs.add_bytes(wasm, pin=False, tag=tag("module"))
         return model.BlobRef.held_by(info, self.id)
+
+    async def _held_again(self, ref: model.BlobRef, tag: str) -> model.BlobRef:
+        """A module blob known from an earlier job, held by `tag` (set first, so GC cannot take it
+        before we look): checked to be here, but not described again, since the description
+        lists every tag of the blob, one per job that ever used it (it grew with each job)."""
+        await self._blobs.set_tag(tag, ref.hash)
+        if not self._blobs.has(ref.hash):
+            self._workflows.pop(ref.hash, None)
+            raise SubmissionError(
+                f"the module blob {ref.hash} is not on this node; upload it first"
+            )
+        return ref.model_copy()
 
     async def _held(self, blob_hash: BlobHash, tag: str, what: str) -> model.BlobRef:
         """A stored blob, held by `tag` (set first, so GC cannot take it before we look)."""
@@ -412,7 +428,9 @@ class JobService:
     def _announce(self, job: model.Job) -> None:
         if old := self._announcements.pop(job.id, None):
             self._gossip.retire(old)
-        announcement = JobAnnounced(job=job.summary(), origin_addr=self._self_addr())
+        announcement = JobAnnounced(
+            job=job.summary(), origin_addr=self._self_addr(), first=self._first_claimer(job)
+        )
         if envelope := self._publish(announcement):
             self._announcements[job.id] = envelope
         self.on_announced(announcement, self.id)

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import shutil
+from collections import defaultdict
 from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import get_args
@@ -106,6 +107,8 @@ class Worker:
         self._runs: dict[str, tuple[str, trio.CancelScope]] = {}
         """job id -> (origin, the scope that stops the run)"""
         self._handing_back: set[str] = set()
+        self._turns: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
+        """origin -> its turn to be claimed from: one claim at a time, taking every free slot"""
         self._considering: dict[str, _Candidate] = {}
         """job id -> the `consider` call that has it"""
         self._none_pending: dict[str, float] = {}
@@ -177,26 +180,38 @@ class Worker:
 
     async def consider(self, announcement: JobAnnounced) -> None:
         """Try to claim and run one announced job; returns when it is done with it either way.
-        A job that is backing off is waited for without holding one of the `max_jobs` slots."""
+        A job that is backing off is waited for without holding one of the `max_jobs` slots.
+
+        One claim at a time goes to an origin, and it takes every free slot: up to that many
+        jobs come back in one round trip (a burst's announcements queue on the origin's turn,
+        each finding its job taken, often by this very worker)."""
         job_id = announcement.job.id
+        origin = announcement.job.origin
         candidate = self._considering[job_id] = _Candidate()
         try:
+            if announcement.first not in (None, self.id):
+                await trio.sleep(model.DEFER_TO_FIRST_S)  # a head start, not a synchronisation
             for attempt in range(MAX_CLAIM_RETRIES):
-                async with self._limiter:
-                    if self.hold(announcement):  # draining: kept for `undrain`
-                        return
-                    idle_since = self._none_pending.get(announcement.job.origin, -math.inf)
-                    if attempt == 0 and candidate.heard < idle_since:
-                        return  # taken while it queued for a slot, like everything else there
-                    self._claiming += 1
-                    try:
-                        reply = await self._claim(announcement)
-                    finally:
-                        self._claiming -= 1
-                        self._settle()  # a grant is in `running` before a waiter wakes
+                slots: list[object] = []
+                try:
+                    async with self._turns[origin]:
+                        await self._limiter.acquire_on_behalf_of(slot := object())
+                        slots.append(slot)
+                        if self.hold(announcement):  # draining: kept for `undrain`
+                            return
+                        idle_since = self._none_pending.get(origin, -math.inf)
+                        if attempt == 0 and (
+                            candidate.heard < idle_since or job_id in self.running
+                        ):
+                            return  # taken while it queued, like everything else there, or ours
+                        slots += self._spare_slots()
+                        reply = await self._claim_for(announcement, slots)
                     if isinstance(reply, model.ClaimGrant):
-                        await self._execute(reply, announcement.origin_addr)
+                        await self._execute_all(reply, slots, announcement.origin_addr)
                         return
+                finally:
+                    for slot in slots:
+                        self._limiter.release_on_behalf_of(slot)
                 if reply is None:
                     return
                 await trio.sleep(reply)  # the origin's retry back-off: a timer, not a sync
@@ -205,6 +220,30 @@ class Worker:
         finally:
             if self._considering.get(job_id) is candidate:
                 del self._considering[job_id]
+            turn = self._turns.get(origin)
+            if turn is not None and not turn.locked() and not turn.statistics().tasks_waiting:
+                del self._turns[origin]
+
+    async def _claim_for(
+        self, announcement: JobAnnounced, slots: list[object]
+    ) -> model.ClaimGrant | float | None:
+        """Claim with the `slots` taken; on a grant, keep as many slots as jobs came (they are
+        `running` before anyone waiting for the worker to settle wakes), give back the rest."""
+        self._claiming += 1
+        reply: model.ClaimGrant | float | None = None
+        try:
+            reply = await self._claim(announcement, len(slots) - 1)
+            if isinstance(reply, model.ClaimGrant):
+                self.running.add(reply.job.id)
+                self.running.update(more.job.id for more in reply.more)
+        finally:
+            self._claiming -= 1
+            self._settle()
+            keep = 1 + len(reply.more) if isinstance(reply, model.ClaimGrant) else 0
+            for slot in slots[keep:]:
+                self._limiter.release_on_behalf_of(slot)
+            del slots[keep:]
+        return reply
 
     def heard(self, job_id: str) -> None:
         """The job was announced (again): a `consider` call queued for it must not take it for
@@ -220,11 +259,48 @@ class Worker:
         run[1].cancel()
         return True
 
-    async def _claim(self, announcement: JobAnnounced) -> model.ClaimGrant | float | None:
-        """A grant (of this job, or of another one of its origin's when this one is taken), the
-        seconds to wait before asking again, or None: give up on this job."""
+    def _spare_slots(self) -> list[object]:
+        """The free slots besides the one a claim holds, each taken for a further job the claim
+        may be granted."""
+        slots: list[object] = []
+        while len(slots) < model.MAX_MORE_GRANTS and self._limiter.available_tokens:
+            slot = object()
+            self._limiter.acquire_on_behalf_of_nowait(slot)
+            slots.append(slot)
+        return slots
+
+    async def _execute_all(
+        self, grant: model.ClaimGrant, slots: list[object], origin: PeerAddr
+    ) -> None:
+        """Run the granted jobs, each in one of `slots`, and in each slot the jobs granted with
+        the reports of those before; a slot is given back when no job came."""
+
+        async def in_slot(job: model.Job, token: LeaseToken, slot: object) -> None:
+            lease_s = grant.lease_expires_in
+            try:
+                while after := await self._execute(job, token, lease_s, origin):
+                    job, token, lease_s = after.job, after.lease_token, after.lease_expires_in
+            finally:
+                slots.remove(slot)
+                self._limiter.release_on_behalf_of(slot)
+
+        granted = [(grant.job, grant.lease_token), *((m.job, m.lease_token) for m in grant.more)]
+        async with trio.open_nursery() as nursery:
+            for (job, token), slot in zip(granted, list(slots), strict=True):
+                nursery.start_soon(in_slot, job, token, slot)
+
+    async def _claim(
+        self, announcement: JobAnnounced, more: int
+    ) -> model.ClaimGrant | float | None:
+        """A grant (of this job, or of another one of its origin's when this one is taken, and
+        up to `more` further ones), the seconds to wait before asking again, or None: give up on
+        this job."""
         request = model.ClaimRequest(
-            job_id=announcement.job.id, worker=self.id, start=True, instead=sorted(self.executors)
+            job_id=announcement.job.id,
+            worker=self.id,
+            start=True,
+            instead=sorted(self.executors),
+            more=more,
         )
         asked = trio.current_time()
         try:
@@ -234,7 +310,8 @@ class Worker:
             self._metrics.claims.labels("unreachable").inc()
             return None
         if isinstance(reply, model.ClaimGrant):
-            self._metrics.claims.labels("granted").inc()
+            del reply.more[more:]  # only what there are slots for; the rest lapses
+            self._metrics.claims.labels("granted").inc(1 + len(reply.more))
             return reply
         if isinstance(reply, model.ClaimRefused) and reply.retry_after is not None:
             self._metrics.claims.labels("backoff").inc()
@@ -248,8 +325,12 @@ class Worker:
         )
         return None
 
-    async def _execute(self, grant: model.ClaimGrant, origin: PeerAddr) -> None:
-        job, token = grant.job, grant.lease_token
+    async def _execute(
+        self, job: model.Job, token: LeaseToken, lease_s: float, origin: PeerAddr
+    ) -> model.ClaimGrant | None:
+        """Run a granted job and report it; returns the job granted for its slot with the
+        report's acknowledgement, if any (it is `running` from then on)."""
+        after = None
         log.info("running job %s (attempt %d) for %s", job.id, job.attempts, job.origin[:10])
         self.running.add(job.id)
         workdir = self._work_dir / f"{job.id}-{job.attempts}"
@@ -257,9 +338,7 @@ class Worker:
             with trio.CancelScope() as stopped:  # lease lost, or the origin cancelled the job
                 self._runs[job.id] = (job.origin, stopped)
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(
-                        self._keep_lease, job, token, origin, grant.lease_expires_in, stopped
-                    )
+                    nursery.start_soon(self._keep_lease, job, token, origin, lease_s, stopped)
                     with self._metrics.run_seconds.time():
                         result = await self._run(job, token, origin, workdir)
                     result, outputs = await self._finish(job, result)
@@ -268,7 +347,7 @@ class Worker:
                 if job.id not in self._handing_back:
                     log.warning("job %s was cancelled or its lease lost; abandoned the run", job.id)
                     self._metrics.attempts.labels("abandoned").inc()
-                return
+                return None
             self._metrics.attempts.labels("succeeded" if result.ok else "failed").inc()
             self.executed += 1
             # From here a retry of this job (announced as our report lands) is a new candidate.
@@ -282,8 +361,13 @@ class Worker:
                 logs=result.logs,
                 outputs=outputs,
                 compile_note=result.compile_note,
+                next=None if self.draining else sorted(self.executors),
             )
             reply = await self._control.ask(origin, report)
+            if isinstance(reply, model.ReportAck) and reply.grant is not None:
+                after = reply.grant
+                self.running.add(after.job.id)
+                self._metrics.claims.labels("granted").inc()
             if result.ok:
                 self.succeeded += 1
             else:
@@ -309,6 +393,7 @@ class Worker:
             self._settle()
             with trio.CancelScope(shield=True):  # off the event loop; done when stopping too
                 await trio.to_thread.run_sync(shutil.rmtree, workdir, True)
+        return after
 
     async def _release(self, job: model.Job, token: LeaseToken, origin: PeerAddr) -> None:
         try:

@@ -45,6 +45,10 @@ up from a node long gone) counts as that much older."""
 PREFER_IDLE_S = 1.0
 """How long a busy worker's claim waits while an idle one may take the job (then it gets it)."""
 MAX_DEFERRED = 1024
+DEFERRAL_KEPT_S = 10 * PREFER_IDLE_S
+"""How long a deferral is remembered once more than `MAX_DEFERRED` are: a deferred worker comes
+back after `PREFER_IDLE_S` plus however late its timer and round trip are (seconds under load),
+and must find its deferral then, or it is deferred again and may give up on the job."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,8 @@ class Workers:
         self._gossip = gossip
         self._beat = beat
         self._latest: dict[str, _Latest] = {}
+        self._turn = 0
+        """Counts `first_claimer` answers, to take the idle workers in turn."""
         self._deferred: dict[tuple[str, str], float] = {}
         """(job id, busy worker) -> when its claim was first deferred for an idle worker"""
         self._events = gossip.subscribe()  # from now: nothing gossip hears before `run` is lost
@@ -97,8 +103,16 @@ class Workers:
                 self.send_heartbeat()
 
     def workers(self) -> list[WorkerView]:
+        return [
+            WorkerView(**dict(heartbeat), state=state, age_s=age)
+            for heartbeat, state, age in self._states()
+        ]
+
+    def _states(self) -> list[tuple[Heartbeat, WorkerState, float]]:
+        """Every node's latest heartbeat, its state and age, by node id: what `workers` shows,
+        without building views (placement asks on every claim and announcement)."""
         now = trio.current_time()
-        views = []
+        states = []
         for node_id in sorted(self._latest):
             latest = self._latest[node_id]
             age = max(now - latest.received_at, 0.0)
@@ -112,8 +126,8 @@ class Workers:
                 if heartbeat.slots_free == 0
                 else "ready"
             )
-            views.append(WorkerView(**dict(heartbeat), state=state, age_s=age))
-        return views
+            states.append((heartbeat, state, age))
+        return states
 
     def waiting_for(self, job: model.Job) -> str | None:
         """Why a pending job waits, when this node can tell: no live worker offers its executor,
@@ -131,6 +145,24 @@ class Workers:
         if all(w.state == "draining" for w in able):
             return "every worker that could run it is draining" + _SEE
         return None
+
+    def first_claimer(self, job: model.Job) -> NodeId | None:
+        """The worker to ask first to claim `job`, in turn among those that could run it and
+        have a free slot, the idle ones if any (as `admit` prefers them); None when there is
+        none: every worker may claim at once."""
+        requirements = job.spec.requirements
+        able = [
+            w
+            for w, state, _ in self._states()
+            if state == "ready"
+            and requirements.admits(w.labels)
+            and w.answers(requirements.executor)
+        ]
+        if not able:
+            return None
+        self._turn += 1
+        idle = [w for w in able if _idle(w, "ready")] or able
+        return NodeId(idle[self._turn % len(idle)].node_id)
 
     def admit(self, worker: NodeId, job: model.Job) -> None:
         """Let `worker` claim the pending `job`, or raise `ClaimRefused`. Its labels are the ones
@@ -157,10 +189,10 @@ class Workers:
             return
         if not any(
             w.node_id != worker
-            and _idle(w)
+            and _idle(w, state)
             and requirements.admits(w.labels)
             and w.answers(requirements.executor)
-            for w in self.workers()
+            for w, state, _ in self._states()
         ):
             return
         if first is None:
@@ -174,7 +206,7 @@ class Workers:
         """Deferred workers that never came back (they took another job, or stopped)."""
         if len(self._deferred) > MAX_DEFERRED:
             for key, at in list(self._deferred.items()):
-                if now - at > PREFER_IDLE_S:
+                if now - at > DEFERRAL_KEPT_S:
                     del self._deferred[key]
 
     def send_heartbeat(self) -> None:
@@ -222,5 +254,5 @@ class Workers:
 _SEE = " (see `p2pnode workers`)"
 
 
-def _idle(view: WorkerView) -> bool:
-    return view.state == "ready" and view.slots_free == view.slots_total
+def _idle(heartbeat: Heartbeat, state: WorkerState) -> bool:
+    return state == "ready" and heartbeat.slots_free == heartbeat.slots_total
