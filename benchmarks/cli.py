@@ -6,10 +6,12 @@ Runs `p2pnode --version`, `p2pnode --help`, `p2pnode status` and `p2pnode blob a
 file (against a running node) and `python -c pass` (the floor), each a fresh process per run (what
 a person or a script pays per command), and prints per command the median wall time and the
 median CPU seconds of the process (user + system, from `wait4`: less moved by the load of other
-processes than the wall time). `--baseline DIR` (a checkout of the code before a change, e.g. a
-`git worktree` of main) runs DIR's CLI against the same node, the two trees taking turns within
-each run, and prints the ratios. `python -X importtime -m p2pnode status` shows where the time
-goes.
+processes than the wall time). One run of each comes first and is not counted: it writes Python's
+bytecode caches, as a user's first run does (PYTHONDONTWRITEBYTECODE is dropped for the runs: with
+it, every run would compile the project's modules again). `--baseline DIR` (a checkout of the code
+before a change, e.g. a `git worktree` of main) runs DIR's CLI against the same node, the two
+trees taking turns within each run, and prints the ratios. `python -X importtime -m p2pnode
+status` shows where the time goes.
 """
 
 from __future__ import annotations
@@ -29,11 +31,13 @@ from tests.nodeproc import NodeProcess  # noqa: E402
 
 from benchmarks import script  # noqa: E402
 
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
 
 def run_once(args: list[str], cwd: Path) -> tuple[float, float]:
     """Wall and CPU seconds of one process; `python -m p2pnode` imports from `cwd` first."""
     started = time.perf_counter()
-    proc = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(args, cwd=cwd, env=ENV, stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -61,6 +65,8 @@ def main(runs: int, baseline: Path | None) -> None:
                 for label, argv in commands.items()
                 for tree in trees
             ]
+            for _, tree, args in cases:  # writes the bytecode caches
+                run_once(args, trees.get(tree, ROOT))
             results: dict[tuple[str, str], list[tuple[float, float]]] = {}
             for _ in range(runs):
                 for label, tree, args in cases:
