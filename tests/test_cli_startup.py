@@ -43,7 +43,7 @@ def project(modules: set[str]) -> set[str]:
 def test_version_and_help_load_no_command(tmp_path: Path, args: tuple[str, ...]) -> None:
     loaded = imported_by(tmp_path, *args)
     assert project(loaded) == TOP
-    assert sorted(m for m in NOT_BEFORE_A_REQUEST if m in loaded) == []
+    assert sorted(m for m in (*NOT_BEFORE_A_REQUEST, "secrets") if m in loaded) == []
 
 
 @pytest.mark.parametrize(
@@ -82,3 +82,10 @@ def test_the_listing_is_what_the_commands_say_and_names_every_one() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_status_loads_the_status_models_only(tmp_path: Path) -> None:
+    """Not the API's whole vocabulary (jobs, blobs, requests) for the one reply it reads."""
+    loaded = imported_by(tmp_path, "--api", "127.0.0.1:1", "status")  # nothing answers there
+    assert {"http.client", "p2pnode.status"} <= loaded
+    assert "p2pnode.api.schemas" not in loaded
