@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.nodeproc import run_cli
+
 TOP = {
     "p2pnode",
     "p2pnode.api",
@@ -89,3 +91,11 @@ def test_status_loads_the_status_models_only(tmp_path: Path) -> None:
     loaded = imported_by(tmp_path, "--api", "127.0.0.1:1", "status")  # nothing answers there
     assert {"http.client", "p2pnode.status"} <= loaded
     assert "p2pnode.api.schemas" not in loaded
+
+
+def test_a_mistyped_command_is_matched_against_every_command() -> None:
+    """Also against those whose modules were not loaded (all of them, here)."""
+    result = run_cli("stauts", check=False)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: No such command 'stauts'.")
+    assert "'status'" in result.stderr and result.stderr.count("\n") == 1
