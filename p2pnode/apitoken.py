@@ -6,7 +6,6 @@ importing the API, and the CLI reads it without importing the server.
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 
 from p2pnode.fsutil import create_once
@@ -24,6 +23,8 @@ def token_path(data_dir: Path) -> Path:
 
 def load_or_create_token(data_dir: Path) -> str:
     """The node's API token, generated at first start (mode 0600 from the first instant)."""
+    import secrets  # here: the CLI reads the token on every command, and never creates one
+
     path = token_path(data_dir)
     if not path.exists():
         create_once(path, (secrets.token_urlsafe(32) + "\n").encode())

@@ -7,9 +7,10 @@ import fcntl
 import os
 import stat
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from pydantic import BaseModel
+if TYPE_CHECKING:
+    from pydantic import BaseModel  # only typed here: the CLI reads the API token through this
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:

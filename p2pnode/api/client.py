@@ -3,26 +3,30 @@ line.
 
 Built on the standard library's `http.client` on purpose: a CLI call to the local node is one small
 loopback request, and httpx drags in httpcore, trio, h2 and rich (about 0.3 s of imports here),
-which would make every `p2pnode status` slow.
+which would make every `p2pnode status` slow. Importing this module loads neither `http.client`
+(with `ssl` and `email`) nor pydantic: the CLI imports it for its errors and builds a client for
+every command, so they wait for the first request.
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json as jsonlib
 import logging
 import time
 import urllib.parse
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Final, TypeVar
-
-from pydantic import BaseModel, ValidationError
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from p2pnode.apitoken import TokenError, read_token
 
-T = TypeVar("T", bound=BaseModel)
+if TYPE_CHECKING:
+    import http.client
+
+    from pydantic import BaseModel
+
+T = TypeVar("T", bound="BaseModel")
 
 log = logging.getLogger(__name__)
 
@@ -188,12 +192,16 @@ class ApiClient:
             connection.close()
 
     def _connection(self, timeout: float | None) -> http.client.HTTPConnection:
+        import http.client
+
         if self._https:
             return http.client.HTTPSConnection(self._host, self._port, timeout=timeout)
         return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
+        import http.client
+
         try:
             yield
         except TimeoutError:
@@ -226,6 +234,8 @@ class ApiClient:
         )
 
     def _parse(self, content: bytes, model: type[T]) -> T:
+        from pydantic import ValidationError
+
         try:
             return model.model_validate_json(content)
         except ValidationError:

@@ -1,13 +1,15 @@
 """`p2pnode`: start a node, hand out tickets, inspect it. Every user mistake is one line, never a
 traceback.
 
-Imports stay light: a command that talks to a running node loads click, the stdlib HTTP client and
-the API's pydantic schemas, never the node, the transport (iroh, trio) or the progress bar (rich);
-commands import those where they need them.
+Imports stay light, since every command pays them before it does anything: `p2pnode --version` and
+`-h` load click and this package only; a command's module is imported when that command runs (see
+`COMMANDS`), and loads the stdlib HTTP client and the API's pydantic schemas when it makes a
+request, never the node, the transport (iroh, trio) or the progress bar (rich) unless it needs them.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from pathlib import Path
@@ -25,6 +27,38 @@ if TYPE_CHECKING:
     from p2pnode.config import Settings
 
 DEFAULT_API = "http://127.0.0.1:3020"
+
+COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
+    # name: (the modules of p2pnode.cli that define it, its summary in `p2pnode -h`: the first
+    # paragraph of its help, which tests/test_cli_startup.py checks)
+    "blob": (("blob_cmds",), "Share files as blobs and fetch them by ticket."),
+    "dashboard": (
+        ("dashboard_cmds",),
+        "Print a link that logs a browser in to this node's dashboard (good once, for a minute).",
+    ),
+    "drain": (
+        ("worker_cmds",),
+        "Stop claiming jobs here, letting the running ones finish (maintenance).",
+    ),
+    "job": (
+        ("job_cmds", "log_cmds"),
+        "WebAssembly jobs: submit, list, show, wait, cancel, fetch outputs.",
+    ),
+    "member": (("member_cmds",), "List or remove this node's cluster members."),
+    "start": (("node_cmds",), "Run a node in the foreground until Ctrl-C."),
+    "status": (("node_cmds",), "Show this node and its cluster's members."),
+    "ticket": (("node_cmds",), "Print a fresh join ticket of the running node."),
+    "undrain": (
+        ("worker_cmds",),
+        "Claim jobs here again, starting with the ones announced while drained.",
+    ),
+    "workers": (
+        ("worker_cmds",),
+        "Every worker of the cluster, this node included: state, load, executors and labels.",
+    ),
+}
+"""Every command: its modules register it on `cli` when imported, which happens only when it
+runs or shows its own help (they import pydantic, the API's schemas and more)."""
 
 
 class UserError(click.ClickException):
@@ -114,11 +148,49 @@ class Command(_Verbose, click.Command):
 
 class Group(_Verbose, click.Group):
     command_class = Command
-    group_class = type  # subgroups are of this class too
+    group_class: type[click.Group | type] | None = type  # subgroups are of this class too
+
+
+class _LazyGroup(Group):
+    """The top group: knows its commands by `COMMANDS`, imports one's modules when it is used
+    (click's lazy-loading pattern) and lists them all in its help without importing any."""
+
+    group_class = Group
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            for module in COMMANDS[cmd_name][0]:
+                importlib.import_module(f"{__name__}.{module}")
+        return self.commands.get(cmd_name)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.exceptions.NoSuchCommand as exc:  # suggest from all, not just the loaded
+            raise click.exceptions.NoSuchCommand(
+                exc.command_name, possibilities=self.list_commands(ctx), ctx=ctx
+            ) from None
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """As click lists them, each by its summary in `COMMANDS` unless it is loaded already."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(map(len, names))
+        rows = []
+        for name in names:
+            command = self.commands.get(name) or Command(name, help=COMMANDS[name][1])
+            rows.append((name, command.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
 
 @click.group(
-    cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+    cls=_LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.option(
     "--api",
@@ -162,18 +234,6 @@ def cli(ctx: click.Context, api: str, api_token: str | None, data_dir: Path) -> 
     Add -v to any command to see what it does.
     """
     ctx.obj = ApiClient(api, token=api_token, token_file=token_path(data_dir))
-
-
-# The commands register on `cli` when imported.
-from p2pnode.cli import (  # noqa: E402, F401
-    blob_cmds,
-    dashboard_cmds,
-    job_cmds,
-    log_cmds,
-    member_cmds,
-    node_cmds,
-    worker_cmds,
-)
 
 
 def main() -> None:

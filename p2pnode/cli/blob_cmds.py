@@ -1,4 +1,8 @@
-"""`p2pnode blob ...`: share files as blobs and fetch them by ticket."""
+"""`p2pnode blob ...`: share files as blobs and fetch them by ticket.
+
+The API's models are imported by the command that uses them, so that `blob ... -h` and a usage
+error cost no pydantic.
+"""
 
 from __future__ import annotations
 
@@ -12,21 +16,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 import click
-from pydantic import RootModel
 
 from p2pnode.api.client import ApiClient, ApiError
-from p2pnode.api.schemas import BlobAdded, BlobEntry, Done, FetchEvent, PathRequest
-from p2pnode.blobs.model import BlobInfo, FileIdentity, GcResult
 from p2pnode.cli import EXIT_USAGE, cli, fail, load_settings, parse_blob_ticket
 from p2pnode.cli.progress import TransferProgress
 from p2pnode.fsutil import NotRegularFile, open_regular
-from p2pnode.ids import BlobHash
-from p2pnode.jobs.model import tag_job
 
 if TYPE_CHECKING:
     import iroh
 
     import tickets
+    from p2pnode.api.schemas import BlobAdded
+    from p2pnode.blobs.model import BlobInfo
     from p2pnode.blobs.store import BlobStore
     from p2pnode.config import Settings
     from p2pnode.net.addr import PeerAddr
@@ -34,10 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UPLOAD_CHUNK = 1 << 20
-
-
-class _BlobList(RootModel[list[BlobEntry]]):
-    pass
 
 
 @cli.group()
@@ -99,6 +96,9 @@ def _open_shareable(path: Path) -> BinaryIO:
 
 def add_in_place(api: ApiClient, path: Path) -> BlobAdded:
     """Have the node hash the file where it is and serve it from there (no copy, no upload)."""
+    from p2pnode.api.schemas import BlobAdded, PathRequest
+    from p2pnode.blobs.model import FileIdentity
+
     with _open_shareable(path) as f:
         body = PathRequest(
             path=path.resolve(),
@@ -120,6 +120,9 @@ def upload(api: ApiClient, path: Path, *, pin: bool = True) -> BlobAdded:
     else (it runs in another container or as another user, or the file was replaced) the content
     is streamed to it over HTTP. A job's files go unpinned (`pin=False`): the job holds them,
     and removing it frees them."""
+    from p2pnode.api.schemas import BlobAdded, PathRequest
+    from p2pnode.blobs.model import FileIdentity
+
     with _open_shareable(path) as f:
         st = os.fstat(f.fileno())
         body = PathRequest(path=path.resolve(), pin=pin, expect=FileIdentity.of(st))
@@ -216,6 +219,8 @@ def get(api: ApiClient, ticket: str, output: Path, force: bool) -> None:
 
 
 def _fetch_via_node(api: ApiClient, ticket: str, progress: TransferProgress) -> BlobInfo:
+    from p2pnode.api.schemas import FetchEvent
+
     for event in api.stream("POST", "/blobs/fetch", FetchEvent, json={"ticket": ticket}):
         if event.progress is not None:
             progress.update(event.progress.bytes_done)
@@ -271,6 +276,7 @@ async def _fetch_standalone(
     from p2pnode.blobs.fetch import FetchError, fetch_blob
     from p2pnode.blobs.protocol import BLOBS_ALPN
     from p2pnode.blobs.store import StoreError
+    from p2pnode.ids import BlobHash
     from p2pnode.net.addr import PeerAddr
     from p2pnode.net.dialer import Dialer
     from p2pnode.net.endpoint import bind_endpoint, close_endpoint
@@ -329,7 +335,12 @@ def list_blobs(api: ApiClient) -> None:
     Example:
       p2pnode blob ls
     """
-    for info in api.request("GET", "/blobs", _BlobList).root:
+    from pydantic import RootModel
+
+    from p2pnode.api.schemas import BlobEntry
+    from p2pnode.jobs.model import tag_job
+
+    for info in api.request("GET", "/blobs", RootModel[list[BlobEntry]]).root:
         tags = [t for t in info.tags if tag_job(t) is None]
         flags = ",".join(["pinned"] * info.pinned + tags) or "-"
         click.echo(f"{info.hash}  {info.size:>12}  {flags}  {','.join(info.jobs) or '-'}")
@@ -348,6 +359,8 @@ def remove(api: ApiClient, blob_hash: str, force: bool) -> None:
     Example:
       p2pnode blob rm 140273d7f520a3b2a06db7862befbf1c5c610720abfdd373abea5439b9025102
     """
+    from p2pnode.api.schemas import Done
+
     api.delete(f"/blobs/{blob_hash}", Done, params={"force": force})
     click.echo(f"removed {blob_hash}")
 
@@ -361,6 +374,8 @@ def gc(api: ApiClient) -> None:
     Example:
       p2pnode blob gc
     """
+    from p2pnode.blobs.model import GcResult
+
     result = api.post("/blobs/gc", GcResult)
     click.echo(
         f"removed {len(result.removed)} blobs and {len(result.removed_partials)} partial "
@@ -378,6 +393,8 @@ def pin(api: ApiClient, blob_hash: str) -> None:
     Example:
       p2pnode blob pin 140273d7f520a3b2a06db7862befbf1c5c610720abfdd373abea5439b9025102
     """
+    from p2pnode.api.schemas import Done
+
     api.post(f"/blobs/{blob_hash}/pin", Done)
     click.echo(f"pinned {blob_hash}")
 
@@ -392,5 +409,7 @@ def unpin(api: ApiClient, blob_hash: str) -> None:
     Example:
       p2pnode blob unpin 140273d7f520a3b2a06db7862befbf1c5c610720abfdd373abea5439b9025102
     """
+    from p2pnode.api.schemas import Done
+
     api.delete(f"/blobs/{blob_hash}/pin", Done)
     click.echo(f"unpinned {blob_hash}")

@@ -5,16 +5,9 @@ from __future__ import annotations
 import time
 
 import click
-from pydantic import RootModel
 
 from p2pnode.api.client import ApiClient
-from p2pnode.api.schemas import Done, MemberStatus
 from p2pnode.cli import EXIT_USAGE, cli, fail
-from p2pnode.ids import parse_node_id
-
-
-class _MemberList(RootModel[list[MemberStatus]]):
-    pass
 
 
 @cli.group()
@@ -40,7 +33,11 @@ def list_members(api: ApiClient, as_json: bool) -> None:
     Example:
       p2pnode member ls --json
     """
-    members = api.get("/members", _MemberList)
+    from pydantic import RootModel
+
+    from p2pnode.api.schemas import MemberStatus
+
+    members = api.get("/members", RootModel[list[MemberStatus]])
     if as_json:
         click.echo(members.model_dump_json(indent=2))
         return
@@ -64,6 +61,9 @@ def remove_member(api: ApiClient, node_id: str) -> None:
     Example:
       p2pnode member rm f41092dc7c6dcf8fcfc1cd82d677a4fb336ff6d4b31ea42829b4383de1510365
     """
+    from p2pnode.api.schemas import Done
+    from p2pnode.ids import parse_node_id
+
     try:
         member_id = parse_node_id(node_id)
     except ValueError:

@@ -173,8 +173,8 @@ def status(api: ApiClient, as_json: bool) -> None:
       p2pnode status
       p2pnode status --json
     """
-    from p2pnode.api.schemas import NodeStatus
     from p2pnode.labels import format_labels
+    from p2pnode.status import NodeStatus  # not through api.schemas, which loads far more
 
     st = api.get("/status", NodeStatus)
     if as_json:

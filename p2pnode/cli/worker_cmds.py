@@ -7,21 +7,12 @@ import time
 from typing import get_args
 
 import click
-from pydantic import RootModel
 
 from p2pnode.api.client import ApiClient
-from p2pnode.api.schemas import DrainStatus
 from p2pnode.cli import cli, fail
-from p2pnode.jobs.heartbeat import WorkerState, WorkerView
-from p2pnode.labels import format_labels
 
-STATE_WIDTH = max(len(state) for state in get_args(WorkerState))
 DRAIN_POLL_S = 30.0
 """How long one `POST /drain` waits for the running jobs before the CLI asks again."""
-
-
-class _WorkerList(RootModel[list[WorkerView]]):
-    pass
 
 
 @cli.command()
@@ -37,7 +28,13 @@ def workers(api: ApiClient, as_json: bool) -> None:
     Example:
       p2pnode workers --json
     """
-    found = api.get("/workers", _WorkerList)
+    from pydantic import RootModel
+
+    from p2pnode.jobs.heartbeat import WorkerState, WorkerView
+    from p2pnode.labels import format_labels
+
+    state_width = max(len(state) for state in get_args(WorkerState))
+    found = api.get("/workers", RootModel[list[WorkerView]])
     if as_json:
         click.echo(found.model_dump_json(indent=2))
         return
@@ -45,7 +42,7 @@ def workers(api: ApiClient, as_json: bool) -> None:
         executors = ",".join(e.kind if e.answers else f"!{e.kind}" for e in w.executors)
         slots = f"{w.slots_total - w.slots_free}/{w.slots_total}"
         click.echo(
-            f"{w.node_id}  {w.state:{STATE_WIDTH}}  slots {slots}  "
+            f"{w.node_id}  {w.state:{state_width}}  slots {slots}  "
             f"{executors or '-':16}  seen {w.age_s:.0f}s ago  v{w.version}  "
             f"{format_labels(w.labels)}"
         )
@@ -79,6 +76,8 @@ def drain(api: ApiClient, wait: bool, release: bool, timeout: float | None) -> N
       p2pnode drain --wait && systemctl reboot
       p2pnode drain --release --wait
     """
+    from p2pnode.api.schemas import DrainStatus
+
     deadline = None if timeout is None else time.monotonic() + timeout
     state = api.post("/drain", DrainStatus, params={"release": release})
     while wait and state.running:
@@ -102,5 +101,7 @@ def undrain(api: ApiClient) -> None:
     Example:
       p2pnode undrain
     """
+    from p2pnode.api.schemas import DrainStatus
+
     api.post("/undrain", DrainStatus)
     click.echo("undrained: claiming jobs")

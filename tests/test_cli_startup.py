@@ -1,0 +1,101 @@
+"""What the CLI imports before it does anything, which every command pays: `--version` and `-h`
+load click and the top package only, a command's help its own module, and no HTTP stack or
+pydantic before a request is made. Counted in modules, so load on the machine cannot move it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.nodeproc import run_cli
+
+TOP = {
+    "p2pnode",
+    "p2pnode.api",
+    "p2pnode.api.client",
+    "p2pnode.apitoken",
+    "p2pnode.cli",
+    "p2pnode.fsutil",
+}
+"""The project's modules every command loads."""
+NOT_BEFORE_A_REQUEST = ("pydantic", "http.client", "ssl", "email", "p2pnode.api.schemas")
+
+
+def imported_by(tmp_path: Path, *args: str) -> set[str]:
+    """The modules `python -m p2pnode ARGS` has loaded when it exits."""
+    listing = tmp_path / "modules.txt"
+    code = (
+        "import atexit, runpy, sys\n"
+        f"atexit.register(lambda: open({str(listing)!r}, 'w').write('\\n'.join(sys.modules)))\n"
+        f"sys.argv = ['p2pnode', *{args!r}]\n"
+        "runpy.run_module('p2pnode', run_name='__main__')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], capture_output=True, check=False, timeout=60)
+    return set(listing.read_text().split())
+
+
+def project(modules: set[str]) -> set[str]:
+    return {m for m in modules if m.split(".")[0] in ("p2pnode", "tickets")}
+
+
+@pytest.mark.parametrize("args", [("--version",), ("-h",), ()])
+def test_version_and_help_load_no_command(tmp_path: Path, args: tuple[str, ...]) -> None:
+    loaded = imported_by(tmp_path, *args)
+    assert project(loaded) == TOP
+    assert sorted(m for m in (*NOT_BEFORE_A_REQUEST, "secrets") if m in loaded) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "own"),
+    [
+        (("blob", "add", "--help"), {"p2pnode.cli.blob_cmds", "p2pnode.cli.progress"}),
+        (("blob", "add", "/no/such/file"), {"p2pnode.cli.blob_cmds", "p2pnode.cli.progress"}),
+        (("status", "-h"), {"p2pnode.cli.node_cmds"}),
+        (("member", "rm", "-h"), {"p2pnode.cli.member_cmds"}),
+    ],
+)
+def test_a_command_without_a_request_loads_only_its_module(
+    tmp_path: Path, args: tuple[str, ...], own: set[str]
+) -> None:
+    loaded = imported_by(tmp_path, *args)
+    assert project(loaded) == TOP | own
+    assert sorted(m for m in NOT_BEFORE_A_REQUEST if m in loaded) == []
+
+
+def test_the_listing_is_what_the_commands_say_and_names_every_one() -> None:
+    """`p2pnode -h` lists each command by its summary in `COMMANDS` without importing it: the
+    same text as once every command module is loaded, and every command the modules define."""
+    code = (
+        "import pkgutil, sys, click, p2pnode.cli as package\n"
+        "from p2pnode.cli import COMMANDS, cli\n"
+        "def listing():\n"
+        "    return cli.get_help(click.Context(cli, info_name='p2pnode'))\n"
+        "lazy = listing()\n"
+        "assert not [m for m in sys.modules if m.endswith('_cmds')], 'help imported a command'\n"
+        "for module in pkgutil.iter_modules(package.__path__):\n"
+        "    __import__(f'p2pnode.cli.{module.name}')\n"
+        "assert sorted(cli.commands) == sorted(COMMANDS), sorted(cli.commands)\n"
+        "for name, command in cli.commands.items():\n"
+        "    assert command.callback.__module__.rpartition('.')[2] in COMMANDS[name][0], name\n"
+        "assert listing() == lazy, (lazy, listing())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_status_loads_the_status_models_only(tmp_path: Path) -> None:
+    """Not the API's whole vocabulary (jobs, blobs, requests) for the one reply it reads."""
+    loaded = imported_by(tmp_path, "--api", "127.0.0.1:1", "status")  # nothing answers there
+    assert {"http.client", "p2pnode.status"} <= loaded
+    assert "p2pnode.api.schemas" not in loaded
+
+
+def test_a_mistyped_command_is_matched_against_every_command() -> None:
+    """Also against those whose modules were not loaded (all of them, here)."""
+    result = run_cli("stauts", check=False)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: No such command 'stauts'.")
+    assert "'status'" in result.stderr and result.stderr.count("\n") == 1
