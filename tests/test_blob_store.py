@@ -176,6 +176,29 @@ async def test_disk_full_during_add_leaves_nothing(
     assert await store.list() == []
 
 
+async def test_file_that_grows_during_add(
+    store: BlobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file still being written (a log, a download): its first chunk ends where the file then
+    ended, off any page boundary, and the next one starts there; the blob is what was copied."""
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(5000))
+    real_start_writeback = store_mod.start_writeback
+
+    def append_after_first_chunk(fd: int, offset: int, length: int) -> None:
+        real_start_writeback(fd, offset, length)
+        if offset == 0:
+            with open(src, "ab") as f:
+                f.write(os.urandom(3000))
+
+    monkeypatch.setattr(store_mod, "start_writeback", append_after_first_chunk)
+    info = await store.add_path(src)
+    data = src.read_bytes()
+    assert (info.hash, info.size) == (blake3.blake3(data).hexdigest(), 8000)
+    with store.open_read(info.hash) as stored:
+        assert stored.read() == data
+
+
 async def test_disk_full_during_path_add_leaves_nothing(
     store: BlobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -229,9 +229,12 @@ async def _hash_file(src: int, start: int, dst: int | None, doing: str) -> BlobH
             with memoryview(buffers[turn % 2])[:length] as view:
                 yield view
         else:
+            # A mapping starts on a page; a chunk does not after a short one (a growing file).
+            skip = offset % mmap.ALLOCATIONGRANULARITY
             with (
-                mmap.mmap(dst, length, prot=mmap.PROT_READ, offset=offset) as mapped,
-                memoryview(mapped) as view,
+                mmap.mmap(dst, skip + length, prot=mmap.PROT_READ, offset=offset - skip) as mapped,
+                memoryview(mapped) as whole,
+                whole[skip:] as view,
             ):
                 yield view
 
