@@ -102,6 +102,24 @@ async def test_file_adds_over_several_chunks(store: BlobStore, tmp_path: Path) -
     assert os.listdir(store.root / "tmp") == []
 
 
+async def test_file_adds_where_sendfile_writes_only_to_sockets(
+    store: BlobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """macOS and the BSDs: sendfile's output must be a socket; the copy goes through Python."""
+
+    def sockets_only(out_fd: int, in_fd: int, offset: int, count: int) -> int:
+        raise OSError(errno.ENOTSOCK, os.strerror(errno.ENOTSOCK))
+
+    monkeypatch.setattr(store_mod.os, "sendfile", sockets_only)
+    data = os.urandom(READ_CHUNK + 12345)
+    src = tmp_path / "src"
+    src.write_bytes(data)
+    info = await store.add_path(src)
+    assert info.hash == blake3.blake3(data).hexdigest()
+    with store.open_read(info.hash) as stored:
+        assert stored.read() == data
+
+
 async def test_add_is_idempotent(store: BlobStore, tmp_path: Path) -> None:
     data = os.urandom(2 * BLOCK_SIZE + 3)
     src = tmp_path / "src"

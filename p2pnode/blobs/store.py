@@ -202,9 +202,11 @@ async def _hash_file(src: int, start: int, dst: int | None, doing: str) -> BlobH
             try:
                 return os.sendfile(dst, src, offset, count)
             except OSError as exc:
-                if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSOCK):
                     raise
-                in_kernel = False  # a file the kernel cannot splice (e.g. /proc/self/status)
+                # A file the kernel cannot splice (e.g. /proc/self/status), or a system whose
+                # sendfile writes only to sockets (macOS, the BSDs: ENOTSOCK).
+                in_kernel = False
         data = os.pread(src, count, offset)
         write_all(dst, memoryview(data))
         return len(data)
