@@ -318,18 +318,23 @@ async def test_abandoned_download_releases_the_blob(node, api) -> None:
     assert (await httpx.AsyncClient(base_url=node.api_url).get("/health")).status_code == 200
 
 
-async def test_path_add_with_expect_takes_only_that_very_file(node, api, tmp_path: Path) -> None:
-    """`expect` (what the CLI saw on its open file): the node adds the path only if it opens
-    that same file, and answers 412 otherwise, which the CLI takes as "upload it instead"."""
-    path = tmp_path / "f.bin"
-    path.write_bytes(b"one")
+def identity(path: Path) -> dict[str, int]:
+    """The `expect` of a path add: what the caller's fstat says of its open file."""
     seen = os.stat(path)
-    expect = {
+    return {
         "dev": seen.st_dev,
         "ino": seen.st_ino,
         "size": seen.st_size,
         "mtime_ns": seen.st_mtime_ns,
     }
+
+
+async def test_path_add_with_expect_takes_only_that_very_file(node, api, tmp_path: Path) -> None:
+    """`expect` (what the CLI saw on its open file): the node adds the path only if it opens
+    that same file, and answers 412 otherwise, which the CLI takes as "upload it instead"."""
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"one")
+    expect = identity(path)
     added = await api.post("/blobs", json={"path": str(path), "expect": expect, "pin": False})
     assert added.status_code == 200, added.text
     first = added.json()["blob"]["hash"]
@@ -348,3 +353,20 @@ async def test_path_add_with_expect_takes_only_that_very_file(node, api, tmp_pat
         await api.post("/blobs", json={"path": str(tmp_path / "missing.bin")})
     ).status_code == 400
     assert [b["hash"] for b in (await api.get("/blobs")).json()] == [first]
+
+
+async def test_path_add_with_expect_where_the_path_is_private_here(
+    node, api, tmp_path: Path
+) -> None:
+    """A caller in another container names its file by a path that, where the node runs, lies
+    in the node's data folder: not the caller's file there, so 412 and the caller uploads it.
+    The node's own file, expected as the caller sees it (the same file), is still refused."""
+    token = node.settings.data_dir / "api-token"
+    (tmp_path / "f.bin").write_bytes(b"the caller's")
+    elsewhere = await api.post(
+        "/blobs", json={"path": str(token), "expect": identity(tmp_path / "f.bin")}
+    )
+    assert elsewhere.status_code == 412, elsewhere.text
+    own = await api.post("/blobs", json={"path": str(token), "expect": identity(token)})
+    assert own.status_code == 403 and "data folder" in own.json()["detail"]
+    assert (await api.get("/blobs")).json() == []

@@ -103,6 +103,24 @@ async def test_file_adds_over_several_chunks(store: BlobStore, tmp_path: Path) -
     assert os.listdir(store.root / "tmp") == []
 
 
+async def test_file_adds_where_sendfile_writes_only_to_sockets(
+    store: BlobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """macOS and the BSDs: sendfile's output must be a socket; the copy goes through Python."""
+
+    def sockets_only(out_fd: int, in_fd: int, offset: int, count: int) -> int:
+        raise OSError(errno.ENOTSOCK, os.strerror(errno.ENOTSOCK))
+
+    monkeypatch.setattr(store_mod.os, "sendfile", sockets_only)
+    data = os.urandom(READ_CHUNK + 12345)
+    src = tmp_path / "src"
+    src.write_bytes(data)
+    info = await store.add_path(src)
+    assert info.hash == blake3.blake3(data).hexdigest()
+    with store.open_read(info.hash) as stored:
+        assert stored.read() == data
+
+
 async def test_add_is_idempotent(store: BlobStore, tmp_path: Path) -> None:
     data = os.urandom(2 * BLOCK_SIZE + 3)
     src = tmp_path / "src"
@@ -175,6 +193,29 @@ async def test_disk_full_during_add_leaves_nothing(
         await store.add_bytes(os.urandom(3 * BLOCK_SIZE))
     assert os.listdir(store.root / "tmp") == []
     assert await store.list() == []
+
+
+async def test_file_that_grows_during_add(
+    store: BlobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file still being written (a log, a download): its first chunk ends where the file then
+    ended, off any page boundary, and the next one starts there; the blob is what was copied."""
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(5000))
+    real_start_writeback = store_mod.start_writeback
+
+    def append_after_first_chunk(fd: int, offset: int, length: int) -> None:
+        real_start_writeback(fd, offset, length)
+        if offset == 0:
+            with open(src, "ab") as f:
+                f.write(os.urandom(3000))
+
+    monkeypatch.setattr(store_mod, "start_writeback", append_after_first_chunk)
+    info = await store.add_path(src)
+    data = src.read_bytes()
+    assert (info.hash, info.size) == (blake3.blake3(data).hexdigest(), 8000)
+    with store.open_read(info.hash) as stored:
+        assert stored.read() == data
 
 
 async def test_disk_full_during_path_add_leaves_nothing(

@@ -78,6 +78,26 @@ async def test_ready_call_is_still_a_schedule_point(
         assert ran.is_set(), "ready calls must still let other tasks run"
 
 
+async def test_call_failing_at_once_is_still_a_schedule_point(
+    endpoint_pair: tuple[iroh.Endpoint, iroh.Endpoint],
+) -> None:
+    """A call whose error is there inside the poll (a write after finish) yields too, as
+    trio's own socket operations do when they raise: a loop of failing calls starves nobody."""
+    send, _recv = await open_stream(*endpoint_pair)
+    await send.finish()
+    ran = trio.Event()
+
+    async def other() -> None:
+        ran.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other)
+        for _ in range(2):  # as above: two schedule points let `other` run
+            with pytest.raises(iroh.IrohError):
+                await send.write_all(b"after finish")
+        assert ran.is_set(), "failing calls must still let other tasks run"
+
+
 async def test_cancelled_caller_starts_no_rust_call(
     endpoint_pair: tuple[iroh.Endpoint, iroh.Endpoint],
 ) -> None:

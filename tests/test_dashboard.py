@@ -77,6 +77,21 @@ async def test_pages_are_data_free_shells_and_fragments_need_the_session(node) -
         assert (await browser.post("/login-codes")).status_code == 401
 
 
+async def test_a_page_from_before_the_upgrade_is_sent_to_log_in(node) -> None:
+    """A tab opened before sessions moved to a header polls with htmx and the old cookie: htmx
+    follows HX-Redirect (even on a 401) to the login page, instead of freezing on stale data.
+    Today's script, which sends the header, handles a 401 itself (it forgets the secret)."""
+    async with anonymous(node) as old_tab:
+        port = httpx.URL(node.api_url).port
+        old_tab.cookies.set(session_cookie(port), "a session of the previous version")
+        polled = await old_tab.get("/ui/jobs", headers={"HX-Request": "true"})
+        assert polled.status_code == 401 and polled.headers["hx-redirect"] == "/login"
+        stale = await old_tab.get(
+            "/ui/jobs", headers={"HX-Request": "true", SESSION_HEADER: "expired"}
+        )
+        assert stale.status_code == 401 and "hx-redirect" not in stale.headers
+
+
 async def test_static_assets_are_served_from_the_package(node) -> None:
     async with anonymous(node) as browser:
         htmx = await browser.get("/static/htmx.min.js")

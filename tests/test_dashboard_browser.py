@@ -30,10 +30,22 @@ pytestmark = [
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[object]:
+    yield from chromium(tmp_path)
+
+
+@pytest.fixture
+def browser_without_storage(tmp_path: Path) -> Iterator[object]:
+    """Site data blocked (cookies and storage, as privacy settings do): localStorage throws."""
+    yield from chromium(tmp_path, {"profile.default_content_setting_values.cookies": 2})
+
+
+def chromium(tmp_path: Path, prefs: dict[str, object] | None = None) -> Iterator[object]:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
+    if prefs:
+        options.add_experimental_option("prefs", prefs)
     assert CHROMIUM is not None and CHROMEDRIVER is not None
     # With both paths given, selenium never runs selenium-manager (which would download).
     options.binary_location = CHROMIUM
@@ -190,3 +202,28 @@ def test_browser_watches_a_cli_job_succeed_without_a_reload(tmp_path: Path, brow
             worker.stop()
     finally:
         origin.stop()
+
+
+def test_browser_that_keeps_no_site_data_is_told_why_it_cannot_log_in(
+    tmp_path: Path, browser_without_storage
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser_without_storage
+    node = NodeProcess(tmp_path / "node")
+    try:
+        driver.get(node.cli("dashboard").stdout.strip())
+        wait_for(
+            lambda: "site data" in driver.find_element(By.ID, "login-error").text,
+            "the login page to say the browser blocks site data",
+            timeout=PAGE_TIMEOUT_S,
+        )
+        # A shell does not stay blank either: it leads to the login page, which says it again.
+        driver.get(f"{node.api}/")
+        wait_for(
+            lambda: driver.current_url == f"{node.api}/login",
+            "the dashboard to lead to the login page",
+            timeout=PAGE_TIMEOUT_S,
+        )
+    finally:
+        node.stop()

@@ -165,11 +165,10 @@ def create_app(node: Node, sessions: Sessions) -> FastAPI:
         block, and the blob goes missing if the file changes. With `expect`, only if the node
         opens that very file: 412 otherwise (it cannot read it, or sees another file there), so
         that the caller uploads its content instead (`PUT /blobs`)."""
-        real = await trio.to_thread.run_sync(os.path.realpath, request.path)
-        source = _outside_private_dirs(node, Path(real))
+        real = Path(await trio.to_thread.run_sync(os.path.realpath, request.path))
         refused = 400 if request.expect is None else 412
         try:
-            f = open_regular(source)
+            f = open_regular(real)
         except NotRegularFile as exc:
             raise HTTPException(refused, str(exc)) from None
         except OSError as exc:
@@ -179,6 +178,9 @@ def create_app(node: Node, sessions: Sessions) -> FastAPI:
                 raise HTTPException(
                     412, f"{request.path} is not the caller's file where the node sees it"
                 )
+            # Only now: the caller's file at what is a private path here (another container)
+            # was answered 412 above, to be uploaded; this node's own file is refused.
+            source = _outside_private_dirs(node, real)
             with store_errors():
                 if request.in_place:
                     info = await node.blobs.add_in_place(source, pin=request.pin)

@@ -153,6 +153,10 @@ class ApiGuard:
         ]
         if status == 401:
             answer.append((b"www-authenticate", b"Bearer"))
+            if "hx-request" in headers and SESSION_HEADER not in headers:
+                # A dashboard page from before the session header (it polls with the old cookie):
+                # its htmx follows this to the login page. Today's script handles a 401 itself.
+                answer.append((b"hx-redirect", LOGIN_PATH.encode()))
         await send({"type": "http.response.start", "status": status, "headers": answer})
         await send({"type": "http.response.body", "body": body})
 

@@ -205,9 +205,11 @@ async def _hash_file(src: int, start: int, dst: int | None, doing: str) -> BlobH
             try:
                 return os.sendfile(dst, src, offset, count)
             except OSError as exc:
-                if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSOCK):
                     raise
-                in_kernel = False  # a file the kernel cannot splice (e.g. /proc/self/status)
+                # A file the kernel cannot splice (e.g. /proc/self/status), or a system whose
+                # sendfile writes only to sockets (macOS, the BSDs: ENOTSOCK).
+                in_kernel = False
         data = os.pread(src, count, offset)
         write_all(dst, memoryview(data))
         return len(data)
@@ -232,9 +234,12 @@ async def _hash_file(src: int, start: int, dst: int | None, doing: str) -> BlobH
             with memoryview(buffers[turn % 2])[:length] as view:
                 yield view
         else:
+            # A mapping starts on a page; a chunk does not after a short one (a growing file).
+            skip = offset % mmap.ALLOCATIONGRANULARITY
             with (
-                mmap.mmap(dst, length, prot=mmap.PROT_READ, offset=offset) as mapped,
-                memoryview(mapped) as view,
+                mmap.mmap(dst, skip + length, prot=mmap.PROT_READ, offset=offset - skip) as mapped,
+                memoryview(mapped) as whole,
+                whole[skip:] as view,
             ):
                 yield view
 

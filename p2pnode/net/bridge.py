@@ -10,8 +10,8 @@ is already there. We replace that one function with a trio-native one (DESIGN.md
 - a callback from a Rust thread is queued in the run's inbox, and one trio-token call drains all
   that arrived before trio got to it, waking each parked task directly;
 - the call is a checkpoint as trio's own socket operations are: it raises `Cancelled` before the
-  Rust call starts, and a call that completed without parking yields once, shielded, so a result
-  that already exists is never dropped by a cancellation.
+  Rust call starts, and a call that completed without parking (with its result or its error)
+  yields once, shielded, so a result that already exists is never dropped by a cancellation.
 A cancelled wait frees the Rust future (the `finally` below), which drops it and makes Rust
 answer its pending callback, so nothing is left registered.
 
@@ -159,11 +159,11 @@ async def _rust_call_async(
     error_ffi_converter: Any,
 ) -> Any:
     """Drop-in for the generated `_uniffi_rust_call_async` (same arguments, same result)."""
+    parked = False
     try:
         await trio.lowlevel.checkpoint_if_cancelled()
         inbox = _current_inbox()
         thread = threading.get_ident()
-        parked = False
         while True:
             poll = _Poll(inbox, thread)
             handle = next(_handles)
@@ -172,16 +172,15 @@ async def _rust_call_async(
             poll.polling = False
             if poll.code is None:
                 poll.task = trio.lowlevel.current_task()
-                await trio.lowlevel.wait_task_rescheduled(poll.abort)
                 parked = True
+                await trio.lowlevel.wait_task_rescheduled(poll.abort)
             if poll.code == iroh_ffi._UNIFFI_RUST_FUTURE_POLL_READY:
                 break
-        result = lift_func(_rust_call_with_error(error_ffi_converter, ffi_complete, rust_future))
+        return lift_func(_rust_call_with_error(error_ffi_converter, ffi_complete, rust_future))
     finally:
         ffi_free(rust_future)
-    if not parked:
-        await trio.lowlevel.cancel_shielded_checkpoint()
-    return result
+        if not parked:  # its result, or its error, came without a yield: yield once now
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
 
 def _rust_call_with_error(error_ffi_converter: Any, fn: Callable[..., Any], *args: Any) -> Any:

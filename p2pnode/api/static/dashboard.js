@@ -5,14 +5,26 @@
 
 const SESSION = "p2pnode-session";
 const LOGIN = "/login";
+const NO_STORAGE =
+  "This browser keeps no site data for this page (cookies and site data are blocked), so the " +
+  "dashboard cannot keep its session: allow site data for this address, then log in.";
+
+// Where privacy settings block site data, reading localStorage throws (Chromium) or gives null.
+const storage = (() => {
+  try {
+    return window.localStorage;
+  } catch {
+    return null;
+  }
+})();
 
 function sessionHeaders() {
-  const secret = localStorage.getItem(SESSION);
+  const secret = storage?.getItem(SESSION);
   return secret ? { "X-P2pnode-Session": secret } : {};
 }
 
 function toLogin() {
-  localStorage.removeItem(SESSION);
+  storage?.removeItem(SESSION);
   location.replace(LOGIN);
 }
 
@@ -26,7 +38,7 @@ function detailOf(body, status) {
 }
 
 // A shell without a session would only load refusals.
-if (location.pathname !== LOGIN && !localStorage.getItem(SESSION)) toLogin();
+if (location.pathname !== LOGIN && !storage?.getItem(SESSION)) toLogin();
 
 document.addEventListener("htmx:configRequest", (event) => {
   if (new URL(event.detail.path, location.href).origin === location.origin) {
@@ -71,8 +83,14 @@ async function logout() {
   }
 }
 
-async function logIn(credential) {
+function showLoginError(text) {
   const error = document.getElementById("login-error");
+  error.textContent = text;
+  error.hidden = false;
+}
+
+async function logIn(credential) {
+  if (!storage) return showLoginError(NO_STORAGE);
   let response;
   try {
     response = await fetch(LOGIN, {
@@ -81,16 +99,10 @@ async function logIn(credential) {
       body: JSON.stringify(credential),
     });
   } catch {
-    error.textContent = "The node does not answer.";
-    error.hidden = false;
-    return;
+    return showLoginError("The node does not answer.");
   }
-  if (!response.ok) {
-    error.textContent = detailOf(await response.text(), response.status);
-    error.hidden = false;
-    return;
-  }
-  localStorage.setItem(SESSION, (await response.json()).session);
+  if (!response.ok) return showLoginError(detailOf(await response.text(), response.status));
+  storage.setItem(SESSION, (await response.json()).session);
   location.replace("/");
 }
 
@@ -119,6 +131,8 @@ document.addEventListener("DOMContentLoaded", () => {
     event.preventDefault();
     logIn({ token: form.elements.token.value.trim() });
   });
+  // Said before anything is pasted; a link's code is then left unspent.
+  if (!storage) return showLoginError(NO_STORAGE);
   // A `p2pnode dashboard` link: its code rides in the fragment, which no request carries.
   const code = new URLSearchParams(location.hash.slice(1)).get("code");
   if (code) {
