@@ -234,6 +234,24 @@ async def test_disk_full_during_path_add_leaves_nothing(
     assert await store.list() == []
 
 
+async def test_path_add_where_the_filesystem_maps_no_file(
+    store: BlobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some FUSE and 9p mounts refuse to map a file: the copy is read back and hashed instead."""
+    data = os.urandom(2 * READ_CHUNK + 12345)
+    src = tmp_path / "src"
+    src.write_bytes(data)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
+
+    monkeypatch.setattr(store_mod.mmap, "mmap", refuse)
+    info = await store.add_path(src)
+    assert info.hash == blake3.blake3(data).hexdigest()
+    await store.export(info.hash, tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == data
+
+
 async def test_disk_full_during_a_streamed_add_says_so(
     store: BlobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

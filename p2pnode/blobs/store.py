@@ -235,12 +235,21 @@ async def _hash_file(src: int, start: int, dst: int | None, doing: str) -> BlobH
                 yield view
         else:
             # A mapping starts on a page; a chunk does not after a short one (a growing file).
+            # Private: 9p refuses a shared mapping of a file open for writing, FUSE's direct_io
+            # any shared one; a filesystem that maps nothing gets the chunk read back instead.
             skip = offset % mmap.ALLOCATIONGRANULARITY
-            with (
-                mmap.mmap(dst, skip + length, prot=mmap.PROT_READ, offset=offset - skip) as mapped,
-                memoryview(mapped) as whole,
-                whole[skip:] as view,
-            ):
+            try:
+                mapped = mmap.mmap(
+                    dst,
+                    skip + length,
+                    flags=mmap.MAP_PRIVATE,
+                    prot=mmap.PROT_READ,
+                    offset=offset - skip,
+                )
+            except OSError:
+                yield memoryview(os.pread(dst, length, offset))
+                return
+            with mapped, memoryview(mapped) as whole, whole[skip:] as view:
                 yield view
 
     async def fetch_into(result: list[int], offset: int, turn: int) -> None:
