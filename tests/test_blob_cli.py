@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import blake3
 import pytest
@@ -262,3 +265,58 @@ def test_blob_add_uploads_a_file_the_node_may_not_read(tmp_path: Path) -> None:
         assert "Permission denied); uploading it" in result.stderr
     finally:
         node.kill()
+
+
+class _PreviousVersionNode(http.server.BaseHTTPRequestHandler):
+    """A node of the version before path adds with `expect`: its API refuses the unknown field
+    (422, as pydantic's extra="forbid" does) and takes uploads."""
+
+    uploaded: ClassVar[list[bytes]] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self._answer(422, {"detail": [{"loc": ["body", "expect"], "msg": "Extra inputs"}]})
+
+    def do_PUT(self) -> None:
+        data = self.rfile.read(int(self.headers["Content-Length"]))
+        self.uploaded.append(data)
+        h = blake3.blake3(data).hexdigest()
+        self._answer(200, {"blob": {"hash": h, "size": len(data), "root": h}, "ticket": "blob1"})
+
+    def _answer(self, status: int, body: object) -> None:
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_blob_add_uploads_to_a_node_of_the_previous_version(tmp_path: Path) -> None:
+    """Right after an upgrade the running node is still the old one: `blob add` must still work."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _PreviousVersionNode)
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    try:
+        src = tmp_path / "file"
+        src.write_bytes(os.urandom(5000))
+        api = f"http://127.0.0.1:{server.server_address[1]}"
+        result = run_cli(
+            "--data",
+            str(tmp_path / "data"),
+            "--api",
+            api,
+            "--api-token",
+            "t",
+            "blob",
+            "add",
+            str(src),
+        )
+        assert f"hash:   {blake3.blake3(src.read_bytes()).hexdigest()}" in result.stdout
+        assert _PreviousVersionNode.uploaded == [src.read_bytes()]
+    finally:
+        server.shutdown()
+        serving.join()

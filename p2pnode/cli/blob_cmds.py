@@ -129,7 +129,8 @@ def upload(api: ApiClient, path: Path, *, pin: bool = True) -> BlobAdded:
         try:
             added = api.post("/blobs", BlobAdded, json=body.model_dump(mode="json"), timeout=None)
         except ApiError as exc:
-            if exc.status != HTTPStatus.PRECONDITION_FAILED:
+            # 422: a node still running the previous version knows no `expect` (just upgraded).
+            if exc.status not in (HTTPStatus.PRECONDITION_FAILED, HTTPStatus.UNPROCESSABLE_ENTITY):
                 raise
             log.info("the node cannot read %s itself (%s); uploading it", path, exc)
         else:
