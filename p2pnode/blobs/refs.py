@@ -6,15 +6,15 @@ that GC, removal and commits never race a new reference.
 
 Durability: WAL with `synchronous=NORMAL`, except that a pin is fsynced before it returns. A
 commit is in the WAL when it returns, so killing the process (kill -9, OOM) loses nothing; only
-an OS crash or power loss can drop the last seconds of commits. For a tag that is the same
-promise its holder has: every tag is a job's hold (`jobs.model.job_tag`), written next to the
-job's record in the job store, which is itself NORMAL. A job that is live after a power loss is
-kept by its record whatever its tags say (GC's `protected`, from the job store); a lost tag of
-a job that finished in those seconds at worst lets GC free a blob of a job whose own record was
-as likely to be lost. FULL would cost every job submit an fsync (about one per tag) for that.
-A pin is a person's (`blob add`, `blob pin`): nothing else remembers it, and losing it would let
-GC delete their data, so it alone is committed with FULL (which also makes every earlier commit
-in the WAL durable).
+an OS crash or power loss can drop the last seconds of commits. Every tag is a job's hold
+(`jobs.model.job_tag`), taken next to a change of the job's record in the job store, which makes
+the same promise (NORMAL). What a lost tag can do: a job that is live after the power loss keeps
+its blobs by its record whatever its tags say (GC's `protected`); a job that finished in those
+seconds and whose record survived (the two files reach the disk independently) may have a blob
+freed by a later GC, an output then being left only on the worker that made it (kept there until
+retention). FULL would cost every job submit an fsync (one per tag) to rule that out. A pin is a
+person's (`blob add`, `blob pin`): nothing else remembers it and losing it would let GC delete
+their data, so it alone is committed with FULL (which makes every earlier commit durable too).
 """
 
 from __future__ import annotations
