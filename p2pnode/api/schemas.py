@@ -119,6 +119,7 @@ class LoginCode(BaseModel):
 
 
 class BlobEntry(BlobInfo):
-    """A blob as `GET /blobs` lists it: `jobs` are the jobs holding it (by their tags)."""
+    """A blob as `GET /blobs` lists it: `jobs` are the jobs holding it by the tags listed (every
+    job unless `tag_count` says there are more tags)."""
 
     jobs: list[str] = []

@@ -18,6 +18,9 @@ class BlobInfo(BaseModel):
     root: BlobHashField
     pinned: bool = False
     tags: tuple[str, ...] = ()
+    """Its first tags by name (`refs.TAGS_LISTED`): a blob can have thousands."""
+    tag_count: int = 0
+    """All its tags."""
 
 
 class PartialProgress(BaseModel):

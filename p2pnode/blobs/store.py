@@ -402,8 +402,15 @@ class BlobStore:
                 raise BlobNotFound(f"blob {h} is not in the store")
             bl = self._read_block_list(h)
         with self._lock:
-            pinned, tags = self._refs.of(h)
-        return BlobInfo(hash=h, size=bl.size, root=bl.root_hex, pinned=pinned, tags=tags)
+            refs = self._refs.of(h)
+        return BlobInfo(
+            hash=h,
+            size=bl.size,
+            root=bl.root_hex,
+            pinned=refs.pinned,
+            tags=refs.tags,
+            tag_count=refs.tag_count,
+        )
 
     def _read_block_list(self, h: BlobHash) -> BlockList:
         try:
@@ -770,9 +777,11 @@ class BlobStore:
                     raise BlobInUse(
                         f"blob {h} is in use (being read, served or written); retry later or force"
                     )
-                pinned, tags = self._refs.of(h)
-                if pinned or tags:
-                    why = ", ".join((["pinned"] if pinned else []) + [f"tag {t!r}" for t in tags])
+                refs = self._refs.of(h)
+                if refs.pinned or refs.tags:
+                    why = ", ".join(["pinned"] * refs.pinned + [f"tag {t!r}" for t in refs.tags])
+                    if more := refs.tag_count - len(refs.tags):
+                        why += f" and {more} more tags"
                     raise BlobInUse(f"blob {h} is kept by {why}; unpin/untag it first or force")
             else:
                 self._refs.drop(h)

@@ -332,6 +332,9 @@ async def _fetch_standalone(
 def list_blobs(api: ApiClient) -> None:
     """List stored blobs: hash, size, pins and tags, and the jobs that hold it.
 
+    A blob that many jobs hold (a module every job used) shows how many tags hold it and the
+    first few jobs.
+
     \b
     Example:
       p2pnode blob ls
@@ -344,7 +347,10 @@ def list_blobs(api: ApiClient) -> None:
     for info in api.request("GET", "/blobs", RootModel[list[BlobEntry]]).root:
         tags = [t for t in info.tags if tag_job(t) is None]
         flags = ",".join(["pinned"] * info.pinned + tags) or "-"
-        click.echo(f"{info.hash}  {info.size:>12}  {flags}  {','.join(info.jobs) or '-'}")
+        jobs = ",".join(info.jobs) or "-"
+        if info.tag_count > len(info.tags):  # a module every job used: the first few jobs
+            jobs = f"{info.tag_count} tags: {jobs},..."
+        click.echo(f"{info.hash}  {info.size:>12}  {flags}  {jobs}")
 
 
 @blob.command(name="rm")

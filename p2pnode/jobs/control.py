@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 import iroh
 from pydantic import TypeAdapter
@@ -38,6 +39,14 @@ control_message: TypeAdapter[model.ControlMessage] = TypeAdapter(model.ControlMe
 
 
 Exchange = Callable[[iroh.Connection], Awaitable[model.ControlMessage]]
+
+
+class Requester(Protocol):
+    """`Dialer.request`: run an exchange with a peer, on a fresh connection again if it fails."""
+
+    def __call__(
+        self, addr: PeerAddr, alpn: bytes, exchange: Exchange, *, idempotent: bool
+    ) -> Awaitable[model.ControlMessage]: ...
 
 
 class ControlError(Exception):
@@ -268,11 +277,13 @@ def _grant(jobs: list[model.Job], lease_s: float) -> model.ClaimGrant:
 
 class ControlClient:
     """Worker side: one request, one reply, on a cached connection to the origin (`Dialer.request`:
-    a connection that fails is replaced at once)."""
+    a connection that fails is replaced at once). Every request is idempotent (a `_Once` carries
+    a request id the origin answers a repeat of with what it did the first time; renewing,
+    starting and stopping twice is doing it once), so one is sent again also when a freshly dialled
+    connection dies under it: otherwise a claim the origin applied would hold the job until its
+    lease lapsed."""
 
-    def __init__(
-        self, request: Callable[[PeerAddr, bytes, Exchange], Awaitable[model.ControlMessage]]
-    ) -> None:
+    def __init__(self, request: Requester) -> None:
         self._request = request
         self._local: tuple[NodeId, ControlServer] | None = None
 
@@ -292,7 +303,7 @@ class ControlClient:
             return await recv_model(bi.recv(), control_message, MAX_CONTROL_FRAME)
 
         try:
-            return await self._request(origin, JOBS_ALPN, exchange)
+            return await self._request(origin, JOBS_ALPN, exchange, idempotent=True)
         except PEER_ERRORS as exc:
             raise ControlError(
                 f"origin {origin.node_id[:10]} did not answer: {describe(exc)}"

@@ -84,17 +84,25 @@ class Dialer:
             return connection
 
     async def request(
-        self, addr: PeerAddr, alpn: bytes, exchange: Callable[[iroh.Connection], Awaitable[T]]
+        self,
+        addr: PeerAddr,
+        alpn: bytes,
+        exchange: Callable[[iroh.Connection], Awaitable[T]],
+        *,
+        idempotent: bool = False,
     ) -> T:
         """Run `exchange` on the cached connection; if a reused connection fails it, drop it and run
-        `exchange` once more on a fresh one at once (the peer may have restarted since)."""
+        `exchange` once more on a fresh one at once (the peer may have restarted since). An
+        `idempotent` exchange is also run again when a fresh connection fails it: the peer may
+        have applied it before the connection died, and running it twice must change nothing
+        (otherwise the caller would wait out whatever the lost reply was to settle)."""
         key = (addr.node_id, alpn)
         reused = key in self._connections and self._connections[key].close_reason() is None
         connection = await self.connect(addr, alpn)
         try:
             return await exchange(connection)
         except (iroh.IrohError, FrameError) as exc:
-            if not reused:
+            if not (reused or idempotent):
                 raise
             log.info("connection to %s failed (%s); redialling", addr.node_id[:10], describe(exc))
             if self._connections.get(key) is connection:
