@@ -93,6 +93,17 @@ def test_status_loads_the_status_models_only(tmp_path: Path) -> None:
     assert "p2pnode.api.schemas" not in loaded
 
 
+@pytest.mark.parametrize("args", [("blob", "add", __file__), ("blob", "rm", "0" * 64)])
+def test_a_blob_command_loads_no_jobs_models(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """Its request and reply models come from `api/blob_schemas.py`, not the whole vocabulary."""
+    loaded = imported_by(tmp_path, "--api", "127.0.0.1:1", *args)  # nothing answers there
+    assert {"http.client", "p2pnode.api.blob_schemas"} <= loaded
+    assert (
+        sorted(m for m in loaded if m.startswith("p2pnode.jobs") or m == "p2pnode.api.schemas")
+        == []
+    )
+
+
 def test_a_mistyped_command_is_matched_against_every_command() -> None:
     """Also against those whose modules were not loaded (all of them, here)."""
     result = run_cli("stauts", check=False)

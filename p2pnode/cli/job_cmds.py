@@ -11,8 +11,9 @@ from typing import Any, TypeVar, get_args
 import click
 from pydantic import RootModel, ValidationError
 
+from p2pnode.api.blob_schemas import BlobAdded
 from p2pnode.api.client import ApiClient
-from p2pnode.api.schemas import BlobAdded, JobView
+from p2pnode.api.schemas import JobView
 from p2pnode.blobs.model import BlobInfo
 from p2pnode.cli import EXIT_USAGE, cli, fail
 from p2pnode.cli.blob_cmds import download, upload
