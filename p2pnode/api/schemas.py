@@ -6,7 +6,10 @@ transport or runtime code.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pydantic import BaseModel
+from pydantic_core import ErrorDetails
 
 from p2pnode.api.blob_schemas import BlobAdded as BlobAdded  # re-exported: one vocabulary
 from p2pnode.api.blob_schemas import BlobEntry as BlobEntry
@@ -38,6 +41,17 @@ class ErrorReply(BaseModel):
     """Every error answer: one line for a person."""
 
     detail: str
+
+
+def invalid_request(errors: Sequence[ErrorDetails], within: tuple[str | int, ...] = ()) -> str:
+    """A 422's detail: one line naming the first bad part, e.g. `invalid blob_hash: String should
+    match ...`. A `loc` starts with the request's part (body, path, query), named only when it is
+    the whole location; `within` is prepended, for a model checked before it is sent (the CLI)."""
+    first = errors[0]
+    loc = (*within, *first["loc"])
+    where = ".".join(str(part) for part in loc[1:]) or str(loc[0])
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return " ".join(f"invalid {where}: {first['msg']}{more}".split())
 
 
 class JobView(Job):
