@@ -93,6 +93,40 @@ def test_status_loads_the_status_models_only(tmp_path: Path) -> None:
     assert "p2pnode.api.schemas" not in loaded
 
 
+@pytest.mark.parametrize("args", [("blob", "add", __file__), ("blob", "rm", "0" * 64)])
+def test_a_blob_command_loads_no_jobs_models(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """Its request and reply models come from `api/blob_schemas.py`, not the whole vocabulary."""
+    loaded = imported_by(tmp_path, "--api", "127.0.0.1:1", *args)  # nothing answers there
+    assert {"http.client", "p2pnode.api.blob_schemas"} <= loaded
+    assert (
+        sorted(m for m in loaded if m.startswith("p2pnode.jobs") or m == "p2pnode.api.schemas")
+        == []
+    )
+
+
+LIGHT = {
+    "p2pnode.api.blob_schemas": {"p2pnode.ids", "p2pnode.blobs.model"},
+    "p2pnode.jobs.submission": {"p2pnode.ids", "p2pnode.jobs.model", "p2pnode.executors.base"},
+}
+"""The models the CLI builds or reads, with the project's modules they may load (and packages)."""
+
+
+@pytest.mark.parametrize("module", sorted(LIGHT))
+def test_the_clis_models_stay_light(module: str) -> None:
+    """No transport, runtime or server code: a CLI process imports these whole."""
+    code = (
+        f"import sys, {module}\n"
+        "print(' '.join(m for m in sys.modules if m.split('.')[0] in ('p2pnode', 'trio', 'iroh',"
+        " 'wasmtime', 'httpx', 'fastapi', 'sqlite3')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    loaded = set(result.stdout.split())
+    allowed = {module, "p2pnode.labels"} | LIGHT[module]
+    assert sorted(m for m in loaded if m.split(".")[0] != "p2pnode") == []
+    packages = {"p2pnode", "p2pnode.api", "p2pnode.blobs", "p2pnode.jobs", "p2pnode.executors"}
+    assert sorted(loaded - allowed - packages) == []
+
+
 def test_a_mistyped_command_is_matched_against_every_command() -> None:
     """Also against those whose modules were not loaded (all of them, here)."""
     result = run_cli("stauts", check=False)

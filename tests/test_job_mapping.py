@@ -1,17 +1,25 @@
-"""A job's spec is mapped once per hop: submission -> spec (`JobSubmission.to_spec`), spec ->
-executor request (`JobSpec.to_request`). Every field a submitter sets must arrive."""
+"""A job's spec is mapped once per hop: CLI options -> submission (`job_cmds._submit`), submission
+-> spec (`JobSubmission.to_spec`), spec -> executor request (`JobSpec.to_request`). Every field a
+submitter sets must arrive."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
+import blake3
+import httpx
 import pytest
 
 from p2pnode.executors.base import ExecutionLimits
+from p2pnode.executors.wasm import load_module_bytes
 from p2pnode.ids import BlobHash, NodeId
 from p2pnode.jobs import model
-from p2pnode.jobs.service import JobSubmission, SubmissionError
+from p2pnode.jobs.submission import JobSubmission, SubmissionError
 from p2pnode.labels import LabelRequirement
+from tests.nodeproc import NodeProcess, submit_job
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 ORIGIN = NodeId("0" * 64)
 
@@ -116,3 +124,90 @@ def test_a_spec_the_model_refuses_is_one_submission_error() -> None:
             stdin=None,
             mounts={"data": model.Mount(source=ref("c"), guest_path="/in/data/x")},
         )
+
+
+@pytest.fixture
+def origin(tmp_path: Path) -> Iterator[NodeProcess]:
+    """A node that runs nothing (`--max-jobs 0`): its jobs stay as the CLI submitted them."""
+    started = NodeProcess(tmp_path / "origin", "--max-jobs", "0")
+    yield started
+    started.kill()
+
+
+def stored_spec(node: NodeProcess, *args: str) -> model.JobSpec:
+    job_id = submit_job(node, *args)
+    reply = httpx.get(f"{node.api}/jobs/{job_id}", headers=node.headers)
+    return model.Job.model_validate_json(reply.content).spec
+
+
+def blob_hash(path: Path) -> str:
+    return blake3.blake3(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_the_cli_maps_every_option(origin: NodeProcess, tmp_path: Path) -> None:
+    """CLI -> API (`job_cmds._submit`, which builds a `JobSubmission`): every option arrives."""
+    text = tmp_path / "text.txt"
+    text.write_text("some words\n")
+    spec = stored_spec(
+        origin, "--module", str(EXAMPLES / "echo.wat"), "--workflow", "sum", "--input", '{"n": 3}',
+        "--artifact", f"text={text}", "--executor", "flawless", "--time-limit", "5", "--fuel",
+        "1000", "--memory-mib", "2", "--require", "gpu", "--require", "zone=eu", "--attempts", "7",
+    )  # fmt: skip
+    assert spec.workflow == "sum" and spec.input == {"n": 3} and spec.command is None
+    assert spec.module.hash == blake3.blake3(load_module_bytes(EXAMPLES / "echo.wat")).hexdigest()
+    assert {name: ref.hash for name, ref in spec.artifacts.items()} == {"text": blob_hash(text)}
+    assert spec.requirements == model.Requirements(
+        executor="flawless",
+        limits=ExecutionLimits(time_s=5, fuel=1000, memory_bytes=2 << 20),
+        labels=[LabelRequirement(key="gpu"), LabelRequirement(key="zone", op="=", value="eu")],
+    )
+    assert spec.max_attempts == 7
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "x.txt").write_text("x\n")
+    spec = stored_spec(
+        origin, "--module", str(EXAMPLES / "command.wat"), "--env", "LANG=C", "--stdin", str(text),
+        "--mount", f"data={folder}:/srv/data", "--mount", f"one={text}", "--", "0", "-v",
+    )  # fmt: skip
+    assert spec.command == model.Command(
+        argv=["command.wat", "0", "-v"],
+        env={"LANG": "C"},
+        stdin=spec.command and spec.command.stdin,
+    )
+    assert spec.command.stdin is not None and spec.command.stdin.hash == blob_hash(text)
+    assert {name: (m.directory, m.guest_path) for name, m in spec.mounts.items()} == {
+        "data": (True, "/srv/data"),
+        "one": (False, None),
+    }
+    assert spec.mounts["one"].source.hash == blob_hash(text)
+    assert spec.workflow is None and spec.input is None and spec.requirements.executor == "wasi"
+
+
+COMMAND = str(EXAMPLES / "command.wat")
+
+
+@pytest.mark.slow
+def test_the_cli_refuses_a_body_in_the_nodes_words(origin: NodeProcess) -> None:
+    """The CLI checks the body it builds; what it says of a bad one is what the node answers."""
+    for args, body, words in (
+        (
+            ["--command", "--input", "1"],
+            {"module_blob": "a" * 64, "args": [], "input": 1},
+            "command job takes args",
+        ),
+        (
+            ["--mount", f"x={COMMAND}:/in/../x", "--", "0"],
+            {
+                "module_blob": "a" * 64,
+                "mounts": {"x": {"blob": "a" * 64, "guest_path": "/in/../x"}},
+            },
+            "invalid mounts.x.guest_path",
+        ),
+    ):
+        refused = origin.cli("job", "submit", "--module", COMMAND, *args, check=False)
+        answer = httpx.post(f"{origin.api}/jobs", json=body, headers=origin.headers)
+        assert answer.status_code == 422
+        assert (refused.returncode, refused.stderr) == (2, f"error: {answer.json()['detail']}\n")
+        assert words in refused.stderr

@@ -46,6 +46,7 @@ from p2pnode.api.schemas import (
     MemberStatus,
     NodeStatus,
     PathRequest,
+    invalid_request,
 )
 from p2pnode.api.server import serve_api
 from p2pnode.api.worker_routes import worker_routes
@@ -54,8 +55,8 @@ from p2pnode.blobs.store import BlobInfo, BlobInUse, BlobNotFound, GcResult, Sto
 from p2pnode.fsutil import NotRegularFile, open_regular
 from p2pnode.ids import BlobHashField, NodeIdField
 from p2pnode.jobs.model import Job, JobId, JobState, tag_job
-from p2pnode.jobs.service import JobSubmission, SubmissionError, SubmissionTooLarge
 from p2pnode.jobs.store import Refused
+from p2pnode.jobs.submission import JobSubmission, SubmissionError, SubmissionTooLarge
 from p2pnode.node import Node
 
 
@@ -450,15 +451,9 @@ def _one_line(text: str) -> str:
 
 
 async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
-    """A 422 as one line naming the first bad part, e.g.
-    `invalid blob_hash: String should match ...`."""
+    """A 422 as one line naming the first bad part (the CLI says the same of a body it checks)."""
     assert isinstance(exc, RequestValidationError)
-    error = exc.errors()[0]
-    where = ".".join(str(part) for part in error["loc"][1:]) or str(error["loc"][0])
-    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return JSONResponse(
-        {"detail": _one_line(f"invalid {where}: {error['msg']}{more}")}, status_code=422
-    )
+    return JSONResponse({"detail": invalid_request(exc.errors())}, status_code=422)
 
 
 async def _refused(_request: Request, exc: Exception) -> Response:

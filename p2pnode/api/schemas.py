@@ -6,12 +6,19 @@ transport or runtime code.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
+from collections.abc import Sequence
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import BaseModel
+from pydantic_core import ErrorDetails
 
-from p2pnode.blobs.model import BlobInfo, FetchProgress, FileIdentity
+from p2pnode.api.blob_schemas import BlobAdded as BlobAdded  # re-exported: one vocabulary
+from p2pnode.api.blob_schemas import BlobEntry as BlobEntry
+from p2pnode.api.blob_schemas import BlobFetchRequest as BlobFetchRequest
+from p2pnode.api.blob_schemas import Done as Done
+from p2pnode.api.blob_schemas import ExportRequest as ExportRequest
+from p2pnode.api.blob_schemas import FetchEvent as FetchEvent
+from p2pnode.api.blob_schemas import PathRequest as PathRequest
+from p2pnode.api.blob_schemas import Request as Request
 from p2pnode.ids import NodeIdField
 from p2pnode.jobs.model import Job, JobState, LogStream
 from p2pnode.status import DiskStatus as DiskStatus  # re-exported: served and read here
@@ -30,60 +37,21 @@ class JoinTicketReply(BaseModel):
     ticket: str
 
 
-class Request(BaseModel):
-    """A request body: a misspelled or unknown field is refused, never silently ignored."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-def _absolute(path: Path) -> Path:
-    if not path.is_absolute():
-        raise ValueError("must be an absolute path (the node's working folder is not the caller's)")
-    return path
-
-
-AbsolutePath = Annotated[Path, AfterValidator(_absolute)]
-
-
-class PathRequest(Request):
-    path: AbsolutePath
-    pin: bool = True
-    in_place: bool = False  # no copy: the node serves from the file, verifying what it reads
-    # The file the caller has open: the node adds the path only if it opens that same file, else
-    # answers 412 (it runs elsewhere, or the file was replaced) and the caller uploads instead.
-    expect: FileIdentity | None = None
-
-
-class ExportRequest(Request):
-    path: AbsolutePath
-    force: bool = False
-
-
 class ErrorReply(BaseModel):
     """Every error answer: one line for a person."""
 
     detail: str
 
 
-class BlobAdded(BaseModel):
-    blob: BlobInfo
-    ticket: str
-
-
-class BlobFetchRequest(Request):
-    ticket: str
-
-
-class FetchEvent(BaseModel):
-    """One line of a fetch's NDJSON stream: progress, then a final `blob` or `error`."""
-
-    progress: FetchProgress | None = None
-    blob: BlobInfo | None = None
-    error: str | None = None
-
-
-class Done(BaseModel):
-    ok: bool = True
+def invalid_request(errors: Sequence[ErrorDetails], within: tuple[str | int, ...] = ()) -> str:
+    """A 422's detail: one line naming the first bad part, e.g. `invalid blob_hash: String should
+    match ...`. A `loc` starts with the request's part (body, path, query), named only when it is
+    the whole location; `within` is prepended, for a model checked before it is sent (the CLI)."""
+    first = errors[0]
+    loc = (*within, *first["loc"])
+    where = ".".join(str(part) for part in loc[1:]) or str(loc[0])
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return " ".join(f"invalid {where}: {first['msg']}{more}".split())
 
 
 class JobView(Job):
@@ -116,10 +84,3 @@ class LoginCode(BaseModel):
 
     code: str
     expires_in: float
-
-
-class BlobEntry(BlobInfo):
-    """A blob as `GET /blobs` lists it: `jobs` are the jobs holding it by the tags listed (every
-    job unless `tag_count` says there are more tags)."""
-
-    jobs: list[str] = []

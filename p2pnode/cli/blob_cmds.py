@@ -1,7 +1,8 @@
 """`p2pnode blob ...`: share files as blobs and fetch them by ticket.
 
 The API's models are imported by the command that uses them, so that `blob ... -h` and a usage
-error cost no pydantic.
+error cost no pydantic, and from `api/blob_schemas.py`, so that no blob command loads the jobs
+models.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     import iroh
 
     import tickets
-    from p2pnode.api.schemas import BlobAdded
+    from p2pnode.api.blob_schemas import BlobAdded
     from p2pnode.blobs.model import BlobInfo
     from p2pnode.blobs.store import BlobStore
     from p2pnode.config import Settings
@@ -96,7 +97,7 @@ def _open_shareable(path: Path) -> BinaryIO:
 
 def add_in_place(api: ApiClient, path: Path) -> BlobAdded:
     """Have the node hash the file where it is and serve it from there (no copy, no upload)."""
-    from p2pnode.api.schemas import BlobAdded, PathRequest
+    from p2pnode.api.blob_schemas import BlobAdded, PathRequest
     from p2pnode.blobs.model import FileIdentity
 
     with _open_shareable(path) as f:
@@ -120,7 +121,7 @@ def upload(api: ApiClient, path: Path, *, pin: bool = True) -> BlobAdded:
     else (it runs in another container or as another user, or the file was replaced) the content
     is streamed to it over HTTP. A job's files go unpinned (`pin=False`): the job holds them,
     and removing it frees them."""
-    from p2pnode.api.schemas import BlobAdded, PathRequest
+    from p2pnode.api.blob_schemas import BlobAdded, PathRequest
     from p2pnode.blobs.model import FileIdentity
 
     with _open_shareable(path) as f:
@@ -220,7 +221,7 @@ def get(api: ApiClient, ticket: str, output: Path, force: bool) -> None:
 
 
 def _fetch_via_node(api: ApiClient, ticket: str, progress: TransferProgress) -> BlobInfo:
-    from p2pnode.api.schemas import FetchEvent
+    from p2pnode.api.blob_schemas import FetchEvent
 
     for event in api.stream("POST", "/blobs/fetch", FetchEvent, json={"ticket": ticket}):
         if event.progress is not None:
@@ -341,7 +342,7 @@ def list_blobs(api: ApiClient) -> None:
     """
     from pydantic import RootModel
 
-    from p2pnode.api.schemas import BlobEntry
+    from p2pnode.api.blob_schemas import BlobEntry
     from p2pnode.jobs.model import tag_job
 
     for info in api.request("GET", "/blobs", RootModel[list[BlobEntry]]).root:
@@ -366,7 +367,7 @@ def remove(api: ApiClient, blob_hash: str, force: bool) -> None:
     Example:
       p2pnode blob rm 140273d7f520a3b2a06db7862befbf1c5c610720abfdd373abea5439b9025102
     """
-    from p2pnode.api.schemas import Done
+    from p2pnode.api.blob_schemas import Done
 
     api.delete(f"/blobs/{blob_hash}", Done, params={"force": force})
     click.echo(f"removed {blob_hash}")
@@ -400,7 +401,7 @@ def pin(api: ApiClient, blob_hash: str) -> None:
     Example:
       p2pnode blob pin 140273d7f520a3b2a06db7862befbf1c5c610720abfdd373abea5439b9025102
     """
-    from p2pnode.api.schemas import Done
+    from p2pnode.api.blob_schemas import Done
 
     api.post(f"/blobs/{blob_hash}/pin", Done)
     click.echo(f"pinned {blob_hash}")
@@ -416,7 +417,7 @@ def unpin(api: ApiClient, blob_hash: str) -> None:
     Example:
       p2pnode blob unpin 140273d7f520a3b2a06db7862befbf1c5c610720abfdd373abea5439b9025102
     """
-    from p2pnode.api.schemas import Done
+    from p2pnode.api.blob_schemas import Done
 
     api.delete(f"/blobs/{blob_hash}/pin", Done)
     click.echo(f"unpinned {blob_hash}")

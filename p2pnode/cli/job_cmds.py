@@ -11,15 +11,17 @@ from typing import Any, TypeVar, get_args
 import click
 from pydantic import RootModel, ValidationError
 
+from p2pnode.api.blob_schemas import BlobAdded
 from p2pnode.api.client import ApiClient
-from p2pnode.api.schemas import BlobAdded, JobView
+from p2pnode.api.schemas import JobView, invalid_request
 from p2pnode.blobs.model import BlobInfo
 from p2pnode.cli import EXIT_USAGE, cli, fail
 from p2pnode.cli.blob_cmds import download, upload
 from p2pnode.cli.terminal import echo_output, for_terminal
-from p2pnode.executors.base import DEFAULT_FUEL, ExecutorKind
+from p2pnode.executors.base import DEFAULT_FUEL, ExecutionLimits, ExecutorKind
 from p2pnode.ids import BlobHash
 from p2pnode.jobs.model import Job, JobState, Manifest, ManifestEntry
+from p2pnode.jobs.submission import JobSubmission, MountSubmission
 from p2pnode.labels import MAX_REQUIREMENTS, LabelRequirement
 
 WAIT_POLL_S = 30.0
@@ -96,10 +98,10 @@ def _parse_requirements(values: tuple[str, ...]) -> list[LabelRequirement]:
         fail(f"--require: {exc}", EXIT_USAGE)
 
 
-def _upload_mounts(api: ApiClient, values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+def _upload_mounts(api: ApiClient, values: tuple[str, ...]) -> dict[str, MountSubmission]:
     """`NAME=PATH[:GUEST_PATH]` each: a file as its blob, a folder as the blob of its manifest
     plus one blob per file (an unchanged file or tree uploads to the same blobs)."""
-    mounts: dict[str, dict[str, Any]] = {}
+    mounts: dict[str, MountSubmission] = {}
     for value in values:
         name, sep, rest = value.partition("=")
         path, colon, guest = rest.rpartition(":/")
@@ -113,7 +115,12 @@ def _upload_mounts(api: ApiClient, values: tuple[str, ...]) -> dict[str, dict[st
             blob = _upload_tree(api, name, source)
         else:
             fail(f"--mount {name}: no file or folder at {path}", EXIT_USAGE)
-        mounts[name] = {"blob": blob, "directory": source.is_dir(), "guest_path": guest_path}
+        try:
+            mounts[name] = MountSubmission(
+                blob=blob, directory=source.is_dir(), guest_path=guest_path
+            )
+        except ValidationError as exc:
+            fail(invalid_request(exc.errors(), ("body", "mounts", name)), EXIT_USAGE)
     return mounts
 
 
@@ -245,34 +252,43 @@ def _submit(
     input_: str | None = None,
     executor: str = "wasi",
 ) -> Job:
-    """Upload what the job needs and submit it; a command job runs `[module name, *args]`."""
+    """Upload what the job needs and submit it; a command job runs `[module name, *args]`.
+
+    The body is the API's own model, so a field renamed on either side fails mypy; it is checked
+    here, after the uploads, and refused in the words the node would use."""
     job_input = _parse_input(input_)
     artifact_paths = _parse_artifacts(artifacts)
     environment = _parse_env(env)
-    requirements = [r.model_dump() for r in _parse_requirements(require)]
+    requirements = _parse_requirements(require)
     wasm = _module_bytes(module)
-    command_fields: dict[str, Any] = {}
-    if command:
-        command_fields = {"args": list(args), "argv0": module.name, "env": environment}
-        if stdin is not None:
-            command_fields["stdin_blob"] = upload(api, stdin, pin=False).blob.hash
-    body = {
-        "module_blob": api.upload(
-            "/blobs", [wasm], len(wasm), BlobAdded, params={"pin": False}
-        ).blob.hash,
-        "workflow": workflow,
-        "input": job_input,
-        "artifact_blobs": {
-            name: upload(api, path, pin=False).blob.hash for name, path in artifact_paths.items()
-        },
-        "mounts": _upload_mounts(api, mounts),
-        "executor": executor,
-        "limits": {"time_s": time_limit, "fuel": fuel, "memory_bytes": memory_mib << 20},
-        "max_attempts": attempts,
-        "require": requirements,
-        **command_fields,
+    stdin_blob = None
+    if command and stdin is not None:
+        stdin_blob = upload(api, stdin, pin=False).blob.hash
+    module_blob = api.upload("/blobs", [wasm], len(wasm), BlobAdded, params={"pin": False})
+    artifact_blobs = {
+        name: upload(api, path, pin=False).blob.hash for name, path in artifact_paths.items()
     }
-    return api.post("/jobs", Job, json=body)
+    mount_blobs = _upload_mounts(api, mounts)
+    limits = ExecutionLimits(time_s=time_limit, fuel=fuel, memory_bytes=memory_mib << 20)
+    try:
+        submission = JobSubmission(
+            module_blob=module_blob.blob.hash,
+            workflow=workflow,
+            input=job_input,
+            artifact_blobs=artifact_blobs,
+            mounts=mount_blobs,
+            executor=executor,
+            limits=limits,
+            max_attempts=attempts,
+            require=requirements,
+            args=list(args) if command else None,
+            argv0=module.name if command else None,
+            env=environment if command else {},
+            stdin_blob=stdin_blob,
+        )
+    except ValidationError as exc:
+        fail(invalid_request(exc.errors(), ("body",)), EXIT_USAGE)
+    return api.post("/jobs", Job, json=submission.model_dump(mode="json"))
 
 
 @job.command()
