@@ -244,8 +244,8 @@ class JobService:
 
     async def _held_again(self, ref: model.BlobRef, tag: str) -> model.BlobRef:
         """A module blob known from an earlier job, held by `tag` (set first, so GC cannot take it
-        before we look): checked to be here, but not described again, since the description
-        lists every tag of the blob, one per job that ever used it (it grew with each job)."""
+        before we look): checked to be here, not described again (a description reads the blob's
+        tags; it once grew with every job that used the module)."""
         await self._blobs.set_tag(tag, ref.hash)
         if not self._blobs.has(ref.hash):
             self._workflows.pop(ref.hash, None)
