@@ -1,14 +1,16 @@
 """The heartbeat every node gossips, and the worker view built from it.
 
 Light on purpose (pydantic and `jobs.model` only): the API serves `WorkerView` and the CLI reads it.
-A heartbeat is small and bounded whatever the node runs, so it always fits an envelope.
+A heartbeat is small and bounded whatever the node runs, so it always fits an envelope. Nodes
+of several versions read each other's (see `model._Message` for the policy): unknown fields are
+ignored, and so are offers of executor kinds this version does not know.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, get_args
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from p2pnode.ids import NodeIdField
 from p2pnode.jobs.model import Executor, JobId
@@ -29,13 +31,31 @@ class ExecutorOffer(BaseModel):
     """Its last probe succeeded: the node takes jobs of this kind."""
 
 
+def _known_kinds(offers: object) -> object:
+    """Drop offers of executor kinds this version does not know: a newer node lists every kind
+    it has, and one kind we cannot run must not make the rest of its heartbeat unreadable (the
+    node would look absent). Other malformed offers still fail the heartbeat."""
+    if not isinstance(offers, list):
+        return offers
+    known = get_args(Executor)
+    return [
+        offer
+        for offer in offers
+        if not (isinstance(offer, dict) and isinstance(kind := offer.get("kind"), str))
+        or kind in known
+    ]
+
+
+ExecutorOffers = Annotated[list[ExecutorOffer], BeforeValidator(_known_kinds)]
+
+
 class Heartbeat(BaseModel):
     """What a node offers and how loaded it is; believed only from the node it names."""
 
     KIND: ClassVar[str] = "node.heartbeat"
     node_id: NodeIdField
     sent_at: float = Field(allow_inf_nan=False)
-    executors: list[ExecutorOffer] = Field(max_length=16)
+    executors: ExecutorOffers = Field(max_length=16)
     slots_total: int = Field(ge=0)
     slots_free: int = Field(ge=0)
     running: list[JobId] = Field(max_length=MAX_RUNNING_LISTED)

@@ -232,7 +232,7 @@ _WRITABLE_DIRS = ("/out", "/tmp")
 
 
 class ManifestEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")  # written by one version, read by all (`_Message`)
 
     path: OutputName
     """Relative POSIX path inside the mounted folder."""
@@ -245,7 +245,7 @@ class Manifest(BaseModel):
     """A folder tree as one blob: its files' paths and blobs. An unchanged tree has the same
     manifest hash and identical files the same blob, so a worker fetches each once."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")  # written by one version, read by all (`_Message`)
 
     files: list[ManifestEntry] = Field(max_length=MAX_MOUNT_FILES)
 
@@ -463,7 +463,26 @@ class WorkerStatus(BaseModel):
 
 
 class _Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A control-protocol message. Compatibility policy, for every message a peer sends (these,
+    the gossip wire and payloads, the join handshake, the blob protocol's frames):
+
+    - Additive changes only within one ALPN (`p2pnode/jobs/1`): a new field is optional, with a
+      default that means what an older peer did, and the sender must not depend on the reader
+      understanding it (an older reader ignores it: tolerant reader).
+    - Readers ignore fields they do not know (`extra="ignore"`); sizes, types and value ranges of
+      the fields they know stay validated.
+    - What a worker must have to run a job is must-understand: an unknown executor kind or label
+      requirement fails the message (an older node never claims what it cannot honour), and a
+      new kind of requirement is checked by the origin against the worker's own heartbeat
+      (`Workers.admit`), so an older worker is refused, not trusted to obey a field it ignores.
+    - Anything else (a renamed or removed field, a new meaning, a new message type an older peer
+      cannot answer) bumps the protocol's ALPN; an older peer then refuses the connection and the
+      dialer says which version to upgrade (`net.errors`). So does a new field of the gossip
+      envelope itself: its fields are signed, and an older relay would drop what it ignores.
+
+    tests/test_compat_wire.py pins the wire form (golden samples in tests/data/wire/)."""
+
+    model_config = ConfigDict(extra="ignore")
 
 
 class _Once(_Message):
