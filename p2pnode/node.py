@@ -152,6 +152,7 @@ class Node:
                 settings.connect_timeout_s,
                 liveness=self.liveness,
                 on_dial=self._dialled,
+                peer_version=lambda peer: self.workers.version_of(peer),
             )
             cleanup.callback(self.dialer.close_all)
             try:

@@ -22,7 +22,8 @@ def workers(api: ApiClient, as_json: bool) -> None:
     """Every worker of the cluster, this node included: state, load, executors and labels.
 
     States: ready; busy (no free slot); draining (claims no new job); down (3 heartbeats of
-    3 s missed). Executors marked `!` are installed but do not answer.
+    3 s missed). Executors marked `!` are installed but do not answer; a version marked `*`
+    is not this node's (an upgrade is under way).
 
     \b
     Example:
@@ -41,10 +42,17 @@ def workers(api: ApiClient, as_json: bool) -> None:
     for w in found.root:
         executors = ",".join(e.kind if e.answers else f"!{e.kind}" for e in w.executors)
         slots = f"{w.slots_total - w.slots_free}/{w.slots_total}"
+        version = f"v{w.version}{'*' if w.other_version else ''}"
         click.echo(
             f"{w.node_id}  {w.state:{state_width}}  slots {slots}  "
-            f"{executors or '-':16}  seen {w.age_s:.0f}s ago  v{w.version}  "
+            f"{executors or '-':16}  seen {w.age_s:.0f}s ago  {version}  "
             f"{format_labels(w.labels)}"
+        )
+    if others := sum(w.other_version for w in found.root):
+        click.echo(
+            f"* {others} of {len(found.root)} nodes run another version of p2pnode than this "
+            "one; see README 'Upgrades and compatibility'",
+            err=True,
         )
 
 

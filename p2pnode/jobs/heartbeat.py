@@ -77,3 +77,6 @@ class WorkerView(Heartbeat):
 
     state: WorkerState
     age_s: float
+    other_version: bool = False
+    """It runs another version of p2pnode than this node (an upgrade is under way: README
+    "Upgrades and compatibility")."""

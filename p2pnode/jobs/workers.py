@@ -104,9 +104,19 @@ class Workers:
 
     def workers(self) -> list[WorkerView]:
         return [
-            WorkerView(**dict(heartbeat), state=state, age_s=age)
+            WorkerView(
+                **dict(heartbeat),
+                state=state,
+                age_s=age,
+                other_version=heartbeat.version != p2pnode.__version__,
+            )
             for heartbeat, state, age in self._states()
         ]
+
+    def version_of(self, node_id: NodeId) -> str | None:
+        """The p2pnode version a node's last heartbeat named (for a dial it failed: `Dialer`)."""
+        latest = self._latest.get(node_id)
+        return latest.heartbeat.version if latest is not None else None
 
     def _states(self) -> list[tuple[Heartbeat, WorkerState, float]]:
         """Every node's latest heartbeat, its state and age, by node id: what `workers` shows,

@@ -10,9 +10,10 @@ from typing import TypeVar
 import iroh
 import trio
 
+import p2pnode
 from p2pnode.ids import NodeId
 from p2pnode.net.addr import PeerAddr
-from p2pnode.net.errors import iroh_message
+from p2pnode.net.errors import iroh_message, no_common_protocol, version_mismatch
 from p2pnode.net.framing import FrameError
 from p2pnode.net.liveness import Liveness
 
@@ -24,6 +25,11 @@ T = TypeVar("T")
 
 class PeerUnreachable(Exception):
     """No connection could be made to a peer within the timeout."""
+
+
+class ProtocolMismatch(PeerUnreachable):
+    """The peer answered but speaks none of the protocols asked for: it runs a version of p2pnode
+    on the other side of an ALPN bump. The message says which, and which node to upgrade."""
 
 
 class IntroductionRefused(Exception):
@@ -46,7 +52,9 @@ class Dialer:
     `introduce` runs once per peer per process before the first connection on a members-only
     protocol: it is the membership handshake that makes the peer accept us. Every dial reports
     its outcome to `on_dial(peer, alpn, error line or None, when the dial began)`, and
-    `liveness` watches what it caches.
+    `liveness` watches what it caches. A peer that speaks another version of the protocol
+    answered (it is no error for `on_dial`); the dial raises `ProtocolMismatch`, logged once per
+    peer and protocol, with the version `peer_version(peer)` knows from its heartbeat.
     """
 
     def __init__(
@@ -57,12 +65,16 @@ class Dialer:
         *,
         liveness: Liveness | None = None,
         on_dial: Callable[[NodeId, bytes, str | None, float], None] | None = None,
+        peer_version: Callable[[NodeId], str | None] = lambda _peer: None,
     ) -> None:
         self._endpoint = endpoint
         self._timeout = connect_timeout_s
         self._introduce = introduce
         self._liveness = liveness
         self._on_dial = on_dial
+        self._peer_version = peer_version
+        self._mismatched: set[tuple[NodeId, bytes]] = set()
+        """(peer, ALPN) whose mismatch was logged: once per peer and protocol, until it speaks it"""
         self._connections: dict[tuple[NodeId, bytes], iroh.Connection] = {}
         self._introduced: set[NodeId] = set()
         self._locks: defaultdict[NodeId, trio.Lock] = defaultdict(trio.Lock)
@@ -123,12 +135,23 @@ class Dialer:
             try:
                 connection = await self._endpoint.connect(addr.to_endpoint(), alpn)
             except iroh.IrohError as exc:
+                if no_common_protocol(exc):
+                    self._report(addr.node_id, alpn, None, began)
+                    raise self._mismatch(addr.node_id, alpn) from None
                 reason = iroh_message(exc)
             else:
+                self._mismatched.discard((addr.node_id, alpn))
                 self._report(addr.node_id, alpn, None, began)
                 return connection
         self._report(addr.node_id, alpn, reason, began)
         raise PeerUnreachable(f"cannot reach node {addr.node_id[:10]}: {reason}")
+
+    def _mismatch(self, node_id: NodeId, alpn: bytes) -> ProtocolMismatch:
+        line = version_mismatch(node_id, alpn, self._peer_version(node_id), p2pnode.__version__)
+        if (node_id, alpn) not in self._mismatched:
+            self._mismatched.add((node_id, alpn))
+            log.warning("%s", line)
+        return ProtocolMismatch(line)
 
     def _report(self, node_id: NodeId, alpn: bytes, error: str | None, began: float) -> None:
         if self._on_dial is not None:

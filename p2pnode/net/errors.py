@@ -4,7 +4,8 @@ The bindings' messages are Rust error chains (`Type::Variant (/path/to/src.rs:12
 `Caused by:` line, indented causes) or Rust debug output (`ConnectionLost(ApplicationClosed(
 ApplicationClose { error_code: 3, reason: b"done" }))`). Logs and the terminal get one line
 without source paths: `connecting: connection error: timed out`, `connection lost: closed by
-the peer (3: done)`.
+the peer (3: done)`. A peer that speaks none of the protocols asked for (another version of
+p2pnode after an ALPN bump) is said so in plain words (`no_common_protocol`, `version_mismatch`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ _RESET = re.compile(r"^Reset\((\w+)\)$")
 _CALL = re.compile(r"\b([A-Z][a-z0-9]*(?:[A-Z][a-z0-9]*)*)\(")
 _CAMEL_TOKEN = re.compile(r"\b[A-Z][a-z0-9]+(?:[A-Z][a-z0-9]*)+\b")
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+# TLS alert 120 (no_application_protocol): the dialler's side says "error 120: peer doesn't
+# support any known protocol", the accepting side "crypto: Some(NoApplicationProtocol)".
+_NO_COMMON_PROTOCOL = ("NoApplicationProtocol", "error 120:", "support any known protocol")
+NO_COMMON_PROTOCOL = "no protocol in common with the peer (it runs another version of p2pnode?)"
 
 
 def _words(identifier: str) -> str:
@@ -54,7 +59,39 @@ def one_line(message: str) -> str:
 
 
 def iroh_message(exc: iroh.IrohError) -> str:
+    if no_common_protocol(exc):
+        return NO_COMMON_PROTOCOL
     return one_line(exc.message()) or f"transport error ({exc.kind().name.lower()})"
+
+
+def no_common_protocol(exc: iroh.IrohError) -> bool:
+    """The TLS handshake failed because the peer offers none of the protocols (ALPNs) asked for:
+    it answered, but speaks another version of the protocol (README "Upgrades and
+    compatibility")."""
+    message = exc.message()
+    return any(mark in message for mark in _NO_COMMON_PROTOCOL)
+
+
+def version_mismatch(peer: str, alpn: bytes, theirs: str | None, ours: str) -> str:
+    """One line for a peer that does not speak `alpn`: which version it runs, if its heartbeat
+    said (`theirs`), and which side to upgrade."""
+    said = f"peer {peer[:10]} does not speak {alpn.decode(errors='replace')}"
+    if theirs is None:
+        return (
+            f"{said}: it runs another version of p2pnode (this node {ours}); upgrade the older one"
+        )
+    advice = {-1: ": upgrade it", 1: ": upgrade this node"}.get(_compare(theirs, ours), "")
+    return f"{said}; it runs p2pnode {theirs} (this node {ours}){advice}"
+
+
+def _compare(a: str, b: str) -> int:
+    """-1, 0 or 1 as release `a` is older, the same or newer than `b`; 0 when either is not
+    dotted numbers (nothing to advise)."""
+    try:
+        x, y = (tuple(int(part) for part in v.split(".")) for v in (a, b))
+    except ValueError:
+        return 0
+    return (x > y) - (x < y)
 
 
 def closed_on_purpose(exc: iroh.IrohError) -> bool:
