@@ -22,6 +22,7 @@ from p2pnode.net.dialer import Dialer, ProtocolMismatch
 from p2pnode.net.errors import NO_COMMON_PROTOCOL, iroh_message
 from tests.conftest import bind_loopback, cli_argv
 from tests.nodeproc import run_start
+from tests.test_cli_node import standalone_get
 from tests.test_workers import eventually, workers
 
 OLD_JOBS_ALPN = b"p2pnode/jobs/0"
@@ -98,6 +99,30 @@ async def test_join_through_a_node_of_another_version_is_one_plain_error(
     assert done.stderr.strip().splitlines()[-1] == (
         f"error: could not join through {peer}: peer {peer} does not speak "
         f"{JOIN_ALPN.decode()}: it runs another version of p2pnode (this node {VERSION}); "
+        "upgrade the older one"
+    )
+
+
+async def test_blob_get_from_a_node_of_another_version_is_one_plain_error(
+    nursery, tmp_path: Path
+) -> None:
+    older, _ = await _older_peer(nursery, b"p2pnode/blobs/0")
+    ticket = tickets.encode(
+        tickets.BlobTicket(
+            provider=PeerAddr.from_endpoint(older.addr(), None).to_ticket(),
+            hash=bytes(32),
+            size=5,
+            root=bytes(32),
+        )
+    )
+    done = await trio.to_thread.run_sync(
+        lambda: standalone_get(ticket, tmp_path / "out", tmp_path, tmp_path / "cache")
+    )
+    peer = older.id().to_bytes().hex()[:10]
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: could not fetch blob {'0' * 12}: {peer}: peer {peer} does not speak "
+        f"p2pnode/blobs/1: it runs another version of p2pnode (this node {VERSION}); "
         "upgrade the older one"
     )
 
