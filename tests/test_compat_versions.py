@@ -19,7 +19,7 @@ from p2pnode.jobs.control import JOBS_ALPN
 from p2pnode.membership import JOIN_ALPN
 from p2pnode.net.addr import PeerAddr
 from p2pnode.net.dialer import Dialer, ProtocolMismatch
-from p2pnode.net.errors import NO_COMMON_PROTOCOL, iroh_message
+from p2pnode.net.errors import NO_COMMON_PROTOCOL, iroh_message, version_mismatch
 from tests.conftest import bind_loopback, cli_argv
 from tests.nodeproc import run_start
 from tests.test_cli_node import standalone_get
@@ -167,3 +167,13 @@ async def test_workers_marks_a_node_of_another_version(start_node) -> None:
         f"peer {b.id[:10]} does not speak p2pnode/jobs/99; it runs p2pnode 0.0.9 "
         f"(this node {VERSION}): upgrade it"
     )
+
+
+def test_the_advice_follows_which_side_is_older() -> None:
+    peer = "ab" * 32
+    assert version_mismatch(peer, JOBS_ALPN, "0.3.0", "0.2.10") == (
+        "peer ababababab does not speak p2pnode/jobs/1; it runs p2pnode 0.3.0 (this node 0.2.10): "
+        "upgrade this node"
+    )
+    assert version_mismatch(peer, JOBS_ALPN, "0.2.9", "0.2.10").endswith(": upgrade it")
+    assert version_mismatch(peer, JOBS_ALPN, "0.3.0rc1", "0.2.0").endswith("(this node 0.2.0)")
