@@ -472,9 +472,10 @@ class _Message(BaseModel):
     - Readers ignore fields they do not know (`extra="ignore"`); sizes, types and value ranges of
       the fields they know stay validated.
     - What a worker must have to run a job is must-understand: an unknown executor kind or label
-      requirement fails the message (an older node never claims what it cannot honour), and a
-      new kind of requirement is checked by the origin against the worker's own heartbeat
-      (`Workers.admit`), so an older worker is refused, not trusted to obey a field it ignores.
+      requirement fails the message (an older node never claims what it cannot honour). A new
+      kind of requirement is therefore also checked by the origin, against the worker's own
+      heartbeat (`Workers.admit`, which has its version): a grant the worker cannot read would
+      be lost until its lease lapsed, costing the job an attempt.
     - Anything else (a renamed or removed field, a new meaning, a new message type an older peer
       cannot answer) bumps the protocol's ALPN; an older peer then refuses the connection and the
       dialer says which version to upgrade (`net.errors`). So does a new field of the gossip
