@@ -113,6 +113,25 @@ def test_tag_counts_follow_every_change_and_are_rebuilt_for_an_older_table(
     assert RefTable(path).of("h1") == (False, ("a", "c"), 2)  # reopened
 
 
+def test_tag_counts_are_right_again_after_the_previous_release_ran_on_the_table(
+    tmp_path: Path,
+) -> None:
+    """A downgrade and an upgrade: the previous release moves a tag with INSERT OR REPLACE on a
+    table that has this version's triggers; the count it leaves behind is too high."""
+    path = tmp_path / "meta.sqlite"
+    refs = RefTable(path)
+    refs.set_tag("job/1/module", "h1")
+    refs.close()
+    previous = sqlite3.connect(path)
+    previous.execute("INSERT OR REPLACE INTO tags VALUES ('job/1/module', 'h2')")
+    previous.commit()
+    previous.close()
+    refs = RefTable(path)
+    assert [refs.of(h).tag_count for h in ("h1", "h2")] == [0, 1]
+    assert not refs.keeps("h1")
+    refs.close()
+
+
 async def test_blob_ls_names_the_first_jobs_of_a_blob_many_jobs_hold(tmp_path: Path) -> None:
     store = await BlobStore.open(tmp_path / "node" / "iroh-blobs")
     shared = await store.add_bytes(b"a module every job used")

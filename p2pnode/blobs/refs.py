@@ -42,7 +42,10 @@ class Refs(NamedTuple):
 class RefTable:
     """Every read of one hash costs the same however many tags it has: its tags are read in
     name order from an index and only as far as needed, and their number is kept per hash by
-    triggers (counting rows would read them all)."""
+    triggers (counting rows would read them all). The counts are rebuilt at every open (one pass
+    over the index): a previous release run on this table in between (a downgrade) keeps the
+    triggers but replaces tags with `INSERT OR REPLACE`, whose implied delete fires none, so its
+    counts only grow and a blob would never be collected."""
 
     def __init__(self, path: Path) -> None:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -74,16 +77,15 @@ class RefTable:
                 COMMIT;
                 """
             )
-            if self._db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                self._db.executescript(
-                    f"""
-                    BEGIN IMMEDIATE;
-                    DELETE FROM tag_counts;
-                    INSERT INTO tag_counts SELECT hash, count(*) FROM tags GROUP BY hash;
-                    PRAGMA user_version = {SCHEMA_VERSION};
-                    COMMIT;
-                    """
-                )
+            self._db.executescript(
+                f"""
+                BEGIN IMMEDIATE;
+                DELETE FROM tag_counts;
+                INSERT INTO tag_counts SELECT hash, count(*) FROM tags GROUP BY hash;
+                PRAGMA user_version = {SCHEMA_VERSION};
+                COMMIT;
+                """
+            )
         except BaseException:
             self._db.close()
             raise
