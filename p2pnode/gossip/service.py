@@ -1,7 +1,7 @@
 """Gossip over iroh: runs the sans-IO engine, carrying its messages on QUIC streams between members.
 
 Each neighbor gets one outgoing connection (members-only ALPN) with one long-lived uni stream
-of length-prefixed JSON frames, fed by a bounded queue: a slow or dead neighbor can never
+of length-prefixed frames (`wire.py`), fed by a bounded queue: a slow or dead neighbor can never
 block the engine or the rest of the node; when its stream breaks the engine hears that the
 neighbor is down and refills its view. Incoming frames that are oversized or malformed reset
 that stream and are counted; they never reach the engine.
@@ -22,7 +22,7 @@ from typing import Any
 
 import iroh
 import trio
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from p2pnode.gossip.engine import (
     Connect,
@@ -35,9 +35,9 @@ from p2pnode.gossip.engine import (
     Send,
     SendOnce,
     Timer,
-    WireMessage,
 )
 from p2pnode.gossip.stats import GossipStats
+from p2pnode.gossip.wire import WireError, WireMessage, decode, encode
 from p2pnode.ids import EnvelopeId, NodeId
 from p2pnode.membership import Membership
 from p2pnode.net.addr import PeerAddr
@@ -47,14 +47,12 @@ from p2pnode.net.framing import FrameError, FrameReader, write_frame, write_fram
 
 log = logging.getLogger(__name__)
 
-GOSSIP_ALPN = b"p2pnode/gossip/1"
+GOSSIP_ALPN = b"p2pnode/gossip/2"  # 2: binary messages (wire.py); nodes speaking 1 cannot connect
 MAX_GOSSIP_FRAME = 256 * 1024
 OUTBOX_SIZE = 256
 WRITE_BATCH = 64  # queued frames per write
 TICK_S = 1.0
 REACH_OUT_EVERY = 10  # ticks between links to a member the views forgot: heals partitions
-
-wire_message: TypeAdapter[WireMessage] = TypeAdapter(WireMessage)
 
 
 @dataclass(frozen=True)
@@ -208,7 +206,7 @@ class GossipService:
             return  # not connected (yet): the engine's anti-entropy repairs what this loses
         frame = encoded.get(id(message))
         if frame is None:
-            frame = encoded[id(message)] = wire_message.dump_json(message)
+            frame = encoded[id(message)] = encode(message)
         try:
             outbox.send_nowait(frame)
         except trio.WouldBlock:
@@ -240,7 +238,7 @@ class GossipService:
                 PeerAddr.model_validate(action.addr), GOSSIP_ALPN
             )
             stream = await connection.open_uni()
-            await write_frame(stream, wire_message.dump_json(action.msg))
+            await write_frame(stream, encode(action.msg))
             await stream.finish()
         except (*PEER_ERRORS, ValidationError) as exc:
             log.debug(
@@ -346,9 +344,9 @@ class GossipService:
     def _on_frame(self, peer_id: str, frame: bytes) -> None:
         """The receive path of one frame (benchmarks/gossip.py times it)."""
         try:
-            message = wire_message.validate_json(frame)
-        except ValidationError:
-            raise FrameError("malformed message") from None
+            message = decode(frame)
+        except WireError as exc:
+            raise FrameError(f"malformed message: {exc}") from None
         self._apply(self.engine.on_message(peer_id, message))  # type: ignore[union-attr]
 
 
