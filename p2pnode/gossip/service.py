@@ -15,7 +15,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -91,7 +91,9 @@ class GossipService:
         self._membership = membership
         self._dialer = dialer
         self._self_addr = self_addr
-        self._subscribers: list[trio.MemorySendChannel[GossipEvent]] = []
+        # Each with the kinds it wants (None: all of them).
+        self._subscribers: list[tuple[trio.MemorySendChannel[GossipEvent], frozenset[str] | None]]
+        self._subscribers = []
         self._secret_key = secret_key
         self._config = config or GossipConfig()
         self._outboxes: dict[str, trio.MemorySendChannel[bytes]] = {}  # encoded messages
@@ -144,16 +146,23 @@ class GossipService:
         self._apply(actions)
         return envelope.id
 
-    def subscribe(self, buffer: int = 1024) -> trio.MemoryReceiveChannel[GossipEvent]:
-        """Announcements from others and neighbor changes, in order; a subscriber that falls
-        `buffer` events behind loses the overflow (anti-entropy cannot replay what was
-        delivered)."""
+    def subscribe(
+        self, buffer: int = 1024, kinds: Collection[str] | None = None
+    ) -> trio.MemoryReceiveChannel[GossipEvent]:
+        """Announcements from others (of `kinds` only, if given) and neighbor changes, in order; a
+        subscriber that falls `buffer` events behind loses the overflow (anti-entropy cannot
+        replay what was delivered). Naming the kinds saves waking the subscriber's task for every
+        other announcement (a task step per subscriber and delivery)."""
         send, receive = trio.open_memory_channel[GossipEvent](buffer)
-        self._subscribers.append(send)
+        self._subscribers.append((send, None if kinds is None else frozenset(kinds)))
         return receive
 
     def _notify(self, event: GossipEvent) -> None:
-        for subscriber in list(self._subscribers):
+        kind = event.kind if isinstance(event, Received) else None
+        for entry in list(self._subscribers):
+            subscriber, kinds = entry
+            if kind is not None and kinds is not None and kind not in kinds:
+                continue
             try:
                 subscriber.send_nowait(event)
             except trio.WouldBlock:
@@ -161,7 +170,7 @@ class GossipService:
                     "a gossip subscriber is not keeping up; dropped a %s", type(event).__name__
                 )
             except trio.BrokenResourceError:
-                self._subscribers.remove(subscriber)
+                self._subscribers.remove(entry)
 
     def retire(self, envelope_id: EnvelopeId) -> None:
         if self.engine is not None:
