@@ -434,7 +434,7 @@ def main(args: argparse.Namespace) -> None:
                 for line in profile_rows(result):
                     print(line, flush=True)
             for name, sources in trees if args.processes else []:
-                result = run_processes(sources, size, args.messages, Path(tmp))
+                result = run_processes(sources, size, args.messages, Path(tmp) / name)
                 print(row(f"{name}, processes", size, result), flush=True)
             if args.reference_python:
                 ref = run_reference(
