@@ -1,7 +1,7 @@
 """Gossip delivery, latency and CPU: N real nodes on loopback, 100 announcements.
 
-    python benchmarks/gossip.py [--nodes 10 30] [--messages 100] [--processes]
-                                [--reference-python /tmp/iroh035/bin/python]
+    python benchmarks/gossip.py [--nodes 10 30] [--messages 100] [--processes] [--profile]
+                                [--baseline DIR] [--reference-python /tmp/iroh035/bin/python]
 
 Each node joins through the ticket of a random earlier node. Announcements are published from
 random origins, 20 ms apart; for each cluster size the script prints the delivery ratio,
@@ -15,12 +15,20 @@ By default all nodes share one Python process (and its GIL), so latencies includ
 behind the other nodes' work: an upper bound for separate hosts. `--processes` also runs each
 node in its own process. `--reference-python` runs the Rust iroh-gossip 0.35 anchor
 (`--reference-script`) in the same run for the same sizes (see ../shared/anchors/README.md).
+`--baseline DIR` runs the same measurements with the p2pnode sources in DIR (a checkout of
+another commit) just before this tree's, each one-process run in a fresh interpreter.
+
+`--profile` says where the main thread's CPU goes over the broadcast phase, per delivery: each
+trio task's CPU (thread time around every task step, so the bindings' Rust threads do not count),
+the scheduler's share outside task steps, the other threads' (process minus main thread), the
+bindings' calls, and the frames sent by type. It costs two clock reads per task step.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import os
 import random
 import re
 import statistics
@@ -28,11 +36,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
+import iroh
 import trio
 from pydantic import BaseModel
 
@@ -47,12 +57,23 @@ GRACE_S = 15.0
 GAP_S = 0.02  # between announcements
 JOIN_ATTEMPTS = 3
 REFERENCE_SCRIPT = Path(__file__).resolve().parents[2] / "shared/anchors/gossip_iroh035.py"
+HERE = Path(__file__).resolve().parents[1]
 
 
 class Probe(BaseModel):
     KIND: ClassVar[str] = "bench.probe"
     n: int
     sent_at: float
+
+
+class Profile(BaseModel):
+    """Where the main thread's CPU went (see --profile)."""
+
+    tasks: dict[str, float] = {}  # task name -> CPU seconds in its steps
+    steps: dict[str, int] = {}
+    thread_cpu_s: float = 0.0
+    calls: dict[str, int] = {}  # bindings' method -> calls
+    sent: dict[str, int] = {}  # gossip message type -> frames sent
 
 
 class Result(BaseModel):
@@ -64,6 +85,7 @@ class Result(BaseModel):
     frames: int = 0
     grafts: int = 0
     process_cpu_s: float = 0.0
+    profile: Profile | None = None
 
     def add(self, other: Result) -> None:
         self.expected += other.expected
@@ -94,6 +116,67 @@ def timed_receive_path(result: Result) -> Iterator[None]:
         GossipService._on_frame = original  # type: ignore[method-assign]
 
 
+class _TaskCPU(trio.abc.Instrument):
+    """Thread CPU of every task step, by task name."""
+
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        self.started = 0.0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.started = time.thread_time()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        name = task.name.removeprefix("p2pnode.")
+        self.profile.tasks[name] = (
+            self.profile.tasks.get(name, 0.0) + time.thread_time() - self.started
+        )
+        self.profile.steps[name] = self.profile.steps.get(name, 0) + 1
+
+
+@contextmanager
+def profiled(nodes: list[Node], on: bool) -> Iterator[Profile | None]:
+    """A `Profile` of the block when `on` (else None)."""
+    if not on:
+        yield None
+        return
+    profile = Profile()
+    calls: Counter[str] = Counter()
+    methods = [(iroh.RecvStream, "read"), (iroh.SendStream, "write_all")]
+    originals = [getattr(cls, name) for cls, name in methods]
+
+    def counting(name: str, method: Any) -> Any:
+        def call(*args: Any) -> Any:
+            calls[name] += 1
+            return method(*args)
+
+        return call
+
+    for (cls, name), method in zip(methods, originals, strict=True):
+        setattr(cls, name, counting(name, method))
+    instrument = _TaskCPU(profile)
+    sent_before = sent_by_type(nodes)
+    trio.lowlevel.add_instrument(instrument)
+    started = instrument.started = time.thread_time()  # this task's step is under way
+    try:
+        yield profile
+    finally:
+        profile.thread_cpu_s = time.thread_time() - started
+        trio.lowlevel.remove_instrument(instrument)
+        for (cls, name), method in zip(methods, originals, strict=True):
+            setattr(cls, name, method)
+        profile.calls = dict(calls)
+        profile.sent = dict(sent_by_type(nodes) - sent_before)
+
+
+def sent_by_type(nodes: list[Node]) -> Counter[str]:
+    sent: Counter[str] = Counter()
+    for node in nodes:
+        if (stats := node.gossip.stats()) is not None:
+            sent.update(stats.sent_by_type)
+    return sent
+
+
 def new_node(data_dir: Path) -> Node:
     settings = Settings(data_dir=data_dir, http_port=0, bind="127.0.0.1:0", relay="disabled")
     return Node(settings, serve_node_api)
@@ -119,11 +202,7 @@ async def start(
 
 
 def grafts(nodes: list[Node]) -> int:
-    return sum(
-        stats.sent_by_type.get("graft", 0)
-        for node in nodes
-        if (stats := node.gossip.stats()) is not None
-    )
+    return sent_by_type(nodes)["graft"]
 
 
 async def listen(node: Node, result: Result, on_probe: Any) -> None:
@@ -136,7 +215,7 @@ async def listen(node: Node, result: Result, on_probe: Any) -> None:
 # -- all nodes in this process ----------------------------------------------------------------
 
 
-async def run_in_process(size: int, messages: int, work: Path) -> Result:
+async def run_in_process(size: int, messages: int, work: Path, profile: bool) -> Result:
     rng = random.Random(size)
     result = Result(expected=messages * (size - 1))
     all_heard = trio.Event()
@@ -153,7 +232,7 @@ async def run_in_process(size: int, messages: int, work: Path) -> Result:
             nodes.append(node)
         await trio.sleep(SETTLE_S)  # let the views form, as in a running cluster
         cpu, grafted = time.process_time(), grafts(nodes)
-        with timed_receive_path(result):
+        with timed_receive_path(result), profiled(nodes, profile) as result.profile:
             for n in range(messages):
                 rng.choice(nodes).gossip.publish(Probe(n=n, sent_at=time.time()))
                 await trio.sleep(GAP_S)
@@ -209,7 +288,22 @@ async def node_process(data_dir: Path, ticket: str | None) -> None:
         nursery.cancel_scope.cancel()
 
 
-def run_processes(size: int, messages: int, work: Path) -> Result:
+def measure_in_process(sources: Path, size: int, messages: int, profile: bool) -> Result:
+    """`run_in_process` in a fresh interpreter that imports p2pnode from `sources`."""
+    with tempfile.TemporaryDirectory(prefix="p2pnode-gossip-") as tmp:
+        command = [sys.executable, __file__, "--in-process", str(size), "--work", tmp]
+        done = subprocess.run(
+            [*command, "--messages", str(messages), *(["--profile"] if profile else [])],
+            cwd=sources,
+            env={**os.environ, "PYTHONPATH": str(sources)},
+            stdout=subprocess.PIPE,
+            text=True,
+            check=True,
+        )
+    return Result.model_validate_json(done.stdout.splitlines()[-1])
+
+
+def run_processes(sources: Path, size: int, messages: int, work: Path) -> Result:
     rng = random.Random(size)
     origins = [rng.randrange(size) for _ in range(messages)]
     procs: list[subprocess.Popen[str]] = []
@@ -222,6 +316,8 @@ def run_processes(size: int, messages: int, work: Path) -> Result:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
+                cwd=sources,
+                env={**os.environ, "PYTHONPATH": str(sources)},
             )
             procs.append(proc)
             assert proc.stdout is not None
@@ -288,6 +384,34 @@ def row(name: str, size: int, result: Result) -> str:
     )
 
 
+def profile_rows(result: Result) -> list[str]:
+    """The --profile breakdown, per delivery."""
+    profile = result.profile
+    if profile is None:
+        return []
+    per = 1e6 / max(len(result.latencies), 1)
+    tasks = sorted(profile.tasks.items(), key=lambda item: -item[1])
+    in_steps = sum(profile.tasks.values())
+    lines = [
+        f"  main thread {profile.thread_cpu_s * per:.0f} us per delivery (the receive path"
+        f" {result.receive_cpu_s * per:.0f} us of it, in the task that reads), other threads"
+        f" {(result.process_cpu_s - profile.thread_cpu_s) * per:.0f} us",
+        *(
+            f"    {cpu * per:6.0f} us {profile.steps[name] * per / 1e6:6.2f} steps  {name}"
+            for name, cpu in tasks[:12]
+        ),
+        f"    {sum(cpu for _, cpu in tasks[12:]) * per:6.0f} us  other tasks",
+        f"    {(profile.thread_cpu_s - in_steps) * per:6.0f} us"
+        f" {sum(profile.steps.values()) * per / 1e6:6.2f} steps in all: outside task steps"
+        " (scheduler, I/O wait, wakeups from Rust threads)",
+        "  per delivery: "
+        + ", ".join(f"{n * per / 1e6:.2f} {name}" for name, n in sorted(profile.calls.items()))
+        + " calls; frames sent "
+        + ", ".join(f"{n * per / 1e6:.3f} {kind}" for kind, n in sorted(profile.sent.items())),
+    ]
+    return lines
+
+
 def reference_row(size: int, ref: dict[str, float]) -> str:
     if not ref:
         return f"{'iroh-gossip 0.35':<22} {size:>5} {'failed':>10}"
@@ -298,20 +422,20 @@ def reference_row(size: int, ref: dict[str, float]) -> str:
 
 
 def main(args: argparse.Namespace) -> None:
+    trees = [("p2pnode", HERE)]
+    if args.baseline is not None:
+        trees.insert(0, ("baseline", args.baseline.resolve()))
     print(HEADER)
     with tempfile.TemporaryDirectory(prefix="p2pnode-gossip-") as tmp:
         for size in args.nodes:
-            print(
-                row(
-                    "p2pnode, one process",
-                    size,
-                    trio.run(run_in_process, size, args.messages, Path(tmp)),
-                ),
-                flush=True,
-            )
-            if args.processes:
-                result = run_processes(size, args.messages, Path(tmp))
-                print(row("p2pnode, processes", size, result), flush=True)
+            for name, sources in trees:
+                result = measure_in_process(sources, size, args.messages, args.profile)
+                print(row(f"{name}, one process", size, result), flush=True)
+                for line in profile_rows(result):
+                    print(line, flush=True)
+            for name, sources in trees if args.processes else []:
+                result = run_processes(sources, size, args.messages, Path(tmp) / name)
+                print(row(f"{name}, processes", size, result), flush=True)
             if args.reference_python:
                 ref = run_reference(
                     args.reference_python, args.reference_script, size, args.messages
@@ -328,10 +452,17 @@ if __name__ == "__main__":
     parser.add_argument("--processes", action="store_true", help="also one process per node")
     parser.add_argument("--reference-python", help="python with iroh==0.35.0 installed")
     parser.add_argument("--reference-script", type=Path, default=REFERENCE_SCRIPT)
+    parser.add_argument("--baseline", type=Path, help="p2pnode sources to measure first")
+    parser.add_argument("--profile", action="store_true", help="where the CPU goes")
     parser.add_argument("--node-process", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--join", help=argparse.SUPPRESS)
+    parser.add_argument("--in-process", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.node_process:
         trio.run(node_process, args.node_process, args.join)
+    elif args.in_process:
+        measured = trio.run(run_in_process, args.in_process, args.messages, args.work, args.profile)
+        print(measured.model_dump_json())
     else:
         main(args)

@@ -2,13 +2,14 @@
 
     python benchmarks/gossip_sim.py [--nodes 100 1000] [--warm-up 20] [--broadcasts 50]
 
-The network of `p2pnode.gossip.sim` (seeded, every message through JSON, signatures verified)
-grows to N nodes and ticks (anti-entropy, reach-outs) until its overlay is connected (`ticks`).
-Then, with no more ticks, `--warm-up` broadcasts from random origins let the eager links settle
-into a tree, and `--broadcasts` more (in bursts of 5 in flight at once) are measured. Printed
-per size: the delivery ratio (by the broadcast tree alone), and messages sent per node per
-broadcast: eager full copies ("gossip"), lazy announcements (IHAVE frames), GRAFT and PRUNE, and
-the duplicates received. Target: under 2 eager copies per node per broadcast in steady state.
+The network of `p2pnode.gossip.sim` (seeded, every message through the wire codec, signatures
+verified) grows to N nodes and ticks (anti-entropy, reach-outs) until its overlay is connected
+(`ticks`). Then, with no more ticks, `--warm-up` broadcasts from random origins let the eager
+links settle into a tree, and `--broadcasts` more (in bursts of 5 in flight at once) are
+measured. Printed per size: the delivery ratio (by the broadcast tree alone), and messages sent
+per node per broadcast: eager full copies ("gossip"), lazy announcements (IHAVE frames), GRAFT
+and PRUNE, and the duplicates received. Target: under 2 eager copies per node per broadcast in
+steady state.
 """
 
 from __future__ import annotations

@@ -25,6 +25,11 @@ class Ping(BaseModel):
     n: int
 
 
+class Pong(BaseModel):
+    KIND: ClassVar[str] = "test.pong"
+    n: int
+
+
 class Cluster:
     """Nodes that each record the pings they receive; each can be stopped on its own."""
 
@@ -113,6 +118,27 @@ async def test_twenty_nodes_every_announcement_reaches_all(
     for node in cluster.nodes:
         stats = node.gossip.stats()
         assert stats is not None and 1 <= len(stats.active) <= 5
+    nursery.cancel_scope.cancel()
+
+
+async def test_a_subscriber_hears_only_the_kinds_it_asked_for(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    cluster = await build(nursery, tmp_path, 2, random.Random(2))
+    origin, listener = cluster.nodes
+    pings = listener.gossip.subscribe(kinds={Ping.KIND})
+    origin.gossip.publish(Pong(n=1))  # the same link, in order: by the ping it has been handled
+    cluster.publish(origin, 2)
+    await cluster.until(lambda: 2 in cluster.received[listener.id], "the ping")
+    heard = []
+    while True:
+        try:
+            event = pings.receive_nowait()
+        except trio.WouldBlock:
+            break
+        if isinstance(event, Received):
+            heard.append((event.kind, event.payload))
+    assert heard == [(Ping.KIND, {"n": 2})]  # no pong, no heartbeat
     nursery.cancel_scope.cancel()
 
 

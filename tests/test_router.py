@@ -7,8 +7,8 @@ import iroh
 import pytest
 import trio
 
-from p2pnode.gossip.engine import ForwardJoin, PeerEntry
-from p2pnode.gossip.service import GOSSIP_ALPN, wire_message
+from p2pnode.gossip.service import GOSSIP_ALPN
+from p2pnode.gossip.wire import ForwardJoin, PeerEntry, encode
 from p2pnode.jobs.control import JOBS_ALPN
 from p2pnode.membership import JOIN_ALPN
 from p2pnode.net.framing import write_frame
@@ -59,7 +59,7 @@ async def test_member_sending_garbage_gossip_is_contained(start_node) -> None:
     bad = ForwardJoin(
         peer=PeerEntry(id=newcomer, addr={"node_id": "not an id", "direct_addresses": 7}), ttl=0
     )
-    await write_frame(stream, wire_message.dump_json(bad))
+    await write_frame(stream, encode(bad))
     await stream.finish()
     with trio.fail_after(10):
         while a.gossip.stats().received == received or newcomer in a.gossip.engine.active:

@@ -189,7 +189,9 @@ class LocalGossip:
     def retire(self, envelope_id: str) -> None:
         self.retired.append(envelope_id)
 
-    def subscribe(self) -> trio.MemoryReceiveChannel[GossipEvent]:
+    def subscribe(
+        self, buffer: int = 16, kinds: object = None
+    ) -> trio.MemoryReceiveChannel[GossipEvent]:
         return self.receive
 
 

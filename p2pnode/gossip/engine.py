@@ -36,14 +36,32 @@ import random
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import iroh
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field
 
-from p2pnode.gossip.envelope import MAX_HOPS, Envelope, validate_incoming
+from p2pnode.gossip.envelope import MAX_HOPS, Envelope, Signer, validate_incoming
 from p2pnode.gossip.stats import GossipStats
-from p2pnode.ids import NodeIdField
+from p2pnode.gossip.wire import (
+    WIRE_TYPES,
+    Digest,
+    ForwardJoin,
+    Gossip,
+    Graft,
+    IHave,
+    Join,
+    Leave,
+    Neighbor,
+    PeerEntry,
+    Prune,
+    Shuffle,
+    ShuffleReply,
+    Want,
+    WireError,
+    WireMessage,
+    decode,
+)
 
 
 class GossipConfig(BaseModel):
@@ -65,122 +83,17 @@ class GossipConfig(BaseModel):
     # Plumtree delays. iroh-gossip batches IHAVE for 5 ms and grafts after 80 ms; Python nodes
     # sharing a loaded machine answer in ms when idle but hundreds of ms when loaded, so the
     # GRAFT timeout adapts between the two bounds (see the module docstring). IHAVEs that follow
-    # one another are batched for `ihave_delay_s`: one frame per lazy link, not one per envelope.
-    ihave_delay_s: float = 0.1
+    # one another are batched for `ihave_delay_s`: one frame per lazy link and direction, not one
+    # per envelope. A frame costs ~0.4 ms of CPU in all (the bindings' write and read, wakeups),
+    # more than the rest of a delivery; at 0.1 s IHAVE was 0.6 frames per delivery at 50
+    # broadcasts/s. They only serve repair, which a tree in steady state does not need.
+    ihave_delay_s: float = 0.5
     graft_timeout_s: float = 0.25  # before anything is measured
     graft_timeout_min_s: float = 0.03
     graft_timeout_max_s: float = 1.0
     graft_retry_s: float = 0.1
 
 
-# -- wire messages ----------------------------------------------------------------------------
-
-
-class PeerEntry(BaseModel):
-    id: NodeIdField
-    addr: dict[str, Any]
-
-
-class Join(BaseModel):
-    type: Literal["join"] = "join"
-    addr: dict[str, Any]
-
-
-class ForwardJoin(BaseModel):
-    type: Literal["forward_join"] = "forward_join"
-    peer: PeerEntry
-    ttl: int = Field(ge=0, le=16)
-
-
-class Neighbor(BaseModel):
-    type: Literal["neighbor"] = "neighbor"
-    addr: dict[str, Any]
-    urgent: bool  # the sender has no neighbors at all: the receiver must accept
-
-
-class Leave(BaseModel):
-    type: Literal["leave"] = "leave"
-
-
-class Shuffle(BaseModel):
-    type: Literal["shuffle"] = "shuffle"
-    sample: list[PeerEntry] = Field(max_length=64)
-
-
-class ShuffleReply(BaseModel):
-    type: Literal["shuffle_reply"] = "shuffle_reply"
-    sample: list[PeerEntry] = Field(max_length=64)
-
-
-class Gossip(BaseModel):
-    """A full envelope. `catch_up` marks a copy sent for anti-entropy (or pushed on from one): it
-    travels off the tree's schedule, so its arrival order says nothing about the tree's links."""
-
-    type: Literal["gossip"] = "gossip"
-    envelope: Envelope
-    catch_up: bool = False
-
-
-class Digest(BaseModel):
-    type: Literal["digest"] = "digest"
-    ids: list[str] = Field(max_length=5000)
-
-
-class Want(BaseModel):
-    type: Literal["want"] = "want"
-    ids: list[str] = Field(max_length=5000)
-
-
-class IHave(BaseModel):
-    """Lazy push: ids the sender delivered, to a neighbor that gets no eager copies from it."""
-
-    type: Literal["ihave"] = "ihave"
-    ids: list[str] = Field(max_length=5000)
-
-
-class Graft(BaseModel):
-    """Send these in full, and push eagerly to me from now on (the tree lost a branch)."""
-
-    type: Literal["graft"] = "graft"
-    ids: list[str] = Field(max_length=5000)
-
-
-class Prune(BaseModel):
-    """You sent me a copy I already had: push to me lazily from now on."""
-
-    type: Literal["prune"] = "prune"
-
-
-WireMessage = Annotated[
-    Join
-    | ForwardJoin
-    | Neighbor
-    | Leave
-    | Shuffle
-    | ShuffleReply
-    | Gossip
-    | Digest
-    | Want
-    | IHave
-    | Graft
-    | Prune,
-    Field(discriminator="type"),
-]
-_WIRE_TYPES = (
-    Join,
-    ForwardJoin,
-    Neighbor,
-    Leave,
-    Shuffle,
-    ShuffleReply,
-    Gossip,
-    Digest,
-    Want,
-    IHave,
-    Graft,
-    Prune,
-)
-_wire: TypeAdapter[WireMessage] = TypeAdapter(WireMessage)
 _OFF_TREE = ""  # the sender `_seen` records when an envelope's first copy came off the tree
 
 
@@ -264,7 +177,7 @@ class GossipEngine:
         self.id = self_id
         self.topic = topic
         self.config = config or GossipConfig()
-        self._key = secret_key
+        self._signer = Signer(secret_key)
         self._addr = self_addr
         self._rng = rng or random.Random()
         self._clock = clock
@@ -335,7 +248,7 @@ class GossipEngine:
 
     def publish(self, kind: str, payload: dict[str, Any]) -> tuple[Envelope, list[Action]]:
         envelope = Envelope.create(
-            self._key, self.topic, kind, payload, hops=self.config.hops, now=self._clock()
+            self._signer, self.topic, kind, payload, hops=self.config.hops, now=self._clock()
         )
         if envelope.size() > self.config.max_envelope_bytes:
             raise ValueError(
@@ -348,21 +261,20 @@ class GossipEngine:
         """Stop offering an envelope in digests (e.g. an announcement of a job that has ended)."""
         self._live.pop(envelope_id, None)
 
-    def on_message(self, peer_id: str, msg: Any) -> list[Action]:
-        """Handle a message from `peer_id`: a parsed `WireMessage`, or raw JSON (bytes, str or a
-        dict) that is parsed here. Anything else, or anything that does not parse, is counted
-        as dropped ("malformed"); this never raises."""
+    def on_message(self, peer_id: str, msg: WireMessage | bytes | object) -> list[Action]:
+        """Handle a message from `peer_id`: a decoded `WireMessage`, or a frame's bytes that are
+        decoded here. Anything else, or bytes that do not decode, is counted as dropped
+        ("malformed"); this never raises."""
         self._counts["received"] += 1
-        if not isinstance(msg, _WIRE_TYPES):
+        if isinstance(msg, bytes):
             try:
-                msg = (
-                    _wire.validate_json(msg)
-                    if isinstance(msg, (bytes, str))
-                    else _wire.validate_python(msg)
-                )
-            except ValidationError:
+                msg = decode(msg)
+            except WireError:
                 self._dropped["malformed"] += 1
                 return []
+        if not isinstance(msg, WIRE_TYPES):
+            self._dropped["malformed"] += 1
+            return []
         result: list[Action] = getattr(self, f"_on_{msg.type}")(peer_id, msg)
         return result
 
@@ -654,9 +566,7 @@ class GossipEngine:
         """A stored envelope re-sent with a fresh hop budget, for a GRAFT or for catch-up: the
         receiver is typically the first of its side of a broken tree or a healed partition to get
         it, and pushes it on from there."""
-        return Gossip(
-            envelope=envelope.model_copy(update={"hops": self.config.hops}), catch_up=catch_up
-        )
+        return Gossip(envelope=envelope.replace(hops=self.config.hops), catch_up=catch_up)
 
     def _push(
         self, envelope: Envelope, exclude: str | None, *, catch_up: bool = False
@@ -664,8 +574,7 @@ class GossipEngine:
         """Eager copies to the tree's links, an IHAVE (at the next batch) to the others. Once the
         hop budget is spent, everyone gets the IHAVE: a GRAFT answer carries a fresh budget."""
         onward = Gossip(
-            envelope=envelope.model_copy(update={"hops": max(envelope.hops - 1, 0)}),
-            catch_up=catch_up,
+            envelope=envelope.replace(hops=max(envelope.hops - 1, 0)), catch_up=catch_up
         )
         actions: list[Action] = []
         for peer_id in sorted(self._connected):

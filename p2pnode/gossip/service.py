@@ -1,7 +1,7 @@
 """Gossip over iroh: runs the sans-IO engine, carrying its messages on QUIC streams between members.
 
 Each neighbor gets one outgoing connection (members-only ALPN) with one long-lived uni stream
-of length-prefixed JSON frames, fed by a bounded queue: a slow or dead neighbor can never
+of length-prefixed frames (`wire.py`), fed by a bounded queue: a slow or dead neighbor can never
 block the engine or the rest of the node; when its stream breaks the engine hears that the
 neighbor is down and refills its view. Incoming frames that are oversized or malformed reset
 that stream and are counted; they never reach the engine.
@@ -15,14 +15,14 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
 import iroh
 import trio
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from p2pnode.gossip.engine import (
     Connect,
@@ -35,9 +35,9 @@ from p2pnode.gossip.engine import (
     Send,
     SendOnce,
     Timer,
-    WireMessage,
 )
 from p2pnode.gossip.stats import GossipStats
+from p2pnode.gossip.wire import WireError, WireMessage, decode, encode
 from p2pnode.ids import EnvelopeId, NodeId
 from p2pnode.membership import Membership
 from p2pnode.net.addr import PeerAddr
@@ -47,14 +47,12 @@ from p2pnode.net.framing import FrameError, FrameReader, write_frame, write_fram
 
 log = logging.getLogger(__name__)
 
-GOSSIP_ALPN = b"p2pnode/gossip/1"
+GOSSIP_ALPN = b"p2pnode/gossip/2"  # 2: binary messages (wire.py); nodes speaking 1 cannot connect
 MAX_GOSSIP_FRAME = 256 * 1024
 OUTBOX_SIZE = 256
 WRITE_BATCH = 64  # queued frames per write
 TICK_S = 1.0
 REACH_OUT_EVERY = 10  # ticks between links to a member the views forgot: heals partitions
-
-wire_message: TypeAdapter[WireMessage] = TypeAdapter(WireMessage)
 
 
 @dataclass(frozen=True)
@@ -93,7 +91,9 @@ class GossipService:
         self._membership = membership
         self._dialer = dialer
         self._self_addr = self_addr
-        self._subscribers: list[trio.MemorySendChannel[GossipEvent]] = []
+        # Each with the kinds it wants (None: all of them).
+        self._subscribers: list[tuple[trio.MemorySendChannel[GossipEvent], frozenset[str] | None]]
+        self._subscribers = []
         self._secret_key = secret_key
         self._config = config or GossipConfig()
         self._outboxes: dict[str, trio.MemorySendChannel[bytes]] = {}  # encoded messages
@@ -146,16 +146,23 @@ class GossipService:
         self._apply(actions)
         return envelope.id
 
-    def subscribe(self, buffer: int = 1024) -> trio.MemoryReceiveChannel[GossipEvent]:
-        """Announcements from others and neighbor changes, in order; a subscriber that falls
-        `buffer` events behind loses the overflow (anti-entropy cannot replay what was
-        delivered)."""
+    def subscribe(
+        self, buffer: int = 1024, kinds: Collection[str] | None = None
+    ) -> trio.MemoryReceiveChannel[GossipEvent]:
+        """Announcements from others (of `kinds` only, if given) and neighbor changes, in order; a
+        subscriber that falls `buffer` events behind loses the overflow (anti-entropy cannot
+        replay what was delivered). Naming the kinds saves waking the subscriber's task for every
+        other announcement (a task step per subscriber and delivery)."""
         send, receive = trio.open_memory_channel[GossipEvent](buffer)
-        self._subscribers.append(send)
+        self._subscribers.append((send, None if kinds is None else frozenset(kinds)))
         return receive
 
     def _notify(self, event: GossipEvent) -> None:
-        for subscriber in list(self._subscribers):
+        kind = event.kind if isinstance(event, Received) else None
+        for entry in list(self._subscribers):
+            subscriber, kinds = entry
+            if kind is not None and kinds is not None and kind not in kinds:
+                continue
             try:
                 subscriber.send_nowait(event)
             except trio.WouldBlock:
@@ -163,7 +170,7 @@ class GossipService:
                     "a gossip subscriber is not keeping up; dropped a %s", type(event).__name__
                 )
             except trio.BrokenResourceError:
-                self._subscribers.remove(subscriber)
+                self._subscribers.remove(entry)
 
     def retire(self, envelope_id: EnvelopeId) -> None:
         if self.engine is not None:
@@ -208,7 +215,7 @@ class GossipService:
             return  # not connected (yet): the engine's anti-entropy repairs what this loses
         frame = encoded.get(id(message))
         if frame is None:
-            frame = encoded[id(message)] = wire_message.dump_json(message)
+            frame = encoded[id(message)] = encode(message)
         try:
             outbox.send_nowait(frame)
         except trio.WouldBlock:
@@ -240,7 +247,7 @@ class GossipService:
                 PeerAddr.model_validate(action.addr), GOSSIP_ALPN
             )
             stream = await connection.open_uni()
-            await write_frame(stream, wire_message.dump_json(action.msg))
+            await write_frame(stream, encode(action.msg))
             await stream.finish()
         except (*PEER_ERRORS, ValidationError) as exc:
             log.debug(
@@ -346,9 +353,9 @@ class GossipService:
     def _on_frame(self, peer_id: str, frame: bytes) -> None:
         """The receive path of one frame (benchmarks/gossip.py times it)."""
         try:
-            message = wire_message.validate_json(frame)
-        except ValidationError:
-            raise FrameError("malformed message") from None
+            message = decode(frame)
+        except WireError as exc:
+            raise FrameError(f"malformed message: {exc}") from None
         self._apply(self.engine.on_message(peer_id, message))  # type: ignore[union-attr]
 
 

@@ -7,7 +7,7 @@ that dies tells its sender `peer_disconnected`; a node with no neighbors joins v
 it knows, and every 10 ticks reaches out to a random one. A `Timer` (milliseconds) fires when
 the network is quiet, earliest first, before the next tick (a second). Events on different
 streams interleave in a seeded random order; node keys are seeded too, so runs replay exactly.
-Every message goes through JSON, as on the wire, so signatures must survive it.
+Every message is encoded and decoded as on the wire, so signatures must survive it.
 
 Used by the engine's tests and by `benchmarks/gossip_sim.py` (100 to 1000 nodes).
 """
@@ -22,7 +22,6 @@ from collections import Counter, deque
 from collections.abc import Callable
 
 import iroh
-from pydantic import TypeAdapter
 
 from p2pnode.gossip.engine import (
     Action,
@@ -36,12 +35,11 @@ from p2pnode.gossip.engine import (
     Send,
     SendOnce,
     Timer,
-    WireMessage,
 )
+from p2pnode.gossip.wire import WireMessage, encode
 
 TOPIC = "ab" * 32
 REACH_OUT_EVERY = 10
-_wire: TypeAdapter[WireMessage] = TypeAdapter(WireMessage)
 
 
 class Sim:
@@ -152,7 +150,7 @@ class Sim:
                 raise TypeError(f"unknown action {action!r}")
 
     def _carry(self, src: str, dst: str, msg: WireMessage) -> Callable[[], None]:
-        frame = _wire.dump_json(msg)  # through JSON, as on the wire: signatures must survive it
+        frame = encode(msg)  # as on the wire: signatures must survive it
 
         def arrive() -> None:
             if self.reachable(src, dst) and not self.drop(src, dst, msg):

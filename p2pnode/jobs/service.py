@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Protocol, get_args
 
@@ -67,7 +67,9 @@ class Gossip(Protocol):
 
     def retire(self, envelope_id: EnvelopeId) -> None: ...
 
-    def subscribe(self) -> trio.MemoryReceiveChannel[GossipEvent]: ...
+    def subscribe(
+        self, buffer: int = ..., kinds: Collection[str] | None = None
+    ) -> trio.MemoryReceiveChannel[GossipEvent]: ...
 
 
 class JobService:
@@ -107,7 +109,8 @@ class JobService:
         """binary module blob -> its workflows and reference, oldest first"""
         self._change = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self._events = gossip.subscribe()  # from now: nothing gossip hears before `run` is lost
+        # From now: nothing gossip hears before `run` is lost.
+        self._events = gossip.subscribe(kinds=(JobAnnounced.KIND, JobFinished.KIND))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:

@@ -91,7 +91,8 @@ class Workers:
         """Counts `first_claimer` answers, to take the idle workers in turn."""
         self._deferred: dict[tuple[str, str], float] = {}
         """(job id, busy worker) -> when its claim was first deferred for an idle worker"""
-        self._events = gossip.subscribe()  # from now: nothing gossip hears before `run` is lost
+        # From now: nothing gossip hears before `run` is lost.
+        self._events = gossip.subscribe(kinds=(Heartbeat.KIND,))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
