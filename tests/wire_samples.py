@@ -25,10 +25,9 @@ from pydantic import BaseModel
 import tickets
 from p2pnode.blobs.blocks import BlockList
 from p2pnode.blobs.protocol import BlobHeader, BlobRefused, BlobReply, BlobRequest
-from p2pnode.gossip import engine
-from p2pnode.gossip.envelope import Envelope
-from p2pnode.gossip.service import wire_message
-from p2pnode.ids import EnvelopeId, NodeId
+from p2pnode.gossip import wire
+from p2pnode.gossip.envelope import Envelope, Signer
+from p2pnode.ids import NodeId
 from p2pnode.jobs import model
 from p2pnode.jobs.announcements import JobAnnounced, JobFinished
 from p2pnode.jobs.control import control_message
@@ -55,6 +54,7 @@ JOB_ID = "job_01M8CRH8D5H83H6EVKWEVXEHTJ"
 OTHER_JOB_ID = "job_01M8CRH8D5H83H6EVKWEVXEHTK"
 TOKEN = "e3" * 16
 REQUEST_ID = "f4" * 16
+ENVELOPE_ID = "a5" * 16
 AT = 1_764_000_000.0
 ADDR = PeerAddr(node_id=ORIGIN, relay_url=None, direct_addresses=["127.0.0.1:4433"])
 
@@ -110,18 +110,11 @@ def _job(job_id: str = JOB_ID) -> model.Job:
 
 
 def _envelope() -> Envelope:
-    unsigned = Envelope(
-        id=EnvelopeId("a5" * 16),
-        origin=ORIGIN,
-        topic="0f" * 16,  # the cluster id
-        kind=Heartbeat.KIND,
-        payload=_heartbeat().model_dump(mode="json"),
-        timestamp=AT,
-        hops=32,
-        signature="0" * 128,
-    )
-    signature = SECRET.sign(unsigned.signed_bytes()).to_bytes().hex()
-    return unsigned.model_copy(update={"signature": signature})
+    """A heartbeat, signed; its random id replaced by a fixed one (and signed again)."""
+    payload = _heartbeat().model_dump(mode="json")
+    made = Envelope.create(SECRET, "0f" * 16, Heartbeat.KIND, payload, hops=32, now=AT)
+    body = bytes.fromhex(ENVELOPE_ID) + made.body[len(ENVELOPE_ID) // 2 :]
+    return Envelope(signature=Signer(SECRET).sign(body), body=body, hops=32)
 
 
 def _heartbeat() -> Heartbeat:
@@ -146,10 +139,12 @@ def _block_list() -> BlockList:
     return BlockList(size=(1 << 20) + 5, hashes=(bytes([1]) * 32, bytes([2]) * 32))
 
 
-def _verify(envelope: Envelope) -> Envelope:
+def _verify(raw: bytes) -> Envelope:
     """An envelope is only read if its signature holds: the signed form must not move."""
-    envelope.verify()
-    return envelope
+    message = wire.decode(raw)
+    assert isinstance(message, wire.Gossip)
+    message.envelope.verify()
+    return message.envelope
 
 
 def _header(header: BaseModel) -> BaseModel:
@@ -167,11 +162,16 @@ def _from_json(read: Callable[[Any], BaseModel]) -> Callable[[bytes], BaseModel]
 class Sample:
     """One message as a peer sends it, and how the receiving node reads it."""
 
-    build: Callable[[], BaseModel | str]
+    build: Callable[[], BaseModel | str | bytes]
     read: Callable[[bytes], Any]
+    binary: bool = False
+    """Bytes with a fixed layout (gossip's broadcast frames): no field can be added to them
+    without an ALPN bump, so they are compared byte for byte."""
 
     def encode(self) -> bytes:
         message = self.build()
+        if isinstance(message, bytes):
+            return message
         if isinstance(message, str):
             return message.encode() + b"\n"  # a ticket: text, as people paste it
         return json.dumps(json.loads(message.model_dump_json()), indent=1).encode() + b"\n"
@@ -181,8 +181,14 @@ def _control(build: Callable[[], BaseModel]) -> Sample:
     return Sample(build, control_message.validate_json)
 
 
-def _gossip(build: Callable[[], BaseModel]) -> Sample:
-    return Sample(build, wire_message.validate_json)
+def _membership(build: Callable[[], BaseModel]) -> Sample:
+    """Gossip's membership messages: JSON after their type byte (the file holds the JSON)."""
+    return Sample(build, lambda raw: wire.decode(bytes((wire.CONTROL,)) + raw))
+
+
+def _frame(build: Callable[[], wire.WireMessage]) -> Sample:
+    """A binary gossip frame, read back as the receiver reads it."""
+    return Sample(lambda: wire.encode(build()), wire.decode, binary=True)
 
 
 def _claim_grant() -> model.ClaimGrant:
@@ -256,26 +262,29 @@ SAMPLES: dict[str, Sample] = {
         ),
         model.Manifest.model_validate_json,
     ),
-    # p2pnode/gossip/1: frames between neighbors (engine.WireMessage)
-    "gossip.join": _gossip(lambda: engine.Join(addr=_JOIN_ADDR)),
-    "gossip.forward_join": _gossip(
-        lambda: engine.ForwardJoin(peer=engine.PeerEntry.model_validate(_PEER), ttl=3)
+    # p2pnode/gossip/2: frames between neighbors (gossip/wire.py): membership in JSON ...
+    "gossip.join": _membership(lambda: wire.Join(addr=_JOIN_ADDR)),
+    "gossip.forward_join": _membership(
+        lambda: wire.ForwardJoin(peer=wire.PeerEntry.model_validate(_PEER), ttl=3)
     ),
-    "gossip.neighbor": _gossip(lambda: engine.Neighbor(addr=_JOIN_ADDR, urgent=True)),
-    "gossip.leave": _gossip(engine.Leave),
-    "gossip.shuffle": _gossip(
-        lambda: engine.Shuffle(sample=[engine.PeerEntry.model_validate(_PEER)])
+    "gossip.neighbor": _membership(lambda: wire.Neighbor(addr=_JOIN_ADDR, urgent=True)),
+    "gossip.leave": _membership(wire.Leave),
+    "gossip.shuffle": _membership(
+        lambda: wire.Shuffle(sample=[wire.PeerEntry.model_validate(_PEER)])
     ),
-    "gossip.shuffle_reply": _gossip(
-        lambda: engine.ShuffleReply(sample=[engine.PeerEntry.model_validate(_PEER)])
+    "gossip.shuffle_reply": _membership(
+        lambda: wire.ShuffleReply(sample=[wire.PeerEntry.model_validate(_PEER)])
     ),
-    "gossip.gossip": _gossip(lambda: engine.Gossip(envelope=_envelope(), catch_up=True)),
-    "gossip.digest": _gossip(lambda: engine.Digest(ids=["a5" * 16])),
-    "gossip.want": _gossip(lambda: engine.Want(ids=["a5" * 16])),
-    "gossip.ihave": _gossip(lambda: engine.IHave(ids=["a5" * 16])),
-    "gossip.graft": _gossip(lambda: engine.Graft(ids=["a5" * 16])),
-    "gossip.prune": _gossip(engine.Prune),
-    "gossip.envelope": Sample(_envelope, lambda raw: _verify(Envelope.model_validate_json(raw))),
+    # ... and broadcast and catch-up in fixed binary layouts
+    "gossip.gossip": _frame(lambda: wire.Gossip(envelope=_envelope(), catch_up=True)),
+    "gossip.digest": _frame(lambda: wire.Digest(ids=[ENVELOPE_ID])),
+    "gossip.want": _frame(lambda: wire.Want(ids=[ENVELOPE_ID])),
+    "gossip.ihave": _frame(lambda: wire.IHave(ids=[ENVELOPE_ID])),
+    "gossip.graft": _frame(lambda: wire.Graft(ids=[ENVELOPE_ID])),
+    "gossip.prune": _frame(wire.Prune),
+    "gossip.envelope": Sample(
+        lambda: wire.encode(wire.Gossip(envelope=_envelope())), _verify, binary=True
+    ),
     # what envelopes carry, by kind
     "payload.node.heartbeat": Sample(_heartbeat, _from_json(Heartbeat.model_validate)),
     "payload.job.announced": Sample(
@@ -336,7 +345,9 @@ SAMPLES: dict[str, Sample] = {
 
 
 def path_of(name: str) -> Path:
-    return WIRE_DIR / (f"{name}.txt" if name.startswith("ticket.") else f"{name}.json")
+    if name.startswith("ticket."):
+        return WIRE_DIR / f"{name}.txt"
+    return WIRE_DIR / f"{name}.bin" if SAMPLES[name].binary else WIRE_DIR / f"{name}.json"
 
 
 def write() -> list[Path]:
