@@ -4,7 +4,10 @@ cleanly."""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,6 +56,30 @@ def test_fresh_ticket_from_running_node(node_a: NodeProcess) -> None:
     ticket = tickets.parse_join(node_a.cli("ticket").stdout)
     assert ticket.node.node_id.hex() == node_a.id
     assert ticket.node.direct_addresses, "a relay-less ticket must carry direct addresses"
+
+
+def test_the_ticket_example_for_a_second_node_works_as_printed(tmp_path: Path) -> None:
+    """`ticket -h` shows how to ask the walkthrough's second node (`--data worker`, port 3021):
+    run where that folder is, the example prints that node's ticket, not a refused token."""
+    worker = NodeProcess(tmp_path / "worker")
+    try:
+        help_text = run_cli("ticket", "-h").stdout
+        example = next(line.split() for line in help_text.splitlines() if "--api" in line)
+        assert example[0] == "p2pnode"
+        argv = [arg.replace("127.0.0.1:3021", worker.api) for arg in example[1:]]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("P2PNODE_")}
+        result = subprocess.run(
+            [sys.executable, "-m", "p2pnode", *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+            env=env,
+        )
+        assert result.returncode == 0, result.stderr
+        assert tickets.parse_join(result.stdout).node.node_id.hex() == worker.id
+    finally:
+        worker.kill()
 
 
 @pytest.mark.parametrize(

@@ -152,7 +152,7 @@ def ticket(api: ApiClient) -> None:
     \b
     Examples:
       p2pnode ticket
-      p2pnode --api 127.0.0.1:3021 ticket
+      p2pnode --api 127.0.0.1:3021 --data worker ticket
     """
     from p2pnode.api.schemas import JoinTicketReply
 
