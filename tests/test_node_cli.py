@@ -82,6 +82,15 @@ def test_the_ticket_example_for_a_second_node_works_as_printed(tmp_path: Path) -
         worker.kill()
 
 
+def test_a_flawless_probe_is_not_logged_every_30_s(node_a: NodeProcess, tmp_path: Path) -> None:
+    """A node probes FLAWLESS_URL at start and every 30 s (and calls it for every Flawless job):
+    the HTTP client's line per request would fill the node's log with no news. Here the URL is
+    another node's API, an HTTP server that answers the probe (401)."""
+    node_b = NodeProcess(tmp_path / "b", env={"FLAWLESS_URL": node_a.api})
+    code, err = node_b.stop()  # its first probe is answered before it prints its id
+    assert code == 0 and "HTTP Request" not in err, err
+
+
 @pytest.mark.parametrize(
     "mangle",
     [

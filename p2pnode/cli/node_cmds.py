@@ -104,6 +104,9 @@ def start(
         labels=_parse_labels(labels) if labels else None,
     )
     logging.getLogger().setLevel(logging.INFO)  # a running node reports what it does
+    # ...but not each request of its Flawless client (a probe every 30 s): the executor registry
+    # says when Flawless comes or goes, and a failed call fails its job with the reason.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         with collapse_groups():
             trio.run(_run_node, Node(settings, serve_node_api), ticket)
