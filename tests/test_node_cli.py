@@ -16,7 +16,7 @@ import tickets
 from p2pnode.membership import JOIN_ALPN, JoinError, Membership, join
 from p2pnode.net.addr import PeerAddr
 from tests.conftest import bind_loopback
-from tests.nodeproc import NodeProcess, run_cli, run_start
+from tests.nodeproc import NodeProcess, run_cli, run_start, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +50,21 @@ def test_two_nodes_join_and_list_each_other(node_a: NodeProcess, tmp_path: Path)
         assert member_ids(node_a) == {node_b.id}
     finally:
         node_b.kill()
+
+
+def test_status_tells_a_member_that_is_down_from_one_that_is_idle(tmp_path: Path) -> None:
+    """`status` shows each member's state as `member ls` does: a dead member is down (redialled
+    with back-off), not merely "not connected" like one that had nothing to say lately."""
+    fast = {"P2PNODE_CONNECT_TIMEOUT": "2"}
+    a = NodeProcess(tmp_path / "a", env=fast)
+    b = NodeProcess(tmp_path / "b", "--join", a.ticket, env=fast)
+    try:
+        b.stop(signal.SIGKILL)
+        wait_for(lambda: any(m["state"] == "down" for m in a.status()["members"]), "b to be down")
+        assert f"  {b.id[:16]}  down " in a.cli("status").stdout
+    finally:
+        a.kill()
+        b.kill()
 
 
 def test_fresh_ticket_from_running_node(node_a: NodeProcess) -> None:

@@ -168,7 +168,8 @@ def ticket(api: ApiClient) -> None:
 def status(api: ApiClient, as_json: bool) -> None:
     """Show this node and its cluster's members.
 
-    The node's id, addresses and relay; each member and whether it is connected;
+    The node's id, addresses and relay; each member and its state (connected, idle,
+    or down: unreachable, redialled with back-off);
     gossip and job counters; the blob store's size and the free disk under it.
 
     \b
@@ -188,8 +189,7 @@ def status(api: ApiClient, as_json: bool) -> None:
     click.echo(f"addresses {', '.join(st.addresses) or '-'}   relay {st.relay_url or 'disabled'}")
     click.echo(f"members   {len(st.members)}")
     for m in st.members:
-        state = "connected" if m.connected else "not connected"
-        click.echo(f"  {m.id[:16]}  {state:14} {', '.join(m.addresses) or m.relay_url or '-'}")
+        click.echo(f"  {m.id[:16]}  {m.state:9} {', '.join(m.addresses) or m.relay_url or '-'}")
     if g := st.gossip:
         dropped = ", ".join(f"{k} {v}" for k, v in sorted(g.dropped.items()) if v) or "none"
         click.echo(
