@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import html
+import os
 import re
+import stat
 from collections.abc import AsyncIterator
 from pathlib import Path, PurePosixPath
 
@@ -366,6 +369,43 @@ async def test_cli_prints_a_one_time_login_link_without_the_token(node) -> None:
         assert (await browser.get("/ui/jobs", headers={SESSION_HEADER: secret})).status_code == 200
     async with anonymous(node) as replay:
         assert (await replay.post("/login", json={"code": code})).status_code == 400
+
+
+async def test_open_never_puts_the_login_code_on_a_command_line(node, tmp_path) -> None:
+    """Every local account reads every process's command line in /proc: a browser started with
+    the link would show its code to them while it starts, and they could redeem it first (a
+    session: the join ticket, the cluster's secret). So `--open` hands the browser a private file
+    that leads to the link, and the login page opens from there (another site: a local file)."""
+    opened = tmp_path / "opened"
+    browser = tmp_path / "browser"
+    browser.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {opened}\n')
+    browser.chmod(0o755)
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    env = {**os.environ, "BROWSER": f"{browser} %s", "XDG_RUNTIME_DIR": str(run)}
+    with trio.fail_after(60):
+        done = await trio.run_process(
+            [*cli_argv(node), "dashboard", "--open"], capture_stdout=True, env=env, check=False
+        )
+    assert done.returncode == 0
+    link = done.stdout.decode().strip()
+    argv = opened.read_text()
+    assert "code=" not in argv and link not in argv
+    page = Path(httpx.URL(argv.strip()).path)
+    assert argv.startswith("file://") and page.is_relative_to(run)
+    assert stat.S_IMODE(page.stat().st_mode) == 0o600
+    assert stat.S_IMODE(page.parent.stat().st_mode) == 0o700
+    assert f'url={html.escape(link)}"' in page.read_text()
+    code = httpx.URL(link).fragment.removeprefix("code=")
+    async with anonymous(node) as local_file:
+        # A navigation from a local file is cross-site: the login page alone opens so.
+        cross_site = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}
+        login = await local_file.get("/login", headers=cross_site)
+        assert login.status_code == 200 and login.headers["x-frame-options"] == "DENY"
+        assert (await local_file.get("/", headers=cross_site)).status_code == 403
+        refused = await local_file.post("/login", json={"code": code}, headers=cross_site)
+        assert refused.status_code == 403
+        assert await log_in(local_file, code=code)
 
 
 async def test_cancel_button_cancels_a_waiting_job(start_node) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.nodeproc import NodeProcess, wait_for
+from tests.nodeproc import NodeProcess, run_cli, wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -229,6 +229,40 @@ def test_browser_that_keeps_no_site_data_is_told_why_it_cannot_log_in(
         wait_for(
             lambda: driver.current_url == f"{node.api}/login",
             "the dashboard to lead to the login page",
+            timeout=PAGE_TIMEOUT_S,
+        )
+    finally:
+        node.stop()
+
+
+def test_dashboard_open_logs_in_through_a_private_file(tmp_path: Path, browser) -> None:
+    """`p2pnode dashboard --open` gives the browser a local file, not the link (whose code any
+    local account could read on the browser's command line): from there it lands logged in."""
+    driver = browser
+    opened = tmp_path / "opened"
+    recorder = tmp_path / "browser"
+    recorder.write_text(f'#!/bin/sh\nprintf "%s" "$1" > {opened}\n')
+    recorder.chmod(0o755)
+    node = NodeProcess(tmp_path / "node")
+    try:
+        run_cli(
+            "--api",
+            node.api,
+            "--data",
+            str(node.data_dir),
+            "dashboard",
+            "--open",
+            env={"BROWSER": f"{recorder} %s", "XDG_RUNTIME_DIR": str(tmp_path)},
+        )
+        page = opened.read_text()
+        assert page.startswith("file://") and "code=" not in page
+        driver.get(page)
+        wait_for(
+            lambda: (
+                driver.current_url == f"{node.api}/"
+                and driver.execute_script("return document.getElementById('join-ticket') !== null;")
+            ),
+            "the local file to lead to the dashboard, logged in",
             timeout=PAGE_TIMEOUT_S,
         )
     finally:

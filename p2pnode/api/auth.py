@@ -204,12 +204,14 @@ class ApiGuard:
                 f"this API answers only to its own address (http://{self._netloc()}), "
                 f"not Host {headers.get('host', '')!r}",
             )
-        if headers.get("sec-fetch-site", "none") not in (
-            "same-origin",
-            "none",
-        ) or not self._own_origin(headers.get("origin")):
-            return 403, "cross-site requests are refused"
         path = scope["path"]
+        if (
+            headers.get("sec-fetch-site", "none") not in ("same-origin", "none")
+            or not self._own_origin(headers.get("origin"))
+        ) and not (scope["method"] == "GET" and path == LOGIN_PATH):
+            # The login page alone opens from anywhere (`p2pnode dashboard --open` leads there
+            # from a local file): it holds nothing, and its script posts only to its own origin.
+            return 403, "cross-site requests are refused"
         public = (
             path in PUBLIC_PATHS
             or path == LOGIN_PATH
