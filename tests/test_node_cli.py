@@ -16,7 +16,7 @@ import tickets
 from p2pnode.membership import JOIN_ALPN, JoinError, Membership, join
 from p2pnode.net.addr import PeerAddr
 from tests.conftest import bind_loopback
-from tests.nodeproc import NodeProcess, run_cli, run_start, wait_for
+from tests.nodeproc import NodeProcess, run_cli, run_start, start_args, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -59,12 +59,51 @@ def test_status_tells_a_member_that_is_down_from_one_that_is_idle(tmp_path: Path
     a = NodeProcess(tmp_path / "a", env=fast)
     b = NodeProcess(tmp_path / "b", "--join", a.ticket, env=fast)
     try:
+        wait_for(lambda: a.status()["members"][0]["connected"], "a to be connected to b")
         b.stop(signal.SIGKILL)
-        wait_for(lambda: any(m["state"] == "down" for m in a.status()["members"]), "b to be down")
+        wait_for(lambda: a.status()["members"][0]["state"] == "down", "b to be down")
         assert f"  {b.id[:16]}  down " in a.cli("status").stdout
     finally:
         a.kill()
         b.kill()
+
+
+def test_a_join_ticket_can_stay_off_the_command_line(node_a: NodeProcess, tmp_path: Path) -> None:
+    """A node's command line is readable by every local account (ps, /proc) for as long as it
+    runs, and a join ticket holds the cluster's secret: it may come on stdin (`--join -`) or in
+    P2PNODE_JOIN instead, and on the command line it draws a note saying so."""
+    piped = subprocess.Popen(
+        [sys.executable, "-m", "p2pnode", *start_args(tmp_path / "b", "--join", "-")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert piped.stdin and piped.stdout and piped.stderr
+    try:
+        piped.stdin.write(f"{node_a.ticket}\n")
+        piped.stdin.close()
+        printed = [piped.stdout.readline() for _ in range(3)]
+        assert printed[2].startswith("join ticket: "), printed
+        node_b = printed[0].split()[-1]
+        assert node_a.ticket not in Path(f"/proc/{piped.pid}/cmdline").read_text()
+        assert node_b in member_ids(node_a)
+    finally:
+        piped.kill()
+        piped.wait()
+        piped.stdout.close()
+        piped.stderr.close()
+    node_c = NodeProcess(tmp_path / "c", env={"P2PNODE_JOIN": node_a.ticket})
+    try:
+        assert node_a.ticket not in Path(f"/proc/{node_c.proc.pid}/cmdline").read_text()
+        assert member_ids(node_a) == {node_b, node_c.id}
+        code, err = node_c.stop()
+        assert code == 0 and "command line" not in err, err
+    finally:
+        node_c.kill()
+    node_d = NodeProcess(tmp_path / "d", "--join", node_a.ticket)
+    code, err = node_d.stop()
+    assert "every local account can read it" in err and node_a.ticket not in err, err
 
 
 def test_fresh_ticket_from_running_node(node_a: NodeProcess) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from click.core import ParameterSource
 
 from p2pnode.api.client import ApiClient
 from p2pnode.cli import EXIT_USAGE, cli, fail, load_settings, parse_join_ticket
@@ -40,7 +41,10 @@ if TYPE_CHECKING:
     "--join",
     "join_ticket",
     metavar="TICKET",
-    help="Join the cluster of the node that printed this ticket.",
+    envvar="P2PNODE_JOIN",
+    help="Join the cluster of the node that printed this ticket; - reads it from stdin (env "
+    "P2PNODE_JOIN). Stdin or the variable keep it, and the cluster's secret in it, off the "
+    "command line, which every local account can read while the node runs.",
 )
 @click.option(
     "--max-jobs",
@@ -81,6 +85,7 @@ def start(
     Examples:
       p2pnode start
       p2pnode start --data worker --http-port 3021 --join p2pjoin...
+      p2pnode start --data worker --http-port 3021 --join - < ticket.txt
       p2pnode start --label gpu=yes --label zone=eu
     """
     import trio
@@ -90,7 +95,17 @@ def start(
     from p2pnode.concurrency import collapse_groups
     from p2pnode.node import Node, StartupError
 
+    from_stdin = join_ticket == "-"
+    if from_stdin:
+        join_ticket = sys.stdin.read()
     ticket = parse_join_ticket(join_ticket) if join_ticket else None
+    source = click.get_current_context().get_parameter_source("join_ticket")
+    if ticket is not None and not from_stdin and source == ParameterSource.COMMANDLINE:
+        click.echo(
+            "note: the join ticket is on this node's command line, where every local account "
+            "can read it while the node runs; --join - (stdin) or P2PNODE_JOIN keep it off",
+            err=True,
+        )
     data_dir = (
         data_dir or click.get_current_context().find_root().params["data_dir"]
     )  # `p2pnode --data DIR start`
