@@ -100,12 +100,7 @@ def start(
         join_ticket = sys.stdin.read()
     ticket = parse_join_ticket(join_ticket) if join_ticket else None
     source = click.get_current_context().get_parameter_source("join_ticket")
-    if ticket is not None and not from_stdin and source == ParameterSource.COMMANDLINE:
-        click.echo(
-            "note: the join ticket is on this node's command line, where every local account "
-            "can read it while the node runs; --join - (stdin) or P2PNODE_JOIN keep it off",
-            err=True,
-        )
+    exposed = ticket is not None and not from_stdin and source == ParameterSource.COMMANDLINE
     data_dir = (
         data_dir or click.get_current_context().find_root().params["data_dir"]
     )  # `p2pnode --data DIR start`
@@ -124,7 +119,7 @@ def start(
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         with collapse_groups():
-            trio.run(_run_node, Node(settings, serve_node_api), ticket)
+            trio.run(_run_node, Node(settings, serve_node_api), ticket, exposed)
     except (StartupError, ApiBindError) as exc:
         fail(str(exc))
 
@@ -138,7 +133,9 @@ def _parse_labels(items: tuple[str, ...]) -> dict[str, str]:
         fail(f"--label: {exc}", EXIT_USAGE)
 
 
-async def _run_node(node: Any, ticket: tickets.JoinTicket | None) -> None:
+async def _run_node(node: Any, ticket: tickets.JoinTicket | None, exposed: bool) -> None:
+    """Runs `node` until SIGINT or SIGTERM; `exposed`: its join ticket came on the command
+    line."""
     import trio
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -153,6 +150,13 @@ async def _run_node(node: Any, ticket: tickets.JoinTicket | None) -> None:
                 f"(written to {node.settings.data_dir / 'node.json'}; Ctrl-C stops the node)",
                 err=True,
             )
+            if exposed:
+                click.echo(
+                    "note: the join ticket is on this node's command line, where every local "
+                    "account can read it while the node runs; --join - (stdin) or P2PNODE_JOIN "
+                    "keep it off",
+                    err=True,
+                )
             sys.stdout.flush()
             async for signum in signals:
                 logging.getLogger("p2pnode").info(
