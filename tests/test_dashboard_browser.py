@@ -5,6 +5,9 @@ as root with apt-get; elsewhere without Chromium this test is skipped, saying wh
 from __future__ import annotations
 
 import shutil
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -266,4 +269,66 @@ def test_dashboard_open_logs_in_through_a_private_file(tmp_path: Path, browser) 
             timeout=PAGE_TIMEOUT_S,
         )
     finally:
+        node.stop()
+
+
+def test_a_download_link_followed_from_another_origins_page_is_refused(
+    tmp_path: Path, browser
+) -> None:
+    """Another local account's web page on another port of 127.0.0.1 (the same site, another
+    origin) that got hold of a download link: Chromium follows it there as a cross-site
+    navigation, which the node refuses; the link stays good for the dashboard's own page."""
+    import httpx
+
+    driver = browser
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    driver.execute_cdp_cmd(
+        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
+    )
+    secret_file = tmp_path / "secret.txt"
+    secret_file.write_text("a member's output")
+    node = NodeProcess(tmp_path / "node")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=foreign,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        blob_hash = node.cli("blob", "add", str(secret_file)).stdout.split()[1]
+        with httpx.Client(base_url=node.api, timeout=30) as api:
+            code = api.post("/login-codes", headers=node.headers).json()["code"]
+            session = {
+                "X-P2pnode-Session": api.post("/login", json={"code": code}).json()["session"]
+            }
+            url = api.post(f"/ui/blobs/{blob_hash}/download", headers=session).json()["url"]
+            (foreign / "index.html").write_text(
+                f'<a id="go" href="{node.api}{url}" download="stolen">go</a>'
+                "<script>document.getElementById('go').click();</script>"
+            )
+            wait_for(
+                lambda: api.get(f"http://127.0.0.1:{port}/").status_code == 200,
+                "the other origin's web server",
+            )
+            driver.get(f"http://127.0.0.1:{port}/")
+            wait_for(
+                lambda: (
+                    driver.current_url.startswith(node.api)
+                    and "cross-site requests are refused" in driver.page_source
+                ),
+                "the node to refuse the link followed from another origin",
+                timeout=PAGE_TIMEOUT_S,
+            )
+            assert not any(downloads.iterdir())
+            own_page = api.get(url, headers={"Sec-Fetch-Site": "same-origin"})
+            assert own_page.status_code == 200 and own_page.text == "a member's output"
+    finally:
+        server.kill()
+        server.wait()
         node.stop()
