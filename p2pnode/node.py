@@ -294,7 +294,11 @@ class Node:
     async def _collect_garbage_periodically(self) -> None:
         while True:
             await trio.sleep(GC_INTERVAL_S)
-            result = await self.collect_garbage()
+            try:
+                result = await self.collect_garbage()
+            except (StoreError, OSError) as exc:  # a failing disk: not a reason to stop the node
+                log.warning("blob GC failed: %s; trying again in %g min", exc, GC_INTERVAL_S / 60)
+                continue
             if result.removed or result.removed_partials:
                 log.info(
                     "blob GC freed %d bytes (%d blobs)", result.freed_bytes, len(result.removed)

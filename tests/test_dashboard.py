@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import html
+import os
 import re
+import stat
 from collections.abc import AsyncIterator
 from pathlib import Path, PurePosixPath
 
@@ -14,7 +17,13 @@ import httpx
 import pytest
 import trio
 
-from p2pnode.api.auth import LOGIN_CODE_TTL_S, SESSION_TTL_S, Sessions, session_cookie
+from p2pnode.api.auth import (
+    DOWNLOAD_TTL_S,
+    LOGIN_CODE_TTL_S,
+    SESSION_TTL_S,
+    Sessions,
+    session_cookie,
+)
 from p2pnode.jobs.model import JobState
 from p2pnode.jobs.service import JobSubmission
 from tests.conftest import cli_argv
@@ -261,6 +270,67 @@ async def test_pages_show_jobs_live_and_escape_what_members_send(node, api) -> N
         assert (await browser.get(f"/ui/jobs/{JOB_ID}/live")).status_code == 404
 
 
+async def test_a_download_is_a_one_time_link_of_this_origin(node, api) -> None:
+    """A browser cannot send the session header when it follows a link, and fetching the bytes
+    with the header holds a whole output in the page's memory. So the script trades its session
+    for a link (POST, with the header) that the browser follows and saves to disk as it streams:
+    good once, for one blob, within a minute, from the node's own pages only, and not after the
+    session ended."""
+    kept = await node.blobs.store.add_bytes(b"a member's output", pin=True)
+    other = await node.blobs.store.add_bytes(b"another blob", pin=True)
+    port = httpx.URL(node.api_url).port
+    async with logged_in(node, api) as browser:
+        minted = await browser.post(f"/ui/blobs/{kept.hash}/download")
+        assert minted.status_code == 200 and minted.headers["cache-control"] == "no-store"
+        assert minted.json()["expires_in"] == DOWNLOAD_TTL_S
+        url = minted.json()["url"]
+        assert url.startswith(f"/blobs/{kept.hash}?download=")
+        assert browser.headers[SESSION_HEADER] not in url
+        forged = (await browser.post(f"/ui/blobs/{kept.hash}/download")).json()["url"]
+        deleting = (await browser.post(f"/ui/blobs/{kept.hash}/download")).json()["url"]
+        assert len({url, forged, deleting}) == 3
+        missing = await browser.post(f"/ui/blobs/{'ab' * 32}/download")
+        assert missing.status_code == 404
+        async with anonymous(node) as link:
+            # Another origin's page: another port of 127.0.0.1 is the same site, not the origin.
+            for headers in (
+                {"Sec-Fetch-Site": "same-site", "Origin": f"http://127.0.0.1:{port + 1}"},
+                {"Sec-Fetch-Site": "same-site"},
+                {"Sec-Fetch-Site": "cross-site"},
+            ):
+                refused = await link.get(url, headers=headers)
+                assert refused.status_code == 403 and kept.hash not in refused.text, headers
+            saved = await link.get(url, headers={"Sec-Fetch-Site": "same-origin"})
+            assert saved.status_code == 200 and saved.content == b"a member's output"
+            assert saved.headers["content-disposition"] == "attachment"
+            assert saved.headers["x-content-type-options"] == "nosniff"
+            again = await link.get(url, headers={"Sec-Fetch-Site": "same-origin"})
+            assert again.status_code == 401 and "used already" in again.json()["detail"]
+            # It opens its own blob only, with GET only.
+            assert (await link.get(forged.replace(kept.hash, other.hash))).status_code == 401
+            assert (await link.get(forged)).status_code == 401  # that try spent it
+            assert (await link.delete(deleting)).status_code == 401
+            assert node.blobs.store.has(kept.hash)
+            # Minting needs the session.
+            assert (await link.post(f"/ui/blobs/{kept.hash}/download")).status_code == 401
+        ended = (await browser.post(f"/ui/blobs/{kept.hash}/download")).json()["url"]
+        assert (await browser.post("/ui/logout")).status_code == 204
+    async with anonymous(node) as link:
+        assert (await link.get(ended)).status_code == 401
+
+
+async def test_a_download_link_expires() -> None:
+    now = [0.0]
+    sessions = Sessions(clock=lambda: now[0])
+    session = sessions.open()
+    late = sessions.new_download("/blobs/x", session)
+    now[0] = DOWNLOAD_TTL_S + 1
+    assert not sessions.spend_download(late, "/blobs/x")
+    timely = sessions.new_download("/blobs/x", session)
+    assert sessions.spend_download(timely, "/blobs/x")
+    assert not sessions.spend_download(timely, "/blobs/x")
+
+
 async def test_cluster_view_shows_members_workers_and_the_blob_store(start_node, api, node) -> None:
     other = await start_node(join=node.join_ticket())
     await node.blobs.store.add_bytes(b"x" * 1000, pin=True)
@@ -299,6 +369,43 @@ async def test_cli_prints_a_one_time_login_link_without_the_token(node) -> None:
         assert (await browser.get("/ui/jobs", headers={SESSION_HEADER: secret})).status_code == 200
     async with anonymous(node) as replay:
         assert (await replay.post("/login", json={"code": code})).status_code == 400
+
+
+async def test_open_never_puts_the_login_code_on_a_command_line(node, tmp_path) -> None:
+    """Every local account reads every process's command line in /proc: a browser started with
+    the link would show its code to them while it starts, and they could redeem it first (a
+    session: the join ticket, the cluster's secret). So `--open` hands the browser a private file
+    that leads to the link, and the login page opens from there (another site: a local file)."""
+    opened = tmp_path / "opened"
+    browser = tmp_path / "browser"
+    browser.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {opened}\n')
+    browser.chmod(0o755)
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    env = {**os.environ, "BROWSER": f"{browser} %s", "XDG_RUNTIME_DIR": str(run)}
+    with trio.fail_after(60):
+        done = await trio.run_process(
+            [*cli_argv(node), "dashboard", "--open"], capture_stdout=True, env=env, check=False
+        )
+    assert done.returncode == 0
+    link = done.stdout.decode().strip()
+    argv = opened.read_text()
+    assert "code=" not in argv and link not in argv
+    page = Path(httpx.URL(argv.strip()).path)
+    assert argv.startswith("file://") and page.is_relative_to(run)
+    assert stat.S_IMODE(page.stat().st_mode) == 0o600
+    assert stat.S_IMODE(page.parent.stat().st_mode) == 0o700
+    assert f'url={html.escape(link)}"' in page.read_text()
+    code = httpx.URL(link).fragment.removeprefix("code=")
+    async with anonymous(node) as local_file:
+        # A navigation from a local file is cross-site: the login page alone opens so.
+        cross_site = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}
+        login = await local_file.get("/login", headers=cross_site)
+        assert login.status_code == 200 and login.headers["x-frame-options"] == "DENY"
+        assert (await local_file.get("/", headers=cross_site)).status_code == 403
+        refused = await local_file.post("/login", json={"code": code}, headers=cross_site)
+        assert refused.status_code == 403
+        assert await log_in(local_file, code=code)
 
 
 async def test_cancel_button_cancels_a_waiting_job(start_node) -> None:

@@ -5,13 +5,16 @@ as root with apt-get; elsewhere without Chromium this test is skipped, saying wh
 from __future__ import annotations
 
 import shutil
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.nodeproc import NodeProcess, wait_for
+from tests.nodeproc import NodeProcess, run_cli, wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -145,7 +148,13 @@ def test_browser_watches_a_cli_job_succeed_without_a_reload(tmp_path: Path, brow
                 "the job page to show its stdout",
                 timeout=PAGE_TIMEOUT_S,
             )
-            # An output downloads through the script, which sends the session header.
+            # An output downloads as a link the browser follows and saves as it streams (minted
+            # by the script with the session header): the page never holds the bytes.
+            driver.execute_script(
+                "for (const f of ['blob', 'arrayBuffer', 'text'])"
+                "  Response.prototype[f] = () => { throw new Error('the bytes in the page'); };"
+                "URL.createObjectURL = () => { throw new Error('the bytes in the page'); };"
+            )
             driver.execute_script(
                 "[...document.querySelectorAll('#outputs tr')]"
                 ".find(row => row.cells[0].textContent === 'stdout')"
@@ -226,4 +235,100 @@ def test_browser_that_keeps_no_site_data_is_told_why_it_cannot_log_in(
             timeout=PAGE_TIMEOUT_S,
         )
     finally:
+        node.stop()
+
+
+def test_dashboard_open_logs_in_through_a_private_file(tmp_path: Path, browser) -> None:
+    """`p2pnode dashboard --open` gives the browser a local file, not the link (whose code any
+    local account could read on the browser's command line): from there it lands logged in."""
+    driver = browser
+    opened = tmp_path / "opened"
+    recorder = tmp_path / "browser"
+    recorder.write_text(f'#!/bin/sh\nprintf "%s" "$1" > {opened}\n')
+    recorder.chmod(0o755)
+    node = NodeProcess(tmp_path / "node")
+    try:
+        run_cli(
+            "--api",
+            node.api,
+            "--data",
+            str(node.data_dir),
+            "dashboard",
+            "--open",
+            env={"BROWSER": f"{recorder} %s", "XDG_RUNTIME_DIR": str(tmp_path)},
+        )
+        page = opened.read_text()
+        assert page.startswith("file://") and "code=" not in page
+        driver.get(page)
+        wait_for(
+            lambda: (
+                driver.current_url == f"{node.api}/"
+                and driver.execute_script("return document.getElementById('join-ticket') !== null;")
+            ),
+            "the local file to lead to the dashboard, logged in",
+            timeout=PAGE_TIMEOUT_S,
+        )
+    finally:
+        node.stop()
+
+
+def test_a_download_link_followed_from_another_origins_page_is_refused(
+    tmp_path: Path, browser
+) -> None:
+    """Another local account's web page on another port of 127.0.0.1 (the same site, another
+    origin) that got hold of a download link: Chromium follows it there as a cross-site
+    navigation, which the node refuses; the link stays good for the dashboard's own page."""
+    import httpx
+
+    driver = browser
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    driver.execute_cdp_cmd(
+        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
+    )
+    secret_file = tmp_path / "secret.txt"
+    secret_file.write_text("a member's output")
+    node = NodeProcess(tmp_path / "node")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=foreign,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        blob_hash = node.cli("blob", "add", str(secret_file)).stdout.split()[1]
+        with httpx.Client(base_url=node.api, timeout=30) as api:
+            code = api.post("/login-codes", headers=node.headers).json()["code"]
+            session = {
+                "X-P2pnode-Session": api.post("/login", json={"code": code}).json()["session"]
+            }
+            url = api.post(f"/ui/blobs/{blob_hash}/download", headers=session).json()["url"]
+            (foreign / "index.html").write_text(
+                f'<a id="go" href="{node.api}{url}" download="stolen">go</a>'
+                "<script>document.getElementById('go').click();</script>"
+            )
+            wait_for(
+                lambda: api.get(f"http://127.0.0.1:{port}/").status_code == 200,
+                "the other origin's web server",
+            )
+            driver.get(f"http://127.0.0.1:{port}/")
+            wait_for(
+                lambda: (
+                    driver.current_url.startswith(node.api)
+                    and "cross-site requests are refused" in driver.page_source
+                ),
+                "the node to refuse the link followed from another origin",
+                timeout=PAGE_TIMEOUT_S,
+            )
+            assert not any(downloads.iterdir())
+            own_page = api.get(url, headers={"Sec-Fetch-Site": "same-origin"})
+            assert own_page.status_code == 200 and own_page.text == "a member's output"
+    finally:
+        server.kill()
+        server.wait()
         node.stop()

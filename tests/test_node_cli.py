@@ -4,7 +4,10 @@ cleanly."""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,7 @@ import tickets
 from p2pnode.membership import JOIN_ALPN, JoinError, Membership, join
 from p2pnode.net.addr import PeerAddr
 from tests.conftest import bind_loopback
-from tests.nodeproc import NodeProcess, run_cli, run_start
+from tests.nodeproc import NodeProcess, run_cli, run_start, start_args, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -49,10 +52,97 @@ def test_two_nodes_join_and_list_each_other(node_a: NodeProcess, tmp_path: Path)
         node_b.kill()
 
 
+def test_status_tells_a_member_that_is_down_from_one_that_is_idle(tmp_path: Path) -> None:
+    """`status` shows each member's state as `member ls` does: a dead member is down (redialled
+    with back-off), not merely "not connected" like one that had nothing to say lately."""
+    fast = {"P2PNODE_CONNECT_TIMEOUT": "2"}
+    a = NodeProcess(tmp_path / "a", env=fast)
+    b = NodeProcess(tmp_path / "b", "--join", a.ticket, env=fast)
+    try:
+        wait_for(lambda: a.status()["members"][0]["connected"], "a to be connected to b")
+        b.stop(signal.SIGKILL)
+        wait_for(lambda: a.status()["members"][0]["state"] == "down", "b to be down")
+        assert f"  {b.id[:16]}  down " in a.cli("status").stdout
+    finally:
+        a.kill()
+        b.kill()
+
+
+def test_a_join_ticket_can_stay_off_the_command_line(node_a: NodeProcess, tmp_path: Path) -> None:
+    """A node's command line is readable by every local account (ps, /proc) for as long as it
+    runs, and a join ticket holds the cluster's secret: it may come on stdin (`--join -`) or in
+    P2PNODE_JOIN instead, and on the command line it draws a note saying so."""
+    piped = subprocess.Popen(
+        [sys.executable, "-m", "p2pnode", *start_args(tmp_path / "b", "--join", "-")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert piped.stdin and piped.stdout and piped.stderr
+    try:
+        piped.stdin.write(f"{node_a.ticket}\n")
+        piped.stdin.close()
+        printed = [piped.stdout.readline() for _ in range(3)]
+        assert printed[2].startswith("join ticket: "), printed
+        node_b = printed[0].split()[-1]
+        assert node_a.ticket not in Path(f"/proc/{piped.pid}/cmdline").read_text()
+        assert node_b in member_ids(node_a)
+    finally:
+        piped.kill()
+        piped.wait()
+        piped.stdout.close()
+        piped.stderr.close()
+    node_c = NodeProcess(tmp_path / "c", env={"P2PNODE_JOIN": node_a.ticket})
+    try:
+        assert node_a.ticket not in Path(f"/proc/{node_c.proc.pid}/cmdline").read_text()
+        assert member_ids(node_a) == {node_b, node_c.id}
+        code, err = node_c.stop()
+        assert code == 0 and "command line" not in err, err
+    finally:
+        node_c.kill()
+    node_d = NodeProcess(tmp_path / "d", "--join", node_a.ticket)
+    code, err = node_d.stop()
+    assert "every local account can read it" in err and node_a.ticket not in err, err
+
+
 def test_fresh_ticket_from_running_node(node_a: NodeProcess) -> None:
     ticket = tickets.parse_join(node_a.cli("ticket").stdout)
     assert ticket.node.node_id.hex() == node_a.id
     assert ticket.node.direct_addresses, "a relay-less ticket must carry direct addresses"
+
+
+def test_the_ticket_example_for_a_second_node_works_as_printed(tmp_path: Path) -> None:
+    """`ticket -h` shows how to ask the walkthrough's second node (`--data worker`, port 3021):
+    run where that folder is, the example prints that node's ticket, not a refused token."""
+    worker = NodeProcess(tmp_path / "worker")
+    try:
+        help_text = run_cli("ticket", "-h").stdout
+        example = next(line.split() for line in help_text.splitlines() if "--api" in line)
+        assert example[0] == "p2pnode"
+        argv = [arg.replace("127.0.0.1:3021", worker.api) for arg in example[1:]]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("P2PNODE_")}
+        result = subprocess.run(
+            [sys.executable, "-m", "p2pnode", *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+            env=env,
+        )
+        assert result.returncode == 0, result.stderr
+        assert tickets.parse_join(result.stdout).node.node_id.hex() == worker.id
+    finally:
+        worker.kill()
+
+
+def test_a_flawless_probe_is_not_logged_every_30_s(node_a: NodeProcess, tmp_path: Path) -> None:
+    """A node probes FLAWLESS_URL at start and every 30 s (and calls it for every Flawless job):
+    the HTTP client's line per request would fill the node's log with no news. Here the URL is
+    another node's API, an HTTP server that answers the probe (401)."""
+    node_b = NodeProcess(tmp_path / "b", env={"FLAWLESS_URL": node_a.api})
+    code, err = node_b.stop()  # its first probe is answered before it prints its id
+    assert code == 0 and "HTTP Request" not in err, err
 
 
 @pytest.mark.parametrize(

@@ -163,6 +163,27 @@ def test_case_and_surrounding_whitespace_are_ignored() -> None:
         assert parse_join(variant) == JOIN
 
 
+def test_quotes_and_line_breaks_of_a_paste_are_ignored() -> None:
+    """A ticket copied out of a chat, a mail or a shell line: quoted (typographic quotes too) or
+    wrapped over lines. No ticket character is a quote or a space, and the checksum still
+    catches what is damaged."""
+    text = encode(JOIN)
+    for variant in (
+        f'"{text}"',
+        f"'{text}'\n",
+        f"`{text}`",
+        f"<{text}>",
+        f"\u201c{text}\u201d",
+        f"\u2018{text}\u2019",
+        f"{text[:40]}\n{text[40:80]}\r\n  {text[80:]}",
+        f'"{text[:50]}\n{text[50:]}"\n',
+    ):
+        assert parse_join(variant) == JOIN, variant
+    i = next(i for i in range(30, len(text)) if text[i] != text[i + 1])
+    swapped = text[:i] + text[i + 1] + text[i] + text[i + 2 :]
+    assert "checksum does not match" in rejected(f'"{swapped}"')
+
+
 def test_only_ascii_is_case_folded() -> None:
     # "\u212a" (KELVIN SIGN).lower() == "k"; it must not sneak in as a base32 digit.
     assert "unexpected character" in rejected("p2pjoin" + "\u212a" * 8)

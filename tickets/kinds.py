@@ -31,6 +31,9 @@ _IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Only ASCII is case-folded: str.lower() would turn e.g. the Kelvin sign into "k".
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+_QUOTES = "\"'`<>\u201c\u201d\u2018\u2019"
+"""What a paste may wrap a ticket in (a chat's typographic quotes among them); none is a ticket
+character, so dropping them can turn no damaged ticket into a valid one."""
 
 
 def _parse_socket_addr(addr: str) -> tuple[_IPAddress, int]:
@@ -232,8 +235,9 @@ def parse_blob(text: str) -> BlobTicket:
 
 
 def _identify(text: str) -> tuple[type[Ticket] | None, str]:
-    """Normalise pasted text and split off the kind prefix (None if no kind matches)."""
-    clean = text.strip().translate(_ASCII_LOWER)
+    """Normalise pasted text and split off the kind prefix (None if no kind matches): case,
+    surrounding quotes and whitespace anywhere (a ticket wrapped over lines) do not count."""
+    clean = "".join(text.split()).strip(_QUOTES).translate(_ASCII_LOWER)
     if not clean:
         raise TicketError("ticket is empty")
     for kind in _KINDS:

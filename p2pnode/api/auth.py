@@ -15,6 +15,11 @@ it, while `localStorage` belongs to one origin (scheme, host and port). The cust
 the CSRF defence: another origin cannot send it without a CORS preflight, which the node never
 grants. Sessions live in memory only: a restart logs every browser out.
 
+A browser cannot send the header when it follows a link either, so a download is a link the
+script mints with its session (`Sessions.new_download`): `GET /blobs/HASH?download=...`, good once,
+for that blob, within `DOWNLOAD_TTL_S`, while the session lives. The browser follows it and saves
+the bytes to disk as they stream, instead of the script holding the whole output in memory.
+
 Light on purpose (stdlib only).
 """
 
@@ -30,7 +35,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 MAX_JSON_BODY = 17 << 20
 """Bound of a JSON request body: room for a 16 MiB job input and the rest of the submission."""
@@ -59,6 +64,10 @@ SESSION_TTL_S = 12 * 3600.0
 LOGIN_CODE_TTL_S = 60.0
 MAX_SESSIONS = 64
 MAX_LOGIN_CODES = 16
+DOWNLOAD_PARAM = "download"
+"""The query parameter of a download link: its one-time credential."""
+DOWNLOAD_TTL_S = 60.0
+MAX_DOWNLOADS = 64
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -79,6 +88,13 @@ class Session:
     expires_at: float
 
 
+@dataclass(frozen=True)
+class _Download:
+    path: str
+    session: str | None
+    expires_at: float
+
+
 class Sessions:
     """Dashboard sessions and one-time login codes, in memory, both bounded (the oldest go first)
     and short-lived. Secrets and codes are 256-bit random strings."""
@@ -87,6 +103,7 @@ class Sessions:
         self._clock = clock
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._codes: OrderedDict[str, float] = OrderedDict()
+        self._downloads: OrderedDict[str, _Download] = OrderedDict()
 
     def new_code(self) -> str:
         """A login code the token holder hands to a browser: good once, for `LOGIN_CODE_TTL_S`."""
@@ -121,6 +138,26 @@ class Sessions:
 
     def close(self, secret: str) -> None:
         self._sessions.pop(secret, None)
+
+    def new_download(self, path: str, session: Session | None) -> str:
+        """The credential of a download link: one GET of `path`, for `DOWNLOAD_TTL_S`, while
+        `session` (None: the token holder's) lives."""
+        token = secrets.token_urlsafe(32)
+        secret = session.secret if session is not None else None
+        self._downloads[token] = _Download(path, secret, self._clock() + DOWNLOAD_TTL_S)
+        while len(self._downloads) > MAX_DOWNLOADS:
+            self._downloads.popitem(last=False)
+        return token
+
+    def spend_download(self, token: str, path: str) -> bool:
+        """Whether `token` opens `path`; any try spends it."""
+        download = self._downloads.pop(token, None)
+        return (
+            download is not None
+            and download.path == path
+            and download.expires_at >= self._clock()
+            and (download.session is None or self.get(download.session) is not None)
+        )
 
 
 class ApiGuard:
@@ -167,12 +204,14 @@ class ApiGuard:
                 f"this API answers only to its own address (http://{self._netloc()}), "
                 f"not Host {headers.get('host', '')!r}",
             )
-        if headers.get("sec-fetch-site", "none") not in (
-            "same-origin",
-            "none",
-        ) or not self._own_origin(headers.get("origin")):
-            return 403, "cross-site requests are refused"
         path = scope["path"]
+        if (
+            headers.get("sec-fetch-site", "none") not in ("same-origin", "none")
+            or not self._own_origin(headers.get("origin"))
+        ) and not (scope["method"] == "GET" and path == LOGIN_PATH):
+            # The login page alone opens from anywhere (`p2pnode dashboard --open` leads there
+            # from a local file): it holds nothing, and its script posts only to its own origin.
+            return 403, "cross-site requests are refused"
         public = (
             path in PUBLIC_PATHS
             or path == LOGIN_PATH
@@ -181,6 +220,10 @@ class ApiGuard:
         )
         if not public and "authorization" not in headers and SESSION_HEADER in headers:
             return self._session_refusal(scope, headers)
+        if not public and "authorization" not in headers and (token := download_of(scope)):
+            if scope["method"] != "GET" or not self._sessions.spend_download(token, path):
+                return 401, "this download link was used already or has expired: download again"
+            return None
         if not public:
             scheme, _, given = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not given.strip():
@@ -250,6 +293,12 @@ class ApiGuard:
 
     def _netloc(self) -> str:
         return f"[{self._ip}]:{self._port}" if self._ip.version == 6 else f"{self._ip}:{self._port}"
+
+
+def download_of(scope: Scope) -> str | None:
+    """The download link's credential in the request's query, if any."""
+    query_string: bytes = scope.get("query_string", b"")
+    return next(iter(parse_qs(query_string.decode("latin-1")).get(DOWNLOAD_PARAM, [])), None)
 
 
 def headers_of(scope: Scope) -> dict[str, str]:

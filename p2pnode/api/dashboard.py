@@ -8,9 +8,10 @@ autoescaping.
 
 Access (auth.py): a browser logs in at `/login`, with a one-time code from `p2pnode dashboard`
 or by pasting the API token; the page's script receives a session secret, keeps it in
-`localStorage` and sends it as a header with every htmx request and download. A navigation cannot
-carry that header, so the pages a browser opens (`/`, `/ui/jobs/{id}`) are shells holding nothing
-their URL does not say, and all data comes in the fragments.
+`localStorage` and sends it as a header with every htmx request. A navigation cannot carry that
+header, so the pages a browser opens (`/`, `/ui/jobs/{id}`) are shells holding nothing their URL
+does not say, and all data comes in the fragments; a download is a one-time link the script mints
+with the header, which the browser follows and saves to disk as it streams.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from p2pnode.api.auth import (
+    DOWNLOAD_PARAM,
+    DOWNLOAD_TTL_S,
     LOGIN_CODE_TTL_S,
     LOGIN_PATH,
     MAX_LOGIN_BODY,
@@ -41,7 +44,7 @@ from p2pnode.api.auth import (
 )
 from p2pnode.api.schemas import LoginCode
 from p2pnode.blobs.store import BlobNotFound
-from p2pnode.ids import BlobHash
+from p2pnode.ids import BlobHash, BlobHashField
 from p2pnode.jobs.model import Job, JobId
 from p2pnode.jobs.store import Refused
 from p2pnode.node import Node
@@ -92,6 +95,13 @@ class LoginSession(BaseModel):
     """The session secret, for the login page's script to keep in `localStorage`."""
 
     session: str
+    expires_in: float
+
+
+class DownloadLink(BaseModel):
+    """A link the browser follows to save a blob: good once, within `expires_in` seconds."""
+
+    url: str
     expires_in: float
 
 
@@ -210,6 +220,19 @@ def dashboard_router(node: Node, sessions: Sessions) -> APIRouter:
         except Refused as exc:
             raise HTTPException(409, f"cannot cancel job {job_id}: {exc.reason}") from None
         return page("_job.html", **await job_context(job_id))
+
+    @router.post("/ui/blobs/{blob_hash}/download")
+    async def download_link(
+        blob_hash: BlobHashField, request: Request, response: Response
+    ) -> DownloadLink:
+        """A one-time link to `GET /blobs/{hash}`, for the browser to follow and save (it cannot
+        send the session header, and the script would hold the whole blob in memory)."""
+        if not node.blobs.has(blob_hash):
+            raise HTTPException(404, f"blob {blob_hash} is not on this node")
+        path = f"/blobs/{blob_hash}"
+        token = sessions.new_download(path, getattr(request.state, "session", None))
+        response.headers["Cache-Control"] = "no-store"
+        return DownloadLink(url=f"{path}?{DOWNLOAD_PARAM}={token}", expires_in=DOWNLOAD_TTL_S)
 
     @router.post("/ui/logout", status_code=204)
     async def logout(request: Request, response: Response) -> None:

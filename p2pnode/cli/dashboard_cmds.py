@@ -3,18 +3,27 @@
 The link carries a short-lived code, never the API token, in its fragment (`#code=...`), which no
 request carries: the login page's script trades it for a session and drops it from the address
 bar, and a copy left anywhere is spent within a minute.
+
+`--open` never hands the link to the browser on its command line, which every local account can
+read in /proc while the browser starts (and redeem the code first): the browser opens a private
+local file that leads to the link.
 """
 
 from __future__ import annotations
 
+import html
+import os
+import tempfile
 import urllib.parse
 import webbrowser
+from pathlib import Path
 
 import click
 
 from p2pnode.api.client import ApiClient
 from p2pnode.api.schemas import LoginCode
 from p2pnode.cli import cli
+from p2pnode.fsutil import create_once
 
 
 @cli.command()
@@ -35,5 +44,20 @@ def dashboard(api: ApiClient, open_browser: bool) -> None:
     url = f"{api.base_url}/login#{urllib.parse.urlencode({'code': login.code})}"
     click.echo(url)
     click.echo(f"(logs in once, within {login.expires_in:.0f} s)", err=True)
-    if open_browser and not webbrowser.open(url):
+    if open_browser and not webbrowser.open(_private_page(url).as_uri()):
         click.echo("no web browser found here: open the link yourself", err=True)
+
+
+def _private_page(url: str) -> Path:
+    """A page only this user can read (0600 in a fresh 0700 folder) that leads to `url`."""
+    folder = Path(
+        tempfile.mkdtemp(prefix="p2pnode-dashboard-", dir=os.environ.get("XDG_RUNTIME_DIR"))
+    )
+    page = folder / "login.html"
+    link = html.escape(url)
+    create_once(
+        page,
+        f'<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0; url={link}">'
+        f'<a href="{link}">Log in to the p2pnode dashboard</a>\n'.encode(),
+    )
+    return page

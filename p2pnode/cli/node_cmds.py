@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from click.core import ParameterSource
 
 from p2pnode.api.client import ApiClient
 from p2pnode.cli import EXIT_USAGE, cli, fail, load_settings, parse_join_ticket
@@ -40,7 +41,10 @@ if TYPE_CHECKING:
     "--join",
     "join_ticket",
     metavar="TICKET",
-    help="Join the cluster of the node that printed this ticket.",
+    envvar="P2PNODE_JOIN",
+    help="Join the cluster of the node that printed this ticket; - reads it from stdin (env "
+    "P2PNODE_JOIN). Stdin or the variable keep it, and the cluster's secret in it, off the "
+    "command line, which every local account can read while the node runs.",
 )
 @click.option(
     "--max-jobs",
@@ -81,6 +85,7 @@ def start(
     Examples:
       p2pnode start
       p2pnode start --data worker --http-port 3021 --join p2pjoin...
+      p2pnode start --data worker --http-port 3021 --join - < ticket.txt
       p2pnode start --label gpu=yes --label zone=eu
     """
     import trio
@@ -90,7 +95,12 @@ def start(
     from p2pnode.concurrency import collapse_groups
     from p2pnode.node import Node, StartupError
 
+    from_stdin = join_ticket == "-"
+    if from_stdin:
+        join_ticket = sys.stdin.read()
     ticket = parse_join_ticket(join_ticket) if join_ticket else None
+    source = click.get_current_context().get_parameter_source("join_ticket")
+    exposed = ticket is not None and not from_stdin and source == ParameterSource.COMMANDLINE
     data_dir = (
         data_dir or click.get_current_context().find_root().params["data_dir"]
     )  # `p2pnode --data DIR start`
@@ -104,9 +114,12 @@ def start(
         labels=_parse_labels(labels) if labels else None,
     )
     logging.getLogger().setLevel(logging.INFO)  # a running node reports what it does
+    # ...but not each request of its Flawless client (a probe every 30 s): the executor registry
+    # says when Flawless comes or goes, and a failed call fails its job with the reason.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         with collapse_groups():
-            trio.run(_run_node, Node(settings, serve_node_api), ticket)
+            trio.run(_run_node, Node(settings, serve_node_api), ticket, exposed)
     except (StartupError, ApiBindError) as exc:
         fail(str(exc))
 
@@ -120,7 +133,9 @@ def _parse_labels(items: tuple[str, ...]) -> dict[str, str]:
         fail(f"--label: {exc}", EXIT_USAGE)
 
 
-async def _run_node(node: Any, ticket: tickets.JoinTicket | None) -> None:
+async def _run_node(node: Any, ticket: tickets.JoinTicket | None, exposed: bool) -> None:
+    """Runs `node` until SIGINT or SIGTERM; `exposed`: its join ticket came on the command
+    line."""
     import trio
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -135,6 +150,13 @@ async def _run_node(node: Any, ticket: tickets.JoinTicket | None) -> None:
                 f"(written to {node.settings.data_dir / 'node.json'}; Ctrl-C stops the node)",
                 err=True,
             )
+            if exposed:
+                click.echo(
+                    "note: the join ticket is on this node's command line, where every local "
+                    "account can read it while the node runs; --join - (stdin) or P2PNODE_JOIN "
+                    "keep it off",
+                    err=True,
+                )
             sys.stdout.flush()
             async for signum in signals:
                 logging.getLogger("p2pnode").info(
@@ -152,7 +174,7 @@ def ticket(api: ApiClient) -> None:
     \b
     Examples:
       p2pnode ticket
-      p2pnode --api 127.0.0.1:3021 ticket
+      p2pnode --api 127.0.0.1:3021 --data worker ticket
     """
     from p2pnode.api.schemas import JoinTicketReply
 
@@ -165,7 +187,8 @@ def ticket(api: ApiClient) -> None:
 def status(api: ApiClient, as_json: bool) -> None:
     """Show this node and its cluster's members.
 
-    The node's id, addresses and relay; each member and whether it is connected;
+    The node's id, addresses and relay; each member and its state (connected, idle,
+    or down: unreachable, redialled with back-off);
     gossip and job counters; the blob store's size and the free disk under it.
 
     \b
@@ -185,8 +208,7 @@ def status(api: ApiClient, as_json: bool) -> None:
     click.echo(f"addresses {', '.join(st.addresses) or '-'}   relay {st.relay_url or 'disabled'}")
     click.echo(f"members   {len(st.members)}")
     for m in st.members:
-        state = "connected" if m.connected else "not connected"
-        click.echo(f"  {m.id[:16]}  {state:14} {', '.join(m.addresses) or m.relay_url or '-'}")
+        click.echo(f"  {m.id[:16]}  {m.state:9} {', '.join(m.addresses) or m.relay_url or '-'}")
     if g := st.gossip:
         dropped = ", ".join(f"{k} {v}" for k, v in sorted(g.dropped.items()) if v) or "none"
         click.echo(

@@ -56,23 +56,25 @@ document.addEventListener("htmx:responseError", (event) => {
   }
 });
 
-// A download link cannot send the header: fetch the bytes with it and save them from memory.
+// A download link cannot send the header, and fetching the bytes with it would hold a whole output
+// in this page's memory: trade the session for a one-time link to the blob (good for a minute) and
+// let the browser follow it, saving the bytes to disk as they stream.
 async function download(link) {
-  const response = await fetch(link.getAttribute("href"), { headers: sessionHeaders() });
-  if (response.status === 401) return toLogin();
-  if (!response.ok) {
-    link.textContent = `error: ${detailOf(await response.text(), response.status)}`;
+  const minted = await fetch(`/ui${link.getAttribute("href")}/download`, {
+    method: "POST",
+    headers: sessionHeaders(),
+  });
+  if (minted.status === 401) return toLogin();
+  if (!minted.ok) {
+    link.textContent = `error: ${detailOf(await minted.text(), minted.status)}`;
     return;
   }
-  const url = URL.createObjectURL(await response.blob());
   const save = document.createElement("a");
-  save.href = url;
+  save.href = (await minted.json()).url;
   save.download = link.getAttribute("download");
   document.body.append(save);
   save.click();
   save.remove();
-  // The click only starts the download: release the bytes once it surely has them.
-  setTimeout(() => URL.revokeObjectURL(url), 60_000);
 }
 
 async function logout() {
