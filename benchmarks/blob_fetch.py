@@ -45,7 +45,6 @@ from tests.nodeproc import NodeProcess  # noqa: E402
 from benchmarks import script  # noqa: E402
 from benchmarks.stream_throughput import ALPN, bind, measure  # noqa: E402
 from p2pnode.blobs.blocks import BLOCK_SIZE  # noqa: E402
-from p2pnode.blobs.protocol import SEND_SIZE  # noqa: E402
 from p2pnode.net import bridge  # noqa: E402
 from p2pnode.net.addr import PeerAddr  # noqa: E402
 from p2pnode.net.framing import read_exact  # noqa: E402
@@ -94,15 +93,15 @@ async def raw_receive(size: int) -> None:
 
 
 async def raw_send(size: int, receiver: PeerAddr) -> tuple[float, float, int]:
-    """Send `size` bytes in the provider's write size: (seconds until the receiver has them all,
-    CPU seconds and page faults of this process meanwhile)."""
+    """Send `size` bytes a block per write, as the provider writes: (seconds until the receiver
+    has them all, CPU seconds and page faults of this process meanwhile)."""
     endpoint = await bind()
     connection = await endpoint.connect(receiver.to_endpoint(), ALPN)
     bi = await connection.open_bi()
-    payload = os.urandom(SEND_SIZE)
+    payload = os.urandom(BLOCK_SIZE)
     started, cpu, faults = time.perf_counter(), cpu_seconds(), page_faults()
-    for offset in range(0, size, SEND_SIZE):
-        await bi.send().write_all(payload[: min(SEND_SIZE, size - offset)])
+    for offset in range(0, size, BLOCK_SIZE):
+        await bi.send().write_all(payload[: min(BLOCK_SIZE, size - offset)])
     await bi.send().finish()
     await read_exact(bi.recv(), 1)
     elapsed, cpu = time.perf_counter() - started, cpu_seconds() - cpu
@@ -249,7 +248,7 @@ def main(
         f"receiver {statistics.median(r.receive_cpu for r in raws):.2f} s, sender "
         f"{statistics.median(r.send_cpu for r in raws):.2f} s; page faults per MiB receiver "
         f"{per_mib(r.receive_faults for r in raws):.0f}, sender "
-        f"{per_mib(r.send_faults for r in raws):.0f}; {SEND_SIZE >> 10} KiB writes, "
+        f"{per_mib(r.send_faults for r in raws):.0f}; {BLOCK_SIZE >> 10} KiB writes, "
         f"{BLOCK_SIZE >> 10} KiB reads)"
     )
     print(

@@ -227,6 +227,14 @@ def _copy_to(address: int, data: Payload, n: int) -> None:
         (ctypes.c_char * n).from_address(address).raw = cast(bytes, data)
 
 
+def buffer_argument(data: Payload) -> bytes:
+    """``data`` for a byte string parameter of the bindings, which their signatures type
+    ``bytes``: once installed, the codecs take any buffer (a view of a reused one: no copy of
+    its own), copying it into Rust when the call is made, so it may be refilled as soon as the
+    call returns."""
+    return cast(bytes, data)
+
+
 def _fast_write(self: Any, value: Payload) -> None:
     """Copy the whole payload into the Rust buffer at once instead of one byte per iteration."""
     data, n = _payload(value)
