@@ -273,8 +273,8 @@ _generated_lower = iroh_ffi._UniffiFfiConverterBytes.lower
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc <malloc.h>
-MMAP_THRESHOLD = 4 << 20
-TRIM_THRESHOLD = 16 << 20
+MMAP_THRESHOLD = 16 << 20
+TRIM_THRESHOLD = 32 << 20
 
 
 def _steady_buffers() -> None:
@@ -286,9 +286,10 @@ def _steady_buffers() -> None:
     adapts to what the process freed before, and its trim threshold follows, so whether these
     come from reused heap or from fresh, zero-filled pages depends on the process's history:
     measured 1-8 page faults per MiB moved in some processes and 380 (sender) to 740 (receiver)
-    in others, ~0.1-0.25 s more CPU per 256 MiB on each side. Fixed thresholds above the
-    buffers' size make the cheap case the only case; a process keeps at most
-    `TRIM_THRESHOLD` of freed memory per malloc arena. Elsewhere than glibc: nothing."""
+    in others, ~0.1-0.25 s more CPU per 256 MiB on each side. Fixed thresholds make the cheap
+    case the only case: buffers below `MMAP_THRESHOLD` (the store's 8 MiB read chunks too, where
+    glibc's own adaptation tops out at 32 MiB) come from the heap, and an arena gives memory
+    back once `TRIM_THRESHOLD` of it is free. Elsewhere than glibc: nothing."""
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is not None:
         mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
