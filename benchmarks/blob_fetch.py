@@ -200,6 +200,16 @@ def process_faults(node: NodeProcess) -> int:
     return int(_stat(node)[7])
 
 
+def default_anchors() -> Path:
+    """`shared/anchors` in the nearest folder above the repo that has one (beside /work/main,
+    or beside /work/wt when this is a worktree there)."""
+    repo = Path(__file__).resolve().parent.parent
+    for folder in repo.parents:
+        if (folder / "shared" / "anchors").is_dir():
+            return folder / "shared" / "anchors"
+    return repo.parent / "shared" / "anchors"
+
+
 def main(
     mib: int, runs: int, baseline: Path | None, reference_python: str | None, anchors: Path
 ) -> None:
@@ -285,8 +295,9 @@ if __name__ == "__main__":
     parser.add_argument(
         "--anchors",
         type=Path,
-        default=Path(__file__).resolve().parent.parent.parent / "shared" / "anchors",
-        help="folder of the reference scripts (default: ../shared/anchors beside the repo)",
+        default=default_anchors(),
+        help="folder of the reference scripts (default: shared/anchors beside the repo or the "
+        "folder of worktrees it is in)",
     )
     args = parser.parse_args()
     main(args.mib, args.runs, args.baseline, args.reference_python, args.anchors)
