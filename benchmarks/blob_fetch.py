@@ -6,8 +6,9 @@
 Prints add MB/s (provider hashing + storing the file), fetch MB/s (second node fetching by
 ticket, verified and committed), the raw one-stream MB/s through the bridge, the fetch/raw
 ratio, the CPU seconds each side spent (all threads of the process, Rust's included: a measure
-that load moves less than wall time), and the fetching node's peak RSS (VmHWM: the whole
-process, Python included).
+that load moves less than wall time), each side's page faults per MiB (fresh memory touched: a
+count load does not move), and the fetching node's peak RSS (VmHWM: the whole process, Python
+included).
 
 The raw stream is measured two ways: between two processes, as a fetch runs (the sender writes
 and the receiver reads in the chunk sizes the provider and the fetcher use; timed from the first
@@ -44,7 +45,6 @@ from tests.nodeproc import NodeProcess  # noqa: E402
 from benchmarks import script  # noqa: E402
 from benchmarks.stream_throughput import ALPN, bind, measure  # noqa: E402
 from p2pnode.blobs.blocks import BLOCK_SIZE  # noqa: E402
-from p2pnode.blobs.protocol import SEND_SIZE  # noqa: E402
 from p2pnode.net import bridge  # noqa: E402
 from p2pnode.net.addr import PeerAddr  # noqa: E402
 from p2pnode.net.framing import read_exact  # noqa: E402
@@ -62,6 +62,12 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def page_faults() -> int:
+    """Minor page faults of this process so far: fresh memory touched, a load-independent cost
+    (each is a zero-filled page the kernel maps in)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 async def raw_receive(size: int) -> None:
     """The receiving process of the two-process raw stream: prints its address, reads `size`
     bytes a block per read as the fetcher reads, acknowledges with one byte, prints its CPU
@@ -72,48 +78,58 @@ async def raw_receive(size: int) -> None:
     assert incoming is not None
     connection = await (await incoming.accept()).connect()
     bi = await connection.accept_bi()
-    started = cpu_seconds()
+    started, faults = cpu_seconds(), page_faults()
     for offset in range(0, size, BLOCK_SIZE):
         await read_exact(bi.recv(), min(BLOCK_SIZE, size - offset))
     await bi.send().write_all(b"k")
     await bi.send().finish()
-    print(json.dumps({"cpu_s": cpu_seconds() - started}), flush=True)
+    print(
+        json.dumps({"cpu_s": cpu_seconds() - started, "faults": page_faults() - faults}),
+        flush=True,
+    )
     with trio.move_on_after(10):
         await connection.closed()
     await endpoint.close()
 
 
-async def raw_send(size: int, receiver: PeerAddr) -> tuple[float, float]:
-    """Send `size` bytes in the provider's write size: (seconds until the receiver has them all,
-    CPU seconds this process spent meanwhile)."""
+async def raw_send(size: int, receiver: PeerAddr) -> tuple[float, float, int]:
+    """Send `size` bytes a block per write, as the provider writes: (seconds until the receiver
+    has them all, CPU seconds and page faults of this process meanwhile)."""
     endpoint = await bind()
     connection = await endpoint.connect(receiver.to_endpoint(), ALPN)
     bi = await connection.open_bi()
-    payload = os.urandom(SEND_SIZE)
-    started, cpu = time.perf_counter(), cpu_seconds()
-    for offset in range(0, size, SEND_SIZE):
-        await bi.send().write_all(payload[: min(SEND_SIZE, size - offset)])
+    payload = os.urandom(BLOCK_SIZE)
+    started, cpu, faults = time.perf_counter(), cpu_seconds(), page_faults()
+    for offset in range(0, size, BLOCK_SIZE):
+        await bi.send().write_all(payload[: min(BLOCK_SIZE, size - offset)])
     await bi.send().finish()
     await read_exact(bi.recv(), 1)
     elapsed, cpu = time.perf_counter() - started, cpu_seconds() - cpu
+    faults = page_faults() - faults
     connection.close(0, b"done")
     await endpoint.close()
-    return elapsed, cpu
+    return elapsed, cpu, faults
 
 
-def raw_two_processes(size: int) -> tuple[float, float, float]:
-    """(MB/s, sender and receiver CPU seconds) of one raw stream from this process to another."""
-    receiver = subprocess.Popen(
-        [sys.executable, __file__, "--raw-receive", str(size)], stdout=subprocess.PIPE, text=True
-    )
-    assert receiver.stdout is not None
-    try:
-        addr = PeerAddr.model_validate_json(receiver.stdout.readline())
-        seconds, send_cpu = trio.run(raw_send, size, addr)
-        receive_cpu = json.loads(receiver.stdout.readline())["cpu_s"]
-    finally:
-        receiver.wait(timeout=30)
-    return size / seconds / 1e6, send_cpu, receive_cpu
+class RawRun:
+    """One raw stream from this process to another: MB/s, and each side's CPU seconds and page
+    faults."""
+
+    def __init__(self, size: int) -> None:
+        receiver = subprocess.Popen(
+            [sys.executable, __file__, "--raw-receive", str(size)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert receiver.stdout is not None
+        try:
+            addr = PeerAddr.model_validate_json(receiver.stdout.readline())
+            seconds, self.send_cpu, self.send_faults = trio.run(raw_send, size, addr)
+            received = json.loads(receiver.stdout.readline())
+        finally:
+            receiver.wait(timeout=30)
+        self.rate = size / seconds / 1e6
+        self.receive_cpu, self.receive_faults = received["cpu_s"], received["faults"]
 
 
 @contextlib.contextmanager
@@ -148,6 +164,7 @@ class FetchRun:
                 self.add_s = time.perf_counter() - started
                 started = time.perf_counter()
                 cpu = process_cpu(fetcher), process_cpu(provider)
+                faults = process_faults(fetcher), process_faults(provider)
                 with http.stream(
                     "POST",
                     f"{fetcher.api}/blobs/fetch",
@@ -158,6 +175,8 @@ class FetchRun:
                 self.fetch_s = time.perf_counter() - started
                 self.cpu_s = process_cpu(fetcher) - cpu[0]
                 self.provider_cpu_s = process_cpu(provider) - cpu[1]
+                self.faults = process_faults(fetcher) - faults[0]
+                self.provider_faults = process_faults(provider) - faults[1]
             assert '"blob"' in last, last
             self.peak_rss = peak_rss_mb(fetcher.proc.pid)
         finally:
@@ -165,10 +184,30 @@ class FetchRun:
             fetcher.kill()
 
 
+def _stat(node: NodeProcess) -> list[str]:
+    """The fields of /proc/PID/stat after the command name, from the process state on."""
+    return Path(f"/proc/{node.proc.pid}/stat").read_text().rpartition(")")[2].split()
+
+
 def process_cpu(node: NodeProcess) -> float:
     """CPU seconds the node process has used (all its threads, Rust's included)."""
-    fields = Path(f"/proc/{node.proc.pid}/stat").read_text().rpartition(")")[2].split()
+    fields = _stat(node)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_faults(node: NodeProcess) -> int:
+    """Minor page faults of the node process so far (see `page_faults`)."""
+    return int(_stat(node)[7])
+
+
+def default_anchors() -> Path:
+    """`shared/anchors` in the nearest folder above the repo that has one (beside /work/main,
+    or beside /work/wt when this is a worktree there)."""
+    repo = Path(__file__).resolve().parent.parent
+    for folder in repo.parents:
+        if (folder / "shared" / "anchors").is_dir():
+            return folder / "shared" / "anchors"
+    return repo.parent / "shared" / "anchors"
 
 
 def main(
@@ -177,8 +216,7 @@ def main(
     size = mib << 20
     bridge.install()
     raws_one: list[float] = []
-    raws_two: list[float] = []
-    raw_cpus: list[tuple[float, float]] = []
+    raws: list[RawRun] = []
     fetches: list[FetchRun] = []
     befores: list[FetchRun] = []
     with tempfile.TemporaryDirectory(prefix="p2pnode-bench-") as tmp:
@@ -186,22 +224,23 @@ def main(
         source = script.random_file(work / "random.bin", mib)
         for run in range(runs):
             raws_one.append(trio.run(measure, size))
-            rate, send_cpu, receive_cpu = raw_two_processes(size)
-            raws_two.append(rate)
-            raw_cpus.append((send_cpu, receive_cpu))
+            raws.append(RawRun(size))
             if baseline is not None:
                 befores.append(FetchRun(work, f"before{run}", source, baseline))
             fetches.append(FetchRun(work, f"{run}", source, None))
     mbs = lambda seconds: size / seconds / 1e6  # noqa: E731
     rates = lambda values: " ".join(f"{v:.0f}" for v in values)  # noqa: E731
     fetch = mbs(statistics.median(r.fetch_s for r in fetches))
-    raw = statistics.median(raws_two)
+    raw = statistics.median(r.rate for r in raws)
     load = os.getloadavg()[0]
     print(f"blob of {mib} MiB, two node processes on loopback, median of {runs} (load {load:.1f})")
     print(f"  add              {mbs(statistics.median(r.add_s for r in fetches)):8.1f} MB/s")
+    per_mib = lambda faults: statistics.median(faults) / mib  # noqa: E731
     cpus = lambda runs: (  # noqa: E731
         f"CPU fetcher {statistics.median(r.cpu_s for r in runs):.2f} s, "
-        f"provider {statistics.median(r.provider_cpu_s for r in runs):.2f} s"
+        f"provider {statistics.median(r.provider_cpu_s for r in runs):.2f} s; page faults per "
+        f"MiB fetcher {per_mib(r.faults for r in runs):.0f}, "
+        f"provider {per_mib(r.provider_faults for r in runs):.0f}"
     )
     print(
         f"  fetch            {fetch:8.1f} MB/s   (runs: {rates(mbs(r.fetch_s) for r in fetches)}; "
@@ -215,9 +254,11 @@ def main(
             f"{max(r.peak_rss for r in befores):.1f} MB)"
         )
     print(
-        f"  raw, 2 processes {raw:8.1f} MB/s   (runs: {rates(raws_two)}; CPU receiver "
-        f"{statistics.median(c for _, c in raw_cpus):.2f} s, sender "
-        f"{statistics.median(c for c, _ in raw_cpus):.2f} s; {SEND_SIZE >> 10} KiB writes, "
+        f"  raw, 2 processes {raw:8.1f} MB/s   (runs: {rates(r.rate for r in raws)}; CPU "
+        f"receiver {statistics.median(r.receive_cpu for r in raws):.2f} s, sender "
+        f"{statistics.median(r.send_cpu for r in raws):.2f} s; page faults per MiB receiver "
+        f"{per_mib(r.receive_faults for r in raws):.0f}, sender "
+        f"{per_mib(r.send_faults for r in raws):.0f}; {BLOCK_SIZE >> 10} KiB writes, "
         f"{BLOCK_SIZE >> 10} KiB reads)"
     )
     print(
@@ -254,8 +295,9 @@ if __name__ == "__main__":
     parser.add_argument(
         "--anchors",
         type=Path,
-        default=Path(__file__).resolve().parent.parent.parent / "shared" / "anchors",
-        help="folder of the reference scripts (default: ../shared/anchors beside the repo)",
+        default=default_anchors(),
+        help="folder of the reference scripts (default: shared/anchors beside the repo or the "
+        "folder of worktrees it is in)",
     )
     args = parser.parse_args()
     main(args.mib, args.runs, args.baseline, args.reference_python, args.anchors)

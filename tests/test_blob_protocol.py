@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import blake3
 import iroh
@@ -14,6 +16,7 @@ import pytest
 import trio
 
 import tickets
+from p2pnode.blobs.blocks import BLOCK_SIZE
 from p2pnode.blobs.fetch import PROGRESS_INTERVAL_S, FetchError, fetch_blob
 from p2pnode.blobs.protocol import (
     BLOBS_ALPN,
@@ -24,10 +27,11 @@ from p2pnode.blobs.protocol import (
     BlobReply,
     BlobRequest,
 )
-from p2pnode.blobs.store import BlobStore
+from p2pnode.blobs.store import BlobCorrupt, BlobStore
 from p2pnode.net.addr import PeerAddr
 from p2pnode.net.framing import recv_model, send_model, write_frame
 from tests.conftest import bind_loopback
+from tests.test_blob_inplace import flip_byte_keeping_stat
 
 
 def write_random(path: Path, size: int) -> bytes:
@@ -126,21 +130,20 @@ async def test_lying_provider_is_caught_and_next_provider_delivers(
     info = await honest.blobs.add(tmp_path / "input.bin")
     await liar.blobs.add(tmp_path / "input.bin")
 
-    real_read_range = liar.blobs.store.read_range
+    real_serve_blocks = liar.blobs.store.serve_blocks
 
     target = (1 << 20) + 5  # a byte in the second block
 
-    async def flip_one_byte(blob_hash: str, offset: int = 0, length: int | None = None, **kw):
+    async def flip_one_byte(blob_hash: str, offset: int, length: int):
         position = offset
-        async with contextlib.aclosing(real_read_range(blob_hash, offset, length, **kw)) as chunks:
-            async for chunk in chunks:
-                if position <= target < position + len(chunk):
-                    i = target - position
-                    chunk = chunk[:i] + bytes([chunk[i] ^ 1]) + chunk[i + 1 :]
-                position += len(chunk)
-                yield chunk
+        async with contextlib.aclosing(real_serve_blocks(blob_hash, offset, length)) as blocks:
+            async for block in blocks:
+                if position <= target < position + len(block):
+                    block[target - position] ^= 1
+                position += len(block)
+                yield block
 
-    liar.blobs.store.read_range = flip_one_byte
+    liar.blobs.store.serve_blocks = flip_one_byte
     with pytest.raises(FetchError, match="corrupt"):
         await fetcher.blobs.fetch(info.hash, [liar.addr()], root=info.root)
     assert not fetcher.blobs.store.has(info.hash)
@@ -238,3 +241,76 @@ async def test_request_with_repeated_overlapping_or_too_many_ranges_is_refused(
         assert a.blobs.provider.served_bytes == 2 << 20
     finally:
         await peer.close()
+
+
+async def _served(store: BlobStore, blob_hash: str, offset: int, length: int) -> bytes:
+    async with contextlib.aclosing(store.serve_blocks(blob_hash, offset, length)) as blocks:
+        return b"".join([bytes(block) async for block in blocks])
+
+
+def _evict(path: Path) -> None:
+    """Drop a file's (clean) pages from the page cache, as memory pressure would."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def _reads_without_waiting(path: Path) -> bool:
+    """Whether this file system answers RWF_NOWAIT reads (e.g. ext4, xfs, btrfs)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.pread(fd, 4096, 0)
+        return os.preadv(fd, [bytearray(4096)], 0, os.RWF_NOWAIT) > 0
+    except (OSError, AttributeError):
+        return False
+    finally:
+        os.close(fd)
+
+
+async def test_provider_reads_cached_blocks_in_place_and_the_rest_in_a_thread(
+    store: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blob in the page cache is served without a worker-thread trip per block; evicted, the
+    same bytes come from the disk through worker threads."""
+    data = os.urandom(3 * BLOCK_SIZE + 12345)
+    info = await store.add_bytes(data)
+    path = store.root / "data" / info.hash
+    if not _reads_without_waiting(path):
+        pytest.skip("the file system refuses RWF_NOWAIT reads")
+    hops: list[object] = []
+    real_run_sync = trio.to_thread.run_sync
+
+    async def counted(fn: Callable[..., Any], *args: Any) -> Any:
+        hops.append(fn)
+        return await real_run_sync(fn, *args)
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", counted)
+    path.read_bytes()
+    assert await _served(store, info.hash, 0, len(data)) == data
+    assert await _served(store, info.hash, BLOCK_SIZE, 2 * BLOCK_SIZE) == data[BLOCK_SIZE:-12345]
+    assert hops == []
+    _evict(path)
+    assert await _served(store, info.hash, BLOCK_SIZE, len(data) - BLOCK_SIZE) == data[BLOCK_SIZE:]
+    assert hops
+    with pytest.raises(ValueError):
+        await _served(store, info.hash, 1, BLOCK_SIZE)
+    with pytest.raises(ValueError):
+        await _served(store, info.hash, 0, len(data) + 1)
+
+
+async def test_provider_never_serves_a_changed_block_of_a_file_added_in_place(
+    store: BlobStore, tmp_path: Path
+) -> None:
+    data = write_random(tmp_path / "big.bin", 3 * BLOCK_SIZE + 5)
+    info = await store.add_in_place(tmp_path / "big.bin")
+    assert await _served(store, info.hash, 0, len(data)) == data
+    flip_byte_keeping_stat(tmp_path / "big.bin", 2 * BLOCK_SIZE + 7)
+    served = bytearray()
+    with pytest.raises(BlobCorrupt, match="changed"):
+        async with contextlib.aclosing(store.serve_blocks(info.hash, 0, len(data))) as blocks:
+            async for block in blocks:
+                served += block
+    assert served == data[: 2 * BLOCK_SIZE]  # the good blocks before it, nothing of the bad one
+    assert not store.has(info.hash)

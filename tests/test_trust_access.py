@@ -118,9 +118,9 @@ async def test_block_list_must_match_the_trusted_root_before_any_block_is_taken(
     wanted = await liar.blobs.add(tmp_path / "wanted.bin")
     swapped = await liar.blobs.add(tmp_path / "swapped.bin")
     store = liar.blobs.store
-    real_block_list, real_read_range = store.block_list, store.read_range
+    real_block_list, real_serve_blocks = store.block_list, store.serve_blocks
     store.block_list = lambda _h: real_block_list(swapped.hash)
-    store.read_range = lambda _h, *args, **kw: real_read_range(swapped.hash, *args, **kw)
+    store.serve_blocks = lambda _h, *args: real_serve_blocks(swapped.hash, *args)
 
     with pytest.raises(FetchError, match="verification root"):
         await fetcher.blobs.fetch(wanted.hash, [liar.addr()], root=wanted.root)

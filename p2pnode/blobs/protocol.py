@@ -22,10 +22,11 @@ from typing import Annotated, Literal
 import iroh
 from pydantic import AfterValidator, BaseModel, Field, TypeAdapter
 
-from p2pnode.blobs.blocks import BLOCK_SIZE, HASH_LEN, BlockList, block_count
+from p2pnode.blobs.blocks import HASH_LEN, BlockList, block_count
 from p2pnode.blobs.store import BlobNotFound, BlobStore, StoreError
 from p2pnode.ids import BlobHash, BlobHashField, NodeId
 from p2pnode.net.addr import remote_node_id
+from p2pnode.net.bridge import buffer_argument
 from p2pnode.net.framing import recv_model, reset_quietly, send_model, stop_quietly
 from p2pnode.net.peerlog import PeerLog
 
@@ -36,7 +37,6 @@ MAX_RANGES = 512  # a resumed fetch asks for its missing blocks, which are few r
 MAX_REQUEST_FRAME = 16 * 1024  # hash, capability and MAX_RANGES ranges; anyone may send one
 MAX_HEADER_FRAME = 16 << 20  # block list of a 256 GiB blob, hex-encoded
 _REPLY_SLACK = 4096  # JSON around the block list, or a refusal's reason
-SEND_SIZE = BLOCK_SIZE  # bytes per read from the store and per write to the stream
 
 
 def _ascending_disjoint(ranges: list[tuple[int, int]] | None) -> list[tuple[int, int]] | None:
@@ -162,11 +162,11 @@ class BlobProvider:
     ) -> None:
         for offset, length in requested_spans(request, block_list):
             async with contextlib.aclosing(
-                self._store.read_range(request.hash, offset, length, chunk_size=SEND_SIZE)
-            ) as chunks:
-                async for chunk in chunks:
-                    await send.write_all(chunk)
-                    self.served_bytes += len(chunk)
+                self._store.serve_blocks(request.hash, offset, length)
+            ) as blocks:
+                async for block in blocks:
+                    await send.write_all(buffer_argument(block))
+                    self.served_bytes += block.nbytes
 
     @staticmethod
     async def _refuse(send: iroh.SendStream, reason: str) -> None:
