@@ -1,7 +1,8 @@
 """Gossip delivery, latency and CPU: N real nodes on loopback, 100 announcements.
 
     python benchmarks/gossip.py [--nodes 10 30] [--messages 100] [--processes] [--profile]
-                                [--baseline DIR] [--reference-python /tmp/iroh035/bin/python]
+                                [--floor] [--baseline DIR]
+                                [--reference-python /tmp/iroh035/bin/python]
 
 Each node joins through the ticket of a random earlier node. Announcements are published from
 random origins, 20 ms apart; for each cluster size the script prints the delivery ratio,
@@ -17,6 +18,9 @@ node in its own process. `--reference-python` runs the Rust iroh-gossip 0.35 anc
 (`--reference-script`) in the same run for the same sizes (see ../shared/anchors/README.md).
 `--baseline DIR` runs the same measurements with the p2pnode sources in DIR (a checkout of
 another commit) just before this tree's, each one-process run in a fresh interpreter.
+
+`--floor` measures what a frame costs through the bindings and trio alone (two endpoints in one
+process, one small frame every 2 ms, nothing else running): the least a delivery can cost.
 
 `--profile` says where the main thread's CPU goes over the broadcast phase, per delivery: each
 trio task's CPU (thread time around every task step, so the bindings' Rust threads do not count),
@@ -49,7 +53,9 @@ from pydantic import BaseModel
 import tickets
 from p2pnode.api.app import serve_node_api
 from p2pnode.config import Settings
-from p2pnode.gossip.service import GossipService, Received
+from p2pnode.gossip.service import GOSSIP_ALPN, GossipService, Received
+from p2pnode.net import bridge
+from p2pnode.net.framing import FrameReader, write_frames
 from p2pnode.node import Node, StartupError
 
 SETTLE_S = 3.0
@@ -343,6 +349,49 @@ def run_processes(sources: Path, size: int, messages: int, work: Path) -> Result
             proc.wait()
 
 
+# -- what a frame costs at least ----------------------------------------------------------------
+
+
+async def frame_floor(frames: int) -> tuple[float, float]:
+    """Main-thread and process CPU per frame of 240 bytes from one endpoint to another in this
+    process, one frame at a time (2 ms apart), through `write_frames` and `FrameReader` as gossip
+    sends and reads them."""
+    bridge.install()
+    options = iroh.EndpointOptions(
+        preset=iroh.preset_minimal(), bind_addr="127.0.0.1:0", alpns=[GOSSIP_ALPN]
+    )
+    server, client = await iroh.Endpoint.bind(options), await iroh.Endpoint.bind(options)
+    sides: list[iroh.Connection] = []
+
+    async def accept() -> None:
+        incoming = await server.accept_next()
+        assert incoming is not None
+        sides.append(await (await incoming.accept()).connect())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(accept)
+        connection = await client.connect(server.addr(), GOSSIP_ALPN)
+    send = await connection.open_uni()
+    await write_frames(send, [b"warm-up"])
+    reader = FrameReader(await sides[0].accept_uni())
+    await reader.next()
+
+    async def write() -> None:
+        for _ in range(frames):
+            await write_frames(send, [b"f" * 240])
+            await trio.sleep(0.002)
+
+    thread, process = time.thread_time(), time.process_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write)
+        for _ in range(frames):
+            await reader.next()
+    thread, process = time.thread_time() - thread, time.process_time() - process
+    await client.close()
+    await server.close()
+    return thread / frames, process / frames
+
+
 # -- the reference ----------------------------------------------------------------------------
 
 
@@ -422,10 +471,17 @@ def reference_row(size: int, ref: dict[str, float]) -> str:
 
 
 def main(args: argparse.Namespace) -> None:
+    if args.floor:
+        thread, process = trio.run(frame_floor, 1000)
+        print(
+            f"a frame through the bindings and trio alone: main thread {thread * 1e6:.0f} us,"
+            f" process {process * 1e6:.0f} us"
+        )
     trees = [("p2pnode", HERE)]
     if args.baseline is not None:
         trees.insert(0, ("baseline", args.baseline.resolve()))
-    print(HEADER)
+    if args.nodes:
+        print(HEADER)
     with tempfile.TemporaryDirectory(prefix="p2pnode-gossip-") as tmp:
         for size in args.nodes:
             for name, sources in trees:
@@ -447,13 +503,14 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--nodes", type=int, nargs="+", default=[10, 30])
+    parser.add_argument("--nodes", type=int, nargs="*", default=[10, 30])
     parser.add_argument("--messages", type=int, default=100)
     parser.add_argument("--processes", action="store_true", help="also one process per node")
     parser.add_argument("--reference-python", help="python with iroh==0.35.0 installed")
     parser.add_argument("--reference-script", type=Path, default=REFERENCE_SCRIPT)
     parser.add_argument("--baseline", type=Path, help="p2pnode sources to measure first")
     parser.add_argument("--profile", action="store_true", help="where the CPU goes")
+    parser.add_argument("--floor", action="store_true", help="what a frame costs at least")
     parser.add_argument("--node-process", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--join", help=argparse.SUPPRESS)
     parser.add_argument("--in-process", type=int, help=argparse.SUPPRESS)

@@ -1,5 +1,6 @@
 """Gossip's stream of many frames, on real iroh streams: frames written together are read one by
-one (a burst costs one read), frames split over writes are put back together, limits hold."""
+one (a burst costs one read), frames split over writes are put back together, limits hold; and
+the messages in them (`gossip/wire.py`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import iroh
 import pytest
 import trio
 
+from p2pnode.gossip import wire
+from p2pnode.gossip.envelope import Envelope
 from p2pnode.net import framing
 from tests.conftest import connect_pair
 
@@ -50,3 +53,49 @@ async def test_a_frame_over_the_limit_is_refused_before_it_is_read(
         assert await frames.next() == b"ok"
         with pytest.raises(framing.FrameError, match="frame of 2000 bytes exceeds the limit"):
             await frames.next()
+
+
+def _every_message() -> list[wire.WireMessage]:
+    key = iroh.SecretKey.from_bytes(bytes(range(32)))
+    envelope = Envelope.create(key, "ab" * 32, "k", {"n": [1, "é"]}, hops=7)
+    ids = [f"{n:032x}" for n in (1, 2, 3)]
+    peer = wire.PeerEntry(id="cd" * 32, addr={"node_id": "cd" * 32})
+    return [
+        wire.Gossip(envelope=envelope),
+        wire.Gossip(envelope=envelope.replace(hops=0), catch_up=True),
+        wire.IHave(ids=ids),
+        wire.Graft(ids=[]),
+        wire.Digest(ids=ids),
+        wire.Want(ids=ids[:1]),
+        wire.Prune(),
+        wire.Join(addr={"node_id": "ef" * 32}),
+        wire.ForwardJoin(peer=peer, ttl=3),
+        wire.Neighbor(addr={}, urgent=True),
+        wire.Leave(),
+        wire.Shuffle(sample=[peer]),
+        wire.ShuffleReply(sample=[]),
+    ]
+
+
+@pytest.mark.parametrize("message", _every_message(), ids=lambda m: type(m).__name__)
+def test_every_message_survives_the_codec(message: wire.WireMessage) -> None:
+    assert wire.decode(wire.encode(message)) == message
+
+
+@pytest.mark.parametrize(
+    ("frame", "error"),
+    [
+        (b"", "empty"),
+        (b'{"type":"gossip"}', "unknown message type 0x7b"),  # a gossip/1 node's JSON
+        (bytes([wire.GOSSIP, 0]), "too short"),
+        (bytes([wire.GOSSIP, 0, 1]) + bytes(100), "malformed envelope"),
+        (bytes([wire.IHAVE]) + bytes(17), "ids"),
+        (bytes([wire.DIGEST]) + bytes(16 * (wire.MAX_IDS + 1)), "ids"),
+        (bytes([wire.PRUNE, 0]), "prune carries nothing"),
+        (bytes([wire.CONTROL]) + b'{"type":"join"}', "membership"),
+        (bytes([wire.CONTROL]) + b"\xff", "membership"),
+    ],
+)
+def test_frames_that_are_no_message_are_refused(frame: bytes, error: str) -> None:
+    with pytest.raises(wire.WireError, match=error):
+        wire.decode(frame)
