@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 DEFAULT_DATA = Path("data")
 """The data folder: the node's key, cluster secret and API token (DATA/api-token, which CLI

@@ -16,6 +16,7 @@ import trio
 from pydantic import BaseModel
 
 import tickets
+from p2pnode import __version__
 from p2pnode.api.app import serve_node_api
 from p2pnode.config import Settings
 from p2pnode.executors.base import ExecutorKind
@@ -280,7 +281,7 @@ def test_workers_command_against_node_processes(tmp_path: Path) -> None:
         assert seen[a.id]["slots_total"] == 0
         lines = {line.split()[0]: line for line in a.cli("workers").stdout.splitlines()}
         assert lines[nodes[2].id].startswith(f"{nodes[2].id}  ready     slots 0/2"), lines
-        assert " wasi," in lines[nodes[2].id] and "v0.1.0" in lines[nodes[2].id]
+        assert " wasi," in lines[nodes[2].id] and f"v{__version__}" in lines[nodes[2].id]
         assert "rack=r1" in lines[nodes[2].id]
 
         nodes[1].kill()
