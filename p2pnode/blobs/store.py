@@ -55,6 +55,7 @@ import trio
 from pydantic import ValidationError
 
 from p2pnode.concurrency import collapse_groups
+from p2pnode.fsutil import FileReplaced, NotRegularFile, open_real
 from p2pnode.ids import BlobHash, is_blob_hash
 
 from .blocks import (
@@ -590,25 +591,44 @@ class BlobStore:
         return self._info_sync(h, bl)
 
     async def add_in_place(
-        self, path: str | Path, *, tag: str | None = None, pin: bool = False
+        self,
+        path: str | Path,
+        *,
+        opened: BinaryIO | None = None,
+        tag: str | None = None,
+        pin: bool = False,
     ) -> BlobInfo:
         """Add a regular file without copying it: the store records where it is, its size,
-        mtime and inode, and its block hashes, and serves from it, verifying as it reads."""
-        source = await trio.to_thread.run_sync(Path(path).resolve)
-        doing = f"reading {source}"
-        with os_errors(doing):
-            # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
-            flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
-            fd = await trio.to_thread.run_sync(os.open, source, flags)
+        mtime and inode, and its block hashes, and serves from it, verifying as it reads.
+
+        ``opened``: the file as the caller opened (and checked) it, ``path`` being where it is
+        (`fsutil.open_real`). What is hashed and recorded is always the file read through one
+        descriptor, never the path opened again: a path can name another file a moment later.
+        """
+        if opened is not None:
+            return await self._add_in_place(opened.fileno(), Path(path), tag, pin)
         try:
-            before = os.fstat(fd)
-            if not stat.S_ISREG(before.st_mode):
-                raise StoreError(f"{source} is not a regular file")
-            hasher = await _hash_file(fd, 0, None, doing)
-            after = os.fstat(fd)
-        finally:
-            os.close(fd)
-        if not FileIdentity.of(before).matches(after) or hasher.size != after.st_size:
+            with os_errors(f"reading {path}"):
+                f, real = await trio.to_thread.run_sync(open_real, Path(path))
+        except (NotRegularFile, FileReplaced) as exc:
+            raise StoreError(str(exc)) from None
+        with f:
+            return await self._add_in_place(f.fileno(), real, tag, pin)
+
+    async def _add_in_place(self, fd: int, source: Path, tag: str | None, pin: bool) -> BlobInfo:
+        doing = f"reading {source}"
+        before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode):
+            raise StoreError(f"{source} is not a regular file")
+        hasher = await _hash_file(fd, 0, None, doing)
+        after = os.fstat(fd)
+        try:
+            # The record names the file by its path: that must still be the file just hashed.
+            now: os.stat_result | None = await trio.to_thread.run_sync(os.stat, source)
+        except OSError:
+            now = None
+        unchanged = FileIdentity.of(before).matches(after) and hasher.size == after.st_size
+        if not unchanged or now is None or not FileIdentity.of(after).matches(now):
             raise StoreError(f"{source} changed while it was being added; add it again")
         digest, bl = hasher.finish()
         record = ExternalFile.at(source, after).model_dump_json().encode()

@@ -21,7 +21,7 @@ import click
 from p2pnode.api.client import ApiClient, ApiError
 from p2pnode.cli import EXIT_USAGE, cli, fail, load_settings, parse_blob_ticket
 from p2pnode.cli.progress import TransferProgress
-from p2pnode.fsutil import NotRegularFile, open_regular
+from p2pnode.fsutil import FileReplaced, NotRegularFile, open_real
 
 if TYPE_CHECKING:
     import iroh
@@ -79,20 +79,23 @@ def add(api: ApiClient, path: Path, in_place: bool) -> None:
     click.echo(f"ticket: {added.ticket}")
 
 
-def _open_shareable(path: Path) -> BinaryIO:
-    """A regular file from outside the node's data folder: its key, cluster secret and API
-    token would become a blob any ticket holder or job could read."""
-    data_dir = Path(click.get_current_context().find_root().params["data_dir"]).resolve()
-    if path.resolve().is_relative_to(data_dir):
-        fail(
-            f"refusing to share {path}: it is inside the node's data folder {data_dir}", EXIT_USAGE
-        )
+def _open_shareable(path: Path) -> tuple[BinaryIO, Path]:
+    """A regular file from outside the node's data folder (its key, cluster secret and API
+    token would become a blob any ticket holder or job could read), and where it is: checked
+    on the file opened, not on a path that could name another file by then (`open_real`)."""
     try:
-        return open_regular(path)
-    except NotRegularFile as exc:
+        f, real = open_real(path)
+    except (NotRegularFile, FileReplaced) as exc:
         fail(str(exc), EXIT_USAGE)
     except OSError as exc:
         fail(f"cannot read {path}: {exc.strerror}", EXIT_USAGE)
+    data_dir = Path(click.get_current_context().find_root().params["data_dir"]).resolve()
+    if real.is_relative_to(data_dir):
+        f.close()
+        fail(
+            f"refusing to share {path}: it is inside the node's data folder {data_dir}", EXIT_USAGE
+        )
+    return f, real
 
 
 def add_in_place(api: ApiClient, path: Path) -> BlobAdded:
@@ -100,9 +103,10 @@ def add_in_place(api: ApiClient, path: Path) -> BlobAdded:
     from p2pnode.api.blob_schemas import BlobAdded, PathRequest
     from p2pnode.blobs.model import FileIdentity
 
-    with _open_shareable(path) as f:
+    f, real = _open_shareable(path)
+    with f:
         body = PathRequest(
-            path=path.resolve(),
+            path=real,
             pin=True,
             in_place=True,
             expect=FileIdentity.of(os.fstat(f.fileno())),
@@ -124,9 +128,10 @@ def upload(api: ApiClient, path: Path, *, pin: bool = True) -> BlobAdded:
     from p2pnode.api.blob_schemas import BlobAdded, PathRequest
     from p2pnode.blobs.model import FileIdentity
 
-    with _open_shareable(path) as f:
+    f, real = _open_shareable(path)
+    with f:
         st = os.fstat(f.fileno())
-        body = PathRequest(path=path.resolve(), pin=pin, expect=FileIdentity.of(st))
+        body = PathRequest(path=real, pin=pin, expect=FileIdentity.of(st))
         try:
             added = api.post("/blobs", BlobAdded, json=body.model_dump(mode="json"), timeout=None)
         except ApiError as exc:
