@@ -1,8 +1,8 @@
 """`p2pnode blob ...`: share files as blobs and fetch them by ticket.
 
-The API's models are imported by the command that uses them, so that `blob ... -h` and a usage
-error cost no pydantic, and from `api/blob_schemas.py`, so that no blob command loads the jobs
-models.
+The API's models (and the progress bar) are imported by the command that uses them, so that
+`blob ... -h` and a usage error cost no pydantic, and from `api/blob_schemas.py`, so that no
+blob command loads the jobs models.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import click
 
 from p2pnode.api.client import ApiClient, ApiError
 from p2pnode.cli import EXIT_USAGE, cli, fail, load_settings, parse_blob_ticket
-from p2pnode.cli.progress import TransferProgress
 from p2pnode.fsutil import FileReplaced, NotRegularFile, open_real
 
 if TYPE_CHECKING:
@@ -30,6 +29,7 @@ if TYPE_CHECKING:
     from p2pnode.api.blob_schemas import BlobAdded
     from p2pnode.blobs.model import BlobInfo
     from p2pnode.blobs.store import BlobStore
+    from p2pnode.cli.progress import TransferProgress
     from p2pnode.config import Settings
     from p2pnode.net.addr import PeerAddr
 
@@ -205,6 +205,8 @@ def get(api: ApiClient, ticket: str, output: Path, force: bool) -> None:
     Example:
       p2pnode blob get p2pblobagy5d4g7omiprbexkvpjwozeieou2trj5... -o big.iso
     """
+    from p2pnode.cli.progress import TransferProgress
+
     parsed = parse_blob_ticket(ticket)
     output = output.absolute()
     if not output.parent.is_dir():
