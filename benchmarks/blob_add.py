@@ -11,7 +11,7 @@ of a 1-byte file); the upload the CLI falls back to when the node cannot see the
 turns within a round, with its ratio to dd (best against best, and the median of each round's
 ratio) and the node's CPU seconds for it. `--baseline DIR`
 (a checkout of the code before a change) runs a second node from DIR's sources beside this one
-and measures its CLI add and path add in the same rounds.
+and measures its CLI add, path add and in-place add in the same rounds.
 
 `--floor` measures instead what a path add is made of, each piece alone and in this process,
 beside dd in the same rounds: the copy (sendfile, writeback started per chunk, fsync) without
@@ -145,6 +145,7 @@ def main(mib: int, runs: int, baseline: Path | None) -> None:
                     methods += [
                         Method("before: blob add (CLI)", old, cli_add(old, source)),
                         Method("before: path add (API)", old, path_add(old)),
+                        Method("before: --in-place", old, path_add(old, in_place=True)),
                     ]
                 for _ in range(runs):
                     for method in methods:

@@ -297,9 +297,9 @@ async def _reads(src: int, start: int) -> AsyncGenerator[_Chunk, None]:
     of a file that someone truncates meanwhile (one added in place is the user's) would kill
     the process with SIGBUS, a read just comes back short.
 
-    The buffers are anonymous mappings, page-aligned: the kernel copies into a bytearray (whose
-    bytes start 16 bytes into a page) at a fifth of the speed, 100 against 20 ms of CPU per
-    256 MiB here.
+    The buffers are anonymous mappings, page-aligned: where malloc puts a big bytearray's bytes
+    (16 bytes into a page), the kernel copies into it at a fifth of the speed here (preadv of
+    256 MiB: 100 against 20-30 ms of CPU).
     """
     free_send, free = trio.open_memory_channel[mmap.mmap](_DEPTH)
     for _ in range(_DEPTH):
