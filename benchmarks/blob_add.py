@@ -267,6 +267,7 @@ def floor(mib: int, runs: int, baseline: Path | None) -> None:
             def run() -> tuple[float, float]:
                 out = subprocess.run(
                     [sys.executable, "-c", ADD_IN_A_CHILD, str(source), str(work)],
+                    cwd=tree,  # `python -c` imports from its folder first
                     env={**os.environ, "PYTHONPATH": str(tree)},
                     capture_output=True,
                     text=True,
