@@ -65,6 +65,30 @@ def open_regular(path: Path) -> BinaryIO:
     return open(fd, "rb", buffering=0)
 
 
+class FileReplaced(ValueError):
+    """The path names another file than the one opened from it a moment ago."""
+
+
+def open_real(path: Path) -> tuple[BinaryIO, Path]:
+    """`open_regular`, and where the opened file is: `path` with its symlinks resolved, checked
+    after the open to name that very file (same device and inode), or FileReplaced.
+
+    Resolved before the open instead, the path could name another file by the time it is opened
+    (a folder on the way swapped for a symlink meanwhile): what a caller checks of this path (not
+    in a private folder) holds for the file it reads from the returned descriptor.
+    """
+    f = open_regular(path)
+    try:
+        real = Path(os.path.realpath(path))
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samestat(os.stat(real), os.fstat(f.fileno())):
+                return f, real
+        raise FileReplaced(f"{path} was replaced while it was being opened")
+    except BaseException:
+        f.close()
+        raise
+
+
 class FolderInUse(OSError):
     """Another process holds the folder's lock: two nodes on one data folder would share one
     identity, one job database and one blob store, and corrupt each other's view of all three."""

@@ -13,6 +13,7 @@ import pytest
 import trio
 import wasmtime
 
+from p2pnode.api import app as app_mod
 from tests.conftest import cli_argv
 from tests.nodeproc import NodeProcess, run_cli
 
@@ -369,4 +370,59 @@ async def test_path_add_with_expect_where_the_path_is_private_here(
     assert elsewhere.status_code == 412, elsewhere.text
     own = await api.post("/blobs", json={"path": str(token), "expect": identity(token)})
     assert own.status_code == 403 and "data folder" in own.json()["detail"]
+    assert (await api.get("/blobs")).json() == []
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+async def test_path_add_reads_the_file_it_checked(
+    node, api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_place: bool
+) -> None:
+    """The path swapped for another file right after the node checked `expect` on the file it
+    opened: a copy is of the checked file (read through that descriptor); an add in place,
+    whose record names the file by its path, is refused rather than hash the other file."""
+    path, other = tmp_path / "f.bin", tmp_path / "other.bin"
+    path.write_bytes(b"checked")
+    other.write_bytes(b"swapped in")
+    expect = identity(path)
+    check_private = app_mod._outside_private_dirs
+
+    def swap_then_check(on: object, real: Path) -> Path:
+        os.replace(other, path)
+        return check_private(on, real)
+
+    monkeypatch.setattr(app_mod, "_outside_private_dirs", swap_then_check)
+    body = {"path": str(path), "expect": expect, "in_place": in_place}
+    added = await api.post("/blobs", json=body)
+    listed = [b["hash"] for b in (await api.get("/blobs")).json()]
+    if in_place:
+        assert added.status_code == 400, added.text
+        assert "changed while it was being added" in added.json()["detail"]
+        assert listed == []
+    else:
+        assert added.status_code == 200, added.text
+        assert listed == [added.json()["blob"]["hash"]] == [blake3.blake3(b"checked").hexdigest()]
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+async def test_path_add_checks_where_the_opened_file_is(
+    node, api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_place: bool
+) -> None:
+    """A folder on the path swapped for a symlink to the data folder between resolving the path
+    and opening it: the node must not check one file and read another (here the API token)."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    path = folder / "api-token"
+    path.write_text("decoy")
+    realpath = os.path.realpath
+
+    def resolve_then_swap(p: str | os.PathLike[str], **kwargs: bool) -> str:
+        real = realpath(p, **kwargs)
+        if Path(p) == path and not (tmp_path / "aside").exists():
+            folder.rename(tmp_path / "aside")
+            folder.symlink_to(node.settings.data_dir)
+        return real
+
+    monkeypatch.setattr(os.path, "realpath", resolve_then_swap)
+    refused = await api.post("/blobs", json={"path": str(path), "in_place": in_place})
+    assert refused.status_code == 400 and "replaced" in refused.json()["detail"], refused.text
     assert (await api.get("/blobs")).json() == []

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
@@ -101,6 +102,35 @@ async def test_file_adds_over_several_chunks(store: BlobStore, tmp_path: Path) -
         assert b"Name:" in (content := stored.read())
     assert blake3.blake3(content).hexdigest() == status.hash
     assert os.listdir(store.root / "tmp") == []
+
+
+async def test_path_add_steps_work_at_their_own_pace(
+    store: BlobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy and the two hashes of a path add work on different chunks at once, with no
+    barrier per chunk: here the block hashes of the first chunk wait until the whole-content
+    hash has done all three chunks (the copy ran ahead of both)."""
+    data = os.urandom(3 * READ_CHUNK)
+    src = tmp_path / "src"
+    src.write_bytes(data)
+    whole_done = threading.Semaphore(0)
+    ran_ahead: list[bool] = []
+    real_whole, real_blocks = BlobHasher.update_whole, BlobHasher.update_blocks
+
+    def whole(self: BlobHasher, view: memoryview) -> None:
+        real_whole(self, view)
+        whole_done.release()
+
+    def blocks(self: BlobHasher, view: memoryview) -> None:
+        if not ran_ahead:
+            ran_ahead.append(all(whole_done.acquire(timeout=10) for _ in range(3)))
+        real_blocks(self, view)
+
+    monkeypatch.setattr(BlobHasher, "update_whole", whole)
+    monkeypatch.setattr(BlobHasher, "update_blocks", blocks)
+    info = await store.add_path(src)
+    assert ran_ahead == [True]
+    assert (info.hash, await store.block_list(info.hash)) == digest_and_blocks(data)
 
 
 async def test_file_adds_where_sendfile_writes_only_to_sockets(

@@ -51,8 +51,8 @@ def test_version_and_help_load_no_command(tmp_path: Path, args: tuple[str, ...])
 @pytest.mark.parametrize(
     ("args", "own"),
     [
-        (("blob", "add", "--help"), {"p2pnode.cli.blob_cmds", "p2pnode.cli.progress"}),
-        (("blob", "add", "/no/such/file"), {"p2pnode.cli.blob_cmds", "p2pnode.cli.progress"}),
+        (("blob", "add", "--help"), {"p2pnode.cli.blob_cmds"}),
+        (("blob", "add", "/no/such/file"), {"p2pnode.cli.blob_cmds"}),
         (("status", "-h"), {"p2pnode.cli.node_cmds"}),
         (("member", "rm", "-h"), {"p2pnode.cli.member_cmds"}),
     ],
@@ -102,6 +102,25 @@ def test_a_blob_command_loads_no_jobs_models(tmp_path: Path, args: tuple[str, ..
         sorted(m for m in loaded if m.startswith("p2pnode.jobs") or m == "p2pnode.api.schemas")
         == []
     )
+
+
+BLOB_ADD = {
+    "p2pnode.cli.blob_cmds",
+    "p2pnode.api.blob_schemas",
+    "p2pnode.blobs",
+    "p2pnode.blobs.model",
+    "p2pnode.ids",
+}
+"""What `blob add` loads beyond `TOP`: its command and the models of its one request."""
+
+
+def test_blob_add_loads_its_request_models_and_nothing_else(tmp_path: Path) -> None:
+    """The add a person types most: no progress bar (`blob get`'s), no jobs or labels models, no
+    server, store or transport code; the stdlib HTTP client and pydantic, which it needs."""
+    loaded = imported_by(tmp_path, "--api", "127.0.0.1:1", "blob", "add", __file__)
+    assert project(loaded) == TOP | BLOB_ADD
+    assert {"http.client", "pydantic"} <= loaded
+    assert sorted(m for m in loaded if m.split(".")[0] in ("rich", "trio", "iroh", "httpx")) == []
 
 
 LIGHT = {

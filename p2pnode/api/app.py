@@ -52,7 +52,7 @@ from p2pnode.api.server import serve_api
 from p2pnode.api.worker_routes import worker_routes
 from p2pnode.blobs.fetch import FetchError
 from p2pnode.blobs.store import BlobInfo, BlobInUse, BlobNotFound, GcResult, StoreError
-from p2pnode.fsutil import NotRegularFile, open_regular
+from p2pnode.fsutil import FileReplaced, NotRegularFile, open_real
 from p2pnode.ids import BlobHashField, NodeIdField
 from p2pnode.jobs.model import Job, JobId, JobState, tag_job
 from p2pnode.jobs.store import Refused
@@ -166,11 +166,10 @@ def create_app(node: Node, sessions: Sessions) -> FastAPI:
         block, and the blob goes missing if the file changes. With `expect`, only if the node
         opens that very file: 412 otherwise (it cannot read it, or sees another file there), so
         that the caller uploads its content instead (`PUT /blobs`)."""
-        real = Path(await trio.to_thread.run_sync(os.path.realpath, request.path))
         refused = 400 if request.expect is None else 412
         try:
-            f = open_regular(real)
-        except NotRegularFile as exc:
+            f, real = await trio.to_thread.run_sync(open_real, request.path)
+        except (NotRegularFile, FileReplaced) as exc:
             raise HTTPException(refused, str(exc)) from None
         except OSError as exc:
             raise HTTPException(refused, f"cannot read {request.path}: {exc.strerror}") from None
@@ -184,7 +183,7 @@ def create_app(node: Node, sessions: Sessions) -> FastAPI:
             source = _outside_private_dirs(node, real)
             with store_errors():
                 if request.in_place:
-                    info = await node.blobs.add_in_place(source, pin=request.pin)
+                    info = await node.blobs.add_in_place(source, opened=f, pin=request.pin)
                 else:
                     info = await node.blobs.add_file(f, pin=request.pin)
         if not info.pinned:

@@ -11,6 +11,7 @@ An empty blob has zero blocks: ``ceil(0 / BLOCK_SIZE) == 0`` and nothing needs t
 
 from __future__ import annotations
 
+import mmap
 import struct
 from functools import cached_property
 from pathlib import Path
@@ -159,11 +160,17 @@ class BlobHasher:
 
 
 def hash_file(path: str | Path) -> tuple[bytes, BlockList]:
-    """Whole-content digest and block list of a file, in constant memory (blocking)."""
+    """Whole-content digest and block list of a file, in constant memory (blocking).
+
+    Read into a page-aligned buffer (an anonymous mapping), as `store._reads` does and for the
+    same reason.
+    """
     hasher = BlobHasher()
-    buf = bytearray(READ_CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
+    with (
+        open(path, "rb", buffering=0) as f,
+        mmap.mmap(-1, READ_CHUNK) as buf,
+        memoryview(buf) as view,
+    ):
         while n := f.readinto(buf):
             hasher.update(view[:n])
     return hasher.finish()

@@ -84,9 +84,11 @@ class BlobService:
     async def add_bytes(self, data: bytes, *, pin: bool = True, tag: str | None = None) -> BlobInfo:
         return await self.store.add_bytes(data, pin=pin, tag=tag)
 
-    async def add_in_place(self, path: Path, *, pin: bool = True) -> BlobInfo:
+    async def add_in_place(
+        self, path: Path, *, opened: BinaryIO | None = None, pin: bool = True
+    ) -> BlobInfo:
         """Hash a file and serve it from where it is, never copied (see BlobStore.add_in_place)."""
-        return await self.store.add_in_place(path, pin=pin)
+        return await self.store.add_in_place(path, opened=opened, pin=pin)
 
     async def add_file(self, f: BinaryIO, *, pin: bool = True) -> BlobInfo:
         """Copy an open file (one the caller checked) into the store."""

@@ -1,8 +1,8 @@
 """`p2pnode blob ...`: share files as blobs and fetch them by ticket.
 
-The API's models are imported by the command that uses them, so that `blob ... -h` and a usage
-error cost no pydantic, and from `api/blob_schemas.py`, so that no blob command loads the jobs
-models.
+The API's models (and the progress bar) are imported by the command that uses them, so that
+`blob ... -h` and a usage error cost no pydantic, and from `api/blob_schemas.py`, so that no
+blob command loads the jobs models.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ import click
 
 from p2pnode.api.client import ApiClient, ApiError
 from p2pnode.cli import EXIT_USAGE, cli, fail, load_settings, parse_blob_ticket
-from p2pnode.cli.progress import TransferProgress
-from p2pnode.fsutil import NotRegularFile, open_regular
+from p2pnode.fsutil import FileReplaced, NotRegularFile, open_real
 
 if TYPE_CHECKING:
     import iroh
@@ -30,6 +29,7 @@ if TYPE_CHECKING:
     from p2pnode.api.blob_schemas import BlobAdded
     from p2pnode.blobs.model import BlobInfo
     from p2pnode.blobs.store import BlobStore
+    from p2pnode.cli.progress import TransferProgress
     from p2pnode.config import Settings
     from p2pnode.net.addr import PeerAddr
 
@@ -79,20 +79,23 @@ def add(api: ApiClient, path: Path, in_place: bool) -> None:
     click.echo(f"ticket: {added.ticket}")
 
 
-def _open_shareable(path: Path) -> BinaryIO:
-    """A regular file from outside the node's data folder: its key, cluster secret and API
-    token would become a blob any ticket holder or job could read."""
-    data_dir = Path(click.get_current_context().find_root().params["data_dir"]).resolve()
-    if path.resolve().is_relative_to(data_dir):
-        fail(
-            f"refusing to share {path}: it is inside the node's data folder {data_dir}", EXIT_USAGE
-        )
+def _open_shareable(path: Path) -> tuple[BinaryIO, Path]:
+    """A regular file from outside the node's data folder (its key, cluster secret and API
+    token would become a blob any ticket holder or job could read), and where it is: checked
+    on the file opened, not on a path that could name another file by then (`open_real`)."""
     try:
-        return open_regular(path)
-    except NotRegularFile as exc:
+        f, real = open_real(path)
+    except (NotRegularFile, FileReplaced) as exc:
         fail(str(exc), EXIT_USAGE)
     except OSError as exc:
         fail(f"cannot read {path}: {exc.strerror}", EXIT_USAGE)
+    data_dir = Path(click.get_current_context().find_root().params["data_dir"]).resolve()
+    if real.is_relative_to(data_dir):
+        f.close()
+        fail(
+            f"refusing to share {path}: it is inside the node's data folder {data_dir}", EXIT_USAGE
+        )
+    return f, real
 
 
 def add_in_place(api: ApiClient, path: Path) -> BlobAdded:
@@ -100,9 +103,10 @@ def add_in_place(api: ApiClient, path: Path) -> BlobAdded:
     from p2pnode.api.blob_schemas import BlobAdded, PathRequest
     from p2pnode.blobs.model import FileIdentity
 
-    with _open_shareable(path) as f:
+    f, real = _open_shareable(path)
+    with f:
         body = PathRequest(
-            path=path.resolve(),
+            path=real,
             pin=True,
             in_place=True,
             expect=FileIdentity.of(os.fstat(f.fileno())),
@@ -124,9 +128,10 @@ def upload(api: ApiClient, path: Path, *, pin: bool = True) -> BlobAdded:
     from p2pnode.api.blob_schemas import BlobAdded, PathRequest
     from p2pnode.blobs.model import FileIdentity
 
-    with _open_shareable(path) as f:
+    f, real = _open_shareable(path)
+    with f:
         st = os.fstat(f.fileno())
-        body = PathRequest(path=path.resolve(), pin=pin, expect=FileIdentity.of(st))
+        body = PathRequest(path=real, pin=pin, expect=FileIdentity.of(st))
         try:
             added = api.post("/blobs", BlobAdded, json=body.model_dump(mode="json"), timeout=None)
         except ApiError as exc:
@@ -200,6 +205,8 @@ def get(api: ApiClient, ticket: str, output: Path, force: bool) -> None:
     Example:
       p2pnode blob get p2pblobagy5d4g7omiprbexkvpjwozeieou2trj5... -o big.iso
     """
+    from p2pnode.cli.progress import TransferProgress
+
     parsed = parse_blob_ticket(ticket)
     output = output.absolute()
     if not output.parent.is_dir():
