@@ -174,6 +174,8 @@ class ApiClient:
                     f"no p2pnode answering at {self.base_url} "
                     "(start one with `p2pnode start`, or pass --api)"
                 ) from None
+            if "Authorization" in sent:
+                self._check_listener(connection)
             with self._errors():
                 connection.request(method, target, body=body, headers=sent)
                 response = connection.getresponse()
@@ -190,6 +192,16 @@ class ApiClient:
                 yield response
         finally:
             connection.close()
+
+    def _check_listener(self, connection: http.client.HTTPConnection) -> None:
+        """Refuse before the token leaves if another account holds the loopback port (see
+        `p2pnode.api.listener` for what holds off Linux and off loopback)."""
+        from p2pnode.api.listener import ForeignListener, check_listener
+
+        try:
+            check_listener(connection.sock.getpeername()[:2])
+        except ForeignListener as exc:
+            raise ApiError(f"{self.base_url}: {exc}") from None
 
     def _connection(self, timeout: float | None) -> http.client.HTTPConnection:
         import http.client
