@@ -52,6 +52,14 @@ def create_once(path: Path, data: bytes, mode: int = 0o600) -> None:
     os.unlink(tmp)
 
 
+def make_private(folder: Path) -> None:
+    """Create `folder` 0700, or tighten it to 0700 if it exists looser (older versions created the
+    blob store 0755): only its owner may enter. Its files keep their modes: entering is denied."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if folder.stat().st_mode & 0o077:
+        os.chmod(folder, 0o700)
+
+
 class NotRegularFile(ValueError):
     """The path is a FIFO, a device or a folder: nothing to read whole."""
 
