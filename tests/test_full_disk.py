@@ -1,18 +1,20 @@
-"""A host whose disk is full refuses a join with the reason (one log line, no traceback), admits
-no one, and a shutdown's last member-list flush on a full disk is one warning, not a crash.
-On a real full filesystem: a 64 KiB tmpfs filled to the last byte (needs root)."""
+"""On a real full filesystem (a 64 KiB tmpfs filled to the last byte; needs root): a failed write
+leaves no temporary file; a host refuses a join with the reason (one log line, no traceback) and
+admits no one; a shutdown's last member-list flush is one warning, not a crash."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import trio
 
+from p2pnode.fsutil import create_once, write_atomic
 from p2pnode.membership import JOIN_ALPN, JoinError, JoinLimiter, Membership, handle_join, join
 from p2pnode.net.addr import PeerAddr
 from p2pnode.net.peerlog import PeerLog
@@ -46,6 +48,17 @@ def fill(folder: Path) -> None:
                 f.write(b"\0")
         except OSError:
             pass
+
+
+@pytest.mark.parametrize("write", [write_atomic, create_once])
+def test_a_failed_write_leaves_no_temporary_file(
+    small_disk: Path, write: Callable[[Path, bytes], None]
+) -> None:
+    fill(small_disk)
+    with pytest.raises(OSError) as failed:
+        write(small_disk / "state.json", b"x" * 8192)
+    assert failed.value.errno == errno.ENOSPC
+    assert [p.name for p in small_disk.iterdir()] == ["filler"]
 
 
 async def test_a_full_host_refuses_the_join_and_says_why(
@@ -84,6 +97,7 @@ async def test_a_full_host_refuses_the_join_and_says_why(
     assert record.levelno == logging.WARNING and record.exc_info is None
     assert record.getMessage().startswith(f"refused join from {joiner_id[:10]}: cannot write")
     assert "No space left on device" in record.getMessage()
+    assert sorted(p.name for p in small_disk.iterdir()) == ["cluster.json", "filler"]
 
 
 async def test_the_last_flush_on_a_full_disk_is_one_warning(
