@@ -4,6 +4,7 @@ admits no one; a shutdown's last member-list flush is one warning, not a crash."
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -19,19 +20,28 @@ from p2pnode.membership import JOIN_ALPN, JoinError, JoinLimiter, Membership, ha
 from p2pnode.net.addr import PeerAddr
 from p2pnode.net.peerlog import PeerLog
 from tests.conftest import accept_connection, bind_loopback
+from tests.nodeproc import NodeProcess
+from tests.test_blob_cli import add_blob
+
+EXAMPLES = Path(__file__).parents[1] / "examples"
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "small"
+@contextlib.contextmanager
+def tmpfs(mount: Path, size: str) -> Iterator[Path]:
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], check=True)
     try:
         yield mount
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    with tmpfs(tmp_path / "small", "64k") as mount:
+        yield mount
 
 
 def fill(folder: Path) -> None:
@@ -112,3 +122,32 @@ async def test_the_last_flush_on_a_full_disk_is_one_warning(
     [record] = caplog.records
     assert record.levelno == logging.WARNING and record.exc_info is None
     assert record.getMessage().startswith("could not write members.json on shutdown: ")
+
+
+@pytest.mark.slow
+def test_a_full_node_answers_507_and_the_cli_exits_1(tmp_path: Path) -> None:
+    """Not bad input (400, exit 2): the request was fine, the node's disk is not. Alike for an
+    upload, a job's module and a blob fetched by ticket."""
+    (tmp_path / "big").write_bytes(os.urandom(256 * 1024))
+    provider = NodeProcess(tmp_path / "provider")
+    with tmpfs(tmp_path / "disk", "8m") as disk:
+        node = NodeProcess(disk / "data")
+        try:
+            _, ticket = add_blob(provider, tmp_path / "big")
+            fill(disk)
+            for args, says in (
+                (["blob", "add", str(tmp_path / "big")], "the node's disk is full: "),
+                (
+                    ["job", "submit", "--module", str(EXAMPLES / "echo.wat")],
+                    "the node's disk is full: ",
+                ),
+                (["blob", "get", ticket, "-o", str(tmp_path / "out")], "blob "),  # checked ahead
+            ):
+                result = node.cli(*args, check=False)
+                assert result.returncode == 1, args
+                assert result.stderr.startswith(f"error: {says}"), args
+                assert result.stderr.count("\n") == 1, args
+            assert "more than the 0 bytes free" in result.stderr
+        finally:
+            node.kill()
+            provider.kill()
