@@ -1,18 +1,23 @@
-"""The CLI's API token goes only to a loopback listener of this user: a real listener of another
-account (uid `nobody`) gets nothing, and the real node still answers."""
+"""The CLI and the listener at --api: the API token goes only to a loopback listener of this user
+(a real listener of another account, uid `nobody`, gets nothing; the real node still answers),
+and a node killed mid-request is named as such."""
 
 from __future__ import annotations
 
 import os
 import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 import pytest
 
-from tests.nodeproc import NodeProcess, run_cli
+from tests.nodeproc import NodeProcess, run_cli, submit_job, wait_for
+
+EXAMPLES = Path(__file__).parents[1] / "examples"
 
 NOBODY = 65534
 
@@ -80,3 +85,36 @@ def test_the_node_of_this_user_still_gets_the_token(tmp_path: Path) -> None:
         assert node.cli("status").stdout.startswith(f"node      {node.id}\n")
     finally:
         node.kill()
+
+
+def api_connected(port: int) -> bool:
+    """Some process holds an established TCP connection to `port` on loopback (the CLI's)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "01" and int(fields[2].rpartition(":")[2], 16) == port:
+                return True
+    return False
+
+
+@pytest.mark.slow
+def test_a_node_killed_mid_request_is_named_as_such(tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path / "data")
+    try:
+        # No worker offers Flawless here: the job stays pending and `job wait` long-polls.
+        job_id = submit_job(node, "--module", str(EXAMPLES / "echo.wat"), "--executor", "flawless")
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "p2pnode", "--api", node.api, "--data", str(node.data_dir)]
+            + ["job", "wait", job_id],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_for(lambda: api_connected(int(node.api.rpartition(":")[2])), "the CLI's long poll")
+    finally:
+        node.kill()
+    _, stderr = waiting.communicate(timeout=60)
+    assert waiting.returncode == 1
+    assert stderr.count("error:") == 1  # after, perhaps, the line saying what the job waits for
+    assert stderr.splitlines()[-1] == (
+        f"error: the node at {node.api} closed the connection mid-request (did it stop?)"
+    )

@@ -218,8 +218,14 @@ class ApiClient:
             yield
         except TimeoutError:
             raise ApiError(f"the node at {self.base_url} did not answer in time") from None
+        except (ConnectionError, http.client.IncompleteRead):
+            # Hung up before or amid its answer (RemoteDisconnected is a ConnectionResetError):
+            # what a node that stopped or was killed mid-request does.
+            raise ApiError(
+                f"the node at {self.base_url} closed the connection mid-request (did it stop?)"
+            ) from None
         except (http.client.HTTPException, OSError) as exc:
-            # The other end speaks something, but not our HTTP.
+            # The other end answered, but not in HTTP.
             raise ApiError(
                 f"the server at {self.base_url} broke off the exchange ({type(exc).__name__}); "
                 "is it a p2pnode?"
