@@ -15,6 +15,7 @@ from typing import BinaryIO
 
 import pytest
 
+from p2pnode.api.listener import ForeignListener, check_listener
 from tests.nodeproc import NodeProcess, run_cli, submit_job, wait_for
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
@@ -76,6 +77,20 @@ def test_a_listener_of_another_uid_gets_no_token(
         f"error: http://{api}: port {port} is held by uid {NOBODY}, not by you "
         f"(uid {os.getuid()}); not sending it the API token (is the node running?)\n"
     )
+
+
+@root_only
+@pytest.mark.parametrize("source", ["sock_diag", "/proc/net"])
+def test_both_sources_name_the_owner(
+    stranger: tuple[str, BinaryIO], source: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/proc/net/tcp{,6} is the fallback where netlink is missing (here: made to be)."""
+    if source == "/proc/net":
+        monkeypatch.delattr(socket, "AF_NETLINK")
+    host, _, port = stranger[0].rpartition(":")
+    with socket.create_connection((host.strip("[]"), int(port))) as connection:
+        with pytest.raises(ForeignListener, match=f"port {port} is held by uid {NOBODY}, not"):
+            check_listener(connection.getpeername()[:2])
 
 
 @pytest.mark.slow
