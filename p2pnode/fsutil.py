@@ -14,11 +14,16 @@ if TYPE_CHECKING:
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write, fsync, rename: after a crash the file holds either the old or the new content."""
+    """Write, fsync, rename: after a crash the file holds either the old or the new content, and
+    after a failed write (a full disk) no temporary file is left behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    _write_synced(tmp, data, mode)
-    os.replace(tmp, path)
+    try:
+        _write_synced(tmp, data, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -46,10 +51,26 @@ def create_once(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Create a private file whole: `mode` from the first instant, published by a hard link, so a
     reader never sees it half written and of two racing creators the first one's content wins."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    _write_synced(tmp, data, mode)
-    with contextlib.suppress(FileExistsError):
-        os.link(tmp, path)
-    os.unlink(tmp)
+    try:
+        _write_synced(tmp, data, mode)
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        _unlink_quietly(tmp)
+
+
+def _unlink_quietly(path: Path) -> None:
+    """Remove a temporary file that may not exist (its creation is what failed)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def make_private(folder: Path) -> None:
+    """Create `folder` 0700, or tighten it to 0700 if it exists looser (older versions created the
+    blob store 0755): only its owner may enter. Its files keep their modes: entering is denied."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if folder.stat().st_mode & 0o077:
+        os.chmod(folder, 0o700)
 
 
 class NotRegularFile(ValueError):

@@ -10,6 +10,7 @@ so a restarted member rejoins without its ticket.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import logging
@@ -164,6 +165,8 @@ class Membership:
         return True
 
     def admit(self, addr: PeerAddr) -> None:
+        """Record a member; a new member or address is written at once, and when that write fails
+        (OSError: a full disk) nothing changes, so a join refused for it admits no one."""
         if addr.node_id == self.self_id or addr.node_id in self._members.removed:
             return
         now = time.time()
@@ -176,8 +179,16 @@ class Membership:
         self._members.members[addr.node_id] = member
         if known is not None and known.addr == member.addr:
             self._dirty = True  # only last_seen is news
-        else:
+            return
+        try:
             self._save()
+        except OSError:
+            if known is None:
+                del self._members.members[addr.node_id]
+            else:
+                self._members.members[addr.node_id] = known
+            self._dirty = True  # what was pending before still is
+            raise
 
     def seen(self, node_id: NodeId) -> None:
         """A member answered at an address we already had: only `last_seen` is news. (The address a
@@ -208,7 +219,10 @@ class Membership:
                         self._dirty = True  # tried again next time
                         log.warning("could not write %s: %s", MEMBERS_FILE, exc)
         finally:
-            self.flush()
+            try:
+                self.flush()
+            except OSError as exc:  # shutting down: nothing left to retry it
+                log.warning("could not write %s on shutdown: %s", MEMBERS_FILE, exc)
 
     def flush(self) -> None:
         if self._dirty:
@@ -383,7 +397,8 @@ async def _verify_joiner(
     recv: iroh.RecvStream,
     on_welcome: Callable[[NodeId, bool], None] | None,
 ) -> str | None:
-    """The host's half of the handshake; returns why the peer was refused, None when it joined."""
+    """The host's half of the handshake; returns why the peer was refused, None when it joined
+    or the refusal was the host's own doing (it could not record the member: no back-off)."""
     request = await recv_model(recv, JoinRequest, _MAX_REQUEST_FRAME)
     if request.cluster_id != membership.cluster.cluster_id or request.addr.node_id != peer:
         await _refuse(send, "this node belongs to another cluster")
@@ -396,9 +411,21 @@ async def _verify_joiner(
         await _refuse(send, "wrong join secret")
         return "wrong join secret"
     known = [m.addr for m in membership.members.values() if m.addr.node_id != peer]
-    if not membership.is_member(peer):
+    joined = not membership.is_member(peer)
+    try:
+        membership.admit(request.addr)
+    except OSError as exc:
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        log.warning("refused join from %s: cannot write %s: %s", peer[:10], MEMBERS_FILE, exc)
+        await _refuse(
+            send,
+            "the host's disk is full"
+            if full
+            else f"the host cannot record members ({exc.strerror})",
+        )
+        return None
+    if joined:
         log.info("member %s joined", peer[:10])
-    membership.admit(request.addr)
     new_session = membership.greeted(peer, request.session)
     if on_welcome is not None:
         on_welcome(peer, new_session)

@@ -24,7 +24,7 @@ from p2pnode.executors.base import MIB
 from p2pnode.executors.flawless import FlawlessClient, FlawlessExecutor
 from p2pnode.executors.registry import ExecutorRegistry
 from p2pnode.executors.wasm import WasiExecutor
-from p2pnode.fsutil import FolderInUse, lock_folder, save_model
+from p2pnode.fsutil import FolderInUse, lock_folder, make_private, save_model
 from p2pnode.gossip.service import GossipService
 from p2pnode.identity import load_or_create_secret_key
 from p2pnode.ids import NodeId
@@ -210,7 +210,7 @@ class Node:
     def _identity(self) -> iroh.SecretKey:
         data_dir = self.settings.data_dir
         try:
-            _make_private(data_dir)
+            make_private(data_dir)  # it holds the node key, the cluster secret, the API token
             key = load_or_create_secret_key(data_dir)
             self.api_token = load_or_create_token(data_dir)
         except (OSError, ValueError, TokenError) as exc:
@@ -523,11 +523,3 @@ def _last_port(path: Path) -> int | None:
     except (OSError, ValidationError) as exc:
         log.warning("ignoring %s (%s): binding a fresh port", path, type(exc).__name__)
         return None
-
-
-def _make_private(folder: Path) -> None:
-    """The data folder holds the node key, the cluster secret and the API token: only its owner
-    may enter."""
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if folder.stat().st_mode & 0o077:
-        os.chmod(folder, 0o700)

@@ -10,7 +10,9 @@ serve the node's own user (the token holder) and never touch the data folder or 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import sqlite3
 import stat
 from collections.abc import AsyncIterator, Iterator
 from http import HTTPStatus
@@ -50,6 +52,7 @@ from p2pnode.api.schemas import (
 )
 from p2pnode.api.server import serve_api
 from p2pnode.api.worker_routes import worker_routes
+from p2pnode.blobs.errors import StoreFull
 from p2pnode.blobs.fetch import FetchError
 from p2pnode.blobs.store import BlobInfo, BlobInUse, BlobNotFound, GcResult, StoreError
 from p2pnode.fsutil import FileReplaced, NotRegularFile, open_real
@@ -108,6 +111,8 @@ def create_app(node: Node, sessions: Sessions) -> FastAPI:
     )
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StarletteHTTPException, _refused)
+    for failure in (OSError, StoreError, sqlite3.Error):
+        app.add_exception_handler(failure, _disk_full)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     api = APIRouter()
 
@@ -294,7 +299,7 @@ def create_app(node: Node, sessions: Sessions) -> FastAPI:
                             ticket, lambda p: emit(FetchEvent(progress=p))
                         )
                     except (FetchError, StoreError) as exc:
-                        final = FetchEvent(error=str(exc))
+                        final = FetchEvent(error=_failure(exc))
                     else:
                         final = FetchEvent(blob=info)
                     with contextlib.suppress(trio.BrokenResourceError):
@@ -455,10 +460,48 @@ async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": invalid_request(exc.errors())}, status_code=422)
 
 
+def _full_disk_in(exc: BaseException) -> bool:
+    """Whether a full disk (or quota) caused `exc`, however the layers between rewrapped it (an
+    OSError made a StoreError made a 400 keeps it as cause or context)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, StoreFull):
+            return True
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if getattr(cause, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _failure(exc: Exception) -> str:
+    """The one line that tells a person why: a full disk says so first, whatever the route."""
+    detail = _one_line(str(exc.detail if isinstance(exc, StarletteHTTPException) else exc))
+    return f"the node's disk is full: {detail}" if _full_disk_in(exc) else detail
+
+
+def _disk_full_answer(exc: Exception) -> JSONResponse:
+    """507, not 400: the request was fine, the node cannot store it (the CLI exits 1, not 2)."""
+    return JSONResponse({"detail": _failure(exc)}, status_code=HTTPStatus.INSUFFICIENT_STORAGE)
+
+
+async def _disk_full(_request: Request, exc: Exception) -> Response:
+    """An OSError, store or database error no route answered: 507 when the disk is full; anything
+    else stays the server error it is."""
+    if not _full_disk_in(exc):
+        raise exc
+    return _disk_full_answer(exc)
+
+
 async def _refused(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code in (204, 304):
         return Response(status_code=exc.status_code, headers=exc.headers)
+    if exc.status_code >= 400 and _full_disk_in(exc):
+        return _disk_full_answer(exc)
     return JSONResponse(
         {"detail": _one_line(str(exc.detail))}, status_code=exc.status_code, headers=exc.headers
     )

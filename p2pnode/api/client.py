@@ -174,6 +174,8 @@ class ApiClient:
                     f"no p2pnode answering at {self.base_url} "
                     "(start one with `p2pnode start`, or pass --api)"
                 ) from None
+            if "Authorization" in sent:
+                self._check_listener(connection)
             with self._errors():
                 connection.request(method, target, body=body, headers=sent)
                 response = connection.getresponse()
@@ -191,6 +193,16 @@ class ApiClient:
         finally:
             connection.close()
 
+    def _check_listener(self, connection: http.client.HTTPConnection) -> None:
+        """Refuse before the token leaves if another account holds the loopback port (see
+        `p2pnode.api.listener` for what holds off Linux and off loopback)."""
+        from p2pnode.api.listener import ForeignListener, check_listener
+
+        try:
+            check_listener(connection.sock.getpeername()[:2])
+        except ForeignListener as exc:
+            raise ApiError(f"{self.base_url}: {exc}") from None
+
     def _connection(self, timeout: float | None) -> http.client.HTTPConnection:
         import http.client
 
@@ -206,8 +218,14 @@ class ApiClient:
             yield
         except TimeoutError:
             raise ApiError(f"the node at {self.base_url} did not answer in time") from None
+        except (ConnectionError, http.client.IncompleteRead):
+            # Hung up before or amid its answer (RemoteDisconnected is a ConnectionResetError):
+            # what a node that stopped or was killed mid-request does.
+            raise ApiError(
+                f"the node at {self.base_url} closed the connection mid-request (did it stop?)"
+            ) from None
         except (http.client.HTTPException, OSError) as exc:
-            # The other end speaks something, but not our HTTP.
+            # The other end answered, but not in HTTP.
             raise ApiError(
                 f"the server at {self.base_url} broke off the exchange ({type(exc).__name__}); "
                 "is it a p2pnode?"

@@ -4,6 +4,7 @@
      +-- BlobNotFound     no such blob (or partial download) is stored
      +-- BlobCorrupt      bytes did not match their hash; nothing bad was kept or served
      +-- BlobInUse        being read, served or written, or pinned/tagged
+     +-- StoreFull        the disk (or the user's quota) is full: not the caller's fault
 
 OSError from the disk becomes a StoreError saying what was being done (`os_errors`).
 """
@@ -31,9 +32,14 @@ class BlobInUse(StoreError):
     """The blob is being read, served or written, or is pinned/tagged."""
 
 
+class StoreFull(StoreError):
+    """The disk or quota is full (ENOSPC, EDQUOT); a type, since the OSError behind it may be lost
+    on the way up (a nursery's group is collapsed `from None`)."""
+
+
 def store_error(exc: OSError, doing: str) -> StoreError:
     if exc.errno == errno.ENOSPC or exc.errno == errno.EDQUOT:
-        return StoreError(f"disk full while {doing}")
+        return StoreFull(f"disk full while {doing}")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         where = f"{exc.filename} " if exc.filename else ""
         return StoreError(f"permission denied: {where}(while {doing})")

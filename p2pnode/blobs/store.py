@@ -55,7 +55,7 @@ import trio
 from pydantic import ValidationError
 
 from p2pnode.concurrency import collapse_groups
-from p2pnode.fsutil import FileReplaced, NotRegularFile, open_real
+from p2pnode.fsutil import FileReplaced, NotRegularFile, make_private, open_real
 from p2pnode.ids import BlobHash, is_blob_hash
 
 from .blocks import (
@@ -394,10 +394,11 @@ class BlobStore:
         self._tmp = self.root / "tmp"
         self._partials = PartialFiles(self.root / "partial", self._tmp)
         with os_errors(f"opening blob store {self.root}"):
+            make_private(self.root)  # blobs may be private files, and may live outside DATA
             for d in (self._data, self._external, self._blocks, self._tmp, self._partials.folder):
-                d.mkdir(parents=True, exist_ok=True)
+                d.mkdir(mode=0o700, exist_ok=True)
             self._lock_fd = os.open(
-                self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+                self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
             )
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
