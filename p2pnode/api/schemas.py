@@ -20,7 +20,7 @@ from p2pnode.api.blob_schemas import FetchEvent as FetchEvent
 from p2pnode.api.blob_schemas import PathRequest as PathRequest
 from p2pnode.api.blob_schemas import Request as Request
 from p2pnode.ids import NodeIdField
-from p2pnode.jobs.model import Job, JobState, LogStream
+from p2pnode.jobs.model import Job, JobId, JobState, LogStream
 from p2pnode.status import DiskStatus as DiskStatus  # re-exported: served and read here
 from p2pnode.status import MemberStatus as MemberStatus
 from p2pnode.status import NodeInfo as NodeInfo
@@ -84,3 +84,9 @@ class LoginCode(BaseModel):
 
     code: str
     expires_in: float
+
+
+class JobsSubmitted(BaseModel):
+    """`POST /jobs/batch`'s answer: the new jobs' ids, in the order they were given."""
+
+    ids: list[JobId]

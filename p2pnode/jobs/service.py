@@ -13,9 +13,10 @@ single bad value: it logs one line and carries on.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Protocol, get_args
 
@@ -37,11 +38,17 @@ from p2pnode.executors.wasm import (
 from p2pnode.gossip.service import GossipEvent, Received
 from p2pnode.ids import BlobHash, EnvelopeId, NodeId
 from p2pnode.jobs import model
-from p2pnode.jobs.announcements import JobAnnounced, JobFinished
+from p2pnode.jobs.announcements import (
+    MAX_ANNOUNCED,
+    JobAnnounced,
+    JobFinished,
+    JobsAnnounced,
+)
 from p2pnode.jobs.control import JOBS_ALPN, Admit, ControlClient, ControlError, ControlServer
 from p2pnode.jobs.logs import JobLogs
 from p2pnode.jobs.store import JobStore
 from p2pnode.jobs.submission import (
+    BatchRefused,
     JobSubmission,
     MountSubmission,
     SubmissionError,
@@ -55,6 +62,8 @@ log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 1.0
 REANNOUNCE_EVERY = 30  # sweeps
+ANNOUNCED_BYTES = 32 * 1024
+"""Summaries one `JobsAnnounced` carries at most, in JSON bytes: half an envelope's bound."""
 WORKFLOWS_CACHED = 256
 """Binary module blobs whose workflows and reference the origin remembers (a blob's content never
 changes)."""
@@ -103,6 +112,9 @@ class JobService:
             store, lease_s, self._changed, worker.stop_run, self._on_log, admit
         )
         self._announcements: dict[str, EnvelopeId] = {}
+        """pending job -> the envelope that announced it"""
+        self._sharing: dict[EnvelopeId, int] = {}
+        """envelope -> how many jobs in `_announcements` it announced"""
         self._workflows: dict[BlobHash, tuple[list[str], model.BlobRef]] = {}
         """binary module blob -> its workflows and reference, oldest first"""
         self._change = trio.Event()
@@ -137,24 +149,49 @@ class JobService:
         (`model.job_tag`), then submit. The module is checked (valid binary or WAT, assembled; the
         workflow exists) so a bad one fails now, not at run time. A refused submission releases
         what it tagged."""
+        job_id = model.new_job_id(self.store.now())
+        async with self._released_unless_stored([job_id]):
+            return await self.submit(await self._spec(job_id, request), job_id)
+
+    async def submit_batch(self, requests: list[JobSubmission]) -> list[model.Job]:
+        """Submit many jobs as `submit_files` does each, all or none: the first entry refused
+        raises `BatchRefused` with its index, and nothing is stored. One transaction stores them
+        all, and one announcement names up to `MAX_ANNOUNCED` of them."""
+        now = self.store.now()
+        ids: list[str] = []
+        specs: list[tuple[str, model.JobSpec]] = []
+        async with self._released_unless_stored(ids):
+            for index, request in enumerate(requests):
+                ids.append(job_id := model.new_job_id(now))
+                try:
+                    specs.append((job_id, await self._spec(job_id, request)))
+                except SubmissionError as exc:
+                    raise BatchRefused(index, exc) from None
+            jobs = self.store.submit_many(self.id, specs)
+        self._wake()
+        self._announce_many(jobs)
+        return jobs
+
+    @contextlib.asynccontextmanager
+    async def _released_unless_stored(self, job_ids: list[str]) -> AsyncIterator[None]:
+        """Release the blobs tagged for jobs that end up not stored (refused, interrupted)."""
+        try:
+            yield
+        except BaseException:
+            if unstored := {i for i in job_ids if self.store.get(i) is None}:
+                with trio.CancelScope(shield=True):
+                    await self._release_blobs(unstored)
+            raise
+
+    async def _spec(self, job_id: str, request: JobSubmission) -> model.JobSpec:
+        """The job's spec, its blobs held by its tags."""
         input_json = pydantic_core.to_json(request.input)
         if len(input_json) > model.MAX_INPUT_BYTES:
             raise SubmissionTooLarge(
                 f"input of {len(input_json)} bytes exceeds {model.MAX_INPUT_BYTES}: send large "
                 "data as an artifact"
             )
-        job_id = model.new_job_id(self.store.now())
-        try:
-            return await self._submit_files(job_id, request, input_json)
-        except BaseException:
-            if self.store.get(job_id) is None:  # refused or interrupted before it was stored
-                with trio.CancelScope(shield=True):
-                    await self._release_blobs({job_id})
-            raise
 
-    async def _submit_files(
-        self, job_id: str, request: JobSubmission, input_json: bytes
-    ) -> model.Job:
         def tag(role: str) -> str:
             return model.job_tag(job_id, role)
 
@@ -181,10 +218,9 @@ class JobService:
         mounts = {
             name: await self._mount(name, mount, tag) for name, mount in request.mounts.items()
         }
-        spec = request.to_spec(
+        return request.to_spec(
             module=module, artifacts=artifacts, input_blob=input_blob, stdin=stdin, mounts=mounts
         )
-        return await self.submit(spec, job_id)
 
     async def _mount(
         self, name: str, request: MountSubmission, tag: Callable[[str], str]
@@ -299,17 +335,20 @@ class JobService:
             await self._change.wait()
         return job
 
-    async def _changed(self, job: model.Job) -> None:
+    def _wake(self) -> None:
+        """Wake every `wait`: some job changed."""
         self._change.set()
         self._change = trio.Event()
+
+    async def _changed(self, job: model.Job) -> None:
+        self._wake()
         if job.origin != self.id:
             return
         if job.state == model.JobState.PENDING:
             self._announce(job)
         elif job.state.terminal:
             self.logs.ended(job.id)
-            if envelope := self._announcements.pop(job.id, None):
-                self._gossip.retire(envelope)
+            self._unannounce(job.id)
             if job.state is not model.JobState.SUCCEEDED:
                 # Only its lease holder's report makes a job succeed, and that worker is done: the
                 # end is news only to a worker that may still run it (cancelled, lease lapsed).
@@ -323,20 +362,64 @@ class JobService:
             self.logs.append(job.id, job.attempts, chunk)
 
     def _announce(self, job: model.Job) -> None:
-        if old := self._announcements.pop(job.id, None):
-            self._gossip.retire(old)
+        self._unannounce(job.id)
         announcement = JobAnnounced(
             job=job.summary(), origin_addr=self._self_addr(), first=self._first_claimer(job)
         )
-        if envelope := self._publish(announcement):
-            self._announcements[job.id] = envelope
+        self._announced(self._publish(announcement), [job.id])
         self.on_announced(announcement, self.id)
 
-    def _publish(self, message: JobAnnounced | JobFinished) -> EnvelopeId | None:
+    def _announce_many(self, jobs: list[model.Job]) -> None:
+        """Announce new pending jobs, several to an envelope (`JobsAnnounced`, at most
+        `MAX_ANNOUNCED` and `ANNOUNCED_BYTES` of summaries each)."""
+        groups: list[list[tuple[model.Job, model.JobSummary]]] = [[]]
+        size = 0
+        for job in jobs:
+            summary = job.summary()
+            length = len(summary.model_dump_json())
+            if len(groups[-1]) == MAX_ANNOUNCED or (groups[-1] and size + length > ANNOUNCED_BYTES):
+                groups.append([])
+                size = 0
+            groups[-1].append((job, summary))
+            size += length
+        origin_addr = self._self_addr()
+        for group in groups:
+            if not group:
+                continue
+            many = JobsAnnounced(
+                jobs=[summary for _, summary in group],
+                origin_addr=origin_addr,
+                first=[self._first_claimer(job) for job, _ in group],
+            )
+            self._announced(self._publish(many), [job.id for job, _ in group])
+            for announcement in many.each():
+                self.on_announced(announcement, self.id)
+
+    def _announced(self, envelope: EnvelopeId | None, job_ids: list[str]) -> None:
+        """Remember the envelope announcing these jobs, to retire it once none of them needs it."""
+        if envelope is None:
+            return
+        for job_id in job_ids:
+            self._announcements[job_id] = envelope
+        self._sharing[envelope] = len(job_ids)
+
+    def _unannounce(self, job_id: str) -> None:
+        """The job's announcement is over (it ended, or is announced anew): its envelope retires
+        once it names no job that still needs it."""
+        envelope = self._announcements.pop(job_id, None)
+        if envelope is None:
+            return
+        self._sharing[envelope] -= 1
+        if self._sharing[envelope] <= 0:
+            del self._sharing[envelope]
+            self._gossip.retire(envelope)
+
+    def _publish(self, message: JobAnnounced | JobsAnnounced | JobFinished) -> EnvelopeId | None:
         try:
             return self._gossip.publish(message)
         except ValueError as exc:  # summaries are bounded; this is a last line of defence
-            log.warning("could not announce job %s: %s", message.job.id, exc)
+            what = message.jobs[0].id if isinstance(message, JobsAnnounced) else message.job.id
+            log.warning("could not announce job %s: %s", what, exc)
             return None
 
     async def _collect_outputs(self, job: model.Job) -> None:
@@ -404,6 +487,9 @@ class JobService:
             try:
                 if event.kind == JobAnnounced.KIND:
                     self.on_announced(JobAnnounced.model_validate(event.payload), event.origin)
+                elif event.kind == JobsAnnounced.KIND:
+                    for one in JobsAnnounced.model_validate(event.payload).each():
+                        self.on_announced(one, event.origin)
                 elif event.kind == JobFinished.KIND:
                     self.on_finished(JobFinished.model_validate(event.payload), event.origin)
             except ValidationError as exc:

@@ -236,13 +236,24 @@ class JobStore:
         """Create a pending job; it is committed to the WAL before this returns. `job_id` is one
         the caller made beforehand (`new_job_id`), to tag the job's blobs as it adds them."""
         now = self._clock()
-        job = Job(
-            id=job_id or new_job_id(now), origin=origin, spec=spec, created_at=now, updated_at=now
-        )
-        job.record(now, "submitted")
-        with self._write():
-            self._save(job)
+        (job,) = self.submit_many(origin, [(job_id or new_job_id(now), spec)])
         return job
+
+    def submit_many(
+        self, origin: NodeId, specs: builtins.list[tuple[str, JobSpec]]
+    ) -> builtins.list[Job]:
+        """Create pending jobs (id, spec) in one transaction: all of them or, on any error, none;
+        committed to the WAL before this returns."""
+        now = self._clock()
+        jobs = []
+        for job_id, spec in specs:
+            job = Job(id=job_id, origin=origin, spec=spec, created_at=now, updated_at=now)
+            job.record(now, "submitted")
+            jobs.append(job)
+        with self._write():
+            for job in jobs:
+                self._save(job)
+        return jobs
 
     def claim(
         self,
