@@ -366,3 +366,30 @@ async def test_a_known_module_blob_is_held_without_listing_its_tags_again(
     await node.blobs.store.remove(blob.hash, force=True)  # gone, whatever the node remembers
     with pytest.raises(service.SubmissionError, match="upload it first"):
         await node.jobs.submit_files(JobSubmission(module_blob=blob.hash, input=3))
+
+
+async def test_a_worker_places_no_module_file_its_runner_has_compiled(
+    start_node, monkeypatch
+) -> None:
+    """A run from the compile cache needs no module file: placing one (a verified copy of the
+    blob, made and removed for every job) was the worker's largest file work for a small job.
+    A module gone from the cache meanwhile fails that attempt, and the retry places it."""
+    origin = await start_node(max_jobs=0)
+    worker = await start_node(join=origin.join_ticket(), max_jobs=1)
+    placed: list[str] = []
+    materialize = worker.blobs.materialize
+
+    async def counting(blob_hash: str, *args: object, **kwargs: object) -> object:
+        placed.append(blob_hash)
+        return await materialize(blob_hash, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(worker.blobs, "materialize", counting)
+    jobs = []
+    for n in range(2):
+        jobs.append(
+            await origin.jobs.submit_files(JobSubmission(module=EXAMPLES / "echo.wat", input=n))
+        )
+        with trio.fail_after(30):
+            await origin.jobs.wait(jobs[-1].id)
+    assert placed == [jobs[0].spec.module.hash]  # the first job's, to compile; not the second's
+    assert all(job.state is JobState.SUCCEEDED for job in origin.jobs.store.list())

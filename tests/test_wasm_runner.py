@@ -359,11 +359,20 @@ async def test_compiled_modules_are_cached_by_hash(job: Any, tmp_path: Path) -> 
     executor = WasiExecutor(cache_dir=tmp_path / "compiled", cache_bytes=1)  # room for the newest
     first = job(printing('"first"'))
     second = job(printing('"second"'))
+    assert not executor.has_module(first.module_hash)
     assert (await executor.run(first)).result == "first"
+    assert executor.has_module(first.module_hash)  # the worker need not place the file
     first.module_path.unlink()
     assert (await executor.run(first)).result == "first"  # from the cache, file not needed
     assert (await executor.run(second)).result == "second"  # evicts the first
+    assert not executor.has_module(first.module_hash)
     assert failed(await executor.run(first)).startswith("cannot read module ")
+    [artifact] = (tmp_path / "compiled").glob("*.cwasm")
+    artifact.unlink()  # removed behind the runner's back: a run finds out, and it is not known
+    second.module_path.unlink()
+    assert executor.has_module(second.module_hash)
+    assert failed(await executor.run(second)).startswith("cannot read module ")
+    assert not executor.has_module(second.module_hash)
 
 
 async def test_compile_cache_survives_a_restart(job: Any, tmp_path: Path) -> None:

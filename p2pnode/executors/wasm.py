@@ -49,7 +49,8 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +206,12 @@ class _Outcome:
     interrupted: bool = False
     detail: str = ""
     """wasmtime's full message (with backtrace), for the logs."""
+    logs: str = ""
+    """The tail of the run's stderr."""
+    outputs: dict[str, Path] = field(default_factory=dict)
+    """What the run left to publish (empty when `unpublishable`)."""
+    unpublishable: str | None = None
+    """Why the outputs break the node's bounds, if they do."""
 
 
 class WasiExecutor:
@@ -239,6 +246,10 @@ class WasiExecutor:
     async def available(self) -> bool:
         return True
 
+    def has_module(self, module_hash: BlobHash) -> bool:
+        """Compiled and cached (known to this runner: nothing is read to answer)."""
+        return self._cache.known(module_hash)
+
     async def run(self, req: ExecutionRequest) -> ExecutionResult:
         limits, notes = self.maxima.cap(req.limits)
         try:
@@ -271,7 +282,9 @@ class WasiExecutor:
         budget = _StoreBudget.of(req.limits.memory_bytes)
         budget.apply(store)
         store.set_epoch_deadline(1)
-        run = _Run(engine, store, budget, compiled.artifact, export, stdin, req)
+        run = _Run(
+            engine, store, budget, compiled.artifact, export, stdin, req, self._collect_outputs
+        )
         stopped_because: list[str] = []
 
         def interrupt(reason: str) -> None:
@@ -301,14 +314,14 @@ class WasiExecutor:
             outcome = await trio.to_thread.run_sync(run.execute)
             nursery.cancel_scope.cancel()
 
-        logs = await trio.to_thread.run_sync(_file_tail, _streams_dir(req) / "stderr")
+        logs = outcome.logs
         if outcome.detail:
             separator = "\n" if logs and not logs.endswith("\n") else ""
             logs += f"{separator}[wasmtime] {outcome.detail.strip()[:_DETAIL_LIMIT]}"
         # A cancelled run re-raises Cancelled when the nursery exits, so a watchdog stopped it.
         error = stopped_because[0] if outcome.interrupted else outcome.error
         if req.command is not None:
-            return await self._command_result(req, outcome, error, logs)
+            return self._command_result(outcome, error, logs)
         if error is None and outcome.exit_code:
             error = f"workflow exited with code {outcome.exit_code}"
         if error is not None:
@@ -321,26 +334,19 @@ class WasiExecutor:
             result = _parse_result(bytes(run.stdout.data))
         except _Failure as failure:
             return ExecutionResult.failure(str(failure), logs)
-        try:
-            outputs = await trio.to_thread.run_sync(self._collect_outputs, req)
-        except _Failure as failure:
-            return ExecutionResult.failure(str(failure), logs)
-        return ExecutionResult(ok=True, result=result, logs=logs, outputs=outputs)
+        if outcome.unpublishable is not None:
+            return ExecutionResult.failure(outcome.unpublishable, logs)
+        return ExecutionResult(ok=True, result=result, logs=logs, outputs=outcome.outputs)
 
-    async def _command_result(
-        self, req: ExecutionRequest, outcome: _Outcome, error: str | None, logs: str
-    ) -> ExecutionResult:
+    def _command_result(self, outcome: _Outcome, error: str | None, logs: str) -> ExecutionResult:
         """A command's exit code and outputs, kept on failure too: partial outputs help
         debugging. Outputs that break the node's bounds fail it and are dropped."""
         result = None if outcome.exit_code is None else {"exit_code": outcome.exit_code}
         if error is None and outcome.exit_code:
             error = f"command exited with code {outcome.exit_code}"
-        try:
-            outputs = await trio.to_thread.run_sync(self._collect_outputs, req)
-        except _Failure as failure:
-            error, outputs = error or str(failure), {}
+        error = error or outcome.unpublishable
         return ExecutionResult(
-            ok=error is None, result=result, error=error, logs=logs, outputs=outputs
+            ok=error is None, result=result, error=error, logs=logs, outputs=outcome.outputs
         )
 
     def _excess(self, req: ExecutionRequest) -> str | None:
@@ -455,6 +461,11 @@ class _DiskCache:
         self._workflows: dict[str, dict[str, str]] = {}
         """key -> the module's workflows, known without loading it again"""
 
+    def known(self, module_hash: BlobHash) -> bool:
+        """Whether this cache has taken or found the module since it opened (without reading
+        the disk: an entry removed behind its back is still known)."""
+        return module_hash in self._workflows
+
     def get(self, module_hash: BlobHash) -> _Compiled | None:
         path = self._path(module_hash)
         try:
@@ -464,9 +475,11 @@ class _DiskCache:
                 module = wasmtime.Module.deserialize_file(_new_engine(), str(path))
                 workflows = self._workflows[module_hash] = _workflows(module)
         except FileNotFoundError:
+            self._workflows.pop(module_hash, None)  # removed behind our back: not known now
             return None
         except wasmtime.WasmtimeError:  # damaged, or made by another wasmtime: compile again
             path.unlink(missing_ok=True)
+            self._workflows.pop(module_hash, None)
             return None
         return _Compiled(artifact=path, workflows=workflows)
 
@@ -517,7 +530,10 @@ class _Run:
         export: str,
         stdin: bytes,
         req: ExecutionRequest,
+        collect: Callable[[ExecutionRequest], dict[str, Path]],
     ) -> None:
+        """`collect(req)`: the outputs to publish, once the guest is done (raises `_Failure`)."""
+        self.collect = collect
         self.engine = engine
         self.store = store
         self.budget = budget
@@ -534,7 +550,9 @@ class _Run:
         self.engine.increment_epoch()
 
     def execute(self) -> _Outcome:
-        """Never raises: an exception here would reach trio wrapped in an exception group."""
+        """Run the guest, then read its stderr's tail and list its outputs: the blocking part of
+        a run in one thread hop (each hop costs more than a small run's own work). Never
+        raises: an exception here would reach trio wrapped in an exception group."""
         tmp_dir = _tmp_dir(self.req)
         # Beside /tmp in the run's scratch folder, which the guest cannot see: no temporary
         # folder of its own (making and removing one cost more than the rest of a small run).
@@ -542,13 +560,21 @@ class _Run:
         try:
             tmp_dir.mkdir(parents=True, exist_ok=True)
             stdin_path.write_bytes(self.stdin)
-            return self._call(stdin_path)
+            outcome = self._call(stdin_path)
         except Exception as exc:  # e.g. an unusable artifacts or output directory
-            return _Outcome(error=f"runner error: {exc!r}")
+            outcome = _Outcome(error=f"runner error: {exc!r}")
         finally:
             self.store.close()  # frees the linear memory now, not whenever the GC runs
             stdin_path.unlink(missing_ok=True)
             shutil.rmtree(tmp_dir, ignore_errors=True)
+        try:
+            outcome.logs = _file_tail(_streams_dir(self.req) / "stderr")
+            outcome.outputs = self.collect(self.req)
+        except _Failure as failure:
+            outcome.unpublishable = str(failure)
+        except OSError as exc:
+            outcome.unpublishable = f"runner error: {exc!r}"
+        return outcome
 
     def _call(self, stdin_path: Path) -> _Outcome:
         req = self.req

@@ -448,8 +448,10 @@ class Worker:
         outputs.mkdir(parents=True, exist_ok=True)
         module_path = workdir / "module.wasm"
         job_input, stdin = spec.input, None
+        executor = self.executors[spec.requirements.executor]
         try:
-            await self._materialize(spec.module, origin, module_path)
+            if not executor.has_module(spec.module.hash):
+                await self._materialize(spec.module, origin, module_path)
             for name, ref in spec.artifacts.items():
                 await self._materialize(ref, origin, inputs / name)
             mounts = await self._mount(spec, origin, inputs, workdir / "mounts")
@@ -468,7 +470,6 @@ class Worker:
             return ExecutionResult.failure(str(exc))
         except ValueError as exc:
             return ExecutionResult.failure(f"the job input blob is not JSON: {exc}")
-        executor = self.executors[spec.requirements.executor]
         request = spec.to_request(
             module=module_path,
             input=job_input,
