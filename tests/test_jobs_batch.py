@@ -47,6 +47,11 @@ async def test_a_batch_runs_every_job_in_order_stored_at_once(start_node, monkey
     published: list[object] = []
     publish = origin.jobs._gossip.publish
     monkeypatch.setattr(origin.jobs._gossip, "publish", lambda m: published.append(m) or publish(m))
+    tagged: list[str] = []
+    set_tag = origin.blobs.set_tag
+    monkeypatch.setattr(
+        origin.blobs, "set_tag", lambda tag, h: tagged.append(tag) or set_tag(tag, h)
+    )
     async with api_of(origin) as api:
         module = await upload_echo(api)
         reply = await api.post(
@@ -55,6 +60,9 @@ async def test_a_batch_runs_every_job_in_order_stored_at_once(start_node, monkey
         assert reply.status_code == 200, reply.text
         ids = reply.json()["ids"]
     assert stored == [5]  # one transaction for all five
+    assert tagged == [model.job_tag(ids[0], "source")]  # the rest held at once (set_tags)
+    held = {model.tag_job(t) for t, h in (await origin.blobs.tags()).items() if h == module}
+    assert held == set(ids)
     assert [type(m).__name__ for m in published] == ["JobsAnnounced"]
     assert [job.id for job in published[0].jobs] == ids  # type: ignore[attr-defined]
     with trio.fail_after(30):

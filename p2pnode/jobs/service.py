@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Container
 from pathlib import Path
 from typing import Protocol, get_args
 
@@ -158,13 +158,19 @@ class JobService:
         raises `BatchRefused` with its index, and nothing is stored. One transaction stores them
         all, and one announcement names up to `MAX_ANNOUNCED` of them."""
         now = self.store.now()
-        ids: list[str] = []
+        ids = [model.new_job_id(now) for _ in requests]
         specs: list[tuple[str, model.JobSpec]] = []
         async with self._released_unless_stored(ids):
-            for index, request in enumerate(requests):
-                ids.append(job_id := model.new_job_id(now))
+            # Every blob named by hash is held at once, in one transaction, not one per job.
+            tagged = {
+                tag: blob_hash
+                for job_id, request in zip(ids, requests, strict=True)
+                for tag, blob_hash in _named_blobs(job_id, request).items()
+            }
+            await self._blobs.set_tags(tagged)
+            for index, (job_id, request) in enumerate(zip(ids, requests, strict=True)):
                 try:
-                    specs.append((job_id, await self._spec(job_id, request)))
+                    specs.append((job_id, await self._spec(job_id, request, tagged.keys())))
                 except SubmissionError as exc:
                     raise BatchRefused(index, exc) from None
             jobs = self.store.submit_many(self.id, specs)
@@ -183,8 +189,10 @@ class JobService:
                     await self._release_blobs(unstored)
             raise
 
-    async def _spec(self, job_id: str, request: JobSubmission) -> model.JobSpec:
-        """The job's spec, its blobs held by its tags."""
+    async def _spec(
+        self, job_id: str, request: JobSubmission, tagged: Container[str] = ()
+    ) -> model.JobSpec:
+        """The job's spec, its blobs held by its tags (those in `tagged` are set already)."""
         input_json = pydantic_core.to_json(request.input)
         if len(input_json) > model.MAX_INPUT_BYTES:
             raise SubmissionTooLarge(
@@ -195,7 +203,7 @@ class JobService:
         def tag(role: str) -> str:
             return model.job_tag(job_id, role)
 
-        module = await self._module(request, tag)
+        module = await self._module(request, tag, tagged)
         artifacts = {}
         for name, path in request.artifacts.items():
             try:
@@ -205,7 +213,7 @@ class JobService:
             artifacts[name] = model.BlobRef.held_by(info, self.id)
         for name, blob_hash in request.artifact_blobs.items():
             artifacts[name] = await self._held(
-                blob_hash, tag(f"artifact/{name}"), f"artifact {name!r}"
+                blob_hash, tag(f"artifact/{name}"), f"artifact {name!r}", tagged
             )
         input_blob = None
         if len(input_json) > model.INLINE_INPUT_BYTES:
@@ -214,20 +222,25 @@ class JobService:
             )
         stdin = None
         if request.stdin_blob is not None:
-            stdin = await self._held(request.stdin_blob, tag("stdin"), "stdin")
+            stdin = await self._held(request.stdin_blob, tag("stdin"), "stdin", tagged)
         mounts = {
-            name: await self._mount(name, mount, tag) for name, mount in request.mounts.items()
+            name: await self._mount(name, mount, tag, tagged)
+            for name, mount in request.mounts.items()
         }
         return request.to_spec(
             module=module, artifacts=artifacts, input_blob=input_blob, stdin=stdin, mounts=mounts
         )
 
     async def _mount(
-        self, name: str, request: MountSubmission, tag: Callable[[str], str]
+        self,
+        name: str,
+        request: MountSubmission,
+        tag: Callable[[str], str],
+        tagged: Container[str],
     ) -> model.Mount:
         """A mount whose blobs (for a folder: its manifest and every file) are here, held."""
         what = f"mount {name!r}"
-        source = await self._held(request.blob, tag(f"mount/{name}"), what)
+        source = await self._held(request.blob, tag(f"mount/{name}"), what, tagged)
         if request.directory:
             if source.size > model.MAX_MANIFEST_BYTES:
                 limit = model.MAX_MANIFEST_BYTES
@@ -249,7 +262,9 @@ class JobService:
             source=source, directory=request.directory, guest_path=request.guest_path
         )
 
-    async def _module(self, request: JobSubmission, tag: Callable[[str], str]) -> model.BlobRef:
+    async def _module(
+        self, request: JobSubmission, tag: Callable[[str], str], tagged: Container[str]
+    ) -> model.BlobRef:
         """The module as a held binary blob, checked off the trio thread (compiling takes a
         while). An uploaded binary is its own blob: it is not stored again, and its workflows are
         listed once however many jobs use it."""
@@ -263,7 +278,7 @@ class JobService:
                 what = f"module blob {request.module_blob[:12]}"
                 if (known := self._workflows.get(request.module_blob)) is not None:
                     _check_workflows(known[0], request)
-                    return await self._held_again(known[1], tag("module"))
+                    return await self._held_again(known[1], tag("module"), tagged)
                 uploaded = await self._held(request.module_blob, tag("source"), "module")
                 source = await self._blobs.read_bytes(request.module_blob)
             wasm, workflows = await trio.to_thread.run_sync(_load_module, source)
@@ -278,11 +293,15 @@ class JobService:
         info = await self._blobs.add_bytes(wasm, pin=False, tag=tag("module"))
         return model.BlobRef.held_by(info, self.id)
 
-    async def _held_again(self, ref: model.BlobRef, tag: str) -> model.BlobRef:
-        """A module blob known from an earlier job, held by `tag` (set first, so GC cannot take it
-        before we look): checked to be here, not described again (a description reads the blob's
-        tags; it once grew with every job that used the module)."""
-        await self._blobs.set_tag(tag, ref.hash)
+    async def _held_again(
+        self, ref: model.BlobRef, tag: str, tagged: Container[str]
+    ) -> model.BlobRef:
+        """A module blob known from an earlier job, held by `tag` (set first unless it is in
+        `tagged`, so GC cannot take it before we look): checked to be here, not described again
+        (a description reads the blob's tags; it once grew with every job that used the
+        module)."""
+        if tag not in tagged:
+            await self._blobs.set_tag(tag, ref.hash)
         if not self._blobs.has(ref.hash):
             self._workflows.pop(ref.hash, None)
             raise SubmissionError(
@@ -290,10 +309,16 @@ class JobService:
             )
         return ref.model_copy()
 
-    async def _held(self, blob_hash: BlobHash, tag: str, what: str) -> model.BlobRef:
-        """A stored blob, held by `tag` (set first, so GC cannot take it before we look)."""
+    async def _held(
+        self, blob_hash: BlobHash, tag: str, what: str, tagged: Container[str] = ()
+    ) -> model.BlobRef:
+        """A stored blob, held by `tag` (set first unless it is in `tagged`, so GC cannot take it
+        before we look)."""
         try:
-            info = await self._blobs.hold(blob_hash, tag)
+            if tag in tagged:
+                info = await self._blobs.info(blob_hash)
+            else:
+                info = await self._blobs.hold(blob_hash, tag)
         except BlobNotFound:
             raise SubmissionError(
                 f"the {what} blob {blob_hash} is not on this node; upload it first"
@@ -541,6 +566,18 @@ class JobService:
                     keep.add(job.spec.command.stdin.hash)
                 keep.update(mount.source.hash for mount in job.spec.mounts.values())
         return keep
+
+
+def _named_blobs(job_id: str, request: JobSubmission) -> dict[str, BlobHash]:
+    """The blobs a submission names by hash, by the tags its job holds them with (as `_spec`
+    does; a folder's files are found in its manifest later)."""
+    blobs = {model.job_tag(job_id, f"artifact/{n}"): h for n, h in request.artifact_blobs.items()}
+    blobs |= {model.job_tag(job_id, f"mount/{n}"): m.blob for n, m in request.mounts.items()}
+    if request.module_blob is not None:
+        blobs[model.job_tag(job_id, "module")] = request.module_blob
+    if request.stdin_blob is not None:
+        blobs[model.job_tag(job_id, "stdin")] = request.stdin_blob
+    return blobs
 
 
 def _check_workflows(workflows: list[str], request: JobSubmission) -> None:
