@@ -21,9 +21,11 @@ import signal
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -90,6 +92,13 @@ def submit_batch(api: httpx.Client, module: str, numbers: range) -> list[str]:
     return [str(i) for i in reply.json()["ids"]]
 
 
+def drain(pipe: IO[str]) -> None:
+    """Read a node's output until it ends (its log lines, one per job, fill a pipe's 64 KiB
+    after a thousand jobs)."""
+    while pipe.read(1 << 16):
+        pass
+
+
 class Nodes:
     """The origin and the workers, their CPU (whole process, and by thread) and profiles."""
 
@@ -118,7 +127,10 @@ class Nodes:
         prefix: tuple[str, ...] = ()
         if profile is not None:
             prefix = (sys.executable, str(PROFILED), str(profile / f"{name}.prof"))
-        return NodeProcess(work / name, *args, env=env, prefix=prefix)
+        node = NodeProcess(work / name, *args, env=env, prefix=prefix)
+        for pipe in (node.proc.stdout, node.proc.stderr):  # a full pipe would stop the node
+            threading.Thread(target=drain, args=(pipe,), daemon=True).start()
+        return node
 
     def cpu(self) -> list[dict[str, float]]:
         return [thread_cpu(node.proc.pid) for node in self.all]
