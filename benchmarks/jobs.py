@@ -15,6 +15,7 @@ first on the p2pnode sources in DIR (e.g. a `git worktree` of main) and prints b
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pstats
 import signal
@@ -95,8 +96,9 @@ def submit_batch(api: httpx.Client, module: str, numbers: range) -> list[str]:
 def drain(pipe: IO[str]) -> None:
     """Read a node's output until it ends (its log lines, one per job, fill a pipe's 64 KiB
     after a thousand jobs)."""
-    while pipe.read(1 << 16):
-        pass
+    with contextlib.suppress(ValueError):  # closed by `NodeProcess.kill`
+        while pipe.read(1 << 16):
+            pass
 
 
 class Nodes:

@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 import trio
 
-from p2pnode.executors.base import ExecutionLimits, ExecutionRequest, ExecutionResult, Executor
+from p2pnode.executors.base import (
+    ExecutionLimits,
+    ExecutionRequest,
+    ExecutionResult,
+    Executor,
+    Invocation,
+)
 from p2pnode.executors.wasm import (
     STDOUT_LIMIT,
     InvalidModule,
@@ -181,6 +187,25 @@ async def test_runs_are_isolated(executor: WasiExecutor, job: Any) -> None:
             nursery.start_soon(run, f"echo{i}", job("echo", input=i))
     assert failed(results["spin"]) == "timed out after 0.3 s"
     assert [results[f"echo{i}"].result for i in range(3)] == [0, 1, 2]
+
+
+async def test_an_engine_serves_one_run_after_another_and_nothing_carries_over(
+    executor: WasiExecutor, job: Any
+) -> None:
+    """Engines are kept (making one, its linker and its module took longer than a small run);
+    each run still gets a fresh store, and the watchdog's last epoch tick of a stopped run
+    lands before its engine serves the next run."""
+    counter = """(module (memory (export "memory") 1)
+      (func (export "_start") (i32.store (i32.const 0) (i32.add (i32.load (i32.const 0))
+        (i32.const 1)))
+        (if (i32.ne (i32.load (i32.const 0)) (i32.const 1)) (then unreachable))))"""
+    for _ in range(3):  # a store's memory would count up and trap on the second run
+        assert (await executor.run(job(counter, command=Invocation(argv=["c"])))).ok
+    assert failed(await executor.run(job("spin", limits={"fuel": 10**18, "time_s": 0.2}))) == (
+        "timed out after 0.2 s"
+    )
+    assert (await executor.run(job("echo", input=5))).result == 5  # on the stopped run's engine
+    assert len(executor._engines) == 1  # one after another: one engine did it all
 
 
 @pytest.mark.parametrize(
