@@ -443,9 +443,9 @@ class Worker:
         self, job: model.Job, token: LeaseToken, origin: PeerAddr, workdir: Path
     ) -> ExecutionResult:
         spec = job.spec
+        # The folders are made where needed, off the event loop: by the executor (in, out and its
+        # own), and by whatever places a file in them.
         inputs, outputs = workdir / "in", workdir / "out"
-        inputs.mkdir(parents=True, exist_ok=True)
-        outputs.mkdir(parents=True, exist_ok=True)
         module_path = workdir / "module.wasm"
         job_input, stdin = spec.input, None
         executor = self.executors[spec.requirements.executor]
