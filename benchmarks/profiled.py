@@ -22,20 +22,26 @@ from pathlib import Path
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds (user + system) of each of the process's threads so far, summed by thread
-    name with digits dropped (Linux /proc)."""
+    """CPU seconds (user + system) of the process's threads so far, summed by thread name with
+    digits dropped, and as "ended" what threads that are gone used (trio's idle worker threads
+    end after 10 s); the values add up to the process's CPU (Linux /proc)."""
     total: defaultdict[str, float] = defaultdict(float)
-    tick = os.sysconf("SC_CLK_TCK")
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            stat = (task / "stat").read_text()
+            name, used = _stat(task / "stat")
         except OSError:  # ended meanwhile
             continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        kind = "main" if task.name == str(pid) else name.rstrip("0123456789 -").strip()
-        fields = stat.rpartition(")")[2].split()
-        total[kind] += (int(fields[11]) + int(fields[12])) / tick
+        total["main" if task.name == str(pid) else name.rstrip("0123456789 -").strip()] += used
+    total["ended"] = _stat(Path(f"/proc/{pid}/stat"))[1] - sum(total.values())
     return dict(total)
+
+
+def _stat(path: Path) -> tuple[str, float]:
+    """A task's name and its CPU seconds."""
+    stat = path.read_text()
+    fields = stat.rpartition(")")[2].split()
+    used = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return stat[stat.index("(") + 1 : stat.rindex(")")], used
 
 
 def main() -> None:

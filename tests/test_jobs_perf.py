@@ -393,3 +393,37 @@ async def test_a_worker_places_no_module_file_its_runner_has_compiled(
             await origin.jobs.wait(jobs[-1].id)
     assert placed == [jobs[0].spec.module.hash]  # the first job's, to compile; not the second's
     assert all(job.state is JobState.SUCCEEDED for job in origin.jobs.store.list())
+
+
+async def test_a_claim_of_several_jobs_and_a_report_with_the_next_are_one_commit_each(
+    tmp_path,
+) -> None:
+    """A commit is the store's largest cost per change: a claim that fills three slots, and a
+    report that takes the next job, each commit once."""
+    origin, worker = "0" * 64, "1" * 64
+    with JobStore(tmp_path / "jobs.db") as store:
+        control = origin_control(store)
+        jobs = [store.submit(origin, job_spec(origin)) for _ in range(4)]
+        statements: list[str] = []
+        store._db.set_trace_callback(statements.append)
+        claim = model.ClaimRequest(
+            job_id=jobs[0].id, worker=worker, start=True, instead=["wasi"], more=2
+        )
+        grant = await control.answer(worker, claim)
+        assert isinstance(grant, model.ClaimGrant) and len(grant.more) == 2
+        assert statements.count("COMMIT") == 1
+        statements.clear()
+        report = model.Report(
+            job_id=jobs[0].id, lease_token=grant.lease_token, ok=True, next=["wasi"]
+        )
+        ack = await control.answer(worker, report)
+        assert isinstance(ack, model.ReportAck) and ack.grant is not None
+        assert ack.grant.job.id == jobs[3].id
+        assert statements.count("COMMIT") == 1
+        store._db.set_trace_callback(None)
+        assert [store.get(j.id).state for j in jobs] == [  # type: ignore[union-attr]
+            JobState.SUCCEEDED,
+            JobState.RUNNING,
+            JobState.RUNNING,
+            JobState.RUNNING,
+        ]

@@ -100,15 +100,16 @@ class ControlServer:
             if isinstance(request, model.ClaimRequest):
                 if request.worker != peer:
                     return model.ClaimRefused(reason="a worker can only claim for itself")
-                try:
-                    job = self._claim(request.job_id, peer, request.start)
-                except ClaimRefused as exc:
-                    if exc.retry_after is not None or request.instead is None:
-                        raise
-                    job = self._claim_instead(request, peer, exc.reason)
-                more = self._claim_more(
-                    request.instead, request.more, peer, job.origin, request.start
-                )
+                with store.transaction():  # every job granted: one commit
+                    try:
+                        job = self._claim(request.job_id, peer, request.start)
+                    except ClaimRefused as exc:
+                        if exc.retry_after is not None or request.instead is None:
+                            raise
+                        job = self._claim_instead(request, peer, exc.reason)
+                    more = self._claim_more(
+                        request.instead, request.more, peer, job.origin, request.start
+                    )
                 self._applied_now(peer, request, (job.id, *(j.id for j in more)))
                 for changed in (job, *more):
                     await self._on_change(changed)
@@ -124,17 +125,18 @@ class ControlServer:
                 return model.RenewOk(expires_in=self._lease_s)
             if isinstance(request, model.Report):
                 self._check_worker(request.job_id, peer)
-                job = store.complete(
-                    request.job_id,
-                    request.lease_token,
-                    request.ok,
-                    request.result,
-                    request.error,
-                    request.logs,
-                    request.outputs,
-                    request.compile_note,
-                )
-                after = self._claim_more(request.next, 1, peer, job.origin)
+                with store.transaction():  # the report and the next job's claim: one commit
+                    job = store.complete(
+                        request.job_id,
+                        request.lease_token,
+                        request.ok,
+                        request.result,
+                        request.error,
+                        request.logs,
+                        request.outputs,
+                        request.compile_note,
+                    )
+                    after = self._claim_more(request.next, 1, peer, job.origin)
                 self._applied_now(peer, request, ("", *(j.id for j in after)))
                 for changed in (job, *after):
                     await self._on_change(changed)

@@ -115,7 +115,7 @@ class JobStore:
         # One connection guarded by a lock, so trio code may also reach the
         # store from worker threads; isolation_level=None lets us issue
         # BEGIN IMMEDIATE ourselves.
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # reentrant: changes nest in `transaction`
         self._db = sqlite3.connect(
             path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
         )
@@ -419,8 +419,19 @@ class JobStore:
     # --- internals ------------------------------------------------------------
 
     @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Apply the changes made inside in one transaction, one commit: a report and the claim
+        of the next job, say. A change refused inside (`Refused`) wrote nothing, and the caller
+        may carry on; any exception that leaves the block undoes them all."""
+        with self._write():
+            yield
+
+    @contextmanager
     def _write(self) -> Iterator[None]:
         with self._lock:
+            if self._db.in_transaction:  # within `transaction` (the lock is ours): it commits
+                yield
+                return
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield
