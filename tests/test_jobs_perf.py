@@ -427,3 +427,40 @@ async def test_a_claim_of_several_jobs_and_a_report_with_the_next_are_one_commit
             JobState.RUNNING,
             JobState.RUNNING,
         ]
+
+
+async def test_a_run_folder_is_emptied_and_reused_by_the_next_run(start_node) -> None:
+    """Making and removing a run's half dozen folders cost more file system calls than the rest
+    of a small job; an emptied folder is renamed for the next run instead, with nothing of the
+    run before left in it."""
+    origin = await start_node(max_jobs=0)
+    worker = await start_node(join=origin.join_ticket(), max_jobs=1)
+    work = worker.settings.data_dir / "work"
+    command = JobSubmission(module=EXAMPLES / "command.wat", args=["0", "x"])  # writes /out files
+    first = await origin.jobs.submit_files(command)
+    with trio.fail_after(30):
+        done = await origin.jobs.wait(first.id)
+    assert done is not None and done.state is JobState.SUCCEEDED and done.outputs, done
+    [spare] = await recycled(work)
+    assert sorted(p.relative_to(spare).as_posix() for p in spare.rglob("*")) == [
+        "in",
+        "out",
+        "scratch",
+        "scratch/streams",
+    ]
+    inode = spare.stat().st_ino
+    second = await origin.jobs.submit_files(JobSubmission(module=EXAMPLES / "echo.wat", input=2))
+    with trio.fail_after(30):
+        done = await origin.jobs.wait(second.id)
+    assert done is not None and done.result == 2
+    [spare] = await recycled(work)
+    assert spare.stat().st_ino == inode  # the same folder served both runs
+
+
+async def recycled(work: Path) -> list[Path]:
+    """The work folder's entries once the last run's folder is back among the spares (the
+    worker does that after its report, so after the job has ended)."""
+    with trio.fail_after(10):
+        while not all(p.name.startswith(".spare-") for p in work.iterdir()):
+            await trio.sleep(0.01)
+    return list(work.iterdir())
