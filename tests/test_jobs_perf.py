@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import iroh
 import pytest
 import trio
 import trio.testing
@@ -15,13 +16,14 @@ from p2pnode.blobs import store as blob_store
 from p2pnode.executors.wasm import load_module_bytes
 from p2pnode.jobs import model, service
 from p2pnode.jobs.announcements import JobAnnounced
-from p2pnode.jobs.control import ControlServer
+from p2pnode.jobs.control import MAX_CONTROL_FRAME, ControlServer, control_message
 from p2pnode.jobs.model import JobState
 from p2pnode.jobs.service import JobSubmission
 from p2pnode.jobs.store import ClaimRefused, JobStore
 from p2pnode.jobs.worker import Worker
 from p2pnode.metrics import Metrics
-from p2pnode.net.addr import PeerAddr
+from p2pnode.net.addr import PeerAddr, remote_node_id
+from p2pnode.net.framing import recv_model, send_model
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -464,3 +466,54 @@ async def recycled(work: Path) -> list[Path]:
         while not all(p.name.startswith(".spare-") for p in work.iterdir()):
             await trio.sleep(0.01)
     return list(work.iterdir())
+
+
+async def counted_streams(
+    start_node, monkeypatch, one_reply_per_stream: bool = False
+) -> tuple[object, list[object], list[str]]:
+    """An origin (answering one request per stream, as older ones did, if asked) with a worker
+    of one slot, and the streams and requests the origin gets from then on."""
+    origin = await start_node(max_jobs=0)
+    control = origin.jobs.control
+    streams: list[object] = []
+    requests: list[str] = []
+    handle_stream, answer = control.handle_stream, control.answer
+
+    async def older(connection: iroh.Connection, bi: iroh.BiStream) -> None:
+        request = await recv_model(bi.recv(), control_message, MAX_CONTROL_FRAME)
+        await send_model(bi.send(), await control.answer(remote_node_id(connection), request))
+        await bi.send().finish()
+
+    async def counting_streams(connection: iroh.Connection, bi: iroh.BiStream) -> None:
+        streams.append(bi)
+        await (older if one_reply_per_stream else handle_stream)(connection, bi)
+
+    async def counting_requests(peer: str, request: model.ControlMessage) -> model.ControlMessage:
+        requests.append(request.type)
+        return await answer(peer, request)
+
+    monkeypatch.setattr(control, "handle_stream", counting_streams)  # before the worker dials
+    monkeypatch.setattr(control, "answer", counting_requests)
+    await start_node(join=origin.join_ticket(), max_jobs=1)
+    for n in range(4):
+        job = await origin.jobs.submit_files(JobSubmission(module=EXAMPLES / "echo.wat", input=n))
+        with trio.fail_after(30):
+            done = await origin.jobs.wait(job.id)
+        assert done is not None and done.state is JobState.SUCCEEDED, done
+    return origin, streams, requests
+
+
+async def test_a_worker_sends_its_requests_on_streams_it_keeps_open(
+    start_node, monkeypatch
+) -> None:
+    """Opening a stream per request cost more calls through the bindings than the request."""
+    _, streams, requests = await counted_streams(start_node, monkeypatch)
+    assert len(requests) >= 8 and len(streams) <= 2, (requests, len(streams))
+
+
+async def test_an_origin_that_ends_each_stream_after_a_reply_still_answers_all(
+    start_node, monkeypatch
+) -> None:
+    """As older origins do: the worker finds its kept stream ended and asks on a new one."""
+    _, streams, requests = await counted_streams(start_node, monkeypatch, True)
+    assert len(streams) == len(requests)
