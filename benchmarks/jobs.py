@@ -2,15 +2,19 @@
 embedded runner.
 
     python benchmarks/jobs.py [--jobs 500] [--workers 3] [--rate 5] [--rate-jobs 50]
-                              [--baseline DIR]
+                              [--baseline DIR] [--profile DIR]
 
-After a warm-up (every worker has run a job, so its compile cache holds the module), two runs:
+After a warm-up (every worker has run a job, so its compile cache holds the module), three runs:
 a burst (the jobs submitted through the origin's API as fast as it accepts them, by 8 concurrent
-clients: jobs/s from first submit to last success, and p50/p99 from submit to succeeded) and a
-low rate (jobs submitted `--rate` per second: p50/p99 from submit to succeeded, and where that
-time goes, from the job's history: pending -> claimed -> running -> succeeded). Every figure
-comes from the origin's own job records (one clock). `--baseline DIR` runs the same measurement
-first on the p2pnode sources in DIR (e.g. a `git worktree` of main) and prints both.
+clients, one request per job, each job waited for by its own long poll: jobs/s from first submit
+to last success, and p50/p99 from submit to succeeded); the same burst as a sweep is submitted
+(`POST /jobs/batch`, 500 jobs a request) and waited for (`POST /jobs/wait`, one long poll), when
+the tree has them; and a low rate (jobs submitted `--rate` per second: p50/p99 from submit to
+succeeded, and where that time goes, from the job's history: pending -> claimed -> running ->
+succeeded). Every figure comes from the origin's own job records (one clock); CPU per job is each
+process's, by thread. `--baseline DIR` runs the same measurement first on the p2pnode sources in
+DIR (e.g. a `git worktree` of main) and prints both. `--profile DIR` profiles each burst in every
+node (cProfile of the main thread, see `profiled.py`) and prints where the time went, by area.
 """
 
 from __future__ import annotations
@@ -159,12 +163,25 @@ class Nodes:
                 f.rename(f.with_name(f"{label}-{f.name}"))
 
 
-def burst(api: httpx.Client, nodes: Nodes, jobs: int, submit_all, label: str) -> None:
+def finished_together(api: httpx.Client, ids: list[str]) -> list[dict]:
+    """`finished`, as a sweep's submitter waits: one long poll for all (`POST /jobs/wait`)."""
+    while True:
+        records = api.post("/jobs/wait", json={"ids": ids, "timeout": 120}).json()
+        if all(r["state"] in ("succeeded", "failed", "cancelled") for r in records):
+            break
+    if failed := [r for r in records if r["state"] != "succeeded"]:
+        raise SystemExit(f"error: {len(failed)} jobs did not succeed, e.g. {failed[0]}")
+    return list(records)
+
+
+def burst(
+    api: httpx.Client, nodes: Nodes, jobs: int, submit_all, label: str, wait=finished
+) -> None:
     """Submit `jobs` at once with `submit_all`, wait for all, print throughput and CPU per job."""
     before = nodes.cpu()
     nodes.profiling(True, label)
     ids = submit_all()
-    records = finished(api, ids)
+    records = wait(api, ids)
     nodes.profiling(False, label)
     used = [
         {kind: after.get(kind, 0.0) - was.get(kind, 0.0) for kind in after}
@@ -238,7 +255,14 @@ def measure(
                             )
                         ]
 
-                    burst(api, nodes, jobs, batched, f"batches of {BATCH}")
+                    burst(
+                        api,
+                        nodes,
+                        jobs,
+                        batched,
+                        f"batches of {BATCH}, one wait for all",
+                        finished_together,
+                    )
 
                 ids, start = [], time.monotonic()
                 for n in range(rate_jobs):

@@ -14,7 +14,6 @@ from p2pnode.api import job_routes
 from p2pnode.executors.wasm import load_module_bytes
 from p2pnode.jobs import model
 from p2pnode.jobs.announcements import MAX_ANNOUNCED, JobsAnnounced
-from p2pnode.jobs.model import JobState
 from tests.conftest import cli_argv
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -59,16 +58,29 @@ async def test_a_batch_runs_every_job_in_order_stored_at_once(start_node, monkey
         )
         assert reply.status_code == 200, reply.text
         ids = reply.json()["ids"]
-    assert stored == [5]  # one transaction for all five
-    assert tagged == [model.job_tag(ids[0], "source")]  # the rest held at once (set_tags)
-    held = {model.tag_job(t) for t, h in (await origin.blobs.tags()).items() if h == module}
-    assert held == set(ids)
-    assert [type(m).__name__ for m in published] == ["JobsAnnounced"]
-    assert [job.id for job in published[0].jobs] == ids  # type: ignore[attr-defined]
-    with trio.fail_after(30):
-        done = [await origin.jobs.wait(job_id) for job_id in ids]
-    assert [j.state for j in done if j] == [JobState.SUCCEEDED] * 5
-    assert [j.result for j in done if j] == [{"n": n} for n in range(5)]
+        assert stored == [5]  # one transaction for all five
+        assert tagged == [model.job_tag(ids[0], "source")]  # the rest held at once (set_tags)
+        held = {model.tag_job(t) for t, h in (await origin.blobs.tags()).items() if h == module}
+        assert held == set(ids)
+        assert [type(m).__name__ for m in published] == ["JobsAnnounced"]
+        assert [job.id for job in published[0].jobs] == ids  # type: ignore[attr-defined]
+        waited = await api.post("/jobs/wait", json={"ids": ids, "timeout": 30})
+        assert waited.status_code == 200, waited.text
+        assert [j["state"] for j in waited.json()] == ["succeeded"] * 5  # one request for all
+        assert [j["result"] for j in waited.json()] == [{"n": n} for n in range(5)]
+        unknown = await api.post("/jobs/wait", json={"ids": [*ids, model.new_job_id()]})
+        assert unknown.status_code == 404
+
+
+async def test_a_wait_for_many_jobs_answers_at_its_timeout(start_node) -> None:
+    node = await start_node(max_jobs=0)  # no worker: the jobs stay pending
+    async with api_of(node) as api:
+        module = await upload_echo(api)
+        ids = (await api.post("/jobs/batch", json=[{"module_blob": module}] * 2)).json()["ids"]
+        with trio.fail_after(10):
+            waited = await api.post("/jobs/wait", json={"ids": ids, "timeout": 0.2})
+    assert [j["state"] for j in waited.json()] == ["pending", "pending"]
+    assert node.jobs.store.unfinished([*ids, model.new_job_id()]) == set(ids)
 
 
 async def test_a_bad_entry_refuses_the_batch_by_its_index(node, api, monkeypatch) -> None:

@@ -1,11 +1,12 @@
-"""Many jobs in one request: `POST /jobs/batch`, for parameter sweeps that would otherwise pay
-one HTTP request (and one transaction, and one announcement) per job."""
+"""Many jobs in one request: `POST /jobs/batch` and `POST /jobs/wait`, for parameter sweeps that
+would otherwise pay one HTTP request (and one transaction, and one announcement) per job."""
 
 from __future__ import annotations
 
+import trio
 from fastapi import APIRouter, HTTPException
 
-from p2pnode.api.schemas import JobsSubmitted
+from p2pnode.api.schemas import JobsSubmitted, JobsWait, JobView
 from p2pnode.jobs.submission import (
     MAX_BATCH_JOBS,
     BatchRefused,
@@ -47,5 +48,18 @@ def job_routes(node: Node) -> APIRouter:
             status = 413 if isinstance(exc.cause, SubmissionTooLarge) else 400
             raise HTTPException(status, str(exc)) from None
         return JobsSubmitted(ids=[job.id for job in jobs])
+
+    @api.post("/jobs/wait", responses={404: {"description": "a job is not on this node"}})
+    async def wait_jobs(request: JobsWait) -> list[JobView]:
+        """Long poll for many jobs (a batch): answers when every one is terminal, or after
+        `timeout` s, with each job's record in the order given (404 naming the first unknown)."""
+        with trio.move_on_after(request.timeout):
+            await node.jobs.wait_all(request.ids)
+        views = []
+        for job_id in request.ids:
+            if (job := node.jobs.store.get(job_id)) is None:
+                raise HTTPException(404, f"no job {job_id} on this node")
+            views.append(JobView(**dict(job), waiting_for=node.workers.waiting_for(job)))
+        return views
 
     return api

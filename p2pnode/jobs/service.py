@@ -64,6 +64,8 @@ SWEEP_INTERVAL_S = 1.0
 REANNOUNCE_EVERY = 30  # sweeps
 ANNOUNCED_BYTES = 32 * 1024
 """Summaries one `JobsAnnounced` carries at most, in JSON bytes: half an envelope's bound."""
+WAIT_ALL_CHECK_S = 0.05
+"""How often a wait for many jobs looks again while they change."""
 WORKFLOWS_CACHED = 256
 """Binary module blobs whose workflows and reference the origin remembers (a blob's content never
 changes)."""
@@ -364,6 +366,13 @@ class JobService:
         """Wake every `wait`: some job changed."""
         self._change.set()
         self._change = trio.Event()
+
+    async def wait_all(self, job_ids: list[str]) -> None:
+        """Return once every one of the jobs is terminal (or unknown): one query per change,
+        at most every `WAIT_ALL_CHECK_S`, however many jobs change meanwhile."""
+        while self.store.unfinished(job_ids):
+            await self._change.wait()
+            await trio.sleep(WAIT_ALL_CHECK_S)  # a rate limit, not a synchronisation
 
     async def _changed(self, job: model.Job) -> None:
         self._wake()

@@ -223,6 +223,16 @@ class JobStore:
             ).fetchall()
         return {r[0] for r in rows}
 
+    def unfinished(self, job_ids: Iterable[str]) -> set[str]:
+        """Which of these jobs are stored and not yet in a terminal state (one query)."""
+        ids = list(job_ids)
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT id FROM jobs WHERE id IN ({_marks(ids)}) AND state IN ({_marks(_LIVE)})",
+                (*ids, *_LIVE),
+            ).fetchall()
+        return {r[0] for r in rows}
+
     def count_by_state(self) -> dict[JobState, int]:
         """How many jobs are in each state (every state, zeros included)."""
         with self._lock:
