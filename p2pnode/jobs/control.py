@@ -125,16 +125,13 @@ class ControlServer:
                     await self._on_change(changed)
                 return _grant([job, *more], self._lease_s)
             if isinstance(request, model.Renew):
-                self._check_worker(request.job_id, peer)
-                store.renew(request.job_id, request.lease_token, self._lease_s)
+                store.renew(request.job_id, request.lease_token, self._lease_s, worker=peer)
                 return model.RenewOk(expires_in=self._lease_s)
             if isinstance(request, model.Started):
-                self._check_worker(request.job_id, peer)
-                job = store.mark_running(request.job_id, request.lease_token)
+                job = store.mark_running(request.job_id, request.lease_token, worker=peer)
                 await self._on_change(job)
                 return model.RenewOk(expires_in=self._lease_s)
             if isinstance(request, model.Report):
-                self._check_worker(request.job_id, peer)
                 with store.transaction():  # the report and the next job's claim: one commit
                     job = store.complete(
                         request.job_id,
@@ -145,6 +142,7 @@ class ControlServer:
                         request.logs,
                         request.outputs,
                         request.compile_note,
+                        worker=peer,
                     )
                     after = self._claim_more(request.next, 1, peer, job.origin)
                 self._applied_now(peer, request, ("", *(j.id for j in after)))
@@ -152,14 +150,13 @@ class ControlServer:
                     await self._on_change(changed)
                 return model.ReportAck(grant=_grant(after, self._lease_s) if after else None)
             if isinstance(request, model.Release):
-                self._check_worker(request.job_id, peer)
-                job = store.release(request.job_id, request.lease_token)
+                job = store.release(request.job_id, request.lease_token, worker=peer)
                 self._applied_now(peer, request, model.Ack())
                 await self._on_change(job)
                 return model.Ack()
             if isinstance(request, model.LogChunk):
-                self._check_worker(request.job_id, peer)
-                self._on_log(self._store.leased(request.job_id, request.lease_token), request)
+                leased = store.leased(request.job_id, request.lease_token, worker=peer)
+                self._on_log(leased, request)
                 self._applied_now(peer, request, model.Ack())
                 return model.Ack()
             if isinstance(request, model.StopRun):
@@ -268,11 +265,6 @@ class ControlServer:
                 continue
             size += record
         return granted
-
-    def _check_worker(self, job_id: str, peer: NodeId) -> None:
-        job = self._store.get(job_id)
-        if job is None or job.lease is None or job.lease.worker != peer:
-            raise Refused("lease expired")
 
 
 def _grant(jobs: list[model.Job], lease_s: float) -> model.ClaimGrant:

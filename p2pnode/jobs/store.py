@@ -303,16 +303,18 @@ class JobStore:
             self._save(job, now=now)
         return job
 
-    def renew(self, job_id: str, token: LeaseToken, lease_s: float) -> Job:
+    def renew(
+        self, job_id: str, token: LeaseToken, lease_s: float, *, worker: NodeId | None = None
+    ) -> Job:
         with self._write():
-            job, lease, now = self._load_leased(job_id, token)
+            job, lease, now = self._load_leased(job_id, token, worker)
             lease.expires_at = now + lease_s
             self._save(job, now=now)
         return job
 
-    def mark_running(self, job_id: str, token: LeaseToken) -> Job:
+    def mark_running(self, job_id: str, token: LeaseToken, *, worker: NodeId | None = None) -> Job:
         with self._write():
-            job, _, now = self._load_leased(job_id, token)
+            job, _, now = self._load_leased(job_id, token, worker)
             if job.state is JobState.CLAIMED:
                 job.state = JobState.RUNNING
                 job.record(now, "started")
@@ -329,10 +331,12 @@ class JobStore:
         logs: str = "",
         outputs: dict[str, BlobRef] | None = None,
         compile_note: str = "",
+        *,
+        worker: NodeId | None = None,
     ) -> Job:
         """Apply a worker's report: success, a retry after back-off, or final failure."""
         with self._write():
-            job, _, now = self._load_leased(job_id, token)
+            job, _, now = self._load_leased(job_id, token, worker)
             job.lease = None
             if compile_note:
                 job.record(now, compile_note)
@@ -350,17 +354,17 @@ class JobStore:
             self._save(job, now=now)
         return job
 
-    def leased(self, job_id: str, token: LeaseToken) -> Job:
+    def leased(self, job_id: str, token: LeaseToken, *, worker: NodeId | None = None) -> Job:
         """The job, when `token` is its live lease (read only; refused as a renewal would be)."""
         with self._lock:
-            job, _, _ = self._load_leased(job_id, token)
+            job, _, _ = self._load_leased(job_id, token, worker)
         return job
 
-    def release(self, job_id: str, token: LeaseToken) -> Job:
+    def release(self, job_id: str, token: LeaseToken, *, worker: NodeId | None = None) -> Job:
         """The lease holder hands the job back (it is stopping): pending at once, the attempt not
         counted."""
         with self._write():
-            job, lease, now = self._load_leased(job_id, token)
+            job, lease, now = self._load_leased(job_id, token, worker)
             job.lease = None
             job.state = JobState.PENDING
             job.attempts -= 1
@@ -464,8 +468,20 @@ class JobStore:
         # Read the clock inside the write lock so decisions are ordered like commits.
         return job, self._clock()
 
-    def _load_leased(self, job_id: str, token: LeaseToken) -> tuple[Job, Lease, float]:
-        job, now = self._load(job_id, LeaseRefused)
+    def _load_leased(
+        self, job_id: str, token: LeaseToken, worker: NodeId | None = None
+    ) -> tuple[Job, Lease, float]:
+        """The job and its live lease, which `token` is (and `worker`, the peer asking, holds:
+        anything else, an unknown job included, is an expired lease to it, so that a member
+        learns nothing of jobs leased to others)."""
+        try:
+            job, now = self._load(job_id, LeaseRefused)
+        except LeaseRefused:
+            if worker is None:
+                raise
+            raise LeaseRefused("lease expired") from None
+        if worker is not None and (job.lease is None or job.lease.worker != worker):
+            raise LeaseRefused("lease expired")
         if job.state not in (JobState.CLAIMED, JobState.RUNNING):
             if job.state.terminal:
                 raise LeaseRefused(self._state_reason(job))
