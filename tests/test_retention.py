@@ -149,7 +149,9 @@ async def clocked_node(tmp_path: Path, nursery, monkeypatch):
     return node, offset
 
 
-async def test_retention_removes_only_old_finished_jobs(clocked_node, tmp_path: Path) -> None:
+async def test_retention_removes_only_old_finished_jobs(
+    clocked_node, tmp_path: Path, monkeypatch
+) -> None:
     node, offset = clocked_node
     for name in ("old", "live", "new", "mine"):
         (tmp_path / f"{name}.txt").write_text(f"{name} artifact")
@@ -170,6 +172,19 @@ async def test_retention_removes_only_old_finished_jobs(clocked_node, tmp_path: 
             artifacts={"a": tmp_path / "live.txt"},
         )
     )
+    steps: list[str] = []  # what retention did to the old job, in order
+    drop_tag, delete = node.blobs.drop_tag, node.jobs.store.delete
+
+    async def dropping(tag: str) -> None:
+        steps.append("tag" if tag_job(tag) == old.id else "other tag")
+        await drop_tag(tag)
+
+    def deleting(job_id: str) -> None:
+        steps.append("row" if job_id == old.id else "other row")
+        delete(job_id)
+
+    monkeypatch.setattr(node.blobs, "drop_tag", dropping)
+    monkeypatch.setattr(node.jobs.store, "delete", deleting)
     offset[0] = 100.0
     new = await run_job(
         node,
@@ -177,6 +192,8 @@ async def test_retention_removes_only_old_finished_jobs(clocked_node, tmp_path: 
     )
 
     await wait_for(lambda: node.jobs.store.get(old.id) is None, "retention to remove the old job")
+    # Its tags go before its row: a job gone from the store has let go of its blobs.
+    assert [s for s in steps if s in ("tag", "row")][-1] == "row" and "tag" in steps
     assert node.jobs.store.get(live.id).state == JobState.PENDING
     assert node.jobs.store.get(new.id).state == JobState.SUCCEEDED
     freed = set((await node.collect_garbage()).removed)

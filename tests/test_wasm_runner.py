@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 import trio
 
-from p2pnode.executors.base import ExecutionLimits, ExecutionRequest, ExecutionResult, Executor
+from p2pnode.executors.base import (
+    ExecutionLimits,
+    ExecutionRequest,
+    ExecutionResult,
+    Executor,
+    Invocation,
+)
 from p2pnode.executors.wasm import (
     STDOUT_LIMIT,
     InvalidModule,
@@ -181,6 +187,25 @@ async def test_runs_are_isolated(executor: WasiExecutor, job: Any) -> None:
             nursery.start_soon(run, f"echo{i}", job("echo", input=i))
     assert failed(results["spin"]) == "timed out after 0.3 s"
     assert [results[f"echo{i}"].result for i in range(3)] == [0, 1, 2]
+
+
+async def test_an_engine_serves_one_run_after_another_and_nothing_carries_over(
+    executor: WasiExecutor, job: Any
+) -> None:
+    """Engines are kept (making one, its linker and its module took longer than a small run);
+    each run still gets a fresh store, and the watchdog's last epoch tick of a stopped run
+    lands before its engine serves the next run."""
+    counter = """(module (memory (export "memory") 1)
+      (func (export "_start") (i32.store (i32.const 0) (i32.add (i32.load (i32.const 0))
+        (i32.const 1)))
+        (if (i32.ne (i32.load (i32.const 0)) (i32.const 1)) (then unreachable))))"""
+    for _ in range(3):  # a store's memory would count up and trap on the second run
+        assert (await executor.run(job(counter, command=Invocation(argv=["c"])))).ok
+    assert failed(await executor.run(job("spin", limits={"fuel": 10**18, "time_s": 0.2}))) == (
+        "timed out after 0.2 s"
+    )
+    assert (await executor.run(job("echo", input=5))).result == 5  # on the stopped run's engine
+    assert len(executor._engines) == 1  # one after another: one engine did it all
 
 
 @pytest.mark.parametrize(
@@ -359,11 +384,20 @@ async def test_compiled_modules_are_cached_by_hash(job: Any, tmp_path: Path) -> 
     executor = WasiExecutor(cache_dir=tmp_path / "compiled", cache_bytes=1)  # room for the newest
     first = job(printing('"first"'))
     second = job(printing('"second"'))
+    assert not executor.has_module(first.module_hash)
     assert (await executor.run(first)).result == "first"
+    assert executor.has_module(first.module_hash)  # the worker need not place the file
     first.module_path.unlink()
     assert (await executor.run(first)).result == "first"  # from the cache, file not needed
     assert (await executor.run(second)).result == "second"  # evicts the first
+    assert not executor.has_module(first.module_hash)
     assert failed(await executor.run(first)).startswith("cannot read module ")
+    [artifact] = (tmp_path / "compiled").glob("*.cwasm")
+    artifact.unlink()  # removed behind the runner's back: a run finds out, and it is not known
+    second.module_path.unlink()
+    assert executor.has_module(second.module_hash)
+    assert failed(await executor.run(second)).startswith("cannot read module ")
+    assert not executor.has_module(second.module_hash)
 
 
 async def test_compile_cache_survives_a_restart(job: Any, tmp_path: Path) -> None:

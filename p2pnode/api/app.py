@@ -32,6 +32,7 @@ import p2pnode
 import tickets
 from p2pnode.api.auth import DOCS_ASSETS, PUBLIC_PATHS, Sessions
 from p2pnode.api.dashboard import dashboard_router
+from p2pnode.api.job_routes import job_routes
 from p2pnode.api.log_routes import log_routes
 from p2pnode.api.metrics_routes import metrics_router
 from p2pnode.api.schemas import (
@@ -410,6 +411,7 @@ def create_app(node: Node, sessions: Sessions) -> FastAPI:
     app.include_router(api)
     app.include_router(log_routes(node, lambda job_id: _job_or_404(node, job_id)))
     app.include_router(worker_routes(node))
+    app.include_router(job_routes(node))
     app.include_router(dashboard_router(node, sessions))
     app.include_router(metrics_router(node))
     return app

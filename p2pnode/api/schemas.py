@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from pydantic_core import ErrorDetails
 
 from p2pnode.api.blob_schemas import BlobAdded as BlobAdded  # re-exported: one vocabulary
@@ -20,7 +20,8 @@ from p2pnode.api.blob_schemas import FetchEvent as FetchEvent
 from p2pnode.api.blob_schemas import PathRequest as PathRequest
 from p2pnode.api.blob_schemas import Request as Request
 from p2pnode.ids import NodeIdField
-from p2pnode.jobs.model import Job, JobState, LogStream
+from p2pnode.jobs.model import Job, JobId, JobState, LogStream
+from p2pnode.jobs.submission import MAX_BATCH_JOBS
 from p2pnode.status import DiskStatus as DiskStatus  # re-exported: served and read here
 from p2pnode.status import MemberStatus as MemberStatus
 from p2pnode.status import NodeInfo as NodeInfo
@@ -84,3 +85,16 @@ class LoginCode(BaseModel):
 
     code: str
     expires_in: float
+
+
+class JobsSubmitted(BaseModel):
+    """`POST /jobs/batch`'s answer: the new jobs' ids, in the order they were given."""
+
+    ids: list[JobId]
+
+
+class JobsWait(BaseModel):
+    """`POST /jobs/wait`: the jobs to wait for, and for how long at most (seconds)."""
+
+    ids: list[JobId] = Field(min_length=1, max_length=MAX_BATCH_JOBS)
+    timeout: float = Field(30.0, ge=0, le=600)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -120,6 +120,16 @@ class RefTable:
             " ON CONFLICT (name) DO UPDATE SET hash = excluded.hash",
             (name, h),
         )
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """`set_tag` for each, in one transaction."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT INTO tags (name, hash) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET hash = excluded.hash",
+                tags.items(),
+            )
 
     def delete_tag(self, name: str) -> bool:
         return self._db.execute("DELETE FROM tags WHERE name = ?", (name,)).rowcount > 0

@@ -6,7 +6,7 @@ import contextlib
 import functools
 import shutil
 from collections import defaultdict
-from collections.abc import AsyncGenerator, AsyncIterable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -128,6 +128,12 @@ class BlobService:
         fetching it, so GC never takes it in between)."""
         await self.store.set_tag(tag, blob_hash)
         self.held(blob_hash)
+
+    async def set_tags(self, tags: Mapping[str, BlobHash]) -> None:
+        """`set_tag` for many at once (one hop, one transaction: a batch of jobs)."""
+        await self.store.set_tags(tags)
+        for blob_hash in tags.values():
+            self.held(blob_hash)
 
     async def disk_space(self) -> tuple[int, int]:
         """Free and total bytes of the file system the store is on."""

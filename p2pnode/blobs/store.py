@@ -46,6 +46,7 @@ from collections.abc import (
     Awaitable,
     Callable,
     Iterator,
+    Mapping,
 )
 from pathlib import Path
 from typing import BinaryIO, TypeVar
@@ -937,6 +938,15 @@ class BlobStore:
     async def set_tag(self, name: str, hash: BlobHash) -> None:
         """Point tag ``name`` at a hash (stored or not yet fetched); tags keep blobs from GC."""
         await trio.to_thread.run_sync(self._locked, self._refs.set_tag, name, hash)
+
+    async def set_tags(self, tags: Mapping[str, BlobHash]) -> None:
+        """`set_tag` for many, in one thread hop and one transaction."""
+
+        def set_all() -> None:
+            with self._lock:
+                self._refs.set_tags(tags)
+
+        await trio.to_thread.run_sync(set_all)
 
     async def delete_tag(self, name: str) -> bool:
         """Returns whether the tag existed."""

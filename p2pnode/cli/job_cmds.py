@@ -13,7 +13,7 @@ from pydantic import RootModel, ValidationError
 
 from p2pnode.api.blob_schemas import BlobAdded
 from p2pnode.api.client import ApiClient
-from p2pnode.api.schemas import JobView, invalid_request
+from p2pnode.api.schemas import JobsSubmitted, JobView, invalid_request
 from p2pnode.blobs.model import BlobInfo
 from p2pnode.cli import EXIT_USAGE, cli, fail
 from p2pnode.cli.blob_cmds import download, upload
@@ -21,7 +21,7 @@ from p2pnode.cli.terminal import echo_output, for_terminal
 from p2pnode.executors.base import DEFAULT_FUEL, ExecutionLimits, ExecutorKind
 from p2pnode.ids import BlobHash
 from p2pnode.jobs.model import Job, JobState, Manifest, ManifestEntry
-from p2pnode.jobs.submission import JobSubmission, MountSubmission
+from p2pnode.jobs.submission import MAX_BATCH_JOBS, JobSubmission, MountSubmission
 from p2pnode.labels import MAX_REQUIREMENTS, LabelRequirement
 
 WAIT_POLL_S = 30.0
@@ -233,7 +233,13 @@ def _job_options(f: _Command) -> _Command:
     return f
 
 
-def _submit(
+def _submit(api: ApiClient, **options: Any) -> Job:
+    """Upload what the job needs and submit it (see `_submission`)."""
+    submission = _submission(api, **options)
+    return api.post("/jobs", Job, json=submission.model_dump(mode="json"))
+
+
+def _submission(
     api: ApiClient,
     *,
     module: Path,
@@ -251,8 +257,9 @@ def _submit(
     workflow: str | None = None,
     input_: str | None = None,
     executor: str = "wasi",
-) -> Job:
-    """Upload what the job needs and submit it; a command job runs `[module name, *args]`.
+) -> JobSubmission:
+    """Upload what the job needs and say what to submit; a command job runs
+    `[module name, *args]`.
 
     The body is the API's own model, so a field renamed on either side fails mypy; it is checked
     here, after the uploads, and refused in the words the node would use."""
@@ -288,7 +295,38 @@ def _submit(
         )
     except ValidationError as exc:
         fail(invalid_request(exc.errors(), ("body",)), EXIT_USAGE)
-    return api.post("/jobs", Job, json=submission.model_dump(mode="json"))
+    return submission
+
+
+def _read_inputs(source: str) -> list[Any]:
+    """One job input per line of a JSON Lines file (`-`: stdin); blank lines are skipped."""
+    try:
+        lines = sys.stdin.readlines() if source == "-" else Path(source).read_text().splitlines()
+    except OSError as exc:
+        fail(f"cannot read --inputs file {source}: {exc.strerror}", EXIT_USAGE)
+    except UnicodeDecodeError:
+        fail(f"--inputs {source} is not UTF-8 text", EXIT_USAGE)
+    inputs = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            inputs.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            fail(f"--inputs {source} line {number} is not JSON: {exc.msg}", EXIT_USAGE)
+    if not inputs:
+        fail(f"--inputs {source} holds no job input", EXIT_USAGE)
+    return inputs
+
+
+def _submit_many(api: ApiClient, template: JobSubmission, inputs: list[Any]) -> list[str]:
+    """The same job once per input, `MAX_BATCH_JOBS` to a request (each request all or none)."""
+    ids: list[str] = []
+    for first in range(0, len(inputs), MAX_BATCH_JOBS):
+        body = template.model_dump(mode="json", exclude={"input"})
+        batch = [{**body, "input": value} for value in inputs[first : first + MAX_BATCH_JOBS]]
+        ids += api.post("/jobs/batch", JobsSubmitted, json=batch).ids
+    return ids
 
 
 @job.command()
@@ -317,12 +355,20 @@ def _submit(
     help="Run the module as a command even without ARGS, --env or --stdin.",
 )
 @click.option(
+    "--inputs",
+    metavar="FILE.jsonl|-",
+    help="Submit the job once per line of this JSON Lines file (-: stdin), each line its input, "
+    "all in one request; prints the ids in order.",
+)
+@click.option(
     "--wait",
     is_flag=True,
     help="Wait for the job to finish and show its result (on a terminal, its state changes too).",
 )
 @click.pass_obj
-def submit(api: ApiClient, /, command: bool, wait: bool, **options: Any) -> None:
+def submit(
+    api: ApiClient, /, command: bool, inputs: str | None, wait: bool, **options: Any
+) -> None:
     """Submit a job; prints its id. The module and artifacts travel to the worker as blobs.
 
     With ARGS, --env, --stdin or --command the module runs as an ordinary WASI program
@@ -332,8 +378,16 @@ def submit(api: ApiClient, /, command: bool, wait: bool, **options: Any) -> None
     \b
     p2pnode job submit --module examples/wordcount.wat --artifact text=README.md --wait
     p2pnode job submit --module tool.wasm --env K=V --stdin in.txt --wait -- -v ARG
+    p2pnode job submit --module sweep.wasm --inputs params.jsonl     one job per line
     """
     command = command or bool(options["args"] or options["env"] or options["stdin"])
+    if inputs is not None:
+        if command or wait or options["input_"] is not None:
+            fail("--inputs goes without --input, --wait and command mode", EXIT_USAGE)
+        values = _read_inputs(inputs)
+        for job_id in _submit_many(api, _submission(api, command=False, **options), values):
+            click.echo(job_id)
+        return
     submitted = _submit(api, command=command, **options)
     click.echo(submitted.id)
     if wait:

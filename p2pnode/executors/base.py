@@ -193,6 +193,12 @@ class Executor(Protocol):
         """Whether this executor can take jobs right now."""
         ...
 
+    def has_module(self, module_hash: BlobHash) -> bool:
+        """Whether a run of this module needs no file at `module_path` (its machine code is
+        at hand here), so the worker need not place one. A run whose module went meanwhile fails
+        for the missing file, and the retry places it."""
+        ...
+
     async def run(self, req: ExecutionRequest) -> ExecutionResult:
         """Run one job; never raises except for trio cancellation."""
         ...

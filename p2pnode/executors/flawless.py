@@ -244,6 +244,10 @@ class FlawlessExecutor:
         self._client = client
         self.maxima = maxima
 
+    def has_module(self, module_hash: BlobHash) -> bool:
+        """The server gets the module's bytes with every run."""
+        return False
+
     async def available(self) -> bool:
         try:
             await self._client.version()

@@ -25,10 +25,11 @@ so a guard sums ``/out`` (and the stdout and stderr files), and on its own ``/tm
 ``OUTPUT_POLL_S`` and interrupts the guest once either is over the node's output maximum (the
 overshoot is what the guest writes in one poll interval), and a final check runs on the tree.
 
-Each run gets its own engine, so the watchdogs can interrupt exactly that run (epochs are per
-engine). Compiled machine code (wasmtime's own serialization) is cached on disk, keyed by module
-hash, wasmtime version and engine settings, bounded in bytes with least-recently-used eviction;
-each run maps it into its engine, so it survives restarts and costs no memory between runs. Jobs
+Each run has an engine to itself, so the watchdogs can interrupt exactly that run (epochs are
+per engine); an engine, its linker and the modules it mapped are kept for a later run (a fresh
+store each time). Compiled machine code (wasmtime's own serialization) is cached on disk, keyed by
+module hash, wasmtime version and engine settings, bounded in bytes with least-recently-used
+eviction; an engine maps it when it first runs the module, so it survives restarts. Jobs
 of one module wait for its single compilation, which runs in a process of its own so that it can
 be stopped at the compile time limit (apart from the run's); the result says how long it took.
 """
@@ -48,8 +49,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections import defaultdict
-from dataclasses import dataclass
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +114,10 @@ class InvalidModule(ValueError):
 
 class _Failure(Exception):
     """A job failure with its reason, raised to short-cut a run."""
+
+
+class _ArtifactGone(Exception):
+    """The compile cache's file of a module it knew is gone (removed behind its back)."""
 
 
 class _Stopped(Exception):
@@ -205,6 +211,14 @@ class _Outcome:
     interrupted: bool = False
     detail: str = ""
     """wasmtime's full message (with backtrace), for the logs."""
+    logs: str = ""
+    """The tail of the run's stderr."""
+    outputs: dict[str, Path] = field(default_factory=dict)
+    """What the run left to publish (empty when `unpublishable`)."""
+    unpublishable: str | None = None
+    """Why the outputs break the node's bounds, if they do."""
+    artifact_gone: bool = False
+    """The compiled module's file was gone: nothing ran."""
 
 
 class WasiExecutor:
@@ -233,17 +247,29 @@ class WasiExecutor:
             cache_dir = Path(self._tmp_cache.name)
         self._cache = _DiskCache(cache_dir, cache_bytes)
         self._compiling: defaultdict[str, trio.Lock] = defaultdict(trio.Lock)
+        self._engines: list[_Engine] = []
+        """Idle engines, each kept for the next run (see `_Engine`)."""
         self.compilations = 0
         """Modules compiled (not found in the cache) since this executor started."""
 
     async def available(self) -> bool:
         return True
 
+    def has_module(self, module_hash: BlobHash) -> bool:
+        """Compiled and cached (known to this runner: nothing is read to answer)."""
+        return self._cache.known(module_hash)
+
     async def run(self, req: ExecutionRequest) -> ExecutionResult:
         limits, notes = self.maxima.cap(req.limits)
         try:
-            compiled, how = await self._compiled(req)
-            result = await self._run(req.model_copy(update={"limits": limits}), compiled)
+            capped = req.model_copy(update={"limits": limits})
+            try:
+                compiled, how = await self._compiled(req)
+                result = await self._run(capped, compiled)
+            except _ArtifactGone:  # removed behind our back: compile again, as if unknown
+                self._cache.forget(req.module_hash)
+                compiled, how = await self._compiled(req)
+                result = await self._run(capped, compiled)
             result = result.model_copy(update={"compile_note": how})
         except _Failure as failure:
             result = ExecutionResult.failure(str(failure))
@@ -265,13 +291,15 @@ class WasiExecutor:
                 raise _Failure(f"job input is not JSON: {exc}") from None
 
         # The deadline is armed before the watchdogs exist: an early tick can't be missed.
-        engine = _new_engine()
-        store = wasmtime.Store(engine)
+        engine = self._engines.pop() if self._engines else _Engine()
+        store = wasmtime.Store(engine.engine)
         store.set_fuel(req.limits.fuel)
         budget = _StoreBudget.of(req.limits.memory_bytes)
         budget.apply(store)
         store.set_epoch_deadline(1)
-        run = _Run(engine, store, budget, compiled.artifact, export, stdin, req)
+        run = _Run(
+            engine, store, budget, compiled.artifact, export, stdin, req, self._collect_outputs
+        )
         stopped_because: list[str] = []
 
         def interrupt(reason: str) -> None:
@@ -300,15 +328,20 @@ class WasiExecutor:
             nursery.start_soon(output_guard)
             outcome = await trio.to_thread.run_sync(run.execute)
             nursery.cancel_scope.cancel()
+        # Only now, with the watchdogs done (their last act ticks this engine's epoch), may the
+        # next run have the engine: a tick meant for this run must never stop that one.
+        self._engines.append(engine)
+        if outcome.artifact_gone:
+            raise _ArtifactGone
 
-        logs = await trio.to_thread.run_sync(_file_tail, _streams_dir(req) / "stderr")
+        logs = outcome.logs
         if outcome.detail:
             separator = "\n" if logs and not logs.endswith("\n") else ""
             logs += f"{separator}[wasmtime] {outcome.detail.strip()[:_DETAIL_LIMIT]}"
         # A cancelled run re-raises Cancelled when the nursery exits, so a watchdog stopped it.
         error = stopped_because[0] if outcome.interrupted else outcome.error
         if req.command is not None:
-            return await self._command_result(req, outcome, error, logs)
+            return self._command_result(outcome, error, logs)
         if error is None and outcome.exit_code:
             error = f"workflow exited with code {outcome.exit_code}"
         if error is not None:
@@ -321,26 +354,19 @@ class WasiExecutor:
             result = _parse_result(bytes(run.stdout.data))
         except _Failure as failure:
             return ExecutionResult.failure(str(failure), logs)
-        try:
-            outputs = await trio.to_thread.run_sync(self._collect_outputs, req)
-        except _Failure as failure:
-            return ExecutionResult.failure(str(failure), logs)
-        return ExecutionResult(ok=True, result=result, logs=logs, outputs=outputs)
+        if outcome.unpublishable is not None:
+            return ExecutionResult.failure(outcome.unpublishable, logs)
+        return ExecutionResult(ok=True, result=result, logs=logs, outputs=outcome.outputs)
 
-    async def _command_result(
-        self, req: ExecutionRequest, outcome: _Outcome, error: str | None, logs: str
-    ) -> ExecutionResult:
+    def _command_result(self, outcome: _Outcome, error: str | None, logs: str) -> ExecutionResult:
         """A command's exit code and outputs, kept on failure too: partial outputs help
         debugging. Outputs that break the node's bounds fail it and are dropped."""
         result = None if outcome.exit_code is None else {"exit_code": outcome.exit_code}
         if error is None and outcome.exit_code:
             error = f"command exited with code {outcome.exit_code}"
-        try:
-            outputs = await trio.to_thread.run_sync(self._collect_outputs, req)
-        except _Failure as failure:
-            error, outputs = error or str(failure), {}
+        error = error or outcome.unpublishable
         return ExecutionResult(
-            ok=error is None, result=result, error=error, logs=logs, outputs=outputs
+            ok=error is None, result=result, error=error, logs=logs, outputs=outcome.outputs
         )
 
     def _excess(self, req: ExecutionRequest) -> str | None:
@@ -391,6 +417,8 @@ class WasiExecutor:
         lock = self._compiling[key]
         try:
             async with lock:
+                if (hit := self._cache.recall(key)) is not None:  # no thread hop: the run reads it
+                    return hit, "compile cache hit"
                 if (hit := await trio.to_thread.run_sync(self._cache.get, key)) is not None:
                     return hit, "compile cache hit"
                 try:
@@ -455,6 +483,19 @@ class _DiskCache:
         self._workflows: dict[str, dict[str, str]] = {}
         """key -> the module's workflows, known without loading it again"""
 
+    def known(self, module_hash: BlobHash) -> bool:
+        """Whether this cache has taken or found the module since it opened (without reading
+        the disk: an entry removed behind its back is still known)."""
+        return module_hash in self._workflows
+
+    def recall(self, module_hash: BlobHash) -> _Compiled | None:
+        """A known module's entry, without touching the disk (the run does: `_Engine.module`)."""
+        workflows = self._workflows.get(module_hash)
+        return None if workflows is None else _Compiled(self._path(module_hash), workflows)
+
+    def forget(self, module_hash: BlobHash) -> None:
+        self._workflows.pop(module_hash, None)
+
     def get(self, module_hash: BlobHash) -> _Compiled | None:
         path = self._path(module_hash)
         try:
@@ -464,9 +505,11 @@ class _DiskCache:
                 module = wasmtime.Module.deserialize_file(_new_engine(), str(path))
                 workflows = self._workflows[module_hash] = _workflows(module)
         except FileNotFoundError:
+            self._workflows.pop(module_hash, None)  # removed behind our back: not known now
             return None
         except wasmtime.WasmtimeError:  # damaged, or made by another wasmtime: compile again
             path.unlink(missing_ok=True)
+            self._workflows.pop(module_hash, None)
             return None
         return _Compiled(artifact=path, workflows=workflows)
 
@@ -510,14 +553,17 @@ class _Run:
 
     def __init__(
         self,
-        engine: wasmtime.Engine,
+        engine: _Engine,
         store: wasmtime.Store,
         budget: _StoreBudget,
         artifact: Path,
         export: str,
         stdin: bytes,
         req: ExecutionRequest,
+        collect: Callable[[ExecutionRequest], dict[str, Path]],
     ) -> None:
+        """`collect(req)`: the outputs to publish, once the guest is done (raises `_Failure`)."""
+        self.collect = collect
         self.engine = engine
         self.store = store
         self.budget = budget
@@ -531,10 +577,12 @@ class _Run:
     def stop(self) -> None:
         """Interrupt the guest (from trio): at its next loop head or call, or in a host sleep."""
         self._stopped.set()
-        self.engine.increment_epoch()
+        self.engine.engine.increment_epoch()
 
     def execute(self) -> _Outcome:
-        """Never raises: an exception here would reach trio wrapped in an exception group."""
+        """Run the guest, then read its stderr's tail and list its outputs: the blocking part of
+        a run in one thread hop (each hop costs more than a small run's own work). Never
+        raises: an exception here would reach trio wrapped in an exception group."""
         tmp_dir = _tmp_dir(self.req)
         # Beside /tmp in the run's scratch folder, which the guest cannot see: no temporary
         # folder of its own (making and removing one cost more than the rest of a small run).
@@ -542,13 +590,24 @@ class _Run:
         try:
             tmp_dir.mkdir(parents=True, exist_ok=True)
             stdin_path.write_bytes(self.stdin)
-            return self._call(stdin_path)
+            outcome = self._call(stdin_path)
+        except _ArtifactGone:
+            return _Outcome(artifact_gone=True)
         except Exception as exc:  # e.g. an unusable artifacts or output directory
-            return _Outcome(error=f"runner error: {exc!r}")
+            outcome = _Outcome(error=f"runner error: {exc!r}")
         finally:
+            self.engine.run = None  # the engine outlives the run; its buffers go now
             self.store.close()  # frees the linear memory now, not whenever the GC runs
             stdin_path.unlink(missing_ok=True)
             shutil.rmtree(tmp_dir, ignore_errors=True)
+        try:
+            outcome.logs = _file_tail(_streams_dir(self.req) / "stderr")
+            outcome.outputs = self.collect(self.req)
+        except _Failure as failure:
+            outcome.unpublishable = str(failure)
+        except OSError as exc:
+            outcome.unpublishable = f"runner error: {exc!r}"
+        return outcome
 
     def _call(self, stdin_path: Path) -> _Outcome:
         req = self.req
@@ -569,23 +628,12 @@ class _Run:
         for guest_path, host_dir in sorted(req.mounts.items()):
             wasi.preopen_dir(str(host_dir), guest_path, False)
         self.store.set_wasi(wasi)
-
-        linker = wasmtime.Linker(self.engine)
-        linker.define_wasi()
-        linker.allow_shadowing = True
-        i32 = wasmtime.ValType.i32()
-        linker.define_func(
-            _WASI,
-            "poll_oneoff",
-            wasmtime.FuncType([i32] * 4, [i32]),
-            self._poll_oneoff,
-            access_caller=True,
-        )
+        module = self.engine.module(self.artifact)
+        self.engine.run = self
 
         instance: wasmtime.Instance | None = None
         try:
-            module = wasmtime.Module.deserialize_file(self.engine, str(self.artifact))
-            instance = linker.instantiate(self.store, module)
+            instance = self.engine.linker.instantiate(self.store, module)
             exports = instance.exports(self.store)
             initialize = exports.get(_INITIALIZE)
             if self.export != _START and isinstance(initialize, wasmtime.Func):
@@ -678,6 +726,55 @@ class _Run:
         if not isinstance(memory, wasmtime.Memory):
             return False
         return memory.data_len(self.store) + _PAGE > self.budget.memory_bytes
+
+
+MODULES_PER_ENGINE = 16
+"""Compiled modules an engine keeps mapped (the most recently run)."""
+
+
+class _Engine:
+    """An engine, its linker and the modules it mapped, for one run at a time (so that its
+    epoch interrupts exactly that run, see `_Run.stop`) and kept for the next: making them took
+    longer than a small run itself (~0.15 ms of ~1 ms, measured). Every run has its own store,
+    so nothing of one run's state reaches the next."""
+
+    def __init__(self) -> None:
+        self.engine = _new_engine()
+        self.run: _Run | None = None
+        """The run using the engine now: WASI `poll_oneoff` is its."""
+        self.linker = wasmtime.Linker(self.engine)
+        self.linker.define_wasi()
+        self.linker.allow_shadowing = True
+        i32 = wasmtime.ValType.i32()
+        self.linker.define_func(
+            _WASI,
+            "poll_oneoff",
+            wasmtime.FuncType([i32] * 4, [i32]),
+            self._poll_oneoff,
+            access_caller=True,
+        )
+        self._modules: OrderedDict[Path, wasmtime.Module] = OrderedDict()
+
+    def _poll_oneoff(
+        self, caller: wasmtime.Caller, in_ptr: int, out_ptr: int, count: int, nevents_ptr: int
+    ) -> int:
+        assert self.run is not None
+        return self.run._poll_oneoff(caller, in_ptr, out_ptr, count, nevents_ptr)
+
+    def module(self, artifact: Path) -> wasmtime.Module:
+        """The compile cache's module at `artifact`, marked as recently used there, and mapped
+        into this engine once (blocking). `_ArtifactGone` if the cache's file is gone."""
+        try:
+            os.utime(artifact)
+        except FileNotFoundError:
+            raise _ArtifactGone from None
+        module = self._modules.pop(artifact, None)
+        if module is None:
+            module = wasmtime.Module.deserialize_file(self.engine, str(artifact))
+        self._modules[artifact] = module
+        while len(self._modules) > MODULES_PER_ENGINE:
+            self._modules.popitem(last=False)
+        return module
 
 
 _ENGINE_SETTINGS = {"consume_fuel": True, "epoch_interruption": True}

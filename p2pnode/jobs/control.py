@@ -1,28 +1,33 @@
 """The jobs control protocol: a worker asks a job's origin for claims, lease renewals and reports.
 
-Members only (the router enforces it). One request frame and one reply frame per bi stream;
-the origin checks that the worker named in a claim is the authenticated peer, so nobody can
-claim on another node's behalf. While a job runs, its lease holder also sends `LogChunk`s of
-its output, checked like a report (the peer holds the lease, the token is live). The one message
-in the other direction, `StopRun`, goes from an origin to the worker running a job it
-cancelled; the worker obeys only the job's origin.
+Members only (the router enforces it). A request frame, then its reply frame, on a bi stream,
+and the next request on the same stream: a worker keeps its streams to an origin open (one per
+request in flight) and the origin answers on each until the worker finishes it (an older worker
+sends one request per stream, and an older origin ends each stream after one reply: a worker
+then asks again on a new stream). The origin checks that the worker named in a claim is the
+authenticated peer, so nobody can claim on another node's behalf. While a job runs, its lease
+holder also sends `LogChunk`s of its output, checked like a report (the peer holds the lease, the
+token is live). The one message in the other direction, `StopRun`, goes from an origin to the
+worker running a job it cancelled; the worker obeys only the job's origin.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
 from typing import Protocol
 
 import iroh
-from pydantic import TypeAdapter
+import trio
+from pydantic import TypeAdapter, ValidationError
 
 from p2pnode.ids import NodeId
 from p2pnode.jobs import model
 from p2pnode.jobs.store import ClaimRefused, JobStore, Refused
 from p2pnode.net.addr import PeerAddr, remote_node_id
 from p2pnode.net.dialer import PEER_ERRORS, describe
-from p2pnode.net.framing import recv_model, send_model
+from p2pnode.net.framing import FRAME_TIMEOUT_S, FrameError, FrameReader, send_model
 
 JOBS_ALPN = b"p2pnode/jobs/1"
 MAX_CONTROL_FRAME = 4 << 20
@@ -32,6 +37,8 @@ CLAIM_CANDIDATES = 8
 MORE_GRANTED_BYTES = 1 << 20
 """Records a claim's further grants carry at most (a job's record is at most ~0.5 MiB, so a
 grant stays well inside `MAX_CONTROL_FRAME`)."""
+STREAMS_KEPT = 16
+"""Idle streams a worker keeps open to one origin (as many as it had requests in flight)."""
 REQUESTS_REMEMBERED = 4096
 """Applied requests whose outcome the origin keeps for a repeat (a retry follows at once)."""
 
@@ -85,11 +92,14 @@ class ControlServer:
         report), or the reply to a release or log chunk (kept once, not shown twice)"""
 
     async def handle_stream(self, connection: iroh.Connection, bi: iroh.BiStream) -> None:
+        """Answer the requests on the stream in turn until the peer finishes it."""
         peer = remote_node_id(connection)
-        request = await recv_model(bi.recv(), control_message, MAX_CONTROL_FRAME)
-        reply = await self.answer(peer, request)
-        await send_model(bi.send(), reply)
-        await bi.send().finish()
+        frames = FrameReader(bi.recv(), MAX_CONTROL_FRAME)
+        send = bi.send()
+        while (frame := await frames.next()) is not None:
+            await send_model(send, await self.answer(peer, _parse(frame)))
+        with suppress(iroh.IrohError):  # the peer may be gone already
+            await send.finish()
 
     async def answer(self, peer: NodeId, request: model.ControlMessage) -> model.ControlMessage:
         store = self._store
@@ -100,54 +110,53 @@ class ControlServer:
             if isinstance(request, model.ClaimRequest):
                 if request.worker != peer:
                     return model.ClaimRefused(reason="a worker can only claim for itself")
-                try:
-                    job = self._claim(request.job_id, peer, request.start)
-                except ClaimRefused as exc:
-                    if exc.retry_after is not None or request.instead is None:
-                        raise
-                    job = self._claim_instead(request, peer, exc.reason)
-                more = self._claim_more(
-                    request.instead, request.more, peer, job.origin, request.start
-                )
+                with store.transaction():  # every job granted: one commit
+                    try:
+                        job = self._claim(request.job_id, peer, request.start)
+                    except ClaimRefused as exc:
+                        if exc.retry_after is not None or request.instead is None:
+                            raise
+                        job = self._claim_instead(request, peer, exc.reason)
+                    more = self._claim_more(
+                        request.instead, request.more, peer, job.origin, request.start
+                    )
                 self._applied_now(peer, request, (job.id, *(j.id for j in more)))
                 for changed in (job, *more):
                     await self._on_change(changed)
                 return _grant([job, *more], self._lease_s)
             if isinstance(request, model.Renew):
-                self._check_worker(request.job_id, peer)
-                store.renew(request.job_id, request.lease_token, self._lease_s)
+                store.renew(request.job_id, request.lease_token, self._lease_s, worker=peer)
                 return model.RenewOk(expires_in=self._lease_s)
             if isinstance(request, model.Started):
-                self._check_worker(request.job_id, peer)
-                job = store.mark_running(request.job_id, request.lease_token)
+                job = store.mark_running(request.job_id, request.lease_token, worker=peer)
                 await self._on_change(job)
                 return model.RenewOk(expires_in=self._lease_s)
             if isinstance(request, model.Report):
-                self._check_worker(request.job_id, peer)
-                job = store.complete(
-                    request.job_id,
-                    request.lease_token,
-                    request.ok,
-                    request.result,
-                    request.error,
-                    request.logs,
-                    request.outputs,
-                    request.compile_note,
-                )
-                after = self._claim_more(request.next, 1, peer, job.origin)
+                with store.transaction():  # the report and the next job's claim: one commit
+                    job = store.complete(
+                        request.job_id,
+                        request.lease_token,
+                        request.ok,
+                        request.result,
+                        request.error,
+                        request.logs,
+                        request.outputs,
+                        request.compile_note,
+                        worker=peer,
+                    )
+                    after = self._claim_more(request.next, 1, peer, job.origin)
                 self._applied_now(peer, request, ("", *(j.id for j in after)))
                 for changed in (job, *after):
                     await self._on_change(changed)
                 return model.ReportAck(grant=_grant(after, self._lease_s) if after else None)
             if isinstance(request, model.Release):
-                self._check_worker(request.job_id, peer)
-                job = store.release(request.job_id, request.lease_token)
+                job = store.release(request.job_id, request.lease_token, worker=peer)
                 self._applied_now(peer, request, model.Ack())
                 await self._on_change(job)
                 return model.Ack()
             if isinstance(request, model.LogChunk):
-                self._check_worker(request.job_id, peer)
-                self._on_log(self._store.leased(request.job_id, request.lease_token), request)
+                leased = store.leased(request.job_id, request.lease_token, worker=peer)
+                self._on_log(leased, request)
                 self._applied_now(peer, request, model.Ack())
                 return model.Ack()
             if isinstance(request, model.StopRun):
@@ -257,11 +266,6 @@ class ControlServer:
             size += record
         return granted
 
-    def _check_worker(self, job_id: str, peer: NodeId) -> None:
-        job = self._store.get(job_id)
-        if job is None or job.lease is None or job.lease.worker != peer:
-            raise Refused("lease expired")
-
 
 def _grant(jobs: list[model.Job], lease_s: float) -> model.ClaimGrant:
     """One grant of leased jobs: the first, and the others as `more`."""
@@ -275,17 +279,54 @@ def _grant(jobs: list[model.Job], lease_s: float) -> model.ClaimGrant:
     )
 
 
+def _parse(frame: bytes) -> model.ControlMessage:
+    try:
+        return control_message.validate_json(frame)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "top level"
+        raise FrameError(f"malformed message: {first['msg']} at {where}") from None
+
+
+class _Channel:
+    """A bi stream to an origin carrying one request and its reply at a time, kept for the next
+    (opening a stream and finishing it cost more bindings calls than the exchange itself)."""
+
+    def __init__(self, connection: iroh.Connection, bi: iroh.BiStream) -> None:
+        self.connection = connection
+        self.bi = bi
+        self.send = bi.send()
+        self.frames = FrameReader(bi.recv(), MAX_CONTROL_FRAME)
+
+    async def exchange(self, request: model.ControlMessage) -> model.ControlMessage:
+        await send_model(self.send, request)
+        with trio.move_on_after(FRAME_TIMEOUT_S):
+            frame = await self.frames.next()
+            if frame is None:
+                raise FrameError("the origin ended the stream")
+            return _parse(frame)
+        raise FrameError(f"no answer within {FRAME_TIMEOUT_S:g} s")
+
+    async def close(self) -> None:
+        """Finish our side (the origin's loop then ends cleanly), even when cancelled."""
+        with trio.CancelScope(shield=True), suppress(iroh.IrohError):
+            await self.send.finish()
+
+
 class ControlClient:
     """Worker side: one request, one reply, on a cached connection to the origin (`Dialer.request`:
-    a connection that fails is replaced at once). Every request is idempotent (a `_Once` carries
-    a request id the origin answers a repeat of with what it did the first time; renewing,
-    starting and stopping twice is doing it once), so one is sent again also when a freshly dialled
+    a connection that fails is replaced at once), on a stream kept open for the next request.
+    Every request is idempotent (a `_Once` carries a request id the origin answers a repeat of
+    with what it did the first time; renewing, starting and stopping twice is doing it once), so
+    one is sent again when a kept stream turns out ended, and also when a freshly dialled
     connection dies under it: otherwise a claim the origin applied would hold the job until its
     lease lapsed."""
 
     def __init__(self, request: Requester) -> None:
         self._request = request
         self._local: tuple[NodeId, ControlServer] | None = None
+        self._idle: dict[NodeId, list[_Channel]] = {}
+        """origin -> its streams that no request uses now (of the current connection)"""
 
     def answer_locally(self, node_id: NodeId, server: ControlServer) -> None:
         """A node claiming its own job asks its own origin side directly instead of dialling
@@ -297,10 +338,13 @@ class ControlClient:
             return await self._local[1].answer(self._local[0], request)
 
         async def exchange(connection: iroh.Connection) -> model.ControlMessage:
-            bi = await connection.open_bi()
-            await send_model(bi.send(), request)
-            await bi.send().finish()
-            return await recv_model(bi.recv(), control_message, MAX_CONTROL_FRAME)
+            while (channel := self._take(origin.node_id, connection)) is not None:
+                try:
+                    return await self._over(origin.node_id, channel, request)
+                except (iroh.IrohError, FrameError):
+                    continue  # ended while it idled (an older origin ends each after a reply)
+            channel = _Channel(connection, await connection.open_bi())
+            return await self._over(origin.node_id, channel, request)
 
         try:
             return await self._request(origin, JOBS_ALPN, exchange, idempotent=True)
@@ -308,3 +352,29 @@ class ControlClient:
             raise ControlError(
                 f"origin {origin.node_id[:10]} did not answer: {describe(exc)}"
             ) from None
+
+    def _take(self, origin: NodeId, connection: iroh.Connection) -> _Channel | None:
+        """An idle stream on `connection`; those of a connection since replaced are dropped."""
+        idle = self._idle.get(origin, [])
+        while idle:
+            channel = idle.pop()
+            if channel.connection is connection:
+                return channel
+        return None
+
+    async def _over(
+        self, origin: NodeId, channel: _Channel, request: model.ControlMessage
+    ) -> model.ControlMessage:
+        """The request's reply on `channel`, which is kept for the next request only after a
+        whole exchange (a stream left mid-exchange could deliver a stale reply later)."""
+        try:
+            reply = await channel.exchange(request)
+        except BaseException:
+            await channel.close()
+            raise
+        idle = self._idle.setdefault(origin, [])
+        if len(idle) < STREAMS_KEPT:
+            idle.append(channel)
+        else:
+            await channel.close()
+        return reply

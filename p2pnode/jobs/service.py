@@ -13,9 +13,10 @@ single bad value: it logs one line and carries on.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Container
 from pathlib import Path
 from typing import Protocol, get_args
 
@@ -37,11 +38,17 @@ from p2pnode.executors.wasm import (
 from p2pnode.gossip.service import GossipEvent, Received
 from p2pnode.ids import BlobHash, EnvelopeId, NodeId
 from p2pnode.jobs import model
-from p2pnode.jobs.announcements import JobAnnounced, JobFinished
+from p2pnode.jobs.announcements import (
+    MAX_ANNOUNCED,
+    JobAnnounced,
+    JobFinished,
+    JobsAnnounced,
+)
 from p2pnode.jobs.control import JOBS_ALPN, Admit, ControlClient, ControlError, ControlServer
 from p2pnode.jobs.logs import JobLogs
 from p2pnode.jobs.store import JobStore
 from p2pnode.jobs.submission import (
+    BatchRefused,
     JobSubmission,
     MountSubmission,
     SubmissionError,
@@ -55,6 +62,10 @@ log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 1.0
 REANNOUNCE_EVERY = 30  # sweeps
+ANNOUNCED_BYTES = 32 * 1024
+"""Summaries one `JobsAnnounced` carries at most, in JSON bytes: half an envelope's bound."""
+WAIT_ALL_CHECK_S = 0.05
+"""How often a wait for many jobs looks again while they change."""
 WORKFLOWS_CACHED = 256
 """Binary module blobs whose workflows and reference the origin remembers (a blob's content never
 changes)."""
@@ -105,12 +116,17 @@ class JobService:
             store, lease_s, self._changed, worker.stop_run, self._on_log, admit
         )
         self._announcements: dict[str, EnvelopeId] = {}
+        """pending job -> the envelope that announced it"""
+        self._sharing: dict[EnvelopeId, int] = {}
+        """envelope -> how many jobs in `_announcements` it announced"""
         self._workflows: dict[BlobHash, tuple[list[str], model.BlobRef]] = {}
         """binary module blob -> its workflows and reference, oldest first"""
         self._change = trio.Event()
         self._nursery: trio.Nursery | None = None
         # From now: nothing gossip hears before `run` is lost.
-        self._events = gossip.subscribe(kinds=(JobAnnounced.KIND, JobFinished.KIND))
+        self._events = gossip.subscribe(
+            kinds=(JobAnnounced.KIND, JobsAnnounced.KIND, JobFinished.KIND)
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -140,28 +156,61 @@ class JobService:
         (`model.job_tag`), then submit. The module is checked (valid binary or WAT, assembled; the
         workflow exists) so a bad one fails now, not at run time. A refused submission releases
         what it tagged."""
+        job_id = model.new_job_id(self.store.now())
+        async with self._released_unless_stored([job_id]):
+            return await self.submit(await self._spec(job_id, request), job_id)
+
+    async def submit_batch(self, requests: list[JobSubmission]) -> list[model.Job]:
+        """Submit many jobs as `submit_files` does each, all or none: the first entry refused
+        raises `BatchRefused` with its index, and nothing is stored. One transaction stores them
+        all, and one announcement names up to `MAX_ANNOUNCED` of them."""
+        now = self.store.now()
+        ids = [model.new_job_id(now) for _ in requests]
+        specs: list[tuple[str, model.JobSpec]] = []
+        async with self._released_unless_stored(ids):
+            # Every blob named by hash is held at once, in one transaction, not one per job.
+            tagged = {
+                tag: blob_hash
+                for job_id, request in zip(ids, requests, strict=True)
+                for tag, blob_hash in _named_blobs(job_id, request).items()
+            }
+            await self._blobs.set_tags(tagged)
+            for index, (job_id, request) in enumerate(zip(ids, requests, strict=True)):
+                try:
+                    specs.append((job_id, await self._spec(job_id, request, tagged.keys())))
+                except SubmissionError as exc:
+                    raise BatchRefused(index, exc) from None
+            jobs = self.store.submit_many(self.id, specs)
+        self._wake()
+        self._announce_many(jobs)
+        return jobs
+
+    @contextlib.asynccontextmanager
+    async def _released_unless_stored(self, job_ids: list[str]) -> AsyncIterator[None]:
+        """Release the blobs tagged for jobs that end up not stored (refused, interrupted)."""
+        try:
+            yield
+        except BaseException:
+            if unstored := {i for i in job_ids if self.store.get(i) is None}:
+                with trio.CancelScope(shield=True):
+                    await self._release_blobs(unstored)
+            raise
+
+    async def _spec(
+        self, job_id: str, request: JobSubmission, tagged: Container[str] = ()
+    ) -> model.JobSpec:
+        """The job's spec, its blobs held by its tags (those in `tagged` are set already)."""
         input_json = pydantic_core.to_json(request.input)
         if len(input_json) > model.MAX_INPUT_BYTES:
             raise SubmissionTooLarge(
                 f"input of {len(input_json)} bytes exceeds {model.MAX_INPUT_BYTES}: send large "
                 "data as an artifact"
             )
-        job_id = model.new_job_id(self.store.now())
-        try:
-            return await self._submit_files(job_id, request, input_json)
-        except BaseException:
-            if self.store.get(job_id) is None:  # refused or interrupted before it was stored
-                with trio.CancelScope(shield=True):
-                    await self._release_blobs({job_id})
-            raise
 
-    async def _submit_files(
-        self, job_id: str, request: JobSubmission, input_json: bytes
-    ) -> model.Job:
         def tag(role: str) -> str:
             return model.job_tag(job_id, role)
 
-        module = await self._module(request, tag)
+        module = await self._module(request, tag, tagged)
         artifacts = {}
         for name, path in request.artifacts.items():
             try:
@@ -171,7 +220,7 @@ class JobService:
             artifacts[name] = model.BlobRef.held_by(info, self.id)
         for name, blob_hash in request.artifact_blobs.items():
             artifacts[name] = await self._held(
-                blob_hash, tag(f"artifact/{name}"), f"artifact {name!r}"
+                blob_hash, tag(f"artifact/{name}"), f"artifact {name!r}", tagged
             )
         input_blob = None
         if len(input_json) > model.INLINE_INPUT_BYTES:
@@ -180,21 +229,25 @@ class JobService:
             )
         stdin = None
         if request.stdin_blob is not None:
-            stdin = await self._held(request.stdin_blob, tag("stdin"), "stdin")
+            stdin = await self._held(request.stdin_blob, tag("stdin"), "stdin", tagged)
         mounts = {
-            name: await self._mount(name, mount, tag) for name, mount in request.mounts.items()
+            name: await self._mount(name, mount, tag, tagged)
+            for name, mount in request.mounts.items()
         }
-        spec = request.to_spec(
+        return request.to_spec(
             module=module, artifacts=artifacts, input_blob=input_blob, stdin=stdin, mounts=mounts
         )
-        return await self.submit(spec, job_id)
 
     async def _mount(
-        self, name: str, request: MountSubmission, tag: Callable[[str], str]
+        self,
+        name: str,
+        request: MountSubmission,
+        tag: Callable[[str], str],
+        tagged: Container[str],
     ) -> model.Mount:
         """A mount whose blobs (for a folder: its manifest and every file) are here, held."""
         what = f"mount {name!r}"
-        source = await self._held(request.blob, tag(f"mount/{name}"), what)
+        source = await self._held(request.blob, tag(f"mount/{name}"), what, tagged)
         if request.directory:
             if source.size > model.MAX_MANIFEST_BYTES:
                 limit = model.MAX_MANIFEST_BYTES
@@ -216,7 +269,9 @@ class JobService:
             source=source, directory=request.directory, guest_path=request.guest_path
         )
 
-    async def _module(self, request: JobSubmission, tag: Callable[[str], str]) -> model.BlobRef:
+    async def _module(
+        self, request: JobSubmission, tag: Callable[[str], str], tagged: Container[str]
+    ) -> model.BlobRef:
         """The module as a held binary blob, checked off the trio thread (compiling takes a
         while). An uploaded binary is its own blob: it is not stored again, and its workflows are
         listed once however many jobs use it."""
@@ -230,7 +285,7 @@ class JobService:
                 what = f"module blob {request.module_blob[:12]}"
                 if (known := self._workflows.get(request.module_blob)) is not None:
                     _check_workflows(known[0], request)
-                    return await self._held_again(known[1], tag("module"))
+                    return await self._held_again(known[1], tag("module"), tagged)
                 uploaded = await self._held(request.module_blob, tag("source"), "module")
                 source = await self._blobs.read_bytes(request.module_blob)
             wasm, workflows = await trio.to_thread.run_sync(_load_module, source)
@@ -245,11 +300,15 @@ class JobService:
         info = await self._blobs.add_bytes(wasm, pin=False, tag=tag("module"))
         return model.BlobRef.held_by(info, self.id)
 
-    async def _held_again(self, ref: model.BlobRef, tag: str) -> model.BlobRef:
-        """A module blob known from an earlier job, held by `tag` (set first, so GC cannot take it
-        before we look): checked to be here, not described again (a description reads the blob's
-        tags; it once grew with every job that used the module)."""
-        await self._blobs.set_tag(tag, ref.hash)
+    async def _held_again(
+        self, ref: model.BlobRef, tag: str, tagged: Container[str]
+    ) -> model.BlobRef:
+        """A module blob known from an earlier job, held by `tag` (set first unless it is in
+        `tagged`, so GC cannot take it before we look): checked to be here, not described again
+        (a description reads the blob's tags; it once grew with every job that used the
+        module)."""
+        if tag not in tagged:
+            await self._blobs.set_tag(tag, ref.hash)
         if not self._blobs.has(ref.hash):
             self._workflows.pop(ref.hash, None)
             raise SubmissionError(
@@ -257,10 +316,16 @@ class JobService:
             )
         return ref.model_copy()
 
-    async def _held(self, blob_hash: BlobHash, tag: str, what: str) -> model.BlobRef:
-        """A stored blob, held by `tag` (set first, so GC cannot take it before we look)."""
+    async def _held(
+        self, blob_hash: BlobHash, tag: str, what: str, tagged: Container[str] = ()
+    ) -> model.BlobRef:
+        """A stored blob, held by `tag` (set first unless it is in `tagged`, so GC cannot take it
+        before we look)."""
         try:
-            info = await self._blobs.hold(blob_hash, tag)
+            if tag in tagged:
+                info = await self._blobs.info(blob_hash)
+            else:
+                info = await self._blobs.hold(blob_hash, tag)
         except BlobNotFound:
             raise SubmissionError(
                 f"the {what} blob {blob_hash} is not on this node; upload it first"
@@ -302,17 +367,27 @@ class JobService:
             await self._change.wait()
         return job
 
-    async def _changed(self, job: model.Job) -> None:
+    def _wake(self) -> None:
+        """Wake every `wait`: some job changed."""
         self._change.set()
         self._change = trio.Event()
+
+    async def wait_all(self, job_ids: list[str]) -> None:
+        """Return once every one of the jobs is terminal (or unknown): one query per change,
+        at most every `WAIT_ALL_CHECK_S`, however many jobs change meanwhile."""
+        while self.store.unfinished(job_ids):
+            await self._change.wait()
+            await trio.sleep(WAIT_ALL_CHECK_S)  # a rate limit, not a synchronisation
+
+    async def _changed(self, job: model.Job) -> None:
+        self._wake()
         if job.origin != self.id:
             return
         if job.state == model.JobState.PENDING:
             self._announce(job)
         elif job.state.terminal:
             self.logs.ended(job.id)
-            if envelope := self._announcements.pop(job.id, None):
-                self._gossip.retire(envelope)
+            self._unannounce(job.id)
             if job.state is not model.JobState.SUCCEEDED:
                 # Only its lease holder's report makes a job succeed, and that worker is done: the
                 # end is news only to a worker that may still run it (cancelled, lease lapsed).
@@ -326,20 +401,64 @@ class JobService:
             self.logs.append(job.id, job.attempts, chunk)
 
     def _announce(self, job: model.Job) -> None:
-        if old := self._announcements.pop(job.id, None):
-            self._gossip.retire(old)
+        self._unannounce(job.id)
         announcement = JobAnnounced(
             job=job.summary(), origin_addr=self._self_addr(), first=self._first_claimer(job)
         )
-        if envelope := self._publish(announcement):
-            self._announcements[job.id] = envelope
+        self._announced(self._publish(announcement), [job.id])
         self.on_announced(announcement, self.id)
 
-    def _publish(self, message: JobAnnounced | JobFinished) -> EnvelopeId | None:
+    def _announce_many(self, jobs: list[model.Job]) -> None:
+        """Announce new pending jobs, several to an envelope (`JobsAnnounced`, at most
+        `MAX_ANNOUNCED` and `ANNOUNCED_BYTES` of summaries each)."""
+        groups: list[list[tuple[model.Job, model.JobSummary]]] = [[]]
+        size = 0
+        for job in jobs:
+            summary = job.summary()
+            length = len(summary.model_dump_json())
+            if len(groups[-1]) == MAX_ANNOUNCED or (groups[-1] and size + length > ANNOUNCED_BYTES):
+                groups.append([])
+                size = 0
+            groups[-1].append((job, summary))
+            size += length
+        origin_addr = self._self_addr()
+        for group in groups:
+            if not group:
+                continue
+            many = JobsAnnounced(
+                jobs=[summary for _, summary in group],
+                origin_addr=origin_addr,
+                first=[self._first_claimer(job) for job, _ in group],
+            )
+            self._announced(self._publish(many), [job.id for job, _ in group])
+            for announcement in many.each():
+                self.on_announced(announcement, self.id)
+
+    def _announced(self, envelope: EnvelopeId | None, job_ids: list[str]) -> None:
+        """Remember the envelope announcing these jobs, to retire it once none of them needs it."""
+        if envelope is None:
+            return
+        for job_id in job_ids:
+            self._announcements[job_id] = envelope
+        self._sharing[envelope] = len(job_ids)
+
+    def _unannounce(self, job_id: str) -> None:
+        """The job's announcement is over (it ended, or is announced anew): its envelope retires
+        once it names no job that still needs it."""
+        envelope = self._announcements.pop(job_id, None)
+        if envelope is None:
+            return
+        self._sharing[envelope] -= 1
+        if self._sharing[envelope] <= 0:
+            del self._sharing[envelope]
+            self._gossip.retire(envelope)
+
+    def _publish(self, message: JobAnnounced | JobsAnnounced | JobFinished) -> EnvelopeId | None:
         try:
             return self._gossip.publish(message)
         except ValueError as exc:  # summaries are bounded; this is a last line of defence
-            log.warning("could not announce job %s: %s", message.job.id, exc)
+            what = message.jobs[0].id if isinstance(message, JobsAnnounced) else message.job.id
+            log.warning("could not announce job %s: %s", what, exc)
             return None
 
     async def _collect_outputs(self, job: model.Job) -> None:
@@ -378,19 +497,20 @@ class JobService:
         now = self.store.now()
         cutoff, forged = now - retention_s, now + retention_s
         removed = self.store.finished_before(cutoff)
-        for job_id in removed:
-            self.store.delete(job_id)
-        stale = set(removed)
+        doomed = set(removed)
         for tag in (await self._blobs.tags()).keys():
             holder = model.tag_job(tag)
-            if (
-                holder is not None
-                and holder not in self.worker.running
+            if holder is not None and (
+                holder in doomed
+                or holder not in self.worker.running
                 and not cutoff <= model.job_id_time(holder) <= forged
                 and self.store.get(holder) is None
             ):
-                stale.add(holder)
-        await self._release_blobs(stale)
+                await self._blobs.drop_tag(tag)
+        # The rows go last: a job gone from the store has let go of its blobs (a pass cut short
+        # leaves its jobs to the next one).
+        for job_id in removed:
+            self.store.delete(job_id)
         return removed
 
     async def _release_blobs(self, job_ids: set[str]) -> None:
@@ -407,6 +527,9 @@ class JobService:
             try:
                 if event.kind == JobAnnounced.KIND:
                     self.on_announced(JobAnnounced.model_validate(event.payload), event.origin)
+                elif event.kind == JobsAnnounced.KIND:
+                    for one in JobsAnnounced.model_validate(event.payload).each():
+                        self.on_announced(one, event.origin)
                 elif event.kind == JobFinished.KIND:
                     self.on_finished(JobFinished.model_validate(event.payload), event.origin)
             except ValidationError as exc:
@@ -458,6 +581,18 @@ class JobService:
                     keep.add(job.spec.command.stdin.hash)
                 keep.update(mount.source.hash for mount in job.spec.mounts.values())
         return keep
+
+
+def _named_blobs(job_id: str, request: JobSubmission) -> dict[str, BlobHash]:
+    """The blobs a submission names by hash, by the tags its job holds them with (as `_spec`
+    does; a folder's files are found in its manifest later)."""
+    blobs = {model.job_tag(job_id, f"artifact/{n}"): h for n, h in request.artifact_blobs.items()}
+    blobs |= {model.job_tag(job_id, f"mount/{n}"): m.blob for n, m in request.mounts.items()}
+    if request.module_blob is not None:
+        blobs[model.job_tag(job_id, "module")] = request.module_blob
+    if request.stdin_blob is not None:
+        blobs[model.job_tag(job_id, "stdin")] = request.stdin_blob
+    return blobs
 
 
 def _check_workflows(workflows: list[str], request: JobSubmission) -> None:

@@ -16,6 +16,10 @@ from p2pnode.ids import BlobHashField
 from p2pnode.jobs import model
 from p2pnode.labels import MAX_REQUIREMENTS, LabelRequirement
 
+MAX_BATCH_JOBS = 10_000
+"""Jobs one batch submit (`POST /jobs/batch`) may hold; the request body's own bound (17 MiB)
+usually comes first."""
+
 
 class MountSubmission(BaseModel):
     """A file or folder uploaded as blobs, visible read-only to the job at `guest_path`
@@ -122,3 +126,13 @@ class SubmissionError(Exception):
 
 class SubmissionTooLarge(SubmissionError):
     """The input is over `model.MAX_INPUT_BYTES`."""
+
+
+class BatchRefused(SubmissionError):
+    """One entry of a batch submit was refused (so all were): `index` is its place in the batch,
+    `cause` the entry's own refusal."""
+
+    def __init__(self, index: int, cause: SubmissionError) -> None:
+        super().__init__(f"job {index}: {cause}")
+        self.index = index
+        self.cause = cause
