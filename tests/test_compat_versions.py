@@ -62,7 +62,7 @@ async def test_a_dial_to_a_peer_without_our_alpn_names_its_version(nursery, capl
         with pytest.raises(ProtocolMismatch) as unknown:
             await dialer.dial(addr, JOBS_ALPN)
         assert str(unknown.value) == (
-            f"peer {addr.node_id[:10]} does not speak p2pnode/jobs/1: it runs another version "
+            f"peer {addr.node_id[:10]} does not speak p2pnode/jobs/2: it runs another version "
             f"of p2pnode (this node {VERSION}); upgrade the older one"
         )
         versions[addr.node_id] = "0.0.9"  # its heartbeat said so
@@ -70,7 +70,7 @@ async def test_a_dial_to_a_peer_without_our_alpn_names_its_version(nursery, capl
             with pytest.raises(ProtocolMismatch) as known:
                 await dialer.dial(addr, JOBS_ALPN)
         assert str(known.value) == (
-            f"peer {addr.node_id[:10]} does not speak p2pnode/jobs/1; it runs p2pnode 0.0.9 "
+            f"peer {addr.node_id[:10]} does not speak p2pnode/jobs/2; it runs p2pnode 0.0.9 "
             f"(this node {VERSION}): upgrade it"
         )
     finally:
@@ -172,7 +172,7 @@ async def test_workers_marks_a_node_of_another_version(start_node) -> None:
 def test_the_advice_follows_which_side_is_older() -> None:
     peer = "ab" * 32
     assert version_mismatch(peer, JOBS_ALPN, "0.3.0", "0.2.10") == (
-        "peer ababababab does not speak p2pnode/jobs/1; it runs p2pnode 0.3.0 (this node 0.2.10): "
+        "peer ababababab does not speak p2pnode/jobs/2; it runs p2pnode 0.3.0 (this node 0.2.10): "
         "upgrade this node"
     )
     assert version_mismatch(peer, JOBS_ALPN, "0.2.9", "0.2.10").endswith(": upgrade it")

@@ -221,3 +221,17 @@ def test_regeneration_is_one_command(tmp_path, monkeypatch) -> None:
     written = wire_samples.write()
     assert {p.name for p in written} == {path_of(name).name for name in SAMPLES}
     assert all(p.read_bytes() == SAMPLES[n].encode() for p, n in zip(written, SAMPLES, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("name", "field"), [("jobs.claim_request", "instead"), ("jobs.report", "next")]
+)
+def test_an_unknown_executor_kind_among_alternatives_is_dropped(name: str, field: str) -> None:
+    """A newer worker names every kind it runs; a claim or report naming one this version
+    cannot grant must still be read (it would cost the worker its claim or the job its report)."""
+    raw = _golden(name)
+    raw[field].insert(0, "docker")
+    assert _read(name, raw) == _read(name, _golden(name))
+    raw[field].insert(0, 7)
+    with pytest.raises(pydantic.ValidationError):
+        _read(name, raw)  # what is not a kind at all still fails

@@ -29,7 +29,7 @@ from p2pnode.gossip import wire
 from p2pnode.gossip.envelope import Envelope, Signer
 from p2pnode.ids import NodeId
 from p2pnode.jobs import model
-from p2pnode.jobs.announcements import JobAnnounced, JobFinished
+from p2pnode.jobs.announcements import JobAnnounced, JobFinished, JobsAnnounced
 from p2pnode.jobs.control import control_message
 from p2pnode.jobs.heartbeat import ExecutorOffer, Heartbeat
 from p2pnode.membership import (
@@ -204,7 +204,7 @@ _PEER = {"id": WORKER, "addr": {"node_id": WORKER, "direct_addresses": ["127.0.0
 _JOIN_ADDR = {"node_id": ORIGIN, "relay_url": None, "direct_addresses": ["127.0.0.1:4433"]}
 
 SAMPLES: dict[str, Sample] = {
-    # p2pnode/jobs/1: the control protocol (model.ControlMessage)
+    # p2pnode/jobs/2: the control protocol (model.ControlMessage)
     "jobs.claim_request": _control(
         lambda: model.ClaimRequest(
             request_id=REQUEST_ID,
@@ -290,6 +290,14 @@ SAMPLES: dict[str, Sample] = {
     "payload.job.announced": Sample(
         lambda: JobAnnounced(job=_job().summary(), origin_addr=ADDR, first=WORKER),
         _from_json(JobAnnounced.model_validate),
+    ),
+    "payload.job.announced.many": Sample(
+        lambda: JobsAnnounced(
+            jobs=[_job().summary(), _job(OTHER_JOB_ID).summary()],
+            origin_addr=ADDR,
+            first=[WORKER, None],
+        ),
+        _from_json(JobsAnnounced.model_validate),
     ),
     "payload.job.finished": Sample(
         lambda: JobFinished(job=_job().summary()), _from_json(JobFinished.model_validate)

@@ -29,7 +29,7 @@ from p2pnode.net.addr import PeerAddr, remote_node_id
 from p2pnode.net.dialer import PEER_ERRORS, describe
 from p2pnode.net.framing import FRAME_TIMEOUT_S, FrameError, FrameReader, send_model
 
-JOBS_ALPN = b"p2pnode/jobs/1"
+JOBS_ALPN = b"p2pnode/jobs/2"
 MAX_CONTROL_FRAME = 4 << 20
 """Fits a report: a result of up to `MAX_RESULT_BYTES`, logs, an error and output references."""
 CLAIM_CANDIDATES = 8

@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal, get_args
 
 import pydantic_core
 from pydantic import (
@@ -180,6 +180,19 @@ TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCE
 
 Executor = ExecutorKind
 Limits = ExecutionLimits
+
+
+def _known_executors(kinds: object) -> object:
+    """Drop executor kinds this version does not know from a list of alternatives: a newer
+    worker names every kind it runs, and one we cannot grant must not make its claim or report
+    unreadable. Anything but strings still fails."""
+    if not isinstance(kinds, list):
+        return kinds
+    known = get_args(ExecutorKind)
+    return [k for k in kinds if not isinstance(k, str) or k in known]
+
+
+KnownExecutors = Annotated[list[Executor], BeforeValidator(_known_executors)]
 
 
 class BlobRef(BaseModel):
@@ -466,7 +479,7 @@ class _Message(BaseModel):
     """A control-protocol message. Compatibility policy, for every message a peer sends (these,
     the gossip wire and payloads, the join handshake, the blob protocol's frames):
 
-    - Additive changes only within one ALPN (`p2pnode/jobs/1`): a new field is optional, with a
+    - Additive changes only within one ALPN (`p2pnode/jobs/2`): a new field is optional, with a
       default that means what an older peer did, and the sender must not depend on the reader
       understanding it (an older reader ignores it: tolerant reader).
     - Readers ignore fields they do not know (`extra="ignore"`); sizes, types and value ranges of
@@ -509,7 +522,7 @@ class ClaimRequest(_Once):
     start: bool = False
     """The worker starts the job as soon as it is granted: the job is running from the grant on,
     without a `Started` round trip."""
-    instead: list[Executor] | None = Field(None, max_length=8)
+    instead: KnownExecutors | None = Field(None, max_length=8)
     """When the job is taken (not backing off), grant the oldest claimable job of one of these
     executors instead: a worker with a free slot gets work in one round trip, not a refusal."""
     more: int = Field(0, ge=0, le=MAX_MORE_GRANTS)
@@ -576,7 +589,7 @@ class Report(_Once):
     outputs: dict[OutputName, BlobRef] = Field(default_factory=dict, max_length=MAX_OUTPUTS)
     compile_note: Note = ""
     """How the worker had the module's machine code ("compiled in 1.2 s"), for the history."""
-    next: list[Executor] | None = Field(None, max_length=8)
+    next: KnownExecutors | None = Field(None, max_length=8)
     """Then grant the oldest claimable job of one of these executors for the slot this job
     leaves: in a busy cluster a job costs its worker one round trip, not a report and a claim."""
 
