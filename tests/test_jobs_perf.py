@@ -14,6 +14,7 @@ import trio.testing
 
 from p2pnode.blobs import store as blob_store
 from p2pnode.executors.wasm import load_module_bytes
+from p2pnode.jobs import control as control_module
 from p2pnode.jobs import model, service
 from p2pnode.jobs.announcements import JobAnnounced
 from p2pnode.jobs.control import MAX_CONTROL_FRAME, ControlServer, control_message
@@ -542,3 +543,31 @@ async def test_a_report_reads_its_job_once_and_only_its_lease_holder_may_send_it
         assert await control.answer(worker, report) == model.ReportAck()
         store._db.set_trace_callback(None)
         assert sum("FROM jobs WHERE id" in sql for sql in statements) == 1, statements
+
+
+async def test_an_origin_ends_a_kept_stream_left_idle_and_the_worker_asks_on_a_new_one(
+    start_node, monkeypatch
+) -> None:
+    """A member's idle streams must not pile up at the origin (they waited for ever)."""
+    monkeypatch.setattr(control_module, "STREAM_IDLE_S", 0.2)
+    origin = await start_node(max_jobs=0)
+    control = origin.jobs.control
+    opened, ended = [], []
+    handle_stream = control.handle_stream
+
+    async def counting(connection: iroh.Connection, bi: iroh.BiStream) -> None:
+        opened.append(bi)
+        await handle_stream(connection, bi)
+        ended.append(bi)
+
+    monkeypatch.setattr(control, "handle_stream", counting)
+    await start_node(join=origin.join_ticket(), max_jobs=1)
+    for n in range(2):
+        job = await origin.jobs.submit_files(JobSubmission(module=EXAMPLES / "echo.wat", input=n))
+        with trio.fail_after(30):
+            done = await origin.jobs.wait(job.id)
+        assert done is not None and done.state is JobState.SUCCEEDED, done
+        with trio.fail_after(30):  # the origin ends the streams the worker left idle
+            while not (opened and len(ended) == len(opened)):
+                await trio.sleep(0.01)
+    assert len(opened) >= 2  # the second job came on a stream opened after the first ended

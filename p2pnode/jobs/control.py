@@ -30,6 +30,9 @@ from p2pnode.net.dialer import PEER_ERRORS, describe
 from p2pnode.net.framing import FRAME_TIMEOUT_S, FrameError, FrameReader, send_model
 
 JOBS_ALPN = b"p2pnode/jobs/2"
+STREAM_IDLE_S = 60.0
+"""An origin ends a kept stream no request used for this long: the streams a member leaves
+idle must not pile up (its worker asks on a fresh one next time)."""
 MAX_CONTROL_FRAME = 4 << 20
 """Fits a report: a result of up to `MAX_RESULT_BYTES`, logs, an error and output references."""
 CLAIM_CANDIDATES = 8
@@ -92,11 +95,17 @@ class ControlServer:
         report), or the reply to a release or log chunk (kept once, not shown twice)"""
 
     async def handle_stream(self, connection: iroh.Connection, bi: iroh.BiStream) -> None:
-        """Answer the requests on the stream in turn until the peer finishes it."""
+        """Answer the requests on the stream in turn until the peer finishes it, or leaves it
+        idle for `STREAM_IDLE_S`."""
         peer = remote_node_id(connection)
         frames = FrameReader(bi.recv(), MAX_CONTROL_FRAME)
         send = bi.send()
-        while (frame := await frames.next()) is not None:
+        while True:
+            frame = None
+            with trio.move_on_after(STREAM_IDLE_S):
+                frame = await frames.next()
+            if frame is None:  # finished by the peer, or idle (the scope was cancelled)
+                break
             await send_model(send, await self.answer(peer, _parse(frame)))
         with suppress(iroh.IrohError):  # the peer may be gone already
             await send.finish()
