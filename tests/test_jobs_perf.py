@@ -497,11 +497,15 @@ async def counted_streams(
     monkeypatch.setattr(control, "answer", counting_requests)
     await start_node(join=origin.join_ticket(), max_jobs=1)
     for n in range(4):
-        job = await origin.jobs.submit_files(JobSubmission(module=EXAMPLES / "echo.wat", input=n))
-        with trio.fail_after(30):
-            done = await origin.jobs.wait(job.id)
-        assert done is not None and done.state is JobState.SUCCEEDED, done
+        await run_echo(origin, n)
     return origin, streams, requests
+
+
+async def run_echo(origin, n: int) -> None:
+    job = await origin.jobs.submit_files(JobSubmission(module=EXAMPLES / "echo.wat", input=n))
+    with trio.fail_after(30):
+        done = await origin.jobs.wait(job.id)
+    assert done is not None and done.state is JobState.SUCCEEDED, done
 
 
 async def test_a_worker_sends_its_requests_on_streams_it_keeps_open(
@@ -563,10 +567,7 @@ async def test_an_origin_ends_a_kept_stream_left_idle_and_the_worker_asks_on_a_n
     monkeypatch.setattr(control, "handle_stream", counting)
     await start_node(join=origin.join_ticket(), max_jobs=1)
     for n in range(2):
-        job = await origin.jobs.submit_files(JobSubmission(module=EXAMPLES / "echo.wat", input=n))
-        with trio.fail_after(30):
-            done = await origin.jobs.wait(job.id)
-        assert done is not None and done.state is JobState.SUCCEEDED, done
+        await run_echo(origin, n)
         with trio.fail_after(30):  # the origin ends the streams the worker left idle
             while not (opened and len(ended) == len(opened)):
                 await trio.sleep(0.01)

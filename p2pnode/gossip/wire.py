@@ -95,31 +95,35 @@ class Gossip:
 
 
 @dataclass(frozen=True)
-class Digest:
+class IdList:
+    """Envelope ids (16 bytes each on the wire), at most `MAX_IDS`."""
+
+    type: ClassVar[str]
+    ids: list[str] = field(default_factory=list)
+
+
+class Digest(IdList):
+    """Anti-entropy: the ids the sender holds."""
+
     type: ClassVar[str] = "digest"
-    ids: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class Want:
+class Want(IdList):
+    """Anti-entropy: send me these in full."""
+
     type: ClassVar[str] = "want"
-    ids: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class IHave:
+class IHave(IdList):
     """Lazy push: ids the sender delivered, to a neighbor that gets no eager copies from it."""
 
     type: ClassVar[str] = "ihave"
-    ids: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class Graft:
+class Graft(IdList):
     """Send these in full, and push eagerly to me from now on (the tree lost a branch)."""
 
     type: ClassVar[str] = "graft"
-    ids: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -144,7 +148,7 @@ WireMessage = (
     | Prune
 )
 WIRE_TYPES = (*_CONTROL_TYPES, Gossip, Digest, Want, IHave, Graft, Prune)
-_ID_LISTS: dict[int, type[Digest | Want | IHave | Graft]] = {
+_ID_LISTS: dict[int, type[Digest] | type[Want] | type[IHave] | type[Graft]] = {
     DIGEST: Digest,
     WANT: Want,
     IHAVE: IHave,
@@ -162,7 +166,7 @@ def encode(msg: WireMessage) -> bytes:
         return b"".join((bytes((GOSSIP, flags, envelope.hops)), envelope.signature, envelope.body))
     if isinstance(msg, Prune):
         return bytes((PRUNE,))
-    if isinstance(msg, (Digest, Want, IHave, Graft)):
+    if isinstance(msg, IdList):
         return bytes((_ID_LIST_CODES[type(msg)],)) + bytes.fromhex("".join(msg.ids))
     return bytes((CONTROL,)) + _control.dump_json(msg)
 
