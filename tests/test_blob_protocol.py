@@ -74,7 +74,8 @@ async def test_progress_comes_every_tenth_of_a_second_and_at_the_end(
     assert [done for _, done in seen] == sorted({done for _, done in seen})
     assert seen[-1][1] == info.size
     gaps = [later - earlier for (earlier, _), (later, _) in zip(seen[:-2], seen[1:-1], strict=True)]
-    assert all(gap >= PROGRESS_INTERVAL_S for gap in gaps), gaps
+    # Timed where the fetcher decides, a moment before the callback reads the clock: 1 ms slack.
+    assert all(gap >= PROGRESS_INTERVAL_S - 1e-3 for gap in gaps), gaps
 
 
 async def test_ticket_holder_fetches_and_stranger_is_refused(start_node, tmp_path: Path) -> None:
