@@ -14,17 +14,24 @@ import trio.testing
 
 from p2pnode.blobs import store as blob_store
 from p2pnode.executors.wasm import load_module_bytes
+from p2pnode.ids import NodeId
 from p2pnode.jobs import control as control_module
 from p2pnode.jobs import model, service
 from p2pnode.jobs.announcements import JobAnnounced
-from p2pnode.jobs.control import MAX_CONTROL_FRAME, ControlServer, control_message
+from p2pnode.jobs.control import (
+    MAX_CONTROL_FRAME,
+    ControlClient,
+    ControlError,
+    ControlServer,
+    control_message,
+)
 from p2pnode.jobs.model import JobState
 from p2pnode.jobs.service import JobSubmission
 from p2pnode.jobs.store import ClaimRefused, JobStore
 from p2pnode.jobs.worker import Worker
 from p2pnode.metrics import Metrics
 from p2pnode.net.addr import PeerAddr, remote_node_id
-from p2pnode.net.framing import recv_model, send_model
+from p2pnode.net.framing import FrameError, recv_model, send_model
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -572,3 +579,32 @@ async def test_an_origin_ends_a_kept_stream_left_idle_and_the_worker_asks_on_a_n
             while not (opened and len(ended) == len(opened)):
                 await trio.sleep(0.01)
     assert len(opened) >= 2  # the second job came on a stream opened after the first ended
+
+
+async def test_a_slow_origin_is_asked_once_not_again_on_every_kept_stream() -> None:
+    """A timeout is the origin's state, not the stream's: asking again on each of the kept
+    streams waited 10 s per stream (up to ~170 s for one request)."""
+    asked: list[object] = []
+    connection = object()
+
+    class SlowChannel:
+        def __init__(self) -> None:
+            self.connection = connection
+            self.idle_since = trio.current_time()
+
+        async def exchange(self, request: model.ControlMessage) -> model.ControlMessage:
+            asked.append(self)
+            raise FrameError("no answer within 10 s")
+
+        async def close(self) -> None:
+            pass
+
+    async def request(addr, alpn, exchange, *, idempotent: bool) -> model.ControlMessage:
+        return await exchange(connection)
+
+    client = ControlClient(request)
+    origin = PeerAddr(node_id=NodeId("a" * 64), relay_url=None, direct_addresses=[])
+    client._idle[origin.node_id] = [SlowChannel() for _ in range(3)]  # type: ignore[misc]
+    with pytest.raises(ControlError, match="no answer within 10 s"):
+        await client.ask(origin, model.Renew(job_id=model.new_job_id(), lease_token="e3" * 16))
+    assert len(asked) == 1

@@ -288,6 +288,13 @@ def _grant(jobs: list[model.Job], lease_s: float) -> model.ClaimGrant:
     )
 
 
+class StreamEnded(FrameError):
+    """The origin ended a kept stream (idle too long, or an older origin that ends each stream
+    after its reply): ask again on another. Other frame errors (no answer in time, a malformed
+    reply) are the origin's state, and asking it on every idle stream in turn would only wait
+    longer."""
+
+
 def _parse(frame: bytes) -> model.ControlMessage:
     try:
         return control_message.validate_json(frame)
@@ -306,13 +313,14 @@ class _Channel:
         self.bi = bi
         self.send = bi.send()
         self.frames = FrameReader(bi.recv(), MAX_CONTROL_FRAME)
+        self.idle_since = trio.current_time()
 
     async def exchange(self, request: model.ControlMessage) -> model.ControlMessage:
         await send_model(self.send, request)
         with trio.move_on_after(FRAME_TIMEOUT_S):
             frame = await self.frames.next()
             if frame is None:
-                raise FrameError("the origin ended the stream")
+                raise StreamEnded("the origin ended the stream")
             return _parse(frame)
         raise FrameError(f"no answer within {FRAME_TIMEOUT_S:g} s")
 
@@ -350,7 +358,7 @@ class ControlClient:
             while (channel := self._take(origin.node_id, connection)) is not None:
                 try:
                     return await self._over(origin.node_id, channel, request)
-                except (iroh.IrohError, FrameError):
+                except (iroh.IrohError, StreamEnded):
                     continue  # ended while it idled (an older origin ends each after a reply)
             channel = _Channel(connection, await connection.open_bi())
             return await self._over(origin.node_id, channel, request)
@@ -363,11 +371,13 @@ class ControlClient:
             ) from None
 
     def _take(self, origin: NodeId, connection: iroh.Connection) -> _Channel | None:
-        """An idle stream on `connection`; those of a connection since replaced are dropped."""
+        """An idle stream on `connection`; those of a connection since replaced, and those idle
+        long enough for the origin to have ended them (`STREAM_IDLE_S`), are dropped."""
         idle = self._idle.get(origin, [])
+        fresh_since = trio.current_time() - STREAM_IDLE_S / 2
         while idle:
             channel = idle.pop()
-            if channel.connection is connection:
+            if channel.connection is connection and channel.idle_since > fresh_since:
                 return channel
         return None
 
@@ -383,6 +393,7 @@ class ControlClient:
             raise
         idle = self._idle.setdefault(origin, [])
         if len(idle) < STREAMS_KEPT:
+            channel.idle_since = trio.current_time()
             idle.append(channel)
         else:
             await channel.close()
