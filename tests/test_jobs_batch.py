@@ -81,8 +81,13 @@ async def test_a_wait_for_many_jobs_answers_at_its_timeout(start_node) -> None:
         ids = (await api.post("/jobs/batch", json=[{"module_blob": module}] * 2)).json()["ids"]
         with trio.fail_after(10):
             waited = await api.post("/jobs/wait", json={"ids": ids, "timeout": 0.2})
+        with trio.fail_after(30):  # an unknown id among pending ones: told at once
+            unknown = await api.post(
+                "/jobs/wait", json={"ids": [*ids, model.new_job_id()], "timeout": 600}
+            )
     assert [j["state"] for j in waited.json()] == ["pending", "pending"]
     assert node.jobs.store.unfinished([*ids, model.new_job_id()]) == set(ids)
+    assert unknown.status_code == 404, unknown.text
 
 
 async def test_a_bad_entry_refuses_the_batch_by_its_index(node, api, monkeypatch) -> None:

@@ -7,6 +7,7 @@ import trio
 from fastapi import APIRouter, HTTPException
 
 from p2pnode.api.schemas import JobsSubmitted, JobsWait, JobView
+from p2pnode.jobs.model import Job
 from p2pnode.jobs.submission import (
     MAX_BATCH_JOBS,
     BatchRefused,
@@ -53,13 +54,20 @@ def job_routes(node: Node) -> APIRouter:
     async def wait_jobs(request: JobsWait) -> list[JobView]:
         """Long poll for many jobs (a batch): answers when every one is terminal, or after
         `timeout` s, with each job's record in the order given (404 naming the first unknown)."""
+
+        def records() -> list[Job]:
+            found = []
+            for job_id in request.ids:
+                if (job := node.jobs.store.get(job_id)) is None:
+                    raise HTTPException(404, f"no job {job_id} on this node")
+                found.append(job)
+            return found
+
+        records()  # an unknown id is told at once, not after the whole timeout
         with trio.move_on_after(request.timeout):
             await node.jobs.wait_all(request.ids)
-        views = []
-        for job_id in request.ids:
-            if (job := node.jobs.store.get(job_id)) is None:
-                raise HTTPException(404, f"no job {job_id} on this node")
-            views.append(JobView(**dict(job), waiting_for=node.workers.waiting_for(job)))
-        return views
+        return [
+            JobView(**dict(job), waiting_for=node.workers.waiting_for(job)) for job in records()
+        ]
 
     return api
