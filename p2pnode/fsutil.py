@@ -22,7 +22,7 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
         _write_synced(tmp, data, mode)
         os.replace(tmp, path)
     except BaseException:
-        _unlink_quietly(tmp)
+        tmp.unlink(missing_ok=True)  # its creation may be what failed
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -56,13 +56,7 @@ def create_once(path: Path, data: bytes, mode: int = 0o600) -> None:
         with contextlib.suppress(FileExistsError):
             os.link(tmp, path)
     finally:
-        _unlink_quietly(tmp)
-
-
-def _unlink_quietly(path: Path) -> None:
-    """Remove a temporary file that may not exist (its creation is what failed)."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+        tmp.unlink(missing_ok=True)  # its creation may be what failed
 
 
 def make_private(folder: Path) -> None:

@@ -8,12 +8,12 @@ ignored, and so are offers of executor kinds this version does not know.
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal, get_args
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field
 
 from p2pnode.ids import NodeIdField
-from p2pnode.jobs.model import Executor, JobId
+from p2pnode.jobs.model import Executor, JobId, known_executor
 from p2pnode.labels import Labels
 
 HEARTBEAT_INTERVAL_S = 3.0
@@ -37,13 +37,7 @@ def _known_kinds(offers: object) -> object:
     node would look absent). Other malformed offers still fail the heartbeat."""
     if not isinstance(offers, list):
         return offers
-    known = get_args(Executor)
-    return [
-        offer
-        for offer in offers
-        if not (isinstance(offer, dict) and isinstance(kind := offer.get("kind"), str))
-        or kind in known
-    ]
+    return [o for o in offers if not isinstance(o, dict) or known_executor(o.get("kind"))]
 
 
 ExecutorOffers = Annotated[list[ExecutorOffer], BeforeValidator(_known_kinds)]

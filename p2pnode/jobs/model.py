@@ -182,14 +182,16 @@ Executor = ExecutorKind
 Limits = ExecutionLimits
 
 
+def known_executor(kind: object) -> bool:
+    """False only for a string naming an executor kind this version does not know: a newer node
+    names every kind it has, and one we cannot run must not make its message unreadable (the
+    readers drop it); anything else is left for validation to judge."""
+    return not isinstance(kind, str) or kind in get_args(ExecutorKind)
+
+
 def _known_executors(kinds: object) -> object:
-    """Drop executor kinds this version does not know from a list of alternatives: a newer
-    worker names every kind it runs, and one we cannot grant must not make its claim or report
-    unreadable. Anything but strings still fails."""
-    if not isinstance(kinds, list):
-        return kinds
-    known = get_args(ExecutorKind)
-    return [k for k in kinds if not isinstance(k, str) or k in known]
+    """Drop unknown executor kinds from a claim's or report's list of alternatives."""
+    return [k for k in kinds if known_executor(k)] if isinstance(kinds, list) else kinds
 
 
 KnownExecutors = Annotated[list[Executor], BeforeValidator(_known_executors)]
