@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import stat
@@ -11,6 +12,11 @@ from typing import TYPE_CHECKING, BinaryIO
 
 if TYPE_CHECKING:
     from pydantic import BaseModel  # only typed here: the CLI reads the API token through this
+
+
+def disk_full(exc: BaseException) -> bool:
+    """The disk or the quota is full: the node's state, never the request's fault."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:

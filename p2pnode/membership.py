@@ -10,7 +10,6 @@ so a restarted member rejoins without its ticket.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import hmac
 import logging
@@ -28,7 +27,7 @@ import trio
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 import tickets
-from p2pnode.fsutil import save_model, write_atomic
+from p2pnode.fsutil import disk_full, save_model, write_atomic
 from p2pnode.ids import NodeId, NodeIdField
 from p2pnode.net.addr import PeerAddr, remote_node_id
 from p2pnode.net.dialer import IntroductionRefused
@@ -415,12 +414,11 @@ async def _verify_joiner(
     try:
         membership.admit(request.addr)
     except OSError as exc:
-        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
         log.warning("refused join from %s: cannot write %s: %s", peer[:10], MEMBERS_FILE, exc)
         await _refuse(
             send,
             "the host's disk is full"
-            if full
+            if disk_full(exc)
             else f"the host cannot record members ({exc.strerror})",
         )
         return None

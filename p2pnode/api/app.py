@@ -10,7 +10,6 @@ serve the node's own user (the token holder) and never touch the data folder or 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import sqlite3
 import stat
@@ -56,7 +55,7 @@ from p2pnode.api.worker_routes import worker_routes
 from p2pnode.blobs.errors import StoreFull
 from p2pnode.blobs.fetch import FetchError
 from p2pnode.blobs.store import BlobInfo, BlobInUse, BlobNotFound, GcResult, StoreError
-from p2pnode.fsutil import FileReplaced, NotRegularFile, open_real
+from p2pnode.fsutil import FileReplaced, NotRegularFile, disk_full, open_real
 from p2pnode.ids import BlobHashField, NodeIdField
 from p2pnode.jobs.model import Job, JobId, JobState, tag_job
 from p2pnode.jobs.store import Refused
@@ -471,7 +470,7 @@ def _full_disk_in(exc: BaseException) -> bool:
         seen.add(id(cause))
         if isinstance(cause, StoreFull):
             return True
-        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+        if disk_full(cause):
             return True
         if getattr(cause, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
             return True

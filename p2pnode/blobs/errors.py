@@ -15,6 +15,8 @@ import contextlib
 import errno
 from collections.abc import Iterator
 
+from p2pnode.fsutil import disk_full
+
 
 class StoreError(Exception):
     """The store could not do what was asked; the message is meant for people."""
@@ -38,7 +40,7 @@ class StoreFull(StoreError):
 
 
 def store_error(exc: OSError, doing: str) -> StoreError:
-    if exc.errno == errno.ENOSPC or exc.errno == errno.EDQUOT:
+    if disk_full(exc):
         return StoreFull(f"disk full while {doing}")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         where = f"{exc.filename} " if exc.filename else ""
