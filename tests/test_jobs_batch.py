@@ -12,7 +12,7 @@ import trio
 
 from p2pnode.api import job_routes
 from p2pnode.executors.wasm import load_module_bytes
-from p2pnode.jobs import model
+from p2pnode.jobs import model, service
 from p2pnode.jobs.announcements import MAX_ANNOUNCED, JobsAnnounced
 from tests.conftest import cli_argv
 
@@ -169,3 +169,25 @@ async def test_cli_submits_a_job_per_line(node, tmp_path: Path) -> None:
     assert bad.stderr.startswith(f"error: --inputs {inputs} line 2 is not JSON"), bad.stderr
     assert len(bad.stderr.splitlines()) == 1
     assert len(node.jobs.store.list()) == 5  # nothing of the bad file was submitted
+
+
+async def test_pending_jobs_are_announced_again_several_to_an_envelope(
+    start_node, monkeypatch
+) -> None:
+    """The re-announcement of jobs nobody took (and a restart's) groups them as a batch does:
+    one envelope each was 10,000 signatures after restarting with a sweep pending."""
+    monkeypatch.setattr(service, "SWEEP_INTERVAL_S", 0.01)
+    monkeypatch.setattr(service, "REANNOUNCE_EVERY", 1)
+    node = await start_node(max_jobs=0)  # no worker: the jobs stay pending
+    published: list[object] = []
+    publish = node.jobs._gossip.publish
+    monkeypatch.setattr(node.jobs._gossip, "publish", lambda m: published.append(m) or publish(m))
+    async with api_of(node) as api:
+        module = await upload_echo(api)
+        ids = (await api.post("/jobs/batch", json=[{"module_blob": module}] * 5)).json()["ids"]
+    with trio.fail_after(30):
+        while len(published) < 2:
+            await trio.sleep(0.01)
+    again = published[1]
+    assert isinstance(again, JobsAnnounced), again
+    assert sorted(job.id for job in again.jobs) == sorted(ids)

@@ -132,18 +132,19 @@ class JobService:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._follow_gossip)
-            for job in self.store.list(model.JobState.PENDING, limit=10_000, origin=self.id):
-                self._announce(job)  # after a restart, nothing submitted stays unknown
+            # After a restart, nothing submitted stays unknown.
+            self._announce_many(
+                self.store.list(model.JobState.PENDING, limit=10_000, origin=self.id)
+            )
             task_status.started()
             for sweep in itertools.count(1):
                 for job in self.store.expire_leases():
                     log.info("lease of job %s lapsed; job is %s", job.id, job.state.value)
                     await self._changed(job)
-                if sweep % REANNOUNCE_EVERY == 0:
-                    for job in self.store.claimable(get_args(model.Executor), origin=self.id):
-                        self._announce(
-                            job
-                        )  # nobody took it: workers that joined or freed up since hear of it
+                if sweep % REANNOUNCE_EVERY == 0:  # workers that joined or freed up since hear
+                    self._announce_many(
+                        self.store.claimable(get_args(model.Executor), origin=self.id)
+                    )
                 await trio.sleep(SWEEP_INTERVAL_S)
 
     async def handle(self, connection: iroh.Connection) -> None:
@@ -409,11 +410,12 @@ class JobService:
         self.on_announced(announcement, self.id)
 
     def _announce_many(self, jobs: list[model.Job]) -> None:
-        """Announce new pending jobs, several to an envelope (`JobsAnnounced`, at most
-        `MAX_ANNOUNCED` and `ANNOUNCED_BYTES` of summaries each)."""
+        """Announce pending jobs (new, after a restart, or again), several to an envelope
+        (`JobsAnnounced`, at most `MAX_ANNOUNCED` and `ANNOUNCED_BYTES` of summaries each)."""
         groups: list[list[tuple[model.Job, model.JobSummary]]] = [[]]
         size = 0
         for job in jobs:
+            self._unannounce(job.id)  # announced anew (a restart, a re-announcement)
             summary = job.summary()
             length = len(summary.model_dump_json())
             if len(groups[-1]) == MAX_ANNOUNCED or (groups[-1] and size + length > ANNOUNCED_BYTES):
