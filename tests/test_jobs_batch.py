@@ -4,6 +4,7 @@ in order, one transaction, several jobs to an announcement; a bad entry is named
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -191,3 +192,20 @@ async def test_pending_jobs_are_announced_again_several_to_an_envelope(
     again = published[1]
     assert isinstance(again, JobsAnnounced), again
     assert sorted(job.id for job in again.jobs) == sorted(ids)
+
+
+async def test_cli_splits_a_sweep_of_large_inputs_under_the_body_limit(
+    node, tmp_path: Path
+) -> None:
+    """Twelve inputs of 1.5 MiB are more than one request body may hold (17 MiB): sent as one
+    batch they were refused (413) after nothing, or, later in a sweep, after earlier batches."""
+    inputs = tmp_path / "large.jsonl"
+    inputs.write_text("".join(json.dumps(f"{n:02d}" + "x" * (3 << 19)) + "\n" for n in range(12)))
+    argv = [*cli_argv(node), "job", "submit", "--module", str(EXAMPLES / "echo.wat")]
+    done = await trio.to_thread.run_sync(
+        lambda: subprocess.run([*argv, "--inputs", str(inputs)], capture_output=True, text=True)
+    )
+    assert done.returncode == 0, done.stderr
+    ids = done.stdout.split()
+    assert len(ids) == 12
+    assert node.jobs.store.get(ids[-1]).spec.input_blob is not None  # large: held as a blob

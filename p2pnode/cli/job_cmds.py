@@ -21,7 +21,12 @@ from p2pnode.cli.terminal import echo_output, for_terminal
 from p2pnode.executors.base import DEFAULT_FUEL, ExecutionLimits, ExecutorKind
 from p2pnode.ids import BlobHash
 from p2pnode.jobs.model import Job, JobState, Manifest, ManifestEntry
-from p2pnode.jobs.submission import MAX_BATCH_JOBS, JobSubmission, MountSubmission
+from p2pnode.jobs.submission import (
+    BATCH_BYTES,
+    MAX_BATCH_JOBS,
+    JobSubmission,
+    MountSubmission,
+)
 from p2pnode.labels import MAX_REQUIREMENTS, LabelRequirement
 
 WAIT_POLL_S = 30.0
@@ -320,13 +325,21 @@ def _read_inputs(source: str) -> list[Any]:
 
 
 def _submit_many(api: ApiClient, template: JobSubmission, inputs: list[Any]) -> list[str]:
-    """The same job once per input, `MAX_BATCH_JOBS` to a request (each request all or none)."""
+    """The same job once per input, up to `MAX_BATCH_JOBS` or `BATCH_BYTES` to a request (each
+    request all or none)."""
+    body = template.model_dump(mode="json", exclude={"input"})
+    entry_bytes = len(json.dumps(body))
     ids: list[str] = []
-    for first in range(0, len(inputs), MAX_BATCH_JOBS):
-        body = template.model_dump(mode="json", exclude={"input"})
-        batch = [{**body, "input": value} for value in inputs[first : first + MAX_BATCH_JOBS]]
-        ids += api.post("/jobs/batch", JobsSubmitted, json=batch).ids
-    return ids
+    batch: list[dict[str, Any]] = []
+    size = 0
+    for value in inputs:
+        length = entry_bytes + len(json.dumps(value))
+        if batch and (len(batch) == MAX_BATCH_JOBS or size + length > BATCH_BYTES):
+            ids += api.post("/jobs/batch", JobsSubmitted, json=batch).ids
+            batch, size = [], 0
+        batch.append({**body, "input": value})
+        size += length
+    return ids + api.post("/jobs/batch", JobsSubmitted, json=batch).ids
 
 
 @job.command()

@@ -19,6 +19,10 @@ from p2pnode.labels import MAX_REQUIREMENTS, LabelRequirement
 MAX_BATCH_JOBS = 10_000
 """Jobs one batch submit (`POST /jobs/batch`) may hold; the request body's own bound (17 MiB)
 usually comes first."""
+BATCH_BYTES = 8 << 20
+"""What the CLI puts in one batch request at most (a single larger entry goes alone): well
+inside the API's bound on a JSON body (`api.auth.MAX_JSON_BODY`, 17 MiB), so a sweep of large
+inputs is never refused halfway, after its first requests were taken."""
 
 
 class MountSubmission(BaseModel):
