@@ -282,6 +282,7 @@ class Node:
             settings.lease_s,
             self.workers.admit,
             self.workers.first_claimer,
+            collect_bytes=settings.job_maxima.output_bytes,
         )
         control.answer_locally(self.id, service.control)
         return service

@@ -67,6 +67,25 @@ async def test_large_input_runs_and_large_result_and_outputs_come_home(start_nod
     await wait_for(lambda: origin.blobs.store.has(output.hash), "the output to be collected")
 
 
+async def test_an_origin_collects_no_more_outputs_than_its_limit(start_node, caplog) -> None:
+    """A member reporting outputs must not fill the origin's disk: over the origin's own
+    output limit (0 MiB here) they stay with the worker, one warning says so."""
+    origin = await start_node(max_jobs=0, max_job_output_mib=0)
+    await start_node(join=origin.join_ticket())
+    job = await origin.jobs.submit_files(
+        JobSubmission(module=MODULES / "tee.wat", input={"data": "x" * 1000})
+    )
+    with trio.fail_after(30):
+        done = await origin.jobs.wait(job.id)
+    assert done is not None and done.state == JobState.SUCCEEDED, done
+    warned = await wait_for(
+        lambda: [r for r in caplog.records if "left the outputs of job" in r.getMessage()],
+        "the warning",
+    )
+    assert job.id in warned[0].getMessage()
+    assert not origin.blobs.store.has(done.outputs["input.json"].hash)
+
+
 async def test_input_up_to_the_limit_runs_over_it_is_413_and_result_over_the_limit_fails(
     start_node, tmp_path: Path
 ) -> None:

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ValidationError
 from p2pnode.blobs.fetch import FetchError
 from p2pnode.blobs.service import BlobService
 from p2pnode.blobs.store import BlobInfo, BlobNotFound, StoreError
+from p2pnode.executors.base import DEFAULT_MAXIMA
 from p2pnode.executors.wasm import (
     MAIN_WORKFLOW,
     InvalidModule,
@@ -100,8 +101,10 @@ class JobService:
         lease_s: float,
         admit: Admit,
         first_claimer: Callable[[model.Job], NodeId | None] = lambda _: None,
+        collect_bytes: int = DEFAULT_MAXIMA.output_bytes,
     ) -> None:
-        """`first_claimer`: the worker an announcement asks to claim the job first."""
+        """`first_claimer`: the worker an announcement asks to claim the job first.
+        `collect_bytes`: the most output bytes of one job this origin brings home by itself."""
         self.id = node_id
         self.store = store
         self.worker = worker
@@ -111,6 +114,7 @@ class JobService:
         self._self_addr = self_addr
         self._resolve = resolve
         self._first_claimer = first_claimer
+        self._collect_bytes = collect_bytes
         self.logs = JobLogs()
         self.control = ControlServer(
             store, lease_s, self._changed, worker.stop_run, self._on_log, admit
@@ -464,7 +468,19 @@ class JobService:
             return None
 
     async def _collect_outputs(self, job: model.Job) -> None:
-        """Bring a finished job's outputs home, so they outlive the worker that made them."""
+        """Bring a finished job's outputs home, so they outlive the worker that made them; at
+        most `collect_bytes` of them (the worker reports their sizes, and each fetch holds it to
+        its size): a member must not fill this node's disk by reporting. A person can still
+        fetch larger ones (`job get`)."""
+        if (total := sum(ref.size for ref in job.outputs.values())) > self._collect_bytes:
+            log.warning(
+                "left the outputs of job %s with its worker: %d bytes, more than the %d this node "
+                "collects (P2PNODE_MAX_JOB_OUTPUT_MIB)",
+                job.id,
+                total,
+                self._collect_bytes,
+            )
+            return
         for name, ref in job.outputs.items():
             try:
                 await self.fetch_output(job, name, ref)
@@ -475,7 +491,9 @@ class JobService:
         """One output of a job, here and held by the job (tagged before it arrives, so GC
         never takes it in between)."""
         await self._blobs.set_tag(model.job_tag(job.id, f"output/{name}"), ref.hash)
-        return await self._blobs.fetch(ref.hash, provider_addrs(ref, self._resolve), root=ref.root)
+        return await self._blobs.fetch(
+            ref.hash, provider_addrs(ref, self._resolve), root=ref.root, size=ref.size
+        )
 
     # -- removal and retention ---------------------------------------------------------------
 
