@@ -238,6 +238,15 @@ async def test_a_claim_fills_the_workers_free_slots_in_one_round_trip(tmp_path) 
         assert again == grant.model_copy(update={"lease_expires_in": again.lease_expires_in})
 
 
+async def run_queued(origin, spec: model.JobSpec, count: int) -> list[model.Job]:
+    """`count` jobs of `spec`, all submitted before any is claimed, run to success."""
+    jobs = [await origin.jobs.submit(spec) for _ in range(count)]
+    with trio.fail_after(30):
+        done = [await origin.jobs.wait(job.id) for job in jobs]
+    assert all(job is not None and job.state is JobState.SUCCEEDED for job in done), done
+    return jobs
+
+
 async def test_a_worker_with_free_slots_takes_the_waiting_jobs_in_one_claim(
     start_node, monkeypatch
 ) -> None:
@@ -258,10 +267,7 @@ async def test_a_worker_with_free_slots_takes_the_waiting_jobs_in_one_claim(
         return reply
 
     monkeypatch.setattr(origin.jobs.control, "answer", counting)
-    jobs = [await origin.jobs.submit(first.spec) for _ in range(4)]  # all wait before any claim
-    with trio.fail_after(30):
-        done = [await origin.jobs.wait(job.id) for job in jobs]
-    assert all(job is not None and job.state is JobState.SUCCEEDED for job in done), done
+    await run_queued(origin, first.spec, 4)
     assert grants == [4]
 
 
@@ -343,10 +349,7 @@ async def test_a_busy_worker_takes_its_next_job_with_each_report(start_node, mon
         return reply
 
     monkeypatch.setattr(origin.jobs.control, "answer", counting)
-    jobs = [await origin.jobs.submit(first.spec) for _ in range(3)]  # all wait before any claim
-    with trio.fail_after(30):
-        done = [await origin.jobs.wait(job.id) for job in jobs]
-    assert all(job is not None and job.state is JobState.SUCCEEDED for job in done), done
+    jobs = await run_queued(origin, first.spec, 3)
     assert granted_with_report == [jobs[1].id, jobs[2].id]
 
 
